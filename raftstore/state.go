@@ -1,0 +1,461 @@
+// Package raftstore keeps the cluster's state in a Raft log on the node's own
+// disk (hashicorp/raft with raft-boltdb). Every durable fact about the cluster
+// is a Command applied by the FSM; Apply is deterministic (it reads time only
+// from the command) and idempotent for a repeated command ID, so a write that
+// is retried after a leader dies mid-flight is applied once.
+package raftstore
+
+import (
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"maps"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+)
+
+// Address plan from the RunOS design.
+var (
+	MeshPrefix       = netip.MustParsePrefix("172.24.0.0/16")
+	UserAccessPrefix = netip.MustParsePrefix("172.24.200.0/21") // wg1; never handed to nodes
+	PodPrefix        = netip.MustParsePrefix("172.25.0.0/16")
+)
+
+// appliedWindow bounds how many command IDs the state remembers for
+// deduplication. Retries happen within seconds, so a few thousand is plenty.
+const appliedWindow = 4096
+
+// Errors a command can fail with. They come back to the proposer (possibly
+// through write forwarding, so they are matched by message there).
+var (
+	ErrTokenInvalid  = errors.New("join token is invalid")
+	ErrTokenExpired  = errors.New("join token has expired")
+	ErrTokenUsed     = errors.New("join token has already been used")
+	ErrNameTaken     = errors.New("node name is already taken")
+	ErrKeyTaken      = errors.New("wireguard public key is already used by another node")
+	ErrNoSuchNode    = errors.New("no such node")
+	ErrNotBootstrap  = errors.New("cluster is not initialised yet")
+	ErrBootstrapped  = errors.New("cluster is already initialised")
+	ErrAddressSpace  = errors.New("address space exhausted")
+	ErrUnknownOp     = errors.New("unknown command")
+	ErrMalformedCmd  = errors.New("malformed command")
+	errAlreadyExists = errors.New("already exists")
+)
+
+// Node is a member of the cluster as the state knows it.
+type Node struct {
+	ID         string            `json:"id"`
+	Name       string            `json:"name"`
+	PublicKey  string            `json:"public_key"` // WireGuard, base64
+	MeshIP     netip.Addr        `json:"mesh_ip"`
+	PodCIDR    netip.Prefix      `json:"pod_cidr"`
+	Endpoints  []string          `json:"endpoints,omitempty"` // underlay host:port, last known
+	Labels     map[string]string `json:"labels,omitempty"`
+	CertSerial string            `json:"cert_serial"`
+	Version    string            `json:"version,omitempty"`
+	JoinedAt   time.Time         `json:"joined_at"`
+}
+
+// Token is a join token. Only the hash of its secret is stored, so the Raft
+// log and snapshots never hold a usable token.
+type Token struct {
+	ID         string    `json:"id"`
+	SecretHash string    `json:"secret_hash"` // hex sha256 of the secret
+	ExpiresAt  time.Time `json:"expires_at"`
+	UsesLeft   int       `json:"uses_left"`
+	CreatedAt  time.Time `json:"created_at"`
+}
+
+// HashSecret is how token secrets are stored and compared.
+func HashSecret(secret string) string {
+	sum := sha256.Sum256([]byte(secret))
+	return hex.EncodeToString(sum[:])
+}
+
+// State is the replicated cluster state. It is only mutated by apply; readers
+// get a deep copy.
+type State struct {
+	ClusterID string `json:"cluster_id"`
+	CACertPEM []byte `json:"ca_cert_pem"`
+	// CAKeyPEM is replicated so any member can admit a joiner; it lives
+	// only in the Raft data on members' disks (like Consul's built-in CA).
+	CAKeyPEM []byte            `json:"ca_key_pem"`
+	Nodes    map[string]*Node  `json:"nodes"`  // by ID
+	Tokens   map[string]*Token `json:"tokens"` // by ID
+	// Applied remembers recent command IDs, oldest first, for idempotency.
+	Applied []string `json:"applied"`
+	// Results of the remembered commands, so a retried command answers as
+	// the first attempt did.
+	Results map[string]*Result `json:"results"`
+}
+
+// NewState returns an empty state.
+func NewState() *State {
+	return &State{Nodes: map[string]*Node{}, Tokens: map[string]*Token{}, Results: map[string]*Result{}}
+}
+
+// Clone returns a deep copy.
+func (s *State) Clone() *State {
+	c := &State{
+		ClusterID: s.ClusterID,
+		CACertPEM: slices.Clone(s.CACertPEM),
+		CAKeyPEM:  slices.Clone(s.CAKeyPEM),
+		Nodes:     make(map[string]*Node, len(s.Nodes)),
+		Tokens:    make(map[string]*Token, len(s.Tokens)),
+		Applied:   slices.Clone(s.Applied),
+		Results:   make(map[string]*Result, len(s.Results)),
+	}
+	for id, n := range s.Nodes {
+		c.Nodes[id] = n.clone()
+	}
+	for id, t := range s.Tokens {
+		tt := *t
+		c.Tokens[id] = &tt
+	}
+	for id, r := range s.Results {
+		rr := *r
+		if r.Node != nil {
+			rr.Node = r.Node.clone()
+		}
+		c.Results[id] = &rr
+	}
+	return c
+}
+
+func (n *Node) clone() *Node {
+	c := *n
+	c.Endpoints = slices.Clone(n.Endpoints)
+	c.Labels = maps.Clone(n.Labels)
+	return &c
+}
+
+// NodeByName finds a node by its name.
+func (s *State) NodeByName(name string) *Node {
+	for _, n := range s.Nodes {
+		if n.Name == name {
+			return n
+		}
+	}
+	return nil
+}
+
+// NodeBySerial finds the node holding the certificate with this serial.
+func (s *State) NodeBySerial(serial string) *Node {
+	for _, n := range s.Nodes {
+		if n.CertSerial == serial {
+			return n
+		}
+	}
+	return nil
+}
+
+// SortedNodes returns the nodes ordered by mesh IP.
+func (s *State) SortedNodes() []*Node {
+	out := slices.Collect(maps.Values(s.Nodes))
+	slices.SortFunc(out, func(a, b *Node) int { return a.MeshIP.Compare(b.MeshIP) })
+	return out
+}
+
+// Command is one change to the state. ID and Time are set by the proposer:
+// the FSM never reads the clock, so every replica computes the same result.
+type Command struct {
+	ID   string    `json:"id"`
+	Time time.Time `json:"time"`
+	Op   string    `json:"op"`
+
+	Bootstrap   *BootstrapCmd   `json:"bootstrap,omitempty"`
+	CreateToken *CreateTokenCmd `json:"create_token,omitempty"`
+	Join        *JoinCmd        `json:"join,omitempty"`
+	RemoveNode  *RemoveNodeCmd  `json:"remove_node,omitempty"`
+	UpdateNode  *UpdateNodeCmd  `json:"update_node,omitempty"`
+}
+
+// Command ops.
+const (
+	OpBootstrap   = "bootstrap"
+	OpCreateToken = "create_token"
+	OpJoin        = "join"
+	OpRemoveNode  = "remove_node"
+	OpUpdateNode  = "update_node"
+)
+
+// BootstrapCmd creates the cluster with its first node.
+type BootstrapCmd struct {
+	ClusterID string `json:"cluster_id"`
+	CACertPEM []byte `json:"ca_cert_pem"`
+	CAKeyPEM  []byte `json:"ca_key_pem"`
+	Node      Node   `json:"node"` // MeshIP and PodCIDR as chosen by init
+}
+
+// CreateTokenCmd stores a new join token.
+type CreateTokenCmd struct {
+	Token Token `json:"token"`
+}
+
+// JoinCmd consumes a token, allocates the node's addresses and adds it: one
+// command, so a token can never be spent without a node to show for it.
+type JoinCmd struct {
+	TokenID    string   `json:"token_id"`
+	SecretHash string   `json:"secret_hash"`
+	NodeID     string   `json:"node_id"`
+	Name       string   `json:"name"`
+	PublicKey  string   `json:"public_key"`
+	Endpoints  []string `json:"endpoints"`
+	CertSerial string   `json:"cert_serial"`
+	Version    string   `json:"version"`
+}
+
+// RemoveNodeCmd removes a node by name.
+type RemoveNodeCmd struct {
+	Name string `json:"name"`
+}
+
+// UpdateNodeCmd refreshes what a node reports about itself.
+type UpdateNodeCmd struct {
+	NodeID    string   `json:"node_id"`
+	Endpoints []string `json:"endpoints,omitempty"`
+	Version   string   `json:"version,omitempty"`
+}
+
+// Result is what applying a command produced.
+type Result struct {
+	Index uint64 `json:"index"`
+	Err   string `json:"error,omitempty"`
+	Node  *Node  `json:"node,omitempty"`
+}
+
+// Error returns the command's error, if any, as an error value. Known errors
+// come back as their sentinel so errors.Is works across forwarding.
+func (r *Result) Error() error {
+	if r == nil || r.Err == "" {
+		return nil
+	}
+	for _, e := range []error{ErrTokenInvalid, ErrTokenExpired, ErrTokenUsed, ErrNameTaken, ErrKeyTaken,
+		ErrNoSuchNode, ErrNotBootstrap, ErrBootstrapped, ErrAddressSpace, ErrUnknownOp, ErrMalformedCmd} {
+		if r.Err == e.Error() {
+			return e
+		}
+		if prefix, ok := strings.CutSuffix(r.Err, ": "+e.Error()); ok {
+			return fmt.Errorf("%s: %w", prefix, e)
+		}
+	}
+	return errors.New(r.Err)
+}
+
+// apply mutates s by cmd and returns the result. It is the whole of the
+// state machine: pure, deterministic, and idempotent per command ID.
+func (s *State) apply(index uint64, cmd *Command) *Result {
+	if cmd.ID != "" {
+		if r, ok := s.Results[cmd.ID]; ok {
+			return r
+		}
+	}
+	res := &Result{Index: index}
+	if err := s.applyOp(cmd, res); err != nil {
+		res.Err = err.Error()
+	}
+	if cmd.ID != "" {
+		s.remember(cmd.ID, res)
+	}
+	return res
+}
+
+func (s *State) remember(id string, res *Result) {
+	s.Applied = append(s.Applied, id)
+	s.Results[id] = res
+	for len(s.Applied) > appliedWindow {
+		delete(s.Results, s.Applied[0])
+		s.Applied = s.Applied[1:]
+	}
+}
+
+func (s *State) applyOp(cmd *Command, res *Result) error {
+	if cmd.Op != OpBootstrap && s.ClusterID == "" {
+		return ErrNotBootstrap
+	}
+	switch cmd.Op {
+	case OpBootstrap:
+		c := cmd.Bootstrap
+		if c == nil || c.ClusterID == "" || c.Node.ID == "" || !c.Node.MeshIP.IsValid() {
+			return ErrMalformedCmd
+		}
+		if s.ClusterID != "" {
+			return ErrBootstrapped
+		}
+		s.ClusterID = c.ClusterID
+		s.CACertPEM = slices.Clone(c.CACertPEM)
+		s.CAKeyPEM = slices.Clone(c.CAKeyPEM)
+		n := c.Node.clone()
+		n.JoinedAt = cmd.Time
+		s.Nodes[n.ID] = n
+		res.Node = n.clone()
+		return nil
+
+	case OpCreateToken:
+		c := cmd.CreateToken
+		if c == nil || c.Token.ID == "" || c.Token.SecretHash == "" || c.Token.UsesLeft < 1 {
+			return ErrMalformedCmd
+		}
+		if _, ok := s.Tokens[c.Token.ID]; ok {
+			return fmt.Errorf("token %s: %w", c.Token.ID, errAlreadyExists)
+		}
+		t := c.Token
+		t.CreatedAt = cmd.Time
+		s.Tokens[t.ID] = &t
+		s.expireTokens(cmd.Time)
+		return nil
+
+	case OpJoin:
+		return s.applyJoin(cmd, res)
+
+	case OpRemoveNode:
+		c := cmd.RemoveNode
+		if c == nil {
+			return ErrMalformedCmd
+		}
+		n := s.NodeByName(c.Name)
+		if n == nil {
+			return ErrNoSuchNode
+		}
+		delete(s.Nodes, n.ID)
+		res.Node = n
+		return nil
+
+	case OpUpdateNode:
+		c := cmd.UpdateNode
+		if c == nil {
+			return ErrMalformedCmd
+		}
+		n, ok := s.Nodes[c.NodeID]
+		if !ok {
+			return ErrNoSuchNode
+		}
+		if c.Endpoints != nil {
+			n.Endpoints = slices.Clone(c.Endpoints)
+		}
+		if c.Version != "" {
+			n.Version = c.Version
+		}
+		res.Node = n.clone()
+		return nil
+	}
+	return ErrUnknownOp
+}
+
+func (s *State) applyJoin(cmd *Command, res *Result) error {
+	c := cmd.Join
+	if c == nil || c.NodeID == "" || c.Name == "" || c.PublicKey == "" || c.CertSerial == "" {
+		return ErrMalformedCmd
+	}
+	t, ok := s.Tokens[c.TokenID]
+	if !ok || subtle.ConstantTimeCompare([]byte(t.SecretHash), []byte(c.SecretHash)) != 1 {
+		return ErrTokenInvalid
+	}
+	if t.UsesLeft < 1 {
+		return ErrTokenUsed
+	}
+	if !cmd.Time.Before(t.ExpiresAt) {
+		return ErrTokenExpired
+	}
+	if s.NodeByName(c.Name) != nil {
+		return ErrNameTaken
+	}
+	for _, n := range s.Nodes {
+		if n.PublicKey == c.PublicKey {
+			return ErrKeyTaken
+		}
+		if n.ID == c.NodeID {
+			return fmt.Errorf("node id %s: %w", c.NodeID, errAlreadyExists)
+		}
+	}
+	meshIP, err := s.allocMeshIP()
+	if err != nil {
+		return err
+	}
+	pod, err := s.allocPodCIDR()
+	if err != nil {
+		return err
+	}
+	// A spent token stays (UsesLeft 0) so a reuse reports "already used",
+	// not "invalid"; expireTokens drops it a day after it expires.
+	t.UsesLeft--
+	n := &Node{
+		ID:         c.NodeID,
+		Name:       c.Name,
+		PublicKey:  c.PublicKey,
+		MeshIP:     meshIP,
+		PodCIDR:    pod,
+		Endpoints:  slices.Clone(c.Endpoints),
+		CertSerial: c.CertSerial,
+		Version:    c.Version,
+		JoinedAt:   cmd.Time,
+	}
+	s.Nodes[n.ID] = n
+	s.expireTokens(cmd.Time)
+	res.Node = n.clone()
+	return nil
+}
+
+// expireTokens forgets tokens that expired over a day ago; until then a late
+// attempt still gets the precise "expired" error.
+func (s *State) expireTokens(now time.Time) {
+	for id, t := range s.Tokens {
+		if now.Sub(t.ExpiresAt) > 24*time.Hour {
+			delete(s.Tokens, id)
+		}
+	}
+}
+
+// allocMeshIP returns the lowest free /32 in the mesh prefix, outside the
+// user-access range. Addresses are never reused while their node exists.
+func (s *State) allocMeshIP() (netip.Addr, error) {
+	used := make(map[netip.Addr]bool, len(s.Nodes))
+	for _, n := range s.Nodes {
+		used[n.MeshIP] = true
+	}
+	for a := MeshPrefix.Addr().Next(); MeshPrefix.Contains(a); a = a.Next() {
+		if UserAccessPrefix.Contains(a) || isHostZeroOrBroadcast(a) {
+			continue
+		}
+		if !used[a] {
+			return a, nil
+		}
+	}
+	return netip.Addr{}, fmt.Errorf("mesh network %s: %w", MeshPrefix, ErrAddressSpace)
+}
+
+// FirstMeshIP is what init gives the first node.
+func FirstMeshIP() netip.Addr { return MeshPrefix.Addr().Next() }
+
+// FirstPodCIDR is what init gives the first node.
+func FirstPodCIDR() netip.Prefix { return podCIDR(1) }
+
+func isHostZeroOrBroadcast(a netip.Addr) bool {
+	b := a.As4()
+	return b[3] == 0 || b[3] == 255
+}
+
+func podCIDR(n int) netip.Prefix {
+	b := PodPrefix.Addr().As4()
+	b[2] = byte(n)
+	return netip.PrefixFrom(netip.AddrFrom4(b), 24)
+}
+
+// allocPodCIDR returns the lowest free 172.25.N.0/24 (N from 1; 0 last).
+func (s *State) allocPodCIDR() (netip.Prefix, error) {
+	used := make(map[netip.Prefix]bool, len(s.Nodes))
+	for _, n := range s.Nodes {
+		used[n.PodCIDR] = true
+	}
+	for i := 1; i <= 256; i++ {
+		p := podCIDR(i % 256)
+		if !used[p] {
+			return p, nil
+		}
+	}
+	return netip.Prefix{}, fmt.Errorf("pod network %s: %w", PodPrefix, ErrAddressSpace)
+}

@@ -1,0 +1,387 @@
+package raftstore
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb"
+
+	"github.com/runos/runos-agent/mesh"
+)
+
+// DefaultPort is Raft's port on the mesh IP.
+const DefaultPort = 7947
+
+// ForwardFunc sends a command to the leader (identified by its node ID) and
+// returns the leader's result. The agent implements it over the node API.
+type ForwardFunc func(ctx context.Context, leaderID string, cmd *Command) (*Result, error)
+
+// Config configures a Store.
+type Config struct {
+	Dir    string         // required: raft.db and snapshots/ live here
+	NodeID string         // required: this node's ID (the Raft server ID)
+	Addr   netip.AddrPort // required: this node's Raft address on the mesh
+	Net    mesh.Net       // required: the overlay Raft talks over
+	// Forward is required: followers hand writes to the leader through it.
+	Forward ForwardFunc
+	// Alive reports whether a node is up (gossip's view). Required; the
+	// leader uses it to choose voters.
+	Alive func(nodeID string) bool
+	// MaxVoters caps the voter set (odd; default 5).
+	MaxVoters int
+	// DeadVoterGrace is how long a voter may be down before the leader
+	// demotes it and promotes a live non-voter (default 30s).
+	DeadVoterGrace time.Duration
+	// ReconcileInterval is how often the leader re-checks membership
+	// (default 2s); Hint wakes it sooner.
+	ReconcileInterval time.Duration
+	// Raft timing; zero values take hashicorp/raft's defaults.
+	HeartbeatTimeout time.Duration
+	ElectionTimeout  time.Duration
+}
+
+// Store is the node's replica of the cluster state.
+type Store struct {
+	cfg    Config
+	log    *slog.Logger
+	fsm    *FSM
+	raft   *raft.Raft
+	bolt   *raftboltdb.BoltStore
+	stream *StreamLayer
+	trans  *raft.NetworkTransport
+
+	hint chan struct{}
+
+	startOnce sync.Once
+	closeOnce sync.Once
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+
+	mu        sync.Mutex
+	downSince map[raft.ServerID]time.Time // guarded by mu; leader's view of down servers
+}
+
+// Bootstrap writes the initial single-voter configuration into dir, as init
+// does for the first node. It fails if dir already holds Raft state.
+func Bootstrap(dir, nodeID string, addr netip.AddrPort) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	bolt, err := raftboltdb.NewBoltStore(filepath.Join(dir, "raft.db"))
+	if err != nil {
+		return fmt.Errorf("raftstore: open log: %w", err)
+	}
+	defer bolt.Close()
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(dir, 2, hclog.NewNullLogger())
+	if err != nil {
+		return err
+	}
+	conf := raft.DefaultConfig()
+	conf.LocalID = raft.ServerID(nodeID)
+	conf.Logger = hclog.NewNullLogger()
+	_, trans := raft.NewInmemTransport(raft.ServerAddress(addr.String()))
+	return raft.BootstrapCluster(conf, bolt, bolt, snaps, trans, raft.Configuration{
+		Servers: []raft.Server{{Suffrage: raft.Voter, ID: raft.ServerID(nodeID), Address: raft.ServerAddress(addr.String())}},
+	})
+}
+
+// New opens the Raft data in cfg.Dir and starts Raft. The node takes part in
+// the cluster as soon as it returns; Start adds the leader's duties.
+func New(cfg Config, log *slog.Logger) (*Store, error) {
+	switch {
+	case cfg.Dir == "":
+		return nil, errors.New("raftstore: Dir is required")
+	case cfg.NodeID == "":
+		return nil, errors.New("raftstore: NodeID is required")
+	case !cfg.Addr.IsValid():
+		return nil, errors.New("raftstore: Addr is required")
+	case cfg.Net == nil:
+		return nil, errors.New("raftstore: Net is required")
+	case cfg.Forward == nil:
+		return nil, errors.New("raftstore: Forward is required")
+	case cfg.Alive == nil:
+		return nil, errors.New("raftstore: Alive is required")
+	}
+	if cfg.MaxVoters <= 0 {
+		cfg.MaxVoters = 5
+	}
+	if cfg.MaxVoters%2 == 0 {
+		cfg.MaxVoters--
+	}
+	if cfg.DeadVoterGrace <= 0 {
+		cfg.DeadVoterGrace = 30 * time.Second
+	}
+	if cfg.ReconcileInterval <= 0 {
+		cfg.ReconcileInterval = 2 * time.Second
+	}
+	if log == nil {
+		return nil, errors.New("raftstore: logger is required")
+	}
+	log = log.With("component", "raft")
+	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
+		return nil, err
+	}
+	hlog := newHCLog(log)
+
+	bolt, err := raftboltdb.NewBoltStore(filepath.Join(cfg.Dir, "raft.db"))
+	if err != nil {
+		return nil, fmt.Errorf("raftstore: open log: %w", err)
+	}
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(cfg.Dir, 2, hlog)
+	if err != nil {
+		bolt.Close()
+		return nil, err
+	}
+	stream, err := NewStreamLayer(cfg.Net, cfg.Addr)
+	if err != nil {
+		bolt.Close()
+		return nil, err
+	}
+	trans := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
+		Stream:  stream,
+		MaxPool: 3,
+		Timeout: 10 * time.Second,
+		Logger:  hlog,
+	})
+
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(cfg.NodeID)
+	rc.Logger = hlog
+	if cfg.HeartbeatTimeout > 0 {
+		rc.HeartbeatTimeout = cfg.HeartbeatTimeout
+		rc.LeaderLeaseTimeout = cfg.HeartbeatTimeout / 2
+	}
+	if cfg.ElectionTimeout > 0 {
+		rc.ElectionTimeout = cfg.ElectionTimeout
+	}
+	// Small snapshots, taken often enough that a restart replays little.
+	rc.SnapshotThreshold = 1024
+	rc.TrailingLogs = 2048
+
+	fsm := NewFSM()
+	r, err := raft.NewRaft(rc, fsm, bolt, bolt, snaps, trans)
+	if err != nil {
+		trans.Close()
+		bolt.Close()
+		return nil, fmt.Errorf("raftstore: start raft: %w", err)
+	}
+	return &Store{
+		cfg:       cfg,
+		log:       log,
+		fsm:       fsm,
+		raft:      r,
+		bolt:      bolt,
+		stream:    stream,
+		trans:     trans,
+		hint:      make(chan struct{}, 1),
+		downSince: map[raft.ServerID]time.Time{},
+	}, nil
+}
+
+// Start runs the leader's membership duties until Close.
+func (s *Store) Start(ctx context.Context) {
+	s.startOnce.Do(func() {
+		ctx, s.cancel = context.WithCancel(ctx)
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.membershipLoop(ctx)
+		}()
+	})
+}
+
+// Close stops Raft and releases the data dir. It is idempotent.
+func (s *Store) Close() error {
+	var err error
+	s.closeOnce.Do(func() {
+		if s.cancel != nil {
+			s.cancel()
+		}
+		s.wg.Wait()
+		err = s.raft.Shutdown().Error()
+		if cerr := s.trans.Close(); err == nil {
+			err = cerr
+		}
+		if cerr := s.bolt.Close(); err == nil {
+			err = cerr
+		}
+	})
+	return err
+}
+
+// Hint asks the leader to re-check membership now (gossip saw a change).
+func (s *Store) Hint() {
+	select {
+	case s.hint <- struct{}{}:
+	default:
+	}
+}
+
+// State returns a copy of the local state and the index it reflects. It may
+// lag the leader (stale reads are allowed and labelled by the index).
+func (s *Store) State() (*State, uint64) { return s.fsm.State() }
+
+// Changed returns a channel closed at the next state change.
+func (s *Store) Changed() <-chan struct{} { return s.fsm.Changed() }
+
+// IsLeader reports whether this node is the Raft leader.
+func (s *Store) IsLeader() bool { return s.raft.State() == raft.Leader }
+
+// LeaderCh mirrors raft's leadership notifications.
+func (s *Store) LeaderID() string {
+	_, id := s.raft.LeaderWithID()
+	return string(id)
+}
+
+// NewCommandID returns a random command ID.
+func NewCommandID() string {
+	var b [12]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+var errNoLeader = errors.New("no raft leader")
+
+// ErrNotLeader is returned by ApplyLocal on a follower.
+var ErrNotLeader = errors.New("not the raft leader")
+
+// Apply commits cmd through the leader, from any node, and returns its
+// result. If the leader fails mid-write it retries with the same command ID
+// until ctx ends, so the command is applied exactly once.
+func (s *Store) Apply(ctx context.Context, cmd *Command) (*Result, error) {
+	if cmd.ID == "" {
+		cmd.ID = NewCommandID()
+	}
+	if cmd.Time.IsZero() {
+		cmd.Time = time.Now().UTC()
+	}
+	backoff := 20 * time.Millisecond
+	var lastErr error
+	for {
+		var res *Result
+		var err error
+		if s.IsLeader() {
+			res, err = s.ApplyLocal(ctx, cmd)
+		} else if leader := s.LeaderID(); leader != "" {
+			res, err = s.cfg.Forward(ctx, leader, cmd)
+		} else {
+			err = errNoLeader
+		}
+		if err == nil {
+			return res, nil
+		}
+		if errors.Is(err, raft.ErrRaftShutdown) {
+			return nil, err
+		}
+		lastErr = err
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("raftstore: write not committed: %w (last error: %v)", ctx.Err(), lastErr)
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, time.Second)
+	}
+}
+
+// ApplyLocal commits cmd if this node is the leader; the node API calls it
+// for forwarded writes.
+func (s *Store) ApplyLocal(ctx context.Context, cmd *Command) (*Result, error) {
+	if s.raft.State() != raft.Leader {
+		return nil, ErrNotLeader
+	}
+	b, err := json.Marshal(cmd)
+	if err != nil {
+		return nil, err
+	}
+	timeout := 10 * time.Second
+	if dl, ok := ctx.Deadline(); ok {
+		timeout = time.Until(dl)
+	}
+	f := s.raft.Apply(b, timeout)
+	if err := f.Error(); err != nil {
+		return nil, err
+	}
+	res, ok := f.Response().(*Result)
+	if !ok {
+		return nil, fmt.Errorf("raftstore: unexpected apply response %T", f.Response())
+	}
+	return res, nil
+}
+
+// Status is what `runos-agent status` shows about Raft.
+type Status struct {
+	State        string   `json:"state"`
+	Leader       string   `json:"leader"` // node ID
+	Term         uint64   `json:"term"`
+	AppliedIndex uint64   `json:"applied_index"`
+	Voters       []string `json:"voters"`    // node IDs
+	NonVoters    []string `json:"nonvoters"` // node IDs
+}
+
+// Status reports this replica's Raft view.
+func (s *Store) Status() Status {
+	st := Status{
+		State:        s.raft.State().String(),
+		Leader:       s.LeaderID(),
+		Term:         s.raft.CurrentTerm(),
+		AppliedIndex: s.raft.AppliedIndex(),
+		Voters:       []string{},
+		NonVoters:    []string{},
+	}
+	if f := s.raft.GetConfiguration(); f.Error() == nil {
+		for _, srv := range f.Configuration().Servers {
+			if srv.Suffrage == raft.Voter {
+				st.Voters = append(st.Voters, string(srv.ID))
+			} else {
+				st.NonVoters = append(st.NonVoters, string(srv.ID))
+			}
+		}
+	}
+	slices.Sort(st.Voters)
+	slices.Sort(st.NonVoters)
+	return st
+}
+
+// hclogWriter carries hashicorp/raft's hclog lines into slog at their level.
+type hclogWriter struct{ log *slog.Logger }
+
+func newHCLog(log *slog.Logger) hclog.Logger {
+	lvl := hclog.Info
+	if !log.Enabled(context.Background(), slog.LevelInfo) {
+		lvl = hclog.Warn
+	}
+	return hclog.New(&hclog.LoggerOptions{
+		Level:           lvl,
+		Output:          hclogWriter{log},
+		DisableTime:     true,
+		IncludeLocation: false,
+	})
+}
+
+func (w hclogWriter) Write(p []byte) (int, error) {
+	line := bytes.TrimSpace(p)
+	level := slog.LevelInfo
+	for tag, l := range map[string]slog.Level{"[ERROR]": slog.LevelError, "[WARN]": slog.LevelWarn, "[INFO]": slog.LevelInfo, "[DEBUG]": slog.LevelDebug, "[TRACE]": slog.LevelDebug} {
+		if bytes.HasPrefix(line, []byte(tag)) {
+			level = l
+			line = bytes.TrimSpace(line[len(tag):])
+			break
+		}
+	}
+	w.log.Log(context.Background(), level, string(line))
+	return len(p), nil
+}

@@ -1,0 +1,208 @@
+package raftstore
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"slices"
+	"time"
+
+	"github.com/hashicorp/raft"
+)
+
+// membershipLoop keeps the Raft configuration in line with the state while
+// this node leads: every node in the state is a server, removed nodes are
+// not, and up to MaxVoters (odd) live servers vote. Gossip events wake it
+// through Hint; the ticker catches anything a hint missed.
+func (s *Store) membershipLoop(ctx context.Context) {
+	t := time.NewTicker(s.cfg.ReconcileInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-s.hint:
+		case <-s.fsm.Changed():
+		case <-s.raft.LeaderCh():
+		}
+		if !s.IsLeader() {
+			s.mu.Lock()
+			clear(s.downSince)
+			s.mu.Unlock()
+			continue
+		}
+		if err := s.reconcileMembership(time.Now()); err != nil {
+			s.log.Warn("membership reconcile failed", "err", err)
+		}
+	}
+}
+
+// plan is one step of membership change the leader should make.
+type membershipPlan struct {
+	add     []raft.Server // as non-voters
+	remove  []raft.ServerID
+	promote []raft.ServerID
+	demote  []raft.ServerID
+}
+
+// planMembership decides the changes from the current configuration, the
+// state's nodes (ID -> raft address), who is up, and who has been down past
+// the grace period. It is pure so the voter rules can be table-tested.
+func planMembership(self raft.ServerID, servers []raft.Server, nodes map[raft.ServerID]raft.ServerAddress,
+	up func(raft.ServerID) bool, deadLong func(raft.ServerID) bool, maxVoters int) membershipPlan {
+	var p membershipPlan
+	inConf := map[raft.ServerID]raft.Server{}
+	for _, srv := range servers {
+		inConf[srv.ID] = srv
+		if _, ok := nodes[srv.ID]; !ok {
+			p.remove = append(p.remove, srv.ID)
+		}
+	}
+	for id, addr := range nodes {
+		if _, ok := inConf[id]; !ok {
+			p.add = append(p.add, raft.Server{Suffrage: raft.Nonvoter, ID: id, Address: addr})
+		}
+	}
+	slices.SortFunc(p.add, func(a, b raft.Server) int { return compareIDs(a.ID, b.ID) })
+
+	// A server counts toward the voter target while it is up or has not yet
+	// been down past the grace period, so one missed heartbeat does not
+	// reshuffle the voters. The leader is always up.
+	var voters, liveNonvoters []raft.ServerID
+	eligible := 0
+	for _, srv := range servers {
+		if _, ok := nodes[srv.ID]; !ok {
+			continue
+		}
+		isUp := srv.ID == self || up(srv.ID)
+		stays := isUp || !deadLong(srv.ID)
+		if stays {
+			eligible++
+		}
+		switch {
+		case srv.Suffrage == raft.Voter && stays:
+			voters = append(voters, srv.ID)
+		case srv.Suffrage == raft.Voter:
+			p.demote = append(p.demote, srv.ID)
+		case isUp:
+			liveNonvoters = append(liveNonvoters, srv.ID)
+		}
+	}
+	target := min(maxVoters, eligible)
+	if target%2 == 0 {
+		target--
+	}
+	target = max(target, 1)
+	slices.SortFunc(liveNonvoters, compareIDs)
+	for len(voters) < target && len(liveNonvoters) > 0 {
+		p.promote = append(p.promote, liveNonvoters[0])
+		voters = append(voters, liveNonvoters[0])
+		liveNonvoters = liveNonvoters[1:]
+	}
+	// Too many voters (an even count after a demotion, or more than the
+	// cap): demote the surplus, down ones first, never the leader.
+	if len(voters) > target {
+		slices.SortFunc(voters, func(a, b raft.ServerID) int {
+			ua, ub := a == self || up(a), b == self || up(b)
+			if ua != ub {
+				if !ua {
+					return -1
+				}
+				return 1
+			}
+			return -compareIDs(a, b)
+		})
+		surplus := len(voters) - target
+		for _, id := range voters {
+			if surplus == 0 {
+				break
+			}
+			if id != self {
+				p.demote = append(p.demote, id)
+				surplus--
+			}
+		}
+	}
+	slices.SortFunc(p.remove, compareIDs)
+	return p
+}
+
+func compareIDs(a, b raft.ServerID) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+func (s *Store) reconcileMembership(now time.Time) error {
+	f := s.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return err
+	}
+	servers := f.Configuration().Servers
+	st, _ := s.fsm.State()
+	if st.ClusterID == "" {
+		return nil // not bootstrapped yet: the config is init's
+	}
+	nodes := make(map[raft.ServerID]raft.ServerAddress, len(st.Nodes))
+	for id, n := range st.Nodes {
+		nodes[raft.ServerID(id)] = raft.ServerAddress(netip.AddrPortFrom(n.MeshIP, s.cfg.Addr.Port()).String())
+	}
+	self := raft.ServerID(s.cfg.NodeID)
+
+	s.mu.Lock()
+	upNow := map[raft.ServerID]bool{}
+	for _, srv := range servers {
+		if srv.ID == self || s.cfg.Alive(string(srv.ID)) {
+			upNow[srv.ID] = true
+			delete(s.downSince, srv.ID)
+		} else if _, ok := s.downSince[srv.ID]; !ok {
+			s.downSince[srv.ID] = now
+		}
+	}
+	downSince := make(map[raft.ServerID]time.Time, len(s.downSince))
+	for id, t := range s.downSince {
+		downSince[id] = t
+	}
+	s.mu.Unlock()
+
+	p := planMembership(self, servers, nodes,
+		func(id raft.ServerID) bool { return upNow[id] },
+		func(id raft.ServerID) bool {
+			t, ok := downSince[id]
+			return ok && now.Sub(t) >= s.cfg.DeadVoterGrace
+		}, s.cfg.MaxVoters)
+
+	const timeout = 10 * time.Second
+	for _, id := range p.remove {
+		s.log.Info("removing server of a removed node", "node_id", id)
+		if err := s.raft.RemoveServer(id, 0, timeout).Error(); err != nil {
+			return fmt.Errorf("remove %s: %w", id, err)
+		}
+	}
+	for _, srv := range p.add {
+		s.log.Info("adding non-voter", "node_id", srv.ID, "addr", srv.Address)
+		if err := s.raft.AddNonvoter(srv.ID, srv.Address, 0, timeout).Error(); err != nil {
+			return fmt.Errorf("add %s: %w", srv.ID, err)
+		}
+	}
+	// Promote before demoting so the voter count never dips below what
+	// quorum needs.
+	for _, id := range p.promote {
+		s.log.Info("promoting to voter", "node_id", id)
+		if err := s.raft.AddVoter(id, nodes[id], 0, timeout).Error(); err != nil {
+			return fmt.Errorf("promote %s: %w", id, err)
+		}
+	}
+	for _, id := range p.demote {
+		s.log.Info("demoting voter", "node_id", id, "down_since", downSince[id])
+		if err := s.raft.DemoteVoter(id, 0, timeout).Error(); err != nil {
+			return fmt.Errorf("demote %s: %w", id, err)
+		}
+	}
+	return nil
+}
