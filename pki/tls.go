@@ -1,0 +1,170 @@
+package pki
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// ErrFingerprintMismatch is returned (wrapped) by a PinnedClientConfig
+// handshake when the server does not present the pinned cluster CA.
+var ErrFingerprintMismatch = errors.New("cluster CA fingerprint mismatch")
+
+// PinnedClientConfig is the TLS client config of a joiner, which knows the
+// cluster only by its CA fingerprint (from the join command) and dials a
+// member by an underlay address that no certificate names.
+//
+// The handshake succeeds only if the server's chain contains a certificate
+// whose fingerprint is caFingerprint and the server's leaf verifies against
+// that certificate as the sole root. Checking the fingerprint alone would not
+// do: the CA certificate is public, and anyone can staple it to a chain.
+// Host names are not checked; the pin is the identity.
+//
+// caFingerprint is compared case-insensitively, and colons (as openssl
+// prints fingerprints) are ignored.
+func PinnedClientConfig(caFingerprint string) *tls.Config {
+	want := normalizeFingerprint(caFingerprint)
+	return &tls.Config{
+		MinVersion: tls.VersionTLS13,
+		// The standard verifier needs a root pool and a host name, and we have
+		// neither; VerifyConnection below does the whole verification instead.
+		// It runs on every handshake, resumed ones included, unlike
+		// VerifyPeerCertificate.
+		InsecureSkipVerify: true,
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			return verifyPinned(cs.PeerCertificates, want)
+		},
+	}
+}
+
+func verifyPinned(chain []*x509.Certificate, want string) error {
+	if !isFingerprint(want) {
+		return fmt.Errorf("pki: invalid cluster CA fingerprint %q: want 64 hex digits", want)
+	}
+	if len(chain) == 0 {
+		return errors.New("pki: server presented no certificate")
+	}
+	var ca *x509.Certificate
+	for _, c := range chain {
+		if Fingerprint(c) == want {
+			ca = c
+			break
+		}
+	}
+	if ca == nil {
+		// Report what the server offered as its root: the last certificate
+		// of the chain, which is the CA with ServerConfig.
+		return fmt.Errorf("%w: got %s, want %s", ErrFingerprintMismatch, Fingerprint(chain[len(chain)-1]), want)
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(ca)
+	if _, err := chain[0].Verify(x509.VerifyOptions{
+		Roots:     roots,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}); err != nil {
+		return fmt.Errorf("pki: server certificate does not verify against the pinned cluster CA: %w", err)
+	}
+	return nil
+}
+
+func normalizeFingerprint(s string) string {
+	return strings.ToLower(strings.ReplaceAll(strings.TrimSpace(s), ":", ""))
+}
+
+func isFingerprint(s string) bool {
+	b, err := hex.DecodeString(s)
+	return err == nil && len(b) == 32
+}
+
+// ServerConfig is the TLS config of the join endpoint. It presents the
+// node's certificate followed by the CA certificate, so that a joiner holding
+// only the CA fingerprint (PinnedClientConfig) finds the CA in the chain. It
+// asks for no client certificate: joiners have none yet, and the join token
+// authenticates them.
+func ServerConfig(certPEM, keyPEM []byte, ca *x509.Certificate) (*tls.Config, error) {
+	cert, err := loadCert(certPEM, keyPEM, ca)
+	if err != nil {
+		return nil, err
+	}
+	return &tls.Config{
+		MinVersion:   tls.VersionTLS13,
+		Certificates: []tls.Certificate{cert},
+		ClientAuth:   tls.NoClientCert,
+	}, nil
+}
+
+// MutualConfig returns the server and client TLS configs of the node API.
+// Both sides present the node certificate and require the peer's to be
+// signed by ca. The client also verifies the server's name, so callers dial
+// a member by its mesh IP (or set ServerName to it or to the node name).
+//
+// allow, if not nil, is consulted for the peer's leaf certificate on both
+// sides after the chain verifies, on every handshake including resumed
+// sessions. Wire it to the cluster state so that the certificate of a removed
+// node (its serial no longer recorded) is refused even though it is still
+// validly signed.
+func MutualConfig(certPEM, keyPEM []byte, ca *x509.Certificate, allow func(leaf *x509.Certificate) error) (server, client *tls.Config, err error) {
+	cert, err := loadCert(certPEM, keyPEM, ca)
+	if err != nil {
+		return nil, nil, err
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(ca)
+	verify := func(cs tls.ConnectionState) error {
+		if len(cs.PeerCertificates) == 0 {
+			// Unreachable with the settings below; refuse rather than trust.
+			return errors.New("pki: peer presented no certificate")
+		}
+		if allow == nil {
+			return nil
+		}
+		leaf := cs.PeerCertificates[0]
+		if err := allow(leaf); err != nil {
+			return fmt.Errorf("pki: peer certificate %q (serial %s) refused: %w", leaf.Subject.CommonName, SerialOf(leaf), err)
+		}
+		return nil
+	}
+	server = &tls.Config{
+		MinVersion:       tls.VersionTLS13,
+		Certificates:     []tls.Certificate{cert},
+		ClientAuth:       tls.RequireAndVerifyClientCert,
+		ClientCAs:        pool,
+		VerifyConnection: verify,
+	}
+	client = &tls.Config{
+		MinVersion:       tls.VersionTLS13,
+		Certificates:     []tls.Certificate{cert},
+		RootCAs:          pool,
+		VerifyConnection: verify,
+	}
+	return server, client, nil
+}
+
+// loadCert builds the certificate chain a node presents: its leaf, then the
+// CA. It checks that the leaf was signed by ca, so that a node whose data dir
+// holds a certificate from another cluster fails at startup rather than at
+// every handshake.
+func loadCert(certPEM, keyPEM []byte, ca *x509.Certificate) (tls.Certificate, error) {
+	if ca == nil {
+		return tls.Certificate{}, errors.New("pki: CA certificate is required")
+	}
+	pair, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("pki: load node certificate: %w", err)
+	}
+	leaf, err := x509.ParseCertificate(pair.Certificate[0])
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("pki: parse node certificate: %w", err)
+	}
+	if err := leaf.CheckSignatureFrom(ca); err != nil {
+		return tls.Certificate{}, fmt.Errorf("pki: node certificate %q is not signed by the cluster CA: %w", leaf.Subject.CommonName, err)
+	}
+	return tls.Certificate{
+		Certificate: [][]byte{leaf.Raw, ca.Raw},
+		PrivateKey:  pair.PrivateKey,
+		Leaf:        leaf,
+	}, nil
+}
