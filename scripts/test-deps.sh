@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs what the test suites need on a Debian machine (the network-namespace
+# lab in e2e/ above all). Idempotent and silent when everything is present;
+# runs `apt-get update` only when something is missing.
+set -euo pipefail
+
+# ip, ping, nft, conntrack, iperf3, sysctl.
+packages=(iproute2 iputils-ping nftables conntrack iperf3 procps)
+
+missing=()
+for p in "${packages[@]}"; do
+	if [[ "$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null)" != installed ]]; then
+		missing+=("$p")
+	fi
+done
+[[ ${#missing[@]} -eq 0 ]] && exit 0
+
+if [[ $(id -u) -ne 0 ]]; then
+	echo "test-deps: missing ${missing[*]}; run this script as root" >&2
+	exit 1
+fi
+if ! command -v apt-get >/dev/null; then
+	echo "test-deps: missing ${missing[*]} and no apt-get to install them" >&2
+	exit 1
+fi
+echo "test-deps: installing ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+if ! { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}"; } >"$log" 2>&1; then
+	cat "$log" >&2
+	exit 1
+fi
