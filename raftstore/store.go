@@ -212,6 +212,9 @@ func (s *Store) Close() error {
 			s.cancel()
 		}
 		s.wg.Wait()
+		// Cut the network first: replication to a peer that is down may
+		// sit in a dial, and raft's Shutdown waits for it.
+		s.stream.Close()
 		err = s.raft.Shutdown().Error()
 		if cerr := s.trans.Close(); err == nil {
 			err = cerr
@@ -256,6 +259,9 @@ func NewCommandID() string {
 
 var errNoLeader = errors.New("no raft leader")
 
+// forwardAttemptTimeout bounds one forwarded write; Apply retries after it.
+const forwardAttemptTimeout = 3 * time.Second
+
 // ErrNotLeader is returned by ApplyLocal on a follower.
 var ErrNotLeader = errors.New("not the raft leader")
 
@@ -277,7 +283,12 @@ func (s *Store) Apply(ctx context.Context, cmd *Command) (*Result, error) {
 		if s.IsLeader() {
 			res, err = s.ApplyLocal(ctx, cmd)
 		} else if leader := s.LeaderID(); leader != "" {
-			res, err = s.cfg.Forward(ctx, leader, cmd)
+			// A leader that just died still looks like the leader for
+			// an election timeout; bound each attempt so the retry
+			// reaches its successor.
+			actx, cancel := context.WithTimeout(ctx, forwardAttemptTimeout)
+			res, err = s.cfg.Forward(actx, leader, cmd)
+			cancel()
 		} else {
 			err = errNoLeader
 		}

@@ -31,6 +31,10 @@ type StreamLayer struct {
 
 	closeOnce sync.Once
 	closeErr  error
+	// dialCtx ends when the layer closes, so a dial to a peer that is not
+	// there (a joiner not yet up) does not hold up a shutdown.
+	dialCtx    context.Context
+	cancelDial context.CancelFunc
 
 	mu     sync.Mutex
 	closed bool                     // guarded by mu
@@ -57,10 +61,13 @@ func NewStreamLayer(n mesh.Net, addr netip.AddrPort) (*StreamLayer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("raftstore: stream layer: listen on %s: %w", addr, err)
 	}
+	dialCtx, cancelDial := context.WithCancel(context.Background())
 	return &StreamLayer{
-		net:   n,
-		ln:    ln,
-		conns: make(map[*streamConn]struct{}),
+		net:        n,
+		ln:         ln,
+		conns:      make(map[*streamConn]struct{}),
+		dialCtx:    dialCtx,
+		cancelDial: cancelDial,
 	}, nil
 }
 
@@ -79,7 +86,7 @@ func (s *StreamLayer) Dial(address raft.ServerAddress, timeout time.Duration) (n
 	if s.isClosed() {
 		return nil, fmt.Errorf("raftstore: dial %s: %w", address, net.ErrClosed)
 	}
-	ctx := context.Background()
+	ctx := s.dialCtx
 	if timeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, timeout)
@@ -107,6 +114,7 @@ func (s *StreamLayer) Close() error {
 		s.conns = nil
 		s.mu.Unlock()
 
+		s.cancelDial()
 		s.closeErr = s.ln.Close()
 		for c := range conns {
 			_ = c.Conn.Close()

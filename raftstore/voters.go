@@ -177,6 +177,9 @@ func (s *Store) reconcileMembership(now time.Time) error {
 			return ok && now.Sub(t) >= s.cfg.DeadVoterGrace
 		}, s.cfg.MaxVoters)
 
+	if len(p.add)+len(p.remove)+len(p.promote)+len(p.demote) > 0 {
+		s.log.Debug("membership plan", "up", upNow, "add", p.add, "remove", p.remove, "promote", p.promote, "demote", p.demote)
+	}
 	const timeout = 10 * time.Second
 	for _, id := range p.remove {
 		s.log.Info("removing server of a removed node", "node_id", id)

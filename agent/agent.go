@@ -1,0 +1,335 @@
+// Package agent is the composition root of runos-agent: it builds every
+// component from the data dir, starts them in order, owns their lifecycles,
+// and serves the local API and the join endpoint. No other package imports it.
+package agent
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+
+	"github.com/runos/runos-agent/gossip"
+	"github.com/runos/runos-agent/mesh"
+	"github.com/runos/runos-agent/pki"
+	"github.com/runos/runos-agent/raftstore"
+)
+
+// Version is the agent's version, set at build time with -ldflags.
+var Version = "dev"
+
+// Ports on the mesh IP.
+const (
+	GossipPort  = 7946
+	RaftPort    = raftstore.DefaultPort
+	NodeAPIPort = 7948
+)
+
+// Config is how the daemon is run; everything about the node itself comes
+// from the data dir.
+type Config struct {
+	DataDir string
+	// Net overrides the data dir's network mode (auto|kernel|userspace).
+	Net string
+	// Tuning shortens timers for tests; zero values keep production defaults.
+	Tuning Tuning
+}
+
+// Tuning holds timers tests shorten.
+type Tuning struct {
+	RaftHeartbeat     time.Duration
+	RaftElection      time.Duration
+	DeadVoterGrace    time.Duration
+	ReconcileInterval time.Duration
+	GossipFast        bool // memberlist with short probe and suspicion timers
+}
+
+// Agent is one running node.
+type Agent struct {
+	dir    string
+	cfg    *NodeConfig
+	log    *slog.Logger
+	tuning Tuning
+	mode   mesh.Mode
+
+	wgKey    mesh.Key
+	nodeCert []byte
+	nodeKey  []byte
+	caCert   *x509.Certificate
+
+	dev        *mesh.Device
+	transport  *gossip.Transport
+	ml         *memberlist.Memberlist
+	store      *raftstore.Store
+	mtlsServer *tls.Config
+	mtlsClient *tls.Config
+	forwarder  *http.Client
+
+	servers []*http.Server
+
+	startOnce sync.Once
+	closeOnce sync.Once
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+	closers   []func() error // in reverse start order
+
+	// hint wakes the peer reconciler (gossip saw a change).
+	hint chan struct{}
+}
+
+// New loads the data dir. It fails on a dir that init or join did not
+// prepare, or whose keys are missing or unreadable.
+func New(cfg Config, log *slog.Logger) (*Agent, error) {
+	if cfg.DataDir == "" {
+		return nil, errors.New("agent: DataDir is required")
+	}
+	if log == nil {
+		return nil, errors.New("agent: logger is required")
+	}
+	nc, err := LoadNodeConfig(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Net != "" {
+		nc.Net = cfg.Net
+	}
+	mode, err := resolveMode(nc.Net)
+	if err != nil {
+		return nil, err
+	}
+	a := &Agent{
+		dir:    cfg.DataDir,
+		cfg:    nc,
+		log:    log.With("node", nc.Name),
+		tuning: cfg.Tuning,
+		mode:   mode,
+		hint:   make(chan struct{}, 1),
+	}
+	keyText, err := os.ReadFile(filepath.Join(a.dir, fileWGKey))
+	if err != nil {
+		return nil, err
+	}
+	if a.wgKey, err = mesh.ParseKey(strings.TrimSpace(string(keyText))); err != nil {
+		return nil, fmt.Errorf("%s: %w", fileWGKey, err)
+	}
+	if a.nodeCert, err = os.ReadFile(filepath.Join(a.dir, fileNodeCert)); err != nil {
+		return nil, err
+	}
+	if a.nodeKey, err = os.ReadFile(filepath.Join(a.dir, fileNodeKey)); err != nil {
+		return nil, err
+	}
+	caPEM, err := os.ReadFile(filepath.Join(a.dir, fileCACert))
+	if err != nil {
+		return nil, err
+	}
+	if a.caCert, err = pki.ParseCert(caPEM); err != nil {
+		return nil, fmt.Errorf("%s: %w", fileCACert, err)
+	}
+	if got := pki.Fingerprint(a.caCert); got != nc.CAFingerprint {
+		return nil, fmt.Errorf("%s does not match the cluster this data dir belongs to (fingerprint %s, want %s)", fileCACert, got, nc.CAFingerprint)
+	}
+	return a, nil
+}
+
+// resolveMode picks the overlay flavour: kernel needs CAP_NET_ADMIN and a
+// TUN device; auto falls back to userspace without them.
+func resolveMode(net string) (mesh.Mode, error) {
+	switch net {
+	case "kernel":
+		return mesh.ModeKernel, nil
+	case "userspace":
+		return mesh.ModeUserspace, nil
+	case "auto", "":
+		if os.Geteuid() == 0 {
+			if f, err := os.OpenFile("/dev/net/tun", os.O_RDWR, 0); err == nil {
+				f.Close()
+				return mesh.ModeKernel, nil
+			}
+		}
+		return mesh.ModeUserspace, nil
+	}
+	return "", fmt.Errorf("invalid net mode %q: want auto, kernel or userspace", net)
+}
+
+// Name is the node's name.
+func (a *Agent) Name() string { return a.cfg.Name }
+
+// NodeConfig returns the node's identity from its data dir.
+func (a *Agent) NodeConfig() NodeConfig { return *a.cfg }
+
+// Net is the overlay this node dials and listens on.
+func (a *Agent) Net() mesh.Net { return a.dev.Net() }
+
+// Store is the node's Raft replica.
+func (a *Agent) Store() *raftstore.Store { return a.store }
+
+// Start brings the node up: WireGuard with the last known peers, gossip,
+// Raft, the node API on the mesh, the join endpoint and the local API. It
+// returns once all are listening; the node then converges in the background
+// and runs until Close (ctx only carries values, its cancel bounds nothing
+// after Start returns).
+func (a *Agent) Start(ctx context.Context) (err error) {
+	err = errors.New("agent: already started")
+	a.startOnce.Do(func() {
+		ctx, a.cancel = context.WithCancel(context.WithoutCancel(ctx))
+		err = a.start(ctx)
+		if err != nil {
+			a.Close()
+		}
+	})
+	return err
+}
+
+func (a *Agent) start(ctx context.Context) error {
+	a.log.Info("starting", "cluster", a.cfg.ClusterID, "mesh_ip", a.cfg.MeshIP, "net", a.mode, "listen_port", a.cfg.ListenPort, "version", Version)
+	dev, err := mesh.New(mesh.Config{
+		Mode:       a.mode,
+		PrivateKey: a.wgKey,
+		ListenPort: a.cfg.ListenPort,
+		Address:    a.cfg.MeshIP,
+		Prefix:     raftstore.MeshPrefix,
+	}, a.log)
+	if err != nil {
+		return fmt.Errorf("wireguard: %w", err)
+	}
+	a.dev = dev
+	a.closers = append(a.closers, dev.Close)
+	if saved, err := loadPeers(a.dir); err != nil {
+		a.log.Warn("ignoring saved peers", "err", err)
+	} else if err := a.dev.SetPeers(a.peersFrom(saved)); err != nil {
+		return err
+	}
+
+	mtlsServer, mtlsClient, err := pki.MutualConfig(a.nodeCert, a.nodeKey, a.caCert, a.allowPeerCert)
+	if err != nil {
+		return err
+	}
+	a.mtlsServer, a.mtlsClient = mtlsServer, mtlsClient
+	a.forwarder = &http.Client{Transport: &http.Transport{
+		DialContext:         a.dialNode,
+		TLSClientConfig:     mtlsClient,
+		MaxIdleConnsPerHost: 4,
+		IdleConnTimeout:     30 * time.Second,
+	}, Timeout: 15 * time.Second}
+	a.closers = append(a.closers, func() error { a.forwarder.CloseIdleConnections(); return nil })
+
+	store, err := raftstore.New(raftstore.Config{
+		Dir:               filepath.Join(a.dir, dirRaft),
+		NodeID:            a.cfg.NodeID,
+		Addr:              netip.AddrPortFrom(a.cfg.MeshIP, RaftPort),
+		Net:               a.dev.Net(),
+		Forward:           a.forward,
+		Alive:             a.nodeUp,
+		DeadVoterGrace:    a.tuning.DeadVoterGrace,
+		ReconcileInterval: a.tuning.ReconcileInterval,
+		HeartbeatTimeout:  a.tuning.RaftHeartbeat,
+		ElectionTimeout:   a.tuning.RaftElection,
+	}, a.log)
+	if err != nil {
+		return err
+	}
+	a.store = store
+	a.closers = append(a.closers, store.Close)
+	if st, _ := store.State(); st.ClusterID != "" && st.ClusterID != a.cfg.ClusterID {
+		return fmt.Errorf("data dir holds state of cluster %s but belongs to cluster %s", st.ClusterID, a.cfg.ClusterID)
+	}
+
+	if err := a.startGossip(); err != nil {
+		return err
+	}
+	if err := a.startNodeAPI(); err != nil {
+		return err
+	}
+	if err := a.startJoinEndpoint(); err != nil {
+		return err
+	}
+	if err := a.startLocalAPI(); err != nil {
+		return err
+	}
+	store.Start(ctx)
+	a.goLoop(ctx, a.peerLoop)
+	a.goLoop(ctx, a.selfLoop)
+	a.goLoop(ctx, a.gossipRejoinLoop)
+	return nil
+}
+
+func (a *Agent) goLoop(ctx context.Context, f func(context.Context)) {
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		f(ctx)
+	}()
+}
+
+// Close stops every component in reverse start order and waits for them.
+// It is idempotent.
+func (a *Agent) Close() error {
+	var errs []error
+	a.closeOnce.Do(func() {
+		if a.cancel != nil {
+			a.cancel()
+		}
+		for _, s := range a.servers {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			if err := s.Shutdown(ctx); err != nil {
+				s.Close()
+			}
+			cancel()
+		}
+		t0 := time.Now()
+		a.wg.Wait()
+		a.log.Debug("loops and servers stopped", "took", time.Since(t0))
+		for i := len(a.closers) - 1; i >= 0; i-- {
+			t0 := time.Now()
+			if err := a.closers[i](); err != nil && !errors.Is(err, net.ErrClosed) {
+				errs = append(errs, err)
+			}
+			a.log.Debug("closed component", "i", i, "took", time.Since(t0))
+		}
+		a.log.Info("stopped")
+	})
+	return errors.Join(errs...)
+}
+
+// allowPeerCert accepts a node certificate only while its serial belongs to
+// a node in the cluster state, so a removed node is refused everywhere.
+// Before this replica has any state (a fresh joiner catching up), any
+// certificate the cluster CA signed passes.
+func (a *Agent) allowPeerCert(leaf *x509.Certificate) error {
+	st, _ := a.store.State()
+	if st.ClusterID == "" {
+		return nil
+	}
+	if st.NodeBySerial(pki.SerialOf(leaf)) == nil {
+		return fmt.Errorf("certificate %s belongs to no node of this cluster", pki.SerialOf(leaf))
+	}
+	return nil
+}
+
+// dialNode dials a node by name ("name:port") on the mesh. Node API URLs
+// carry node names so TLS checks the peer certificate against the name the
+// cluster CA signed into it.
+func (a *Agent) dialNode(ctx context.Context, network, address string) (net.Conn, error) {
+	host, port, err := net.SplitHostPort(address)
+	if err != nil {
+		return nil, err
+	}
+	for _, n := range a.knownNodes() {
+		if n.Name == host {
+			return a.dev.Net().DialContext(ctx, network, net.JoinHostPort(n.MeshIP.String(), port))
+		}
+	}
+	return nil, fmt.Errorf("no node named %q in the cluster state", host)
+}

@@ -1,0 +1,132 @@
+package agent
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/netip"
+	"os"
+	"path/filepath"
+
+	"github.com/runos/runos-agent/raftstore"
+)
+
+// Files in a data dir. config.json is written last by init and join, so its
+// presence means "initialised".
+const (
+	fileConfig   = "config.json"
+	fileWGKey    = "wg.key"
+	fileNodeKey  = "node.key"
+	fileNodeCert = "node.crt"
+	fileCACert   = "ca.crt"
+	filePeers    = "peers.json"
+	fileInit     = "init.json" // the bootstrap command until the first leader applies it
+	dirRaft      = "raft"
+)
+
+// NodeConfig is what init or join leave in the data dir for run.
+type NodeConfig struct {
+	ClusterID     string       `json:"cluster_id"`
+	NodeID        string       `json:"node_id"`
+	Name          string       `json:"name"`
+	Net           string       `json:"net"` // auto|kernel|userspace
+	ListenPort    int          `json:"listen_port"`
+	Endpoints     []string     `json:"endpoints"` // advertised underlay host:port
+	MeshIP        netip.Addr   `json:"mesh_ip"`
+	PodCIDR       netip.Prefix `json:"pod_cidr"`
+	CAFingerprint string       `json:"ca_fingerprint"`
+}
+
+// ErrNotInitialised means the data dir has no config.json.
+var ErrNotInitialised = errors.New("data dir is not initialised (run `runos-agent init` or `runos-agent join` first)")
+
+// LoadNodeConfig reads dir/config.json.
+func LoadNodeConfig(dir string) (*NodeConfig, error) {
+	b, err := os.ReadFile(filepath.Join(dir, fileConfig))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("%s: %w", dir, ErrNotInitialised)
+	}
+	if err != nil {
+		return nil, err
+	}
+	var c NodeConfig
+	if err := json.Unmarshal(b, &c); err != nil {
+		return nil, fmt.Errorf("%s: corrupt %s: %w", dir, fileConfig, err)
+	}
+	if c.ClusterID == "" || c.NodeID == "" || !c.MeshIP.IsValid() {
+		return nil, fmt.Errorf("%s: incomplete %s", dir, fileConfig)
+	}
+	return &c, nil
+}
+
+// checkFresh refuses a data dir that already belongs to a node.
+func checkFresh(dir string) error {
+	c, err := LoadNodeConfig(dir)
+	if err == nil {
+		return fmt.Errorf("data dir %s is already initialised for node %q of cluster %s; use another --data-dir or remove it", dir, c.Name, c.ClusterID)
+	}
+	if !errors.Is(err, ErrNotInitialised) {
+		return err
+	}
+	if _, err := os.Stat(filepath.Join(dir, dirRaft)); err == nil {
+		return fmt.Errorf("data dir %s holds Raft data but no config.json; refusing to overwrite it", dir)
+	}
+	return nil
+}
+
+// writeFileAtomic writes via a temp file and rename, so a crash never leaves
+// a half-written file behind.
+func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, mode); err != nil {
+		return err
+	}
+	f, err := os.Open(tmp)
+	if err == nil {
+		f.Sync()
+		f.Close()
+	}
+	return os.Rename(tmp, path)
+}
+
+func writeJSON(path string, v any, mode os.FileMode) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	return writeFileAtomic(path, append(b, '\n'), mode)
+}
+
+// savedPeers is the last peer list the node knew, so a restart (even of the
+// whole cluster at once) can bring WireGuard up before Raft has a leader.
+type savedPeers struct {
+	Nodes []*raftstore.Node `json:"nodes"`
+}
+
+func loadPeers(dir string) ([]*raftstore.Node, error) {
+	b, err := os.ReadFile(filepath.Join(dir, filePeers))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var p savedPeers
+	if err := json.Unmarshal(b, &p); err != nil {
+		return nil, fmt.Errorf("corrupt %s: %w", filePeers, err)
+	}
+	return p.Nodes, nil
+}
+
+func savePeers(dir string, nodes []*raftstore.Node) error {
+	return writeJSON(filepath.Join(dir, filePeers), savedPeers{Nodes: nodes}, 0o600)
+}
+
+func readJSON(path string, v any) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	return json.Unmarshal(b, v)
+}

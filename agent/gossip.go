@@ -1,0 +1,134 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+
+	"github.com/runos/runos-agent/api"
+	"github.com/runos/runos-agent/gossip"
+)
+
+func (a *Agent) startGossip() error {
+	t, err := gossip.NewTransport(gossip.TransportConfig{
+		Net:      a.dev.Net(),
+		BindAddr: a.cfg.MeshIP,
+		Port:     GossipPort,
+	}, a.log)
+	if err != nil {
+		return fmt.Errorf("gossip: %w", err)
+	}
+	a.transport = t
+	mc := gossip.MemberlistConfig(a.cfg.Name, t, a.log)
+	mc.Events = &gossipEvents{a: a}
+	if a.tuning.GossipFast {
+		mc.ProbeInterval = 200 * time.Millisecond
+		mc.ProbeTimeout = 100 * time.Millisecond
+		mc.GossipInterval = 50 * time.Millisecond
+		mc.SuspicionMult = 2
+		mc.PushPullInterval = 2 * time.Second
+	}
+	ml, err := memberlist.Create(mc)
+	if err != nil {
+		t.Shutdown()
+		return fmt.Errorf("gossip: %w", err)
+	}
+	a.ml = ml
+	a.closers = append(a.closers, func() error {
+		// Leave tells the others at once that this node is going away on
+		// purpose; a crash is found by the failure detector instead.
+		ml.Leave(time.Second)
+		return ml.Shutdown()
+	})
+	return nil
+}
+
+type gossipEvents struct{ a *Agent }
+
+func (e *gossipEvents) NotifyJoin(*memberlist.Node)   { e.a.wake() }
+func (e *gossipEvents) NotifyLeave(*memberlist.Node)  { e.a.wake() }
+func (e *gossipEvents) NotifyUpdate(*memberlist.Node) { e.a.wake() }
+
+// wake nudges the reconcilers: gossip events are hints, the timers still
+// re-check everything.
+func (a *Agent) wake() {
+	if a.store != nil {
+		a.store.Hint()
+	}
+	select {
+	case a.hint <- struct{}{}:
+	default:
+	}
+}
+
+// memberState is gossip's view of a node by name.
+func (a *Agent) memberState(name string) (memberlist.NodeStateType, bool) {
+	if name == a.cfg.Name {
+		return memberlist.StateAlive, true
+	}
+	for _, m := range a.ml.Members() {
+		if m.Name == name {
+			return m.State, true
+		}
+	}
+	return memberlist.StateDead, false
+}
+
+// nodeUp is Raft's liveness source: a node gossip sees alive or suspect.
+func (a *Agent) nodeUp(nodeID string) bool {
+	st, _ := a.store.State()
+	n, ok := st.Nodes[nodeID]
+	if !ok {
+		return false
+	}
+	s, ok := a.memberState(n.Name)
+	return ok && (s == memberlist.StateAlive || s == memberlist.StateSuspect)
+}
+
+// health maps gossip's view onto the healthy/degraded/offline scale.
+func (a *Agent) health(name string) string {
+	s, ok := a.memberState(name)
+	switch {
+	case ok && s == memberlist.StateAlive:
+		return api.Healthy
+	case ok && s == memberlist.StateSuspect:
+		return api.Degraded
+	}
+	return api.Offline
+}
+
+// gossipRejoinLoop contacts nodes of the state that gossip does not see, so
+// that the cluster re-forms after a partition or a power cut of every node,
+// when memberlist has long given up on them.
+func (a *Agent) gossipRejoinLoop(ctx context.Context) {
+	delay := 200 * time.Millisecond
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(delay):
+		}
+		var missing []string
+		for _, n := range a.knownNodes() {
+			if n.ID == a.cfg.NodeID {
+				continue
+			}
+			if s, ok := a.memberState(n.Name); !ok || s == memberlist.StateDead || s == memberlist.StateLeft {
+				missing = append(missing, netip.AddrPortFrom(n.MeshIP, GossipPort).String())
+			}
+		}
+		if len(missing) == 0 {
+			delay = 5 * time.Second
+			continue
+		}
+		if n, err := a.ml.Join(missing); err != nil && n == 0 {
+			a.log.Debug("gossip join failed", "targets", missing, "err", err)
+			delay = min(max(delay*2, time.Second), 5*time.Second)
+		} else {
+			delay = 5 * time.Second
+		}
+	}
+}

@@ -1,0 +1,181 @@
+package agent
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+
+	"github.com/runos/runos-agent/mesh"
+	"github.com/runos/runos-agent/pki"
+	"github.com/runos/runos-agent/raftstore"
+)
+
+// DefaultListenPort is the underlay port: UDP for WireGuard, TCP for joins.
+const DefaultListenPort = 51820
+
+// NodeOptions are what init and join share.
+type NodeOptions struct {
+	DataDir    string
+	Name       string
+	Net        string // auto|kernel|userspace; default auto
+	ListenPort int    // default DefaultListenPort
+	// Advertise is HOST[:PORT] peers use to reach this node; default: every
+	// non-loopback interface address (or 127.0.0.1 when there is none).
+	Advertise []string
+}
+
+var nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+
+func (o *NodeOptions) validate() error {
+	if o.DataDir == "" {
+		return fmt.Errorf("--data-dir is required")
+	}
+	if !nameRE.MatchString(o.Name) {
+		return fmt.Errorf("invalid node name %q: use lowercase letters, digits and '-' (a DNS label)", o.Name)
+	}
+	switch o.Net {
+	case "":
+		o.Net = "auto"
+	case "auto", "kernel", "userspace":
+	default:
+		return fmt.Errorf("invalid --net %q: want auto, kernel or userspace", o.Net)
+	}
+	if o.ListenPort == 0 {
+		o.ListenPort = DefaultListenPort
+	}
+	if o.ListenPort < 1 || o.ListenPort > 65535 {
+		return fmt.Errorf("invalid --listen-port %d", o.ListenPort)
+	}
+	eps, err := advertisedEndpoints(o.Advertise, o.ListenPort)
+	if err != nil {
+		return err
+	}
+	o.Advertise = eps
+	return nil
+}
+
+// advertisedEndpoints turns --advertise values into host:port endpoints.
+func advertisedEndpoints(adv []string, port int) ([]string, error) {
+	var out []string
+	for _, a := range adv {
+		host, p, err := net.SplitHostPort(a)
+		if err != nil {
+			host, p = a, strconv.Itoa(port)
+		}
+		if host == "" {
+			return nil, fmt.Errorf("invalid --advertise %q", a)
+		}
+		if _, err := strconv.ParseUint(p, 10, 16); err != nil {
+			return nil, fmt.Errorf("invalid --advertise %q: bad port", a)
+		}
+		out = append(out, net.JoinHostPort(host, p))
+	}
+	if len(out) > 0 {
+		return out, nil
+	}
+	addrs, _ := net.InterfaceAddrs()
+	for _, a := range addrs {
+		pfx, err := netip.ParsePrefix(a.String())
+		if err != nil {
+			continue
+		}
+		ip := pfx.Addr()
+		if ip.Is4() && !ip.IsLoopback() && !ip.IsLinkLocalUnicast() && !raftstore.MeshPrefix.Contains(ip) {
+			out = append(out, netip.AddrPortFrom(ip, uint16(port)).String())
+		}
+	}
+	if len(out) == 0 {
+		out = []string{netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(port)).String()}
+	}
+	return out, nil
+}
+
+// Init creates a new cluster in opts.DataDir with this node as its first
+// member and sole Raft voter. `run` then brings it up.
+func Init(opts NodeOptions) (*NodeConfig, error) {
+	if err := opts.validate(); err != nil {
+		return nil, err
+	}
+	if err := checkFresh(opts.DataDir); err != nil {
+		return nil, err
+	}
+	clusterID := randomHex(8)
+	nodeID := randomHex(8)
+	ca, err := pki.NewCA(clusterID)
+	if err != nil {
+		return nil, err
+	}
+	wgKey, err := mesh.GeneratePrivateKey()
+	if err != nil {
+		return nil, err
+	}
+	nodeKey, nodeKeyPEM, err := pki.NewKey()
+	if err != nil {
+		return nil, err
+	}
+	csr, err := pki.NewCSR(nodeKey, opts.Name)
+	if err != nil {
+		return nil, err
+	}
+	certPEM, serial, err := ca.SignCSR(csr, opts.Name, nil, nodeCertValidity)
+	if err != nil {
+		return nil, err
+	}
+	cfg := &NodeConfig{
+		ClusterID:     clusterID,
+		NodeID:        nodeID,
+		Name:          opts.Name,
+		Net:           opts.Net,
+		ListenPort:    opts.ListenPort,
+		Endpoints:     opts.Advertise,
+		MeshIP:        raftstore.FirstMeshIP(),
+		PodCIDR:       raftstore.FirstPodCIDR(),
+		CAFingerprint: pki.Fingerprint(ca.Cert),
+	}
+	bootstrap := &raftstore.Command{
+		ID: "bootstrap-" + clusterID,
+		Op: raftstore.OpBootstrap,
+		Bootstrap: &raftstore.BootstrapCmd{
+			ClusterID: clusterID,
+			CACertPEM: ca.CertPEM,
+			CAKeyPEM:  ca.KeyPEM,
+			Node: raftstore.Node{
+				ID: nodeID, Name: opts.Name, PublicKey: wgKey.PublicKey().String(),
+				MeshIP: cfg.MeshIP, PodCIDR: cfg.PodCIDR, Endpoints: opts.Advertise,
+				CertSerial: serial, Version: Version,
+			},
+		},
+	}
+	if err := os.MkdirAll(opts.DataDir, 0o700); err != nil {
+		return nil, err
+	}
+	raftAddr := netip.AddrPortFrom(cfg.MeshIP, raftstore.DefaultPort)
+	if err := raftstore.Bootstrap(filepath.Join(opts.DataDir, dirRaft), nodeID, raftAddr); err != nil {
+		return nil, fmt.Errorf("bootstrap raft: %w", err)
+	}
+	files := []struct {
+		name string
+		data []byte
+	}{
+		{fileWGKey, []byte(wgKey.String() + "\n")},
+		{fileNodeKey, nodeKeyPEM},
+		{fileNodeCert, certPEM},
+		{fileCACert, ca.CertPEM},
+	}
+	for _, f := range files {
+		if err := writeFileAtomic(filepath.Join(opts.DataDir, f.name), f.data, 0o600); err != nil {
+			return nil, err
+		}
+	}
+	if err := writeJSON(filepath.Join(opts.DataDir, fileInit), bootstrap, 0o600); err != nil {
+		return nil, err
+	}
+	if err := writeJSON(filepath.Join(opts.DataDir, fileConfig), cfg, 0o600); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}

@@ -1,0 +1,215 @@
+package agent
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/runos/runos-agent/api"
+	"github.com/runos/runos-agent/raftstore"
+)
+
+// The local API is how the CLI (and the UI) drive the agent: a unix socket
+// in the data dir, so file permissions decide who may.
+
+func (a *Agent) startLocalAPI() error {
+	sock := filepath.Join(a.dir, api.SocketName)
+	if c, err := net.Dial("unix", sock); err == nil {
+		c.Close()
+		return fmt.Errorf("another agent is already running on %s", a.dir)
+	}
+	os.Remove(sock) // stale, from a crash
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		return fmt.Errorf("local api: %w", err)
+	}
+	os.Chmod(sock, 0o600)
+	a.serve(ln, a.LocalAPIHandler(), "local-api")
+	return nil
+}
+
+// LocalAPIHandler serves the local API (also mounted by the UI server).
+func (a *Agent) LocalAPIHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
+		s, err := a.Status()
+		if err != nil {
+			httpError(w, http.StatusInternalServerError, err)
+			return
+		}
+		writeJSONResponse(w, http.StatusOK, s)
+	})
+	mux.HandleFunc("GET /v1/nodes", func(w http.ResponseWriter, r *http.Request) {
+		writeJSONResponse(w, http.StatusOK, a.Nodes())
+	})
+	mux.HandleFunc("POST /v1/tokens", func(w http.ResponseWriter, r *http.Request) {
+		var req api.TokenRequest
+		if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<16)).Decode(&req); err != nil {
+			httpError(w, http.StatusBadRequest, fmt.Errorf("malformed request: %w", err))
+			return
+		}
+		tok, err := a.CreateToken(r.Context(), req)
+		if err != nil {
+			httpError(w, statusFor(err), err)
+			return
+		}
+		writeJSONResponse(w, http.StatusOK, tok)
+	})
+	mux.HandleFunc("DELETE /v1/nodes/{name}", func(w http.ResponseWriter, r *http.Request) {
+		if err := a.RemoveNode(r.Context(), r.PathValue("name")); err != nil {
+			httpError(w, statusFor(err), err)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
+	return mux
+}
+
+var errBadRequest = errors.New("bad request")
+
+func statusFor(err error) int {
+	switch {
+	case errors.Is(err, errBadRequest):
+		return http.StatusBadRequest
+	case errors.Is(err, raftstore.ErrNoSuchNode):
+		return http.StatusNotFound
+	case errors.Is(err, context.DeadlineExceeded):
+		return http.StatusServiceUnavailable
+	}
+	return http.StatusInternalServerError
+}
+
+// Status reports this node, its Raft view and its WireGuard peers.
+func (a *Agent) Status() (*api.Status, error) {
+	st, _ := a.store.State()
+	rs := a.store.Status()
+	name := func(id string) string {
+		if n, ok := st.Nodes[id]; ok {
+			return n.Name
+		}
+		return id
+	}
+	out := &api.Status{
+		Name: a.cfg.Name, NodeID: a.cfg.NodeID, ClusterID: a.cfg.ClusterID,
+		MeshIP: a.cfg.MeshIP.String(), PodCIDR: a.cfg.PodCIDR.String(), Net: string(a.mode), Version: Version,
+		Raft: api.RaftStatus{
+			State: strings.ToLower(rs.State), Term: rs.Term, AppliedIndex: rs.AppliedIndex,
+			Voters: []string{}, NonVoters: []string{},
+		},
+		Peers: []api.Peer{},
+	}
+	if rs.Leader != "" {
+		out.Raft.Leader = name(rs.Leader)
+	}
+	for _, id := range rs.Voters {
+		out.Raft.Voters = append(out.Raft.Voters, name(id))
+	}
+	for _, id := range rs.NonVoters {
+		out.Raft.NonVoters = append(out.Raft.NonVoters, name(id))
+	}
+	stats, err := a.dev.Stats()
+	if err != nil {
+		return nil, err
+	}
+	byKey := map[string]*raftstore.Node{}
+	for _, n := range a.knownNodes() {
+		byKey[n.PublicKey] = n
+	}
+	for _, ps := range stats {
+		p := api.Peer{Endpoint: ps.Endpoint, RxBytes: ps.RxBytes, TxBytes: ps.TxBytes, LastHandshakeSeconds: -1}
+		if n, ok := byKey[ps.PublicKey.String()]; ok {
+			p.Name, p.MeshIP = n.Name, n.MeshIP.String()
+		}
+		if !ps.LastHandshake.IsZero() {
+			p.LastHandshakeSeconds = time.Since(ps.LastHandshake).Round(time.Millisecond).Seconds()
+		}
+		out.Peers = append(out.Peers, p)
+	}
+	slices.SortFunc(out.Peers, func(x, y api.Peer) int { return cmp.Compare(x.Name, y.Name) })
+	return out, nil
+}
+
+// Nodes lists the cluster from the local state, with health from gossip.
+func (a *Agent) Nodes() *api.NodesResponse {
+	st, idx := a.store.State()
+	rs := a.store.Status()
+	out := &api.NodesResponse{Index: idx, Nodes: []api.Node{}}
+	for _, n := range st.SortedNodes() {
+		role := api.RoleNonvoter
+		switch {
+		case n.ID == rs.Leader:
+			role = api.RoleLeader
+		case slices.Contains(rs.Voters, n.ID):
+			role = api.RoleVoter
+		}
+		out.Nodes = append(out.Nodes, api.Node{
+			Name: n.Name, ID: n.ID, MeshIP: n.MeshIP.String(), PodCIDR: n.PodCIDR.String(),
+			Health: a.health(n.Name), RaftRole: role, Version: n.Version,
+			Endpoints: n.Endpoints, JoinedAt: n.JoinedAt,
+		})
+	}
+	return out
+}
+
+// CreateToken stores a new join token and returns it with the command that
+// uses it.
+func (a *Agent) CreateToken(ctx context.Context, req api.TokenRequest) (*api.Token, error) {
+	ttl := time.Hour
+	if req.TTL != "" {
+		d, err := time.ParseDuration(req.TTL)
+		if err != nil || d <= 0 {
+			return nil, fmt.Errorf("%w: invalid ttl %q", errBadRequest, req.TTL)
+		}
+		ttl = d
+	}
+	if req.Uses == 0 {
+		req.Uses = 1
+	}
+	if req.Uses < 0 || req.Uses > 1000 {
+		return nil, fmt.Errorf("%w: uses must be between 1 and 1000", errBadRequest)
+	}
+	tok := newJoinToken(a.cfg.CAFingerprint)
+	now := time.Now().UTC()
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	res, err := a.store.Apply(ctx, &raftstore.Command{Time: now, Op: raftstore.OpCreateToken, CreateToken: &raftstore.CreateTokenCmd{
+		Token: raftstore.Token{ID: tok.ID, SecretHash: raftstore.HashSecret(tok.Secret), ExpiresAt: now.Add(ttl), UsesLeft: req.Uses},
+	}})
+	if err != nil {
+		return nil, err
+	}
+	if err := res.Error(); err != nil {
+		return nil, err
+	}
+	member := a.cfg.Endpoints[0]
+	return &api.Token{
+		Token:       tok.String(),
+		ExpiresAt:   now.Add(ttl),
+		Uses:        req.Uses,
+		JoinCommand: fmt.Sprintf("runos-agent join --data-dir /var/lib/runos-agent --name NODE_NAME --token %s %s", tok, member),
+	}, nil
+}
+
+// RemoveNode deletes a node from the cluster. Every member drops its
+// WireGuard peer and refuses its certificate once the removal is applied.
+func (a *Agent) RemoveNode(ctx context.Context, name string) error {
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	res, err := a.store.Apply(ctx, &raftstore.Command{Op: raftstore.OpRemoveNode, RemoveNode: &raftstore.RemoveNodeCmd{Name: name}})
+	if err != nil {
+		return err
+	}
+	if err := res.Error(); err != nil {
+		return fmt.Errorf("node %q: %w", name, err)
+	}
+	return nil
+}

@@ -1,0 +1,182 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"io/fs"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"reflect"
+	"time"
+
+	"github.com/runos/runos-agent/mesh"
+	"github.com/runos/runos-agent/raftstore"
+)
+
+// persistentKeepalive holds NAT mappings open and keeps handshakes fresh.
+const persistentKeepalive = 25 * time.Second
+
+// knownNodes is the cluster as this node knows it: the Raft state once it has
+// one, otherwise the peer list saved on disk.
+func (a *Agent) knownNodes() []*raftstore.Node {
+	st, _ := a.store.State()
+	if st.ClusterID != "" {
+		return st.SortedNodes()
+	}
+	saved, _ := loadPeers(a.dir)
+	return saved
+}
+
+// peersFrom turns node records into WireGuard peers (every node but this one).
+func (a *Agent) peersFrom(nodes []*raftstore.Node) []mesh.Peer {
+	var out []mesh.Peer
+	for _, n := range nodes {
+		if n.ID == a.cfg.NodeID {
+			continue
+		}
+		key, err := mesh.ParseKey(n.PublicKey)
+		if err != nil {
+			a.log.Warn("node has a bad public key", "node", n.Name, "err", err)
+			continue
+		}
+		p := mesh.Peer{
+			PublicKey:           key,
+			Endpoint:            firstEndpoint(n.Endpoints),
+			AllowedIPs:          []netip.Prefix{netip.PrefixFrom(n.MeshIP, 32)},
+			PersistentKeepalive: persistentKeepalive,
+		}
+		if n.PodCIDR.IsValid() {
+			p.AllowedIPs = append(p.AllowedIPs, n.PodCIDR)
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
+// firstEndpoint returns the first usable underlay endpoint. Path selection
+// among several candidates is the NAT layer's job.
+func firstEndpoint(eps []string) netip.AddrPort {
+	for _, ep := range eps {
+		if ap, err := netip.ParseAddrPort(ep); err == nil {
+			return ap
+		}
+		host, port, err := net.SplitHostPort(ep)
+		if err != nil {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip4", host)
+		cancel()
+		if err != nil || len(ips) == 0 {
+			continue
+		}
+		if ap, err := netip.ParseAddrPort(net.JoinHostPort(ips[0].String(), port)); err == nil {
+			return ap
+		}
+	}
+	return netip.AddrPort{}
+}
+
+// peerLoop keeps WireGuard's peers equal to the cluster's nodes: when the
+// state changes (a join, a removal), on gossip hints, and on a timer. It also
+// saves the node list, so a restart brings WireGuard up without a leader.
+func (a *Agent) peerLoop(ctx context.Context) {
+	var last []*raftstore.Node
+	removedWarned := false
+	for {
+		changed := a.store.Changed()
+		st, _ := a.store.State()
+		if st.ClusterID != "" {
+			nodes := st.SortedNodes()
+			if _, ok := st.Nodes[a.cfg.NodeID]; !ok {
+				if !removedWarned {
+					a.log.Error("this node has been removed from the cluster; dropping all peers")
+					removedWarned = true
+				}
+				nodes = nil
+			}
+			if !reflect.DeepEqual(nodes, last) {
+				if err := a.dev.SetPeers(a.peersFrom(nodes)); err != nil {
+					a.log.Warn("set wireguard peers", "err", err)
+				} else {
+					last = nodes
+					if nodes != nil {
+						if err := savePeers(a.dir, nodes); err != nil {
+							a.log.Warn("save peers", "err", err)
+						}
+					}
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-changed:
+		case <-a.hint:
+		case <-time.After(10 * time.Second):
+		}
+	}
+}
+
+// selfLoop finishes init on the first leader (the bootstrap command waits in
+// init.json until then) and keeps this node's own record (endpoints,
+// version) current in the state.
+func (a *Agent) selfLoop(ctx context.Context) {
+	initPath := filepath.Join(a.dir, fileInit)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(100 * time.Millisecond):
+		}
+		st, _ := a.store.State()
+		if st.ClusterID == "" {
+			if !a.store.IsLeader() {
+				continue
+			}
+			var cmd raftstore.Command
+			if err := readJSON(initPath, &cmd); err != nil {
+				if !errors.Is(err, fs.ErrNotExist) {
+					a.log.Error("cannot read bootstrap command", "err", err)
+				}
+				continue
+			}
+			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			res, err := a.store.Apply(cctx, &cmd)
+			cancel()
+			if err == nil {
+				err = res.Error()
+			}
+			if err != nil && !errors.Is(err, raftstore.ErrBootstrapped) {
+				a.log.Warn("bootstrap not applied yet", "err", err)
+				continue
+			}
+			a.log.Info("cluster initialised", "cluster", a.cfg.ClusterID)
+			continue
+		}
+		if _, err := os.Stat(initPath); err == nil {
+			os.Remove(initPath)
+		}
+		me, ok := st.Nodes[a.cfg.NodeID]
+		if !ok {
+			continue
+		}
+		if me.Version == Version && reflect.DeepEqual(me.Endpoints, a.cfg.Endpoints) {
+			// Up to date: nothing more for this loop until the next run.
+			return
+		}
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		res, err := a.store.Apply(cctx, &raftstore.Command{Op: raftstore.OpUpdateNode, UpdateNode: &raftstore.UpdateNodeCmd{
+			NodeID: a.cfg.NodeID, Endpoints: a.cfg.Endpoints, Version: Version,
+		}})
+		cancel()
+		if err == nil {
+			err = res.Error()
+		}
+		if err != nil {
+			a.log.Debug("update own node record", "err", err)
+		}
+	}
+}

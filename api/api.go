@@ -1,0 +1,92 @@
+// Package api is the agent's local API: the JSON shapes it speaks and a
+// client for them. The CLI and the UI are thin clients of this API; the field
+// names are a contract (see README), so add fields freely but never rename.
+package api
+
+import "time"
+
+// Status is GET /v1/status.
+type Status struct {
+	Name      string     `json:"name"`
+	NodeID    string     `json:"node_id"`
+	ClusterID string     `json:"cluster_id"`
+	MeshIP    string     `json:"mesh_ip"`
+	PodCIDR   string     `json:"pod_cidr"`
+	Net       string     `json:"net"`
+	Version   string     `json:"version"`
+	Raft      RaftStatus `json:"raft"`
+	Peers     []Peer     `json:"peers"`
+}
+
+// RaftStatus is this replica's view of consensus. Leader and Voters hold
+// node names.
+type RaftStatus struct {
+	State        string   `json:"state"` // leader|follower|candidate|shutdown
+	Leader       string   `json:"leader"`
+	Term         uint64   `json:"term"`
+	AppliedIndex uint64   `json:"applied_index"`
+	Voters       []string `json:"voters"`
+	NonVoters    []string `json:"nonvoters"`
+}
+
+// Peer is one WireGuard peer of this node.
+type Peer struct {
+	Name                 string  `json:"name"`
+	MeshIP               string  `json:"mesh_ip"`
+	Endpoint             string  `json:"endpoint"`
+	LastHandshakeSeconds float64 `json:"last_handshake_seconds"` // -1: never
+	RxBytes              uint64  `json:"rx_bytes"`
+	TxBytes              uint64  `json:"tx_bytes"`
+}
+
+// Health values.
+const (
+	Healthy  = "healthy"
+	Degraded = "degraded"
+	Offline  = "offline"
+)
+
+// Raft roles.
+const (
+	RoleLeader   = "leader"
+	RoleVoter    = "voter"
+	RoleNonvoter = "nonvoter"
+)
+
+// Node is one element of GET /v1/nodes.
+type Node struct {
+	Name      string    `json:"name"`
+	ID        string    `json:"id"`
+	MeshIP    string    `json:"mesh_ip"`
+	PodCIDR   string    `json:"pod_cidr"`
+	Health    string    `json:"health"`
+	RaftRole  string    `json:"raft_role"`
+	Version   string    `json:"version"`
+	Endpoints []string  `json:"endpoints"`
+	JoinedAt  time.Time `json:"joined_at"`
+}
+
+// NodesResponse wraps the node list with the state index it reflects.
+type NodesResponse struct {
+	Index uint64 `json:"index"`
+	Nodes []Node `json:"nodes"`
+}
+
+// TokenRequest is POST /v1/tokens.
+type TokenRequest struct {
+	TTL  string `json:"ttl"` // Go duration, default 1h
+	Uses int    `json:"uses"`
+}
+
+// Token is the answer to POST /v1/tokens.
+type Token struct {
+	Token       string    `json:"token"`
+	ExpiresAt   time.Time `json:"expires_at"`
+	Uses        int       `json:"uses"`
+	JoinCommand string    `json:"join_command"`
+}
+
+// Error is the body of every non-2xx answer.
+type Error struct {
+	Error string `json:"error"`
+}

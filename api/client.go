@@ -1,0 +1,99 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"syscall"
+)
+
+// SocketName is the local API's unix socket inside the data dir.
+const SocketName = "agent.sock"
+
+// Client talks to a running agent through its unix socket.
+type Client struct {
+	socket string
+	http   *http.Client
+}
+
+// NewClient returns a client for the agent whose data dir is dataDir.
+func NewClient(dataDir string) *Client {
+	sock := filepath.Join(dataDir, SocketName)
+	return &Client{
+		socket: sock,
+		http: &http.Client{Transport: &http.Transport{
+			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+				var d net.Dialer
+				return d.DialContext(ctx, "unix", sock)
+			},
+		}},
+	}
+}
+
+// ErrAgentNotRunning means nothing answers on the socket.
+var ErrAgentNotRunning = errors.New("agent is not running")
+
+func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://agent"+path, body)
+	if err != nil {
+		return err
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		if _, serr := os.Stat(c.socket); errors.Is(serr, os.ErrNotExist) || errors.Is(err, syscall.ECONNREFUSED) {
+			return fmt.Errorf("%w: nothing listens on %s (start it with `runos-agent run`)", ErrAgentNotRunning, c.socket)
+		}
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		var e Error
+		if json.NewDecoder(io.LimitReader(resp.Body, 1<<16)).Decode(&e) == nil && e.Error != "" {
+			return errors.New(e.Error)
+		}
+		return fmt.Errorf("agent answered %s", resp.Status)
+	}
+	if out == nil {
+		return nil
+	}
+	return json.NewDecoder(resp.Body).Decode(out)
+}
+
+// Status fetches the agent's status.
+func (c *Client) Status(ctx context.Context) (*Status, error) {
+	var s Status
+	return &s, c.do(ctx, http.MethodGet, "/v1/status", nil, &s)
+}
+
+// Nodes lists the cluster's nodes from the agent's local state.
+func (c *Client) Nodes(ctx context.Context) (*NodesResponse, error) {
+	var n NodesResponse
+	return &n, c.do(ctx, http.MethodGet, "/v1/nodes", nil, &n)
+}
+
+// CreateToken creates a join token.
+func (c *Client) CreateToken(ctx context.Context, req TokenRequest) (*Token, error) {
+	var t Token
+	return &t, c.do(ctx, http.MethodPost, "/v1/tokens", req, &t)
+}
+
+// RemoveNode removes a node from the cluster by name.
+func (c *Client) RemoveNode(ctx context.Context, name string) error {
+	return c.do(ctx, http.MethodDelete, "/v1/nodes/"+url.PathEscape(name), nil, nil)
+}

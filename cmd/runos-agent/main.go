@@ -1,0 +1,263 @@
+// Command runos-agent runs a node of a RunOS cluster and is its CLI.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/runos/runos-agent/agent"
+	"github.com/runos/runos-agent/api"
+)
+
+const defaultDataDir = "/var/lib/runos-agent"
+
+func main() {
+	if err := newApp(os.Stdout, os.Stderr).Run(os.Args); err != nil {
+		fmt.Fprintln(os.Stderr, "runos-agent:", err)
+		os.Exit(1)
+	}
+}
+
+func dataDirFlag() *cli.StringFlag {
+	return &cli.StringFlag{Name: "data-dir", Aliases: []string{"d"}, Value: defaultDataDir, EnvVars: []string{"RUNOS_DATA_DIR"}, Usage: "the node's data dir"}
+}
+
+func nodeFlags() []cli.Flag {
+	return []cli.Flag{
+		dataDirFlag(),
+		&cli.StringFlag{Name: "name", Required: true, EnvVars: []string{"RUNOS_NAME"}, Usage: "node name (a DNS label, unique in the cluster)"},
+		&cli.StringFlag{Name: "net", Value: "auto", EnvVars: []string{"RUNOS_NET"}, Usage: "overlay: kernel (TUN wg0, needs root), userspace (no privileges) or auto"},
+		&cli.IntFlag{Name: "listen-port", Value: agent.DefaultListenPort, EnvVars: []string{"RUNOS_LISTEN_PORT"}, Usage: "underlay port: UDP for WireGuard, TCP for joins"},
+		&cli.StringSliceFlag{Name: "advertise", EnvVars: []string{"RUNOS_ADVERTISE"}, Usage: "HOST[:PORT] peers reach this node at (repeatable; default: interface addresses)"},
+	}
+}
+
+func nodeOptions(c *cli.Context) agent.NodeOptions {
+	return agent.NodeOptions{
+		DataDir: c.String("data-dir"), Name: c.String("name"), Net: c.String("net"),
+		ListenPort: c.Int("listen-port"), Advertise: c.StringSlice("advertise"),
+	}
+}
+
+func newLogger(c *cli.Context, w io.Writer) (*slog.Logger, error) {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(c.String("log-level"))); err != nil {
+		return nil, fmt.Errorf("invalid --log-level %q: want debug, info, warn or error", c.String("log-level"))
+	}
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: lvl})), nil
+}
+
+func newApp(stdout, stderr io.Writer) *cli.App {
+	return &cli.App{
+		Name:      "runos-agent",
+		Usage:     "run a node of a RunOS cluster: WireGuard mesh, gossip, Raft state",
+		Version:   agent.Version,
+		Writer:    stdout,
+		ErrWriter: stderr,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "log-level", Value: "info", EnvVars: []string{"RUNOS_LOG_LEVEL"}, Usage: "debug, info, warn or error"},
+		},
+		Commands: []*cli.Command{
+			{
+				Name:  "init",
+				Usage: "create a new cluster with this machine as its first node",
+				Flags: nodeFlags(),
+				Action: func(c *cli.Context) error {
+					cfg, err := agent.Init(nodeOptions(c))
+					if err != nil {
+						return err
+					}
+					fmt.Fprintf(stdout, "initialised cluster %s: node %s, mesh IP %s, pod CIDR %s\nstart it with: runos-agent run --data-dir %s\n",
+						cfg.ClusterID, cfg.Name, cfg.MeshIP, cfg.PodCIDR, c.String("data-dir"))
+					return nil
+				},
+			},
+			{
+				Name:      "join",
+				Usage:     "join an existing cluster through any member",
+				ArgsUsage: "HOST:PORT",
+				Flags:     append(nodeFlags(), &cli.StringFlag{Name: "token", Required: true, EnvVars: []string{"RUNOS_TOKEN"}, Usage: "join token from `runos-agent token create`"}),
+				Action: func(c *cli.Context) error {
+					if c.NArg() != 1 {
+						return errors.New("join needs exactly one member address (HOST:PORT)")
+					}
+					ctx, cancel := context.WithTimeout(c.Context, 60*time.Second)
+					defer cancel()
+					cfg, err := agent.Join(ctx, agent.JoinOptions{NodeOptions: nodeOptions(c), Token: c.String("token"), Member: c.Args().First()})
+					if err != nil {
+						return err
+					}
+					fmt.Fprintf(stdout, "joined cluster %s: node %s, mesh IP %s, pod CIDR %s\nstart it with: runos-agent run --data-dir %s\n",
+						cfg.ClusterID, cfg.Name, cfg.MeshIP, cfg.PodCIDR, c.String("data-dir"))
+					return nil
+				},
+			},
+			{
+				Name:  "run",
+				Usage: "run the agent (the long-running daemon); everything it needs is in the data dir",
+				Flags: []cli.Flag{
+					dataDirFlag(),
+					&cli.StringFlag{Name: "net", EnvVars: []string{"RUNOS_NET"}, Usage: "override the data dir's overlay mode"},
+				},
+				Action: func(c *cli.Context) error {
+					log, err := newLogger(c, stderr)
+					if err != nil {
+						return err
+					}
+					ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
+					defer stop()
+					a, err := agent.New(agent.Config{DataDir: c.String("data-dir"), Net: c.String("net")}, log)
+					if err != nil {
+						return err
+					}
+					if err := a.Start(ctx); err != nil {
+						return err
+					}
+					<-ctx.Done()
+					return a.Close()
+				},
+			},
+			{
+				Name:  "token",
+				Usage: "manage join tokens",
+				Subcommands: []*cli.Command{{
+					Name:  "create",
+					Usage: "create a one-time, expiring join token and print the join command",
+					Flags: []cli.Flag{
+						dataDirFlag(),
+						&cli.DurationFlag{Name: "ttl", Value: time.Hour, Usage: "how long the token is valid"},
+						&cli.IntFlag{Name: "uses", Value: 1, Usage: "how many joins it admits"},
+						&cli.BoolFlag{Name: "json", Usage: "print JSON"},
+					},
+					Action: func(c *cli.Context) error {
+						tok, err := client(c).CreateToken(c.Context, api.TokenRequest{TTL: c.Duration("ttl").String(), Uses: c.Int("uses")})
+						if err != nil {
+							return err
+						}
+						if c.Bool("json") {
+							return printJSON(stdout, tok)
+						}
+						fmt.Fprintf(stdout, "token (expires %s, %d use(s)):\n  %s\n\non the new machine run:\n  %s\n", tok.ExpiresAt.Local().Format(time.RFC3339), tok.Uses, tok.Token, tok.JoinCommand)
+						return nil
+					},
+				}},
+			},
+			{
+				Name:  "status",
+				Usage: "show this node, its Raft view and its WireGuard peers",
+				Flags: []cli.Flag{dataDirFlag(), &cli.BoolFlag{Name: "json", Usage: "print JSON"}},
+				Action: func(c *cli.Context) error {
+					s, err := client(c).Status(c.Context)
+					if err != nil {
+						return err
+					}
+					if c.Bool("json") {
+						return printJSON(stdout, s)
+					}
+					fmt.Fprintf(stdout, "node %s (%s) cluster %s, mesh %s, pods %s, %s mode\nraft: %s, leader %s, term %d, applied %d, voters %s\n",
+						s.Name, s.NodeID, s.ClusterID, s.MeshIP, s.PodCIDR, s.Net, s.Raft.State, s.Raft.Leader, s.Raft.Term, s.Raft.AppliedIndex, strings.Join(s.Raft.Voters, ","))
+					tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+					fmt.Fprintln(tw, "PEER\tMESH IP\tENDPOINT\tHANDSHAKE\tRX\tTX")
+					for _, p := range s.Peers {
+						hs := "never"
+						if p.LastHandshakeSeconds >= 0 {
+							hs = fmt.Sprintf("%.0fs ago", p.LastHandshakeSeconds)
+						}
+						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\n", p.Name, p.MeshIP, p.Endpoint, hs, p.RxBytes, p.TxBytes)
+					}
+					return tw.Flush()
+				},
+			},
+			{
+				Name:  "nodes",
+				Usage: "list the cluster's nodes",
+				Flags: []cli.Flag{dataDirFlag(), &cli.BoolFlag{Name: "json", Usage: "print JSON"}},
+				Action: func(c *cli.Context) error {
+					n, err := client(c).Nodes(c.Context)
+					if err != nil {
+						return err
+					}
+					if c.Bool("json") {
+						return printJSON(stdout, n.Nodes)
+					}
+					tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+					fmt.Fprintln(tw, "NAME\tMESH IP\tPOD CIDR\tHEALTH\tRAFT\tVERSION")
+					for _, x := range n.Nodes {
+						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", x.Name, x.MeshIP, x.PodCIDR, x.Health, x.RaftRole, x.Version)
+					}
+					return tw.Flush()
+				},
+			},
+			{
+				Name:  "node",
+				Usage: "manage nodes",
+				Subcommands: []*cli.Command{{
+					Name:      "remove",
+					Usage:     "remove a node from the cluster; every member drops it",
+					ArgsUsage: "NAME",
+					Flags:     []cli.Flag{dataDirFlag()},
+					Action: func(c *cli.Context) error {
+						if c.NArg() != 1 {
+							return errors.New("node remove needs exactly one node name")
+						}
+						if err := client(c).RemoveNode(c.Context, c.Args().First()); err != nil {
+							return err
+						}
+						fmt.Fprintf(stdout, "removed node %s\n", c.Args().First())
+						return nil
+					},
+				}},
+			},
+			{
+				Name:  "dev",
+				Usage: "run N nodes in this process (userspace mode, loopback) for trying things out",
+				Flags: []cli.Flag{
+					&cli.IntFlag{Name: "nodes", Value: 3, Usage: "how many nodes"},
+					&cli.StringFlag{Name: "dir", Value: filepath.Join(os.TempDir(), "runos-dev"), EnvVars: []string{"RUNOS_DEV_DIR"}, Usage: "parent of the nodes' data dirs (kept: a second run restarts the same cluster)"},
+					&cli.IntFlag{Name: "base-port", Value: 0, Usage: "node i listens on base-port+i (0: free ports)"},
+				},
+				Action: func(c *cli.Context) error {
+					log, err := newLogger(c, stderr)
+					if err != nil {
+						return err
+					}
+					ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
+					defer stop()
+					dc, err := agent.StartDev(ctx, agent.DevOptions{Nodes: c.Int("nodes"), Dir: c.String("dir"), BasePort: c.Int("base-port")}, log)
+					if err != nil {
+						return err
+					}
+					fmt.Fprintf(stdout, "\ndev cluster of %d nodes is up (userspace mode, loopback):\n", len(dc.Agents))
+					for i, d := range dc.Dirs {
+						cfg := dc.Agents[i].NodeConfig()
+						fmt.Fprintf(stdout, "  %-6s mesh %-12s data dir %s\n", cfg.Name, cfg.MeshIP, d)
+					}
+					fmt.Fprintf(stdout, "\ntry:\n  runos-agent nodes  --data-dir %s\n  runos-agent status --data-dir %s\n  runos-agent token create --data-dir %s\nCtrl-C stops the cluster; run again to restart it from disk.\n", dc.Dirs[0], dc.Dirs[0], dc.Dirs[0])
+					<-ctx.Done()
+					return dc.Close()
+				},
+			},
+		},
+	}
+}
+
+func client(c *cli.Context) *api.Client { return api.NewClient(c.String("data-dir")) }
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
