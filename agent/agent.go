@@ -43,6 +43,10 @@ type Config struct {
 	DataDir string
 	// Net overrides the data dir's network mode (auto|kernel|userspace).
 	Net string
+	// UIListen is where the local web UI listens ("" disables it). If the
+	// address is taken (another agent on this machine), a free port on the
+	// same host is used instead; UIURL reports it.
+	UIListen string
 	// Tuning shortens timers for tests; zero values keep production defaults.
 	Tuning Tuning
 }
@@ -77,7 +81,9 @@ type Agent struct {
 	mtlsClient *tls.Config
 	forwarder  *http.Client
 
-	servers []*http.Server
+	servers  []*http.Server
+	uiListen string
+	uiURL    string
 
 	startOnce sync.Once
 	closeOnce sync.Once
@@ -110,12 +116,13 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		return nil, err
 	}
 	a := &Agent{
-		dir:    cfg.DataDir,
-		cfg:    nc,
-		log:    log.With("node", nc.Name),
-		tuning: cfg.Tuning,
-		mode:   mode,
-		hint:   make(chan struct{}, 1),
+		dir:      cfg.DataDir,
+		cfg:      nc,
+		log:      log.With("node", nc.Name),
+		tuning:   cfg.Tuning,
+		mode:     mode,
+		uiListen: cfg.UIListen,
+		hint:     make(chan struct{}, 1),
 	}
 	keyText, err := os.ReadFile(filepath.Join(a.dir, fileWGKey))
 	if err != nil {
@@ -220,7 +227,7 @@ func (a *Agent) start(ctx context.Context) error {
 	a.forwarder = &http.Client{Transport: &http.Transport{
 		DialContext:         a.dialNode,
 		TLSClientConfig:     mtlsClient,
-		MaxIdleConnsPerHost: 4,
+		MaxIdleConnsPerHost: 64,
 		IdleConnTimeout:     30 * time.Second,
 	}, Timeout: 15 * time.Second}
 	a.closers = append(a.closers, func() error { a.forwarder.CloseIdleConnections(); return nil })
@@ -256,6 +263,9 @@ func (a *Agent) start(ctx context.Context) error {
 		return err
 	}
 	if err := a.startLocalAPI(); err != nil {
+		return err
+	}
+	if err := a.startUI(); err != nil {
 		return err
 	}
 	store.Start(ctx)

@@ -49,7 +49,7 @@ func testLogger(t testing.TB) *slog.Logger {
 // cluster is an in-process test cluster whose nodes can be stopped and
 // restarted from their data dirs.
 type cluster struct {
-	t      *testing.T
+	tb     testing.TB
 	dir    string
 	agents []*Agent // nil while stopped
 	dirs   []string
@@ -64,7 +64,7 @@ func newCluster(t *testing.T, n int) *cluster {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &cluster{t: t, dir: dir, agents: dc.Agents, dirs: dc.Dirs}
+	c := &cluster{tb: t, dir: dir, agents: dc.Agents, dirs: dc.Dirs}
 	t.Cleanup(func() {
 		for _, a := range c.agents {
 			if a != nil {
@@ -73,33 +73,43 @@ func newCluster(t *testing.T, n int) *cluster {
 		}
 	})
 	c.waitFormed(n)
+	c.waitVoters(n)
+	return c
+}
+
+// waitVoters waits until the leader has chosen the voter set for n live nodes.
+func (c *cluster) waitVoters(n int) {
+	c.tb.Helper()
 	want := min(n, 5)
 	if want%2 == 0 {
 		want--
 	}
-	eventually(t, "voters chosen", func() error {
-		if v := voters(c.leader()); v != want {
+	eventually(c.tb, "voters chosen", func() error {
+		l := c.leader()
+		if l == nil {
+			return errors.New("no leader")
+		}
+		if v := voters(l); v != want {
 			return fmt.Errorf("%d voters, want %d", v, want)
 		}
 		return nil
 	})
-	return c
 }
 
 func (c *cluster) stop(i int) {
-	c.t.Helper()
+	c.tb.Helper()
 	c.agents[i].Close()
 	c.agents[i] = nil
 }
 
 func (c *cluster) start(i int) {
-	c.t.Helper()
-	a, err := New(Config{DataDir: c.dirs[i], Net: "userspace", Tuning: fastTuning}, testLogger(c.t))
+	c.tb.Helper()
+	a, err := New(Config{DataDir: c.dirs[i], Net: "userspace", Tuning: fastTuning}, testLogger(c.tb))
 	if err != nil {
-		c.t.Fatal(err)
+		c.tb.Fatal(err)
 	}
 	if err := a.Start(context.Background()); err != nil {
-		c.t.Fatal(err)
+		c.tb.Fatal(err)
 	}
 	c.agents[i] = a
 }
@@ -150,9 +160,9 @@ func (c *cluster) follower() *Agent {
 // waitFormed waits until every running node sees n nodes, all healthy, one
 // leader, and WireGuard handshakes with every running peer.
 func (c *cluster) waitFormed(n int) {
-	c.t.Helper()
+	c.tb.Helper()
 	running := c.running()
-	eventually(c.t, "cluster formed", func() error {
+	eventually(c.tb, "cluster formed", func() error {
 		leaders := 0
 		for _, a := range running {
 			if a.store.IsLeader() {

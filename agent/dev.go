@@ -16,6 +16,7 @@ type DevOptions struct {
 	Nodes    int
 	Dir      string // parent of the nodes' data dirs
 	BasePort int    // node i listens on BasePort+i (0: free ports)
+	UIListen string // node 0's UI address ("" : no UIs); the others pick free ports
 	Tuning   Tuning
 }
 
@@ -61,7 +62,12 @@ func StartDev(ctx context.Context, opts DevOptions, log *slog.Logger) (*DevClust
 				return nil, fmt.Errorf("dev node %d: %w", i, err)
 			}
 		}
-		a, err := New(Config{DataDir: dir, Net: "userspace", Tuning: opts.Tuning}, log)
+		uiListen := opts.UIListen
+		if uiListen != "" && i > 0 {
+			host, _, _ := net.SplitHostPort(uiListen)
+			uiListen = net.JoinHostPort(host, "0")
+		}
+		a, err := New(Config{DataDir: dir, Net: "userspace", UIListen: uiListen, Tuning: opts.Tuning}, log)
 		if err == nil {
 			err = a.Start(ctx)
 		}

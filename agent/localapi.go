@@ -16,6 +16,7 @@ import (
 
 	"github.com/runos/runos-agent/api"
 	"github.com/runos/runos-agent/raftstore"
+	"github.com/runos/runos-agent/ui"
 )
 
 // The local API is how the CLI (and the UI) drive the agent: a unix socket
@@ -36,6 +37,28 @@ func (a *Agent) startLocalAPI() error {
 	a.serve(ln, a.LocalAPIHandler(), "local-api")
 	return nil
 }
+
+// startUI serves the web UI (and the read-only API it uses) on loopback TCP.
+func (a *Agent) startUI() error {
+	if a.uiListen == "" {
+		return nil
+	}
+	ln, err := net.Listen("tcp", a.uiListen)
+	if err != nil {
+		host, _, _ := net.SplitHostPort(a.uiListen)
+		if ln, err = net.Listen("tcp", net.JoinHostPort(host, "0")); err != nil {
+			return fmt.Errorf("ui: %w", err)
+		}
+		a.log.Info("ui address taken, using another port", "wanted", a.uiListen, "using", ln.Addr())
+	}
+	a.uiURL = "http://" + ln.Addr().String() + "/"
+	a.serve(ln, ui.Handler(a.LocalAPIHandler()), "ui")
+	a.log.Info("ui listening", "url", a.uiURL)
+	return nil
+}
+
+// UIURL is the web UI's address, or "" when it is off.
+func (a *Agent) UIURL() string { return a.uiURL }
 
 // LocalAPIHandler serves the local API (also mounted by the UI server).
 func (a *Agent) LocalAPIHandler() http.Handler {

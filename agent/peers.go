@@ -18,11 +18,12 @@ import (
 // persistentKeepalive holds NAT mappings open and keeps handshakes fresh.
 const persistentKeepalive = 25 * time.Second
 
-// knownNodes is the cluster as this node knows it: the Raft state once it has
-// one, otherwise the peer list saved on disk.
+// knownNodes is the cluster as this node knows it: the Raft state once that
+// includes this node, otherwise (still catching up) the peer list saved on
+// disk at join or at the last change.
 func (a *Agent) knownNodes() []*raftstore.Node {
 	st, _ := a.store.State()
-	if st.ClusterID != "" {
+	if _, ok := st.Nodes[a.cfg.NodeID]; ok {
 		return st.SortedNodes()
 	}
 	saved, _ := loadPeers(a.dir)
@@ -84,28 +85,38 @@ func firstEndpoint(eps []string) netip.AddrPort {
 // saves the node list, so a restart brings WireGuard up without a leader.
 func (a *Agent) peerLoop(ctx context.Context) {
 	var last []*raftstore.Node
-	removedWarned := false
+	// seenSelf: this replica's state has included this node. Until then it
+	// is still replaying history (a fresh joiner), and a prefix of history
+	// lacks nodes that joined later, the leader perhaps: their peers must
+	// stay, or replication could never reach this node.
+	seenSelf := false
+	removed := false
 	for {
 		changed := a.store.Changed()
 		st, _ := a.store.State()
-		if st.ClusterID != "" {
-			nodes := st.SortedNodes()
-			if _, ok := st.Nodes[a.cfg.NodeID]; !ok {
-				if !removedWarned {
-					a.log.Error("this node has been removed from the cluster; dropping all peers")
-					removedWarned = true
-				}
-				nodes = nil
+		_, present := st.Nodes[a.cfg.NodeID]
+		seenSelf = seenSelf || present
+		var nodes []*raftstore.Node
+		switch {
+		case present:
+			nodes = st.SortedNodes()
+		case seenSelf:
+			if !removed {
+				a.log.Error("this node has been removed from the cluster; dropping all peers")
+				removed = true
 			}
-			if !reflect.DeepEqual(nodes, last) {
-				if err := a.dev.SetPeers(a.peersFrom(nodes)); err != nil {
-					a.log.Warn("set wireguard peers", "err", err)
-				} else {
-					last = nodes
-					if nodes != nil {
-						if err := savePeers(a.dir, nodes); err != nil {
-							a.log.Warn("save peers", "err", err)
-						}
+			nodes = []*raftstore.Node{}
+		default:
+			nodes = last
+		}
+		if nodes != nil && !reflect.DeepEqual(nodes, last) {
+			if err := a.dev.SetPeers(a.peersFrom(nodes)); err != nil {
+				a.log.Warn("set wireguard peers", "err", err)
+			} else {
+				last = nodes
+				if present {
+					if err := savePeers(a.dir, nodes); err != nil {
+						a.log.Warn("save peers", "err", err)
 					}
 				}
 			}

@@ -111,6 +111,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 				Flags: []cli.Flag{
 					dataDirFlag(),
 					&cli.StringFlag{Name: "net", EnvVars: []string{"RUNOS_NET"}, Usage: "override the data dir's overlay mode"},
+					uiFlag(),
 				},
 				Action: func(c *cli.Context) error {
 					log, err := newLogger(c, stderr)
@@ -119,7 +120,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 					}
 					ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
 					defer stop()
-					a, err := agent.New(agent.Config{DataDir: c.String("data-dir"), Net: c.String("net")}, log)
+					a, err := agent.New(agent.Config{DataDir: c.String("data-dir"), Net: c.String("net"), UIListen: c.String("ui-listen")}, log)
 					if err != nil {
 						return err
 					}
@@ -228,6 +229,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 					&cli.IntFlag{Name: "nodes", Value: 3, Usage: "how many nodes"},
 					&cli.StringFlag{Name: "dir", Value: filepath.Join(os.TempDir(), "runos-dev"), EnvVars: []string{"RUNOS_DEV_DIR"}, Usage: "parent of the nodes' data dirs (kept: a second run restarts the same cluster)"},
 					&cli.IntFlag{Name: "base-port", Value: 0, Usage: "node i listens on base-port+i (0: free ports)"},
+					uiFlag(),
 				},
 				Action: func(c *cli.Context) error {
 					log, err := newLogger(c, stderr)
@@ -236,15 +238,16 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 					}
 					ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
 					defer stop()
-					dc, err := agent.StartDev(ctx, agent.DevOptions{Nodes: c.Int("nodes"), Dir: c.String("dir"), BasePort: c.Int("base-port")}, log)
+					dc, err := agent.StartDev(ctx, agent.DevOptions{Nodes: c.Int("nodes"), Dir: c.String("dir"), BasePort: c.Int("base-port"), UIListen: c.String("ui-listen")}, log)
 					if err != nil {
 						return err
 					}
 					fmt.Fprintf(stdout, "\ndev cluster of %d nodes is up (userspace mode, loopback):\n", len(dc.Agents))
 					for i, d := range dc.Dirs {
 						cfg := dc.Agents[i].NodeConfig()
-						fmt.Fprintf(stdout, "  %-6s mesh %-12s data dir %s\n", cfg.Name, cfg.MeshIP, d)
+						fmt.Fprintf(stdout, "  %-6s mesh %-12s UI %-24s data dir %s\n", cfg.Name, cfg.MeshIP, dc.Agents[i].UIURL(), d)
 					}
+					fmt.Fprintf(stdout, "\nUI: %s\n", dc.Agents[0].UIURL())
 					fmt.Fprintf(stdout, "\ntry:\n  runos-agent nodes  --data-dir %s\n  runos-agent status --data-dir %s\n  runos-agent token create --data-dir %s\nCtrl-C stops the cluster; run again to restart it from disk.\n", dc.Dirs[0], dc.Dirs[0], dc.Dirs[0])
 					<-ctx.Done()
 					return dc.Close()
@@ -252,6 +255,10 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			},
 		},
 	}
+}
+
+func uiFlag() *cli.StringFlag {
+	return &cli.StringFlag{Name: "ui-listen", Value: "127.0.0.1:7080", EnvVars: []string{"RUNOS_UI_LISTEN"}, Usage: "local web UI address (empty: off; a taken port falls back to a free one)"}
 }
 
 func client(c *cli.Context) *api.Client { return api.NewClient(c.String("data-dir")) }

@@ -1,0 +1,160 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/runos/runos-agent/api"
+	"github.com/runos/runos-agent/raftstore"
+)
+
+// benchCluster is newCluster for benchmarks (production timers except for
+// gossip, which the in-process tests speed up too).
+func benchCluster(b *testing.B, n int) *cluster {
+	b.Helper()
+	dir := b.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	dc, err := StartDev(ctx, DevOptions{Nodes: n, Dir: dir, Tuning: fastTuning}, testLogger(b))
+	if err != nil {
+		b.Fatal(err)
+	}
+	c := &cluster{tb: b, dir: dir, agents: dc.Agents, dirs: dc.Dirs}
+	b.Cleanup(func() {
+		for _, a := range c.agents {
+			if a != nil {
+				a.Close()
+			}
+		}
+	})
+	c.waitFormed(n)
+	c.waitVoters(n)
+	return c
+}
+
+// fullMesh reports whether every running node has a handshake with every
+// other running node and gossip sees them all alive.
+func (c *cluster) fullMesh() error {
+	running := c.running()
+	for _, a := range running {
+		st, err := a.Status()
+		if err != nil {
+			return err
+		}
+		hs := 0
+		for _, p := range st.Peers {
+			if p.LastHandshakeSeconds >= 0 {
+				hs++
+			}
+		}
+		if hs < len(running)-1 {
+			return fmt.Errorf("%s: %d handshakes", a.Name(), hs)
+		}
+		if n := a.ml.NumMembers(); n < len(running) {
+			return fmt.Errorf("%s: gossip sees %d", a.Name(), n)
+		}
+	}
+	return nil
+}
+
+// BenchmarkMeshFormation5: a five-node cluster cold-starts from its data
+// dirs (a power cut); the clock runs from starting the last node until every
+// pair has a WireGuard handshake and gossip sees all five alive.
+func BenchmarkMeshFormation5(b *testing.B) {
+	c := benchCluster(b, 5)
+	var total time.Duration
+	for range b.N {
+		for i := range c.agents {
+			c.stop(i)
+		}
+		for i := range 4 {
+			c.start(i)
+		}
+		t0 := time.Now()
+		c.start(4)
+		eventually(b, "full mesh", c.fullMesh)
+		total += time.Since(t0)
+	}
+	b.ReportMetric(total.Seconds()/float64(b.N), "formation-s")
+	b.ReportMetric(0, "ns/op")
+}
+
+// BenchmarkLeaderFailover: the leader of three voters dies; the clock runs
+// until a write on a survivor is committed. Production Raft timers.
+func BenchmarkLeaderFailover(b *testing.B) {
+	saved := fastTuning
+	fastTuning.RaftHeartbeat, fastTuning.RaftElection = 0, 0 // hashicorp/raft defaults: 1s
+	defer func() { fastTuning = saved }()
+	c := benchCluster(b, 3)
+	var total time.Duration
+	for range b.N {
+		idx := slices.Index(c.agents, c.leader())
+		survivor := c.agents[(idx+1)%3]
+		t0 := time.Now()
+		c.stop(idx)
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		_, err := survivor.CreateToken(ctx, api.TokenRequest{})
+		cancel()
+		if err != nil {
+			b.Fatal(err)
+		}
+		total += time.Since(t0)
+		c.start(idx)
+		c.waitFormed(3)
+		c.waitVoters(3)
+	}
+	b.ReportMetric(total.Seconds()/float64(b.N), "failover-s")
+	b.ReportMetric(0, "ns/op")
+}
+
+// BenchmarkRaftWrites: small commands committed by three voters, from 1 and
+// 64 concurrent clients, on the leader and forwarded from a follower.
+func BenchmarkRaftWrites(b *testing.B) {
+	c := benchCluster(b, 3)
+	for _, via := range []string{"leader", "follower"} {
+		for _, clients := range []int{1, 64} {
+			b.Run(fmt.Sprintf("via=%s/clients=%d", via, clients), func(b *testing.B) {
+				a := c.leader()
+				if via == "follower" {
+					a = c.follower()
+				}
+				const perClient = 200
+				lat := make([]time.Duration, clients*perClient)
+				var wg sync.WaitGroup
+				b.ResetTimer()
+				t0 := time.Now()
+				for w := range clients {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						for i := range perClient {
+							s := time.Now()
+							res, err := a.store.Apply(context.Background(), &raftstore.Command{
+								Op: raftstore.OpUpdateNode, UpdateNode: &raftstore.UpdateNodeCmd{NodeID: a.cfg.NodeID, Version: Version},
+							})
+							if err == nil {
+								err = res.Error()
+							}
+							if err != nil {
+								b.Error(err)
+								return
+							}
+							lat[w*perClient+i] = time.Since(s)
+						}
+					}()
+				}
+				wg.Wait()
+				elapsed := time.Since(t0)
+				slices.Sort(lat)
+				b.ReportMetric(float64(len(lat))/elapsed.Seconds(), "writes/s")
+				b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
+				b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
+				b.ReportMetric(0, "ns/op")
+			})
+		}
+	}
+}
