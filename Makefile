@@ -40,7 +40,8 @@ e2e: test-deps build
 
 # Benchmarks report side-by-side figures from one run; see README.md.
 bench: test-deps build
-	$(GO) test -run '^$$' -bench . -benchtime 1x -count 1 ./agent/ ./raftstore/ ./mesh/
+	$(GO) test -run '^$$' -bench . -benchtime 1x -count 1 ./agent/
+	$(GO) test -run '^$$' -bench . -benchtime 2s -count 1 ./mesh/
 	RUNOS_AGENT_BIN=$(BIN)/runos-agent $(GO) test -run '^$$' -bench . -benchtime 1x -count 1 ./e2e/...
 
 lint:
