@@ -567,3 +567,83 @@ func mustJSON(v any) []byte {
 	b, _ := json.Marshal(v)
 	return b
 }
+
+func TestJoinEndpointSurvivesGarbage(t *testing.T) {
+	c := newCluster(t, 1)
+	a := c.agents[0]
+	member := a.cfg.Endpoints[0]
+	// Raw garbage instead of a TLS handshake.
+	conn, err := net.Dial("tcp", member)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn.Write([]byte("GET / HTTP/1.0\r\n\r\n\x16\x03\x01garbage"))
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	io.ReadAll(conn)
+	conn.Close()
+
+	// Well-formed TLS, but an oversized or malformed body.
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for name, req := range map[string]joinRequest{
+		"oversized": {Token: strings.Repeat("x", 2*maxJoinBody)},
+		"bad csr":   {Token: mustToken(t, a), Name: "evil", NodeID: randomHex(8), PublicKey: a.wgKey.PublicKey().String(), CSR: []byte("not a csr")},
+		"bad key":   {Token: mustToken(t, a), Name: "evil", NodeID: randomHex(8), PublicKey: "short"},
+	} {
+		if _, err := postJoin(ctx, member, a.cfg.CAFingerprint, req); err == nil {
+			t.Errorf("%s: join accepted", name)
+		} else if strings.Contains(err.Error(), "EOF") {
+			t.Errorf("%s: no clear error: %v", name, err)
+		}
+	}
+	if n := len(a.Nodes().Nodes); n != 1 {
+		t.Fatalf("%d nodes after bad joins, want 1", n)
+	}
+	// The endpoint still admits a proper join.
+	port, _ := FreePort()
+	if _, err := Join(ctx, JoinOptions{NodeOptions: NodeOptions{
+		DataDir: t.TempDir(), Name: "good", Net: "userspace", ListenPort: port,
+		Advertise: []string{fmt.Sprintf("127.0.0.1:%d", port)},
+	}, Token: mustToken(t, a), Member: member}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func mustToken(t *testing.T, a *Agent) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	tok, err := a.CreateToken(ctx, api.TokenRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok.Token
+}
+
+func TestInitRefusesInitialisedDir(t *testing.T) {
+	dir := t.TempDir()
+	opts := NodeOptions{DataDir: dir, Name: "a", Net: "userspace", Advertise: []string{"127.0.0.1:1"}}
+	if _, err := Init(opts); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := os.ReadFile(dir + "/" + fileConfig)
+	if _, err := Init(opts); err == nil || !strings.Contains(err.Error(), "already initialised") {
+		t.Fatalf("second init: err = %v", err)
+	}
+	if _, err := Join(context.Background(), JoinOptions{NodeOptions: opts, Token: joinToken{CAFingerprint: strings.Repeat("a", 64), ID: randomHex(6), Secret: randomHex(16)}.String(), Member: "127.0.0.1:1"}); err == nil || !strings.Contains(err.Error(), "already initialised") {
+		t.Fatalf("join into an initialised dir: err = %v", err)
+	}
+	after, _ := os.ReadFile(dir + "/" + fileConfig)
+	if string(before) != string(after) {
+		t.Fatal("a refused init changed the data dir")
+	}
+	for _, f := range []string{fileWGKey, fileNodeKey, fileConfig} {
+		fi, err := os.Stat(dir + "/" + f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode().Perm()&0o077 != 0 {
+			t.Errorf("%s has mode %v, want no group/other access", f, fi.Mode().Perm())
+		}
+	}
+}
