@@ -647,3 +647,35 @@ func TestInitRefusesInitialisedDir(t *testing.T) {
 		}
 	}
 }
+
+func TestRemovedNodeLearnsItWasRemoved(t *testing.T) {
+	c := newCluster(t, 3)
+	victim := c.follower()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := c.leader().RemoveNode(ctx, victim.Name()); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "removed node sees its removal and drops its peers", func() error {
+		st, _ := victim.store.State()
+		if _, ok := st.Nodes[victim.cfg.NodeID]; ok {
+			return errors.New("still in its own state")
+		}
+		stats, err := victim.dev.Stats()
+		if err != nil {
+			return err
+		}
+		if len(stats) != 0 {
+			return fmt.Errorf("%d peers left", len(stats))
+		}
+		return nil
+	})
+	eventually(t, "removed node leaves the raft configuration", func() error {
+		for _, id := range append(c.leader().store.Status().Voters, c.leader().store.Status().NonVoters...) {
+			if id == victim.cfg.NodeID {
+				return errors.New("still a raft server")
+			}
+		}
+		return nil
+	})
+}

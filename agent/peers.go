@@ -91,15 +91,33 @@ func (a *Agent) peerLoop(ctx context.Context) {
 	// stay, or replication could never reach this node.
 	seenSelf := false
 	removed := false
+	// A removed node's peer lingers for removalGrace, so the entry that
+	// removes it still reaches it (it then drops everyone itself).
+	lingering := map[string]lingeringNode{}
 	for {
 		changed := a.store.Changed()
 		st, _ := a.store.State()
+		now := time.Now()
 		_, present := st.Nodes[a.cfg.NodeID]
 		seenSelf = seenSelf || present
 		var nodes []*raftstore.Node
 		switch {
 		case present:
 			nodes = st.SortedNodes()
+			for _, n := range last {
+				if _, ok := st.Nodes[n.ID]; !ok {
+					if _, ok := lingering[n.ID]; !ok {
+						lingering[n.ID] = lingeringNode{node: n, until: now.Add(removalGrace)}
+					}
+				}
+			}
+			for id, l := range lingering {
+				if _, back := st.Nodes[id]; back || now.After(l.until) {
+					delete(lingering, id)
+					continue
+				}
+				nodes = append(nodes, l.node)
+			}
 		case seenSelf:
 			if !removed {
 				a.log.Error("this node has been removed from the cluster; dropping all peers")
@@ -115,20 +133,32 @@ func (a *Agent) peerLoop(ctx context.Context) {
 			} else {
 				last = nodes
 				if present {
-					if err := savePeers(a.dir, nodes); err != nil {
+					if err := savePeers(a.dir, st.SortedNodes()); err != nil {
 						a.log.Warn("save peers", "err", err)
 					}
 				}
 			}
+		}
+		wait := 10 * time.Second
+		for _, l := range lingering {
+			wait = min(wait, time.Until(l.until)+10*time.Millisecond)
 		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-changed:
 		case <-a.hint:
-		case <-time.After(10 * time.Second):
+		case <-time.After(wait):
 		}
 	}
+}
+
+// removalGrace matches raftstore's default RemovalGrace.
+const removalGrace = 3 * time.Second
+
+type lingeringNode struct {
+	node  *raftstore.Node
+	until time.Time
 }
 
 // selfLoop finishes init on the first leader (the bootstrap command waits in

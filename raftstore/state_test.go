@@ -195,9 +195,21 @@ func TestPlanMembership(t *testing.T) {
 		{"dead voter of five, none to promote: back to odd", servers([]string{"n1", "n2", "n3", "n4", "n5"}, nil), 5, set("n1", "n2", "n3", "n4"), set("n5"), "[]", "[]", "[]", "[n5 n4]"},
 		{"removed node leaves config", servers([]string{"n1", "n2", "n3"}, []string{"n4"}), 3, all, none, "[]", "[n4]", "[]", "[]"},
 	}
+	t.Run("removed voter loses its vote before it leaves", func(t *testing.T) {
+		p := planMembership("n1", servers([]string{"n1", "n2", "n3"}, nil), ids(2), all, none, none, 5)
+		if got := fmtIDs(p.remove) + " " + fmtIDs(p.demote); got != "[] [n3 n2]" {
+			t.Fatalf("remove, demote = %s, want [] [n3 n2]", got)
+		}
+	})
+	t.Run("removed node lingers until removable", func(t *testing.T) {
+		p := planMembership("n1", servers([]string{"n1", "n2", "n3"}, []string{"n4"}), ids(3), all, none, none, 5)
+		if len(p.remove) != 0 {
+			t.Fatalf("removed %v before its grace ended", p.remove)
+		}
+	})
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			p := planMembership("n1", tc.conf, ids(tc.nodes), tc.up, tc.deadLong, 5)
+			p := planMembership("n1", tc.conf, ids(tc.nodes), tc.up, tc.deadLong, all, 5)
 			var add []raft.ServerID
 			for _, s := range p.add {
 				add = append(add, s.ID)

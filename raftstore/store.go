@@ -46,6 +46,9 @@ type Config struct {
 	// DeadVoterGrace is how long a voter may be down before the leader
 	// demotes it and promotes a live non-voter (default 30s).
 	DeadVoterGrace time.Duration
+	// RemovalGrace is how long a removed node stays in the Raft
+	// configuration (default 3s), so it receives its own removal.
+	RemovalGrace time.Duration
 	// ReconcileInterval is how often the leader re-checks membership
 	// (default 2s); Hint wakes it sooner.
 	ReconcileInterval time.Duration
@@ -73,6 +76,7 @@ type Store struct {
 
 	mu        sync.Mutex
 	downSince map[raft.ServerID]time.Time // guarded by mu; leader's view of down servers
+	goneSince map[raft.ServerID]time.Time // guarded by mu; servers whose node left the state
 }
 
 // Bootstrap writes the initial single-voter configuration into dir, as init
@@ -124,6 +128,9 @@ func New(cfg Config, log *slog.Logger) (*Store, error) {
 	}
 	if cfg.DeadVoterGrace <= 0 {
 		cfg.DeadVoterGrace = 30 * time.Second
+	}
+	if cfg.RemovalGrace <= 0 {
+		cfg.RemovalGrace = 3 * time.Second
 	}
 	if cfg.ReconcileInterval <= 0 {
 		cfg.ReconcileInterval = 2 * time.Second
@@ -189,6 +196,7 @@ func New(cfg Config, log *slog.Logger) (*Store, error) {
 		trans:     trans,
 		hint:      make(chan struct{}, 1),
 		downSince: map[raft.ServerID]time.Time{},
+		goneSince: map[raft.ServerID]time.Time{},
 	}, nil
 }
 

@@ -3,6 +3,7 @@ package raftstore
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"time"
@@ -50,13 +51,20 @@ type membershipPlan struct {
 // state's nodes (ID -> raft address), who is up, and who has been down past
 // the grace period. It is pure so the voter rules can be table-tested.
 func planMembership(self raft.ServerID, servers []raft.Server, nodes map[raft.ServerID]raft.ServerAddress,
-	up func(raft.ServerID) bool, deadLong func(raft.ServerID) bool, maxVoters int) membershipPlan {
+	up, deadLong, removable func(raft.ServerID) bool, maxVoters int) membershipPlan {
 	var p membershipPlan
 	inConf := map[raft.ServerID]raft.Server{}
 	for _, srv := range servers {
 		inConf[srv.ID] = srv
 		if _, ok := nodes[srv.ID]; !ok {
-			p.remove = append(p.remove, srv.ID)
+			switch {
+			case removable(srv.ID):
+				p.remove = append(p.remove, srv.ID)
+			case srv.Suffrage == raft.Voter:
+				// A removed node that still lingers must stop counting
+				// toward quorum at once: it is about to go silent.
+				p.demote = append(p.demote, srv.ID)
+			}
 		}
 	}
 	for id, addr := range nodes {
@@ -157,6 +165,13 @@ func (s *Store) reconcileMembership(now time.Time) error {
 	s.mu.Lock()
 	upNow := map[raft.ServerID]bool{}
 	for _, srv := range servers {
+		if _, ok := nodes[srv.ID]; !ok {
+			if _, ok := s.goneSince[srv.ID]; !ok {
+				s.goneSince[srv.ID] = now
+			}
+		} else {
+			delete(s.goneSince, srv.ID)
+		}
 		if srv.ID == self || s.cfg.Alive(string(srv.ID)) {
 			upNow[srv.ID] = true
 			delete(s.downSince, srv.ID)
@@ -164,6 +179,7 @@ func (s *Store) reconcileMembership(now time.Time) error {
 			s.downSince[srv.ID] = now
 		}
 	}
+	goneSince := maps.Clone(s.goneSince)
 	downSince := make(map[raft.ServerID]time.Time, len(s.downSince))
 	for id, t := range s.downSince {
 		downSince[id] = t
@@ -175,6 +191,12 @@ func (s *Store) reconcileMembership(now time.Time) error {
 		func(id raft.ServerID) bool {
 			t, ok := downSince[id]
 			return ok && now.Sub(t) >= s.cfg.DeadVoterGrace
+		},
+		// A removed node stays in the configuration for a moment, so the
+		// entry that removes it still reaches it and it learns its fate.
+		func(id raft.ServerID) bool {
+			t, ok := goneSince[id]
+			return ok && now.Sub(t) >= s.cfg.RemovalGrace
 		}, s.cfg.MaxVoters)
 
 	if len(p.add)+len(p.remove)+len(p.promote)+len(p.demote) > 0 {
