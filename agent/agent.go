@@ -55,6 +55,10 @@ type Config struct {
 type Tuning struct {
 	RaftHeartbeat     time.Duration
 	RaftElection      time.Duration
+	HeartbeatInterval time.Duration
+	HealthyWithin     time.Duration
+	OfflineAfter      time.Duration
+	HealthDwell       time.Duration
 	DeadVoterGrace    time.Duration
 	ReconcileInterval time.Duration
 	GossipFast        bool // memberlist with short probe and suspicion timers
@@ -93,6 +97,12 @@ type Agent struct {
 
 	// hint wakes the peer reconciler (gossip saw a change).
 	hint chan struct{}
+
+	startedAt   time.Time
+	beats       beats
+	deadMembers memberStates
+	// crashOnClose makes Close skip the goodbye (tests simulate a crash).
+	crashOnClose bool
 }
 
 // New loads the data dir. It fails on a dir that init or join did not
@@ -200,6 +210,7 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 }
 
 func (a *Agent) start(ctx context.Context) error {
+	a.startedAt = time.Now()
 	a.log.Info("starting", "cluster", a.cfg.ClusterID, "mesh_ip", a.cfg.MeshIP, "net", a.mode, "listen_port", a.cfg.ListenPort, "version", Version)
 	dev, err := mesh.New(mesh.Config{
 		Mode:       a.mode,
@@ -272,6 +283,8 @@ func (a *Agent) start(ctx context.Context) error {
 	a.goLoop(ctx, a.peerLoop)
 	a.goLoop(ctx, a.selfLoop)
 	a.goLoop(ctx, a.gossipRejoinLoop)
+	a.goLoop(ctx, a.heartbeatLoop)
+	a.goLoop(ctx, a.healthEventLoop)
 	return nil
 }
 

@@ -37,6 +37,10 @@ var fastTuning = Tuning{
 	DeadVoterGrace:    2 * time.Second,
 	ReconcileInterval: 200 * time.Millisecond,
 	GossipFast:        true,
+	HeartbeatInterval: 200 * time.Millisecond,
+	HealthyWithin:     time.Second,
+	OfflineAfter:      4 * time.Second,
+	HealthDwell:       300 * time.Millisecond,
 }
 
 func testLogger(t testing.TB) *slog.Logger {

@@ -8,7 +8,6 @@ import (
 
 	"github.com/hashicorp/memberlist"
 
-	"github.com/runos/runos-agent/api"
 	"github.com/runos/runos-agent/gossip"
 )
 
@@ -24,11 +23,20 @@ func (a *Agent) startGossip() error {
 	a.transport = t
 	mc := gossip.MemberlistConfig(a.cfg.Name, t, a.log)
 	mc.Events = &gossipEvents{a: a}
+	mc.Delegate = &gossipDelegate{a: a}
+	// The failure detector must not declare a node dead before the offline
+	// threshold: a node paused for 15 s is degraded, not gone. Probing every
+	// 2 s with a 30 s suspicion window keeps that, and keeps control
+	// traffic low.
+	mc.ProbeInterval = 2 * time.Second
+	mc.ProbeTimeout = time.Second
+	mc.SuspicionMult = 15
+	mc.PushPullInterval = time.Minute
 	if a.tuning.GossipFast {
 		mc.ProbeInterval = 200 * time.Millisecond
 		mc.ProbeTimeout = 100 * time.Millisecond
 		mc.GossipInterval = 50 * time.Millisecond
-		mc.SuspicionMult = 2
+		mc.SuspicionMult = 6
 		mc.PushPullInterval = 2 * time.Second
 	}
 	ml, err := memberlist.Create(mc)
@@ -38,9 +46,13 @@ func (a *Agent) startGossip() error {
 	}
 	a.ml = ml
 	a.closers = append(a.closers, func() error {
-		// Leave tells the others at once that this node is going away on
-		// purpose; a crash is found by the failure detector instead.
-		ml.Leave(time.Second)
+		// A goodbye heartbeat and Leave tell the others at once that this
+		// node is going away on purpose; a crash is found by the failure
+		// detector and the heartbeat ages instead.
+		if !a.crashOnClose {
+			a.sendToMembers(heartbeat{Name: a.cfg.Name, Bye: true})
+			ml.Leave(time.Second)
+		}
 		return ml.Shutdown()
 	})
 	return nil
@@ -48,8 +60,20 @@ func (a *Agent) startGossip() error {
 
 type gossipEvents struct{ a *Agent }
 
-func (e *gossipEvents) NotifyJoin(*memberlist.Node)   { e.a.wake() }
-func (e *gossipEvents) NotifyLeave(*memberlist.Node)  { e.a.wake() }
+// memberlist's callbacks pass a Node whose State field is not kept up to
+// date, so a leave is told from a death by the goodbye heartbeat.
+func (e *gossipEvents) NotifyJoin(n *memberlist.Node) {
+	e.a.deadMembers.del(n.Name)
+	e.a.wake()
+}
+
+func (e *gossipEvents) NotifyLeave(n *memberlist.Node) {
+	if s, ok := e.a.deadMembers.get(n.Name); !ok || s != memberlist.StateLeft {
+		e.a.deadMembers.set(n.Name, memberlist.StateDead)
+	}
+	e.a.wake()
+}
+
 func (e *gossipEvents) NotifyUpdate(*memberlist.Node) { e.a.wake() }
 
 // wake nudges the reconcilers: gossip events are hints, the timers still
@@ -86,18 +110,6 @@ func (a *Agent) nodeUp(nodeID string) bool {
 	}
 	s, ok := a.memberState(n.Name)
 	return ok && (s == memberlist.StateAlive || s == memberlist.StateSuspect)
-}
-
-// health maps gossip's view onto the healthy/degraded/offline scale.
-func (a *Agent) health(name string) string {
-	s, ok := a.memberState(name)
-	switch {
-	case ok && s == memberlist.StateAlive:
-		return api.Healthy
-	case ok && s == memberlist.StateSuspect:
-		return api.Degraded
-	}
-	return api.Offline
 }
 
 // gossipRejoinLoop contacts nodes of the state that gossip does not see, so

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -74,6 +75,7 @@ func (a *Agent) LocalAPIHandler() http.Handler {
 	mux.HandleFunc("GET /v1/nodes", func(w http.ResponseWriter, r *http.Request) {
 		writeJSONResponse(w, http.StatusOK, a.Nodes())
 	})
+	mux.HandleFunc("GET /v1/events", a.handleEvents)
 	mux.HandleFunc("POST /v1/tokens", func(w http.ResponseWriter, r *http.Request) {
 		var req api.TokenRequest
 		if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<16)).Decode(&req); err != nil {
@@ -174,11 +176,75 @@ func (a *Agent) Nodes() *api.NodesResponse {
 		case slices.Contains(rs.Voters, n.ID):
 			role = api.RoleVoter
 		}
-		out.Nodes = append(out.Nodes, api.Node{
+		health, reason, beat, seen := a.healthOf(n.Name)
+		node := api.Node{
 			Name: n.Name, ID: n.ID, MeshIP: n.MeshIP.String(), PodCIDR: n.PodCIDR.String(),
-			Health: a.health(n.Name), RaftRole: role, Version: n.Version,
-			Endpoints: n.Endpoints, JoinedAt: n.JoinedAt,
-		})
+			Health: health, HealthReason: reason, RaftRole: role, Version: n.Version,
+			Endpoints: n.Endpoints, JoinedAt: n.JoinedAt, LastHeartbeatSeconds: -1,
+		}
+		if seen {
+			node.LastHeartbeatSeconds = time.Since(beat.at).Round(time.Millisecond).Seconds()
+			node.Snapshot = beat.hb.Host
+			node.MeshRxBytes, node.MeshTxBytes = beat.hb.MeshRx, beat.hb.MeshTx
+			if beat.hb.Version != "" {
+				node.Version = beat.hb.Version
+			}
+		}
+		out.Nodes = append(out.Nodes, node)
+	}
+	return out
+}
+
+// handleEvents lists events after ?after=SEQ, holding the request up to
+// ?wait=DURATION (at most a minute) until one arrives: `events --follow`.
+func (a *Agent) handleEvents(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	var after uint64
+	if v := q.Get("after"); v != "" {
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			httpError(w, http.StatusBadRequest, fmt.Errorf("invalid after=%q", v))
+			return
+		}
+		after = n
+	}
+	var wait time.Duration
+	if v := q.Get("wait"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 0 {
+			httpError(w, http.StatusBadRequest, fmt.Errorf("invalid wait=%q", v))
+			return
+		}
+		wait = min(d, time.Minute)
+	}
+	deadline := time.After(wait)
+	for {
+		changed := a.store.Changed()
+		out := a.Events(after)
+		if len(out.Events) > 0 || wait == 0 {
+			writeJSONResponse(w, http.StatusOK, out)
+			return
+		}
+		select {
+		case <-changed:
+		case <-deadline:
+			writeJSONResponse(w, http.StatusOK, out)
+			return
+		case <-r.Context().Done():
+			return
+		}
+	}
+}
+
+// Events returns the cluster's recorded events with seq > after.
+func (a *Agent) Events(after uint64) *api.EventsResponse {
+	st, _ := a.store.State()
+	out := &api.EventsResponse{Events: []api.Event{}, Last: after}
+	for _, e := range st.Events {
+		if e.Seq > after {
+			out.Events = append(out.Events, api.Event(e))
+			out.Last = e.Seq
+		}
 	}
 	return out
 }

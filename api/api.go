@@ -3,7 +3,11 @@
 // names are a contract (see README), so add fields freely but never rename.
 package api
 
-import "time"
+import (
+	"time"
+
+	"github.com/runos/runos-agent/hostinfo"
+)
 
 // Status is GET /v1/status.
 type Status struct {
@@ -64,6 +68,13 @@ type Node struct {
 	Version   string    `json:"version"`
 	Endpoints []string  `json:"endpoints"`
 	JoinedAt  time.Time `json:"joined_at"`
+
+	HealthReason         string  `json:"health_reason"`
+	LastHeartbeatSeconds float64 `json:"last_heartbeat_seconds"` // -1: none yet
+	// The node's last heartbeat: CPU, load, memory, disk, uptime.
+	hostinfo.Snapshot
+	MeshRxBytes uint64 `json:"mesh_rx_bytes"`
+	MeshTxBytes uint64 `json:"mesh_tx_bytes"`
 }
 
 // NodesResponse wraps the node list with the state index it reflects.
@@ -89,4 +100,23 @@ type Token struct {
 // Error is the body of every non-2xx answer.
 type Error struct {
 	Error string `json:"error"`
+}
+
+// Event is one entry of the cluster's history (GET /v1/events).
+type Event struct {
+	Seq    uint64    `json:"seq"`
+	Time   time.Time `json:"time"`
+	Kind   string    `json:"kind"` // node_joined|node_removed|health_changed|leader_changed|voter_promoted|voter_demoted|path_changed
+	Node   string    `json:"node,omitempty"`
+	From   string    `json:"from,omitempty"`
+	To     string    `json:"to,omitempty"`
+	Detail string    `json:"detail,omitempty"`
+}
+
+// EventsResponse is GET /v1/events?after=SEQ[&wait=DURATION].
+type EventsResponse struct {
+	Events []Event `json:"events"`
+	// Last is the highest seq returned (or the after= value when none), to
+	// pass as after= on the next call.
+	Last uint64 `json:"last"`
 }

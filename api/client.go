@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"syscall"
+	"time"
 )
 
 // SocketName is the local API's unix socket inside the data dir.
@@ -96,4 +97,15 @@ func (c *Client) CreateToken(ctx context.Context, req TokenRequest) (*Token, err
 // RemoveNode removes a node from the cluster by name.
 func (c *Client) RemoveNode(ctx context.Context, name string) error {
 	return c.do(ctx, http.MethodDelete, "/v1/nodes/"+url.PathEscape(name), nil, nil)
+}
+
+// Events returns events after seq; with wait > 0 the agent holds the request
+// until one arrives or wait passes.
+func (c *Client) Events(ctx context.Context, after uint64, wait time.Duration) (*EventsResponse, error) {
+	var e EventsResponse
+	path := fmt.Sprintf("/v1/events?after=%d", after)
+	if wait > 0 {
+		path += "&wait=" + url.QueryEscape(wait.String())
+	}
+	return &e, c.do(ctx, http.MethodGet, path, nil, &e)
 }

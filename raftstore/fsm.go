@@ -96,6 +96,9 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	if d.State.Tokens == nil {
 		d.State.Tokens = map[string]*Token{}
 	}
+	if d.State.Events == nil {
+		d.State.Events = []Event{}
+	}
 	if d.State.Results == nil {
 		d.State.Results = map[string]*Result{}
 	}

@@ -25,6 +25,9 @@ var (
 	PodPrefix        = netip.MustParsePrefix("172.25.0.0/16")
 )
 
+// eventWindow bounds the event log kept in the state.
+const eventWindow = 1000
+
 // appliedWindow bounds how many command IDs the state remembers for
 // deduplication. Retries happen within seconds, so a few thousand is plenty.
 const appliedWindow = 4096
@@ -86,6 +89,8 @@ type State struct {
 	CAKeyPEM []byte            `json:"ca_key_pem"`
 	Nodes    map[string]*Node  `json:"nodes"`  // by ID
 	Tokens   map[string]*Token `json:"tokens"` // by ID
+	// Events is the cluster's recent history, oldest first, bounded.
+	Events []Event `json:"events"`
 	// Applied remembers recent command IDs, oldest first, for idempotency.
 	Applied []string `json:"applied"`
 	// Results of the remembered commands, so a retried command answers as
@@ -106,6 +111,7 @@ func (s *State) Clone() *State {
 		CAKeyPEM:  slices.Clone(s.CAKeyPEM),
 		Nodes:     make(map[string]*Node, len(s.Nodes)),
 		Tokens:    make(map[string]*Token, len(s.Tokens)),
+		Events:    slices.Clone(s.Events),
 		Applied:   slices.Clone(s.Applied),
 		Results:   make(map[string]*Result, len(s.Results)),
 	}
@@ -171,6 +177,7 @@ type Command struct {
 	CreateToken *CreateTokenCmd `json:"create_token,omitempty"`
 	Join        *JoinCmd        `json:"join,omitempty"`
 	RemoveNode  *RemoveNodeCmd  `json:"remove_node,omitempty"`
+	Event       *Event          `json:"event,omitempty"`
 	UpdateNode  *UpdateNodeCmd  `json:"update_node,omitempty"`
 }
 
@@ -181,7 +188,31 @@ const (
 	OpJoin        = "join"
 	OpRemoveNode  = "remove_node"
 	OpUpdateNode  = "update_node"
+	OpEvent       = "event"
 )
+
+// Event kinds.
+const (
+	EventNodeJoined    = "node_joined"
+	EventNodeRemoved   = "node_removed"
+	EventHealthChanged = "health_changed"
+	EventLeaderChanged = "leader_changed"
+	EventVoterPromoted = "voter_promoted"
+	EventVoterDemoted  = "voter_demoted"
+	EventPathChanged   = "path_changed"
+)
+
+// Event is one entry of the cluster's history. Seq is the Raft index that
+// recorded it, so every node orders and numbers events alike.
+type Event struct {
+	Seq    uint64    `json:"seq"`
+	Time   time.Time `json:"time"`
+	Kind   string    `json:"kind"`
+	Node   string    `json:"node,omitempty"` // node name the event is about
+	From   string    `json:"from,omitempty"`
+	To     string    `json:"to,omitempty"`
+	Detail string    `json:"detail,omitempty"`
+}
 
 // BootstrapCmd creates the cluster with its first node.
 type BootstrapCmd struct {
@@ -257,11 +288,29 @@ func (s *State) apply(index uint64, cmd *Command) *Result {
 	res := &Result{Index: index}
 	if err := s.applyOp(cmd, res); err != nil {
 		res.Err = err.Error()
+	} else {
+		switch cmd.Op {
+		case OpBootstrap, OpJoin:
+			s.record(index, cmd.Time, Event{Kind: EventNodeJoined, Node: res.Node.Name, Detail: res.Node.MeshIP.String()})
+		case OpRemoveNode:
+			s.record(index, cmd.Time, Event{Kind: EventNodeRemoved, Node: res.Node.Name})
+		case OpEvent:
+			s.record(index, cmd.Time, *cmd.Event)
+		}
 	}
 	if cmd.ID != "" {
 		s.remember(cmd.ID, res)
 	}
 	return res
+}
+
+// record appends an event, dropping the oldest beyond the window.
+func (s *State) record(index uint64, at time.Time, e Event) {
+	e.Seq, e.Time = index, at
+	s.Events = append(s.Events, e)
+	if over := len(s.Events) - eventWindow; over > 0 {
+		s.Events = slices.Delete(s.Events, 0, over)
+	}
 }
 
 func (s *State) remember(id string, res *Result) {
@@ -311,6 +360,12 @@ func (s *State) applyOp(cmd *Command, res *Result) error {
 
 	case OpJoin:
 		return s.applyJoin(cmd, res)
+
+	case OpEvent:
+		if cmd.Event == nil || cmd.Event.Kind == "" {
+			return ErrMalformedCmd
+		}
+		return nil
 
 	case OpRemoveNode:
 		c := cmd.RemoveNode

@@ -229,3 +229,23 @@ func fmtIDs(ids []raft.ServerID) string {
 	}
 	return fmt.Sprint(ids)
 }
+
+func TestEventsAreRecordedAndBounded(t *testing.T) {
+	s := bootstrapped(t)
+	s.apply(3, joinCmd("n2", "beta", "k2", "secret", t0))
+	s.apply(4, joinCmd("n3", "beta", "k3", "secret", t0)) // refused: no event
+	s.apply(5, &Command{ID: "rm", Time: t0, Op: OpRemoveNode, RemoveNode: &RemoveNodeCmd{Name: "beta"}})
+	var kinds []string
+	for _, e := range s.Events {
+		kinds = append(kinds, e.Kind+":"+e.Node)
+	}
+	if got, want := fmt.Sprint(kinds), "[node_joined:alpha node_joined:beta node_removed:beta]"; got != want {
+		t.Fatalf("events = %s, want %s", got, want)
+	}
+	for i := range eventWindow + 5 {
+		s.apply(uint64(100+i), &Command{ID: fmt.Sprint("e", i), Time: t0, Op: OpEvent, Event: &Event{Kind: EventHealthChanged, Node: "alpha"}})
+	}
+	if len(s.Events) != eventWindow || s.Events[len(s.Events)-1].Seq != uint64(100+eventWindow+4) {
+		t.Fatalf("window: %d events, last seq %d", len(s.Events), s.Events[len(s.Events)-1].Seq)
+	}
+}

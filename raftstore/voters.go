@@ -25,7 +25,10 @@ func (s *Store) membershipLoop(ctx context.Context) {
 		case <-t.C:
 		case <-s.hint:
 		case <-s.fsm.Changed():
-		case <-s.raft.LeaderCh():
+		case isLeader := <-s.raft.LeaderCh():
+			if isLeader {
+				s.recordEvent(ctx, Event{Kind: EventLeaderChanged, Node: s.nodeName(s.cfg.NodeID)})
+			}
 		}
 		if !s.IsLeader() {
 			s.mu.Lock()
@@ -222,12 +225,44 @@ func (s *Store) reconcileMembership(now time.Time) error {
 		if err := s.raft.AddVoter(id, nodes[id], 0, timeout).Error(); err != nil {
 			return fmt.Errorf("promote %s: %w", id, err)
 		}
+		s.recordEvent(context.Background(), Event{Kind: EventVoterPromoted, Node: s.nodeName(string(id))})
 	}
 	for _, id := range p.demote {
 		s.log.Info("demoting voter", "node_id", id, "down_since", downSince[id])
 		if err := s.raft.DemoteVoter(id, 0, timeout).Error(); err != nil {
 			return fmt.Errorf("demote %s: %w", id, err)
 		}
+		if _, ok := nodes[id]; ok {
+			s.recordEvent(context.Background(), Event{Kind: EventVoterDemoted, Node: s.nodeName(string(id))})
+		}
 	}
 	return nil
+}
+
+// recordEvent commits an event to the cluster's history; best effort, a
+// lost event must never block the leader's duties.
+func (s *Store) recordEvent(ctx context.Context, e Event) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if _, err := s.ApplyLocal(ctx, &Command{ID: NewCommandID(), Time: time.Now().UTC(), Op: OpEvent, Event: &e}); err != nil {
+		s.log.Debug("event not recorded", "kind", e.Kind, "err", err)
+	}
+}
+
+// RecordEvent commits an event observed by this node (health, paths)
+// through the leader.
+func (s *Store) RecordEvent(ctx context.Context, e Event) error {
+	res, err := s.Apply(ctx, &Command{Op: OpEvent, Event: &e})
+	if err != nil {
+		return err
+	}
+	return res.Error()
+}
+
+func (s *Store) nodeName(id string) string {
+	st, _ := s.fsm.State()
+	if n, ok := st.Nodes[id]; ok {
+		return n.Name
+	}
+	return id
 }

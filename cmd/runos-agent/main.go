@@ -195,11 +195,55 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 						return printJSON(stdout, n.Nodes)
 					}
 					tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-					fmt.Fprintln(tw, "NAME\tMESH IP\tPOD CIDR\tHEALTH\tRAFT\tVERSION")
+					fmt.Fprintln(tw, "NAME\tMESH IP\tPOD CIDR\tHEALTH\tBEAT\tRAFT\tCPU\tMEM\tDISK\tVERSION")
 					for _, x := range n.Nodes {
-						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", x.Name, x.MeshIP, x.PodCIDR, x.Health, x.RaftRole, x.Version)
+						beat := "-"
+						if x.LastHeartbeatSeconds >= 0 {
+							beat = fmt.Sprintf("%.0fs", x.LastHeartbeatSeconds)
+						}
+						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%.0f%%\t%s\t%s\t%s\n", x.Name, x.MeshIP, x.PodCIDR, x.Health, beat, x.RaftRole,
+							x.CPUPercent, percent(x.MemUsedBytes, x.MemTotalBytes), percent(x.DiskUsedBytes, x.DiskTotalBytes), x.Version)
 					}
 					return tw.Flush()
+				},
+			},
+			{
+				Name:  "events",
+				Usage: "show the cluster's history: joins, removals, health, leaders, voters, paths",
+				Flags: []cli.Flag{
+					dataDirFlag(),
+					&cli.BoolFlag{Name: "follow", Aliases: []string{"f"}, Usage: "keep printing new events"},
+					&cli.BoolFlag{Name: "json", Usage: "print JSON (one object per line with --follow)"},
+				},
+				Action: func(c *cli.Context) error {
+					cl := client(c)
+					var after uint64
+					first := true
+					for {
+						wait := time.Duration(0)
+						if !first {
+							wait = 30 * time.Second
+						}
+						res, err := cl.Events(c.Context, after, wait)
+						if err != nil {
+							return err
+						}
+						if c.Bool("json") && !c.Bool("follow") {
+							return printJSON(stdout, res.Events)
+						}
+						for _, e := range res.Events {
+							if c.Bool("json") {
+								b, _ := json.Marshal(e)
+								fmt.Fprintln(stdout, string(b))
+							} else {
+								fmt.Fprintln(stdout, formatEvent(e))
+							}
+						}
+						after, first = res.Last, false
+						if !c.Bool("follow") {
+							return nil
+						}
+					}
 				},
 			},
 			{
@@ -259,6 +303,24 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 
 func uiFlag() *cli.StringFlag {
 	return &cli.StringFlag{Name: "ui-listen", Value: "127.0.0.1:7080", EnvVars: []string{"RUNOS_UI_LISTEN"}, Usage: "local web UI address (empty: off; a taken port falls back to a free one)"}
+}
+
+func formatEvent(e api.Event) string {
+	line := fmt.Sprintf("%s  %-15s %s", e.Time.Local().Format("2006-01-02 15:04:05"), e.Kind, e.Node)
+	if e.From != "" || e.To != "" {
+		line += fmt.Sprintf(" %s -> %s", e.From, e.To)
+	}
+	if e.Detail != "" {
+		line += " (" + e.Detail + ")"
+	}
+	return line
+}
+
+func percent(used, total uint64) string {
+	if total == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.0f%%", 100*float64(used)/float64(total))
 }
 
 func client(c *cli.Context) *api.Client { return api.NewClient(c.String("data-dir")) }
