@@ -47,6 +47,8 @@ type Config struct {
 	// address is taken (another agent on this machine), a free port on the
 	// same host is used instead; UIURL reports it.
 	UIListen string
+	// MetricsListen is where Prometheus metrics are served ("" : off).
+	MetricsListen string
 	// Tuning shortens timers for tests; zero values keep production defaults.
 	Tuning Tuning
 }
@@ -88,6 +90,9 @@ type Agent struct {
 	servers  []*http.Server
 	uiListen string
 	uiURL    string
+
+	metricsListen string
+	metricsURL    string
 
 	startOnce sync.Once
 	closeOnce sync.Once
@@ -132,6 +137,8 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		tuning:   cfg.Tuning,
 		mode:     mode,
 		uiListen: cfg.UIListen,
+
+		metricsListen: cfg.MetricsListen,
 		hint:     make(chan struct{}, 1),
 	}
 	keyText, err := os.ReadFile(filepath.Join(a.dir, fileWGKey))
@@ -277,6 +284,9 @@ func (a *Agent) start(ctx context.Context) error {
 		return err
 	}
 	if err := a.startUI(); err != nil {
+		return err
+	}
+	if err := a.startMetrics(); err != nil {
 		return err
 	}
 	store.Start(ctx)

@@ -112,6 +112,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 					dataDirFlag(),
 					&cli.StringFlag{Name: "net", EnvVars: []string{"RUNOS_NET"}, Usage: "override the data dir's overlay mode"},
 					uiFlag(),
+					&cli.StringFlag{Name: "metrics-listen", EnvVars: []string{"RUNOS_METRICS_LISTEN"}, Usage: "serve Prometheus metrics at ADDR/metrics (off by default)"},
 				},
 				Action: func(c *cli.Context) error {
 					log, err := newLogger(c, stderr)
@@ -120,7 +121,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 					}
 					ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
 					defer stop()
-					a, err := agent.New(agent.Config{DataDir: c.String("data-dir"), Net: c.String("net"), UIListen: c.String("ui-listen")}, log)
+					a, err := agent.New(agent.Config{DataDir: c.String("data-dir"), Net: c.String("net"), UIListen: c.String("ui-listen"), MetricsListen: c.String("metrics-listen")}, log)
 					if err != nil {
 						return err
 					}
