@@ -139,7 +139,7 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		uiListen: cfg.UIListen,
 
 		metricsListen: cfg.MetricsListen,
-		hint:     make(chan struct{}, 1),
+		hint:          make(chan struct{}, 1),
 	}
 	keyText, err := os.ReadFile(filepath.Join(a.dir, fileWGKey))
 	if err != nil {
