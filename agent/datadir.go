@@ -36,6 +36,11 @@ type NodeConfig struct {
 	MeshIP        netip.Addr   `json:"mesh_ip"`
 	PodCIDR       netip.Prefix `json:"pod_cidr"`
 	CAFingerprint string       `json:"ca_fingerprint"`
+	// Relay is auto|on|off: whether this node relays for members that
+	// cannot reach each other (auto: when it is publicly reachable).
+	Relay string `json:"relay,omitempty"`
+	// STUN lists extra STUN servers (host:port) besides the members.
+	STUN []string `json:"stun,omitempty"`
 }
 
 // ErrNotInitialised means the data dir has no config.json.

@@ -26,6 +26,10 @@ type NodeOptions struct {
 	// Advertise is HOST[:PORT] peers use to reach this node; default: every
 	// non-loopback interface address (or 127.0.0.1 when there is none).
 	Advertise []string
+	// Relay is auto|on|off (default auto).
+	Relay string
+	// STUN lists extra STUN servers; never a public default.
+	STUN []string
 }
 
 var nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
@@ -46,6 +50,18 @@ func (o *NodeOptions) validate() error {
 	}
 	if o.ListenPort == 0 {
 		o.ListenPort = DefaultListenPort
+	}
+	switch o.Relay {
+	case "":
+		o.Relay = "auto"
+	case "auto", "on", "off":
+	default:
+		return fmt.Errorf("invalid --relay %q: want auto, on or off", o.Relay)
+	}
+	for _, s := range o.STUN {
+		if _, _, err := net.SplitHostPort(s); err != nil {
+			return fmt.Errorf("invalid --stun %q: want HOST:PORT", s)
+		}
 	}
 	if o.ListenPort < 1 || o.ListenPort > 65535 {
 		return fmt.Errorf("invalid --listen-port %d", o.ListenPort)
@@ -135,6 +151,8 @@ func Init(opts NodeOptions) (*NodeConfig, error) {
 		MeshIP:        raftstore.FirstMeshIP(),
 		PodCIDR:       raftstore.FirstPodCIDR(),
 		CAFingerprint: pki.Fingerprint(ca.Cert),
+		Relay:         opts.Relay,
+		STUN:          opts.STUN,
 	}
 	bootstrap := &raftstore.Command{
 		ID: "bootstrap-" + clusterID,

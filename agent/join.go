@@ -189,6 +189,7 @@ func Join(ctx context.Context, opts JoinOptions) (*NodeConfig, error) {
 		ClusterID: resp.ClusterID, NodeID: resp.Node.ID, Name: opts.Name, Net: opts.Net,
 		ListenPort: opts.ListenPort, Endpoints: opts.Advertise,
 		MeshIP: resp.Node.MeshIP, PodCIDR: resp.Node.PodCIDR, CAFingerprint: tok.CAFingerprint,
+		Relay: opts.Relay, STUN: opts.STUN,
 	}
 	if err := os.MkdirAll(opts.DataDir, 0o700); err != nil {
 		return nil, err

@@ -42,6 +42,8 @@ func nodeFlags() []cli.Flag {
 		&cli.StringFlag{Name: "net", Value: "auto", EnvVars: []string{"RUNOS_NET"}, Usage: "overlay: kernel (TUN wg0, needs root), userspace (no privileges) or auto"},
 		&cli.IntFlag{Name: "listen-port", Value: agent.DefaultListenPort, EnvVars: []string{"RUNOS_LISTEN_PORT"}, Usage: "underlay port: UDP for WireGuard, TCP for joins"},
 		&cli.StringSliceFlag{Name: "advertise", EnvVars: []string{"RUNOS_ADVERTISE"}, Usage: "HOST[:PORT] peers reach this node at (repeatable; default: interface addresses)"},
+		&cli.StringFlag{Name: "relay", Value: "auto", EnvVars: []string{"RUNOS_RELAY"}, Usage: "relay for members that cannot reach each other: auto (when publicly reachable), on, off"},
+		&cli.StringSliceFlag{Name: "stun", EnvVars: []string{"RUNOS_STUN"}, Usage: "extra STUN server HOST:PORT (repeatable); members are STUN servers already, there is no public default"},
 	}
 }
 
@@ -49,6 +51,7 @@ func nodeOptions(c *cli.Context) agent.NodeOptions {
 	return agent.NodeOptions{
 		DataDir: c.String("data-dir"), Name: c.String("name"), Net: c.String("net"),
 		ListenPort: c.Int("listen-port"), Advertise: c.StringSlice("advertise"),
+		Relay: c.String("relay"), STUN: c.StringSlice("stun"),
 	}
 }
 
