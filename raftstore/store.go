@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -68,6 +69,8 @@ type Store struct {
 	trans  *raft.NetworkTransport
 
 	hint chan struct{}
+
+	applyObserver atomic.Pointer[func(time.Duration)]
 
 	startOnce sync.Once
 	closeOnce sync.Once
@@ -330,9 +333,13 @@ func (s *Store) ApplyLocal(ctx context.Context, cmd *Command) (*Result, error) {
 	if dl, ok := ctx.Deadline(); ok {
 		timeout = time.Until(dl)
 	}
+	t0 := time.Now()
 	f := s.raft.Apply(b, timeout)
 	if err := f.Error(); err != nil {
 		return nil, err
+	}
+	if obs := s.applyObserver.Load(); obs != nil {
+		(*obs)(time.Since(t0))
 	}
 	res, ok := f.Response().(*Result)
 	if !ok {
@@ -341,12 +348,17 @@ func (s *Store) ApplyLocal(ctx context.Context, cmd *Command) (*Result, error) {
 	return res, nil
 }
 
+// ObserveApply makes every committed leader-side write report how long
+// it took from submission until this node applied it (metrics).
+func (s *Store) ObserveApply(f func(time.Duration)) { s.applyObserver.Store(&f) }
+
 // Status is what `runos-agent status` shows about Raft.
 type Status struct {
 	State        string   `json:"state"`
 	Leader       string   `json:"leader"` // node ID
 	Term         uint64   `json:"term"`
 	AppliedIndex uint64   `json:"applied_index"`
+	CommitIndex  uint64   `json:"commit_index"`
 	Voters       []string `json:"voters"`    // node IDs
 	NonVoters    []string `json:"nonvoters"` // node IDs
 }
@@ -358,6 +370,7 @@ func (s *Store) Status() Status {
 		Leader:       s.LeaderID(),
 		Term:         s.raft.CurrentTerm(),
 		AppliedIndex: s.raft.AppliedIndex(),
+		CommitIndex:  s.raft.CommitIndex(),
 		Voters:       []string{},
 		NonVoters:    []string{},
 	}
