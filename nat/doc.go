@@ -37,9 +37,13 @@
 //	pong    'r' 'n' 1 2 | sender id (8) | tx id (12) | observed (18)   | mac
 //	relay   'r' 'n' 1 3 | src id (8)    | dst id (8) | payload         | mac(src↔relay)
 //	relayed 'r' 'n' 1 4 | relay id (8)  | src id (8) | payload         | mac(relay↔dst)
+//	addrs   'r' 'n' 1 5 | sender id (8) | n (1) | n × addr (18)        | mac
 //
 // A peer id is the first 8 bytes of its public key. A relay payload is an
 // already-encrypted WireGuard message, or a probe or pong between the two
 // ends (MACed with their own pairwise key), so paths through a relay are
-// probed end to end.
+// probed end to end. An addrs frame ("call me maybe") goes through the
+// relay to a peer without a direct path and lists the addresses other
+// members see the sender at, so both ends probe each other at once: that is
+// how a path recovers after a NAT mapping changes.
 package nat

@@ -28,6 +28,9 @@ const (
 	framePong    = 2
 	frameRelay   = 3
 	frameRelayed = 4
+	frameAddrs   = 5 // "call me maybe": the sender's own addresses as others see them
+
+	maxFrameAddrs = 8
 
 	probeLen = frameHeaderLen + idLen + txIDLen + macLen
 	pongLen  = frameHeaderLen + idLen + txIDLen + addrLen + macLen
@@ -54,8 +57,9 @@ type frame struct {
 	Type     byte
 	A, B     uint64
 	TxID     [txIDLen]byte
-	Observed netip.AddrPort // pong only
-	Payload  []byte         // relay and relayed only
+	Observed netip.AddrPort   // pong only
+	Payload  []byte           // relay and relayed only
+	Addrs    []netip.AddrPort // addrs only
 }
 
 // parseFrame checks b's structure (not its MAC: which key applies depends
@@ -83,9 +87,20 @@ func parseFrame(b []byte) (frame, error) {
 		}
 		f.A = binary.BigEndian.Uint64(body)
 		copy(f.TxID[:], body[idLen:])
-		a := body[idLen+txIDLen:]
-		ip := netip.AddrFrom16([16]byte(a[:16])).Unmap()
-		f.Observed = netip.AddrPortFrom(ip, binary.BigEndian.Uint16(a[16:18]))
+		f.Observed = parseAddr(body[idLen+txIDLen:])
+	case frameAddrs:
+		if len(b) < frameHeaderLen+idLen+1+macLen {
+			return f, errFrameLen
+		}
+		f.A = binary.BigEndian.Uint64(body)
+		n := int(body[idLen])
+		if n > maxFrameAddrs || len(b) != frameHeaderLen+idLen+1+n*addrLen+macLen {
+			return f, errFrameLen
+		}
+		a := body[idLen+1:]
+		for i := 0; i < n; i++ {
+			f.Addrs = append(f.Addrs, parseAddr(a[i*addrLen:]))
+		}
 	case frameRelay, frameRelayed:
 		if len(b) < RelayOverhead {
 			return f, errFrameLen
@@ -109,14 +124,29 @@ func appendFrame(dst []byte, f *frame, k *macKey) []byte {
 		dst = append(dst, f.TxID[:]...)
 	case framePong:
 		dst = append(dst, f.TxID[:]...)
-		a16 := f.Observed.Addr().As16()
-		dst = append(dst, a16[:]...)
-		dst = binary.BigEndian.AppendUint16(dst, f.Observed.Port())
+		dst = appendAddr(dst, f.Observed)
+	case frameAddrs:
+		n := min(len(f.Addrs), maxFrameAddrs)
+		dst = append(dst, byte(n))
+		for _, a := range f.Addrs[:n] {
+			dst = appendAddr(dst, a)
+		}
 	case frameRelay, frameRelayed:
 		dst = binary.BigEndian.AppendUint64(dst, f.B)
 		dst = append(dst, f.Payload...)
 	}
 	return k.seal(dst, start)
+}
+
+func parseAddr(a []byte) netip.AddrPort {
+	ip := netip.AddrFrom16([16]byte(a[:16])).Unmap()
+	return netip.AddrPortFrom(ip, binary.BigEndian.Uint16(a[16:18]))
+}
+
+func appendAddr(dst []byte, a netip.AddrPort) []byte {
+	a16 := a.Addr().As16()
+	dst = append(dst, a16[:]...)
+	return binary.BigEndian.AppendUint16(dst, a.Port())
 }
 
 // reframeRelayed turns a verified relay frame (src → dst, in b) into the

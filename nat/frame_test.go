@@ -3,6 +3,7 @@ package nat
 import (
 	"bytes"
 	"net/netip"
+	"slices"
 	"testing"
 )
 
@@ -31,6 +32,7 @@ func TestFrameRoundTrip(t *testing.T) {
 		{Type: framePong, A: 43, TxID: [12]byte{4}, Observed: netip.MustParseAddrPort("[2001:db8::1]:9")},
 		{Type: frameRelay, A: 1, B: 2, Payload: []byte{4, 0, 0, 0, 1, 2, 3}},
 		{Type: frameRelayed, A: 1, B: 2, Payload: []byte{}},
+		{Type: frameAddrs, A: 5, Addrs: []netip.AddrPort{netip.MustParseAddrPort("198.18.1.1:20001"), netip.MustParseAddrPort("[2001:db8::2]:3")}},
 	}
 	for _, f := range frames {
 		b := appendFrame(nil, &f, k)
@@ -38,7 +40,7 @@ func TestFrameRoundTrip(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%+v: %v", f, err)
 		}
-		if got.Type != f.Type || got.A != f.A || got.B != f.B || got.TxID != f.TxID || got.Observed != f.Observed || !bytes.Equal(got.Payload, f.Payload) {
+		if got.Type != f.Type || got.A != f.A || got.B != f.B || got.TxID != f.TxID || got.Observed != f.Observed || !bytes.Equal(got.Payload, f.Payload) || !slices.Equal(got.Addrs, f.Addrs) {
 			t.Fatalf("round trip: got %+v, want %+v", got, f)
 		}
 		if !verifyFrame(b, k2) {
@@ -103,6 +105,7 @@ func FuzzParseFrame(f *testing.F) {
 	f.Add(appendFrame(nil, &frame{Type: framePong, A: 1, Observed: netip.MustParseAddrPort("1.2.3.4:5")}, k))
 	f.Add(appendFrame(nil, &frame{Type: frameRelay, A: 1, B: 2, Payload: []byte{1, 0, 0, 0}}, k))
 	f.Add([]byte{'r', 'n', 1, 3})
+	f.Add(appendFrame(nil, &frame{Type: frameAddrs, A: 1, Addrs: []netip.AddrPort{netip.MustParseAddrPort("1.2.3.4:5")}}, k))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		fr, err := parseFrame(b)
 		_ = verifyFrame(b, k)
@@ -117,7 +120,7 @@ func FuzzParseFrame(f *testing.F) {
 		if fr2.Type != fr.Type || fr2.A != fr.A || fr2.B != fr.B || fr2.TxID != fr.TxID || !bytes.Equal(fr2.Payload, fr.Payload) {
 			t.Fatalf("round trip changed the frame: %+v -> %+v", fr, fr2)
 		}
-		if fr.Type == framePong && fr2.Observed != fr.Observed {
+		if fr2.Observed != fr.Observed || !slices.Equal(fr2.Addrs, fr.Addrs) {
 			t.Fatalf("observed address changed: %v -> %v", fr.Observed, fr2.Observed)
 		}
 		if len(again) != len(b) || !bytes.Equal(again[:len(b)-macLen], b[:len(b)-macLen]) {

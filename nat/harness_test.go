@@ -213,4 +213,3 @@ func (f *filterBind) Send(bufs [][]byte, ep conn.Endpoint) error {
 	}
 	return f.Bind.Send(bufs, ep)
 }
-

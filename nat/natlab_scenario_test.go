@@ -211,4 +211,19 @@ func TestNatlabUpgradeAndFailover(t *testing.T) {
 	t.Logf("relay -> direct upgrade after the block lifted: %v", time.Since(start))
 	mustEcho(t, a, b)
 }
-
+// TestNatlabMappingChange: a's router forgets its mappings; the path
+// recovers without restarting anything.
+func TestNatlabMappingChange(t *testing.T) {
+	l := newLab(t)
+	r := l.public("r", 10, true)
+	a := l.home("a", 1, 2, natlab.EasyNAT)
+	b := l.home("b", 2, 2, natlab.EasyNAT)
+	nodes := []*tnode{r, a, b}
+	connect(t, nodes, l.candidates(nodes, r))
+	before := waitPath(t, b, a, "direct", isDirect)
+	l.nats[1].Flush()
+	a.bind.NetworkChanged()
+	waitPath(t, b, a, "direct at a's new mapping", func(p PathInfo) bool { return p.Kind == PathDirect && p.Addr != before.Addr })
+	mustEcho(t, a, b)
+	mustEcho(t, b, a)
+}

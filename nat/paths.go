@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/rand"
 	"net/netip"
+	"slices"
 	"time"
 )
 
@@ -142,6 +143,9 @@ func (b *Bind) step(now time.Time, out *outbox) {
 					}
 				}
 			}
+			if r != nil && r.kind == PathRelay {
+				b.callMeMaybeLocked(p, r, out)
+			}
 		case r != nil && now.Sub(p.lastKeep) >= b.cfg.ProbeInterval:
 			p.lastKeep = now
 			if r.kind == PathDirect {
@@ -200,6 +204,28 @@ func (b *Bind) probeViaLocked(p, rp *peer, now time.Time, out *outbox) {
 	inner := appendFrame(make([]byte, 0, probeLen), &frame{Type: frameProbe, A: b.id, TxID: tx}, p.key)
 	out.add(rr.addr, appendFrame(make([]byte, 0, probeLen+RelayOverhead), &frame{Type: frameRelay, A: b.id, B: p.id, Payload: inner}, rp.key))
 	b.stats.txProbes.Add(1)
+}
+
+// callMeMaybeLocked tells p, through its relay, the addresses other
+// members see this node at, so that p probes them: without it, two members
+// whose NAT mapping changed would each know only the other's dead address.
+func (b *Bind) callMeMaybeLocked(p *peer, r *route, out *outbox) {
+	rr := r.via.route.Load()
+	if rr == nil || rr.kind != PathDirect {
+		return
+	}
+	var addrs []netip.AddrPort
+	for _, o := range b.peers {
+		a := o.info.Observed
+		if o.info.Kind == PathDirect && a.IsValid() && !slices.Contains(addrs, a) && len(addrs) < maxFrameAddrs {
+			addrs = append(addrs, a)
+		}
+	}
+	if len(addrs) == 0 {
+		return
+	}
+	inner := appendFrame(nil, &frame{Type: frameAddrs, A: b.id, Addrs: addrs}, p.key)
+	out.add(rr.addr, appendFrame(nil, &frame{Type: frameRelay, A: b.id, B: p.id, Payload: inner}, r.via.key))
 }
 
 // evaluateAllLocked re-picks every member's path; relays first, since the
@@ -345,6 +371,21 @@ func (b *Bind) handleControl(p *peer, f *frame, src netip.AddrPort, rl *peer) {
 		}
 		b.mu.Unlock()
 		b.stats.txPongs.Add(1)
+	case frameAddrs:
+		// The peer's own addresses, sent because it has no direct path to
+		// us: probe them all now (both ends probing at once is what opens
+		// NATs), e.g. after its NAT mapping changed.
+		if !p.probeLimit.allow(now, 1) {
+			b.stats.dropRateLimited.Add(1)
+			return
+		}
+		b.mu.Lock()
+		for _, a := range f.Addrs {
+			if a.IsValid() && a.Port() != 0 && !a.Addr().IsUnspecified() {
+				b.learnLocked(p, netip.AddrPortFrom(a.Addr().Unmap(), a.Port()), now, &out)
+			}
+		}
+		b.mu.Unlock()
 	case framePong:
 		b.mu.Lock()
 		pp := b.pending[f.TxID]

@@ -55,7 +55,7 @@ func (b *Bind) handleFrame(buf []byte, size int, ep *conn.Endpoint) int {
 	}
 	byID := *b.byID.Load()
 	switch f.Type {
-	case frameProbe, framePong:
+	case frameProbe, framePong, frameAddrs:
 		p := byID[f.A]
 		if p == nil {
 			b.stats.dropNonMember.Add(1)
@@ -96,7 +96,7 @@ func (b *Bind) handleFrame(buf []byte, size int, ep *conn.Endpoint) int {
 			return copy(buf, f.Payload)
 		case ClassFrame:
 			in, err := parseFrame(f.Payload)
-			if err != nil || (in.Type != frameProbe && in.Type != framePong) || in.A != from.id {
+			if err != nil || (in.Type != frameProbe && in.Type != framePong && in.Type != frameAddrs) || in.A != from.id {
 				b.stats.dropMalformed.Add(1)
 				return 0
 			}
