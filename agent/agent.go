@@ -259,8 +259,9 @@ func (a *Agent) start(ctx context.Context) error {
 		Alive:             a.nodeUp,
 		DeadVoterGrace:    a.tuning.DeadVoterGrace,
 		ReconcileInterval: a.tuning.ReconcileInterval,
-		HeartbeatTimeout:  a.tuning.RaftHeartbeat,
-		ElectionTimeout:   a.tuning.RaftElection,
+		HeartbeatTimeout:  a.raftHeartbeat(),
+		ElectionTimeout:   a.raftElection(),
+		CommitTimeout:     a.raftCommitTimeout(),
 	}, a.log)
 	if err != nil {
 		return err

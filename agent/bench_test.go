@@ -87,7 +87,7 @@ func BenchmarkMeshFormation5(b *testing.B) {
 // until a write on a survivor is committed. Production Raft timers.
 func BenchmarkLeaderFailover(b *testing.B) {
 	saved := fastTuning
-	fastTuning.RaftHeartbeat, fastTuning.RaftElection = 0, 0 // hashicorp/raft defaults: 1s
+	fastTuning.RaftHeartbeat, fastTuning.RaftElection = 0, 0 // production Raft timers (raft_timing.go)
 	defer func() { fastTuning = saved }()
 	c := benchCluster(b, 3)
 	var total time.Duration

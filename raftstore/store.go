@@ -56,6 +56,10 @@ type Config struct {
 	// Raft timing; zero values take hashicorp/raft's defaults.
 	HeartbeatTimeout time.Duration
 	ElectionTimeout  time.Duration
+	// CommitTimeout is how long the leader waits without new writes before
+	// it sends followers an AppendEntries carrying the commit index (raft:
+	// 50 ms). Followers apply the last write of a burst that much later.
+	CommitTimeout time.Duration
 }
 
 // Store is the node's replica of the cluster state.
@@ -177,6 +181,9 @@ func New(cfg Config, log *slog.Logger) (*Store, error) {
 	}
 	if cfg.ElectionTimeout > 0 {
 		rc.ElectionTimeout = cfg.ElectionTimeout
+	}
+	if cfg.CommitTimeout > 0 {
+		rc.CommitTimeout = cfg.CommitTimeout
 	}
 	// Small snapshots, taken often enough that a restart replays little.
 	rc.SnapshotThreshold = 1024
