@@ -157,8 +157,9 @@ func (n *agentNode) readMeter() (map[string]counterVal, error) {
 
 // procSample is a process's CPU time (user+system) and resident memory.
 type procSample struct {
-	cpu time.Duration
-	rss uint64 // bytes
+	cpu           time.Duration
+	rss           uint64 // bytes
+	anon, fileRSS uint64 // bytes: RssAnon (heap, stacks) and RssFile (binary, bolt mmap)
 }
 
 // clockTicks is USER_HZ, 100 on every Linux we run on.
@@ -187,13 +188,24 @@ func readProc(pid int) (procSample, error) {
 		return s, err
 	}
 	for line := range strings.Lines(string(status)) {
-		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			kb, err := strconv.ParseUint(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
-			if err != nil {
-				return s, fmt.Errorf("/proc/%d/status: VmRSS %q", pid, rest)
-			}
-			s.rss = kb * 1024
+		k, v, ok := strings.Cut(line, ":")
+		var dst *uint64
+		switch k {
+		case "VmRSS":
+			dst = &s.rss
+		case "RssAnon":
+			dst = &s.anon
+		case "RssFile":
+			dst = &s.fileRSS
 		}
+		if !ok || dst == nil {
+			continue
+		}
+		kb, err := strconv.ParseUint(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+		if err != nil {
+			return s, fmt.Errorf("/proc/%d/status: %s %q", pid, k, v)
+		}
+		*dst = kb * 1024
 	}
 	return s, nil
 }
@@ -296,7 +308,7 @@ func footprintOnce(b *testing.B, window time.Duration) {
 	classTotal := map[string]float64{}
 	var tbl strings.Builder
 	fmt.Fprintf(&tbl, "footprint: 5 idle kernel-mode agents, production timers, %v window\n", elapsed.Round(time.Second))
-	fmt.Fprintf(&tbl, "%-4s %-9s %8s %9s %7s %12s %12s", "node", "role", "RSS MB", "max RSS", "CPU %", "underlay MB/h", "pkts/s")
+	fmt.Fprintf(&tbl, "%-4s %-9s %8s %9s %9s %7s %12s %12s", "node", "role", "RSS MB", "anon/file", "max RSS", "CPU %", "underlay MB/h", "pkts/s")
 	for _, k := range meterClasses {
 		fmt.Fprintf(&tbl, " %10s", k)
 	}
@@ -313,7 +325,8 @@ func footprintOnce(b *testing.B, window time.Duration) {
 		sumRSS, maxRSS = sumRSS+rss, max(maxRSS, rss)
 		sumCPU, maxCPU = sumCPU+cpu, max(maxCPU, cpu)
 		sumBytes, maxBytes = sumBytes+under, max(maxBytes, under)
-		fmt.Fprintf(&tbl, "%-4s %-9s %8.1f %9.1f %7.2f %12.2f %12.1f", n.name, roles[n.name], rss, float64(r.rssMax)/1e6, cpu, under, pkts)
+		split := fmt.Sprintf("%.0f/%.0f", float64(r.p1.anon)/1e6, float64(r.p1.fileRSS)/1e6)
+		fmt.Fprintf(&tbl, "%-4s %-9s %8.1f %9s %9.1f %7.2f %12.2f %12.1f", n.name, roles[n.name], rss, split, float64(r.rssMax)/1e6, cpu, under, pkts)
 		for _, k := range meterClasses {
 			v := float64(d(k).bytes) * perHour / 1e6
 			classTotal[k] += v
@@ -322,7 +335,7 @@ func footprintOnce(b *testing.B, window time.Duration) {
 		fmt.Fprintln(&tbl)
 	}
 	nodes := float64(len(c.nodes))
-	fmt.Fprintf(&tbl, "mean %-9s %8.1f %9s %7.2f %12.2f %12s", "", sumRSS/nodes, "", sumCPU/nodes, sumBytes/nodes, "")
+	fmt.Fprintf(&tbl, "mean %-9s %8.1f %9s %9s %7.2f %12.2f %12s", "", sumRSS/nodes, "", "", sumCPU/nodes, sumBytes/nodes, "")
 	for _, k := range meterClasses {
 		fmt.Fprintf(&tbl, " %10.2f", classTotal[k]/nodes)
 	}
