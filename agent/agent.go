@@ -23,6 +23,7 @@ import (
 
 	"github.com/runos/runos-agent/gossip"
 	"github.com/runos/runos-agent/mesh"
+	"github.com/runos/runos-agent/nat"
 	"github.com/runos/runos-agent/pki"
 	"github.com/runos/runos-agent/raftstore"
 )
@@ -79,6 +80,7 @@ type Agent struct {
 	nodeKey  []byte
 	caCert   *x509.Certificate
 
+	bind       *nat.Bind // owned by dev, which closes it
 	dev        *mesh.Device
 	transport  *gossip.Transport
 	ml         *memberlist.Memberlist
@@ -102,6 +104,10 @@ type Agent struct {
 
 	// hint wakes the peer reconciler (gossip saw a change).
 	hint chan struct{}
+
+	pathEvents chan nat.PathEvent
+	// candidateHint asks selfLoop to republish candidates now.
+	candidateHint chan struct{}
 
 	startedAt   time.Time
 	beats       beats
@@ -140,6 +146,8 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 
 		metricsListen: cfg.MetricsListen,
 		hint:          make(chan struct{}, 1),
+		pathEvents:    make(chan nat.PathEvent, 64),
+		candidateHint: make(chan struct{}, 1),
 	}
 	keyText, err := os.ReadFile(filepath.Join(a.dir, fileWGKey))
 	if err != nil {
@@ -218,22 +226,33 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 
 func (a *Agent) start(ctx context.Context) error {
 	a.startedAt = time.Now()
+	a.candidateHint <- struct{}{}
 	a.log.Info("starting", "cluster", a.cfg.ClusterID, "mesh_ip", a.cfg.MeshIP, "net", a.mode, "listen_port", a.cfg.ListenPort, "version", Version)
+	bind, err := nat.New(nat.Config{
+		PrivateKey:   a.wgKey,
+		Relay:        offersRelay(a.cfg.Relay, parseEndpoints(a.cfg.Endpoints), netip.AddrPort{}),
+		OnPathChange: a.onPathChange,
+	}, a.log.With("component", "nat"))
+	if err != nil {
+		return fmt.Errorf("underlay: %w", err)
+	}
 	dev, err := mesh.New(mesh.Config{
 		Mode:       a.mode,
 		PrivateKey: a.wgKey,
 		ListenPort: a.cfg.ListenPort,
 		Address:    a.cfg.MeshIP,
 		Prefix:     raftstore.MeshPrefix,
+		Bind:       bind,
 	}, a.log)
 	if err != nil {
+		bind.Close()
 		return fmt.Errorf("wireguard: %w", err)
 	}
-	a.dev = dev
+	a.bind, a.dev = bind, dev
 	a.closers = append(a.closers, dev.Close)
 	if saved, err := loadPeers(a.dir); err != nil {
 		a.log.Warn("ignoring saved peers", "err", err)
-	} else if err := a.dev.SetPeers(a.peersFrom(saved)); err != nil {
+	} else if err := a.applyPeers(saved); err != nil {
 		return err
 	}
 
@@ -284,6 +303,9 @@ func (a *Agent) start(ctx context.Context) error {
 	if err := a.startLocalAPI(); err != nil {
 		return err
 	}
+	if err := a.startPingEcho(); err != nil {
+		return err
+	}
 	if err := a.startUI(); err != nil {
 		return err
 	}
@@ -295,6 +317,7 @@ func (a *Agent) start(ctx context.Context) error {
 	a.goLoop(ctx, a.selfLoop)
 	a.goLoop(ctx, a.gossipRejoinLoop)
 	a.goLoop(ctx, a.heartbeatLoop)
+	a.goLoop(ctx, a.pathEventLoop)
 	a.goLoop(ctx, a.healthEventLoop)
 	return nil
 }

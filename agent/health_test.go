@@ -54,6 +54,7 @@ func TestCrashedNodeGoesDegradedThenOffline(t *testing.T) {
 		victim = 1
 	}
 	name := c.agents[victim].Name()
+	before := c.agents[0].Events(0).Last
 	c.crash(victim)
 	seen := map[string][]string{} // observer -> distinct healths seen, in order
 	eventually(t, "every survivor sees the crashed node offline", func() error {
@@ -85,7 +86,7 @@ func TestCrashedNodeGoesDegradedThenOffline(t *testing.T) {
 	var steps []string
 	eventually(t, "one event per transition", func() error {
 		steps = steps[:0]
-		for _, e := range c.running()[0].Events(0).Events {
+		for _, e := range c.running()[0].Events(before).Events {
 			if e.Kind == raftstore.EventHealthChanged && e.Node == name {
 				steps = append(steps, e.From+">"+e.To)
 			}

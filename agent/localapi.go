@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/runos/runos-agent/api"
+	"github.com/runos/runos-agent/nat"
 	"github.com/runos/runos-agent/raftstore"
 	"github.com/runos/runos-agent/ui"
 )
@@ -76,6 +77,23 @@ func (a *Agent) LocalAPIHandler() http.Handler {
 		writeJSONResponse(w, http.StatusOK, a.Nodes())
 	})
 	mux.HandleFunc("GET /v1/events", a.handleEvents)
+	mux.HandleFunc("GET /v1/netcheck", func(w http.ResponseWriter, r *http.Request) {
+		n, err := a.Netcheck(r.Context(), r.URL.Query()["stun"])
+		if err != nil {
+			httpError(w, http.StatusBadRequest, err)
+			return
+		}
+		writeJSONResponse(w, http.StatusOK, n)
+	})
+	mux.HandleFunc("GET /v1/ping", func(w http.ResponseWriter, r *http.Request) {
+		seq, _ := strconv.Atoi(r.URL.Query().Get("seq"))
+		p, err := a.Ping(r.Context(), r.URL.Query().Get("node"), seq)
+		if err != nil {
+			httpError(w, statusFor(err), err)
+			return
+		}
+		writeJSONResponse(w, http.StatusOK, p)
+	})
 	mux.HandleFunc("POST /v1/tokens", func(w http.ResponseWriter, r *http.Request) {
 		var req api.TokenRequest
 		if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<16)).Decode(&req); err != nil {
@@ -156,6 +174,14 @@ func (a *Agent) Status() (*api.Status, error) {
 		}
 		if !ps.LastHandshake.IsZero() {
 			p.LastHandshakeSeconds = time.Since(ps.LastHandshake).Round(time.Millisecond).Seconds()
+		}
+		path := a.bind.PathOf(ps.PublicKey)
+		p.Path, p.RTTMillis = path.Kind.String(), float64(path.RTT.Microseconds())/1000
+		if path.Kind == nat.PathRelay {
+			p.Via = a.nameByKey(path.Via)
+		}
+		if path.Addr.IsValid() {
+			p.Endpoint = path.Addr.String()
 		}
 		out.Peers = append(out.Peers, p)
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"io/fs"
-	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -12,6 +11,7 @@ import (
 	"time"
 
 	"github.com/runos/runos-agent/mesh"
+	"github.com/runos/runos-agent/nat"
 	"github.com/runos/runos-agent/raftstore"
 )
 
@@ -43,8 +43,10 @@ func (a *Agent) peersFrom(nodes []*raftstore.Node) []mesh.Peer {
 			continue
 		}
 		p := mesh.Peer{
-			PublicKey:           key,
-			Endpoint:            firstEndpoint(n.Endpoints),
+			PublicKey: key,
+			// The Bind picks the underlay path per packet; WireGuard sees
+			// one stable identity endpoint per peer.
+			Endpoint:            nat.PeerAddrPort(key),
 			AllowedIPs:          []netip.Prefix{netip.PrefixFrom(n.MeshIP, 32)},
 			PersistentKeepalive: persistentKeepalive,
 		}
@@ -56,28 +58,19 @@ func (a *Agent) peersFrom(nodes []*raftstore.Node) []mesh.Peer {
 	return out
 }
 
-// firstEndpoint returns the first usable underlay endpoint. Path selection
-// among several candidates is the NAT layer's job.
-func firstEndpoint(eps []string) netip.AddrPort {
-	for _, ep := range eps {
-		if ap, err := netip.ParseAddrPort(ep); err == nil {
-			return ap
-		}
-		host, port, err := net.SplitHostPort(ep)
-		if err != nil {
-			continue
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip4", host)
-		cancel()
-		if err != nil || len(ips) == 0 {
-			continue
-		}
-		if ap, err := netip.ParseAddrPort(net.JoinHostPort(ips[0].String(), port)); err == nil {
-			return ap
+// applyPeers makes the Bind and WireGuard agree with nodes: candidates to
+// the Bind first, so the identity endpoints resolve to paths.
+func (a *Agent) applyPeers(nodes []*raftstore.Node) error {
+	var others []*raftstore.Node
+	for _, n := range nodes {
+		if n.ID != a.cfg.NodeID {
+			others = append(others, n)
 		}
 	}
-	return netip.AddrPort{}
+	if err := a.bind.SetPeers(natPeers(others)); err != nil {
+		return err
+	}
+	return a.dev.SetPeers(a.peersFrom(others))
 }
 
 // peerLoop keeps WireGuard's peers equal to the cluster's nodes: when the
@@ -128,7 +121,7 @@ func (a *Agent) peerLoop(ctx context.Context) {
 			nodes = last
 		}
 		if nodes != nil && !reflect.DeepEqual(nodes, last) {
-			if err := a.dev.SetPeers(a.peersFrom(nodes)); err != nil {
+			if err := a.applyPeers(nodes); err != nil {
 				a.log.Warn("set wireguard peers", "err", err)
 			} else {
 				last = nodes
@@ -162,10 +155,12 @@ type lingeringNode struct {
 }
 
 // selfLoop finishes init on the first leader (the bootstrap command waits in
-// init.json until then) and keeps this node's own record (endpoints,
-// version) current in the state.
+// init.json until then) and keeps this node's own record (candidate
+// endpoints with the STUN-reflexive address, relay offer, version) current
+// in the state.
 func (a *Agent) selfLoop(ctx context.Context) {
 	initPath := filepath.Join(a.dir, fileInit)
+	var lastRefresh time.Time
 	for {
 		select {
 		case <-ctx.Done():
@@ -204,13 +199,17 @@ func (a *Agent) selfLoop(ctx context.Context) {
 		if !ok {
 			continue
 		}
-		if me.Version == Version && reflect.DeepEqual(me.Endpoints, a.cfg.Endpoints) {
-			// Up to date: nothing more for this loop until the next run.
-			return
+		if time.Since(lastRefresh) < candidateRefresh && !a.takeCandidateHint() {
+			continue
+		}
+		lastRefresh = time.Now()
+		eps, relay := a.candidates(ctx)
+		if me.Version == Version && reflect.DeepEqual(me.Endpoints, eps) && me.Relay == relay {
+			continue
 		}
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		res, err := a.store.Apply(cctx, &raftstore.Command{Op: raftstore.OpUpdateNode, UpdateNode: &raftstore.UpdateNodeCmd{
-			NodeID: a.cfg.NodeID, Endpoints: a.cfg.Endpoints, Version: Version,
+			NodeID: a.cfg.NodeID, Endpoints: eps, Version: Version, Relay: &relay,
 		}})
 		cancel()
 		if err == nil {
@@ -218,6 +217,24 @@ func (a *Agent) selfLoop(ctx context.Context) {
 		}
 		if err != nil {
 			a.log.Debug("update own node record", "err", err)
+			lastRefresh = time.Time{}
+			continue
 		}
+		a.log.Info("own record updated", "endpoints", eps, "relay", relay)
+	}
+}
+
+// candidateRefresh is how often a node re-learns its reflexive address
+// (a NAT may have remapped it) and republishes its candidates.
+const candidateRefresh = 30 * time.Second
+
+// takeCandidateHint reports (once) that the candidates should be
+// refreshed now: the first time, and after NetworkChanged.
+func (a *Agent) takeCandidateHint() bool {
+	select {
+	case <-a.candidateHint:
+		return true
+	default:
+		return false
 	}
 }

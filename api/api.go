@@ -41,6 +41,9 @@ type Peer struct {
 	LastHandshakeSeconds float64 `json:"last_handshake_seconds"` // -1: never
 	RxBytes              uint64  `json:"rx_bytes"`
 	TxBytes              uint64  `json:"tx_bytes"`
+	Path                 string  `json:"path"`   // direct|relay|none
+	Via                  string  `json:"via"`    // relay node name, or empty
+	RTTMillis            float64 `json:"rtt_ms"` // last probe round trip on the path
 }
 
 // Health values.
@@ -119,4 +122,32 @@ type EventsResponse struct {
 	// Last is the highest seq returned (or the after= value when none), to
 	// pass as after= on the next call.
 	Last uint64 `json:"last"`
+}
+
+// Netcheck is GET /v1/netcheck: what this node's underlay allows.
+type Netcheck struct {
+	UDP          bool         `json:"udp"`
+	Public       string       `json:"public"`  // STUN-reflexive address, if any
+	Mapping      string       `json:"mapping"` // endpoint-independent|endpoint-dependent|unknown
+	LANAddresses []string     `json:"lan_addresses"`
+	Results      []STUNResult `json:"results"`
+}
+
+// STUNResult is one STUN server's answer.
+type STUNResult struct {
+	Server    string  `json:"server"`
+	Mapped    string  `json:"mapped,omitempty"`
+	RTTMillis float64 `json:"rtt_ms"`
+	Error     string  `json:"error,omitempty"`
+}
+
+// PingResult is GET /v1/ping: one echo over the mesh.
+type PingResult struct {
+	Node      string  `json:"node"`
+	Seq       int     `json:"seq"`
+	Path      string  `json:"path"` // direct|relay|none
+	Via       string  `json:"via,omitempty"`
+	Endpoint  string  `json:"endpoint,omitempty"`
+	RTTMillis float64 `json:"rtt_ms"`
+	Error     string  `json:"error,omitempty"`
 }

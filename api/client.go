@@ -109,3 +109,16 @@ func (c *Client) Events(ctx context.Context, after uint64, wait time.Duration) (
 	}
 	return &e, c.do(ctx, http.MethodGet, path, nil, &e)
 }
+
+// Netcheck probes the underlay through the agent's socket.
+func (c *Client) Netcheck(ctx context.Context, stun []string) (*Netcheck, error) {
+	q := url.Values{"stun": stun}
+	var n Netcheck
+	return &n, c.do(ctx, http.MethodGet, "/v1/netcheck?"+q.Encode(), nil, &n)
+}
+
+// Ping sends one echo to a node over the mesh.
+func (c *Client) Ping(ctx context.Context, node string, seq int) (*PingResult, error) {
+	var p PingResult
+	return &p, c.do(ctx, http.MethodGet, fmt.Sprintf("/v1/ping?node=%s&seq=%d", url.QueryEscape(node), seq), nil, &p)
+}

@@ -211,6 +211,7 @@ func TestNatlabUpgradeAndFailover(t *testing.T) {
 	t.Logf("relay -> direct upgrade after the block lifted: %v", time.Since(start))
 	mustEcho(t, a, b)
 }
+
 // TestNatlabMappingChange: a's router forgets its mappings; the path
 // recovers without restarting anything.
 func TestNatlabMappingChange(t *testing.T) {

@@ -452,7 +452,15 @@ func (b *Bind) learnLocked(p *peer, src netip.AddrPort, now time.Time, out *outb
 	if !c.given {
 		c.learned = now
 	}
-	if !b.alive(c.lastPong, now) && now.Sub(c.lastProbe) > b.cfg.ProbeInterval/10 {
+	// Without a direct path, answer at once: the peer just proved it can
+	// reach us, and waiting for the next round (our last probe may have gone
+	// out before it was even listening) leaves the pair pathless for a
+	// whole ProbeInterval. probeLimit already bounds how often this runs.
+	minGap := b.cfg.ProbeInterval / 10
+	if r := p.route.Load(); r == nil || r.kind != PathDirect {
+		minGap = 0
+	}
+	if !b.alive(c.lastPong, now) && now.Sub(c.lastProbe) > minGap {
 		b.probeDirectLocked(p, c, now, out)
 	}
 }

@@ -56,7 +56,8 @@ type Node struct {
 	PublicKey  string            `json:"public_key"` // WireGuard, base64
 	MeshIP     netip.Addr        `json:"mesh_ip"`
 	PodCIDR    netip.Prefix      `json:"pod_cidr"`
-	Endpoints  []string          `json:"endpoints,omitempty"` // underlay host:port, last known
+	Endpoints  []string          `json:"endpoints,omitempty"` // underlay host:port candidates, last known
+	Relay      bool              `json:"relay,omitempty"`     // offers relaying to other members
 	Labels     map[string]string `json:"labels,omitempty"`
 	CertSerial string            `json:"cert_serial"`
 	Version    string            `json:"version,omitempty"`
@@ -236,6 +237,7 @@ type JoinCmd struct {
 	Name       string   `json:"name"`
 	PublicKey  string   `json:"public_key"`
 	Endpoints  []string `json:"endpoints"`
+	Relay      bool     `json:"relay,omitempty"`
 	CertSerial string   `json:"cert_serial"`
 	Version    string   `json:"version"`
 }
@@ -250,6 +252,7 @@ type UpdateNodeCmd struct {
 	NodeID    string   `json:"node_id"`
 	Endpoints []string `json:"endpoints,omitempty"`
 	Version   string   `json:"version,omitempty"`
+	Relay     *bool    `json:"relay,omitempty"`
 }
 
 // Result is what applying a command produced.
@@ -395,6 +398,9 @@ func (s *State) applyOp(cmd *Command, res *Result) error {
 		if c.Version != "" {
 			n.Version = c.Version
 		}
+		if c.Relay != nil {
+			n.Relay = *c.Relay
+		}
 		res.Node = n.clone()
 		return nil
 	}
@@ -445,6 +451,7 @@ func (s *State) applyJoin(cmd *Command, res *Result) error {
 		MeshIP:     meshIP,
 		PodCIDR:    pod,
 		Endpoints:  slices.Clone(c.Endpoints),
+		Relay:      c.Relay,
 		CertSerial: c.CertSerial,
 		Version:    c.Version,
 		JoinedAt:   cmd.Time,

@@ -175,13 +175,17 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 					fmt.Fprintf(stdout, "node %s (%s) cluster %s, mesh %s, pods %s, %s mode\nraft: %s, leader %s, term %d, applied %d, voters %s\n",
 						s.Name, s.NodeID, s.ClusterID, s.MeshIP, s.PodCIDR, s.Net, s.Raft.State, s.Raft.Leader, s.Raft.Term, s.Raft.AppliedIndex, strings.Join(s.Raft.Voters, ","))
 					tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-					fmt.Fprintln(tw, "PEER\tMESH IP\tENDPOINT\tHANDSHAKE\tRX\tTX")
+					fmt.Fprintln(tw, "PEER\tMESH IP\tPATH\tENDPOINT\tRTT\tHANDSHAKE\tRX\tTX")
 					for _, p := range s.Peers {
 						hs := "never"
 						if p.LastHandshakeSeconds >= 0 {
 							hs = fmt.Sprintf("%.0fs ago", p.LastHandshakeSeconds)
 						}
-						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\n", p.Name, p.MeshIP, p.Endpoint, hs, p.RxBytes, p.TxBytes)
+						path := p.Path
+						if p.Via != "" {
+							path += " via " + p.Via
+						}
+						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%.1fms\t%s\t%d\t%d\n", p.Name, p.MeshIP, path, p.Endpoint, p.RTTMillis, hs, p.RxBytes, p.TxBytes)
 					}
 					return tw.Flush()
 				},
@@ -209,6 +213,95 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 							x.CPUPercent, percent(x.MemUsedBytes, x.MemTotalBytes), percent(x.DiskUsedBytes, x.DiskTotalBytes), x.Version)
 					}
 					return tw.Flush()
+				},
+			},
+			{
+				Name:  "netcheck",
+				Usage: "report what the network allows: UDP, public endpoint, NAT mapping behaviour, LAN addresses",
+				Flags: []cli.Flag{
+					dataDirFlag(),
+					&cli.StringSliceFlag{Name: "stun", Usage: "STUN server HOST:PORT (repeatable; two at different addresses tell the mapping behaviour). Members are used when an agent runs"},
+					&cli.BoolFlag{Name: "json", Usage: "print JSON"},
+				},
+				Action: func(c *cli.Context) error {
+					n, err := client(c).Netcheck(c.Context, c.StringSlice("stun"))
+					if errors.Is(err, api.ErrAgentNotRunning) {
+						// No agent here: probe from a throwaway socket instead.
+						log, lerr := newLogger(c, stderr)
+						if lerr != nil {
+							return lerr
+						}
+						n, err = agent.StandaloneNetcheck(c.Context, c.StringSlice("stun"), log)
+					}
+					if err != nil {
+						return err
+					}
+					if c.Bool("json") {
+						return printJSON(stdout, n)
+					}
+					udp := "no"
+					if n.UDP {
+						udp = "yes"
+					}
+					fmt.Fprintf(stdout, "UDP:            %s\npublic address: %s\nmapping:        %s\nLAN addresses:  %s\n", udp, orDash(n.Public), n.Mapping, strings.Join(n.LANAddresses, ", "))
+					for _, r := range n.Results {
+						if r.Error != "" {
+							fmt.Fprintf(stdout, "  stun %s: %s\n", r.Server, r.Error)
+						} else {
+							fmt.Fprintf(stdout, "  stun %s: mapped %s in %.1f ms\n", r.Server, r.Mapped, r.RTTMillis)
+						}
+					}
+					return nil
+				},
+			},
+			{
+				Name:      "ping",
+				Usage:     "ping a node over the mesh, showing the path (direct or via a relay) and round trip of each probe",
+				ArgsUsage: "NODE",
+				Flags: []cli.Flag{
+					dataDirFlag(),
+					&cli.IntFlag{Name: "count", Aliases: []string{"c"}, Value: 5, Usage: "how many probes (0: until interrupted)"},
+					&cli.DurationFlag{Name: "interval", Aliases: []string{"i"}, Value: time.Second, Usage: "time between probes"},
+				},
+				Action: func(c *cli.Context) error {
+					if c.NArg() != 1 {
+						return errors.New("ping needs exactly one node name")
+					}
+					ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
+					defer stop()
+					cl, node := client(c), c.Args().First()
+					lastPath, answered := "", 0
+					for seq := 1; c.Int("count") == 0 || seq <= c.Int("count"); seq++ {
+						if seq > 1 {
+							select {
+							case <-ctx.Done():
+								return nil
+							case <-time.After(c.Duration("interval")):
+							}
+						}
+						p, err := cl.Ping(ctx, node, seq)
+						if err != nil {
+							return err
+						}
+						path := p.Path + " " + p.Endpoint
+						if p.Path == "relay" {
+							path = "via " + p.Via + " (" + p.Endpoint + ")"
+						}
+						if lastPath != "" && path != lastPath {
+							fmt.Fprintf(stdout, "path changed at %s: %s -> %s\n", time.Now().Format("15:04:05.000"), lastPath, path)
+						}
+						lastPath = path
+						if p.Error != "" {
+							fmt.Fprintf(stdout, "seq=%d %s: %s\n", seq, path, p.Error)
+							continue
+						}
+						answered++
+						fmt.Fprintf(stdout, "seq=%d %s rtt=%.2f ms\n", seq, path, p.RTTMillis)
+					}
+					if answered == 0 {
+						return fmt.Errorf("%s did not answer", node)
+					}
+					return nil
 				},
 			},
 			{
@@ -318,6 +411,13 @@ func formatEvent(e api.Event) string {
 		line += " (" + e.Detail + ")"
 	}
 	return line
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }
 
 func percent(used, total uint64) string {
