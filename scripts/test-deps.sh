@@ -4,8 +4,8 @@
 # runs `apt-get update` only when something is missing.
 set -euo pipefail
 
-# ip, ping, nft, conntrack, iperf3, sysctl.
-packages=(iproute2 iputils-ping nftables conntrack iperf3 procps)
+# ip, ping, nft, conntrack, iperf3, sysctl, wg (the wireguard-go reference benchmark).
+packages=(iproute2 iputils-ping nftables conntrack iperf3 procps wireguard-tools)
 
 missing=()
 for p in "${packages[@]}"; do
