@@ -390,3 +390,22 @@ func (a *Agent) dialNode(ctx context.Context, network, address string) (net.Conn
 	}
 	return nil, fmt.Errorf("no node named %q in the cluster state", host)
 }
+
+// WaitReady blocks until this node is part of an initialised cluster state
+// (the first node: its bootstrap applied; a joiner: its own record
+// replicated), so writes through it can succeed.
+func (a *Agent) WaitReady(ctx context.Context) error {
+	for {
+		changed := a.store.Changed()
+		st, _ := a.store.State()
+		if _, ok := st.Nodes[a.cfg.NodeID]; ok {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("node not ready: %w", ctx.Err())
+		case <-changed:
+		case <-time.After(time.Second):
+		}
+	}
+}

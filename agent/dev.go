@@ -76,6 +76,10 @@ func StartDev(ctx context.Context, opts DevOptions, log *slog.Logger) (*DevClust
 			return nil, fmt.Errorf("dev node %d: %w", i, err)
 		}
 		dc.Agents = append(dc.Agents, a)
+		if err := a.WaitReady(ctx); err != nil {
+			dc.Close()
+			return nil, fmt.Errorf("dev node %d: %w", i, err)
+		}
 	}
 	return dc, nil
 }
