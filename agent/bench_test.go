@@ -12,30 +12,6 @@ import (
 	"github.com/runos/runos-agent/raftstore"
 )
 
-// benchCluster is newCluster for benchmarks (production timers except for
-// gossip, which the in-process tests speed up too).
-func benchCluster(b *testing.B, n int) *cluster {
-	b.Helper()
-	dir := b.TempDir()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	dc, err := StartDev(ctx, DevOptions{Nodes: n, Dir: dir, Tuning: fastTuning}, testLogger(b))
-	if err != nil {
-		b.Fatal(err)
-	}
-	c := &cluster{tb: b, dir: dir, agents: dc.Agents, dirs: dc.Dirs}
-	b.Cleanup(func() {
-		for _, a := range c.agents {
-			if a != nil {
-				a.Close()
-			}
-		}
-	})
-	c.waitFormed(n)
-	c.waitVoters(n)
-	return c
-}
-
 // fullMesh reports whether every running node has a handshake with every
 // other running node and gossip sees them all alive.
 func (c *cluster) fullMesh() error {
@@ -65,7 +41,7 @@ func (c *cluster) fullMesh() error {
 // dirs (a power cut); the clock runs from starting the last node until every
 // pair has a WireGuard handshake and gossip sees all five alive.
 func BenchmarkMeshFormation5(b *testing.B) {
-	c := benchCluster(b, 5)
+	c := newCluster(b, 5)
 	var total time.Duration
 	for range b.N {
 		for i := range c.agents {
@@ -89,7 +65,7 @@ func BenchmarkLeaderFailover(b *testing.B) {
 	saved := fastTuning
 	fastTuning.RaftHeartbeat, fastTuning.RaftElection = 0, 0 // production Raft timers (raft_timing.go)
 	defer func() { fastTuning = saved }()
-	c := benchCluster(b, 3)
+	c := newCluster(b, 3)
 	var total time.Duration
 	for range b.N {
 		idx := slices.Index(c.agents, c.leader())
@@ -114,7 +90,7 @@ func BenchmarkLeaderFailover(b *testing.B) {
 // BenchmarkRaftWrites: small commands committed by three voters, from 1 and
 // 64 concurrent clients, on the leader and forwarded from a follower.
 func BenchmarkRaftWrites(b *testing.B) {
-	c := benchCluster(b, 3)
+	c := newCluster(b, 3)
 	for _, via := range []string{"leader", "follower"} {
 		for _, clients := range []int{1, 64} {
 			b.Run(fmt.Sprintf("via=%s/clients=%d", via, clients), func(b *testing.B) {

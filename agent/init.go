@@ -125,19 +125,12 @@ func Init(opts NodeOptions) (*NodeConfig, error) {
 	if err != nil {
 		return nil, err
 	}
-	wgKey, err := mesh.GeneratePrivateKey()
+	creds, err := newCredentials(opts.Name)
 	if err != nil {
 		return nil, err
 	}
-	nodeKey, nodeKeyPEM, err := pki.NewKey()
-	if err != nil {
-		return nil, err
-	}
-	csr, err := pki.NewCSR(nodeKey, opts.Name)
-	if err != nil {
-		return nil, err
-	}
-	certPEM, serial, err := ca.SignCSR(csr, opts.Name, nil, nodeCertValidity)
+	wgKey, nodeKeyPEM := creds.wgKey, creds.nodeKeyPEM
+	certPEM, serial, err := ca.SignCSR(creds.csr, opts.Name, nil, nodeCertValidity)
 	if err != nil {
 		return nil, err
 	}
@@ -196,4 +189,28 @@ func Init(opts NodeOptions) (*NodeConfig, error) {
 		return nil, err
 	}
 	return cfg, nil
+}
+
+// credentials are what a new node generates for itself: its WireGuard key,
+// its TLS key and a CSR for the cluster CA to sign.
+type credentials struct {
+	wgKey      mesh.Key
+	nodeKeyPEM []byte
+	csr        []byte
+}
+
+func newCredentials(name string) (*credentials, error) {
+	wgKey, err := mesh.GeneratePrivateKey()
+	if err != nil {
+		return nil, err
+	}
+	nodeKey, nodeKeyPEM, err := pki.NewKey()
+	if err != nil {
+		return nil, err
+	}
+	csr, err := pki.NewCSR(nodeKey, name)
+	if err != nil {
+		return nil, err
+	}
+	return &credentials{wgKey: wgKey, nodeKeyPEM: nodeKeyPEM, csr: csr}, nil
 }

@@ -161,18 +161,11 @@ func Join(ctx context.Context, opts JoinOptions) (*NodeConfig, error) {
 	if err := checkFresh(opts.DataDir); err != nil {
 		return nil, err
 	}
-	wgKey, err := mesh.GeneratePrivateKey()
+	creds, err := newCredentials(opts.Name)
 	if err != nil {
 		return nil, err
 	}
-	nodeKey, nodeKeyPEM, err := pki.NewKey()
-	if err != nil {
-		return nil, err
-	}
-	csr, err := pki.NewCSR(nodeKey, opts.Name)
-	if err != nil {
-		return nil, err
-	}
+	wgKey, nodeKeyPEM, csr := creds.wgKey, creds.nodeKeyPEM, creds.csr
 	req := joinRequest{
 		Token: opts.Token, Name: opts.Name, NodeID: randomHex(8),
 		PublicKey: wgKey.PublicKey().String(), CSR: csr, Endpoints: opts.Advertise, Version: Version,
