@@ -62,10 +62,14 @@ func (l *natLab) addNode(name string, seg *lab.Segment) *agentNode {
 // joinVia joins n through member's public address with extra flags.
 func (l *natLab) joinVia(n, member *agentNode, extra ...string) {
 	l.t.Helper()
-	tok, err := member.createToken("10m")
-	if err != nil {
-		l.fatalf("%v", err)
-	}
+	var tok *tokenJSON
+	// A freshly started first node answers status before it has elected
+	// itself and applied the bootstrap.
+	l.eventually(60*time.Second, member.name+" issues a join token", func() error {
+		var err error
+		tok, err = member.createToken("10m")
+		return err
+	})
 	args := append([]string{"join", "--data-dir", n.dir, "--name", n.name, "--net", "kernel", "--token", tok.Token}, extra...)
 	args = append(args, netip.AddrPortFrom(member.host.Addr(), listenPort).String())
 	out, err := n.cli(args...)

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"net/netip"
 	"testing"
 	"time"
 
@@ -29,4 +30,47 @@ func TestNATEasyPairGoesDirect(t *testing.T) {
 	l.pingWG(b, a)
 	t.Logf("a -> b:\n%s", l.mustAgentPing(a, b, "direct"))
 	l.mustAgentPing(b, a, "direct")
+}
+
+// TestNATHardNATRelays: a member behind a hard (fully-random) NAT and one
+// behind an easy NAT cannot punch through; they connect through the public
+// member as relay, and traffic flows.
+func TestNATHardNATRelays(t *testing.T) {
+	t.Parallel()
+	l := newNATLab(t)
+	_, lan1 := l.home("home1", "10.1.0.0/24", lab.NATHard)
+	_, lan2 := l.home("home2", "10.2.0.0/24", lab.NATEasy)
+	p := l.addNode("p", l.inet)
+	a := l.addNode("a", lan1)
+	b := l.addNode("b", lan2)
+	l.form(p, a, b)
+
+	l.waitPath(60*time.Second, a, b, "relay", p.name, netip.Addr{})
+	l.waitPath(60*time.Second, b, a, "relay", p.name, netip.Addr{})
+	l.pingWG(a, b)
+	l.pingWG(b, a)
+	t.Logf("a -> b:\n%s", l.mustAgentPing(a, b, "via "+p.name))
+	l.mustAgentPing(b, a, "via "+p.name)
+	// Still relayed: nothing opened a direct path meanwhile.
+	l.waitPath(time.Second, a, b, "relay", p.name, netip.Addr{})
+}
+
+// TestNATSameLANPrefersLAN: two members behind the same NAT talk over their
+// LAN, not through the router's public address nor a relay.
+func TestNATSameLANPrefersLAN(t *testing.T) {
+	t.Parallel()
+	l := newNATLab(t)
+	_, lan := l.home("home", "10.1.0.0/24", lab.NATEasy)
+	p := l.addNode("p", l.inet)
+	a := l.addNode("a", lan)
+	b := l.addNode("b", lan)
+	l.form(p, a, b)
+
+	l.waitPath(60*time.Second, a, b, "direct", "", b.host.Addr())
+	l.waitPath(60*time.Second, b, a, "direct", "", a.host.Addr())
+	l.pingWG(a, b)
+	l.pingWG(b, a)
+	t.Logf("a -> b:\n%s", l.mustAgentPing(a, b, "direct"))
+	// Stays on the LAN (no flapping to the public path once settled).
+	l.waitPath(time.Second, a, b, "direct", "", b.host.Addr())
 }
