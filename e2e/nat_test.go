@@ -1,7 +1,9 @@
 package e2e
 
 import (
+	"fmt"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -73,4 +75,62 @@ func TestNATSameLANPrefersLAN(t *testing.T) {
 	t.Logf("a -> b:\n%s", l.mustAgentPing(a, b, "direct"))
 	// Stays on the LAN (no flapping to the public path once settled).
 	l.waitPath(time.Second, a, b, "direct", "", b.host.Addr())
+}
+
+// TestNATRelayFailover: two public members both relay for a pair behind hard
+// NATs. Killing the relay in use moves the pair to the other one; killing
+// that too leaves the pair unreachable; restarting one brings the relay path
+// back.
+func TestNATRelayFailover(t *testing.T) {
+	t.Parallel()
+	l := newNATLab(t)
+	_, lan1 := l.home("home1", "10.1.0.0/24", lab.NATHard)
+	_, lan2 := l.home("home2", "10.2.0.0/24", lab.NATHard)
+	p1 := l.addNode("p1", l.inet)
+	p2 := l.addNode("p2", l.inet)
+	a := l.addNode("a", lan1)
+	b := l.addNode("b", lan2)
+	l.form(p1, p2, a, b)
+	relays := map[string]*agentNode{p1.name: p1, p2.name: p2}
+
+	// Both publish a relay offer (nodes --json does not show it: the log).
+	l.eventually(60*time.Second, "p1 and p2 publish a relay offer", func() error {
+		for _, p := range relays {
+			if out := p.current().Output(); !strings.Contains(out, `msg="own record updated"`) || !strings.Contains(out, "relay=true") {
+				return fmt.Errorf("%s has not published relay=true", p.name)
+			}
+		}
+		return nil
+	})
+	first := l.waitPath(60*time.Second, a, b, "relay", "", netip.Addr{})
+	l.pingWG(a, b)
+	l.mustAgentPing(a, b, "via "+first.Via)
+	used, other := relays[first.Via], p1
+	if used == p1 {
+		other = p2
+	}
+	t.Logf("a -> b via %s; killing it", used.name)
+
+	used.kill()
+	l.waitPath(90*time.Second, a, b, "relay", other.name, netip.Addr{})
+	l.waitPath(90*time.Second, b, a, "relay", other.name, netip.Addr{})
+	l.pingWG(a, b)
+	l.mustAgentPing(a, b, "via "+other.name)
+	t.Logf("a -> b via %s; killing it too", other.name)
+
+	other.kill()
+	l.waitPath(90*time.Second, a, b, "none", "", netip.Addr{})
+	if out, err := a.agentPing(b, 2); err == nil {
+		l.fatalf("runos-agent ping a -> b with no relay left: want failure, got:\n%s", out)
+	}
+	if out, err := a.host.Run("ping", "-c", "1", "-W", "1", l.meshIP(b).String()); err == nil {
+		l.fatalf("ping a -> b's wg0 with no relay left: want failure, got:\n%s", out)
+	}
+
+	t.Logf("no relay left: a sees b unreachable; restarting %s", used.name)
+	used.start()
+	l.waitPath(90*time.Second, a, b, "relay", used.name, netip.Addr{})
+	l.waitPath(90*time.Second, b, a, "relay", used.name, netip.Addr{})
+	l.pingWG(a, b)
+	l.mustAgentPing(a, b, "via "+used.name)
 }
