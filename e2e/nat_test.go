@@ -134,3 +134,45 @@ func TestNATRelayFailover(t *testing.T) {
 	l.pingWG(a, b)
 	l.mustAgentPing(a, b, "via "+used.name)
 }
+
+// TestNATMappingChange: an easy-NAT pair is direct; the router of one side
+// forgets its mappings (conntrack flushed, as on a reboot), then gets a new
+// public address from its ISP. Each time the pair recovers to direct, at
+// the router's current address, without restarting anything.
+func TestNATMappingChange(t *testing.T) {
+	t.Parallel()
+	l := newNATLab(t)
+	r1, lan1 := l.home("home1", "10.1.0.0/24", lab.NATEasy)
+	r2, lan2 := l.home("home2", "10.2.0.0/24", lab.NATEasy)
+	p := l.addNode("p", l.inet)
+	a := l.addNode("a", lan1)
+	b := l.addNode("b", lan2)
+	l.form(p, a, b)
+	l.waitPath(60*time.Second, a, b, "direct", "", r2.WANAddr())
+	l.waitPath(60*time.Second, b, a, "direct", "", r1.WANAddr())
+	l.pingWG(a, b)
+
+	if err := r1.FlushConntrack(); err != nil {
+		l.fatalf("%v", err)
+	}
+	flushed := time.Now()
+	l.waitPath(90*time.Second, a, b, "direct", "", r2.WANAddr())
+	l.waitPath(90*time.Second, b, a, "direct", "", r1.WANAddr())
+	l.pingWG(a, b)
+	l.pingWG(b, a)
+	l.mustAgentPing(a, b, "direct")
+	t.Logf("after conntrack flush on r1: direct again and traffic flows (%v)", time.Since(flushed).Round(time.Millisecond))
+
+	old, renumbered := r1.WANAddr(), l.inet.Alloc()
+	if err := r1.SetWANAddr(renumbered); err != nil {
+		l.fatalf("%v", err)
+	}
+	changed := time.Now()
+	t.Logf("r1 WAN address %v -> %v", old, renumbered)
+	l.waitPath(120*time.Second, b, a, "direct", "", renumbered)
+	l.waitPath(120*time.Second, a, b, "direct", "", r2.WANAddr())
+	l.pingWG(a, b)
+	l.pingWG(b, a)
+	l.mustAgentPing(b, a, "direct")
+	t.Logf("after renumbering r1: direct at %v again and traffic flows (%v)", renumbered, time.Since(changed).Round(time.Millisecond))
+}
