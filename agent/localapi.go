@@ -293,9 +293,14 @@ func (a *Agent) CreateToken(ctx context.Context, req api.TokenRequest) (*api.Tok
 		return nil, fmt.Errorf("%w: uses must be between 1 and 1000", errBadRequest)
 	}
 	tok := newJoinToken(a.cfg.CAFingerprint)
-	now := time.Now().UTC()
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
+	// Right after `run`, the first leader may not have applied the
+	// bootstrap yet: wait for it rather than failing.
+	if err := a.WaitReady(ctx); err != nil {
+		return nil, err
+	}
+	now := time.Now().UTC()
 	res, err := a.store.Apply(ctx, &raftstore.Command{Time: now, Op: raftstore.OpCreateToken, CreateToken: &raftstore.CreateTokenCmd{
 		Token: raftstore.Token{ID: tok.ID, SecretHash: raftstore.HashSecret(tok.Secret), ExpiresAt: now.Add(ttl), UsesLeft: req.Uses},
 	}})
@@ -319,6 +324,9 @@ func (a *Agent) CreateToken(ctx context.Context, req api.TokenRequest) (*api.Tok
 func (a *Agent) RemoveNode(ctx context.Context, name string) error {
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
+	if err := a.WaitReady(ctx); err != nil {
+		return err
+	}
 	res, err := a.store.Apply(ctx, &raftstore.Command{Op: raftstore.OpRemoveNode, RemoveNode: &raftstore.RemoveNodeCmd{Name: name}})
 	if err != nil {
 		return err

@@ -73,6 +73,8 @@ type Store struct {
 	trans  *raft.NetworkTransport
 
 	hint chan struct{}
+	// closing quiets raft's shutdown noise (see hclogWriter).
+	closing *atomic.Bool
 
 	applyObserver atomic.Pointer[func(time.Duration)]
 
@@ -149,7 +151,8 @@ func New(cfg Config, log *slog.Logger) (*Store, error) {
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, err
 	}
-	hlog := newHCLog(log)
+	closing := new(atomic.Bool)
+	hlog := newHCLog(log, closing)
 
 	bolt, err := raftboltdb.NewBoltStore(filepath.Join(cfg.Dir, "raft.db"))
 	if err != nil {
@@ -205,6 +208,7 @@ func New(cfg Config, log *slog.Logger) (*Store, error) {
 		stream:    stream,
 		trans:     trans,
 		hint:      make(chan struct{}, 1),
+		closing:   closing,
 		downSince: map[raft.ServerID]time.Time{},
 		goneSince: map[raft.ServerID]time.Time{},
 	}, nil
@@ -232,6 +236,7 @@ func (s *Store) Close() error {
 		s.wg.Wait()
 		// Cut the network first: replication to a peer that is down may
 		// sit in a dial, and raft's Shutdown waits for it.
+		s.closing.Store(true)
 		s.stream.Close()
 		err = s.raft.Shutdown().Error()
 		if cerr := s.trans.Close(); err == nil {
@@ -395,17 +400,22 @@ func (s *Store) Status() Status {
 	return st
 }
 
-// hclogWriter carries hashicorp/raft's hclog lines into slog at their level.
-type hclogWriter struct{ log *slog.Logger }
+// hclogWriter carries hashicorp/raft's lines into slog at their level.
+// While the store closes, raft reports its own listener and peers going
+// away as errors; those are expected, so they drop to debug.
+type hclogWriter struct {
+	log     *slog.Logger
+	closing *atomic.Bool
+}
 
-func newHCLog(log *slog.Logger) hclog.Logger {
+func newHCLog(log *slog.Logger, closing *atomic.Bool) hclog.Logger {
 	lvl := hclog.Info
 	if !log.Enabled(context.Background(), slog.LevelInfo) {
 		lvl = hclog.Warn
 	}
 	return hclog.New(&hclog.LoggerOptions{
 		Level:           lvl,
-		Output:          hclogWriter{log},
+		Output:          hclogWriter{log, closing},
 		DisableTime:     true,
 		IncludeLocation: false,
 	})
@@ -420,6 +430,9 @@ func (w hclogWriter) Write(p []byte) (int, error) {
 			line = bytes.TrimSpace(line[len(tag):])
 			break
 		}
+	}
+	if w.closing != nil && w.closing.Load() {
+		level = slog.LevelDebug
 	}
 	w.log.Log(context.Background(), level, string(line))
 	return len(p), nil
