@@ -32,6 +32,19 @@ func TestNATEasyPairGoesDirect(t *testing.T) {
 	l.pingWG(b, a)
 	t.Logf("a -> b:\n%s", l.mustAgentPing(a, b, "direct"))
 	l.mustAgentPing(b, a, "direct")
+	// The upgrade is in the cluster's history.
+	l.eventually(30*time.Second, "a path_changed event for a's path to b", func() error {
+		es, err := p.events()
+		if err != nil {
+			return err
+		}
+		for _, e := range es {
+			if e.Kind == "path_changed" && e.Node == a.name && e.To == "direct" && strings.Contains(e.Detail, "to "+b.name+":") {
+				return nil
+			}
+		}
+		return fmt.Errorf("no path_changed event node=a to=direct for b among %d events", len(es))
+	})
 }
 
 // TestNATHardNATRelays: a member behind a hard (fully-random) NAT and one
