@@ -206,7 +206,7 @@ func (a *Agent) Nodes() *api.NodesResponse {
 		node := api.Node{
 			Name: n.Name, ID: n.ID, MeshIP: n.MeshIP.String(), PodCIDR: n.PodCIDR.String(),
 			Health: health, HealthReason: reason, RaftRole: role, Version: n.Version,
-			Endpoints: n.Endpoints, JoinedAt: n.JoinedAt, LastHeartbeatSeconds: -1,
+			Endpoints: n.Endpoints, Relay: n.Relay, JoinedAt: n.JoinedAt, LastHeartbeatSeconds: -1,
 		}
 		if seen {
 			node.LastHeartbeatSeconds = time.Since(beat.at).Round(time.Millisecond).Seconds()

@@ -70,6 +70,7 @@ type Node struct {
 	RaftRole  string    `json:"raft_role"`
 	Version   string    `json:"version"`
 	Endpoints []string  `json:"endpoints"`
+	Relay     bool      `json:"relay"` // offers relaying to members that cannot reach each other
 	JoinedAt  time.Time `json:"joined_at"`
 
 	HealthReason         string  `json:"health_reason"`
