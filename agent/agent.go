@@ -108,6 +108,8 @@ type Agent struct {
 	pathEvents chan nat.PathEvent
 	// candidateHint asks selfLoop to republish candidates now.
 	candidateHint chan struct{}
+	candsMu       sync.Mutex
+	cands         []string // guarded by candsMu; own candidates, for heartbeats
 
 	startedAt   time.Time
 	beats       beats

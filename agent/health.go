@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -35,6 +36,10 @@ type heartbeat struct {
 	Host    hostinfo.Snapshot `json:"h"`
 	MeshRx  uint64            `json:"rx"`
 	MeshTx  uint64            `json:"tx"`
+	// Cands are the sender's current underlay candidates (advertised plus
+	// STUN-reflexive): gossip spreads a changed address within one
+	// heartbeat, even while Raft has no quorum to record it.
+	Cands []string `json:"c,omitempty"`
 	// Bye marks the last heartbeat of an agent that is shutting down, so
 	// the others can tell a graceful leave from a crash.
 	Bye bool `json:"bye,omitempty"`
@@ -85,7 +90,11 @@ func (d *gossipDelegate) NotifyMsg(b []byte) {
 		d.a.deadMembers.set(hb.Name, memberlist.StateLeft)
 		return
 	}
+	prev, _ := d.a.beats.get(hb.Name)
 	d.a.beats.put(time.Now(), hb)
+	if !slices.Equal(prev.hb.Cands, hb.Cands) {
+		d.a.wake() // the peer reconciler hands them to the Bind
+	}
 }
 func (d *gossipDelegate) GetBroadcasts(int, int) [][]byte { return nil }
 func (d *gossipDelegate) LocalState(bool) []byte          { return nil }
@@ -105,7 +114,7 @@ func (a *Agent) heartbeatLoop(ctx context.Context) {
 		case <-t.C:
 		}
 		seq++
-		hb := heartbeat{Name: a.cfg.Name, Seq: seq, Version: Version, Host: sampler.Sample()}
+		hb := heartbeat{Name: a.cfg.Name, Seq: seq, Version: Version, Host: sampler.Sample(), Cands: a.ownCandidates()}
 		if stats, err := a.dev.Stats(); err == nil {
 			for _, p := range stats {
 				hb.MeshRx += p.RxBytes

@@ -136,6 +136,14 @@ func natPeers(nodes []*raftstore.Node) []nat.PeerInfo {
 // pathEvent queues a path change for the event log; the Bind's callback
 // must not block.
 func (a *Agent) onPathChange(ev nat.PathEvent) {
+	if ev.Old.Kind == nat.PathDirect && ev.New.Kind != nat.PathDirect {
+		// Losing a direct path often means our own NAT remapped or our
+		// address changed: re-learn and republish candidates now.
+		select {
+		case a.candidateHint <- struct{}{}:
+		default:
+		}
+	}
 	if ev.Old.Kind == ev.New.Kind && ev.Old.Via == ev.New.Via {
 		return // an address change within the same kind of path
 	}
@@ -338,4 +346,40 @@ func (a *Agent) Ping(ctx context.Context, name string, seq int) (*api.PingResult
 	}
 	res.RTTMillis = float64(time.Since(start).Microseconds()) / 1000
 	return res, nil
+}
+
+// ownCandidates is what this node last learned about its own addresses.
+func (a *Agent) ownCandidates() []string {
+	a.candsMu.Lock()
+	defer a.candsMu.Unlock()
+	return slices.Clone(a.cands)
+}
+
+func (a *Agent) setOwnCandidates(eps []string) {
+	a.candsMu.Lock()
+	defer a.candsMu.Unlock()
+	a.cands = slices.Clone(eps)
+}
+
+// withGossipCandidates adds to each node's recorded endpoints the ones its
+// latest heartbeat announced, so a remapped NAT is tried at once rather
+// than after the next Raft update (which needs a quorum).
+func (a *Agent) withGossipCandidates(nodes []*raftstore.Node) []*raftstore.Node {
+	out := make([]*raftstore.Node, len(nodes))
+	for i, n := range nodes {
+		out[i] = n
+		rec, ok := a.beats.get(n.Name)
+		if !ok || len(rec.hb.Cands) == 0 {
+			continue
+		}
+		c := *n
+		c.Endpoints = slices.Clone(n.Endpoints)
+		for _, ep := range rec.hb.Cands {
+			if !slices.Contains(c.Endpoints, ep) {
+				c.Endpoints = append(c.Endpoints, ep)
+			}
+		}
+		out[i] = &c
+	}
+	return out
 }

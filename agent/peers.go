@@ -120,6 +120,9 @@ func (a *Agent) peerLoop(ctx context.Context) {
 		default:
 			nodes = last
 		}
+		if nodes != nil {
+			nodes = a.withGossipCandidates(nodes)
+		}
 		if nodes != nil && !reflect.DeepEqual(nodes, last) {
 			if err := a.applyPeers(nodes); err != nil {
 				a.log.Warn("set wireguard peers", "err", err)
@@ -204,6 +207,7 @@ func (a *Agent) selfLoop(ctx context.Context) {
 		}
 		lastRefresh = time.Now()
 		eps, relay := a.candidates(ctx)
+		a.setOwnCandidates(eps)
 		if me.Version == Version && reflect.DeepEqual(me.Endpoints, eps) && me.Relay == relay {
 			continue
 		}
@@ -226,7 +230,7 @@ func (a *Agent) selfLoop(ctx context.Context) {
 
 // candidateRefresh is how often a node re-learns its reflexive address
 // (a NAT may have remapped it) and republishes its candidates.
-const candidateRefresh = 30 * time.Second
+const candidateRefresh = 15 * time.Second
 
 // takeCandidateHint reports (once) that the candidates should be
 // refreshed now: the first time, and after NetworkChanged.

@@ -257,7 +257,11 @@ func (b *Bind) evaluateLocked(p *peer, now time.Time, out *outbox) {
 		}
 	}
 	if best != nil && cur != nil && cur.kind == PathDirect {
-		if c := p.cands[cur.addr]; c != nil && b.alive(c.lastPong, now) && c.lan == best.lan {
+		// Stick with the current path while it answers. One that missed
+		// its latest probe while another candidate answered is dropped at
+		// once: the peer's NAT has usually remapped it (a new WAN
+		// address), and waiting for PathTimeout would stall traffic.
+		if c := p.cands[cur.addr]; c != nil && b.alive(c.lastPong, now) && c.lan == best.lan && !missedProbe(c, now) {
 			best = c
 		}
 	}
@@ -463,4 +467,10 @@ func (b *Bind) learnLocked(p *peer, src netip.AddrPort, now time.Time, out *outb
 	if !b.alive(c.lastPong, now) && now.Sub(c.lastProbe) > minGap {
 		b.probeDirectLocked(p, c, now, out)
 	}
+}
+
+// missedProbe reports whether c's latest probe went unanswered for well
+// over its round trip.
+func missedProbe(c *cand, now time.Time) bool {
+	return c.lastProbe.After(c.lastPong) && now.Sub(c.lastProbe) > max(4*c.rtt, 250*time.Millisecond)
 }
