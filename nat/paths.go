@@ -126,8 +126,14 @@ func (b *Bind) step(now time.Time, out *outbox) {
 		r := p.route.Load()
 		healthy := r != nil && r.kind == PathDirect && !b.stale(p.cands[r.addr].lastPongOrZero(), now)
 		full := b.cfg.ProbeInterval
-		if healthy {
+		switch {
+		case healthy:
 			full = b.cfg.DiscoveryInterval
+		case (r == nil || r.kind == PathNone) && (p.info.Since.IsZero() || now.Sub(p.info.Since) < pathlessFastFor):
+			// A peer that just appeared or just lost its path gets a full
+			// round every second for a while: a relay whose own path came
+			// up after our first round is found in a second, not five.
+			full = b.cfg.ProbeInterval / 5
 		}
 		switch {
 		case p.lastFull.IsZero() || now.Sub(p.lastFull) >= full:
@@ -158,6 +164,9 @@ func (b *Bind) step(now time.Time, out *outbox) {
 		}
 	}
 }
+
+// pathlessFastFor is how long a pathless peer is probed at the fast rate.
+const pathlessFastFor = 30 * time.Second
 
 func (c *cand) lastPongOrZero() time.Time {
 	if c == nil {
