@@ -195,6 +195,12 @@ func TestPlanMembership(t *testing.T) {
 		{"dead voter of five, none to promote: back to odd", servers([]string{"n1", "n2", "n3", "n4", "n5"}, nil), 5, set("n1", "n2", "n3", "n4"), set("n5"), "[]", "[]", "[]", "[n5 n4]"},
 		{"removed node leaves config", servers([]string{"n1", "n2", "n3"}, []string{"n4"}), 3, all, none, "[]", "[n4]", "[]", "[]"},
 	}
+	t.Run("a node gossip has not seen yet is not added", func(t *testing.T) {
+		p := planMembership("n1", servers([]string{"n1"}, nil), ids(3), set("n1", "n2"), none, all, 5)
+		if got := len(p.add); got != 1 || p.add[0].ID != "n2" {
+			t.Fatalf("add = %v, want only n2", p.add)
+		}
+	})
 	t.Run("removed voter loses its vote before it leaves", func(t *testing.T) {
 		p := planMembership("n1", servers([]string{"n1", "n2", "n3"}, nil), ids(2), all, none, none, 5)
 		if got := fmtIDs(p.remove) + " " + fmtIDs(p.demote); got != "[] [n3 n2]" {

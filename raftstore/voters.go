@@ -71,7 +71,10 @@ func planMembership(self raft.ServerID, servers []raft.Server, nodes map[raft.Se
 		}
 	}
 	for id, addr := range nodes {
-		if _, ok := inConf[id]; !ok {
+		// A node joins the configuration once gossip sees it running: a
+		// joined machine that never starts (or not yet) would only be a
+		// replication target that fails every few milliseconds.
+		if _, ok := inConf[id]; !ok && up(id) {
 			p.add = append(p.add, raft.Server{Suffrage: raft.Nonvoter, ID: id, Address: addr})
 		}
 	}
@@ -180,6 +183,11 @@ func (s *Store) reconcileMembership(now time.Time) error {
 			delete(s.downSince, srv.ID)
 		} else if _, ok := s.downSince[srv.ID]; !ok {
 			s.downSince[srv.ID] = now
+		}
+	}
+	for id := range nodes {
+		if _, inConf := upNow[id]; !inConf && s.cfg.Alive(string(id)) {
+			upNow[id] = true // a node not yet in the configuration
 		}
 	}
 	goneSince := maps.Clone(s.goneSince)
