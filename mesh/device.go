@@ -361,9 +361,11 @@ func newDeviceLogger(log *slog.Logger) *device.Logger {
 		},
 		Errorf: func(format string, args ...any) {
 			msg := fmt.Sprintf(format, args...)
-			// A peer without an endpoint is waiting to roam in; that is
-			// a normal state here, not worth a warning every 5 s.
-			if strings.Contains(msg, "no known endpoint for peer") {
+			// A peer without an endpoint is waiting to roam in, and a
+			// Bind that picks paths has none yet while it probes (it keeps
+			// the handshake and sends it once a path answers): normal
+			// states here, not worth a warning every 5 s.
+			if strings.Contains(msg, "no known endpoint for peer") || strings.Contains(msg, "no path to peer") {
 				log.Debug(msg)
 				return
 			}
