@@ -88,19 +88,6 @@ func (a *Agent) wake() {
 	}
 }
 
-// memberState is gossip's view of a node by name.
-func (a *Agent) memberState(name string) (memberlist.NodeStateType, bool) {
-	if name == a.cfg.Name {
-		return memberlist.StateAlive, true
-	}
-	for _, m := range a.ml.Members() {
-		if m.Name == name {
-			return m.State, true
-		}
-	}
-	return memberlist.StateDead, false
-}
-
 // nodeUp is Raft's liveness source: a node gossip sees alive or suspect.
 func (a *Agent) nodeUp(nodeID string) bool {
 	st, _ := a.store.State()

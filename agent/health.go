@@ -187,7 +187,7 @@ func (a *Agent) healthOf(name string) (health, reason string, rec beatRecord, ok
 		rec, ok = a.beats.get(name)
 		return api.Healthy, "this node", rec, ok
 	}
-	state, inGossip := a.memberStateAll(name)
+	state, inGossip := a.memberState(name)
 	rec, ok = a.beats.get(name)
 	age := time.Since(a.startedAt)
 	if ok {
@@ -197,9 +197,12 @@ func (a *Agent) healthOf(name string) (health, reason string, rec beatRecord, ok
 	return health, reason, rec, ok
 }
 
-// memberStateAll is gossip's view of a node including dead and left ones
-// (Members() hides those).
-func (a *Agent) memberStateAll(name string) (memberlist.NodeStateType, bool) {
+// memberState is gossip's view of a node by name, including dead and left
+// ones (Members() hides those); false when gossip has never seen it.
+func (a *Agent) memberState(name string) (memberlist.NodeStateType, bool) {
+	if name == a.cfg.Name {
+		return memberlist.StateAlive, true
+	}
 	for _, m := range a.ml.Members() {
 		if m.Name == name {
 			return m.State, true

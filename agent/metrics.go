@@ -147,7 +147,7 @@ func (c *agentCollector) Collect(ch chan<- prometheus.Metric) {
 		gs := memberlist.StateAlive
 		if n.Name != a.cfg.Name {
 			var ok bool
-			if gs, ok = a.memberStateAll(n.Name); !ok {
+			if gs, ok = a.memberState(n.Name); !ok {
 				gs = memberlist.StateDead // never seen: not reachable by gossip
 			}
 		}

@@ -55,11 +55,11 @@ func (f *FSM) notifyLocked() {
 	f.changed = make(chan struct{})
 }
 
-// State returns a copy of the state and the log index it reflects.
+// State returns a copy of the state (View) and the log index it reflects.
 func (f *FSM) State() (*State, uint64) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	return f.state.Clone(), f.index
+	return f.state.View(), f.index
 }
 
 // Changed returns a channel that is closed at the next state change.
@@ -76,8 +76,9 @@ type snapshotData struct {
 
 // Snapshot implements raft.FSM.
 func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
-	st, idx := f.State()
-	return &fsmSnapshot{data: snapshotData{Index: idx, State: st}}, nil
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return &fsmSnapshot{data: snapshotData{Index: f.index, State: f.state.Clone()}}, nil
 }
 
 // Restore implements raft.FSM.

@@ -104,8 +104,10 @@ func NewState() *State {
 	return &State{Nodes: map[string]*Node{}, Tokens: map[string]*Token{}, Results: map[string]*Result{}}
 }
 
-// Clone returns a deep copy.
-func (s *State) Clone() *State {
+// View returns a deep copy without the deduplication bookkeeping (Applied,
+// Results: thousands of entries no reader needs). Readers call it often:
+// every reconcile, TLS handshake and API request.
+func (s *State) View() *State {
 	c := &State{
 		ClusterID: s.ClusterID,
 		CACertPEM: slices.Clone(s.CACertPEM),
@@ -113,8 +115,7 @@ func (s *State) Clone() *State {
 		Nodes:     make(map[string]*Node, len(s.Nodes)),
 		Tokens:    make(map[string]*Token, len(s.Tokens)),
 		Events:    slices.Clone(s.Events),
-		Applied:   slices.Clone(s.Applied),
-		Results:   make(map[string]*Result, len(s.Results)),
+		Results:   map[string]*Result{},
 	}
 	for id, n := range s.Nodes {
 		c.Nodes[id] = n.clone()
@@ -123,6 +124,13 @@ func (s *State) Clone() *State {
 		tt := *t
 		c.Tokens[id] = &tt
 	}
+	return c
+}
+
+// Clone returns a deep copy, bookkeeping included (for snapshots).
+func (s *State) Clone() *State {
+	c := s.View()
+	c.Applied = slices.Clone(s.Applied)
 	for id, r := range s.Results {
 		rr := *r
 		if r.Node != nil {

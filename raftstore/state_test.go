@@ -1,8 +1,11 @@
 package raftstore
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"testing"
 	"time"
@@ -253,5 +256,41 @@ func TestEventsAreRecordedAndBounded(t *testing.T) {
 	}
 	if len(s.Events) != eventWindow || s.Events[len(s.Events)-1].Seq != uint64(100+eventWindow+4) {
 		t.Fatalf("window: %d events, last seq %d", len(s.Events), s.Events[len(s.Events)-1].Seq)
+	}
+}
+
+type bufSink struct{ bytes.Buffer }
+
+func (b *bufSink) ID() string    { return "test" }
+func (b *bufSink) Cancel() error { return nil }
+func (b *bufSink) Close() error  { return nil }
+
+func TestSnapshotKeepsIdempotency(t *testing.T) {
+	f := NewFSM()
+	st := bootstrapped(t)
+	f.state = st
+	join := joinCmd("n2", "beta", "k2", "secret", t0)
+	b, _ := json.Marshal(join)
+	f.Apply(&raft.Log{Index: 3, Data: b})
+	snap, err := f.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sink bufSink
+	if err := snap.Persist(&sink); err != nil {
+		t.Fatal(err)
+	}
+	restored := NewFSM()
+	if err := restored.Restore(io.NopCloser(&sink)); err != nil {
+		t.Fatal(err)
+	}
+	// The retried join after a restore answers like the first one.
+	res := restored.Apply(&raft.Log{Index: 4, Data: b}).(*Result)
+	if res.Error() != nil || res.Index != 3 {
+		t.Fatalf("retry after restore: index %d err %v, want index 3", res.Index, res.Error())
+	}
+	view, _ := restored.State()
+	if len(view.Nodes) != 2 || view.Tokens["t1"].UsesLeft != 1 || len(view.Applied) != 0 {
+		t.Fatalf("restored view: %d nodes, %d uses, %d applied ids", len(view.Nodes), view.Tokens["t1"].UsesLeft, len(view.Applied))
 	}
 }

@@ -267,7 +267,7 @@ func (s *Store) Changed() <-chan struct{} { return s.fsm.Changed() }
 // IsLeader reports whether this node is the Raft leader.
 func (s *Store) IsLeader() bool { return s.raft.State() == raft.Leader }
 
-// LeaderCh mirrors raft's leadership notifications.
+// LeaderID is the current leader's node ID, or "" when there is none.
 func (s *Store) LeaderID() string {
 	_, id := s.raft.LeaderWithID()
 	return string(id)

@@ -83,8 +83,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 					if err != nil {
 						return err
 					}
-					fmt.Fprintf(stdout, "initialised cluster %s: node %s, mesh IP %s, pod CIDR %s\nstart it with: runos-agent run --data-dir %s\n",
-						cfg.ClusterID, cfg.Name, cfg.MeshIP, cfg.PodCIDR, c.String("data-dir"))
+					printPrepared(stdout, "initialised", cfg, c.String("data-dir"))
 					return nil
 				},
 			},
@@ -103,8 +102,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 					if err != nil {
 						return err
 					}
-					fmt.Fprintf(stdout, "joined cluster %s: node %s, mesh IP %s, pod CIDR %s\nstart it with: runos-agent run --data-dir %s\n",
-						cfg.ClusterID, cfg.Name, cfg.MeshIP, cfg.PodCIDR, c.String("data-dir"))
+					printPrepared(stdout, "joined", cfg, c.String("data-dir"))
 					return nil
 				},
 			},
@@ -411,6 +409,12 @@ func formatEvent(e api.Event) string {
 		line += " (" + e.Detail + ")"
 	}
 	return line
+}
+
+// printPrepared tells the user what init or join left in the data dir.
+func printPrepared(w io.Writer, verb string, cfg *agent.NodeConfig, dir string) {
+	fmt.Fprintf(w, "%s cluster %s: node %s, mesh IP %s, pod CIDR %s\nstart it with: runos-agent run --data-dir %s\n",
+		verb, cfg.ClusterID, cfg.Name, cfg.MeshIP, cfg.PodCIDR, dir)
 }
 
 func orDash(s string) string {
