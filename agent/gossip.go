@@ -36,7 +36,9 @@ func (a *Agent) startGossip() error {
 		mc.ProbeInterval = 200 * time.Millisecond
 		mc.ProbeTimeout = 100 * time.Millisecond
 		mc.GossipInterval = 50 * time.Millisecond
-		mc.SuspicionMult = 6
+		// Same ratio as production: gossip declares death well after the
+		// heartbeat turns a node degraded, so degraded is always seen.
+		mc.SuspicionMult = 15
 		mc.PushPullInterval = 2 * time.Second
 	}
 	ml, err := memberlist.Create(mc)

@@ -54,6 +54,18 @@ func TestCrashedNodeGoesDegradedThenOffline(t *testing.T) {
 		victim = 1
 	}
 	name := c.agents[victim].Name()
+	// Start from a settled history: a slow start (the race detector) may
+	// have recorded a blip that is still being undone.
+	eventually(t, name+" recorded healthy", func() error {
+		st, _ := c.leader().store.State()
+		if h, ok := lastRecordedHealth(st)[name]; ok && h != api.Healthy {
+			return fmt.Errorf("recorded %s", h)
+		}
+		if h, _, _, _ := c.leader().healthOf(name); h != api.Healthy {
+			return fmt.Errorf("seen %s", h)
+		}
+		return nil
+	})
 	before := c.agents[0].Events(0).Last
 	c.crash(victim)
 	seen := map[string][]string{} // observer -> distinct healths seen, in order
