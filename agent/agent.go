@@ -26,6 +26,7 @@ import (
 	"github.com/runos/runos-agent/nat"
 	"github.com/runos/runos-agent/pki"
 	"github.com/runos/runos-agent/raftstore"
+	"github.com/runos/runos-agent/seal"
 )
 
 // Version is the agent's version, set at build time with -ldflags.
@@ -79,6 +80,7 @@ type Agent struct {
 	nodeCert []byte
 	nodeKey  []byte
 	caCert   *x509.Certificate
+	dataKey  seal.Key // seals secrets kept in the Raft state
 
 	bind       *nat.Bind // owned by dev, which closes it
 	dev        *mesh.Device
@@ -163,6 +165,13 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	}
 	if a.nodeKey, err = os.ReadFile(filepath.Join(a.dir, fileNodeKey)); err != nil {
 		return nil, err
+	}
+	dataKeyText, err := os.ReadFile(filepath.Join(a.dir, fileDataKey))
+	if err != nil {
+		return nil, err
+	}
+	if a.dataKey, err = seal.ParseKey(string(dataKeyText)); err != nil {
+		return nil, fmt.Errorf("%s: %w", fileDataKey, err)
 	}
 	caPEM, err := os.ReadFile(filepath.Join(a.dir, fileCACert))
 	if err != nil {
@@ -315,6 +324,12 @@ func (a *Agent) start(ctx context.Context) error {
 		return err
 	}
 	store.Start(ctx)
+	if err := a.startWorkloads(ctx); err != nil {
+		return err
+	}
+	if err := a.startCloudLink(ctx); err != nil {
+		return err
+	}
 	a.goLoop(ctx, a.peerLoop)
 	a.goLoop(ctx, a.selfLoop)
 	a.goLoop(ctx, a.gossipRejoinLoop)

@@ -230,6 +230,12 @@ func TestThreeNodeClusterForms(t *testing.T) {
 		}
 		seen[n.MeshIP], seen[n.PodCIDR] = true, true
 	}
+	// Every member holds the same data key, each in its own data dir.
+	for i := range c.dirs {
+		if c.agents[i].dataKey.IsZero() || c.agents[i].dataKey != c.agents[0].dataKey {
+			t.Errorf("node %d has a different or missing data key", i)
+		}
+	}
 }
 
 func TestFiveNodeClusterKeepsQuorumLosingTwoVoters(t *testing.T) {

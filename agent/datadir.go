@@ -20,6 +20,7 @@ const (
 	fileNodeKey  = "node.key"
 	fileNodeCert = "node.crt"
 	fileCACert   = "ca.crt"
+	fileDataKey  = "data.key" // seals secrets kept in the Raft state
 	filePeers    = "peers.json"
 	fileInit     = "init.json" // the bootstrap command until the first leader applies it
 	dirRaft      = "raft"

@@ -12,6 +12,7 @@ import (
 	"github.com/runos/runos-agent/mesh"
 	"github.com/runos/runos-agent/pki"
 	"github.com/runos/runos-agent/raftstore"
+	"github.com/runos/runos-agent/seal"
 )
 
 // DefaultListenPort is the underlay port: UDP for WireGuard, TCP for joins.
@@ -130,6 +131,10 @@ func Init(opts NodeOptions) (*NodeConfig, error) {
 		return nil, err
 	}
 	wgKey, nodeKeyPEM := creds.wgKey, creds.nodeKeyPEM
+	dataKey, err := seal.NewKey()
+	if err != nil {
+		return nil, err
+	}
 	certPEM, serial, err := ca.SignCSR(creds.csr, opts.Name, nil, nodeCertValidity)
 	if err != nil {
 		return nil, err
@@ -176,6 +181,7 @@ func Init(opts NodeOptions) (*NodeConfig, error) {
 		{fileNodeKey, nodeKeyPEM},
 		{fileNodeCert, certPEM},
 		{fileCACert, ca.CertPEM},
+		{fileDataKey, []byte(dataKey.String() + "\n")},
 	}
 	for _, f := range files {
 		if err := writeFileAtomic(filepath.Join(opts.DataDir, f.name), f.data, 0o600); err != nil {

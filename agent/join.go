@@ -17,6 +17,7 @@ import (
 	"github.com/runos/runos-agent/mesh"
 	"github.com/runos/runos-agent/pki"
 	"github.com/runos/runos-agent/raftstore"
+	"github.com/runos/runos-agent/seal"
 )
 
 const (
@@ -42,6 +43,7 @@ type joinResponse struct {
 	CertPEM   []byte            `json:"cert_pem"`
 	CACertPEM []byte            `json:"ca_cert_pem"`
 	Peers     []*raftstore.Node `json:"peers"`
+	DataKey   string            `json:"data_key"` // seal.Key; the TLS session is pinned to the cluster CA
 }
 
 // handleJoin admits a node: it checks the request, signs the CSR, then
@@ -134,6 +136,7 @@ func (a *Agent) handleJoin(w http.ResponseWriter, r *http.Request) {
 	}
 	writeJSONResponse(w, http.StatusOK, joinResponse{
 		ClusterID: st.ClusterID, Node: res.Node, CertPEM: certPEM, CACertPEM: st.CACertPEM, Peers: peers,
+		DataKey: a.dataKey.String(),
 	})
 }
 
@@ -178,6 +181,9 @@ func Join(ctx context.Context, opts JoinOptions) (*NodeConfig, error) {
 	if err != nil || resp.Node == nil || resp.Node.CertSerial != pki.SerialOf(cert) {
 		return nil, errors.New("member sent an inconsistent join response")
 	}
+	if _, err := seal.ParseKey(resp.DataKey); err != nil {
+		return nil, errors.New("member sent no valid cluster data key")
+	}
 	cfg := &NodeConfig{
 		ClusterID: resp.ClusterID, NodeID: resp.Node.ID, Name: opts.Name, Net: opts.Net,
 		ListenPort: opts.ListenPort, Endpoints: opts.Advertise,
@@ -190,6 +196,7 @@ func Join(ctx context.Context, opts JoinOptions) (*NodeConfig, error) {
 	for name, data := range map[string][]byte{
 		fileWGKey: []byte(wgKey.String() + "\n"), fileNodeKey: nodeKeyPEM,
 		fileNodeCert: resp.CertPEM, fileCACert: resp.CACertPEM,
+		fileDataKey: []byte(resp.DataKey + "\n"),
 	} {
 		if err := writeFileAtomic(filepath.Join(opts.DataDir, name), data, 0o600); err != nil {
 			return nil, err

@@ -18,7 +18,6 @@ import (
 	"github.com/runos/runos-agent/api"
 	"github.com/runos/runos-agent/nat"
 	"github.com/runos/runos-agent/raftstore"
-	"github.com/runos/runos-agent/ui"
 )
 
 // The local API is how the CLI (and the UI) drive the agent: a unix socket
@@ -40,28 +39,6 @@ func (a *Agent) startLocalAPI() error {
 	return nil
 }
 
-// startUI serves the web UI (and the read-only API it uses) on loopback TCP.
-func (a *Agent) startUI() error {
-	if a.uiListen == "" {
-		return nil
-	}
-	ln, err := net.Listen("tcp", a.uiListen)
-	if err != nil {
-		host, _, _ := net.SplitHostPort(a.uiListen)
-		if ln, err = net.Listen("tcp", net.JoinHostPort(host, "0")); err != nil {
-			return fmt.Errorf("ui: %w", err)
-		}
-		a.log.Info("ui address taken, using another port", "wanted", a.uiListen, "using", ln.Addr())
-	}
-	a.uiURL = "http://" + ln.Addr().String() + "/"
-	a.serve(ln, ui.Handler(a.LocalAPIHandler()), "ui")
-	a.log.Info("ui listening", "url", a.uiURL)
-	return nil
-}
-
-// UIURL is the web UI's address, or "" when it is off.
-func (a *Agent) UIURL() string { return a.uiURL }
-
 // LocalAPIHandler serves the local API (also mounted by the UI server).
 func (a *Agent) LocalAPIHandler() http.Handler {
 	mux := http.NewServeMux()
@@ -77,6 +54,8 @@ func (a *Agent) LocalAPIHandler() http.Handler {
 		writeJSONResponse(w, http.StatusOK, a.Nodes())
 	})
 	mux.HandleFunc("GET /v1/events", a.handleEvents)
+	a.cloudRoutes(mux)
+	a.workloadRoutes(mux)
 	mux.HandleFunc("GET /v1/netcheck", func(w http.ResponseWriter, r *http.Request) {
 		n, err := a.Netcheck(r.Context(), r.URL.Query()["stun"])
 		if err != nil {

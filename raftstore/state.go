@@ -9,6 +9,7 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -92,6 +93,12 @@ type State struct {
 	Tokens   map[string]*Token `json:"tokens"` // by ID
 	// Events is the cluster's recent history, oldest first, bounded.
 	Events []Event `json:"events"`
+	// Cloud is the cloud link's registration and sync cursor (cloud.go).
+	Cloud CloudState `json:"cloud"`
+	// Workloads are services, apps and the Kubernetes target (workloads.go).
+	Workloads Workloads `json:"workloads"`
+	// UI holds the web UI's admin credential (ui.go).
+	UI UIState `json:"ui"`
 	// Applied remembers recent command IDs, oldest first, for idempotency.
 	Applied []string `json:"applied"`
 	// Results of the remembered commands, so a retried command answers as
@@ -116,6 +123,9 @@ func (s *State) View() *State {
 		Tokens:    make(map[string]*Token, len(s.Tokens)),
 		Events:    slices.Clone(s.Events),
 		Results:   map[string]*Result{},
+		Cloud:     s.Cloud.clone(),
+		Workloads: s.Workloads.clone(),
+		UI:        s.UI.clone(),
 	}
 	for id, n := range s.Nodes {
 		c.Nodes[id] = n.clone()
@@ -188,6 +198,12 @@ type Command struct {
 	RemoveNode  *RemoveNodeCmd  `json:"remove_node,omitempty"`
 	Event       *Event          `json:"event,omitempty"`
 	UpdateNode  *UpdateNodeCmd  `json:"update_node,omitempty"`
+
+	// Ops with the prefixes cloud_, workload_ and ui_ carry their payload
+	// here and are applied by cloud.go, workloads.go and ui.go.
+	Cloud    *CloudCmd    `json:"cloud,omitempty"`
+	Workload *WorkloadCmd `json:"workload,omitempty"`
+	UI       *UICmd       `json:"ui,omitempty"`
 }
 
 // Command ops.
@@ -268,6 +284,8 @@ type Result struct {
 	Index uint64 `json:"index"`
 	Err   string `json:"error,omitempty"`
 	Node  *Node  `json:"node,omitempty"`
+	// Data is an op-specific result (JSON), for ops outside this file.
+	Data json.RawMessage `json:"data,omitempty"`
 }
 
 // Error returns the command's error, if any, as an error value. Known errors
@@ -308,6 +326,7 @@ func (s *State) apply(index uint64, cmd *Command) *Result {
 		case OpEvent:
 			s.record(index, cmd.Time, *cmd.Event)
 		}
+		s.recordChange(index, cmd, res)
 	}
 	if cmd.ID != "" {
 		s.remember(cmd.ID, res)
@@ -411,6 +430,14 @@ func (s *State) applyOp(cmd *Command, res *Result) error {
 		}
 		res.Node = n.clone()
 		return nil
+	}
+	switch {
+	case strings.HasPrefix(cmd.Op, "cloud_"):
+		return s.applyCloud(cmd, res)
+	case strings.HasPrefix(cmd.Op, "workload_"):
+		return s.applyWorkload(cmd, res)
+	case strings.HasPrefix(cmd.Op, "ui_"):
+		return s.applyUI(cmd, res)
 	}
 	return ErrUnknownOp
 }

@@ -73,7 +73,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "log-level", Value: "info", EnvVars: []string{"RUNOS_LOG_LEVEL"}, Usage: "debug, info, warn or error"},
 		},
-		Commands: []*cli.Command{
+		Commands: append([]*cli.Command{
 			{
 				Name:  "init",
 				Usage: "create a new cluster with this machine as its first node",
@@ -392,8 +392,17 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 					return dc.Close()
 				},
 			},
-		},
+		}, extraCommands()...),
 	}
+}
+
+// extraCommands are the command groups kept in files of their own.
+func extraCommands() []*cli.Command {
+	var cmds []*cli.Command
+	cmds = append(cmds, cloudCommands()...)
+	cmds = append(cmds, kubeCommands()...)
+	cmds = append(cmds, uiCommands()...)
+	return cmds
 }
 
 func uiFlag() *cli.StringFlag {
