@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/memberlist"
@@ -113,8 +114,11 @@ type Agent struct {
 	candsMu       sync.Mutex
 	cands         []string // guarded by candsMu; own candidates, for heartbeats
 
-	startedAt   time.Time
-	beats       beats
+	startedAt time.Time
+	beats     beats
+	// fullBeat asks the next heartbeat to carry every part (a member
+	// joined and knows nothing of this node yet).
+	fullBeat    atomic.Bool
 	deadMembers memberStates
 	// crashOnClose makes Close skip the goodbye (tests simulate a crash).
 	crashOnClose bool
@@ -292,6 +296,7 @@ func (a *Agent) start(ctx context.Context) error {
 		HeartbeatTimeout:  a.raftHeartbeat(),
 		ElectionTimeout:   a.raftElection(),
 		CommitTimeout:     a.raftCommitTimeout(),
+		QuietFresh:        a.raftQuietFresh(),
 	}, a.log)
 	if err != nil {
 		return err

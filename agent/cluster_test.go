@@ -57,18 +57,24 @@ type cluster struct {
 	dir    string
 	agents []*Agent // nil while stopped
 	dirs   []string
+	tuning Tuning
 }
 
 func newCluster(t testing.TB, n int) *cluster {
 	t.Helper()
+	return newClusterTuned(t, n, fastTuning)
+}
+
+func newClusterTuned(t testing.TB, n int, tuning Tuning) *cluster {
+	t.Helper()
 	dir := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	dc, err := StartDev(ctx, DevOptions{Nodes: n, Dir: dir, Tuning: fastTuning}, testLogger(t))
+	dc, err := StartDev(ctx, DevOptions{Nodes: n, Dir: dir, Tuning: tuning}, testLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &cluster{tb: t, dir: dir, agents: dc.Agents, dirs: dc.Dirs}
+	c := &cluster{tb: t, dir: dir, agents: dc.Agents, dirs: dc.Dirs, tuning: tuning}
 	t.Cleanup(func() {
 		for _, a := range c.agents {
 			if a != nil {
@@ -108,7 +114,7 @@ func (c *cluster) stop(i int) {
 
 func (c *cluster) start(i int) {
 	c.tb.Helper()
-	a, err := New(Config{DataDir: c.dirs[i], Net: "userspace", Tuning: fastTuning}, testLogger(c.tb))
+	a, err := New(Config{DataDir: c.dirs[i], Net: "userspace", Tuning: c.tuning}, testLogger(c.tb))
 	if err != nil {
 		c.tb.Fatal(err)
 	}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/hashicorp/memberlist"
 
+	"github.com/runos/runos-agent/api"
 	"github.com/runos/runos-agent/gossip"
 )
 
@@ -24,14 +25,17 @@ func (a *Agent) startGossip() error {
 	mc := gossip.MemberlistConfig(a.cfg.Name, t, a.log)
 	mc.Events = &gossipEvents{a: a}
 	mc.Delegate = &gossipDelegate{a: a}
-	// The failure detector must not declare a node dead before the offline
-	// threshold: a node paused for 15 s is degraded, not gone. Probing every
-	// 2 s with a 30 s suspicion window keeps that, and keeps control
-	// traffic low.
-	mc.ProbeInterval = 2 * time.Second
-	mc.ProbeTimeout = time.Second
-	mc.SuspicionMult = 15
-	mc.PushPullInterval = time.Minute
+	// Heartbeat ages are the failure detector (degraded after 10 s,
+	// offline after 30 s); memberlist only keeps the member list. Its
+	// probes and state exchanges are made rare so they cost little on the
+	// wire: a probe every 30 s and a suspicion window of 2 minutes (a node
+	// paused for 15 s is never declared dead), a full state exchange every
+	// 5 minutes. Payloads are a few bytes, so compression would only add.
+	mc.ProbeInterval = 30 * time.Second
+	mc.ProbeTimeout = 3 * time.Second
+	mc.SuspicionMult = 4
+	mc.PushPullInterval = 5 * time.Minute
+	mc.EnableCompression = false
 	if a.tuning.GossipFast {
 		mc.ProbeInterval = 200 * time.Millisecond
 		mc.ProbeTimeout = 100 * time.Millisecond
@@ -52,7 +56,7 @@ func (a *Agent) startGossip() error {
 		// node is going away on purpose; a crash is found by the failure
 		// detector and the heartbeat ages instead.
 		if !a.crashOnClose {
-			a.sendToMembers(heartbeat{Name: a.cfg.Name, Bye: true})
+			a.sendToMembers(heartbeat{Name: a.cfg.Name, ID: a.cfg.NodeID, Bye: true})
 			ml.Leave(time.Second)
 		}
 		return ml.Shutdown()
@@ -66,6 +70,7 @@ type gossipEvents struct{ a *Agent }
 // date, so a leave is told from a death by the goodbye heartbeat.
 func (e *gossipEvents) NotifyJoin(n *memberlist.Node) {
 	e.a.deadMembers.del(n.Name)
+	e.a.fullBeat.Store(true)
 	e.a.wake()
 }
 
@@ -90,7 +95,9 @@ func (a *Agent) wake() {
 	}
 }
 
-// nodeUp is Raft's liveness source: a node gossip sees alive or suspect.
+// nodeUp is Raft's liveness source: a node gossip has seen and that is not
+// offline by the health rule. Gossip probes rarely (it is not the failure
+// detector), so heartbeat ages decide.
 func (a *Agent) nodeUp(nodeID string) bool {
 	st, _ := a.store.State()
 	n, ok := st.Nodes[nodeID]
@@ -98,7 +105,11 @@ func (a *Agent) nodeUp(nodeID string) bool {
 		return false
 	}
 	s, ok := a.memberState(n.Name)
-	return ok && (s == memberlist.StateAlive || s == memberlist.StateSuspect)
+	if !ok || (s != memberlist.StateAlive && s != memberlist.StateSuspect) {
+		return false
+	}
+	health, _, _, _ := a.healthOf(n.Name)
+	return health != api.Offline
 }
 
 // gossipRejoinLoop contacts nodes of the state that gossip does not see, so

@@ -2,8 +2,8 @@ package agent
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
+	"math"
 	"slices"
 	"sync"
 	"time"
@@ -28,21 +28,70 @@ const (
 )
 
 // heartbeat is what every agent sends every member every interval, over
-// memberlist's best-effort (UDP) messages inside WireGuard.
+// memberlist's best-effort (UDP) messages inside WireGuard. beatwire.go has
+// its wire form: the optional parts travel only when they changed (or in
+// every fullBeatEvery-th beat); a receiver keeps the last value of each.
 type heartbeat struct {
-	Name    string            `json:"n"`
-	Seq     uint64            `json:"q"`
-	Version string            `json:"v"`
-	Host    hostinfo.Snapshot `json:"h"`
-	MeshRx  uint64            `json:"rx"`
-	MeshTx  uint64            `json:"tx"`
+	Name    string
+	ID      string // node ID, the Raft server ID
+	Seq     uint64
+	Term    uint64 // the sender's Raft term
+	Leader  bool   // the sender leads that term
+	Version string
+	Host    hostinfo.Snapshot
+	MeshRx  uint64
+	MeshTx  uint64
 	// Cands are the sender's current underlay candidates (advertised plus
 	// STUN-reflexive): gossip spreads a changed address within one
 	// heartbeat, even while Raft has no quorum to record it.
-	Cands []string `json:"c,omitempty"`
+	Cands []string
 	// Bye marks the last heartbeat of an agent that is shutting down, so
 	// the others can tell a graceful leave from a crash.
-	Bye bool `json:"bye,omitempty"`
+	Bye bool
+	// has says which optional parts (beatHost, beatMesh, ...) are set.
+	has uint64
+}
+
+// fullBeatEvery is how often (in beats) a heartbeat carries every part.
+const fullBeatEvery = 6
+
+const beatParts = beatHost | beatMesh | beatVersionF | beatCands | beatID
+
+// merge fills the parts hb lacks from prev, an earlier beat of the same node.
+func (hb *heartbeat) merge(prev heartbeat) {
+	if hb.has&beatID == 0 {
+		hb.ID = prev.ID
+	}
+	if hb.has&beatHost == 0 {
+		hb.Host = prev.Host
+	}
+	if hb.has&beatMesh == 0 {
+		hb.MeshRx, hb.MeshTx = prev.MeshRx, prev.MeshTx
+	}
+	if hb.has&beatVersionF == 0 {
+		hb.Version = prev.Version
+	}
+	if hb.has&beatCands == 0 {
+		hb.Cands = prev.Cands
+	}
+	hb.has |= prev.has
+}
+
+// hostMoved reports whether host metrics changed enough since last were
+// sent to be worth a few bytes on every member's link: a deadband, as
+// telemetry agents do, so an idle machine's jitter stays home.
+func hostMoved(last, now hostinfo.Snapshot) bool {
+	frac := func(a, b, total uint64) float64 {
+		if total == 0 {
+			return 0
+		}
+		return math.Abs(float64(a)-float64(b)) / float64(total)
+	}
+	return math.Abs(now.CPUPercent-last.CPUPercent) >= 5 ||
+		math.Abs(now.Load1-last.Load1) >= 0.25+0.1*last.Load1 ||
+		frac(now.MemUsedBytes, last.MemUsedBytes, now.MemTotalBytes) >= 0.02 ||
+		frac(now.DiskUsedBytes, last.DiskUsedBytes, now.DiskTotalBytes) >= 0.01 ||
+		now.MemTotalBytes != last.MemTotalBytes || now.DiskTotalBytes != last.DiskTotalBytes
 }
 
 // beats records the last heartbeat from every node, timed by this node's
@@ -63,8 +112,12 @@ func (b *beats) put(now time.Time, hb heartbeat) {
 	if b.last == nil {
 		b.last = map[string]beatRecord{}
 	}
-	if prev, ok := b.last[hb.Name]; ok && hb.Seq != 0 && hb.Seq < prev.hb.Seq && now.Sub(prev.at) < time.Minute {
+	prev, ok := b.last[hb.Name]
+	if ok && hb.Seq != 0 && hb.Seq < prev.hb.Seq && now.Sub(prev.at) < time.Minute {
 		return // reordered datagram
+	}
+	if ok {
+		hb.merge(prev.hb)
 	}
 	b.last[hb.Name] = beatRecord{at: now, hb: hb}
 }
@@ -82,8 +135,9 @@ type gossipDelegate struct{ a *Agent }
 
 func (d *gossipDelegate) NodeMeta(int) []byte { return nil }
 func (d *gossipDelegate) NotifyMsg(b []byte) {
-	var hb heartbeat
-	if len(b) > 4096 || json.Unmarshal(b, &hb) != nil || hb.Name == "" {
+	hb, err := decodeBeat(b)
+	if err != nil {
+		d.a.log.Debug("dropping gossip message", "err", err, "len", len(b))
 		return
 	}
 	if hb.Bye {
@@ -92,7 +146,9 @@ func (d *gossipDelegate) NotifyMsg(b []byte) {
 	}
 	prev, _ := d.a.beats.get(hb.Name)
 	d.a.beats.put(time.Now(), hb)
-	if !slices.Equal(prev.hb.Cands, hb.Cands) {
+	rec, _ := d.a.beats.get(hb.Name)
+	d.a.store.ObserveBeat(rec.hb.ID, hb.Term, hb.Leader)
+	if !slices.Equal(prev.hb.Cands, rec.hb.Cands) {
 		d.a.wake() // the peer reconciler hands them to the Bind
 	}
 }
@@ -104,7 +160,10 @@ func (d *gossipDelegate) MergeRemoteState([]byte, bool)   {}
 func (a *Agent) heartbeatLoop(ctx context.Context) {
 	sampler := hostinfo.NewSampler(a.dir)
 	sampler.Sample() // CPU baseline
-	var seq uint64
+	var (
+		seq  uint64
+		sent heartbeat // Host and Cands as last sent
+	)
 	t := time.NewTicker(a.heartbeatInterval())
 	defer t.Stop()
 	for {
@@ -114,7 +173,11 @@ func (a *Agent) heartbeatLoop(ctx context.Context) {
 		case <-t.C:
 		}
 		seq++
-		hb := heartbeat{Name: a.cfg.Name, Seq: seq, Version: Version, Host: sampler.Sample(), Cands: a.ownCandidates()}
+		term, leader := a.store.Beat()
+		hb := heartbeat{
+			Name: a.cfg.Name, ID: a.cfg.NodeID, Seq: seq, Term: term, Leader: leader,
+			Version: Version, Host: sampler.Sample(), Cands: a.ownCandidates(), has: beatParts,
+		}
 		if stats, err := a.dev.Stats(); err == nil {
 			for _, p := range stats {
 				hb.MeshRx += p.RxBytes
@@ -122,12 +185,28 @@ func (a *Agent) heartbeatLoop(ctx context.Context) {
 			}
 		}
 		a.beats.put(time.Now(), hb)
-		a.sendToMembers(hb)
+		wire := hb
+		if seq%fullBeatEvery != 1 && !a.fullBeat.Swap(false) {
+			wire.has = 0
+			if hostMoved(sent.Host, hb.Host) {
+				wire.has |= beatHost
+			}
+			if !slices.Equal(sent.Cands, hb.Cands) {
+				wire.has |= beatCands
+			}
+		}
+		if wire.has&beatHost != 0 {
+			sent.Host = hb.Host
+		}
+		if wire.has&beatCands != 0 {
+			sent.Cands = hb.Cands
+		}
+		a.sendToMembers(wire)
 	}
 }
 
 func (a *Agent) sendToMembers(hb heartbeat) {
-	msg, _ := json.Marshal(hb)
+	msg := encodeBeat(nil, &hb)
 	for _, m := range a.ml.Members() {
 		if m.Name == a.cfg.Name {
 			continue

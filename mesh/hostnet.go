@@ -20,7 +20,10 @@ var _ Net = (*HostNet)(nil)
 func NewHostNet(local netip.Addr) *HostNet { return &HostNet{local: local} }
 
 func (h *HostNet) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
-	d := net.Dialer{}
+	// No TCP keepalives on the mesh: members' liveness is known from their
+	// heartbeats, and Go's default (a probe every 15 s on every idle
+	// connection) would be most of an idle cluster's traffic.
+	d := net.Dialer{KeepAlive: -1}
 	switch network {
 	case "tcp", "tcp4", "tcp6":
 		d.LocalAddr = net.TCPAddrFromAddrPort(netip.AddrPortFrom(h.local, 0))
@@ -33,7 +36,8 @@ func (h *HostNet) DialContext(ctx context.Context, network, address string) (net
 }
 
 func (h *HostNet) Listen(network, address string) (net.Listener, error) {
-	return net.Listen(network, address)
+	lc := net.ListenConfig{KeepAlive: -1} // see DialContext
+	return lc.Listen(context.Background(), network, address)
 }
 
 func (h *HostNet) ListenPacket(network, address string) (net.PacketConn, error) {

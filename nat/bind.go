@@ -15,7 +15,7 @@ import (
 // Defaults for Config.
 const (
 	DefaultProbeInterval     = 5 * time.Second
-	DefaultDiscoveryInterval = 30 * time.Second
+	DefaultDiscoveryInterval = 2 * time.Minute
 	DefaultRelayBytesPerSec  = 64 << 20
 	DefaultProbesPerSec      = 20
 	DefaultSTUNPerSec        = 200
@@ -371,6 +371,7 @@ func (b *Bind) makeReceive(fn conn.ReceiveFunc) conn.ReceiveFunc {
 func (b *Bind) demux(bufs [][]byte, sizes []int, eps []conn.Endpoint) int {
 	byAddr := *b.byAddr.Load()
 	var wg, stunN, frames, relayedWG, unknown uint64
+	var now int64 // unix nanos, read once per batch when needed
 	for i := range bufs {
 		if sizes[i] == 0 {
 			continue
@@ -383,8 +384,14 @@ func (b *Bind) demux(bufs [][]byte, sizes []int, eps []conn.Endpoint) int {
 				if ap, ok := endpointAddr(eps[i]); ok {
 					if p := byAddr[ap]; p != nil {
 						eps[i] = p.ep
+						if now == 0 {
+							now = time.Now().UnixNano()
+						}
 						if pkt[0] <= 2 { // handshake initiation or response
-							p.lastHSRx.Store(time.Now().UnixNano())
+							p.lastHSRx.Store(now)
+						}
+						if r := p.route.Load(); r != nil && r.kind == PathDirect && r.addr == ap {
+							p.rxDirect.Store(now)
 						}
 					}
 				}

@@ -116,6 +116,19 @@ func (b *Bind) step(now time.Time, out *outbox) {
 	if rebuild {
 		b.rebuildAddrsLocked()
 	}
+	// WireGuard traffic arriving on a direct path proves it as well as a
+	// pong would: a path in use needs no keepalive probes (the heartbeats
+	// every member sends every few seconds keep every path in use), which
+	// keeps an idle cluster's underlay quiet.
+	for _, p := range b.peers {
+		if r := p.route.Load(); r != nil && r.kind == PathDirect {
+			if rx := p.rxDirect.Load(); rx != 0 {
+				if c := p.cands[r.addr]; c != nil && rx > c.lastPong.UnixNano() {
+					c.lastPong = time.Unix(0, rx)
+				}
+			}
+		}
+	}
 	b.evaluateAllLocked(now, out)
 
 	for _, p := range b.peers {
@@ -127,6 +140,9 @@ func (b *Bind) step(now time.Time, out *outbox) {
 		healthy := r != nil && r.kind == PathDirect && !b.stale(p.cands[r.addr].lastPongOrZero(), now)
 		full := b.cfg.ProbeInterval
 		switch {
+		case healthy && p.cands[r.addr].lan:
+			// Nothing beats a LAN path: no discovery rounds on it.
+			full = 1<<63 - 1
 		case healthy:
 			full = b.cfg.DiscoveryInterval
 		case (r == nil || r.kind == PathNone) && (p.info.Since.IsZero() || now.Sub(p.info.Since) < pathlessFastFor):
@@ -155,7 +171,7 @@ func (b *Bind) step(now time.Time, out *outbox) {
 		case r != nil && now.Sub(p.lastKeep) >= b.cfg.ProbeInterval:
 			p.lastKeep = now
 			if r.kind == PathDirect {
-				if c := p.cands[r.addr]; c != nil {
+				if c := p.cands[r.addr]; c != nil && now.Sub(c.lastPong) >= b.cfg.ProbeInterval {
 					b.probeDirectLocked(p, c, now, out)
 				}
 			} else {
@@ -323,6 +339,7 @@ func (b *Bind) evaluateLocked(p *peer, now time.Time, out *outbox) {
 		return
 	}
 	p.route.Store(next)
+	p.rxDirect.Store(0)
 	old := p.info
 	p.info = PathInfo{Since: now, RTT: rtt, Observed: old.Observed}
 	if next != nil {

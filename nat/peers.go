@@ -88,6 +88,9 @@ type peer struct {
 	route       atomic.Pointer[route]   // nil = none
 	pendingInit atomic.Pointer[stashed] // handshake initiation sent while pathless
 	lastHSRx    atomic.Int64            // unix nanos of the last handshake message received from the peer
+	// rxDirect is when (unix nanos) a WireGuard packet last came in from
+	// the current direct route's address; reset when the route changes.
+	rxDirect atomic.Int64
 
 	// Guarded by Bind.mu.
 	cands    map[netip.AddrPort]*cand

@@ -60,6 +60,13 @@ type Config struct {
 	// it sends followers an AppendEntries carrying the commit index (raft:
 	// 50 ms). Followers apply the last write of a burst that much later.
 	CommitTimeout time.Duration
+	// QuietFresh, when set, lets the health plane stand in for Raft's idle
+	// traffic (see quietTransport): a follower whose health heartbeat is
+	// younger than QuietFresh and reports the leader's term is not sent
+	// repeated empty AppendEntries, and the leader's health heartbeats
+	// reset followers' election timers. HeartbeatTimeout must then exceed
+	// the health heartbeat interval. Zero: plain Raft traffic.
+	QuietFresh time.Duration
 }
 
 // Store is the node's replica of the cluster state.
@@ -71,6 +78,7 @@ type Store struct {
 	bolt   *raftboltdb.BoltStore
 	stream *StreamLayer
 	trans  *raft.NetworkTransport
+	quiet  *quietTransport // nil unless Config.QuietFresh
 
 	hint chan struct{}
 	// closing quiets raft's shutdown noise (see hclogWriter).
@@ -193,7 +201,13 @@ func New(cfg Config, log *slog.Logger) (*Store, error) {
 	rc.TrailingLogs = 2048
 
 	fsm := NewFSM()
-	r, err := raft.NewRaft(rc, fsm, bolt, bolt, snaps, trans)
+	var rtrans raft.Transport = trans
+	var quiet *quietTransport
+	if cfg.QuietFresh > 0 {
+		quiet = newQuietTransport(trans, cfg.QuietFresh)
+		rtrans = quiet
+	}
+	r, err := raft.NewRaft(rc, fsm, bolt, bolt, snaps, rtrans)
 	if err != nil {
 		trans.Close()
 		bolt.Close()
@@ -207,6 +221,7 @@ func New(cfg Config, log *slog.Logger) (*Store, error) {
 		bolt:      bolt,
 		stream:    stream,
 		trans:     trans,
+		quiet:     quiet,
 		hint:      make(chan struct{}, 1),
 		closing:   closing,
 		downSince: map[raft.ServerID]time.Time{},
@@ -266,6 +281,46 @@ func (s *Store) Changed() <-chan struct{} { return s.fsm.Changed() }
 
 // IsLeader reports whether this node is the Raft leader.
 func (s *Store) IsLeader() bool { return s.raft.State() == raft.Leader }
+
+// Beat is what this node's health heartbeats say about its Raft state.
+func (s *Store) Beat() (term uint64, leader bool) {
+	return s.raft.CurrentTerm(), s.raft.State() == raft.Leader
+}
+
+// ObserveBeat takes Raft's part of a health heartbeat from node nodeID (see
+// quietTransport). It does nothing unless Config.QuietFresh is set.
+func (s *Store) ObserveBeat(nodeID string, term uint64, leader bool) {
+	if s.quiet == nil || nodeID == "" || nodeID == s.cfg.NodeID {
+		return
+	}
+	var addr raft.ServerAddress
+	if leader {
+		addr = s.serverAddr(raft.ServerID(nodeID))
+	}
+	s.quiet.observeBeat(raft.ServerID(nodeID), addr, term, leader)
+}
+
+// serverAddr is a server's address in the latest Raft configuration.
+func (s *Store) serverAddr(id raft.ServerID) raft.ServerAddress {
+	f := s.raft.GetConfiguration()
+	if f.Error() != nil {
+		return ""
+	}
+	for _, srv := range f.Configuration().Servers {
+		if srv.ID == id {
+			return srv.Address
+		}
+	}
+	return ""
+}
+
+// QuietStats counts the empty AppendEntries answered locally and those sent.
+func (s *Store) QuietStats() (suppressed, sent uint64) {
+	if s.quiet == nil {
+		return 0, 0
+	}
+	return s.quiet.stats()
+}
 
 // LeaderID is the current leader's node ID, or "" when there is none.
 func (s *Store) LeaderID() string {
