@@ -297,6 +297,8 @@ func (a *Agent) start(ctx context.Context) error {
 		ElectionTimeout:   a.raftElection(),
 		CommitTimeout:     a.raftCommitTimeout(),
 		QuietFresh:        a.raftQuietFresh(),
+
+		SoloHeartbeatTimeout: a.raftSolo(),
 	}, a.log)
 	if err != nil {
 		return err

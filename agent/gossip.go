@@ -108,7 +108,7 @@ func (a *Agent) nodeUp(nodeID string) bool {
 	if !ok || (s != memberlist.StateAlive && s != memberlist.StateSuspect) {
 		return false
 	}
-	health, _, _, _ := a.healthOf(n.Name)
+	health, _, _, _ := a.healthOf(n)
 	return health != api.Offline
 }
 

@@ -260,17 +260,25 @@ func classify(beatAge time.Duration, inGossip bool, state memberlist.NodeStateTy
 	return api.Healthy, fmt.Sprintf("heartbeat %s ago", beatAge.Round(100*time.Millisecond))
 }
 
-// healthOf classifies a node now, from this node's point of view.
-func (a *Agent) healthOf(name string) (health, reason string, rec beatRecord, ok bool) {
+// healthOf classifies a node now, from this node's point of view. Before
+// its first heartbeat arrives a node is as old as this agent's run or its
+// membership, whichever is younger: a node that just joined is not late.
+func (a *Agent) healthOf(n *raftstore.Node) (health, reason string, rec beatRecord, ok bool) {
+	name := n.Name
 	if name == a.cfg.Name {
 		rec, ok = a.beats.get(name)
 		return api.Healthy, "this node", rec, ok
 	}
 	state, inGossip := a.memberState(name)
 	rec, ok = a.beats.get(name)
-	age := time.Since(a.startedAt)
+	now := time.Now()
+	since := a.startedAt
+	if n.JoinedAt.After(since) && n.JoinedAt.Before(now) { // JoinedAt is the admitting leader's clock
+		since = n.JoinedAt
+	}
+	age := now.Sub(since)
 	if ok {
-		age = time.Since(rec.at)
+		age = now.Sub(rec.at)
 	}
 	health, reason = classify(age, inGossip, state, a.thresholds())
 	return health, reason, rec, ok
@@ -355,7 +363,7 @@ func (a *Agent) healthEventLoop(ctx context.Context) {
 			if n.ID == a.cfg.NodeID {
 				continue
 			}
-			health, reason, _, _ := a.healthOf(n.Name)
+			health, reason, _, _ := a.healthOf(n)
 			was, ok := recorded[n.Name]
 			if !ok {
 				was = api.Healthy // a node starts healthy when it joins

@@ -61,7 +61,7 @@ func TestCrashedNodeGoesDegradedThenOffline(t *testing.T) {
 		if h, ok := lastRecordedHealth(st)[name]; ok && h != api.Healthy {
 			return fmt.Errorf("recorded %s", h)
 		}
-		if h, _, _, _ := c.leader().healthOf(name); h != api.Healthy {
+		if h, _, _, _ := c.leader().healthOf(st.NodeByName(name)); h != api.Healthy {
 			return fmt.Errorf("seen %s", h)
 		}
 		return nil

@@ -104,7 +104,7 @@ func (a *Agent) handleJoin(w http.ResponseWriter, r *http.Request) {
 		httpError(w, http.StatusBadRequest, fmt.Errorf("bad certificate request: %w", err))
 		return
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), 20*time.Second)
+	ctx, cancel := context.WithTimeout(r.Context(), writeTimeout)
 	defer cancel()
 	res, err := a.store.Apply(ctx, &raftstore.Command{
 		Op: raftstore.OpJoin,
@@ -217,7 +217,7 @@ func postJoin(ctx context.Context, member, caFingerprint string, req joinRequest
 		return nil, err
 	}
 	client := &http.Client{
-		Timeout: 30 * time.Second,
+		Timeout: writeTimeout + 10*time.Second,
 		Transport: &http.Transport{
 			TLSClientConfig:     pki.PinnedClientConfig(caFingerprint),
 			TLSHandshakeTimeout: 10 * time.Second,

@@ -181,7 +181,7 @@ func (a *Agent) Nodes() *api.NodesResponse {
 		case slices.Contains(rs.Voters, n.ID):
 			role = api.RoleVoter
 		}
-		health, reason, beat, seen := a.healthOf(n.Name)
+		health, reason, beat, seen := a.healthOf(n)
 		node := api.Node{
 			Name: n.Name, ID: n.ID, MeshIP: n.MeshIP.String(), PodCIDR: n.PodCIDR.String(),
 			Health: health, HealthReason: reason, RaftRole: role, Version: n.Version,
@@ -272,7 +272,7 @@ func (a *Agent) CreateToken(ctx context.Context, req api.TokenRequest) (*api.Tok
 		return nil, fmt.Errorf("%w: uses must be between 1 and 1000", errBadRequest)
 	}
 	tok := newJoinToken(a.cfg.CAFingerprint)
-	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, writeTimeout)
 	defer cancel()
 	// Right after `run`, the first leader may not have applied the
 	// bootstrap yet: wait for it rather than failing.
@@ -301,7 +301,7 @@ func (a *Agent) CreateToken(ctx context.Context, req api.TokenRequest) (*api.Tok
 // RemoveNode deletes a node from the cluster. Every member drops its
 // WireGuard peer and refuses its certificate once the removal is applied.
 func (a *Agent) RemoveNode(ctx context.Context, name string) error {
-	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, writeTimeout)
 	defer cancel()
 	if err := a.WaitReady(ctx); err != nil {
 		return err

@@ -152,7 +152,7 @@ func (c *agentCollector) Collect(ch chan<- prometheus.Metric) {
 			}
 		}
 		members[memberStateName(gs)]++
-		health, _, beat, seen := a.healthOf(n.Name)
+		health, _, beat, seen := a.healthOf(n)
 		counts[health]++
 		for _, h := range healthStates {
 			gauge(descNodeHealth, b2f(h == health), n.Name, h)

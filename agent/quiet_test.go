@@ -17,7 +17,7 @@ import (
 func TestIdleRaftIsQuietButAlive(t *testing.T) {
 	tuning := fastTuning
 	// Raft's timers well above the heartbeat interval, as in production
-	// (11 s against 5 s), so the health plane stands in for Raft's idle
+	// (8 s against 5 s), so the health plane stands in for Raft's idle
 	// traffic.
 	tuning.RaftHeartbeat = time.Second
 	tuning.RaftElection = time.Second

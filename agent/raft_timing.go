@@ -12,19 +12,39 @@ import "time"
 // leadership every 5 s, so the Raft store stands it in for those repeats
 // (raftstore.quietTransport): an idle cluster sends no Raft traffic at all.
 //
-//   - HeartbeatTimeout 11 s: followers keep their leader from its health
-//     heartbeats (every 5 s) and tolerate one lost; a dead leader is
-//     replaced 11-22 s after it stops, within the 30 s after which the
-//     others show it offline. A freshly started single node elects itself
-//     as late.
+//   - HeartbeatTimeout 8 s: followers keep their leader from its health
+//     heartbeats (every 5 s). A dead leader is replaced 8-24 s after it
+//     stops (Raft's follower timer fires every 8-16 s and acts once the
+//     leader has been silent 8 s), before the others show it offline at
+//     30 s. A single lost heartbeat can make a follower ask for a pre-vote,
+//     which the others refuse while they still hear the leader: no term
+//     change, no disruption.
+//   - 3 s while the configuration has a single voter (a new cluster, a
+//     one-node cluster): it elects itself 3-6 s after it starts. This is
+//     also the leader lease, well above the leader's longest heartbeat gap
+//     (8 s / 5), which the quiet transport answers locally.
 //   - CommitTimeout 250 ms: followers apply the last write of a burst up to
 //     0.25-0.5 s after the leader. The refreshes that repeat themselves
 //     are answered locally, so a short timeout costs no traffic.
 const (
-	raftHeartbeatTimeout = 11 * time.Second
-	raftElectionTimeout  = 11 * time.Second
+	raftHeartbeatTimeout = 8 * time.Second
+	raftElectionTimeout  = 8 * time.Second
 	raftCommitTimeout    = 250 * time.Millisecond
+	raftSoloTimeout      = 3 * time.Second
 )
+
+// writeTimeout is how long a write from the CLI, UI or a joiner may wait:
+// long enough to ride out a leader failover (up to 24 s, see above).
+const writeTimeout = 40 * time.Second
+
+// raftSolo is the timeout while this node is the only voter (production
+// timing only; tests' short timers need no switch).
+func (a *Agent) raftSolo() time.Duration {
+	if a.tuning.RaftHeartbeat > 0 || a.raftQuietFresh() == 0 {
+		return 0
+	}
+	return raftSoloTimeout
+}
 
 func (a *Agent) raftHeartbeat() time.Duration {
 	if a.tuning.RaftHeartbeat > 0 {
@@ -53,7 +73,7 @@ func (a *Agent) raftCommitTimeout() time.Duration {
 // timeout, which must leave room for a lost health heartbeat (tests with
 // Raft timers shorter than that run plain Raft).
 func (a *Agent) raftQuietFresh() time.Duration {
-	if hb := a.raftHeartbeat(); hb >= 2*a.heartbeatInterval() {
+	if hb := a.raftHeartbeat(); hb > a.heartbeatInterval()+a.heartbeatInterval()/2 {
 		return hb
 	}
 	return 0

@@ -83,9 +83,9 @@ func detectOnce(b *testing.B) (degraded, offline time.Duration) {
 
 // meterRules count, in a node's namespace, the underlay (UDP 51820, both
 // directions) and the traffic inside wg0 by what it is for. An IP packet's
-// length is counted (no link-layer header). Gossip UDP datagrams over 160
-// bytes are nearly all our 5 s heartbeats; memberlist's pings and acks are
-// smaller.
+// length is counted (no link-layer header). Our heartbeats are memberlist
+// user messages: type byte 8, first in the datagram or after memberlist's
+// 5-byte CRC header (type 12).
 const meterRules = `table inet runos_meter {
 	counter underlay_in {}
 	counter underlay_out {}
@@ -112,7 +112,8 @@ const meterRules = `table inet runos_meter {
 		oifname "wg0" jump classify
 	}
 	chain classify {
-		udp dport 7946 udp length > 160 counter name "heartbeat" return
+		udp dport 7946 @th,64,8 8 counter name "heartbeat" return
+		udp dport 7946 @th,64,8 12 @th,104,8 8 counter name "heartbeat" return
 		udp dport 7946 counter name "gossip_udp" return
 		tcp dport 7946 counter name "gossip_tcp" return
 		tcp sport 7946 counter name "gossip_tcp" return

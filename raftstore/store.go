@@ -67,6 +67,12 @@ type Config struct {
 	// reset followers' election timers. HeartbeatTimeout must then exceed
 	// the health heartbeat interval. Zero: plain Raft traffic.
 	QuietFresh time.Duration
+	// SoloHeartbeatTimeout, when set, is Raft's heartbeat and election
+	// timeout while the configuration has a single voter (a new cluster, a
+	// one-node cluster): HeartbeatTimeout applies only once there are
+	// other voters to hear from. It is also the leader lease, so it must
+	// exceed HeartbeatTimeout/5 (Raft's longest heartbeat gap).
+	SoloHeartbeatTimeout time.Duration
 }
 
 // Store is the node's replica of the cluster state.
@@ -190,6 +196,13 @@ func New(cfg Config, log *slog.Logger) (*Store, error) {
 		rc.HeartbeatTimeout = cfg.HeartbeatTimeout
 		rc.LeaderLeaseTimeout = cfg.HeartbeatTimeout / 2
 	}
+	if solo := cfg.SoloHeartbeatTimeout; solo > 0 {
+		if solo > rc.HeartbeatTimeout || solo <= rc.HeartbeatTimeout/5 {
+			bolt.Close()
+			return nil, fmt.Errorf("raftstore: SoloHeartbeatTimeout %v must be in (%v, %v]", solo, rc.HeartbeatTimeout/5, rc.HeartbeatTimeout)
+		}
+		rc.LeaderLeaseTimeout = solo
+	}
 	if cfg.ElectionTimeout > 0 {
 		rc.ElectionTimeout = cfg.ElectionTimeout
 	}
@@ -238,7 +251,54 @@ func (s *Store) Start(ctx context.Context) {
 			defer s.wg.Done()
 			s.membershipLoop(ctx)
 		}()
+		if s.cfg.SoloHeartbeatTimeout > 0 {
+			s.wg.Add(1)
+			go func() {
+				defer s.wg.Done()
+				s.timingLoop(ctx)
+			}()
+		}
 	})
+}
+
+// timingLoop keeps Raft's timeouts short while this node's configuration
+// has a single voter and long once it has others: a new or one-node cluster
+// elects itself in seconds, while a real cluster's followers, which hear
+// from the leader only every health heartbeat, wait long enough not to
+// depose it for one lost heartbeat.
+func (s *Store) timingLoop(ctx context.Context) {
+	var applied time.Duration
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		want := s.cfg.SoloHeartbeatTimeout
+		if f := s.raft.GetConfiguration(); f.Error() == nil {
+			voters := 0
+			for _, srv := range f.Configuration().Servers {
+				if srv.Suffrage == raft.Voter {
+					voters++
+				}
+			}
+			if voters > 1 {
+				want = s.cfg.HeartbeatTimeout
+			}
+		}
+		if want != applied {
+			rc := s.raft.ReloadableConfig()
+			rc.HeartbeatTimeout, rc.ElectionTimeout = want, want
+			if err := s.raft.ReloadConfig(rc); err != nil {
+				s.log.Warn("raft timing not changed", "heartbeat_timeout", want, "err", err)
+			} else {
+				s.log.Debug("raft timing", "heartbeat_timeout", want)
+				applied = want
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }
 
 // Close stops Raft and releases the data dir. It is idempotent.
