@@ -695,3 +695,31 @@ func TestRemovedNodeLearnsItWasRemoved(t *testing.T) {
 		return nil
 	})
 }
+
+// A second `runos-agent dev` on the same dir restarts the same cluster.
+func TestDevClusterRestartsFromItsDir(t *testing.T) {
+	dir := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	dc, err := StartDev(ctx, DevOptions{Nodes: 3, Dir: dir, Tuning: fastTuning}, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := dc.Agents[0].NodeConfig().ClusterID
+	if err := dc.Close(); err != nil {
+		t.Fatal(err)
+	}
+	dc, err = StartDev(ctx, DevOptions{Nodes: 3, Dir: dir, Tuning: fastTuning}, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dc.Close()
+	for _, a := range dc.Agents {
+		if got := a.NodeConfig().ClusterID; got != id {
+			t.Fatalf("restarted into cluster %s, want %s", got, id)
+		}
+	}
+	if _, err := dc.Agents[2].CreateToken(ctx, api.TokenRequest{}); err != nil {
+		t.Fatalf("write after restart: %v", err)
+	}
+}

@@ -37,7 +37,9 @@ func StartDev(ctx context.Context, opts DevOptions, log *slog.Logger) (*DevClust
 	for i := range opts.Nodes {
 		dir := filepath.Join(opts.Dir, fmt.Sprintf("node%d", i))
 		dc.Dirs = append(dc.Dirs, dir)
-		if _, err := LoadNodeConfig(dir); err != nil {
+		_, err := LoadNodeConfig(dir)
+		fresh := err != nil
+		if fresh {
 			port := 0
 			if opts.BasePort > 0 {
 				port = opts.BasePort + i
@@ -76,6 +78,16 @@ func StartDev(ctx context.Context, opts DevOptions, log *slog.Logger) (*DevClust
 			return nil, fmt.Errorf("dev node %d: %w", i, err)
 		}
 		dc.Agents = append(dc.Agents, a)
+		// A new node must be in before the next one joins through node 0.
+		// Restarted nodes wait below, all together: alone, none has quorum.
+		if fresh {
+			if err := a.WaitReady(ctx); err != nil {
+				dc.Close()
+				return nil, fmt.Errorf("dev node %d: %w", i, err)
+			}
+		}
+	}
+	for i, a := range dc.Agents {
 		if err := a.WaitReady(ctx); err != nil {
 			dc.Close()
 			return nil, fmt.Errorf("dev node %d: %w", i, err)
