@@ -239,7 +239,9 @@ func httpProbe(path, portName string, initial, period, failures int32) *corev1.P
 		InitialDelaySeconds: initial, PeriodSeconds: period, TimeoutSeconds: 5, FailureThreshold: failures, SuccessThreshold: 1}
 }
 
-func mount(name, path string) corev1.VolumeMount { return corev1.VolumeMount{Name: name, MountPath: path} }
+func mount(name, path string) corev1.VolumeMount {
+	return corev1.VolumeMount{Name: name, MountPath: path}
+}
 
 func configVolume(name, configMap string, mode int32) corev1.Volume {
 	return corev1.Volume{Name: name, VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{

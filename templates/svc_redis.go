@@ -52,7 +52,7 @@ func redisLikeDef(f redisFlavor) *def {
 				oneOf("noeviction", "allkeys-lru", "allkeys-lfu", "volatile-lru", "volatile-lfu", "allkeys-random", "volatile-random", "volatile-ttl")},
 			{Setting{Key: "appendonly", Default: "yes", Description: "append-only file persistence (yes/no)"}, oneOf("yes", "no")},
 		},
-		creds: []credSpec{{"password_default", "password"}},
+		creds:   []credSpec{{"password_default", "password"}},
 		env:     redisEnv(up),
 		metrics: metricsAt(9121, ""),
 		connect: func(r *rc) Connection {
