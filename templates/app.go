@@ -3,6 +3,7 @@ package templates
 import (
 	"fmt"
 	"maps"
+	"net"
 	"regexp"
 	"slices"
 	"strconv"
@@ -156,6 +157,8 @@ func connField(c Connection, field string) string {
 		return c.User
 	case "database":
 		return c.Database
+	case "hostport":
+		return net.JoinHostPort(c.Host, strconv.Itoa(c.Port))
 	}
 	return ""
 }

@@ -78,7 +78,7 @@ var registry = sync.OnceValue(func() map[string]*def {
 // allDefs is the list of catalog builders; each service file adds itself.
 func allDefs() []*def {
 	return []*def{
-		postgresDef(), redisDef(), valkeyDef(),
+		postgresDef(), redisDef(), valkeyDef(), mysqlDef(), mariadbDef(), memcachedDef(), etcdDef(), natsDef(),
 	}
 }
 

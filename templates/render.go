@@ -135,7 +135,7 @@ func Connect(inst Instance) (Connection, error) {
 // Everything except host, port, user and database is treated as secret.
 func secretKey(field string) (string, bool) {
 	switch field {
-	case "host", "port", "user", "database":
+	case "host", "port", "user", "database", "hostport":
 		return field, false
 	}
 	return field, true
@@ -396,6 +396,11 @@ func (r *rc) metricsAnnotations() map[string]string {
 // script (which writes into /backup) with env; old files are pruned after
 // backup_keep_days.
 func (r *rc) backupJob(image string, script string, envs ...corev1.EnvVar) {
+	r.backupJobWith(nil, image, script, envs...)
+}
+
+// backupJobWith runs init first (it may write into /backup), then script.
+func (r *rc) backupJobWith(init *corev1.Container, image string, script string, envs ...corev1.EnvVar) {
 	if !r.enterprise() || !r.d.backup {
 		return
 	}
@@ -437,6 +442,7 @@ func (r *rc) backupJob(image string, script string, envs ...corev1.EnvVar) {
 								Resources:    r.res(resource.MustParse("250m"), resource.MustParse("256Mi")),
 								VolumeMounts: []corev1.VolumeMount{mount("backup", "/backup")},
 							}},
+							InitContainers: initContainers(init),
 							Volumes: []corev1.Volume{{Name: "backup", VolumeSource: corev1.VolumeSource{
 								PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: "backup"}}}},
 						},
@@ -445,6 +451,43 @@ func (r *rc) backupJob(image string, script string, envs ...corev1.EnvVar) {
 			},
 		},
 	})
+}
+
+// bootstrapJob runs an idempotent one-off script once the service answers
+// (enable auth, initiate a replica set). It is kept after completion so a
+// re-apply does not run it again; if it is deleted, running it again is
+// harmless.
+func (r *rc) bootstrapJob(name, image, script string, envs ...corev1.EnvVar) {
+	backoff := int32(30)
+	deadline := int64(3600)
+	r.add(&batchv1.Job{
+		ObjectMeta: r.meta(name, "bootstrap"),
+		Spec: batchv1.JobSpec{
+			BackoffLimit:          &backoff,
+			ActiveDeadlineSeconds: &deadline,
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: r.labels("bootstrap")},
+				Spec: corev1.PodSpec{
+					RestartPolicy:      corev1.RestartPolicyOnFailure,
+					EnableServiceLinks: new(false),
+					Containers: []corev1.Container{{
+						Name:      name,
+						Image:     image,
+						Command:   []string{"sh", "-c", script},
+						Env:       envs,
+						Resources: r.small(),
+					}},
+				},
+			},
+		},
+	})
+}
+
+func initContainers(c *corev1.Container) []corev1.Container {
+	if c == nil {
+		return nil
+	}
+	return []corev1.Container{*c}
 }
 
 // --- conversion ---

@@ -664,7 +664,7 @@ func TestConnect(t *testing.T) {
 			} else if u.Hostname() != c.Host || u.Port() != fmt.Sprint(c.Port) {
 				t.Errorf("%s: URL %q does not point at %s:%d", s.Name, c.URL, c.Host, c.Port)
 			}
-			if c.Password != "" && u != nil {
+			if c.Password != "" && u != nil && u.User != nil {
 				if p, _ := u.User.Password(); p != c.Password {
 					t.Errorf("%s: URL password does not round-trip", s.Name)
 				}
