@@ -148,6 +148,9 @@ func RenderApp(app App) ([]*unstructured.Unstructured, error) {
 }
 
 func connField(c Connection, field string) string {
+	if v, ok := strings.CutPrefix(field, "const:"); ok {
+		return v
+	}
 	switch field {
 	case "host":
 		return c.Host

@@ -79,6 +79,7 @@ var registry = sync.OnceValue(func() map[string]*def {
 func allDefs() []*def {
 	return []*def{
 		postgresDef(), redisDef(), valkeyDef(), mysqlDef(), mariadbDef(), memcachedDef(), etcdDef(), natsDef(),
+		mongodbDef(), kafkaDef(), rabbitmqDef(), minioDef(),
 	}
 }
 

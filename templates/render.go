@@ -8,6 +8,7 @@ import (
 	"slices"
 	"sort"
 	"strconv"
+	"strings"
 
 	appsv1 "k8s.io/api/apps/v1"
 	batchv1 "k8s.io/api/batch/v1"
@@ -131,12 +132,17 @@ func Connect(inst Instance) (Connection, error) {
 	return c, nil
 }
 
-// secretKey says whether a connection field is secret, and its Secret key.
-// Everything except host, port, user and database is treated as secret.
+// secretKey says whether a connection field is secret, and its Secret
+// key. Fields: "host", "port", "user", "database", "hostport" and
+// "const:VALUE" are plain; "key:NAME" is Secret key NAME; anything else
+// ("password", "url", ...) is the Secret key of that name.
 func secretKey(field string) (string, bool) {
-	switch field {
-	case "host", "port", "user", "database", "hostport":
+	switch {
+	case field == "host", field == "port", field == "user", field == "database", field == "hostport",
+		strings.HasPrefix(field, "const:"):
 		return field, false
+	case strings.HasPrefix(field, "key:"):
+		return strings.TrimPrefix(field, "key:"), true
 	}
 	return field, true
 }
@@ -205,6 +211,8 @@ func hash(s string) string {
 	h := sha256.Sum256([]byte(s))
 	return hex.EncodeToString(h[:8])
 }
+
+func sortedKeys[V any](m map[string]V) []string { return slices.Sorted(maps.Keys(m)) }
 
 func env(name, value string) corev1.EnvVar { return corev1.EnvVar{Name: name, Value: value} }
 

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/url"
+	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
@@ -819,4 +821,25 @@ func BenchmarkRenderCatalog(b *testing.B) {
 	}
 	b.ReportMetric(float64(len(insts)), "instances/op")
 	b.ReportMetric(float64(objs)/float64(b.N), "objects/op")
+}
+
+// TestDump writes every service × tier as JSON into $RUNOS_TEMPLATES_DUMP
+// for reading or a manual `kubectl apply --dry-run=server -f`.
+func TestDump(t *testing.T) {
+	dir := os.Getenv("RUNOS_TEMPLATES_DUMP")
+	if dir == "" {
+		t.Skip("set RUNOS_TEMPLATES_DUMP=dir to write the rendered catalog")
+	}
+	for _, s := range Catalog() {
+		for _, tier := range tiers {
+			objs, err := Render(newInstance(t, s.Name, tier, nil))
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := json.MarshalIndent(map[string]any{"apiVersion": "v1", "kind": "List", "items": objs}, "", "  ")
+			if err := os.WriteFile(filepath.Join(dir, s.Name+"-"+tier+".json"), b, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
 }
