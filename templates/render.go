@@ -97,6 +97,11 @@ func (r *rc) secret(name string, labels map[string]string) (*corev1.Secret, erro
 	for k, v := range r.creds {
 		data[k] = []byte(v)
 	}
+	if r.d.derive != nil {
+		for k, v := range r.d.derive(r) {
+			data[k] = []byte(v)
+		}
+	}
 	c := r.d.connect(r)
 	data["host"] = []byte(c.Host)
 	data["port"] = []byte(strconv.Itoa(c.Port))

@@ -341,7 +341,7 @@ func checkPod(t *testing.T, key string, p *corev1.PodTemplateSpec, r *rendered, 
 
 func TestEveryServiceEveryTierRenders(t *testing.T) {
 	cat := Catalog()
-	if len(cat) < 3 {
+	if len(cat) < 20 {
 		t.Fatalf("catalog has %d services", len(cat))
 	}
 	for _, s := range cat {
@@ -501,6 +501,20 @@ func TestValidate(t *testing.T) {
 		{"redis", TierHA, map[string]string{"replicas": "5"}, ""},
 		{"redis", TierLightweight, map[string]string{"maxmemory_policy": "allkeys-lru"}, ""},
 		{"redis", TierLightweight, map[string]string{"maxmemory_policy": "lru"}, "not one of"},
+		{"grafana", TierHA, map[string]string{"replicas": "2"}, "single replica at every tier"},
+		{"grafana", TierEnterprise, nil, ""},
+		{"etcd", TierHA, map[string]string{"replicas": "5"}, ""},
+		{"etcd", TierHA, map[string]string{"replicas": "9"}, "out of range"},
+		{"minio", TierHA, map[string]string{"replicas": "3"}, "out of range"},
+		{"minio", TierHA, map[string]string{"replicas": "6", "bucket": "media"}, ""},
+		{"minio", TierHA, map[string]string{"bucket": "Bad_Bucket"}, "bucket"},
+		{"kafka", TierHA, map[string]string{"partitions": "0"}, "out of range"},
+		{"influxdb", TierLightweight, map[string]string{"retention": "30d"}, ""},
+		{"influxdb", TierLightweight, map[string]string{"retention": "30 days"}, "retention"},
+		{"loki", TierLightweight, map[string]string{"retention": "25h"}, "multiple of 24"},
+		{"prometheus", TierLightweight, map[string]string{"retention": "90d"}, ""},
+		{"prometheus", TierLightweight, map[string]string{"retention": "90"}, "retention"},
+		{"memcached", TierLightweight, map[string]string{"storage": "1Gi"}, "unknown setting \"storage\""},
 		{"postgres", "gold", nil, "unknown tier"},
 		{"postgres", "", nil, "tier missing"},
 		{"nosuch", TierLightweight, nil, "unknown service"},
@@ -781,6 +795,7 @@ func TestRenderApp(t *testing.T) {
 		{"no image", App{OSID: "shop-k9m3w", Name: "shop"}, "image"},
 		{"bad port", App{OSID: "shop-k9m3w", Name: "shop", Image: "x:1", Port: 70000}, "port"},
 		{"bad env", App{OSID: "shop-k9m3w", Name: "shop", Image: "x:1", Env: map[string]string{"1X": "y"}}, "env name"},
+		{"provides nothing", App{OSID: "shop-k9m3w", Name: "shop", Image: "x:1", Uses: []Instance{newInstance(t, "grafana", TierLightweight, nil)}}, "provides nothing an app can use"},
 		{"no credentials", App{OSID: "shop-k9m3w", Name: "shop", Image: "x:1", Uses: []Instance{{OSID: pg.OSID, Service: "postgres", Tier: TierLightweight}}}, "credential"},
 	}
 	for _, b := range bad {
