@@ -75,9 +75,11 @@ func mysqlLikeDef(f mysqlFlavor) *def {
 }
 
 // mysqlInit runs once at initialisation of each pod's data directory
-// (sourced by the image's entrypoint, so docker_process_sql is there). The
-// entrypoint creates users with the binary log off, so every member gets
-// its own root and app user and replication carries only the data.
+// (sourced by the image's entrypoint, so docker_process_sql is there).
+// Only the primary creates the app user and database, and does so again
+// here with IF NOT EXISTS so that the statements are in its binary log
+// whatever the entrypoint did: replicas (which skip the entrypoint's user
+// creation) get them by replication instead of clashing with their own.
 const mysqlInit = `ord="${HOSTNAME##*-}"
 if [ "$ord" = "0" ]; then
 docker_process_sql <<SQL
@@ -85,6 +87,9 @@ SET SQL_LOG_BIN=0;
 CREATE USER IF NOT EXISTS 'replicator'@'%' IDENTIFIED BY '$REPLICATION_PASSWORD';
 GRANT REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO 'replicator'@'%';
 SET SQL_LOG_BIN=1;
+CREATE DATABASE IF NOT EXISTS $APP_DB;
+CREATE USER IF NOT EXISTS '$APP_USER'@'%' IDENTIFIED BY '$APP_PASSWORD';
+GRANT ALL ON $APP_DB.* TO '$APP_USER'@'%';
 SQL
 else
 docker_process_sql <<SQL
@@ -110,9 +115,13 @@ func renderMySQL(r *rc, f mysqlFlavor) error {
 	start := fmt.Sprintf(`set -eu
 ord="${HOSTNAME##*-}"
 extra=""
-if [ "$ord" != "0" ] && [ "%s" = "mariadb" ]; then extra="--read-only=ON"; fi
-exec docker-entrypoint.sh %s --server-id=$((100 + ord)) $extra "$@"
-`, f.name, f.server)
+if [ "$ord" != "0" ]; then
+  # Replicas get the app user and database from the primary.
+  unset %[1]sUSER %[1]sPASSWORD %[1]sDATABASE
+  if [ "%[2]s" = "mariadb" ]; then extra="--read-only=ON"; fi
+fi
+exec docker-entrypoint.sh %[3]s --server-id=$((100 + ord)) $extra "$@"
+`, p, f.name, f.server)
 	args := append([]string{"--max-connections=" + r.set["max_connections"], "--log-bin=binlog", "--skip-name-resolve"}, f.serverArgs...)
 	if f.name == "mariadb" {
 		args = append(args, "--log-slave-updates=ON")
@@ -128,6 +137,9 @@ exec docker-entrypoint.sh %s --server-id=$((100 + ord)) $extra "$@"
 			r.secretEnv(p+"PASSWORD", "password_app"),
 			r.secretEnv(p+"DATABASE", "dbname"),
 			r.secretEnv("REPLICATION_PASSWORD", "replication_password"),
+			r.secretEnv("APP_USER", "username"),
+			r.secretEnv("APP_PASSWORD", "password_app"),
+			r.secretEnv("APP_DB", "dbname"),
 		},
 		Command:        []string{"bash", "-c", start, "--"},
 		Args:           args,

@@ -3,9 +3,13 @@ package templates
 import (
 	"crypto/rand"
 	"encoding/json"
+	"encoding/xml"
 	"fmt"
+	"io"
+	"maps"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -19,6 +23,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/validation"
+	"sigs.k8s.io/yaml"
 )
 
 var tiers = []string{TierLightweight, TierHA, TierEnterprise}
@@ -854,6 +859,78 @@ func TestDump(t *testing.T) {
 			b, _ := json.MarshalIndent(map[string]any{"apiVersion": "v1", "kind": "List", "items": objs}, "", "  ")
 			if err := os.WriteFile(filepath.Join(dir, s.Name+"-"+tier+".json"), b, 0o644); err != nil {
 				t.Fatal(err)
+			}
+		}
+	}
+}
+
+// TestScriptsAndConfigsParse runs `sh -n`/`bash -n` on every shell script
+// the catalog puts in a container (commands, probes, jobs) and parses
+// every YAML and XML config file it renders.
+func TestScriptsAndConfigsParse(t *testing.T) {
+	shells := map[string]string{}
+	for _, sh := range []string{"sh", "bash"} {
+		if p, err := exec.LookPath(sh); err == nil {
+			shells[sh] = p
+		}
+	}
+	for _, s := range Catalog() {
+		for _, tier := range tiers {
+			inst := newInstance(t, s.Name, tier, nil)
+			objs, err := Render(inst)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := decode(t, objs)
+			pods := map[string]*corev1.PodTemplateSpec{}
+			maps.Copy(pods, r.pods)
+			maps.Copy(pods, r.jobPods)
+			for key, p := range pods {
+				for _, c := range slices.Concat(p.Spec.InitContainers, p.Spec.Containers) {
+					cmds := [][]string{c.Command}
+					for _, pr := range []*corev1.Probe{c.ReadinessProbe, c.LivenessProbe, c.StartupProbe} {
+						if pr != nil && pr.Exec != nil {
+							cmds = append(cmds, pr.Exec.Command)
+						}
+					}
+					for _, cmd := range cmds {
+						if len(cmd) < 3 || cmd[1] != "-c" {
+							continue
+						}
+						sh, ok := shells[cmd[0]]
+						if !ok {
+							t.Fatalf("no %s to check scripts with", cmd[0])
+						}
+						if out, err := exec.Command(sh, "-n", "-c", cmd[2]).CombinedOutput(); err != nil {
+							t.Errorf("%s/%s %s/%s: script does not parse: %v\n%s\n%s", s.Name, tier, key, c.Name, err, out, cmd[2])
+						}
+					}
+				}
+			}
+			for name, cm := range r.cms {
+				for file, data := range cm.Data {
+					var err error
+					switch filepath.Ext(file) {
+					case ".yaml", ".yml":
+						var v any
+						err = yaml.Unmarshal([]byte(data), &v)
+					case ".xml":
+						d := xml.NewDecoder(strings.NewReader(data))
+						for err == nil {
+							_, err = d.Token()
+						}
+						if err == io.EOF {
+							err = nil
+						}
+					case ".sh":
+						if out, e := exec.Command(shells["bash"], "-n", "-c", data).CombinedOutput(); e != nil {
+							err = fmt.Errorf("%v: %s", e, out)
+						}
+					}
+					if err != nil {
+						t.Errorf("%s/%s ConfigMap %s %s: %v", s.Name, tier, name, file, err)
+					}
+				}
 			}
 		}
 	}
