@@ -264,7 +264,17 @@ func checkPod(t *testing.T, key string, p *corev1.PodTemplateSpec, r *rendered, 
 	t.Helper()
 	vols := map[string]bool{}
 	for _, v := range p.Spec.Volumes {
+		if vols[v.Name] {
+			t.Errorf("%s: volume %s twice", key, v.Name)
+		}
 		vols[v.Name] = true
+		if v.Secret != nil && r.secrets[v.Secret.SecretName] != nil {
+			for _, it := range v.Secret.Items {
+				if _, ok := r.secrets[v.Secret.SecretName].Data[it.Key]; !ok {
+					t.Errorf("%s: volume %s: Secret %s has no key %q", key, v.Name, v.Secret.SecretName, it.Key)
+				}
+			}
+		}
 		if v.ConfigMap != nil && r.cms[v.ConfigMap.Name] == nil {
 			t.Errorf("%s: volume %s: ConfigMap %s not rendered", key, v.Name, v.ConfigMap.Name)
 		}
@@ -277,9 +287,13 @@ func checkPod(t *testing.T, key string, p *corev1.PodTemplateSpec, r *rendered, 
 	}
 	if strings.HasPrefix(key, "StatefulSet/") {
 		for _, vc := range r.sts[strings.TrimPrefix(key, "StatefulSet/")].Spec.VolumeClaimTemplates {
+			if vols[vc.Name] {
+				t.Errorf("%s: claim template %s collides with a pod volume", key, vc.Name)
+			}
 			vols[vc.Name] = true
 		}
 	}
+	portNames := map[string]bool{}
 	cs := slices.Concat(p.Spec.InitContainers, p.Spec.Containers)
 	names := map[string]bool{}
 	for _, c := range cs {
@@ -315,6 +329,20 @@ func checkPod(t *testing.T, key string, p *corev1.PodTemplateSpec, r *rendered, 
 		}
 		for _, cp := range c.Ports {
 			checkPortName(t, where, cp.Name)
+			if portNames[cp.Name] {
+				t.Errorf("%s: port name %s used twice in the pod", where, cp.Name)
+			}
+			portNames[cp.Name] = true
+		}
+		paths := map[string]bool{}
+		for _, m := range c.VolumeMounts {
+			if paths[m.MountPath] {
+				t.Errorf("%s: two mounts at %s", where, m.MountPath)
+			}
+			paths[m.MountPath] = true
+		}
+		if c.LivenessProbe != nil && c.LivenessProbe.SuccessThreshold != 1 || c.StartupProbe != nil && c.StartupProbe.SuccessThreshold != 1 {
+			t.Errorf("%s: liveness/startup success threshold must be 1", where)
 		}
 		for _, pr := range []*corev1.Probe{c.ReadinessProbe, c.LivenessProbe, c.StartupProbe} {
 			if pr == nil {
@@ -498,6 +526,8 @@ func TestValidate(t *testing.T) {
 		{"postgres", TierLightweight, map[string]string{"version": "17 ; rm -rf"}, "not an image tag"},
 		{"postgres", TierLightweight, map[string]string{"version": ""}, "not an image tag"},
 		{"postgres", TierLightweight, map[string]string{"version": "a/b"}, "not an image tag"},
+		{"postgres", TierLightweight, map[string]string{"version": strings.Repeat("1", 64)}, "at most 63"},
+		{"postgres", TierLightweight, map[string]string{"version": "17."}, "ending with a letter or digit"},
 		{"postgres", TierLightweight, map[string]string{"max_connections": "5"}, "out of range"},
 		{"postgres", TierEnterprise, map[string]string{"backup_schedule": "daily"}, "backup_schedule"},
 		{"postgres", TierEnterprise, map[string]string{"backup_schedule": "61 * * * *"}, "backup_schedule"},
@@ -615,6 +645,9 @@ func FuzzValidate(f *testing.F) {
 	f.Add("postgres", "ha", "replicas", "3")
 	f.Add("redis", "lightweight", "storage", "1Gi")
 	f.Add("redis", "enterprise", "backup_schedule", "0 0 * * *")
+	f.Add("minio", "ha", "bucket", "media")
+	f.Add("postgres", "lightweight", "version", "17.6-bookworm")
+	f.Add("etcd", "enterprise", "storage", "100Gi")
 	f.Fuzz(func(t *testing.T, service, tier, key, value string) {
 		inst := Instance{OSID: service + "-abcde", Service: service, Tier: tier, Set: map[string]string{key: value}}
 		if Validate(&inst) != nil {
@@ -626,9 +659,11 @@ func FuzzValidate(f *testing.F) {
 			t.Fatal(err)
 		}
 		inst.Credentials = creds
-		if _, err := Render(inst); err != nil {
+		objs, err := Render(inst)
+		if err != nil {
 			t.Fatalf("validated %+v but Render: %v", inst, err)
 		}
+		checkObjects(t, inst, objs)
 	})
 }
 
