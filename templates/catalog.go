@@ -82,7 +82,7 @@ var registry = sync.OnceValue(func() map[string]*def {
 // allDefs is the list of catalog builders; each service file adds itself.
 func allDefs() []*def {
 	return []*def{
-		postgresDef(), redisDef(), valkeyDef(), mysqlDef(), mariadbDef(), memcachedDef(), etcdDef(), natsDef(),
+		postgresDef(), pgvectorDef(), timescaledbDef(), redisDef(), valkeyDef(), mysqlDef(), mariadbDef(), memcachedDef(), etcdDef(), natsDef(),
 		mongodbDef(), kafkaDef(), rabbitmqDef(), minioDef(),
 		clickhouseDef(), opensearchDef(), influxdbDef(), meilisearchDef(),
 		keycloakDef(), grafanaDef(), prometheusDef(), lokiDef(),

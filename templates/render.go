@@ -331,7 +331,7 @@ func (r *rc) statefulSet(name, component, headlessName string, replicas int, spe
 			Selector:            &metav1.LabelSelector{MatchLabels: r.selector(component)},
 			PodManagementPolicy: appsv1.OrderedReadyPodManagement,
 			UpdateStrategy:      appsv1.StatefulSetUpdateStrategy{Type: appsv1.RollingUpdateStatefulSetStrategyType},
-			Template:            r.podTemplate(component, spec, r.metricsAnnotations()),
+			Template:            r.podTemplate(component, spec, r.metricsAnnotations(spec)),
 			PersistentVolumeClaimRetentionPolicy: &appsv1.StatefulSetPersistentVolumeClaimRetentionPolicy{
 				WhenDeleted: appsv1.RetainPersistentVolumeClaimRetentionPolicyType,
 				WhenScaled:  appsv1.RetainPersistentVolumeClaimRetentionPolicyType,
@@ -365,7 +365,7 @@ func (r *rc) deployment(name, component string, replicas int, spec corev1.PodSpe
 		Spec: appsv1.DeploymentSpec{
 			Replicas: &n,
 			Selector: &metav1.LabelSelector{MatchLabels: r.selector(component)},
-			Template: r.podTemplate(component, spec, r.metricsAnnotations()),
+			Template: r.podTemplate(component, spec, r.metricsAnnotations(spec)),
 		},
 	}
 	r.add(dep)
@@ -388,11 +388,20 @@ func (r *rc) pdb(component string, replicas int) {
 	})
 }
 
-// metricsPort is set by services that expose Prometheus metrics at the
-// enterprise tier, for the scrape annotations.
-func (r *rc) metricsAnnotations() map[string]string {
+// metricsAnnotations tell Prometheus where to scrape a pod at the
+// enterprise tier.
+func (r *rc) metricsAnnotations(spec corev1.PodSpec) map[string]string {
 	if !r.enterprise() || r.d.metrics.port == 0 {
 		return nil
+	}
+	has := false
+	for _, c := range spec.Containers {
+		for _, p := range c.Ports {
+			has = has || int(p.ContainerPort) == r.d.metrics.port
+		}
+	}
+	if !has {
+		return nil // a helper workload (e.g. Keycloak's database)
 	}
 	path := r.d.metrics.path
 	if path == "" {
@@ -426,7 +435,7 @@ func (r *rc) backupJobWith(init *corev1.Container, image string, script string, 
 	})
 	keep := r.set["backup_keep_days"]
 	full := "set -eu\nmkdir -p /backup\nstamp=$(date -u +%Y%m%dT%H%M%SZ)\n" + script +
-		"\nfind /backup -maxdepth 1 -type f -name '" + r.d.svc.Name + "-*' -mtime +" + keep + " -delete\nls -l /backup\n"
+		"\nfind /backup -mindepth 1 -maxdepth 1 -name '" + r.d.svc.Name + "-*' -mtime +" + keep + " -exec rm -rf {} +\nls -l /backup\n"
 	var one int32 = 1
 	var hist int32 = 3
 	deadline := int64(6 * 3600)

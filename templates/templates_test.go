@@ -484,24 +484,59 @@ func TestRenderNeedsCredentials(t *testing.T) {
 }
 
 func TestEnterpriseHasBackupAndMetrics(t *testing.T) {
-	for _, name := range []string{"postgres", "redis"} {
-		inst := newInstance(t, name, TierEnterprise, nil)
+	for _, s := range Catalog() {
+		d, _ := lookupDef(s.Name)
+		inst := newInstance(t, s.Name, TierEnterprise, nil)
 		objs, err := Render(inst)
 		if err != nil {
 			t.Fatal(err)
 		}
 		r := decode(t, objs)
-		if len(r.jobPods) == 0 {
-			t.Errorf("%s: no backup CronJob", name)
+		cron := r.jobPods["CronJob/backup"]
+		if d.backup != (cron != nil) {
+			t.Errorf("%s: backup %v but CronJob %v", s.Name, d.backup, cron != nil)
 		}
-		found := false
+		if cron != nil {
+			// Backups are named <service>-..., which is what pruning removes.
+			script := cron.Spec.Containers[0].Command[2]
+			if !strings.Contains(script, "/backup/"+s.Name+"-$stamp") || !strings.Contains(script, "-name '"+s.Name+"-*'") {
+				t.Errorf("%s: backup names and pruning disagree:\n%s", s.Name, script)
+			}
+			if r.pvcs["backup"] == nil {
+				t.Errorf("%s: no backup PVC", s.Name)
+			}
+		}
+		scraped := false
 		for _, p := range r.pods {
-			found = found || p.Annotations["prometheus.io/scrape"] == "true"
+			if p.Annotations["prometheus.io/scrape"] == "true" {
+				scraped = true
+				if !hasPortNumber(p, p.Annotations["prometheus.io/port"]) {
+					t.Errorf("%s: scrape port %s not on the pod", s.Name, p.Annotations["prometheus.io/port"])
+				}
+			}
 		}
-		if !found {
-			t.Errorf("%s: no scrape annotation", name)
+		if scraped != (d.metrics.port != 0) {
+			t.Errorf("%s: metrics port %d but scrape annotation %v", s.Name, d.metrics.port, scraped)
+		}
+		// Lightweight has neither.
+		objs, _ = Render(newInstance(t, s.Name, TierLightweight, nil))
+		for _, u := range objs {
+			if u.GetKind() == "CronJob" || u.GetAnnotations()["prometheus.io/scrape"] != "" {
+				t.Errorf("%s: lightweight renders %s %s", s.Name, u.GetKind(), u.GetName())
+			}
 		}
 	}
+}
+
+func hasPortNumber(p *corev1.PodTemplateSpec, n string) bool {
+	for _, c := range p.Spec.Containers {
+		for _, cp := range c.Ports {
+			if fmt.Sprint(cp.ContainerPort) == n {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func TestValidate(t *testing.T) {
