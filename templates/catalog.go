@@ -86,6 +86,7 @@ func allDefs() []*def {
 		mongodbDef(), kafkaDef(), rabbitmqDef(), minioDef(),
 		clickhouseDef(), opensearchDef(), influxdbDef(), meilisearchDef(),
 		keycloakDef(), grafanaDef(), prometheusDef(), lokiDef(),
+		zookeeperDef(), mosquittoDef(), qdrantDef(),
 	}
 }
 

@@ -1,0 +1,210 @@
+package templates
+
+import (
+	"fmt"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+)
+
+// --- ZooKeeper ---
+
+func zookeeperDef() *def {
+	return &def{
+		svc: Service{
+			Name: "zookeeper", Title: "Apache ZooKeeper", Kind: "coordination", Version: "3.9.3",
+			Description: "Coordination service (official image). No authentication (ZooKeeper's SASL needs per-client JAAS): " +
+				"reachable inside the cluster only.",
+			Provides: "zookeeper",
+		},
+		image: "docker.io/library/zookeeper", port: 2181,
+		storage: "4Gi", cpu: "250m", memory: "512Mi",
+		haReplicas: 3, minHA: 3, maxHA: 7, odd: true,
+		haOK:    true,
+		haNote:  "ensemble of 3/5/7 servers (majority quorum); membership is fixed at creation",
+		entNote: "native Prometheus metrics provider scraped; no backup job (replicated, snapshots on each server)",
+		env: []envSpec{
+			{"ZOOKEEPER_CONNECT", "hostport"}, {"ZOOKEEPER_HOST", "host"}, {"ZOOKEEPER_PORT", "port"},
+		},
+		metrics: metricsAt(7000, "/metrics"),
+		connect: func(r *rc) Connection {
+			h := r.host("zookeeper")
+			return Connection{Host: h, Port: 2181, URL: "zk://" + h + ":2181"}
+		},
+		render: func(r *rc) error {
+			headless := "zookeeper-headless"
+			var servers []string
+			for i := range r.replicas {
+				servers = append(servers, fmt.Sprintf("server.%d=%s:2888:3888;2181", i+1, r.podHost("zookeeper", i, headless)))
+			}
+			heap := r.memoryMiB() * 3 / 4
+			c := corev1.Container{
+				Name:    "zookeeper",
+				Image:   r.image,
+				Command: []string{"bash", "-c", "export ZOO_MY_ID=$(( ${HOSTNAME##*-} + 1 ))\nmkdir -p /data/datalog\nexec /docker-entrypoint.sh zkServer.sh start-foreground"},
+				Env: []corev1.EnvVar{
+					env("ZOO_SERVERS", strings.Join(servers, " ")),
+					// The transaction log stays on the volume with the snapshots.
+					env("ZOO_DATA_LOG_DIR", "/data/datalog"),
+					env("ZOO_STANDALONE_ENABLED", fmt.Sprint(r.replicas == 1)),
+					env("ZOO_4LW_COMMANDS_WHITELIST", "ruok,srvr,mntr"),
+					env("ZOO_ADMINSERVER_ENABLED", "true"),
+					env("ZOO_AUTOPURGE_PURGEINTERVAL", "24"),
+					env("ZOO_AUTOPURGE_SNAPRETAINCOUNT", "5"),
+					env("ZOO_CFG_EXTRA", "quorumListenOnAllIPs=true metricsProvider.className=org.apache.zookeeper.metrics.prometheus.PrometheusMetricsProvider metricsProvider.httpPort=7000"),
+					env("JVMFLAGS", fmt.Sprintf("-Xmx%dm", heap)),
+				},
+				Ports: []corev1.ContainerPort{port("client", 2181), port("quorum", 2888), port("election", 3888),
+					port("admin", 8080), port("metrics", 7000)},
+				StartupProbe:   httpProbe("/commands/ruok", "admin", 5, 5, 60),
+				ReadinessProbe: tcpProbe("client", 0, 10, 3),
+				LivenessProbe:  httpProbe("/commands/ruok", "admin", 0, 10, 6),
+				Resources:      r.resources(),
+				VolumeMounts:   []corev1.VolumeMount{mount("data", "/data")},
+			}
+			spec := corev1.PodSpec{Containers: []corev1.Container{c}}
+			r.headless(headless, "zookeeper", svcPort("client", 2181), svcPort("quorum", 2888), svcPort("election", 3888))
+			r.clientService("zookeeper", "zookeeper", nil, svcPort("client", 2181))
+			sts := r.statefulSet("zookeeper", "zookeeper", headless, r.replicas, spec, true)
+			r.volumeClaim(sts, "data", r.storage)
+			r.pdb("zookeeper", r.replicas)
+			return nil
+		},
+	}
+}
+
+// --- Mosquitto ---
+
+func mosquittoDef() *def {
+	return &def{
+		svc: Service{
+			Name: "mosquitto", Title: "Eclipse Mosquitto", Kind: "queue", Version: "2.0.22",
+			Description: "MQTT broker with persistence and a password (user app).",
+			Provides:    "mqtt",
+		},
+		image: "docker.io/library/eclipse-mosquitto", port: 1883,
+		storage: "2Gi", cpu: "100m", memory: "128Mi",
+		haNote:  "single broker at every tier: Mosquitto has no clustering (bridges copy topics, they do not fail over)",
+		entNote: "no exporter or backup job",
+		creds:   []credSpec{{"username", "user:app"}, {"password_app", "password"}},
+		env: []envSpec{
+			{"MQTT_URL", "url"}, {"MQTT_HOST", "host"}, {"MQTT_PORT", "port"}, {"MQTT_USER", "user"}, {"MQTT_PASSWORD", "password"},
+		},
+		connect: func(r *rc) Connection {
+			h := r.host("mosquitto")
+			u, p := r.creds["username"], r.creds["password_app"]
+			return Connection{Host: h, Port: 1883, User: u, Password: p, URL: fmt.Sprintf("mqtt://%s:%s@%s:1883", u, p, h)}
+		},
+		render: func(r *rc) error {
+			conf := `listener 1883
+allow_anonymous false
+password_file /mosquitto/work/passwd
+persistence true
+persistence_location /mosquitto/data/
+autosave_interval 60
+log_dest stdout
+`
+			r.configMap("mosquitto-config", "mosquitto", map[string]string{"mosquitto.conf": conf})
+			// The password file holds a hash; it is made at start from
+			// the Secret, readable by the broker's user only.
+			start := `set -eu
+touch /mosquitto/work/passwd
+mosquitto_passwd -b /mosquitto/work/passwd "$MQTT_USER" "$MQTT_PASSWORD"
+chown -R mosquitto:mosquitto /mosquitto/work /mosquitto/data
+chmod 0700 /mosquitto/work/passwd
+unset MQTT_PASSWORD
+exec mosquitto -c /mosquitto/config/mosquitto.conf
+`
+			c := corev1.Container{
+				Name:    "mosquitto",
+				Image:   r.image,
+				Command: []string{"sh", "-c", start},
+				Env: []corev1.EnvVar{
+					r.secretEnv("MQTT_USER", "username"),
+					r.secretEnv("MQTT_PASSWORD", "password_app"),
+				},
+				Ports:          []corev1.ContainerPort{port("mqtt", 1883)},
+				ReadinessProbe: tcpProbe("mqtt", 2, 5, 3),
+				LivenessProbe:  tcpProbe("mqtt", 10, 10, 6),
+				Resources:      r.resources(),
+				VolumeMounts: []corev1.VolumeMount{mount("data", "/mosquitto/data"), mount("config", "/mosquitto/config"),
+					mount("work", "/mosquitto/work")},
+			}
+			spec := corev1.PodSpec{
+				Containers: []corev1.Container{c},
+				Volumes:    []corev1.Volume{configVolume("config", "mosquitto-config", 0o644), emptyDir("work")},
+			}
+			r.headless("mosquitto-headless", "mosquitto", svcPort("mqtt", 1883))
+			r.clientService("mosquitto", "mosquitto", nil, svcPort("mqtt", 1883))
+			sts := r.statefulSet("mosquitto", "mosquitto", "mosquitto-headless", 1, spec, false)
+			r.volumeClaim(sts, "data", r.storage)
+			return nil
+		},
+	}
+}
+
+// --- Qdrant ---
+
+func qdrantDef() *def {
+	return &def{
+		svc: Service{
+			Name: "qdrant", Title: "Qdrant", Kind: "search", Version: "v1.15.4",
+			Description: "Vector database with an API key.",
+			Provides:    "qdrant",
+		},
+		image: "docker.io/qdrant/qdrant", port: 6333,
+		storage: "10Gi", cpu: "250m", memory: "1Gi",
+		haReplicas: 3, minHA: 3, maxHA: 7, odd: true,
+		haOK: true,
+		haNote: "distributed mode: 3/5/7 peers with Raft consensus on cluster state; data survives a peer loss for " +
+			"collections created with replication_factor >= 2",
+		entNote: "no exporter (its /metrics needs the API key) or backup job (use the snapshot API)",
+		creds:   []credSpec{{"api_key", "token"}},
+		env: []envSpec{
+			{"QDRANT_URL", "key:url"}, {"QDRANT_HOST", "host"}, {"QDRANT_PORT", "port"},
+			{"QDRANT_GRPC_PORT", "const:6334"}, {"QDRANT_API_KEY", "key:api_key"},
+		},
+		connect: func(r *rc) Connection {
+			h := r.host("qdrant")
+			return Connection{Host: h, Port: 6333, Password: r.creds["api_key"], URL: "http://" + h + ":6333"}
+		},
+		render: func(r *rc) error {
+			headless := "qdrant-headless"
+			// Peer 0 starts the cluster, the others join it; on restarts
+			// every peer finds the cluster state on its volume.
+			start := `set -eu
+cd /qdrant
+self="http://$HOSTNAME.$HEADLESS:6335"
+if [ "$CLUSTER" != "true" ]; then exec ./qdrant; fi
+if [ "${HOSTNAME##*-}" = "0" ]; then exec ./qdrant --uri "$self"; fi
+exec ./qdrant --bootstrap "$FIRST" --uri "$self"
+`
+			c := corev1.Container{
+				Name:    "qdrant",
+				Image:   r.image,
+				Command: []string{"sh", "-c", start},
+				Env: []corev1.EnvVar{
+					r.secretEnv("QDRANT__SERVICE__API_KEY", "api_key"),
+					env("QDRANT__CLUSTER__ENABLED", fmt.Sprint(r.replicas > 1)),
+					env("CLUSTER", fmt.Sprint(r.replicas > 1)),
+					env("HEADLESS", headless+"."+r.ns+".svc.cluster.local"),
+					env("FIRST", "http://"+r.podHost("qdrant", 0, headless)+":6335"),
+					env("QDRANT__TELEMETRY_DISABLED", "true"),
+				},
+				Ports:          []corev1.ContainerPort{port("http", 6333), port("grpc", 6334), port("p2p", 6335)},
+				StartupProbe:   httpProbe("/healthz", "http", 5, 5, 60),
+				ReadinessProbe: httpProbe("/readyz", "http", 0, 10, 3),
+				LivenessProbe:  httpProbe("/livez", "http", 0, 10, 6),
+				Resources:      r.resources(),
+				VolumeMounts:   []corev1.VolumeMount{mount("data", "/qdrant/storage"), mount("snapshots", "/qdrant/snapshots")},
+			}
+			spec := corev1.PodSpec{Containers: []corev1.Container{c}, Volumes: []corev1.Volume{emptyDir("snapshots")}}
+			r.headless(headless, "qdrant", svcPort("http", 6333), svcPort("grpc", 6334), svcPort("p2p", 6335))
+			r.clientService("qdrant", "qdrant", nil, svcPort("http", 6333), svcPort("grpc", 6334))
+			sts := r.statefulSet("qdrant", "qdrant", headless, r.replicas, spec, true)
+			r.volumeClaim(sts, "data", r.storage)
+			r.pdb("qdrant", r.replicas)
+			return nil
+		},
+	}
+}
