@@ -272,7 +272,7 @@ exec nats-server --config /work/nats.conf
 		spec.Containers = append(spec.Containers, corev1.Container{
 			Name:           "exporter",
 			Image:          "docker.io/natsio/prometheus-nats-exporter:0.17.3",
-			Args:           []string{"-port=7777", "-varz", "-connz", "-routez", "-healthz", "-jsz=all", "http://127.0.0.1:8222"},
+			Args:           []string{"-port=7777", "-varz", "-connz", "-routez", "-jsz=all", "http://127.0.0.1:8222"},
 			Ports:          []corev1.ContainerPort{port("metrics", 7777)},
 			ReadinessProbe: tcpProbe("metrics", 5, 10, 3),
 			Resources:      r.small(),
