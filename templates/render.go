@@ -173,6 +173,14 @@ func (r *rc) labels(component string) map[string]string {
 	return l
 }
 
+// stableLabels are labels without the version, for the parts Kubernetes
+// does not let an update change (PVC templates, Job pod templates).
+func (r *rc) stableLabels(component string) map[string]string {
+	l := r.labels(component)
+	delete(l, "app.kubernetes.io/version")
+	return l
+}
+
 // selector is the immutable part of the labels that picks a component's
 // pods (the namespace already scopes it to the instance).
 func (r *rc) selector(component string) map[string]string {
@@ -350,7 +358,7 @@ func (r *rc) statefulSet(name, component, headlessName string, replicas int, spe
 // volumeClaim adds a PVC template of size q to a StatefulSet.
 func (r *rc) volumeClaim(sts *appsv1.StatefulSet, name string, q resource.Quantity) {
 	sts.Spec.VolumeClaimTemplates = append(sts.Spec.VolumeClaimTemplates, corev1.PersistentVolumeClaim{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: r.labels(sts.Labels["app.kubernetes.io/component"])},
+		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: r.stableLabels(sts.Labels["app.kubernetes.io/component"])},
 		Spec: corev1.PersistentVolumeClaimSpec{
 			AccessModes: []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
 			Resources:   corev1.VolumeResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceStorage: q}},
@@ -488,7 +496,7 @@ func (r *rc) bootstrapJob(name, image, script string, envs ...corev1.EnvVar) {
 			BackoffLimit:          &backoff,
 			ActiveDeadlineSeconds: &deadline,
 			Template: corev1.PodTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{Labels: r.labels("bootstrap")},
+				ObjectMeta: metav1.ObjectMeta{Labels: r.stableLabels("bootstrap")},
 				Spec: corev1.PodSpec{
 					RestartPolicy:      corev1.RestartPolicyOnFailure,
 					EnableServiceLinks: new(false),
