@@ -464,6 +464,10 @@ func (r *rc) backupJobWith(init *corev1.Container, image string, script string, 
 						Spec: corev1.PodSpec{
 							RestartPolicy:      corev1.RestartPolicyNever,
 							EnableServiceLinks: new(false),
+							// Root, so that whatever the image's user, it
+							// can write to the backup volume (not every
+							// volume type honours fsGroup).
+							SecurityContext: &corev1.PodSecurityContext{RunAsUser: new(int64(0))},
 							Containers: []corev1.Container{{
 								Name:         "backup",
 								Image:        image,

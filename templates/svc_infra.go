@@ -155,7 +155,10 @@ func renderEtcd(r *rc) error {
 	}
 	r.headless(headless, "etcd", svcPort("client", 2379), svcPort("peer", 2380))
 	r.clientService("etcd", "etcd", nil, svcPort("client", 2379))
-	sts := r.statefulSet("etcd", "etcd", headless, r.replicas, corev1.PodSpec{Containers: []corev1.Container{c}}, true)
+	// Newer etcd images may run as the distroless nonroot user.
+	gid := int64(65532)
+	sts := r.statefulSet("etcd", "etcd", headless, r.replicas, corev1.PodSpec{Containers: []corev1.Container{c},
+		SecurityContext: &corev1.PodSecurityContext{FSGroup: &gid}}, true)
 	r.volumeClaim(sts, "data", r.storage)
 	r.pdb("etcd", r.replicas)
 	r.bootstrapJob("enable-auth", curlImage, etcdAuth,
