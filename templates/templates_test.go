@@ -386,6 +386,19 @@ func TestEveryServiceEveryTierRenders(t *testing.T) {
 					t.Fatal(err)
 				}
 				r := checkObjects(t, inst, objs)
+				// Credentials appear in the Secret only, never in a
+				// ConfigMap, env value, command or annotation.
+				for _, u := range objs {
+					if u.GetKind() == "Secret" {
+						continue
+					}
+					j, _ := json.Marshal(u)
+					for k, v := range inst.Credentials {
+						if len(v) >= 16 && strings.Contains(string(j), v) {
+							t.Errorf("%s %s contains credential %s", u.GetKind(), u.GetName(), k)
+						}
+					}
+				}
 				if ti.Name == TierLightweight {
 					for k, n := range r.replicas {
 						if n != 1 && !strings.Contains(k, "haproxy") {
@@ -1001,6 +1014,67 @@ func TestScriptsAndConfigsParse(t *testing.T) {
 						t.Errorf("%s/%s ConfigMap %s %s: %v", s.Name, tier, name, file, err)
 					}
 				}
+			}
+		}
+	}
+}
+
+// TestRenderAppEveryService: an app using any service gets every variable
+// the catalog lists, secrets only through references to its own copy of
+// the Secret, and no credential in a plain value.
+func TestRenderAppEveryService(t *testing.T) {
+	for _, s := range Catalog() {
+		if s.Provides == "" {
+			continue
+		}
+		inst := newInstance(t, s.Name, TierHA, nil)
+		objs, err := RenderApp(App{OSID: "web-22222", Name: "web", Image: "nginx:1.29", Port: 80, Uses: []Instance{inst}})
+		if err != nil {
+			t.Fatalf("%s: %v", s.Name, err)
+		}
+		var dep appsv1.Deployment
+		var sec corev1.Secret
+		for _, u := range objs {
+			switch u.GetKind() {
+			case "Deployment":
+				if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &dep); err != nil {
+					t.Fatal(err)
+				}
+			case "Secret":
+				if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &sec); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		if sec.Name != inst.OSID || sec.Namespace != "web-22222" {
+			t.Fatalf("%s: Secret copy %s/%s", s.Name, sec.Namespace, sec.Name)
+		}
+		got := map[string]bool{}
+		c, _ := Connect(inst)
+		for _, e := range dep.Spec.Template.Spec.Containers[0].Env {
+			got[e.Name] = true
+			for k, v := range inst.Credentials {
+				if len(v) >= 16 && strings.Contains(e.Value, v) {
+					t.Errorf("%s: %s carries credential %s in a plain value", s.Name, e.Name, k)
+				}
+			}
+			if e.ValueFrom != nil {
+				ref := e.ValueFrom.SecretKeyRef
+				if ref == nil || ref.Name != sec.Name {
+					t.Errorf("%s: %s: bad reference %+v", s.Name, e.Name, e.ValueFrom)
+				} else if _, ok := sec.Data[ref.Key]; !ok {
+					t.Errorf("%s: %s: copy has no key %s", s.Name, e.Name, ref.Key)
+				}
+				if c.SecretKeys[e.Name] != ref.Key {
+					t.Errorf("%s: %s: Connect says key %q, app uses %q", s.Name, e.Name, c.SecretKeys[e.Name], ref.Key)
+				}
+			} else if e.Value == "" {
+				t.Errorf("%s: %s is empty", s.Name, e.Name)
+			}
+		}
+		for _, name := range s.Env {
+			if !got[name] {
+				t.Errorf("%s: app lacks %s", s.Name, name)
 			}
 		}
 	}
