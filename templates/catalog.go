@@ -86,7 +86,7 @@ func allDefs() []*def {
 		mongodbDef(), kafkaDef(), rabbitmqDef(), minioDef(),
 		clickhouseDef(), opensearchDef(), influxdbDef(), meilisearchDef(),
 		keycloakDef(), grafanaDef(), prometheusDef(), lokiDef(),
-		zookeeperDef(), mosquittoDef(), qdrantDef(),
+		zookeeperDef(), mosquittoDef(), qdrantDef(), couchdbDef(), neo4jDef(),
 	}
 }
 

@@ -208,3 +208,123 @@ exec ./qdrant --bootstrap "$FIRST" --uri "$self"
 		},
 	}
 }
+
+// --- CouchDB ---
+
+func couchdbDef() *def {
+	return &def{
+		svc: Service{
+			Name: "couchdb", Title: "Apache CouchDB", Kind: "database", Version: "3.5.0",
+			Description: "Document database with an HTTP API (single node, admin user app).",
+			Provides:    "couchdb",
+		},
+		image: "docker.io/library/couchdb", port: 5984,
+		storage: "10Gi", cpu: "250m", memory: "512Mi",
+		haNote:  "single node at every tier: a CouchDB cluster needs a setup step (membership, shard placement) not done here",
+		entNote: "nightly export of every database's documents as JSON",
+		backup:  true,
+		creds:   []credSpec{{"username", "user:app"}, {"password_app", "password"}, {"cookie_secret", "token"}},
+		env: []envSpec{
+			{"COUCHDB_URL", "url"}, {"COUCHDB_HOST", "host"}, {"COUCHDB_PORT", "port"},
+			{"COUCHDB_USER", "user"}, {"COUCHDB_PASSWORD", "password"},
+		},
+		connect: func(r *rc) Connection {
+			h := r.host("couchdb")
+			u, p := r.creds["username"], r.creds["password_app"]
+			return Connection{Host: h, Port: 5984, User: u, Password: p, URL: fmt.Sprintf("http://%s:%s@%s:5984", u, p, h)}
+		},
+		render: func(r *rc) error {
+			r.configMap("couchdb-config", "couchdb", map[string]string{"10-runos.ini": `[couchdb]
+single_node = true
+max_document_size = 8000000
+
+[chttpd]
+bind_address = 0.0.0.0
+port = 5984
+`})
+			c := corev1.Container{
+				Name:  "couchdb",
+				Image: r.image,
+				Env: []corev1.EnvVar{
+					r.secretEnv("COUCHDB_USER", "username"),
+					r.secretEnv("COUCHDB_PASSWORD", "password_app"),
+					r.secretEnv("COUCHDB_SECRET", "cookie_secret"),
+				},
+				Ports:          []corev1.ContainerPort{port("http", 5984)},
+				StartupProbe:   httpProbe("/_up", "http", 5, 5, 60),
+				ReadinessProbe: httpProbe("/_up", "http", 0, 10, 3),
+				LivenessProbe:  httpProbe("/_up", "http", 0, 10, 6),
+				Resources:      r.resources(),
+				// A file, not the directory: the image's entrypoint writes
+				// the admin's hash into local.d.
+				VolumeMounts: []corev1.VolumeMount{mount("data", "/opt/couchdb/data"),
+					{Name: "config", MountPath: "/opt/couchdb/etc/local.d/10-runos.ini", SubPath: "10-runos.ini"}},
+			}
+			spec := corev1.PodSpec{Containers: []corev1.Container{c}, Volumes: []corev1.Volume{configVolume("config", "couchdb-config", 0o644)}}
+			r.headless("couchdb-headless", "couchdb", svcPort("http", 5984))
+			r.clientService("couchdb", "couchdb", nil, svcPort("http", 5984))
+			sts := r.statefulSet("couchdb", "couchdb", "couchdb-headless", 1, spec, false)
+			r.volumeClaim(sts, "data", r.storage)
+			r.backupJob(curlImage, `mkdir -p /tmp/out
+for db in $(curl -sf -u "$U:$P" "http://$HOST:5984/_all_dbs" | tr -d '[]"' | tr ',' ' '); do
+  case "$db" in _*) continue;; esac
+  curl -sf -u "$U:$P" "http://$HOST:5984/$db/_all_docs?include_docs=true&attachments=true" -o "/tmp/out/$db.json"
+done
+tar -czf "/backup/couchdb-$stamp.tar.gz" -C /tmp/out .`,
+				env("HOST", r.host("couchdb")), r.secretEnv("U", "username"), r.secretEnv("P", "password_app"))
+			return nil
+		},
+	}
+}
+
+// --- Neo4j ---
+
+func neo4jDef() *def {
+	return &def{
+		svc: Service{
+			Name: "neo4j", Title: "Neo4j", Kind: "database", Version: "5.26.12",
+			Description: "Graph database, community edition (user neo4j).",
+			Provides:    "neo4j",
+		},
+		image: "docker.io/library/neo4j", port: 7687,
+		storage: "10Gi", cpu: "500m", memory: "2Gi",
+		haNote:  "single instance at every tier: clustering is a Neo4j Enterprise feature",
+		entNote: "native Prometheus metrics are Enterprise-only; no online backup in community edition",
+		creds:   []credSpec{{"username", "user:neo4j"}, {"neo4j_password", "password"}},
+		env: []envSpec{
+			{"NEO4J_URI", "key:url"}, {"NEO4J_HOST", "host"}, {"NEO4J_PORT", "port"},
+			{"NEO4J_USERNAME", "user"}, {"NEO4J_PASSWORD", "password"},
+		},
+		connect: func(r *rc) Connection {
+			h := r.host("neo4j")
+			return Connection{Host: h, Port: 7687, User: "neo4j", Password: r.creds["neo4j_password"], URL: "bolt://" + h + ":7687"}
+		},
+		render: func(r *rc) error {
+			// Heap 40%, page cache 40% of the memory setting.
+			mem := r.memoryMiB() * 2 / 5
+			c := corev1.Container{
+				Name:  "neo4j",
+				Image: r.image,
+				Env: []corev1.EnvVar{
+					r.secretEnv("NEO4J_PASSWORD", "neo4j_password"),
+					env("NEO4J_AUTH", "neo4j/$(NEO4J_PASSWORD)"),
+					env("NEO4J_server_memory_heap_initial__size", fmt.Sprintf("%dm", mem)),
+					env("NEO4J_server_memory_heap_max__size", fmt.Sprintf("%dm", mem)),
+					env("NEO4J_server_memory_pagecache_size", fmt.Sprintf("%dm", mem)),
+					env("NEO4J_server_default__listen__address", "0.0.0.0"),
+				},
+				Ports:          []corev1.ContainerPort{port("bolt", 7687), port("http", 7474)},
+				StartupProbe:   tcpProbe("bolt", 10, 5, 60),
+				ReadinessProbe: tcpProbe("bolt", 0, 10, 3),
+				LivenessProbe:  httpProbe("/", "http", 0, 10, 6),
+				Resources:      r.resources(),
+				VolumeMounts:   []corev1.VolumeMount{mount("data", "/data")},
+			}
+			r.headless("neo4j-headless", "neo4j", svcPort("bolt", 7687), svcPort("http", 7474))
+			r.clientService("neo4j", "neo4j", nil, svcPort("bolt", 7687), svcPort("http", 7474))
+			sts := r.statefulSet("neo4j", "neo4j", "neo4j-headless", 1, corev1.PodSpec{Containers: []corev1.Container{c}}, false)
+			r.volumeClaim(sts, "data", r.storage)
+			return nil
+		},
+	}
+}
