@@ -6,6 +6,8 @@ import (
 	"sort"
 	"strings"
 	"sync"
+
+	"k8s.io/apimachinery/pkg/api/resource"
 )
 
 // def is one catalog entry: the public Service description plus what it
@@ -123,8 +125,8 @@ func (d *def) finish() {
 	rep += "); lightweight runs 1"
 	s.Settings = append(s.Settings,
 		Setting{Key: "replicas", Default: fmt.Sprint(d.haReplicas), Description: rep},
-		Setting{Key: "cpu", Default: d.cpu, Description: "CPU request per replica (limit too at enterprise)"},
-		Setting{Key: "memory", Default: d.memory, Description: "memory request and limit per replica"},
+		Setting{Key: "cpu", Default: d.cpu, Description: "CPU request per replica (limit too at enterprise); default doubled at ha/enterprise: " + doubled(d.cpu)},
+		Setting{Key: "memory", Default: d.memory, Description: "memory request and limit per replica; default doubled at ha/enterprise: " + doubled(d.memory)},
 	)
 	if d.backup {
 		s.Settings = append(s.Settings,
@@ -139,6 +141,14 @@ func (d *def) finish() {
 	for _, e := range d.env {
 		s.Env = append(s.Env, e.name)
 	}
+}
+
+// doubled is the ha/enterprise default of a cpu or memory setting: twice
+// the lightweight one.
+func doubled(q string) string {
+	v := resource.MustParse(q)
+	v.Add(v)
+	return v.String()
 }
 
 // Catalog lists every service, sorted by name. The slices are copies.

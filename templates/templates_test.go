@@ -630,7 +630,7 @@ func TestValidate(t *testing.T) {
 	if err := Validate(&inst); err != nil {
 		t.Fatal(err)
 	}
-	if inst.Set["version"] != "17.6" || inst.Set["replicas"] != "2" {
+	if inst.Set["version"] != "17.6" || inst.Set["replicas"] != "2" || inst.Set["memory"] != "1Gi" || inst.Set["cpu"] != "500m" {
 		t.Errorf("defaults %v", inst.Set)
 	}
 }
@@ -1076,6 +1076,30 @@ func TestRenderAppEveryService(t *testing.T) {
 			if !got[name] {
 				t.Errorf("%s: app lacks %s", s.Name, name)
 			}
+		}
+	}
+}
+
+// TestREADMEListsCatalog keeps the README's catalog table in step with the
+// code (service, pinned image, ha).
+func TestREADMEListsCatalog(t *testing.T) {
+	b, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Skip("no README next to the package")
+	}
+	for _, s := range Catalog() {
+		d, _ := lookupDef(s.Name)
+		tag := s.Version
+		if d.tagFormat != "" {
+			tag = fmt.Sprintf(d.tagFormat, s.Version)
+		}
+		ha := "no"
+		if s.Tiers[1].HA {
+			ha = "yes"
+		}
+		row := fmt.Sprintf("| %s | `%s:%s` | %d | %s |", s.Name, d.image, tag, s.Tiers[1].Replicas, ha)
+		if !strings.Contains(string(b), row) {
+			t.Errorf("README lacks the row %s", row)
 		}
 	}
 }

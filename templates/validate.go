@@ -64,6 +64,9 @@ func resolve(inst Instance) (*rc, error) {
 	}
 	for k, v := range defaults {
 		if _, ok := set[k]; !ok {
+			if (k == "cpu" || k == "memory") && inst.Tier != TierLightweight {
+				v = doubled(v)
+			}
 			set[k] = v
 		}
 	}
