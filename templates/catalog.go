@@ -88,7 +88,7 @@ func allDefs() []*def {
 		mongodbDef(), kafkaDef(), rabbitmqDef(), minioDef(),
 		clickhouseDef(), opensearchDef(), influxdbDef(), meilisearchDef(),
 		keycloakDef(), grafanaDef(), prometheusDef(), lokiDef(),
-		zookeeperDef(), mosquittoDef(), qdrantDef(), couchdbDef(), neo4jDef(),
+		zookeeperDef(), mosquittoDef(), qdrantDef(), couchdbDef(), neo4jDef(), cassandraDef(),
 	}
 }
 

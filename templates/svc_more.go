@@ -328,3 +328,118 @@ func neo4jDef() *def {
 		},
 	}
 }
+
+// --- Cassandra ---
+
+func cassandraDef() *def {
+	return &def{
+		svc: Service{
+			Name: "cassandra", Title: "Apache Cassandra", Kind: "database", Version: "5.0.5",
+			Description: "Wide-column database with password authentication; keyspace app; local datacenter dc1.",
+			Provides:    "cassandra",
+		},
+		image: "docker.io/library/cassandra", port: 9042,
+		storage: "20Gi", cpu: "500m", memory: "2Gi",
+		haReplicas: 3, minHA: 3, maxHA: 9,
+		haOK: true,
+		haNote: "3..9 nodes; keyspace app and system_auth replicated 3 times, so QUORUM reads and writes survive a node loss; " +
+			"nodes join one at a time",
+		entNote: "no exporter or backup job (nodetool snapshots are per node)",
+		creds: []credSpec{
+			{"username", "user:app"}, {"password_app", "password"}, {"keyspace", "db:app"}, {"cassandra_password", "password"},
+		},
+		env: []envSpec{
+			{"CASSANDRA_CONTACT_POINTS", "host"}, {"CASSANDRA_HOST", "host"}, {"CASSANDRA_PORT", "port"},
+			{"CASSANDRA_USERNAME", "user"}, {"CASSANDRA_PASSWORD", "password"}, {"CASSANDRA_KEYSPACE", "database"},
+			{"CASSANDRA_LOCAL_DC", "const:dc1"},
+		},
+		connect: func(r *rc) Connection {
+			h := r.host("cassandra")
+			u, p, ks := r.creds["username"], r.creds["password_app"], r.creds["keyspace"]
+			return Connection{Host: h, Port: 9042, User: u, Password: p, Database: ks,
+				URL: fmt.Sprintf("cassandra://%s:%s@%s:9042/%s", u, p, h, ks)}
+		},
+		render: renderCassandra,
+	}
+}
+
+// cassandraStart turns on password authentication (both the 4.x and the
+// 5.x cassandra.yaml forms name the class) and runs the image's entrypoint.
+const cassandraStart = `set -eu
+sed -i -e 's/AllowAllAuthenticator/PasswordAuthenticator/' -e 's/AllowAllAuthorizer/CassandraAuthorizer/' /etc/cassandra/cassandra.yaml
+exec docker-entrypoint.sh cassandra -f
+`
+
+// cassandraAuth waits for every node that will hold a replica, then, in
+// one session of the default superuser (whose role row still has one
+// replica), replicates system_auth and creates the app role and keyspace;
+// the app role then disables the default superuser. Re-runs finish
+// whatever is left.
+const cassandraAuth = `set -eu
+app() { cqlsh "$HOST" -u "$APP_USER" -p "$APP_PASSWORD" "$@"; }
+finish() {
+  app -e "CREATE KEYSPACE IF NOT EXISTS $KEYSPACE WITH replication = {'class': 'NetworkTopologyStrategy', 'dc1': $RF}"
+  app -e "ALTER ROLE cassandra WITH PASSWORD = '$CASSANDRA_PASSWORD' AND SUPERUSER = false AND LOGIN = false"
+  echo "set up"; exit 0
+}
+if app -e "SELECT release_version FROM system.local" >/dev/null 2>&1; then finish; fi
+peers() {
+  out=$(cqlsh "$HOST" -u cassandra -p cassandra -e "SELECT peer FROM system.peers" 2>/dev/null) || { echo -1; return; }
+  printf '%s\n' "$out" | grep -c '^ *[0-9a-f]' || true
+}
+until [ "$(peers)" -ge $((RF - 1)) ]; do
+  echo "waiting for $RF nodes"; sleep 5
+done
+cqlsh "$HOST" -u cassandra -p cassandra <<CQL
+ALTER KEYSPACE system_auth WITH replication = {'class': 'NetworkTopologyStrategy', 'dc1': $RF};
+CREATE ROLE IF NOT EXISTS $APP_USER WITH PASSWORD = '$APP_PASSWORD' AND SUPERUSER = true AND LOGIN = true;
+CQL
+until app -e "SELECT release_version FROM system.local" >/dev/null 2>&1; do sleep 5; done
+finish
+`
+
+func renderCassandra(r *rc) error {
+	headless := "cassandra-headless"
+	seeds := []string{r.podHost("cassandra", 0, headless)}
+	if r.replicas > 1 {
+		seeds = append(seeds, r.podHost("cassandra", 1, headless))
+	}
+	rf := min(r.replicas, 3)
+	heap := r.memoryMiB() / 2
+	c := corev1.Container{
+		Name:    "cassandra",
+		Image:   r.image,
+		Command: []string{"bash", "-c", cassandraStart},
+		Env: []corev1.EnvVar{
+			env("CASSANDRA_CLUSTER_NAME", r.inst.OSID),
+			env("CASSANDRA_SEEDS", strings.Join(seeds, ",")),
+			env("CASSANDRA_DC", "dc1"),
+			env("CASSANDRA_RACK", "rack1"),
+			env("CASSANDRA_ENDPOINT_SNITCH", "GossipingPropertyFileSnitch"),
+			env("CASSANDRA_NUM_TOKENS", "16"),
+			env("MAX_HEAP_SIZE", fmt.Sprintf("%dM", heap)),
+			env("HEAP_NEWSIZE", fmt.Sprintf("%dM", heap/4)),
+		},
+		Ports:          []corev1.ContainerPort{port("cql", 9042), port("intra", 7000)},
+		StartupProbe:   tcpProbe("cql", 20, 10, 60),
+		ReadinessProbe: tcpProbe("cql", 0, 10, 3),
+		LivenessProbe:  tcpProbe("intra", 0, 15, 6),
+		Lifecycle: &corev1.Lifecycle{PreStop: &corev1.LifecycleHandler{Exec: &corev1.ExecAction{
+			Command: []string{"nodetool", "drain"}}}},
+		Resources:    r.resources(),
+		VolumeMounts: []corev1.VolumeMount{mount("data", "/var/lib/cassandra")},
+	}
+	grace := int64(120)
+	spec := corev1.PodSpec{Containers: []corev1.Container{c}, TerminationGracePeriodSeconds: &grace}
+	r.headless(headless, "cassandra", svcPort("cql", 9042), svcPort("intra", 7000))
+	r.clientService("cassandra", "cassandra", nil, svcPort("cql", 9042))
+	// Ordered start: Cassandra nodes must join the ring one at a time.
+	sts := r.statefulSet("cassandra", "cassandra", headless, r.replicas, spec, false)
+	r.volumeClaim(sts, "data", r.storage)
+	r.pdb("cassandra", r.replicas)
+	r.bootstrapJob("setup-auth", r.image, cassandraAuth,
+		env("HOST", r.host("cassandra")), env("RF", fmt.Sprint(rf)),
+		r.secretEnv("APP_USER", "username"), r.secretEnv("APP_PASSWORD", "password_app"),
+		r.secretEnv("KEYSPACE", "keyspace"), r.secretEnv("CASSANDRA_PASSWORD", "cassandra_password"))
+	return nil
+}
