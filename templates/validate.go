@@ -47,13 +47,9 @@ func resolve(inst Instance) (*rc, error) {
 	default:
 		return nil, fmt.Errorf("unknown tier %q (one of %s, %s, %s)", inst.Tier, TierLightweight, TierHA, TierEnterprise)
 	}
-	known := map[string]func(string) error{}
 	defaults := map[string]string{}
 	for _, s := range d.svc.Settings {
 		defaults[s.Key] = s.Default
-	}
-	for _, e := range d.extra {
-		known[e.Key] = e.check
 	}
 	set := map[string]string{}
 	for _, k := range slices.Sorted(maps.Keys(inst.Set)) {
@@ -134,12 +130,12 @@ func resolve(inst Instance) (*rc, error) {
 			return nil, fmt.Errorf("%s: backup_keep_days: %w", d.svc.Name, err)
 		}
 	}
-	for k, check := range known {
-		if check == nil {
+	for _, e := range d.extra { // in catalog order: the same bad input gives the same error
+		if e.check == nil {
 			continue
 		}
-		if err := check(set[k]); err != nil {
-			return nil, fmt.Errorf("%s: %s: %w", d.svc.Name, k, err)
+		if err := e.check(set[e.Key]); err != nil {
+			return nil, fmt.Errorf("%s: %s: %w", d.svc.Name, e.Key, err)
 		}
 	}
 	return r, nil
