@@ -566,7 +566,10 @@ func TestValidate(t *testing.T) {
 		{"postgres", TierLightweight, map[string]string{"bogus": "1"}, "unknown setting \"bogus\""},
 		{"postgres", TierLightweight, map[string]string{"storage": "lots"}, "not a Kubernetes quantity"},
 		{"postgres", TierLightweight, map[string]string{"storage": "1Ki"}, "out of range"},
-		{"postgres", TierLightweight, map[string]string{"cpu": "-1"}, "out of range"},
+		{"postgres", TierLightweight, map[string]string{"cpu": "-1"}, "not a Kubernetes quantity"},
+		{"postgres", TierLightweight, map[string]string{"storage": "9e999999999"}, "not a Kubernetes quantity"},
+		{"postgres", TierLightweight, map[string]string{"storage": "1e10"}, ""},
+		{"postgres", TierLightweight, map[string]string{"cpu": "1.5"}, ""},
 		{"postgres", TierLightweight, map[string]string{"memory": "1e30"}, "out of range"},
 		{"postgres", TierLightweight, map[string]string{"replicas": "3"}, "lightweight tier runs 1 replica"},
 		{"postgres", TierHA, map[string]string{"replicas": "1"}, "out of range"},
@@ -696,6 +699,7 @@ func FuzzValidate(f *testing.F) {
 	f.Add("minio", "ha", "bucket", "media")
 	f.Add("postgres", "lightweight", "version", "17.6-bookworm")
 	f.Add("etcd", "enterprise", "storage", "100Gi")
+	f.Add("postgres", "lightweight", "storage", "9e999999999") // hung ParseQuantity before the grammar check
 	f.Fuzz(func(t *testing.T, service, tier, key, value string) {
 		inst := Instance{OSID: service + "-abcde", Service: service, Tier: tier, Set: map[string]string{key: value}}
 		if Validate(&inst) != nil {
