@@ -46,6 +46,10 @@ type def struct {
 	// creds lists the credential keys and how they are generated.
 	creds []credSpec
 
+	// values are plain per-instance values apps can get ("value:KEY"
+	// env fields), e.g. the list of memcached servers.
+	values func(r *rc) map[string]string
+
 	// derive adds deterministic values computed from the credentials to
 	// the Secret (config files with passwords, basic-auth headers).
 	derive func(r *rc) map[string]string

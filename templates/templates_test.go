@@ -1107,3 +1107,27 @@ func TestREADMEListsCatalog(t *testing.T) {
 		}
 	}
 }
+
+func TestMemcachedServersListEveryPod(t *testing.T) {
+	mc := newInstance(t, "memcached", TierHA, map[string]string{"replicas": "4"})
+	objs, err := RenderApp(App{OSID: "web-22222", Name: "web", Image: "x:1", Uses: []Instance{mc}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dep appsv1.Deployment
+	for _, u := range objs {
+		if u.GetKind() == "Deployment" {
+			_ = runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &dep)
+		}
+	}
+	for _, e := range dep.Spec.Template.Spec.Containers[0].Env {
+		if e.Name == "MEMCACHED_SERVERS" {
+			s := strings.Split(e.Value, ",")
+			if len(s) != 4 || s[3] != "memcached-3.memcached-headless."+mc.OSID+".svc.cluster.local:11211" {
+				t.Errorf("MEMCACHED_SERVERS = %q", e.Value)
+			}
+			return
+		}
+	}
+	t.Error("no MEMCACHED_SERVERS")
+}
