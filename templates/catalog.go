@@ -33,10 +33,7 @@ type def struct {
 
 	// metrics: where Prometheus scrapes at the enterprise tier (native
 	// endpoint or an exporter sidecar); port 0 means none.
-	metrics struct {
-		port int
-		path string
-	}
+	metrics metricsSpec
 
 	// backup: enterprise renders a backup CronJob (and its PVC).
 	backup bool
@@ -59,6 +56,15 @@ type def struct {
 	// env: variables an app receives when it uses an instance, in order.
 	env []envSpec
 }
+
+// metricsSpec is where Prometheus scrapes a pod: port 0 means nowhere;
+// path "" means /metrics.
+type metricsSpec struct {
+	port int
+	path string
+}
+
+func metricsAt(port int, path string) metricsSpec { return metricsSpec{port, path} }
 
 // setting is a --set key with its validator.
 type setting struct {
