@@ -747,6 +747,12 @@ func TestCredentials(t *testing.T) {
 			}
 		}
 	}
+	for range 500 {
+		c, _ := NewCredentials(rand.Reader, "kafka")
+		if id := c["cluster_id"]; len(id) != 22 || id[0] == '-' {
+			t.Fatalf("bad KRaft cluster id %q", id)
+		}
+	}
 	if _, err := NewCredentials(rand.Reader, "nosuch"); err == nil {
 		t.Error("credentials for an unknown service")
 	}
