@@ -435,3 +435,21 @@ func (s *Server) dropSession(id string, only *session) {
 		ss.close()
 	}
 }
+
+// Resend pushes a recorded command to the connected cluster again, as if
+// its result had been lost. The cluster answers with the recorded outcome
+// and applies nothing (replays are refused by command ID).
+func (s *Server) Resend(ref, cmdID string) error {
+	c, err := s.store.findCluster(ref)
+	if err != nil {
+		return err
+	}
+	rec, err := s.store.command(c.ID, cmdID)
+	if err != nil {
+		return err
+	}
+	if !s.sendRaw(c.ID, rec.Command) {
+		return fmt.Errorf("cluster %s is not connected", c.Name)
+	}
+	return nil
+}
