@@ -334,3 +334,13 @@ func (s *Server) clusterStatus(ref string) (*api.Status, error) {
 	}
 	return out, nil
 }
+
+// ClusterConnected reports whether the cluster has a session now, and the
+// node holding it.
+func (s *Server) ClusterConnected(ref string) (leader string, ok bool) {
+	c, err := s.store.findCluster(ref)
+	if err != nil {
+		return "", false
+	}
+	return s.connected(c.ID)
+}
