@@ -177,6 +177,15 @@ func TestCloudRegisterShowsNodesAndHealth(t *testing.T) {
 	if err != nil || len(ev.Events) == 0 || ev.Events[0].Kind != raftstore.EventNodeJoined {
 		t.Fatalf("mirror events: %+v %v", ev, err)
 	}
+	// A cloud that lost its mirror gets a full resync.
+	before, _ := tc.srv.MirrorOf(id)
+	if err := tc.srv.ResetMirror(id); err != nil {
+		t.Fatal(err)
+	}
+	after := waitMirror(t, c, tc, id)
+	if after.Cluster.Resyncs != before.Cluster.Resyncs+1 {
+		t.Fatalf("resyncs %d -> %d", before.Cluster.Resyncs, after.Cluster.Resyncs)
+	}
 	// Disconnect ends the session; the cloud sees it.
 	if _, err := f.CloudDisconnect(context.Background()); err != nil {
 		t.Fatal(err)

@@ -232,6 +232,9 @@ func (s *Server) apiHandler() http.Handler {
 	mux.HandleFunc("POST /api/clusters/{c}/revoke", func(w http.ResponseWriter, r *http.Request) {
 		reply(w, map[string]bool{"revoked": true}, s.Revoke(r.PathValue("c")))
 	})
+	mux.HandleFunc("POST /api/clusters/{c}/resync", func(w http.ResponseWriter, r *http.Request) {
+		reply(w, map[string]bool{"reset": true}, s.ResetMirror(r.PathValue("c")))
+	})
 	mux.HandleFunc("GET /api/clusters/{c}/commands", func(w http.ResponseWriter, r *http.Request) {
 		c, err := s.store.findCluster(r.PathValue("c"))
 		if err != nil {

@@ -453,3 +453,26 @@ func (s *Server) Resend(ref, cmdID string) error {
 	}
 	return nil
 }
+
+// ResetMirror forgets a cluster's mirror, as a cloud restored from an old
+// backup or with lost mirror data would, and ends its session: the cluster
+// reconnects, finds the cloud's cursor at 0 and sends a full resync.
+func (s *Server) ResetMirror(ref string) error {
+	c, err := s.store.findCluster(ref)
+	if err != nil {
+		return err
+	}
+	err = s.store.db.Update(func(tx *bolt.Tx) error {
+		c, _ := s.store.cluster(tx, c.ID)
+		if err := s.store.resetMirror(tx, c.ID); err != nil {
+			return err
+		}
+		c.Cursor = 0
+		return s.store.putCluster(tx, c)
+	})
+	if err == nil {
+		s.dropSession(c.ID, nil)
+		s.log.Info("mirror reset; the cluster resyncs on reconnect", "cluster", c.Name)
+	}
+	return err
+}

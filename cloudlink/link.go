@@ -475,10 +475,17 @@ func (l *Link) session(ctx context.Context, reg *raftstore.CloudRegistration) er
 		sentThrough, inflight = batch[len(batch)-1].Index, true
 		return nil
 	}
-	sendHealth := func() error {
-		return write(&Msg{Type: MsgHealth, Health: &Health{Leader: l.cfg.NodeName, Nodes: l.cfg.Host.Nodes()}})
+	// Health goes out every HealthInterval, and within a second of any
+	// node changing health, role or first being heard from, so the cloud
+	// sees transitions at once without a chatty period.
+	var lastSig string
+	sendHealth := func(nodes []api.Node) error {
+		lastSig = healthSig(nodes)
+		return write(&Msg{Type: MsgHealth, Health: &Health{Leader: l.cfg.NodeName, Nodes: nodes}})
 	}
-	if err := sendHealth(); err != nil {
+	healthCheck := time.NewTicker(time.Second)
+	defer healthCheck.Stop()
+	if err := sendHealth(l.cfg.Host.Nodes()); err != nil {
 		return err
 	}
 	if err := sendMore(); err != nil {
@@ -529,8 +536,14 @@ func (l *Link) session(ctx context.Context, reg *raftstore.CloudRegistration) er
 				return err
 			}
 		case <-health.C:
-			if err := sendHealth(); err != nil {
+			if err := sendHealth(l.cfg.Host.Nodes()); err != nil {
 				return err
+			}
+		case <-healthCheck.C:
+			if nodes := l.cfg.Host.Nodes(); healthSig(nodes) != lastSig {
+				if err := sendHealth(nodes); err != nil {
+					return err
+				}
 			}
 		case <-ping.C:
 			if err := write(&Msg{Type: MsgPing}); err != nil {
@@ -546,6 +559,15 @@ func (l *Link) session(ctx context.Context, reg *raftstore.CloudRegistration) er
 			l.persistAck(ctx, cursor, &persisted, &acking, &l.wg)
 		}
 	}
+}
+
+// healthSig summarises what a health report says beyond ages and gauges.
+func healthSig(nodes []api.Node) string {
+	var b strings.Builder
+	for _, n := range nodes {
+		fmt.Fprintf(&b, "%s:%s:%s:%v;", n.ID, n.Health, n.RaftRole, n.LastHeartbeatSeconds >= 0)
+	}
+	return b.String()
 }
 
 // persistAck writes an advanced cursor to Raft in the background (so any

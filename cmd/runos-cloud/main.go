@@ -108,6 +108,21 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 				Usage: "list clusters: name, id, connected, last seen, nodes",
 				Flags: []cli.Flag{dataDirFlag(), jsonFlag()},
 				Subcommands: []*cli.Command{{
+					Name:      "resync",
+					Usage:     "drop a cluster's mirror; its leader sends a full resync when it reconnects (at once)",
+					ArgsUsage: "CLUSTER",
+					Flags:     []cli.Flag{dataDirFlag()},
+					Action: func(c *cli.Context) error {
+						if c.NArg() != 1 {
+							return errors.New("clusters resync needs exactly one cluster name or ID")
+						}
+						if err := call(c, http.MethodPost, "/api/clusters/"+url.PathEscape(c.Args().First())+"/resync", struct{}{}, nil); err != nil {
+							return err
+						}
+						fmt.Fprintf(stdout, "mirror of %s dropped; resync follows\n", c.Args().First())
+						return nil
+					},
+				}, {
 					Name:      "revoke",
 					Usage:     "refuse a cluster from now on (its session ends, registration tokens stop working)",
 					ArgsUsage: "CLUSTER",
