@@ -85,6 +85,7 @@ func (s *Server) Nodes(ref string) (*api.NodesResponse, error) {
 			live[n.ID] = n
 		}
 	}
+	_, connected := s.connected(c.ID)
 	out := &api.NodesResponse{Index: c.Cursor, Nodes: make([]api.Node, 0, len(m.Nodes))}
 	for _, n := range m.Nodes {
 		if v, ok := live[n.ID]; ok {
@@ -93,8 +94,12 @@ func (s *Server) Nodes(ref string) (*api.NodesResponse, error) {
 				n.LastHeartbeatSeconds += time.Since(h.at).Round(time.Millisecond).Seconds()
 			}
 		}
-		if n.Health == "" {
+		switch {
+		case n.Health == "":
 			n.Health, n.HealthReason = "unknown", "no health report from the cluster yet"
+		case !connected:
+			// The last report stands, but say how old it is.
+			n.HealthReason = fmt.Sprintf("%s (as last reported; the cluster is not connected to the cloud)", n.HealthReason)
 		}
 		out.Nodes = append(out.Nodes, n)
 	}
