@@ -60,8 +60,10 @@ type Server struct {
 
 	mu       sync.Mutex
 	sessions map[string]*session    // guarded by mu; by cloud cluster ID
+	live     map[*session]bool      // guarded by mu; every upgraded connection, for Close
 	health   map[string]healthState // guarded by mu; by cloud cluster ID
 
+	closed    bool // guarded by mu; no new sessions once set
 	listener  net.Listener
 	servers   []*http.Server
 	stun      *stunResponder
@@ -95,7 +97,7 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: log.With("component", "cloud"), store: st, sessions: map[string]*session{}, health: map[string]healthState{}}
+	s := &Server{cfg: cfg, log: log.With("component", "cloud"), store: st, sessions: map[string]*session{}, live: map[*session]bool{}, health: map[string]healthState{}}
 	if err := s.loadOrCreateCA(); err != nil {
 		st.Close()
 		return nil, err
@@ -213,7 +215,8 @@ func (s *Server) Close() error {
 			srv.Close()
 		}
 		s.mu.Lock()
-		for _, ss := range s.sessions {
+		s.closed = true
+		for ss := range s.live {
 			ss.close()
 		}
 		s.mu.Unlock()
@@ -386,6 +389,10 @@ func (s *Server) Revoke(ref string) error {
 	return err
 }
 
+// CommandKinds are the command kinds clusters understand (deploying a
+// service joins them with issue 6's workloads).
+var CommandKinds = map[string]bool{"create_token": true, "remove_node": true}
+
 // SendCommand records a command for a cluster and pushes it now if the
 // cluster is connected; otherwise it goes out when the cluster connects.
 func (s *Server) SendCommand(ref, kind string, args json.RawMessage) (*CommandRecord, error) {
@@ -393,7 +400,7 @@ func (s *Server) SendCommand(ref, kind string, args json.RawMessage) (*CommandRe
 	if err != nil {
 		return nil, err
 	}
-	if kind != "create_token" && kind != "remove_node" {
+	if !CommandKinds[kind] {
 		return nil, fmt.Errorf("%w: unknown command kind %q (create_token, remove_node)", errBadInput, kind)
 	}
 	rec := &CommandRecord{Command: cloudlink.Command{ID: "cmd-" + randomHex(8), Kind: kind, Args: args, CreatedAt: time.Now().UTC()}, Cluster: c.ID, State: CmdPending}

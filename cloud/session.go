@@ -95,10 +95,23 @@ func (s *Server) handleLink(w http.ResponseWriter, r *http.Request) {
 	}
 	io.WriteString(conn, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: "+cloudlink.LinkProtocol+"\r\n\r\n")
 	ss := &session{s: s, clusterID: c.ID, conn: conn, br: brw.Reader}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		conn.Close()
+		return
+	}
+	s.live[ss] = true
 	s.wg.Add(1)
+	s.mu.Unlock()
 	go func() {
 		defer s.wg.Done()
-		defer ss.close()
+		defer func() {
+			ss.close()
+			s.mu.Lock()
+			delete(s.live, ss)
+			s.mu.Unlock()
+		}()
 		ss.run()
 	}()
 }

@@ -445,6 +445,28 @@ func (l *Link) session(ctx context.Context, reg *raftstore.CloudRegistration) er
 		persisted   = st.Cloud.AckIndex
 		acking      atomic.Bool
 	)
+	if cursor > idx {
+		// A leader elected a moment ago may not have applied all that its
+		// predecessor sent: give its FSM a few seconds to catch up before
+		// concluding the cloud holds a history we do not.
+		deadline := time.NewTimer(5 * time.Second)
+	wait:
+		for idx < cursor {
+			changed := l.cfg.Host.Changed()
+			if _, idx = l.cfg.Host.State(); idx >= cursor {
+				break
+			}
+			select {
+			case <-changed:
+			case <-deadline.C:
+				break wait
+			case <-ctx.Done():
+				deadline.Stop()
+				return ctx.Err()
+			}
+		}
+		deadline.Stop()
+	}
 	if cursor > idx || cursor < reg.Index {
 		// The cloud is ahead of us (a restored data dir) or has nothing
 		// since registration: resend everything.
@@ -724,8 +746,8 @@ func (l *Link) apply(ctx context.Context, c Command) *CmdResult {
 		}
 		return out
 	}
-	if st, _ := l.cfg.Host.State(); st.Cloud.Results[c.ID] != nil {
-		prev := st.Cloud.Results[c.ID]
+	if st, _ := l.cfg.Host.State(); st.Cloud.Result(c.ID) != nil {
+		prev := st.Cloud.Result(c.ID)
 		l.log.Warn("refusing replayed cloud command: applied before", "id", c.ID, "index", prev.Index)
 		return finish(prev.Err, prev.Data, prev.Index, true)
 	}
@@ -746,7 +768,7 @@ func (l *Link) apply(ctx context.Context, c Command) *CmdResult {
 	}
 	if strings.Contains(res.Err, raftstore.ErrCloudReplay.Error()) {
 		st, _ := l.cfg.Host.State()
-		if prev := st.Cloud.Results[c.ID]; prev != nil {
+		if prev := st.Cloud.Result(c.ID); prev != nil {
 			return finish(prev.Err, prev.Data, prev.Index, true)
 		}
 	}

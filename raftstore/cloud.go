@@ -54,9 +54,29 @@ type CloudState struct {
 	// Trimmed is the highest index dropped from Changes: a cursor below it
 	// cannot be resumed from.
 	Trimmed uint64 `json:"trimmed,omitempty"`
-	// Done are applied cloud command IDs, oldest first, with their results.
-	Done    []string                   `json:"done,omitempty"`
-	Results map[string]*CloudCmdResult `json:"results,omitempty"`
+	// Done are the applied cloud commands with their results, oldest
+	// first, bounded by cloudDoneWindow. Like Changes, entries are never
+	// modified once appended, so views share them.
+	Done []CloudDone `json:"done,omitempty"`
+}
+
+// CloudDone is one applied cloud command.
+type CloudDone struct {
+	ID     string         `json:"id"`
+	Result CloudCmdResult `json:"result"`
+}
+
+// Result returns the recorded outcome of cloud command id, or nil if it
+// was never applied (or so long ago that it was forgotten). Commands are
+// rare, so a scan from the newest end is cheap enough.
+func (c CloudState) Result(id string) *CloudCmdResult {
+	for i := len(c.Done) - 1; i >= 0; i-- {
+		if c.Done[i].ID == id {
+			r := c.Done[i].Result
+			return &r
+		}
+	}
+	return nil
 }
 
 // CloudRegistration is what `cloud connect` obtained from the cloud.
@@ -94,9 +114,9 @@ type CloudCmdResult struct {
 	Data  json.RawMessage `json:"data,omitempty"`
 }
 
-// clone deep-copies everything but Changes, whose entries are immutable once
-// appended: a view shares the backing array, clipped so nothing appends into
-// it. That keeps View cheap with a full outbox.
+// clone deep-copies everything but Changes and Done, whose entries are
+// immutable once appended: a view shares their backing arrays, clipped so
+// nothing appends into them. That keeps View cheap with a full outbox.
 func (c CloudState) clone() CloudState {
 	out := c
 	if c.Registration != nil {
@@ -106,14 +126,7 @@ func (c CloudState) clone() CloudState {
 		out.Registration = &r
 	}
 	out.Changes = slices.Clip(c.Changes)
-	out.Done = slices.Clone(c.Done)
-	if c.Results != nil {
-		out.Results = make(map[string]*CloudCmdResult, len(c.Results))
-		for k, v := range c.Results {
-			vv := *v
-			out.Results[k] = &vv
-		}
-	}
+	out.Done = slices.Clip(c.Done)
 	return out
 }
 
@@ -193,7 +206,7 @@ func (s *State) applyCloudExec(cmd *Command, res *Result) error {
 	if c.CommandID == "" || c.Inner == nil {
 		return ErrMalformedCmd
 	}
-	if prev, ok := cs.Results[c.CommandID]; ok {
+	if prev := cs.Result(c.CommandID); prev != nil {
 		res.Data = prev.Data
 		return fmt.Errorf("command %s at index %d: %w", c.CommandID, prev.Index, ErrCloudReplay)
 	}
@@ -215,16 +228,9 @@ func (s *State) applyCloudExec(cmd *Command, res *Result) error {
 		}
 	}
 	// A failed command is remembered too: its failure is its result.
-	if cs.Results == nil {
-		cs.Results = map[string]*CloudCmdResult{}
-	}
-	cs.Done = append(cs.Done, c.CommandID)
-	cs.Results[c.CommandID] = r
+	cs.Done = append(cs.Done, CloudDone{ID: c.CommandID, Result: *r})
 	if over := len(cs.Done) - cloudDoneWindow; over > 0 {
-		for _, id := range cs.Done[:over] {
-			delete(cs.Results, id)
-		}
-		cs.Done = slices.Delete(cs.Done, 0, over)
+		cs.Done = cs.Done[over:] // reslice: views may share the front
 	}
 	return err
 }

@@ -90,8 +90,8 @@ func TestCloudExecOnceAndReplayRefused(t *testing.T) {
 	rm := &Command{Op: OpRemoveNode, RemoveNode: &RemoveNodeCmd{Name: "nope"}}
 	before := len(s.Cloud.Changes)
 	res = s.apply(100003, execCmd("c5", rm))
-	if res.Error() == nil || s.Cloud.Results["c5"] == nil || s.Cloud.Results["c5"].Err == "" {
-		t.Fatalf("failed remove: %+v %+v", res, s.Cloud.Results["c5"])
+	if res.Error() == nil || s.Cloud.Result("c5") == nil || s.Cloud.Result("c5").Err == "" {
+		t.Fatalf("failed remove: %+v %+v", res, s.Cloud.Result("c5"))
 	}
 	if len(s.Cloud.Changes) != before {
 		t.Fatal("a failed command became a change")
@@ -107,6 +107,21 @@ func TestCloudExecOnceAndReplayRefused(t *testing.T) {
 	}
 	if e := s.Events[len(s.Events)-1]; e.Kind != EventNodeRemoved || e.Seq != 100004 {
 		t.Fatalf("last event = %+v", e)
+	}
+}
+
+func TestCloudDoneWindowBounded(t *testing.T) {
+	s := bootstrapped(t)
+	for i := range cloudDoneWindow + 5 {
+		s.apply(uint64(3+i), execCmd(fmt.Sprint("c", i), &Command{Op: OpRemoveNode, RemoveNode: &RemoveNodeCmd{Name: "nope"}}))
+	}
+	if len(s.Cloud.Done) != cloudDoneWindow || s.Cloud.Result("c4") != nil || s.Cloud.Result("c5") == nil {
+		t.Fatalf("done window: %d entries", len(s.Cloud.Done))
+	}
+	v := s.View()
+	s.apply(1<<20, execCmd("late", &Command{Op: OpRemoveNode, RemoveNode: &RemoveNodeCmd{Name: "nope"}}))
+	if v.Cloud.Result("late") != nil || s.Cloud.Result("late") == nil {
+		t.Fatal("a view saw a later command")
 	}
 }
 
