@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http/httptest"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -134,6 +135,14 @@ func TestCloudRegisterShowsNodesAndHealth(t *testing.T) {
 	c := newCluster(t, 3)
 	tc := startCloud(t)
 	f := c.follower()
+	// A token pinned to another CA: refused, nothing stored.
+	bad := cloudlink.RegToken{CAFingerprint: strings.Repeat("1", 64), ID: "0123456789ab", Secret: strings.Repeat("2", 32)}
+	if _, err := f.CloudConnect(context.Background(), api.CloudConnectRequest{URL: tc.srv.URL(), Token: bad.String()}); err == nil || !strings.Contains(err.Error(), "fingerprint mismatch") {
+		t.Fatalf("connect with a wrong fingerprint: %v", err)
+	}
+	if st, _ := f.store.State(); st.Cloud.Registration != nil {
+		t.Fatal("a refused registration was stored")
+	}
 	t0 := time.Now()
 	id := connectCloud(t, tc, f, "lab")
 	// Visible within 10 s of registration (the bound).
@@ -270,6 +279,22 @@ func TestCloudDownLosesNothing(t *testing.T) {
 	if s := c.leader().CloudStatus(); s.Pending == 0 || s.State == cloudlink.StateConnected {
 		t.Fatalf("status while the cloud is down: %+v", s)
 	}
+	// Metrics say the same.
+	ms := httptest.NewServer(c.leader().metricsHandler())
+	defer ms.Close()
+	eventually(t, "metrics show the link down with a backlog", func() error {
+		s, err := scrapeMetrics(ms.URL)
+		if err != nil {
+			return err
+		}
+		if v, _ := s.value("runos_cloud_link_state", "state", "connected"); v != 0 {
+			return errors.New("connected = 1")
+		}
+		if v, _ := s.value("runos_cloud_outbox_pending"); v == 0 {
+			return errors.New("nothing pending")
+		}
+		return nil
+	})
 	old := c.leader()
 	for i, a := range c.agents {
 		if a == old {
