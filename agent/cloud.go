@@ -139,7 +139,25 @@ func (a *Agent) CloudConnect(ctx context.Context, req api.CloudConnectRequest) (
 		return nil, err
 	}
 	a.log.Info("registered with the cloud", "url", reg.URL, "cloud_cluster", reg.CloudClusterID)
+	a.waitApplied(ctx, res.Index)
 	return a.CloudStatus(), nil
+}
+
+// waitApplied waits (bounded by ctx) until this replica has applied index,
+// so what the caller reads next reflects its own write: a follower applies
+// a committed write up to the leader's commit timeout later.
+func (a *Agent) waitApplied(ctx context.Context, index uint64) {
+	for {
+		changed := a.store.Changed()
+		if _, idx := a.store.State(); idx >= index {
+			return
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return
+		}
+	}
 }
 
 // CloudDisconnect forgets the registration; the leader's session ends.
@@ -156,6 +174,7 @@ func (a *Agent) CloudDisconnect(ctx context.Context) (*api.CloudStatus, error) {
 	if err != nil {
 		return nil, err
 	}
+	a.waitApplied(ctx, res.Index)
 	return a.CloudStatus(), nil
 }
 

@@ -297,8 +297,6 @@ func (s *Server) CreateToken(name string, ttl time.Duration) (*TokenInfo, error)
 		Connect: fmt.Sprintf("runos-agent cloud connect --token %s %s", tok, s.URL())}, nil
 }
 
-var errRegistration = errors.New("registration refused")
-
 // handleRegister exchanges a token and a CSR for a client certificate.
 func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) {
 	var req cloudlink.RegisterRequest
@@ -357,6 +355,7 @@ func (s *Server) register(req cloudlink.RegisterRequest) (*cloudlink.RegisterRes
 			return err
 		}
 		c.AgentClusterID, c.CertSerial, c.RegisteredAt, c.Cursor = req.ClusterID, serial, time.Now().UTC(), 0
+		c.ChangesApplied, c.DuplicatesIgnored, c.Resyncs = 0, 0, 0
 		if err := s.store.putCluster(tx, c); err != nil {
 			return err
 		}
@@ -364,7 +363,7 @@ func (s *Server) register(req cloudlink.RegisterRequest) (*cloudlink.RegisterRes
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", errRegistration, err)
+		return nil, err
 	}
 	// A session with the previous certificate must not outlive it.
 	s.dropSession(out.CloudClusterID, nil)
