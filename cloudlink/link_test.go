@@ -187,4 +187,36 @@ func TestLinkLeaderOnlyBackoffAndResume(t *testing.T) {
 	if st, _ := h.State(); st.Cloud.AckIndex == 0 {
 		t.Fatal("ack cursor never persisted")
 	}
+
+	// Refusals show in the status with their reason; nothing local waits.
+	if err := srv.Revoke("x"); err != nil {
+		t.Fatal(err)
+	}
+	backoffWith := func(want string) {
+		t.Helper()
+		eventually(t, "backoff: "+want, func() error {
+			if s := l.Status(); s.State != cloudlink.StateBackoff && s.State != cloudlink.StateConnecting || !strings.Contains(s.LastError, want) {
+				return fmt.Errorf("%+v", s)
+			}
+			return nil
+		})
+	}
+	backoffWith("revoked")
+	if res, err := h.Apply(ctx, &raftstore.Command{Op: raftstore.OpEvent, Event: &raftstore.Event{Kind: "still-works"}}); err != nil || res.Error() != nil {
+		t.Fatal("a local write failed while the cloud refuses us")
+	}
+	// An impostor at the cloud's address (another CA) is not trusted.
+	srv.Close()
+	for range 50 {
+		if srv, err2 = cloud.New(cloud.Config{DataDir: t.TempDir(), Listen: addr}, log); err2 == nil {
+			if err2 = srv.Start(ctx); err2 == nil {
+				break
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err2 != nil {
+		t.Fatal(err2)
+	}
+	backoffWith("fingerprint mismatch")
 }
