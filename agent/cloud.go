@@ -100,6 +100,14 @@ func (a *Agent) CloudStatus() *api.CloudStatus {
 		return out
 	}
 	out.Registered, out.URL, out.CloudClusterID, out.RegisteredAt = true, reg.URL, reg.CloudClusterID, reg.RegisteredAt
+	if out.State == cloudlink.StateOff {
+		// The registration was applied a moment ago and the link has
+		// not woken up yet (it does within 250 ms).
+		out.State, out.Since = cloudlink.StateStandby, reg.RegisteredAt
+		if a.store.IsLeader() {
+			out.State = cloudlink.StateConnecting
+		}
+	}
 	cursor := st.Cloud.AckIndex
 	if ls.State == cloudlink.StateConnected && ls.Cursor > cursor {
 		cursor = ls.Cursor

@@ -165,12 +165,15 @@ func TestCloudRegisterShowsNodesAndHealth(t *testing.T) {
 	waitMirror(t, c, tc, id)
 	// Only the leader holds the session; the others say so.
 	l := c.leader()
-	if s := l.CloudStatus(); s.State != cloudlink.StateConnected || s.Holder != l.Name() {
-		t.Fatalf("leader's status: %+v", s)
-	}
-	if s := f.CloudStatus(); s.State != cloudlink.StateStandby || s.Holder != l.Name() || !s.Registered {
-		t.Fatalf("follower's status: %+v", s)
-	}
+	eventually(t, "statuses", func() error {
+		if s := l.CloudStatus(); s.State != cloudlink.StateConnected || s.Holder != l.Name() {
+			return fmt.Errorf("leader's status: %+v", s)
+		}
+		if s := f.CloudStatus(); s.State != cloudlink.StateStandby || s.Holder != l.Name() || !s.Registered {
+			return fmt.Errorf("follower's status: %+v", s)
+		}
+		return nil
+	})
 	// The client key is in Raft only sealed.
 	st, _ := f.store.State()
 	if b, _ := json.Marshal(st); strings.Contains(string(b), "PRIVATE KEY") {
