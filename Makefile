@@ -11,12 +11,13 @@ LAB_REQUIRED := $(shell [ "$$(id -u)" = 0 ] && echo 1 || echo 0)
 # bbolt). The race detector itself stays on.
 RACE      := -race -gcflags=all=-d=checkptr=0
 
-.PHONY: all build run test test-deps unit e2e bench lint clean
+.PHONY: all build run test test-deps unit e2e bench bench-cloud lint clean
 
 all: build
 
 build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/runos-agent ./cmd/runos-agent
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/runos-cloud ./cmd/runos-cloud
 
 # A 3-node cluster in one process (userspace WireGuard on loopback).
 run: build
@@ -42,7 +43,13 @@ e2e: test-deps build
 bench: test-deps build
 	$(GO) test -run '^$$' -bench . -benchtime 1x -count 1 ./agent/
 	$(GO) test -run '^$$' -bench . -benchtime 2s -count 1 ./mesh/
+	$(GO) test -run '^$$' -bench 'RecordChange' -count 1 ./raftstore/
 	RUNOS_AGENT_BIN=$(BIN)/runos-agent $(GO) test -run '^$$' -bench . -benchtime 1x -count 1 ./e2e/...
+
+# Only the cloud link's benchmarks (bench runs them too, with ./agent/).
+bench-cloud:
+	$(GO) test -run '^$$' -bench 'Cloud' -benchtime 1x -count 1 ./agent/
+	$(GO) test -run '^$$' -bench 'RecordChange' -count 1 ./raftstore/
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

@@ -22,6 +22,7 @@ import (
 
 	"github.com/hashicorp/memberlist"
 
+	"github.com/runos/runos-agent/cloudlink"
 	"github.com/runos/runos-agent/gossip"
 	"github.com/runos/runos-agent/mesh"
 	"github.com/runos/runos-agent/nat"
@@ -67,6 +68,9 @@ type Tuning struct {
 	DeadVoterGrace    time.Duration
 	ReconcileInterval time.Duration
 	GossipFast        bool // memberlist with short probe and suspicion timers
+
+	// CloudBackoffMax caps the cloud link's reconnect backoff (default 60s).
+	CloudBackoffMax time.Duration
 }
 
 // Agent is one running node.
@@ -82,6 +86,8 @@ type Agent struct {
 	nodeKey  []byte
 	caCert   *x509.Certificate
 	dataKey  seal.Key // seals secrets kept in the Raft state
+
+	cloud *cloudlink.Link // the cloud link (cloud.go)
 
 	bind       *nat.Bind // owned by dev, which closes it
 	dev        *mesh.Device

@@ -2,11 +2,214 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/runos/runos-agent/api"
+	"github.com/runos/runos-agent/cloudlink"
+	"github.com/runos/runos-agent/raftstore"
 )
 
-// The cloud link (issue 5).
+// The cloud link (issue 5). Every node runs a cloudlink.Link; only the one
+// on the Raft leader holds a session. Nothing local waits for it.
 
-func (a *Agent) startCloudLink(ctx context.Context) error { return nil }
+// cloudHost is what the link sees of the agent.
+type cloudHost struct{ a *Agent }
 
-func (a *Agent) cloudRoutes(mux *http.ServeMux) {}
+var _ cloudlink.Host = cloudHost{}
+
+func (h cloudHost) IsLeader() bool                    { return h.a.store.IsLeader() }
+func (h cloudHost) State() (*raftstore.State, uint64) { return h.a.store.State() }
+func (h cloudHost) Changed() <-chan struct{}          { return h.a.store.Changed() }
+func (h cloudHost) Nodes() []api.Node                 { return h.a.Nodes().Nodes }
+func (h cloudHost) Apply(ctx context.Context, cmd *raftstore.Command) (*raftstore.Result, error) {
+	return h.a.store.Apply(ctx, cmd)
+}
+
+func (a *Agent) startCloudLink(ctx context.Context) error {
+	l, err := cloudlink.New(cloudlink.Config{
+		Host:       cloudHost{a},
+		DataKey:    a.dataKey,
+		NodeName:   a.cfg.Name,
+		Version:    Version,
+		BackoffMax: a.tuning.CloudBackoffMax,
+		JoinToken: func(id, secret string) (string, string) {
+			tok := joinToken{CAFingerprint: a.cfg.CAFingerprint, ID: id, Secret: secret}.String()
+			return tok, fmt.Sprintf("runos-agent join --data-dir /var/lib/runos-agent --name NODE_NAME --token %s %s", tok, a.cfg.Endpoints[0])
+		},
+	}, a.log)
+	if err != nil {
+		return err
+	}
+	a.cloud = l
+	l.Start(ctx)
+	a.closers = append(a.closers, l.Close)
+	return nil
+}
+
+func (a *Agent) cloudRoutes(mux *http.ServeMux) {
+	mux.HandleFunc("GET /v1/cloud", func(w http.ResponseWriter, r *http.Request) {
+		writeJSONResponse(w, http.StatusOK, a.CloudStatus())
+	})
+	mux.HandleFunc("POST /v1/cloud/connect", func(w http.ResponseWriter, r *http.Request) {
+		var req api.CloudConnectRequest
+		if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<16)).Decode(&req); err != nil {
+			httpError(w, http.StatusBadRequest, fmt.Errorf("malformed request: %w", err))
+			return
+		}
+		s, err := a.CloudConnect(r.Context(), req)
+		if err != nil {
+			httpError(w, statusFor(err), err)
+			return
+		}
+		writeJSONResponse(w, http.StatusOK, s)
+	})
+	mux.HandleFunc("POST /v1/cloud/disconnect", func(w http.ResponseWriter, r *http.Request) {
+		s, err := a.CloudDisconnect(r.Context())
+		if err != nil {
+			httpError(w, statusFor(err), err)
+			return
+		}
+		writeJSONResponse(w, http.StatusOK, s)
+	})
+}
+
+// CloudStatus reports the cloud link honestly: the link's own state on the
+// leader; on a follower, standby with the leader named, and the shared
+// cursor from the state.
+func (a *Agent) CloudStatus() *api.CloudStatus {
+	st, idx := a.store.State()
+	ls := a.cloud.Status()
+	out := &api.CloudStatus{
+		State: ls.State, Since: ls.Since, NextRetry: ls.NextRetry, LastError: ls.LastError,
+		AckIndex: st.Cloud.AckIndex, AckTime: st.Cloud.AckTime, Index: idx,
+		BytesSent: ls.BytesSent, BytesReceived: ls.BytesReceived,
+	}
+	if leader := a.store.LeaderID(); leader != "" {
+		if n, ok := st.Nodes[leader]; ok {
+			out.Holder = n.Name
+		}
+	}
+	reg := st.Cloud.Registration
+	if reg == nil {
+		out.State = cloudlink.StateOff
+		return out
+	}
+	out.Registered, out.URL, out.CloudClusterID, out.RegisteredAt = true, reg.URL, reg.CloudClusterID, reg.RegisteredAt
+	if out.State == cloudlink.StateOff {
+		// The registration was applied a moment ago and the link has
+		// not woken up yet (it does within 250 ms).
+		out.State, out.Since = cloudlink.StateStandby, reg.RegisteredAt
+		if a.store.IsLeader() {
+			out.State = cloudlink.StateConnecting
+		}
+	}
+	cursor := st.Cloud.AckIndex
+	if ls.State == cloudlink.StateConnected && ls.Cursor > cursor {
+		cursor = ls.Cursor
+	}
+	if cursor < reg.Index {
+		// Nothing confirmed since registration: the first session sends
+		// a full resync, which covers everything before.
+		cursor = reg.Index
+	}
+	out.Pending = st.Cloud.Pending(cursor)
+	return out
+}
+
+// CloudConnect registers the cluster with a cloud and stores the result in
+// Raft, so whichever node leads (now or later) holds the session.
+func (a *Agent) CloudConnect(ctx context.Context, req api.CloudConnectRequest) (*api.CloudStatus, error) {
+	if req.URL == "" || req.Token == "" {
+		return nil, fmt.Errorf("%w: url and token are required", errBadRequest)
+	}
+	ctx, cancel := context.WithTimeout(ctx, 45*time.Second)
+	defer cancel()
+	if err := a.WaitReady(ctx); err != nil {
+		return nil, err
+	}
+	if st, _ := a.store.State(); st.Cloud.Registration != nil {
+		return nil, fmt.Errorf("%w: already connected to %s (run `runos-agent cloud disconnect` first)", errBadRequest, st.Cloud.Registration.URL)
+	}
+	reg, err := cloudlink.Register(ctx, req.URL, req.Token, a.cfg.ClusterID, a.dataKey)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", errBadRequest, err)
+	}
+	res, err := a.store.Apply(ctx, &raftstore.Command{Op: raftstore.OpCloudRegister, Cloud: &raftstore.CloudCmd{Register: reg}})
+	if err == nil {
+		err = res.Error()
+	}
+	if err != nil {
+		return nil, err
+	}
+	a.log.Info("registered with the cloud", "url", reg.URL, "cloud_cluster", reg.CloudClusterID)
+	a.waitApplied(ctx, res.Index)
+	return a.CloudStatus(), nil
+}
+
+// waitApplied waits (bounded by ctx) until this replica has applied index,
+// so what the caller reads next reflects its own write: a follower applies
+// a committed write up to the leader's commit timeout later.
+func (a *Agent) waitApplied(ctx context.Context, index uint64) {
+	for {
+		changed := a.store.Changed()
+		if _, idx := a.store.State(); idx >= index {
+			return
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// CloudDisconnect forgets the registration; the leader's session ends.
+func (a *Agent) CloudDisconnect(ctx context.Context) (*api.CloudStatus, error) {
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	if st, _ := a.store.State(); st.Cloud.Registration == nil {
+		return nil, fmt.Errorf("%w: not connected to a cloud", errBadRequest)
+	}
+	res, err := a.store.Apply(ctx, &raftstore.Command{Op: raftstore.OpCloudDisconnect, Cloud: &raftstore.CloudCmd{}})
+	if err == nil {
+		err = res.Error()
+	}
+	if err != nil {
+		return nil, err
+	}
+	a.waitApplied(ctx, res.Index)
+	return a.CloudStatus(), nil
+}
+
+var cloudLinkStates = []string{cloudlink.StateOff, cloudlink.StateStandby, cloudlink.StateConnecting, cloudlink.StateConnected, cloudlink.StateBackoff}
+
+var (
+	descCloudState = prometheus.NewDesc("runos_cloud_link_state",
+		"1 for the cloud link's current state on this node, 0 for the others (only the leader connects).", []string{"state"}, nil)
+	descCloudPending = prometheus.NewDesc("runos_cloud_outbox_pending",
+		"State changes the cloud has not acknowledged yet.", nil, nil)
+	descCloudBytes = prometheus.NewDesc("runos_cloud_link_bytes_total",
+		"Bytes on the wire (TLS included) of this node's cloud sessions since it started.", []string{"direction"}, nil)
+)
+
+func cloudDescs() []*prometheus.Desc {
+	return []*prometheus.Desc{descCloudState, descCloudPending, descCloudBytes}
+}
+
+func (a *Agent) collectCloud(ch chan<- prometheus.Metric) {
+	if a.cloud == nil {
+		return
+	}
+	s := a.CloudStatus()
+	for _, st := range cloudLinkStates {
+		ch <- prometheus.MustNewConstMetric(descCloudState, prometheus.GaugeValue, b2f(st == s.State), st)
+	}
+	ch <- prometheus.MustNewConstMetric(descCloudPending, prometheus.GaugeValue, float64(s.Pending))
+	ch <- prometheus.MustNewConstMetric(descCloudBytes, prometheus.CounterValue, float64(s.BytesSent), "sent")
+	ch <- prometheus.MustNewConstMetric(descCloudBytes, prometheus.CounterValue, float64(s.BytesReceived), "received")
+}

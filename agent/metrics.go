@@ -118,6 +118,9 @@ func (c *agentCollector) Describe(ch chan<- *prometheus.Desc) {
 	} {
 		ch <- d
 	}
+	for _, d := range cloudDescs() {
+		ch <- d
+	}
 }
 
 func (c *agentCollector) Collect(ch chan<- prometheus.Metric) {
@@ -126,6 +129,7 @@ func (c *agentCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
 	}
 	gauge(descInfo, 1, a.cfg.Name, a.cfg.ClusterID, Version)
+	a.collectCloud(ch)
 
 	// Raft.
 	rs := a.store.Status()

@@ -1,17 +1,270 @@
 package raftstore
 
-// The cloud link's part of the state (issue 5).
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+)
+
+// The cloud link's part of the state (issue 5): the registration every
+// future leader uses, the cursor the cloud acknowledged, the cloud commands
+// already applied, and the change log the outbox is read from.
+
+// Cloud ops.
+const (
+	OpCloudRegister   = "cloud_register"   // store the registration (connect)
+	OpCloudDisconnect = "cloud_disconnect" // forget the registration
+	OpCloudAck        = "cloud_ack"        // the cloud acknowledged changes up to an index
+	OpCloudExec       = "cloud_exec"       // apply a command the cloud sent, once per cloud command ID
+)
+
+// changeWindow bounds the change log. A cloud that fell further behind (a
+// cursor older than the oldest entry kept) gets a full resync instead. It
+// is at least the 10,000 changes the catch-up benchmark queues.
+const changeWindow = 16384
+
+// cloudDoneWindow bounds how many applied cloud command IDs are remembered.
+// The cloud resends a command only until it has its result, so a replay
+// comes within seconds or minutes; thousands of later commands is far
+// beyond any retry.
+const cloudDoneWindow = 10000
+
+// Errors of cloud ops.
+var (
+	ErrCloudReplay     = errors.New("cloud command was already applied")
+	ErrCloudNotAllowed = errors.New("operation is not allowed from the cloud")
+)
 
 // CloudState is the cluster's cloud registration and sync cursor.
-type CloudState struct{}
+type CloudState struct {
+	// Registration is nil while the cluster is not connected to a cloud.
+	Registration *CloudRegistration `json:"registration,omitempty"`
+	// AckIndex is the highest Raft index of a change the cloud confirmed
+	// (persisted lazily: the cloud's own cursor is authoritative on
+	// reconnect; this one feeds `cloud status` and survives leader change).
+	AckIndex uint64    `json:"ack_index"`
+	AckTime  time.Time `json:"ack_time,omitzero"`
+	// Changes is the outbox: every state change by Raft index, oldest
+	// first, bounded by changeWindow. Entries are never modified in place
+	// once appended (views share the backing array, see clone).
+	Changes []CloudChange `json:"changes,omitempty"`
+	// Trimmed is the highest index dropped from Changes: a cursor below it
+	// cannot be resumed from.
+	Trimmed uint64 `json:"trimmed,omitempty"`
+	// Done are the applied cloud commands with their results, oldest
+	// first, bounded by cloudDoneWindow. Like Changes, entries are never
+	// modified once appended, so views share them.
+	Done []CloudDone `json:"done,omitempty"`
+}
 
-func (c CloudState) clone() CloudState { return c }
+// CloudDone is one applied cloud command.
+type CloudDone struct {
+	ID     string         `json:"id"`
+	Result CloudCmdResult `json:"result"`
+}
+
+// Result returns the recorded outcome of cloud command id, or nil if it
+// was never applied (or so long ago that it was forgotten). Commands are
+// rare, so a scan from the newest end is cheap enough.
+func (c CloudState) Result(id string) *CloudCmdResult {
+	for i := len(c.Done) - 1; i >= 0; i-- {
+		if c.Done[i].ID == id {
+			r := c.Done[i].Result
+			return &r
+		}
+	}
+	return nil
+}
+
+// CloudRegistration is what `cloud connect` obtained from the cloud.
+type CloudRegistration struct {
+	URL            string `json:"url"`
+	CloudClusterID string `json:"cloud_cluster_id"`
+	CAFingerprint  string `json:"ca_fingerprint"`
+	CACertPEM      []byte `json:"ca_cert_pem"`
+	ClientCertPEM  []byte `json:"client_cert_pem"`
+	// ClientKeySealed is the client key sealed with the cluster data key
+	// (seal purpose CloudKeyPurpose) by the proposer: never plaintext in
+	// the log or snapshots.
+	ClientKeySealed string    `json:"client_key_sealed"`
+	RegisteredAt    time.Time `json:"registered_at"`
+	// Index is the Raft index the registration was applied at; changes
+	// before it predate the link and travel in the first full resync.
+	Index uint64 `json:"index"`
+}
+
+// CloudKeyPurpose is the seal purpose of the cloud client key.
+const CloudKeyPurpose = "cloud/client-key"
+
+// CloudChange is one entry of the outbox. It names what changed; the link
+// reads the current record from the state when it sends it.
+type CloudChange struct {
+	Index   uint64 `json:"i"`
+	Op      string `json:"op"`
+	Subject string `json:"s,omitempty"` // node ID, token ID, ... (op-specific)
+}
+
+// CloudCmdResult is a cloud command's outcome, kept for replays.
+type CloudCmdResult struct {
+	Index uint64          `json:"index"`
+	Err   string          `json:"error,omitempty"`
+	Data  json.RawMessage `json:"data,omitempty"`
+}
+
+// clone deep-copies everything but Changes and Done, whose entries are
+// immutable once appended: a view shares their backing arrays, clipped so
+// nothing appends into them. That keeps View cheap with a full outbox.
+func (c CloudState) clone() CloudState {
+	out := c
+	if c.Registration != nil {
+		r := *c.Registration
+		r.CACertPEM = slices.Clone(r.CACertPEM)
+		r.ClientCertPEM = slices.Clone(r.ClientCertPEM)
+		out.Registration = &r
+	}
+	out.Changes = slices.Clip(c.Changes)
+	out.Done = slices.Clip(c.Done)
+	return out
+}
+
+// ChangesAfter returns the outbox entries with index > after, and false if
+// the log no longer reaches back that far (the caller must resync fully).
+func (c CloudState) ChangesAfter(after uint64) ([]CloudChange, bool) {
+	i, _ := slices.BinarySearchFunc(c.Changes, after+1, func(e CloudChange, idx uint64) int {
+		switch {
+		case e.Index < idx:
+			return -1
+		case e.Index > idx:
+			return 1
+		}
+		return 0
+	})
+	return c.Changes[i:], after >= c.Trimmed
+}
+
+// Pending counts outbox entries not yet acknowledged at cursor after.
+func (c CloudState) Pending(after uint64) int {
+	ch, _ := c.ChangesAfter(after)
+	return len(ch)
+}
 
 // CloudCmd is the payload of cloud_* ops.
-type CloudCmd struct{}
+type CloudCmd struct {
+	Register *CloudRegistration `json:"register,omitempty"`
+	// AckIndex for cloud_ack.
+	AckIndex uint64 `json:"ack_index,omitempty"`
+	// CommandID and Inner for cloud_exec: Inner is an ordinary command
+	// (create_token, remove_node, ...), applied at most once per CommandID.
+	CommandID string   `json:"command_id,omitempty"`
+	Inner     *Command `json:"inner,omitempty"`
+}
 
-func (s *State) applyCloud(cmd *Command, res *Result) error { return ErrUnknownOp }
+// cloudExecOps are the ops a cloud command may carry. Deploying a service
+// (workload_* ops, issue 6) is added here when it exists.
+var cloudExecOps = map[string]bool{OpCreateToken: true, OpRemoveNode: true}
+
+func (s *State) applyCloud(cmd *Command, res *Result) error {
+	c := cmd.Cloud
+	if c == nil {
+		return ErrMalformedCmd
+	}
+	cs := &s.Cloud
+	switch cmd.Op {
+	case OpCloudRegister:
+		r := c.Register
+		if r == nil || r.URL == "" || r.CloudClusterID == "" || len(r.ClientCertPEM) == 0 || r.ClientKeySealed == "" || r.CAFingerprint == "" {
+			return ErrMalformedCmd
+		}
+		reg := *r
+		reg.RegisteredAt = cmd.Time
+		reg.Index = res.Index
+		cs.Registration = &reg
+		// A new registration starts a new mirror: nothing acked there.
+		cs.AckIndex, cs.AckTime = 0, time.Time{}
+		return nil
+	case OpCloudDisconnect:
+		cs.Registration = nil
+		cs.AckIndex, cs.AckTime = 0, time.Time{}
+		return nil
+	case OpCloudAck:
+		if c.AckIndex > cs.AckIndex {
+			cs.AckIndex, cs.AckTime = c.AckIndex, cmd.Time
+		}
+		return nil
+	case OpCloudExec:
+		return s.applyCloudExec(cmd, res)
+	}
+	return ErrUnknownOp
+}
+
+func (s *State) applyCloudExec(cmd *Command, res *Result) error {
+	c := cmd.Cloud
+	cs := &s.Cloud
+	if c.CommandID == "" || c.Inner == nil {
+		return ErrMalformedCmd
+	}
+	if prev := cs.Result(c.CommandID); prev != nil {
+		res.Data = prev.Data
+		return fmt.Errorf("command %s at index %d: %w", c.CommandID, prev.Index, ErrCloudReplay)
+	}
+	inner := c.Inner
+	if !cloudExecOps[inner.Op] {
+		return fmt.Errorf("%q: %w", inner.Op, ErrCloudNotAllowed)
+	}
+	inner.Time = cmd.Time
+	err := s.applyOp(inner, res)
+	r := &CloudCmdResult{Index: res.Index, Data: res.Data}
+	if err != nil {
+		r.Err = err.Error()
+	} else {
+		// The events apply() records for these ops when they come
+		// directly.
+		switch inner.Op {
+		case OpRemoveNode:
+			s.record(res.Index, cmd.Time, Event{Kind: EventNodeRemoved, Node: res.Node.Name, Detail: "by cloud command"})
+		}
+	}
+	// A failed command is remembered too: its failure is its result.
+	cs.Done = append(cs.Done, CloudDone{ID: c.CommandID, Result: *r})
+	if over := len(cs.Done) - cloudDoneWindow; over > 0 {
+		cs.Done = cs.Done[over:] // reslice: views may share the front
+	}
+	return err
+}
 
 // recordChange is called after every command that changed the state, with
-// its Raft index; the cloud outbox is built from it.
-func (s *State) recordChange(index uint64, cmd *Command, res *Result) {}
+// its Raft index; the cloud outbox is built from it. It runs for every
+// write, so it only appends a small record; the cloud's own bookkeeping
+// (register, ack, disconnect) is not a change, or acks would feed the
+// outbox forever.
+func (s *State) recordChange(index uint64, cmd *Command, res *Result) {
+	op, subject := cmd.Op, ""
+	if strings.HasPrefix(op, "cloud_") {
+		if op != OpCloudExec || cmd.Cloud == nil || cmd.Cloud.Inner == nil {
+			return
+		}
+		op = cmd.Cloud.Inner.Op
+		cmd = cmd.Cloud.Inner
+	}
+	switch op {
+	case OpBootstrap, OpJoin, OpRemoveNode, OpUpdateNode:
+		if res.Node != nil {
+			subject = res.Node.ID
+		}
+	case OpCreateToken:
+		if cmd.CreateToken != nil {
+			subject = cmd.CreateToken.Token.ID
+		}
+	}
+	cs := &s.Cloud
+	// Appending never touches entries a view can see; dropping the oldest
+	// reslices (the array is reclaimed when append next reallocates).
+	cs.Changes = append(cs.Changes, CloudChange{Index: index, Op: op, Subject: subject})
+	if over := len(cs.Changes) - changeWindow; over > 0 {
+		cs.Trimmed = cs.Changes[over-1].Index
+		cs.Changes = cs.Changes[over:]
+	}
+}

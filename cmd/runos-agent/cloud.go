@@ -1,5 +1,97 @@
 package main
 
-import "github.com/urfave/cli/v2"
+import (
+	"errors"
+	"fmt"
+	"io"
+	"time"
 
-func cloudCommands() []*cli.Command { return nil }
+	"github.com/urfave/cli/v2"
+
+	"github.com/runos/runos-agent/api"
+)
+
+func cloudCommands() []*cli.Command {
+	return []*cli.Command{{
+		Name:  "cloud",
+		Usage: "link the cluster to a runos-cloud backend (a mirror and remote control; nothing local waits for it)",
+		Subcommands: []*cli.Command{
+			{
+				Name:      "connect",
+				Usage:     "register the cluster with a cloud; the Raft leader (now and later) holds the session",
+				ArgsUsage: "URL",
+				Flags: []cli.Flag{
+					dataDirFlag(),
+					&cli.StringFlag{Name: "token", Required: true, EnvVars: []string{"RUNOS_CLOUD_TOKEN"}, Usage: "registration token from `runos-cloud token create`"},
+				},
+				Action: func(c *cli.Context) error {
+					if c.NArg() != 1 {
+						return errors.New("cloud connect needs exactly one URL (https://HOST:PORT)")
+					}
+					s, err := client(c).CloudConnect(c.Context, api.CloudConnectRequest{URL: c.Args().First(), Token: c.String("token")})
+					if err != nil {
+						return err
+					}
+					fmt.Fprintf(c.App.Writer, "registered with %s as cloud cluster %s\n", s.URL, s.CloudClusterID)
+					return nil
+				},
+			},
+			{
+				Name:  "status",
+				Usage: "show the cloud link: state, since, next retry, pending outbox, last ack",
+				Flags: []cli.Flag{dataDirFlag(), &cli.BoolFlag{Name: "json", Usage: "print JSON"}},
+				Action: func(c *cli.Context) error {
+					s, err := client(c).CloudStatus(c.Context)
+					if err != nil {
+						return err
+					}
+					if c.Bool("json") {
+						return printJSON(c.App.Writer, s)
+					}
+					printCloudStatus(c.App.Writer, s)
+					return nil
+				},
+			},
+			{
+				Name:  "disconnect",
+				Usage: "forget the cloud registration; the session ends",
+				Flags: []cli.Flag{dataDirFlag()},
+				Action: func(c *cli.Context) error {
+					if _, err := client(c).CloudDisconnect(c.Context); err != nil {
+						return err
+					}
+					fmt.Fprintln(c.App.Writer, "disconnected from the cloud")
+					return nil
+				},
+			},
+		},
+	}}
+}
+
+func printCloudStatus(w io.Writer, s *api.CloudStatus) {
+	if !s.Registered {
+		fmt.Fprintln(w, "not connected to a cloud (runos-agent cloud connect --token TOKEN URL)")
+		return
+	}
+	ago := func(t time.Time) string {
+		if t.IsZero() {
+			return "never"
+		}
+		return time.Since(t).Round(time.Second).String() + " ago"
+	}
+	fmt.Fprintf(w, "cloud:       %s (cluster %s)\n", s.URL, s.CloudClusterID)
+	state := s.State
+	if s.State == "standby" {
+		state += fmt.Sprintf(" (the leader, %s, holds the session)", orDash(s.Holder))
+	}
+	fmt.Fprintf(w, "state:       %s since %s\n", state, ago(s.Since))
+	if !s.NextRetry.IsZero() {
+		fmt.Fprintf(w, "next retry:  in %s\n", time.Until(s.NextRetry).Round(100*time.Millisecond))
+	}
+	if s.LastError != "" {
+		fmt.Fprintf(w, "last error:  %s\n", s.LastError)
+	}
+	fmt.Fprintf(w, "pending:     %d changes not yet acknowledged\n", s.Pending)
+	fmt.Fprintf(w, "last ack:    index %d, %s (state index %d)\n", s.AckIndex, ago(s.AckTime), s.Index)
+	fmt.Fprintln(w, "everything local works without the cloud; changes queue and sync when it is back")
+}

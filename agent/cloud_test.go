@@ -1,0 +1,442 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http/httptest"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/runos/runos-agent/api"
+	"github.com/runos/runos-agent/cloud"
+	"github.com/runos/runos-agent/cloudlink"
+	"github.com/runos/runos-agent/raftstore"
+)
+
+// testCloud is a real runos-cloud server on 127.0.0.1 that can be stopped
+// and started again on the same address and data dir.
+type testCloud struct {
+	tb   testing.TB
+	dir  string
+	addr string
+	srv  *cloud.Server
+}
+
+func startCloud(tb testing.TB) *testCloud {
+	tc := &testCloud{tb: tb, dir: tb.TempDir(), addr: "127.0.0.1:0"}
+	tc.start()
+	tb.Cleanup(tc.stop)
+	return tc
+}
+
+func (tc *testCloud) start() {
+	tc.tb.Helper()
+	var err error
+	for range 50 { // the old listener's port may take a moment to free
+		var s *cloud.Server
+		if s, err = cloud.New(cloud.Config{DataDir: tc.dir, Listen: tc.addr}, testLogger(tc.tb)); err == nil {
+			if err = s.Start(context.Background()); err == nil {
+				tc.srv, tc.addr = s, s.Addr()
+				return
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	tc.tb.Fatal(err)
+}
+
+func (tc *testCloud) stop() {
+	if tc.srv != nil {
+		tc.srv.Close()
+		tc.srv = nil
+	}
+}
+
+// connect registers the cluster through agent a (any node).
+func connectCloud(tb testing.TB, tc *testCloud, a *Agent, name string) string {
+	tb.Helper()
+	tok, err := tc.srv.CreateToken(name, time.Hour)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := a.CloudConnect(ctx, api.CloudConnectRequest{URL: tc.srv.URL(), Token: tok.Token}); err != nil {
+		tb.Fatal(err)
+	}
+	return tok.ClusterID
+}
+
+// waitMirror waits until the cloud's mirror equals the cluster's state as
+// the leader sees it: the same nodes (ID, name, mesh IP), tokens and events.
+func waitMirror(tb testing.TB, c *cluster, tc *testCloud, id string) *cloud.Mirror {
+	tb.Helper()
+	var m *cloud.Mirror
+	eventually(tb, "mirror equals the cluster state", func() error {
+		l := c.leader()
+		if l == nil {
+			return errors.New("no leader")
+		}
+		st, idx := l.store.State()
+		var err error
+		if m, err = tc.srv.MirrorOf(id); err != nil {
+			return err
+		}
+		if !m.Cluster.Connected {
+			return errors.New("cluster not connected")
+		}
+		if l.CloudStatus().Pending != 0 {
+			return fmt.Errorf("%d changes pending (state index %d, cloud cursor %d)", l.CloudStatus().Pending, idx, m.Cluster.Cursor)
+		}
+		var want, got []string
+		for _, n := range st.SortedNodes() {
+			want = append(want, n.ID+"/"+n.Name+"/"+n.MeshIP.String())
+		}
+		for _, n := range m.Nodes {
+			got = append(got, n.ID+"/"+n.Name+"/"+n.MeshIP)
+		}
+		slices.Sort(want)
+		slices.Sort(got)
+		if !slices.Equal(want, got) {
+			return fmt.Errorf("nodes: mirror %v, cluster %v", got, want)
+		}
+		want, got = nil, nil
+		for id := range st.Tokens {
+			want = append(want, id)
+		}
+		for _, t := range m.Tokens {
+			got = append(got, t.ID)
+		}
+		slices.Sort(want)
+		slices.Sort(got)
+		if !slices.Equal(want, got) {
+			return fmt.Errorf("tokens: mirror %v, cluster %v", got, want)
+		}
+		mev := map[uint64]string{}
+		for _, e := range m.Events {
+			mev[e.Seq] = e.Kind + "/" + e.Node
+		}
+		for _, e := range st.Events {
+			if mev[e.Seq] != e.Kind+"/"+e.Node {
+				return fmt.Errorf("event %d %s/%s: mirror has %q", e.Seq, e.Kind, e.Node, mev[e.Seq])
+			}
+		}
+		return nil
+	})
+	return m
+}
+
+func TestCloudRegisterShowsNodesAndHealth(t *testing.T) {
+	c := newCluster(t, 3)
+	tc := startCloud(t)
+	f := c.follower()
+	// A token pinned to another CA: refused, nothing stored.
+	bad := cloudlink.RegToken{CAFingerprint: strings.Repeat("1", 64), ID: "0123456789ab", Secret: strings.Repeat("2", 32)}
+	if _, err := f.CloudConnect(context.Background(), api.CloudConnectRequest{URL: tc.srv.URL(), Token: bad.String()}); err == nil || !strings.Contains(err.Error(), "fingerprint mismatch") {
+		t.Fatalf("connect with a wrong fingerprint: %v", err)
+	}
+	if st, _ := f.store.State(); st.Cloud.Registration != nil {
+		t.Fatal("a refused registration was stored")
+	}
+	t0 := time.Now()
+	id := connectCloud(t, tc, f, "lab")
+	// Visible within 10 s of registration (the issue's bound).
+	deadline := t0.Add(10 * time.Second)
+	for {
+		n, err := tc.srv.Nodes("lab")
+		ok := err == nil && len(n.Nodes) == 3
+		for _, x := range n.Nodes {
+			ok = ok && x.Health == api.Healthy && x.LastHeartbeatSeconds >= 0
+		}
+		if ok {
+			t.Logf("3 healthy nodes in the cloud %v after connect", time.Since(t0).Round(time.Millisecond))
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("nodes in the cloud after 10 s: %+v (err %v)", n, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	waitMirror(t, c, tc, id)
+	// Only the leader holds the session; the others say so.
+	l := c.leader()
+	eventually(t, "statuses", func() error {
+		if s := l.CloudStatus(); s.State != cloudlink.StateConnected || s.Holder != l.Name() {
+			return fmt.Errorf("leader's status: %+v", s)
+		}
+		if s := f.CloudStatus(); s.State != cloudlink.StateStandby || s.Holder != l.Name() || !s.Registered {
+			return fmt.Errorf("follower's status: %+v", s)
+		}
+		return nil
+	})
+	// The client key is in Raft only sealed.
+	st, _ := f.store.State()
+	if b, _ := json.Marshal(st); strings.Contains(string(b), "PRIVATE KEY") {
+		t.Fatal("the cloud client key is stored in plaintext")
+	}
+	// Connecting twice is refused with a clear error.
+	tok, _ := tc.srv.CreateToken("lab", time.Hour)
+	if _, err := f.CloudConnect(context.Background(), api.CloudConnectRequest{URL: tc.srv.URL(), Token: tok.Token}); err == nil || !strings.Contains(err.Error(), "already connected") {
+		t.Fatalf("second connect: %v", err)
+	}
+	// The mirror serves the agent's read paths in the agent's shapes.
+	ev, err := tc.srv.Events(id, 0)
+	if err != nil || len(ev.Events) == 0 || ev.Events[0].Kind != raftstore.EventNodeJoined {
+		t.Fatalf("mirror events: %+v %v", ev, err)
+	}
+	// A cloud that lost its mirror gets a full resync.
+	before, _ := tc.srv.MirrorOf(id)
+	if err := tc.srv.ResetMirror(id); err != nil {
+		t.Fatal(err)
+	}
+	after := waitMirror(t, c, tc, id)
+	if after.Cluster.Resyncs != before.Cluster.Resyncs+1 {
+		t.Fatalf("resyncs %d -> %d", before.Cluster.Resyncs, after.Cluster.Resyncs)
+	}
+	// Disconnect ends the session; the cloud sees it.
+	if _, err := f.CloudDisconnect(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "session ends after disconnect", func() error {
+		cs, _ := tc.srv.Clusters()
+		if len(cs) != 1 || cs[0].Connected {
+			return fmt.Errorf("clusters: %+v", cs)
+		}
+		if s := c.leader().CloudStatus(); s.State != cloudlink.StateOff {
+			return fmt.Errorf("leader state %s", s.State)
+		}
+		return nil
+	})
+}
+
+// addNode joins a new node to the cluster through member a and starts it.
+func (c *cluster) addNode(a *Agent, name string) {
+	c.tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	tok, err := a.CreateToken(ctx, api.TokenRequest{TTL: "10m"})
+	if err != nil {
+		c.tb.Fatal(err)
+	}
+	port, err := FreePort()
+	if err != nil {
+		c.tb.Fatal(err)
+	}
+	dir := filepath.Join(c.dir, name)
+	if _, err := Join(ctx, JoinOptions{NodeOptions: NodeOptions{
+		DataDir: dir, Name: name, Net: "userspace", ListenPort: port, Advertise: []string{fmt.Sprintf("127.0.0.1:%d", port)},
+	}, Token: tok.Token, Member: a.cfg.Endpoints[0]}); err != nil {
+		c.tb.Fatal(err)
+	}
+	c.dirs = append(c.dirs, dir)
+	c.agents = append(c.agents, nil)
+	c.start(len(c.dirs) - 1)
+	if err := c.agents[len(c.agents)-1].WaitReady(ctx); err != nil {
+		c.tb.Fatal(err)
+	}
+}
+
+func TestCloudDownLosesNothing(t *testing.T) {
+	c := newCluster(t, 3)
+	tc := startCloud(t)
+	id := connectCloud(t, tc, c.agents[0], "lab")
+	waitMirror(t, c, tc, id)
+	first, _ := tc.srv.MirrorOf(id)
+
+	tc.stop()
+	eventually(t, "leader notices the cloud is gone", func() error {
+		if s := c.leader().CloudStatus(); s.State != cloudlink.StateBackoff || s.LastError == "" || s.NextRetry.IsZero() {
+			return fmt.Errorf("status %+v", s)
+		}
+		return nil
+	})
+	// Everything local works meanwhile.
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if _, err := c.follower().CreateToken(ctx, api.TokenRequest{TTL: "1h"}); err != nil {
+		t.Fatal(err)
+	}
+	c.addNode(c.follower(), "node3")
+	victim := c.follower().Name()
+	if err := c.leader().RemoveNode(ctx, victim); err != nil {
+		t.Fatal(err)
+	}
+	for i, a := range c.agents {
+		if a != nil && a.Name() == victim {
+			c.stop(i)
+		}
+	}
+	for i, a := range c.agents {
+		if a != nil && !a.store.IsLeader() {
+			c.stop(i)
+			c.start(i)
+			break
+		}
+	}
+	c.waitFormed(3)
+	if s := c.leader().CloudStatus(); s.Pending == 0 || s.State == cloudlink.StateConnected {
+		t.Fatalf("status while the cloud is down: %+v", s)
+	}
+	// Metrics say the same.
+	ms := httptest.NewServer(c.leader().metricsHandler())
+	defer ms.Close()
+	eventually(t, "metrics show the link down with a backlog", func() error {
+		s, err := scrapeMetrics(ms.URL)
+		if err != nil {
+			return err
+		}
+		if v, _ := s.value("runos_cloud_link_state", "state", "connected"); v != 0 {
+			return errors.New("connected = 1")
+		}
+		if v, _ := s.value("runos_cloud_outbox_pending"); v == 0 {
+			return errors.New("nothing pending")
+		}
+		return nil
+	})
+	old := c.leader()
+	for i, a := range c.agents {
+		if a == old {
+			c.stop(i)
+		}
+	}
+	if _, err := c.running()[0].CreateToken(ctx, api.TokenRequest{TTL: "1h"}); err != nil {
+		t.Fatalf("write after the leader died, cloud down: %v", err)
+	}
+	if c.leader() == nil || c.leader() == old {
+		t.Fatal("no new leader")
+	}
+
+	tc.start()
+	m := waitMirror(t, c, tc, id)
+	// Each change arrived once, resumed from the cursor (no second full
+	// resync), and every change the cluster made since is there.
+	if m.Cluster.Resyncs != first.Cluster.Resyncs {
+		t.Errorf("resyncs %d -> %d: the cursor was not resumed", first.Cluster.Resyncs, m.Cluster.Resyncs)
+	}
+	st, _ := c.leader().store.State()
+	got := map[uint64]bool{}
+	for _, i := range m.Changes {
+		got[i] = true
+	}
+	for _, ch := range st.Cloud.Changes {
+		if ch.Index > first.Cluster.Cursor && !got[ch.Index] {
+			t.Errorf("change %d (%s) missing from the mirror", ch.Index, ch.Op)
+		}
+	}
+	if !slices.IsSorted(m.Changes) || len(slices.Compact(slices.Clone(m.Changes))) != len(m.Changes) {
+		t.Errorf("mirror change log not unique: %v", m.Changes)
+	}
+	t.Logf("cloud caught up: %d changes applied, %d duplicates ignored", m.Cluster.ChangesApplied, m.Cluster.Duplicates)
+}
+
+func TestCloudCommandOnceAcrossLeaderChange(t *testing.T) {
+	c := newCluster(t, 3)
+	tc := startCloud(t)
+	id := connectCloud(t, tc, c.agents[0], "lab")
+	waitMirror(t, c, tc, id)
+	st0, _ := c.leader().store.State()
+
+	args, _ := json.Marshal(cloudlink.CreateTokenArgs{TTL: "1h"})
+	rec, err := tc.srv.SendCommand(id, "create_token", args)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old, oldIdx := c.leader(), 0
+	for i, a := range c.agents {
+		if a == old {
+			oldIdx = i
+			c.stop(i)
+		}
+	}
+	eventually(t, "command answered", func() error {
+		r, err := tc.srv.Command(id, rec.ID)
+		if err != nil {
+			return err
+		}
+		if r.State == cloud.CmdPending {
+			return fmt.Errorf("still pending after %d sends", r.Attempts)
+		}
+		rec = r
+		return nil
+	})
+	if rec.State != cloud.CmdDone {
+		t.Fatalf("command failed: %+v", rec.Result)
+	}
+	t.Logf("create_token sent %d times across the leader change; answer replayed=%v", rec.Attempts, rec.Result.Replayed)
+	var tok api.Token
+	if err := json.Unmarshal(rec.Result.Data, &tok); err != nil {
+		t.Fatal(err)
+	}
+	parsed, err := parseJoinToken(tok.Token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := c.leader()
+	st, _ := l.store.State()
+	if got := st.Tokens[parsed.ID]; got == nil || got.SecretHash != raftstore.HashSecret(parsed.Secret) {
+		t.Fatal("the token the cloud got is not the one stored")
+	}
+	if len(st.Tokens) != len(st0.Tokens)+1 {
+		t.Fatalf("%d tokens, want %d: applied more than once", len(st.Tokens), len(st0.Tokens)+1)
+	}
+
+	// A replayed command ID is refused: the recorded outcome, nothing new.
+	replays := rec.Replays
+	if err := tc.srv.Resend(id, rec.ID); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "replay answered", func() error {
+		r, _ := tc.srv.Command(id, rec.ID)
+		if r.Replays <= replays {
+			return errors.New("no replay answer yet")
+		}
+		return nil
+	})
+	if st2, _ := l.store.State(); len(st2.Tokens) != len(st.Tokens) {
+		t.Fatal("a replayed command was applied again")
+	}
+
+	// Remove a node through the cloud: once, with its event. (The old
+	// leader comes back first, so two of three voters remain.)
+	c.start(oldIdx)
+	c.waitFormed(3)
+	victim := c.follower().Name()
+	args, _ = json.Marshal(cloudlink.RemoveNodeArgs{Name: victim})
+	rm, err := tc.srv.SendCommand(id, "remove_node", args)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "remove answered", func() error {
+		r, _ := tc.srv.Command(id, rm.ID)
+		if r.State == cloud.CmdPending {
+			return errors.New("pending")
+		}
+		rm = r
+		return nil
+	})
+	if rm.State != cloud.CmdDone {
+		t.Fatalf("remove failed: %+v", rm.Result)
+	}
+	st, _ = c.leader().store.State()
+	if st.NodeByName(victim) != nil {
+		t.Fatal("node still there")
+	}
+	// Unknown kinds and bad args come back as clear errors.
+	if _, err := tc.srv.SendCommand(id, "format_disk", nil); err == nil {
+		t.Fatal("unknown kind accepted by the cloud")
+	}
+	bad, _ := tc.srv.SendCommand(id, "remove_node", json.RawMessage(`{"name":"nope"}`))
+	eventually(t, "bad remove answered", func() error {
+		r, _ := tc.srv.Command(id, bad.ID)
+		if r.State != cloud.CmdFailed || !strings.Contains(r.Result.Error, "no such node") {
+			return fmt.Errorf("%+v %+v", r.State, r.Result)
+		}
+		return nil
+	})
+	waitMirror(t, c, tc, id)
+}

@@ -1,0 +1,247 @@
+package cloud
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/runos/runos-agent/cloudlink"
+	"github.com/runos/runos-agent/pki"
+)
+
+// session is one cluster's live link. Writes come from the read loop and
+// from API requests pushing commands, so they are serialised by mu.
+type session struct {
+	s         *Server
+	clusterID string
+	conn      net.Conn
+	br        *bufio.Reader
+	leader    string
+
+	mu        sync.Mutex // guards writes to conn
+	closeOnce sync.Once
+}
+
+func (ss *session) write(m *cloudlink.Msg) error {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	ss.conn.SetWriteDeadline(time.Now().Add(30 * time.Second))
+	return cloudlink.WriteFrame(ss.conn, m)
+}
+
+func (ss *session) close() { ss.closeOnce.Do(func() { ss.conn.Close() }) }
+
+func (ss *session) sendCommand(c cloudlink.Command) {
+	if err := ss.write(&cloudlink.Msg{Type: cloudlink.MsgCommand, Command: &c}); err != nil {
+		ss.s.log.Warn("send command", "cluster", ss.clusterID, "id", c.ID, "err", err)
+		ss.close()
+		return
+	}
+	ss.s.store.markSent(ss.clusterID, c.ID)
+}
+
+// fail tells the peer why, logs, and closes.
+func (ss *session) fail(err error) {
+	ss.s.log.Warn("cloud session refused", "cluster", ss.clusterID, "remote", ss.conn.RemoteAddr().String(), "err", err)
+	ss.write(&cloudlink.Msg{Type: cloudlink.MsgError, Error: err.Error()})
+	ss.close()
+}
+
+// handleLink authenticates the client certificate, upgrades the
+// connection and runs the session.
+func (s *Server) handleLink(w http.ResponseWriter, r *http.Request) {
+	if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
+		httpErr(w, http.StatusUnauthorized, errors.New("a session needs the cluster's client certificate (register first)"))
+		return
+	}
+	if !strings.EqualFold(r.Header.Get("Upgrade"), cloudlink.LinkProtocol) {
+		httpErr(w, http.StatusBadRequest, fmt.Errorf("expected Upgrade: %s", cloudlink.LinkProtocol))
+		return
+	}
+	leaf := r.TLS.PeerCertificates[0]
+	certCluster := leaf.Subject.CommonName
+	c, err := s.store.findCluster(certCluster)
+	switch {
+	case err != nil:
+		err = fmt.Errorf("client certificate names unknown cluster %q", certCluster)
+	case c.ID != certCluster:
+		err = fmt.Errorf("client certificate names %q, which is not a cluster ID", certCluster)
+	case c.Revoked:
+		err = fmt.Errorf("cluster %s is revoked", c.Name)
+	case c.CertSerial != pki.SerialOf(leaf):
+		err = fmt.Errorf("client certificate %s of cluster %s was replaced by a later registration", pki.SerialOf(leaf), c.Name)
+	}
+	if err != nil {
+		s.log.Warn("cloud session refused", "remote", r.RemoteAddr, "err", err)
+		httpErr(w, http.StatusForbidden, err)
+		return
+	}
+	hj, ok := w.(http.Hijacker)
+	if !ok {
+		httpErr(w, http.StatusInternalServerError, errors.New("connection cannot be upgraded"))
+		return
+	}
+	conn, brw, err := hj.Hijack()
+	if err != nil {
+		return
+	}
+	io.WriteString(conn, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: "+cloudlink.LinkProtocol+"\r\n\r\n")
+	ss := &session{s: s, clusterID: c.ID, conn: conn, br: brw.Reader}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		conn.Close()
+		return
+	}
+	s.live[ss] = true
+	s.wg.Add(1)
+	s.mu.Unlock()
+	go func() {
+		defer s.wg.Done()
+		defer func() {
+			ss.close()
+			s.mu.Lock()
+			delete(s.live, ss)
+			s.mu.Unlock()
+		}()
+		ss.run()
+	}()
+}
+
+func (ss *session) run() {
+	s := ss.s
+	ss.conn.SetReadDeadline(time.Now().Add(15 * time.Second))
+	m, err := cloudlink.ReadFrame(ss.br)
+	if err != nil {
+		ss.fail(fmt.Errorf("reading hello: %w", err))
+		return
+	}
+	if m.Type != cloudlink.MsgHello || m.Hello == nil {
+		ss.fail(fmt.Errorf("expected hello, got %q", m.Type))
+		return
+	}
+	if m.Hello.CloudClusterID != ss.clusterID {
+		ss.fail(fmt.Errorf("client certificate belongs to cluster %s, not %s", ss.clusterID, m.Hello.CloudClusterID))
+		return
+	}
+	var c *clusterRec
+	s.store.db.Update(func(tx *bolt.Tx) error {
+		var ok bool
+		if c, ok = s.store.cluster(tx, ss.clusterID); ok {
+			c.LastSeen = time.Now().UTC()
+			return s.store.putCluster(tx, c)
+		}
+		return nil
+	})
+	if c == nil {
+		ss.fail(errNoCluster)
+		return
+	}
+	if c.AgentClusterID != "" && m.Hello.ClusterID != c.AgentClusterID {
+		ss.fail(fmt.Errorf("cluster %s registered as agent cluster %s, hello says %s", c.Name, c.AgentClusterID, m.Hello.ClusterID))
+		return
+	}
+	ss.leader = m.Hello.Node
+	// The newest session wins: a new leader replaces the old one's.
+	s.mu.Lock()
+	old := s.sessions[ss.clusterID]
+	s.sessions[ss.clusterID] = ss
+	s.mu.Unlock()
+	if old != nil {
+		old.close()
+	}
+	defer s.dropSession(ss.clusterID, ss)
+	s.log.Info("cluster connected", "cluster", c.Name, "leader", ss.leader, "cursor", c.Cursor, "index", m.Hello.Index)
+	if err := ss.write(&cloudlink.Msg{Type: cloudlink.MsgWelcome, Index: c.Cursor}); err != nil {
+		return
+	}
+	cmds, _ := s.store.commands(ss.clusterID)
+	for _, rec := range cmds {
+		if rec.State == CmdPending {
+			ss.sendCommand(rec.Command)
+		}
+	}
+	for {
+		ss.conn.SetReadDeadline(time.Now().Add(2 * time.Minute))
+		m, err := cloudlink.ReadFrame(ss.br)
+		if err != nil {
+			if errors.Is(err, cloudlink.ErrFrameTooLarge) || errors.Is(err, cloudlink.ErrMalformed) {
+				ss.fail(err)
+			} else {
+				s.log.Info("cluster disconnected", "cluster", c.Name, "err", err)
+			}
+			return
+		}
+		if err := ss.handle(m); err != nil {
+			ss.fail(err)
+			return
+		}
+	}
+}
+
+func (ss *session) handle(m *cloudlink.Msg) error {
+	s := ss.s
+	switch m.Type {
+	case cloudlink.MsgSnapshot:
+		if m.Snapshot == nil {
+			return fmt.Errorf("%w: snapshot without body", cloudlink.ErrMalformed)
+		}
+		if err := s.store.applySnapshot(ss.clusterID, m.Snapshot); err != nil {
+			return err
+		}
+		s.log.Info("mirror resynced", "cluster", ss.clusterID, "index", m.Snapshot.Index, "nodes", len(m.Snapshot.Nodes))
+		return ss.write(&cloudlink.Msg{Type: cloudlink.MsgAck, Index: m.Snapshot.Index})
+	case cloudlink.MsgChanges:
+		for i := 1; i < len(m.Changes); i++ {
+			if m.Changes[i].Index <= m.Changes[i-1].Index {
+				return fmt.Errorf("%w: changes out of order at index %d", cloudlink.ErrMalformed, m.Changes[i].Index)
+			}
+		}
+		cursor, err := s.store.applyChanges(ss.clusterID, m.Changes)
+		if err != nil {
+			return err
+		}
+		return ss.write(&cloudlink.Msg{Type: cloudlink.MsgAck, Index: cursor})
+	case cloudlink.MsgHealth:
+		if m.Health == nil {
+			return fmt.Errorf("%w: health without body", cloudlink.ErrMalformed)
+		}
+		s.mu.Lock()
+		s.health[ss.clusterID] = healthState{at: time.Now(), health: *m.Health}
+		s.mu.Unlock()
+		return nil
+	case cloudlink.MsgResult:
+		if m.Result == nil {
+			return fmt.Errorf("%w: result without body", cloudlink.ErrMalformed)
+		}
+		if err := s.store.recordResult(ss.clusterID, m.Result); err != nil {
+			s.log.Warn("result for an unknown command", "cluster", ss.clusterID, "err", err)
+		}
+		return nil
+	case cloudlink.MsgPing:
+		return ss.write(&cloudlink.Msg{Type: cloudlink.MsgPong})
+	case cloudlink.MsgPong:
+		return nil
+	case cloudlink.MsgError:
+		return fmt.Errorf("cluster reported: %s", m.Error)
+	}
+	return fmt.Errorf("%w: unexpected frame type %q", cloudlink.ErrMalformed, m.Type)
+}
+
+func (s *Server) connected(id string) (leader string, ok bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ss := s.sessions[id]
+	if ss == nil {
+		return "", false
+	}
+	return ss.leader, true
+}

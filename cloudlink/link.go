@@ -1,0 +1,836 @@
+package cloudlink
+
+import (
+	"bufio"
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"crypto/tls"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/runos/runos-agent/api"
+	"github.com/runos/runos-agent/pki"
+	"github.com/runos/runos-agent/raftstore"
+	"github.com/runos/runos-agent/seal"
+)
+
+// Host is what the link needs from the agent: the Raft replica and the
+// health view. It is an interface so tests can drive the link without an
+// agent (the agent package must not be imported here).
+type Host interface {
+	IsLeader() bool
+	State() (*raftstore.State, uint64)
+	Changed() <-chan struct{}
+	// Apply commits a command through the leader, retrying with the same
+	// ID until ctx ends (raftstore.Store.Apply).
+	Apply(ctx context.Context, cmd *raftstore.Command) (*raftstore.Result, error)
+	// Nodes is every node with its health as this node sees it.
+	Nodes() []api.Node
+}
+
+// Kind is one type of downlink command. Prepare must be deterministic in
+// the command (a retried or replayed command yields the same Raft command);
+// Result turns the applied outcome into the data reported to the cloud.
+type Kind struct {
+	Prepare func(c Command) (*raftstore.Command, error)
+	Result  func(c Command, data json.RawMessage) (json.RawMessage, error)
+}
+
+// Config configures a Link.
+type Config struct {
+	Host     Host     // required
+	DataKey  seal.Key // required: opens the client key, derives token secrets
+	NodeName string   // required
+	Version  string
+	// JoinToken formats a join token from its ID and secret and the join
+	// command that uses it (the agent's format). Required.
+	JoinToken func(id, secret string) (token, joinCommand string)
+	// Kinds adds command kinds (deploying services, later).
+	Kinds map[string]Kind
+
+	HealthInterval time.Duration // default 15s
+	PingInterval   time.Duration // default 30s
+	BackoffMin     time.Duration // default 1s
+	BackoffMax     time.Duration // default 60s
+	// StableAfter: a session that lasted this long resets the backoff.
+	StableAfter time.Duration // default 60s
+	// AckEvery is how often an advanced ack cursor is written to Raft.
+	AckEvery time.Duration // default 2s
+}
+
+// Link states.
+const (
+	StateOff        = "not_registered"
+	StateStandby    = "standby" // not the leader: the leader holds the session
+	StateConnecting = "connecting"
+	StateConnected  = "connected"
+	StateBackoff    = "backoff"
+)
+
+// Status is the link's own view, for `cloud status`.
+type Status struct {
+	State     string    `json:"state"`
+	Since     time.Time `json:"since"`
+	NextRetry time.Time `json:"next_retry,omitzero"`
+	LastError string    `json:"last_error,omitempty"`
+	Attempt   int       `json:"attempt"`
+	// Cursor is the index the cloud has confirmed in the current session.
+	Cursor        uint64 `json:"cursor"`
+	BytesSent     uint64 `json:"bytes_sent"`
+	BytesReceived uint64 `json:"bytes_received"`
+}
+
+// Link holds the cluster's session to the cloud while this node leads.
+type Link struct {
+	cfg   Config
+	log   *slog.Logger
+	kinds map[string]Kind
+
+	mu     sync.Mutex
+	status Status // guarded by mu
+
+	sent, recv atomic.Uint64 // bytes on the wire (TLS included)
+	// handling are command IDs being applied now; guarded by mu.
+	handling map[string]bool
+
+	startOnce sync.Once
+	closeOnce sync.Once
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+}
+
+// New returns a Link; Start runs it.
+func New(cfg Config, log *slog.Logger) (*Link, error) {
+	switch {
+	case cfg.Host == nil:
+		return nil, errors.New("cloudlink: Host is required")
+	case cfg.DataKey.IsZero():
+		return nil, errors.New("cloudlink: DataKey is required")
+	case cfg.NodeName == "":
+		return nil, errors.New("cloudlink: NodeName is required")
+	case cfg.JoinToken == nil:
+		return nil, errors.New("cloudlink: JoinToken is required")
+	case log == nil:
+		return nil, errors.New("cloudlink: logger is required")
+	}
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&cfg.HealthInterval, 15*time.Second)
+	def(&cfg.PingInterval, 30*time.Second)
+	def(&cfg.BackoffMin, time.Second)
+	def(&cfg.BackoffMax, 60*time.Second)
+	def(&cfg.StableAfter, 60*time.Second)
+	def(&cfg.AckEvery, 2*time.Second)
+	l := &Link{cfg: cfg, log: log.With("component", "cloudlink"), handling: map[string]bool{}}
+	l.status = Status{State: StateOff, Since: time.Now()}
+	l.kinds = map[string]Kind{
+		"create_token": {Prepare: l.prepareToken, Result: l.tokenResult},
+		"remove_node":  {Prepare: prepareRemove, Result: func(Command, json.RawMessage) (json.RawMessage, error) { return nil, nil }},
+	}
+	for k, v := range cfg.Kinds {
+		l.kinds[k] = v
+	}
+	return l, nil
+}
+
+// Start runs the link until Close.
+func (l *Link) Start(ctx context.Context) {
+	l.startOnce.Do(func() {
+		ctx, l.cancel = context.WithCancel(ctx)
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			l.run(ctx)
+		}()
+	})
+}
+
+// Close stops the link and waits for its goroutines. Idempotent.
+func (l *Link) Close() error {
+	l.closeOnce.Do(func() {
+		if l.cancel != nil {
+			l.cancel()
+		}
+		l.wg.Wait()
+	})
+	return nil
+}
+
+// Status reports the link's state.
+func (l *Link) Status() Status {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	s := l.status
+	s.BytesSent, s.BytesReceived = l.sent.Load(), l.recv.Load()
+	return s
+}
+
+func (l *Link) setState(state string, next time.Time, lastErr error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.status.State != state {
+		l.status.State, l.status.Since = state, time.Now()
+	}
+	l.status.NextRetry = next
+	if lastErr != nil {
+		l.status.LastError = lastErr.Error()
+	} else if state == StateConnected {
+		l.status.LastError = ""
+	}
+}
+
+// wanted returns the registration to connect with, if this node should
+// hold the session now.
+func (l *Link) wanted() (*raftstore.CloudRegistration, string) {
+	st, _ := l.cfg.Host.State()
+	if st.Cloud.Registration == nil {
+		return nil, StateOff
+	}
+	if !l.cfg.Host.IsLeader() {
+		return nil, StateStandby
+	}
+	return st.Cloud.Registration, ""
+}
+
+func regKey(r *raftstore.CloudRegistration) string {
+	if r == nil {
+		return ""
+	}
+	return fmt.Sprintf("%s/%d", r.CloudClusterID, r.Index)
+}
+
+// errStepDown ends a session because this node no longer leads or the
+// registration changed: reconnect (or stand by) at once, no backoff.
+var errStepDown = errors.New("cloudlink: step down")
+
+func (l *Link) run(ctx context.Context) {
+	attempt := 0
+	for ctx.Err() == nil {
+		reg, why := l.wanted()
+		if reg == nil {
+			l.setState(why, time.Time{}, nil)
+			attempt = 0
+			l.waitChange(ctx, time.Hour, "")
+			continue
+		}
+		l.setState(StateConnecting, time.Time{}, nil)
+		l.mu.Lock()
+		l.status.Attempt = attempt + 1
+		l.mu.Unlock()
+		t0 := time.Now()
+		err := l.session(ctx, reg)
+		if ctx.Err() != nil {
+			return
+		}
+		if time.Since(t0) >= l.cfg.StableAfter {
+			attempt = 0
+		}
+		if errors.Is(err, errStepDown) {
+			continue
+		}
+		delay := l.backoff(attempt)
+		attempt++
+		l.log.Warn("cloud session failed", "err", err, "retry_in", delay.Round(time.Millisecond))
+		l.setState(StateBackoff, time.Now().Add(delay), err)
+		l.waitChange(ctx, delay, regKey(reg))
+	}
+}
+
+// backoff is full jitter over an exponential ceiling: uniform in
+// [0, min(max, min*2^attempt)], never below a millisecond.
+func (l *Link) backoff(attempt int) time.Duration {
+	ceil := l.cfg.BackoffMax
+	if attempt < 30 {
+		ceil = min(l.cfg.BackoffMax, l.cfg.BackoffMin<<attempt)
+	}
+	return max(time.Millisecond, time.Duration(rand.Int64N(int64(ceil)+1)))
+}
+
+// waitChange sleeps for d, waking early when whether or with what this
+// node should connect changes (a new registration, leadership).
+func (l *Link) waitChange(ctx context.Context, d time.Duration, key string) {
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	_, why0 := l.wanted()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-timer.C:
+			return
+		case <-tick.C:
+		case <-l.cfg.Host.Changed():
+		}
+		reg, why := l.wanted()
+		if why != why0 || (reg != nil && key != "" && regKey(reg) != key) || (reg != nil && key == "") {
+			return
+		}
+	}
+}
+
+type countingConn struct {
+	net.Conn
+	l *Link
+}
+
+func (c countingConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.l.recv.Add(uint64(n))
+	return n, err
+}
+
+func (c countingConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	c.l.sent.Add(uint64(n))
+	return n, err
+}
+
+// dial opens the mTLS session: TLS pinned to the cloud CA with the
+// cluster's client certificate, then an HTTP/1.1 Upgrade to the link
+// protocol on the same port as registration.
+func (l *Link) dial(ctx context.Context, reg *raftstore.CloudRegistration) (net.Conn, *bufio.Reader, error) {
+	keyPEM, err := seal.Open(l.cfg.DataKey, raftstore.CloudKeyPurpose, reg.ClientKeySealed)
+	if err != nil {
+		return nil, nil, fmt.Errorf("open cloud client key: %w", err)
+	}
+	cert, err := tls.X509KeyPair(reg.ClientCertPEM, keyPEM)
+	if err != nil {
+		return nil, nil, fmt.Errorf("cloud client certificate: %w", err)
+	}
+	u, err := url.Parse(reg.URL)
+	if err != nil {
+		return nil, nil, err
+	}
+	host := u.Host
+	if u.Port() == "" {
+		host = net.JoinHostPort(u.Hostname(), "443")
+	}
+	tc := pki.PinnedClientConfig(reg.CAFingerprint)
+	tc.Certificates = []tls.Certificate{cert}
+	dctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	d := tls.Dialer{Config: tc}
+	raw, err := d.DialContext(dctx, "tcp", host)
+	if err != nil {
+		return nil, nil, fmt.Errorf("connect to %s: %w", host, err)
+	}
+	conn := countingConn{raw, l}
+	raw.SetDeadline(time.Now().Add(15 * time.Second))
+	req := "GET " + LinkPath + " HTTP/1.1\r\nHost: " + u.Host + "\r\nConnection: Upgrade\r\nUpgrade: " + LinkProtocol + "\r\n\r\n"
+	if _, err := io.WriteString(conn, req); err != nil {
+		raw.Close()
+		return nil, nil, fmt.Errorf("cloud session: %w", err)
+	}
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		raw.Close()
+		return nil, nil, fmt.Errorf("cloud session: %w", err)
+	}
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		var e struct {
+			Error string `json:"error"`
+		}
+		json.NewDecoder(io.LimitReader(resp.Body, 1<<16)).Decode(&e)
+		resp.Body.Close()
+		raw.Close()
+		if e.Error == "" {
+			e.Error = resp.Status
+		}
+		return nil, nil, fmt.Errorf("cloud refused the session: %s", e.Error)
+	}
+	raw.SetDeadline(time.Time{})
+	return conn, br, nil
+}
+
+// maxBatch bounds one changes frame by entries and (roughly) bytes.
+const (
+	maxBatch      = 1000
+	maxBatchBytes = 1 << 20
+)
+
+func (l *Link) session(ctx context.Context, reg *raftstore.CloudRegistration) error {
+	conn, br, err := l.dial(ctx, reg)
+	if err != nil {
+		return err
+	}
+	sctx, cancel := context.WithCancel(ctx)
+	var swg sync.WaitGroup
+	defer func() {
+		cancel()
+		conn.Close()
+		swg.Wait()
+	}()
+	write := func(m *Msg) error {
+		conn.SetWriteDeadline(time.Now().Add(30 * time.Second))
+		return WriteFrame(conn, m)
+	}
+	st, idx := l.cfg.Host.State()
+	if err := write(&Msg{Type: MsgHello, Hello: &Hello{
+		CloudClusterID: reg.CloudClusterID, ClusterID: st.ClusterID, Node: l.cfg.NodeName, Version: l.cfg.Version, Index: idx,
+	}}); err != nil {
+		return fmt.Errorf("cloud session: send hello: %w", err)
+	}
+	conn.SetReadDeadline(time.Now().Add(15 * time.Second))
+	w, err := ReadFrame(br)
+	if err != nil {
+		return fmt.Errorf("cloud session: read welcome: %w", err)
+	}
+	if w.Type == MsgError {
+		return fmt.Errorf("cloud refused the session: %s", w.Error)
+	}
+	if w.Type != MsgWelcome {
+		return fmt.Errorf("cloud session: expected welcome, got %q", w.Type)
+	}
+	conn.SetReadDeadline(time.Time{})
+	cursor := w.Index
+	l.mu.Lock()
+	l.status.Cursor = cursor
+	l.mu.Unlock()
+	l.setState(StateConnected, time.Time{}, nil)
+	l.log.Info("cloud session up", "url", reg.URL, "cloud_cluster", reg.CloudClusterID, "cloud_cursor", cursor, "index", idx)
+
+	in := make(chan *Msg, 16)
+	readErr := make(chan error, 1)
+	swg.Add(1)
+	go func() {
+		defer swg.Done()
+		for {
+			// A cloud that says nothing for three pings is gone.
+			conn.SetReadDeadline(time.Now().Add(3 * l.cfg.PingInterval))
+			m, err := ReadFrame(br)
+			if err != nil {
+				readErr <- err
+				return
+			}
+			select {
+			case in <- m:
+			case <-sctx.Done():
+				return
+			}
+		}
+	}()
+	results := make(chan *CmdResult, 64)
+
+	health := time.NewTicker(l.cfg.HealthInterval)
+	defer health.Stop()
+	ping := time.NewTicker(l.cfg.PingInterval)
+	defer ping.Stop()
+	lead := time.NewTicker(250 * time.Millisecond)
+	defer lead.Stop()
+	ackTick := time.NewTicker(l.cfg.AckEvery)
+	defer ackTick.Stop()
+
+	var (
+		sentThrough = cursor
+		inflight    bool
+		persisted   = st.Cloud.AckIndex
+		acking      atomic.Bool
+	)
+	if cursor > idx {
+		// A leader elected a moment ago may not have applied all that its
+		// predecessor sent: give its FSM a few seconds to catch up before
+		// concluding the cloud holds a history we do not.
+		deadline := time.NewTimer(5 * time.Second)
+	wait:
+		for idx < cursor {
+			changed := l.cfg.Host.Changed()
+			if _, idx = l.cfg.Host.State(); idx >= cursor {
+				break
+			}
+			select {
+			case <-changed:
+			case <-deadline.C:
+				break wait
+			case <-ctx.Done():
+				deadline.Stop()
+				return ctx.Err()
+			}
+		}
+		deadline.Stop()
+	}
+	if cursor > idx || cursor < reg.Index {
+		// The cloud is ahead of us (a restored data dir) or has nothing
+		// since registration: resend everything.
+		sentThrough = 0
+	}
+	sendMore := func() error {
+		if inflight {
+			return nil
+		}
+		st, idx := l.cfg.Host.State()
+		changes, ok := st.Cloud.ChangesAfter(sentThrough)
+		if !ok || sentThrough == 0 {
+			snap := l.snapshot(st, idx)
+			l.log.Info("cloud full resync", "index", idx, "nodes", len(snap.Nodes), "cloud_cursor", sentThrough)
+			if err := write(&Msg{Type: MsgSnapshot, Snapshot: snap}); err != nil {
+				return err
+			}
+			sentThrough, inflight = idx, true
+			return nil
+		}
+		if len(changes) == 0 {
+			return nil
+		}
+		batch := l.buildChanges(st, changes)
+		if err := write(&Msg{Type: MsgChanges, Changes: batch}); err != nil {
+			return err
+		}
+		sentThrough, inflight = batch[len(batch)-1].Index, true
+		return nil
+	}
+	// Health goes out every HealthInterval, and within a second of any
+	// node changing health, role or first being heard from, so the cloud
+	// sees transitions at once without a chatty period.
+	var lastSig string
+	sendHealth := func(nodes []api.Node) error {
+		lastSig = healthSig(nodes)
+		return write(&Msg{Type: MsgHealth, Health: &Health{Leader: l.cfg.NodeName, Nodes: nodes}})
+	}
+	healthCheck := time.NewTicker(time.Second)
+	defer healthCheck.Stop()
+	if err := sendHealth(l.cfg.Host.Nodes()); err != nil {
+		return err
+	}
+	if err := sendMore(); err != nil {
+		return err
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case err := <-readErr:
+			if errors.Is(err, io.EOF) {
+				return errors.New("cloud closed the session")
+			}
+			return fmt.Errorf("cloud session: %w", err)
+		case <-l.cfg.Host.Changed():
+			if err := sendMore(); err != nil {
+				return err
+			}
+		case m := <-in:
+			switch m.Type {
+			case MsgAck:
+				if m.Index >= cursor {
+					cursor = m.Index
+				}
+				inflight = false
+				l.mu.Lock()
+				l.status.Cursor = cursor
+				l.mu.Unlock()
+				if err := sendMore(); err != nil {
+					return err
+				}
+			case MsgCommand:
+				if m.Command != nil {
+					l.handle(ctx, *m.Command, results)
+				}
+			case MsgPing:
+				if err := write(&Msg{Type: MsgPong}); err != nil {
+					return err
+				}
+			case MsgPong:
+			case MsgError:
+				return fmt.Errorf("cloud ended the session: %s", m.Error)
+			default:
+				l.log.Warn("ignoring unknown frame from the cloud", "type", m.Type)
+			}
+		case r := <-results:
+			if err := write(&Msg{Type: MsgResult, Result: r}); err != nil {
+				return err
+			}
+		case <-health.C:
+			if err := sendHealth(l.cfg.Host.Nodes()); err != nil {
+				return err
+			}
+		case <-healthCheck.C:
+			if nodes := l.cfg.Host.Nodes(); healthSig(nodes) != lastSig {
+				if err := sendHealth(nodes); err != nil {
+					return err
+				}
+			}
+		case <-ping.C:
+			if err := write(&Msg{Type: MsgPing}); err != nil {
+				return err
+			}
+		case <-lead.C:
+			if reg2, _ := l.wanted(); reg2 == nil || regKey(reg2) != regKey(reg) {
+				l.persistAck(ctx, cursor, &persisted, &acking, &l.wg)
+				l.log.Info("cloud session handed over", "reason", "no longer leader or registration changed")
+				return errStepDown
+			}
+		case <-ackTick.C:
+			l.persistAck(ctx, cursor, &persisted, &acking, &l.wg)
+		}
+	}
+}
+
+// healthSig summarises what a health report says beyond ages and gauges.
+func healthSig(nodes []api.Node) string {
+	var b strings.Builder
+	for _, n := range nodes {
+		fmt.Fprintf(&b, "%s:%s:%s:%v;", n.ID, n.Health, n.RaftRole, n.LastHeartbeatSeconds >= 0)
+	}
+	return b.String()
+}
+
+// persistAck writes an advanced cursor to Raft in the background (so any
+// future leader and `cloud status` see it); one write at a time.
+func (l *Link) persistAck(ctx context.Context, cursor uint64, persisted *uint64, busy *atomic.Bool, wg *sync.WaitGroup) {
+	if cursor <= *persisted || !busy.CompareAndSwap(false, true) {
+		return
+	}
+	*persisted = cursor
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		defer busy.Store(false)
+		actx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		if _, err := l.cfg.Host.Apply(actx, &raftstore.Command{Op: raftstore.OpCloudAck, Cloud: &raftstore.CloudCmd{AckIndex: cursor}}); err != nil {
+			l.log.Debug("persist cloud ack", "err", err)
+		}
+	}()
+}
+
+func tokensOf(st *raftstore.State) []Token {
+	out := make([]Token, 0, len(st.Tokens))
+	for _, t := range st.Tokens {
+		out = append(out, Token{ID: t.ID, ExpiresAt: t.ExpiresAt, UsesLeft: t.UsesLeft, CreatedAt: t.CreatedAt})
+	}
+	return out
+}
+
+func (l *Link) nodeRecords() map[string]api.Node {
+	out := map[string]api.Node{}
+	for _, n := range l.cfg.Host.Nodes() {
+		out[n.ID] = n
+	}
+	return out
+}
+
+func (l *Link) snapshot(st *raftstore.State, idx uint64) *Snapshot {
+	s := &Snapshot{Index: idx, Nodes: []api.Node{}, Tokens: tokensOf(st), Events: make([]api.Event, 0, len(st.Events))}
+	live := l.nodeRecords()
+	for _, n := range st.SortedNodes() {
+		s.Nodes = append(s.Nodes, nodeRecord(n, live))
+	}
+	for _, e := range st.Events {
+		if e.Seq <= idx {
+			s.Events = append(s.Events, api.Event(e))
+		}
+	}
+	return s
+}
+
+// nodeRecord is the node in the api shape: the live view if the host has
+// it, else the state's record.
+func nodeRecord(n *raftstore.Node, live map[string]api.Node) api.Node {
+	if v, ok := live[n.ID]; ok {
+		return v
+	}
+	return api.Node{Name: n.Name, ID: n.ID, MeshIP: n.MeshIP.String(), PodCIDR: n.PodCIDR.String(), Version: n.Version,
+		Endpoints: n.Endpoints, Relay: n.Relay, JoinedAt: n.JoinedAt, LastHeartbeatSeconds: -1}
+}
+
+func (l *Link) buildChanges(st *raftstore.State, changes []raftstore.CloudChange) []Change {
+	events := map[uint64][]api.Event{}
+	for _, e := range st.Events {
+		events[e.Seq] = append(events[e.Seq], api.Event(e))
+	}
+	live := l.nodeRecords()
+	out := make([]Change, 0, min(len(changes), maxBatch))
+	size := 0
+	for _, c := range changes {
+		if len(out) >= maxBatch || size >= maxBatchBytes {
+			break
+		}
+		ch := Change{Index: c.Index, Op: c.Op, Events: events[c.Index]}
+		switch c.Op {
+		case raftstore.OpBootstrap, raftstore.OpJoin, raftstore.OpRemoveNode, raftstore.OpUpdateNode:
+			ch.NodeID = c.Subject
+			if n, ok := st.Nodes[c.Subject]; ok {
+				rec := nodeRecord(n, live)
+				ch.Node = &rec
+				size += 400
+			}
+		}
+		switch c.Op {
+		case raftstore.OpCreateToken, raftstore.OpJoin:
+			// Tokens are few (spent and expired ones go within a day),
+			// but a backlog of thousands of token creations must not
+			// send the list with each: only the last of a batch does.
+			ch.TokensChanged = true
+		}
+		size += 64 + 200*len(ch.Events)
+		out = append(out, ch)
+	}
+	for i := len(out) - 1; i >= 0; i-- {
+		if out[i].TokensChanged {
+			out[i].Tokens = tokensOf(st)
+			for j := range i {
+				out[j].TokensChanged = false
+			}
+			break
+		}
+	}
+	return out
+}
+
+// handle applies a command in the background and queues its result. The
+// apply runs on the link's context, not the session's: a leader change
+// mid-apply still completes it (raftstore retries with the same ID), and
+// the cloud's resend then gets the recorded result.
+func (l *Link) handle(ctx context.Context, c Command, results chan<- *CmdResult) {
+	l.mu.Lock()
+	if l.handling[c.ID] {
+		l.mu.Unlock()
+		return
+	}
+	l.handling[c.ID] = true
+	l.mu.Unlock()
+	l.wg.Add(1)
+	go func() {
+		defer l.wg.Done()
+		defer func() {
+			l.mu.Lock()
+			delete(l.handling, c.ID)
+			l.mu.Unlock()
+		}()
+		r := l.apply(ctx, c)
+		select {
+		case results <- r:
+		default:
+			l.log.Warn("cloud command result not delivered (session busy or gone); the cloud will resend", "id", c.ID)
+		}
+	}()
+}
+
+func (l *Link) apply(ctx context.Context, c Command) *CmdResult {
+	out := &CmdResult{ID: c.ID}
+	kind, ok := l.kinds[c.Kind]
+	if c.ID == "" || !ok {
+		out.Error = fmt.Sprintf("unknown command kind %q", c.Kind)
+		if c.ID == "" {
+			out.Error = "command without an ID"
+		}
+		l.log.Warn("refusing cloud command", "id", c.ID, "err", out.Error)
+		return out
+	}
+	finish := func(errText string, data json.RawMessage, index uint64, replayed bool) *CmdResult {
+		out.Error, out.Index, out.Replayed = errText, index, replayed
+		if errText == "" {
+			d, err := kind.Result(c, data)
+			if err != nil {
+				out.Error = err.Error()
+			}
+			out.Data = d
+		}
+		return out
+	}
+	if st, _ := l.cfg.Host.State(); st.Cloud.Result(c.ID) != nil {
+		prev := st.Cloud.Result(c.ID)
+		l.log.Warn("refusing replayed cloud command: applied before", "id", c.ID, "index", prev.Index)
+		return finish(prev.Err, prev.Data, prev.Index, true)
+	}
+	inner, err := kind.Prepare(c)
+	if err != nil {
+		out.Error = err.Error()
+		return out
+	}
+	actx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	res, err := l.cfg.Host.Apply(actx, &raftstore.Command{
+		ID: "cloud-" + c.ID, Op: raftstore.OpCloudExec,
+		Cloud: &raftstore.CloudCmd{CommandID: c.ID, Inner: inner},
+	})
+	if err != nil {
+		out.Error = err.Error()
+		return out
+	}
+	if strings.Contains(res.Err, raftstore.ErrCloudReplay.Error()) {
+		st, _ := l.cfg.Host.State()
+		if prev := st.Cloud.Result(c.ID); prev != nil {
+			return finish(prev.Err, prev.Data, prev.Index, true)
+		}
+	}
+	l.log.Info("applied cloud command", "id", c.ID, "kind", c.Kind, "index", res.Index, "err", res.Err)
+	return finish(res.Err, res.Data, res.Index, false)
+}
+
+// tokenSecret derives a cloud-created join token's ID and secret from the
+// command ID with the cluster data key: the same command always yields the
+// same token, so a retry or replay reports the token that was stored, and
+// the secret itself is never stored anywhere.
+func (l *Link) tokenSecret(cmdID string) (id, secret string) {
+	m := hmac.New(sha256.New, l.cfg.DataKey[:])
+	m.Write([]byte("runos cloud join token\x00" + cmdID))
+	sum := m.Sum(nil)
+	return hex.EncodeToString(sum[:6]), hex.EncodeToString(sum[6:22])
+}
+
+func (l *Link) prepareToken(c Command) (*raftstore.Command, error) {
+	var a CreateTokenArgs
+	if len(c.Args) > 0 {
+		if err := json.Unmarshal(c.Args, &a); err != nil {
+			return nil, fmt.Errorf("create_token: malformed args: %w", err)
+		}
+	}
+	ttl := time.Hour
+	if a.TTL != "" {
+		d, err := time.ParseDuration(a.TTL)
+		if err != nil || d <= 0 {
+			return nil, fmt.Errorf("create_token: invalid ttl %q", a.TTL)
+		}
+		ttl = d
+	}
+	if a.Uses == 0 {
+		a.Uses = 1
+	}
+	if a.Uses < 0 || a.Uses > 1000 {
+		return nil, errors.New("create_token: uses must be between 1 and 1000")
+	}
+	if c.CreatedAt.IsZero() {
+		return nil, errors.New("create_token: command has no created_at")
+	}
+	id, secret := l.tokenSecret(c.ID)
+	return &raftstore.Command{Op: raftstore.OpCreateToken, CreateToken: &raftstore.CreateTokenCmd{Token: raftstore.Token{
+		ID: id, SecretHash: raftstore.HashSecret(secret), ExpiresAt: c.CreatedAt.Add(ttl).UTC(), UsesLeft: a.Uses,
+	}}}, nil
+}
+
+func (l *Link) tokenResult(c Command, _ json.RawMessage) (json.RawMessage, error) {
+	inner, err := l.prepareToken(c)
+	if err != nil {
+		return nil, err
+	}
+	id, secret := l.tokenSecret(c.ID)
+	tok, cmd := l.cfg.JoinToken(id, secret)
+	return json.Marshal(api.Token{Token: tok, ExpiresAt: inner.CreateToken.Token.ExpiresAt, Uses: inner.CreateToken.Token.UsesLeft, JoinCommand: cmd})
+}
+
+func prepareRemove(c Command) (*raftstore.Command, error) {
+	var a RemoveNodeArgs
+	if err := json.Unmarshal(c.Args, &a); err != nil || a.Name == "" {
+		return nil, errors.New("remove_node: args must name the node ({\"name\": ...})")
+	}
+	return &raftstore.Command{Op: raftstore.OpRemoveNode, RemoveNode: &raftstore.RemoveNodeCmd{Name: a.Name}}, nil
+}

@@ -1,0 +1,130 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/runos/runos-agent/agent"
+	"github.com/runos/runos-agent/api"
+	"github.com/runos/runos-agent/cloud"
+)
+
+func run(args ...string) (string, error) {
+	var out bytes.Buffer
+	err := newApp(&out, &out).Run(append([]string{"runos-cloud"}, args...))
+	return out.String(), err
+}
+
+// A real runos-cloud (in-process, real TLS on 127.0.0.1), driven through
+// this CLI over its admin socket, and a real two-node cluster connected to
+// it through the agent's local API (the path `runos-agent cloud connect`
+// takes): its nodes and their health show in `runos-cloud nodes` within
+// 10 s.
+func TestCLINodesVisibleAfterConnect(t *testing.T) {
+	dir := t.TempDir()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	srv, err := cloud.New(cloud.Config{DataDir: dir, Listen: "127.0.0.1:0"}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+
+	out, err := run("token", "create", "--data-dir", dir, "--cluster", "lab", "--ttl", "1h", "--json")
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	var tok cloud.TokenInfo
+	if err := json.Unmarshal([]byte(out), &tok); err != nil || !strings.HasPrefix(tok.Token, "RC1") {
+		t.Fatalf("token create --json: %q (%v)", out, err)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	dc, err := agent.StartDev(ctx, agent.DevOptions{Nodes: 2, Dir: t.TempDir(), Tuning: agent.Tuning{
+		RaftHeartbeat: 300 * time.Millisecond, RaftElection: 300 * time.Millisecond, GossipFast: true,
+		HeartbeatInterval: 200 * time.Millisecond, HealthyWithin: time.Second, OfflineAfter: 4 * time.Second, HealthDwell: 300 * time.Millisecond,
+	}}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dc.Close() })
+	t0 := time.Now()
+	if _, err := api.NewClient(dc.Dirs[1]).CloudConnect(ctx, api.CloudConnectRequest{URL: srv.URL(), Token: tok.Token}); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		out, err := run("nodes", "--data-dir", dir, "--json", "lab")
+		var nodes []api.Node
+		json.Unmarshal([]byte(out), &nodes)
+		healthy := 0
+		for _, n := range nodes {
+			if n.Health == api.Healthy && n.MeshIP != "" && n.LastHeartbeatSeconds >= 0 {
+				healthy++
+			}
+		}
+		if err == nil && healthy == 2 {
+			t.Logf("2 healthy nodes in `runos-cloud nodes` %v after connect", time.Since(t0).Round(time.Millisecond))
+			break
+		}
+		if time.Since(t0) > 10*time.Second {
+			t.Fatalf("after 10 s: %v\n%s", err, out)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	out, err = run("clusters", "--data-dir", dir)
+	if err != nil || !strings.Contains(out, "lab") || !strings.Contains(out, "true") {
+		t.Fatalf("clusters: %v\n%s", err, out)
+	}
+	out, err = run("nodes", "--data-dir", dir, "lab")
+	if err != nil || !strings.Contains(out, "node0") || !strings.Contains(out, "healthy") {
+		t.Fatalf("nodes: %v\n%s", err, out)
+	}
+	// A command from the CLI comes back with its result.
+	out, err = run("command", "create-token", "--data-dir", dir, "lab")
+	if err != nil || !strings.Contains(out, `"state": "done"`) || !strings.Contains(out, "RO1") {
+		t.Fatalf("command create-token: %v\n%s", err, out)
+	}
+	st, err := api.NewClient(dc.Dirs[0]).CloudStatus(ctx)
+	if err != nil || !st.Registered || st.URL != srv.URL() {
+		t.Fatalf("cloud status: %+v %v", st, err)
+	}
+}
+
+func TestCLIErrors(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"clusters", "--data-dir", dir}, "not running"},
+		{[]string{"token", "create", "--data-dir", dir, "--cluster", "x"}, "not running"},
+		{[]string{"nodes", "--data-dir", dir}, "exactly one cluster"},
+	} {
+		if out, err := run(tc.args...); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: err = %v, want %q\n%s", tc.args, err, tc.want, out)
+		}
+	}
+	srv, err := cloud.New(cloud.Config{DataDir: dir, Listen: "127.0.0.1:0"}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	if _, err := run("nodes", "--data-dir", dir, "nosuch"); err == nil || !strings.Contains(err.Error(), "no such cluster") {
+		t.Errorf("unknown cluster: %v", err)
+	}
+	if _, err := run("token", "create", "--data-dir", dir, "--cluster", ""); err == nil {
+		t.Error("empty cluster name accepted")
+	}
+}

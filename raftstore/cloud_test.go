@@ -1,0 +1,180 @@
+package raftstore
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+)
+
+func testReg() *CloudRegistration {
+	return &CloudRegistration{URL: "https://127.0.0.1:1", CloudClusterID: "cl-1", CAFingerprint: strings.Repeat("a", 64),
+		ClientCertPEM: []byte("cert"), ClientKeySealed: "sealed1:x"}
+}
+
+func TestCloudRegisterAckDisconnect(t *testing.T) {
+	s := bootstrapped(t)
+	bad := s.apply(3, &Command{ID: "r0", Time: t0, Op: OpCloudRegister, Cloud: &CloudCmd{Register: &CloudRegistration{URL: "x"}}})
+	if bad.Error() == nil || !strings.Contains(bad.Err, "malformed") {
+		t.Fatalf("incomplete registration: %v", bad.Err)
+	}
+	if res := s.apply(4, &Command{ID: "r1", Time: t0, Op: OpCloudRegister, Cloud: &CloudCmd{Register: testReg()}}); res.Error() != nil {
+		t.Fatal(res.Err)
+	}
+	if r := s.Cloud.Registration; r == nil || r.Index != 4 || !r.RegisteredAt.Equal(t0) {
+		t.Fatalf("registration = %+v", r)
+	}
+	s.apply(5, &Command{ID: "a1", Time: t0, Op: OpCloudAck, Cloud: &CloudCmd{AckIndex: 3}})
+	s.apply(6, &Command{ID: "a2", Time: t0, Op: OpCloudAck, Cloud: &CloudCmd{AckIndex: 2}}) // stale: ignored
+	if s.Cloud.AckIndex != 3 {
+		t.Fatalf("ack = %d, want 3", s.Cloud.AckIndex)
+	}
+	// Bookkeeping is not a change: the outbox holds bootstrap and token only.
+	if got := len(s.Cloud.Changes); got != 2 {
+		t.Fatalf("outbox has %d entries, want 2 (bootstrap, token): %+v", got, s.Cloud.Changes)
+	}
+	v := s.View()
+	v.Cloud.Registration.ClientCertPEM[0] = 'X'
+	if s.Cloud.Registration.ClientCertPEM[0] != 'c' {
+		t.Fatal("view shares the registration")
+	}
+	s.apply(7, &Command{ID: "d", Time: t0, Op: OpCloudDisconnect, Cloud: &CloudCmd{}})
+	if s.Cloud.Registration != nil || s.Cloud.AckIndex != 0 {
+		t.Fatal("disconnect kept the registration")
+	}
+}
+
+func execCmd(cmdID string, inner *Command) *Command {
+	return &Command{ID: "cloud-" + cmdID, Time: t0, Op: OpCloudExec, Cloud: &CloudCmd{CommandID: cmdID, Inner: inner}}
+}
+
+func TestCloudExecOnceAndReplayRefused(t *testing.T) {
+	s := bootstrapped(t)
+	tok := &Command{Op: OpCreateToken, CreateToken: &CreateTokenCmd{Token: Token{ID: "ct", SecretHash: "h", ExpiresAt: t0.Add(time.Hour), UsesLeft: 1}}}
+	if res := s.apply(3, execCmd("c1", tok)); res.Error() != nil {
+		t.Fatal(res.Err)
+	}
+	// The same Raft command again (a forwarded retry): the first result.
+	if res := s.apply(4, execCmd("c1", tok)); res.Error() != nil || res.Index != 3 {
+		t.Fatalf("retry: %+v", res)
+	}
+	// A new Raft command with the same cloud command ID: refused.
+	replay := execCmd("c1", tok)
+	replay.ID = "other"
+	res := s.apply(5, replay)
+	if !strings.Contains(res.Err, ErrCloudReplay.Error()) {
+		t.Fatalf("replay: err = %q", res.Err)
+	}
+	// Even after the Raft dedup window has long forgotten it.
+	for i := range appliedWindow + 10 {
+		s.apply(uint64(10+i), &Command{ID: fmt.Sprint("e", i), Time: t0, Op: OpEvent, Event: &Event{Kind: "x"}})
+	}
+	res = s.apply(100000, execCmd("c1", tok))
+	if !strings.Contains(res.Err, ErrCloudReplay.Error()) {
+		t.Fatalf("replay after the dedup window: err = %q", res.Err)
+	}
+	if len(s.Tokens) != 2 {
+		t.Fatalf("%d tokens, want 2", len(s.Tokens))
+	}
+	// Ops the cloud may not send.
+	boot := &Command{Op: OpBootstrap, Bootstrap: &BootstrapCmd{}}
+	if res := s.apply(100001, execCmd("c2", boot)); !strings.Contains(res.Err, ErrCloudNotAllowed.Error()) {
+		t.Fatalf("bootstrap via cloud: %q", res.Err)
+	}
+	nested := execCmd("c3", execCmd("c4", tok))
+	if res := s.apply(100002, nested); !strings.Contains(res.Err, ErrCloudNotAllowed.Error()) {
+		t.Fatalf("nested exec: %q", res.Err)
+	}
+	// A failed command is remembered as failed, and not recorded as a change.
+	rm := &Command{Op: OpRemoveNode, RemoveNode: &RemoveNodeCmd{Name: "nope"}}
+	before := len(s.Cloud.Changes)
+	res = s.apply(100003, execCmd("c5", rm))
+	if res.Error() == nil || s.Cloud.Result("c5") == nil || s.Cloud.Result("c5").Err == "" {
+		t.Fatalf("failed remove: %+v %+v", res, s.Cloud.Result("c5"))
+	}
+	if len(s.Cloud.Changes) != before {
+		t.Fatal("a failed command became a change")
+	}
+	// Remove through the cloud records the event and the change.
+	res = s.apply(100004, execCmd("c6", &Command{Op: OpRemoveNode, RemoveNode: &RemoveNodeCmd{Name: "alpha"}}))
+	if res.Error() != nil {
+		t.Fatal(res.Err)
+	}
+	last := s.Cloud.Changes[len(s.Cloud.Changes)-1]
+	if last.Op != OpRemoveNode || last.Subject != "n1" || last.Index != 100004 {
+		t.Fatalf("last change = %+v", last)
+	}
+	if e := s.Events[len(s.Events)-1]; e.Kind != EventNodeRemoved || e.Seq != 100004 {
+		t.Fatalf("last event = %+v", e)
+	}
+}
+
+func TestCloudDoneWindowBounded(t *testing.T) {
+	s := bootstrapped(t)
+	for i := range cloudDoneWindow + 5 {
+		s.apply(uint64(3+i), execCmd(fmt.Sprint("c", i), &Command{Op: OpRemoveNode, RemoveNode: &RemoveNodeCmd{Name: "nope"}}))
+	}
+	if len(s.Cloud.Done) != cloudDoneWindow || s.Cloud.Result("c4") != nil || s.Cloud.Result("c5") == nil {
+		t.Fatalf("done window: %d entries", len(s.Cloud.Done))
+	}
+	v := s.View()
+	s.apply(1<<20, execCmd("late", &Command{Op: OpRemoveNode, RemoveNode: &RemoveNodeCmd{Name: "nope"}}))
+	if v.Cloud.Result("late") != nil || s.Cloud.Result("late") == nil {
+		t.Fatal("a view saw a later command")
+	}
+}
+
+func TestCloudOutboxWindowAndResync(t *testing.T) {
+	s := bootstrapped(t)
+	for i := range changeWindow + 100 {
+		s.apply(uint64(3+i), &Command{ID: fmt.Sprint("e", i), Time: t0, Op: OpEvent, Event: &Event{Kind: "x"}})
+	}
+	if len(s.Cloud.Changes) != changeWindow {
+		t.Fatalf("outbox holds %d, want %d", len(s.Cloud.Changes), changeWindow)
+	}
+	first := s.Cloud.Changes[0].Index
+	if _, ok := s.Cloud.ChangesAfter(first - 2); ok {
+		t.Fatal("a cursor older than the window resumes (must resync)")
+	}
+	ch, ok := s.Cloud.ChangesAfter(first - 1)
+	if !ok || len(ch) != changeWindow {
+		t.Fatalf("cursor at the window's edge: ok=%v n=%d", ok, len(ch))
+	}
+	last := s.Cloud.Changes[len(s.Cloud.Changes)-1].Index
+	if ch, ok := s.Cloud.ChangesAfter(last - 3); !ok || len(ch) != 3 || ch[0].Index != last-2 {
+		t.Fatalf("tail: ok=%v %+v", ok, ch)
+	}
+	if s.Cloud.Pending(last) != 0 {
+		t.Fatal("pending after the last index")
+	}
+	// A view's outbox is unaffected by later appends, and survives a
+	// snapshot round trip.
+	v := s.View()
+	n := len(v.Cloud.Changes)
+	s.apply(1<<20, &Command{ID: "later", Time: t0, Op: OpEvent, Event: &Event{Kind: "x"}})
+	if len(v.Cloud.Changes) != n || v.Cloud.Changes[n-1].Index != last {
+		t.Fatal("view changed under a later write")
+	}
+	b, err := json.Marshal(s.Clone())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back State
+	if err := json.Unmarshal(b, &back); err != nil {
+		t.Fatal(err)
+	}
+	if back.Cloud.Trimmed != s.Cloud.Trimmed || len(back.Cloud.Changes) != len(s.Cloud.Changes) {
+		t.Fatal("snapshot lost the outbox")
+	}
+}
+
+func BenchmarkRecordChange(b *testing.B) {
+	s := bootstrapped(&testing.T{})
+	cmd := &Command{Op: OpEvent, Event: &Event{Kind: "x"}}
+	res := &Result{}
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		s.recordChange(uint64(i+3), cmd, res)
+	}
+}
