@@ -1,0 +1,60 @@
+import {registerPage, h, link, fmtTime, fmtSince} from '../core.js';
+
+const BAD_KINDS = new Set(['node_removed', 'voter_demoted', 'ui_password_reset']);
+
+// isBadEvent marks what the overview lists as an alert.
+export function isBadEvent(e) {
+  if (e.kind === 'health_changed') return e.to === 'degraded' || e.to === 'offline';
+  if (e.kind === 'path_changed') return e.to === 'none';
+  return BAD_KINDS.has(e.kind);
+}
+
+// describeEvent renders an event's subject and change.
+export function describeEvent(e) {
+  const parts = [];
+  if (e.node) parts.push(link('nodes/' + encodeURIComponent(e.node), e.node));
+  if (e.from || e.to) {
+    parts.push(' ', h('span', {class: 'change'}, (e.from || '–') + ' → ' + (e.to || '–')));
+  }
+  if (e.detail) parts.push(' ', h('span', {class: 'muted'}, e.detail));
+  return h('span', {class: 'event-desc'}, parts);
+}
+
+registerPage({
+  route: 'events',
+  title: 'Events',
+  nav: 40,
+  mount(el, ctx) {
+    const filter = h('input', {type: 'search', placeholder: 'Filter (kind, node, text)', 'aria-label': 'Filter events'});
+    const live = h('span', {class: 'live'}, h('span', {class: 'dot'}), 'live');
+    const tbody = h('tbody');
+    const count = h('span', {class: 'muted'});
+    let seen = -1;
+    const draw = (st) => {
+      const q = filter.value.trim().toLowerCase();
+      const rows = [];
+      const evs = st.events.slice().reverse();
+      for (const e of evs) {
+        const text = [e.kind, e.node, e.from, e.to, e.detail].join(' ').toLowerCase();
+        if (q && !text.includes(q)) continue;
+        const fresh = seen >= 0 && e.seq > seen;
+        rows.push(h('tr', {class: (isBadEvent(e) ? 'bad-row' : '') + (fresh ? ' fresh' : '')},
+          h('td', {class: 'nowrap', title: e.time}, fmtTime(e.time), h('div', {class: 'muted small'}, fmtSince(e.time))),
+          h('td', {}, h('span', {class: 'kind ' + e.kind}, e.kind.replace(/_/g, ' '))),
+          h('td', {}, describeEvent(e)),
+          h('td', {class: 'num muted hide-sm'}, String(e.seq))));
+      }
+      if (evs.length) seen = Math.max(seen, evs[0].seq);
+      tbody.replaceChildren(...(rows.length ? rows : [h('tr', {}, h('td', {colspan: 4, class: 'muted'}, st.eventsLoaded ? 'No events.' : 'Loading…'))]));
+      count.textContent = rows.length + ' of ' + st.events.length;
+    };
+    filter.addEventListener('input', () => draw(ctx.store));
+    el.append(
+      h('div', {class: 'page-head'}, h('h1', {}, 'Events'), live),
+      h('div', {class: 'toolbar'}, filter, count),
+      h('div', {class: 'table-wrap'}, h('table', {class: 'grid events-table'},
+        h('thead', {}, h('tr', {}, h('th', {}, 'Time'), h('th', {}, 'Kind'), h('th', {}, 'What'), h('th', {class: 'num hide-sm'}, 'Seq'))),
+        tbody)));
+    ctx.subscribe(draw);
+  },
+});

@@ -1,0 +1,69 @@
+import {registerPage, h, link, badge, fmtTime, fmtSince, errorBox} from '../core.js';
+import {describeEvent, isBadEvent} from './events.js';
+
+function tile(title, value, sub, cls) {
+  return h('div', {class: 'tile' + (cls ? ' ' + cls : '')},
+    h('div', {class: 'tile-title'}, title),
+    h('div', {class: 'tile-value'}, value),
+    sub ? h('div', {class: 'tile-sub muted'}, sub) : null);
+}
+
+registerPage({
+  route: '',
+  title: 'Overview',
+  nav: 0,
+  mount(el, ctx) {
+    const body = h('div', {}, h('p', {class: 'muted'}, 'Loading…'));
+    el.append(h('h1', {}, 'Overview'), body);
+    ctx.subscribe((st) => {
+      if (!st.nodes || !st.status) {
+        if (st.error) body.replaceChildren(errorBox(st.error));
+        return;
+      }
+      const nodes = st.nodes.nodes;
+      const count = {healthy: 0, degraded: 0, offline: 0};
+      for (const n of nodes) count[n.health] = (count[n.health] || 0) + 1;
+      const raft = st.status.raft;
+      const overall = count.offline ? 'offline' : count.degraded ? 'degraded' : 'healthy';
+      const healthValue = h('span', {class: 'counts'},
+        h('span', {class: 'count healthy', title: 'healthy'}, String(count.healthy)),
+        h('span', {class: 'count degraded', title: 'degraded'}, String(count.degraded)),
+        h('span', {class: 'count offline', title: 'offline'}, String(count.offline)));
+      const tiles = h('div', {class: 'tiles'},
+        tile('Cluster health', healthValue, 'healthy · degraded · offline', 'status-' + overall),
+        tile('Leader', raft.leader ? link('nodes/' + encodeURIComponent(raft.leader), raft.leader) : h('span', {class: 'bad-text'}, 'none'),
+          'term ' + raft.term + ' · index ' + raft.applied_index),
+        tile('Nodes', String(nodes.length), raft.voters.length + ' voter' + (raft.voters.length === 1 ? '' : 's') +
+          (raft.nonvoters.length ? ' · ' + raft.nonvoters.length + ' non-voter' + (raft.nonvoters.length === 1 ? '' : 's') : '')),
+        tile('This node', link('nodes/' + encodeURIComponent(st.status.name), st.status.name),
+          st.status.mesh_ip + ' · ' + st.status.raft.state + ' · ' + st.status.version),
+        tile('Cloud link', h('span', {class: 'muted-value'}, 'not connected'), 'the cluster runs fully on its own', 'cloud'));
+
+      const alerts = [];
+      for (const n of nodes) {
+        if (n.health !== 'healthy') {
+          alerts.push(h('li', {class: 'alert ' + n.health},
+            badge(n.health), ' ', link('nodes/' + encodeURIComponent(n.name), n.name), ' ',
+            h('span', {class: 'muted'}, n.health_reason || '')));
+        }
+      }
+      const dayAgo = Date.now() - 24 * 3600 * 1000;
+      const bad = st.events.filter((e) => isBadEvent(e) && Date.parse(e.time) > dayAgo).slice(-8).reverse();
+      for (const e of bad) {
+        alerts.push(h('li', {class: 'alert event'},
+          h('span', {class: 'kind ' + e.kind}, e.kind.replace(/_/g, ' ')), ' ', describeEvent(e), ' ',
+          h('span', {class: 'muted', title: fmtTime(e.time)}, fmtSince(e.time))));
+      }
+      const recent = st.events.slice(-5).reverse().map((e) => h('li', {},
+        h('span', {class: 'kind ' + e.kind}, e.kind.replace(/_/g, ' ')), ' ', describeEvent(e), ' ',
+        h('span', {class: 'muted', title: fmtTime(e.time)}, fmtSince(e.time))));
+
+      body.replaceChildren(tiles,
+        h('div', {class: 'columns'},
+          h('div', {class: 'card'}, h('h2', {}, 'Alerts'),
+            alerts.length ? h('ul', {class: 'alerts'}, alerts) : h('p', {class: 'ok-text'}, 'All nodes healthy; nothing went wrong in the last 24 hours.')),
+          h('div', {class: 'card'}, h('h2', {}, 'Recent events ', h('a', {href: '#/events', class: 'small'}, 'all')),
+            recent.length ? h('ul', {class: 'events compact'}, recent) : h('p', {class: 'muted'}, 'No events yet.'))));
+    });
+  },
+});
