@@ -90,6 +90,13 @@ func StartDev(ctx context.Context, opts DevOptions, log *slog.Logger) (*DevClust
 	return dc, nil
 }
 
+// Crash stops node i without its gossip goodbye, as kill -9 would, so the
+// others see it go degraded, then offline (tests, demos).
+func (dc *DevCluster) Crash(i int) error {
+	dc.Agents[i].crashOnClose = true
+	return dc.Agents[i].Close()
+}
+
 // Close stops every agent.
 func (dc *DevCluster) Close() error {
 	var errs []error
