@@ -112,10 +112,16 @@ export function fmtAge(seconds) {
   return (seconds / 86400).toFixed(1) + ' d';
 }
 
+// fmtAgo is "just now" or "12 s ago".
+export function fmtAgo(seconds) {
+  if (seconds === undefined || seconds === null || seconds < 0) return 'never';
+  return seconds < 1 ? 'just now' : fmtAge(seconds) + ' ago';
+}
+
 export function fmtSince(iso) {
   const t = Date.parse(iso);
   if (!t) return '';
-  return fmtAge((Date.now() - t) / 1000) + ' ago';
+  return fmtAgo((Date.now() - t) / 1000);
 }
 
 export function fmtTime(iso) {

@@ -9,6 +9,18 @@ export function isBadEvent(e) {
   return BAD_KINDS.has(e.kind);
 }
 
+// severity is ok, warn or bad: how an event's row is marked.
+export function severity(e) {
+  if (e.kind === 'health_changed') return e.to === 'offline' ? 'bad' : e.to === 'degraded' ? 'warn' : 'ok';
+  if (e.kind === 'path_changed') return e.to === 'none' ? 'bad' : e.to === 'relay' ? 'warn' : 'ok';
+  return BAD_KINDS.has(e.kind) ? 'bad' : 'ok';
+}
+
+// kindTag is an event's kind, coloured by its severity.
+export function kindTag(e) {
+  return h('span', {class: 'kind ' + e.kind + ' sev-' + severity(e)}, e.kind.replace(/_/g, ' '));
+}
+
 // describeEvent renders an event's subject and change.
 export function describeEvent(e) {
   const parts = [];
@@ -38,9 +50,9 @@ registerPage({
         const text = [e.kind, e.node, e.from, e.to, e.detail].join(' ').toLowerCase();
         if (q && !text.includes(q)) continue;
         const fresh = seen >= 0 && e.seq > seen;
-        rows.push(h('tr', {class: (isBadEvent(e) ? 'bad-row' : '') + (fresh ? ' fresh' : '')},
-          h('td', {class: 'nowrap', title: e.time}, fmtTime(e.time), h('div', {class: 'muted small'}, fmtSince(e.time))),
-          h('td', {}, h('span', {class: 'kind ' + e.kind}, e.kind.replace(/_/g, ' '))),
+        rows.push(h('tr', {class: severity(e) + '-row' + (fresh ? ' fresh' : '')},
+          h('td', {class: 'nowrap', title: e.time}, fmtTime(e.time), ' ', h('span', {class: 'muted small hide-sm'}, fmtSince(e.time))),
+          h('td', {}, kindTag(e)),
           h('td', {}, describeEvent(e)),
           h('td', {class: 'num muted hide-sm'}, String(e.seq))));
       }

@@ -1,7 +1,7 @@
 import {registerPage, h, s, link, fmtRTT, errorBox} from '../core.js';
 
-const W = 640;
-const H = 460;
+const W = 720;
+const H = 440;
 
 // layout puts nodes on a circle, this node first at the top.
 function layout(names) {
@@ -54,14 +54,29 @@ function draw(st) {
     const n = byName.get(name);
     const p = pos[name];
     const health = n ? n.health : 'unknown';
+    const r = name === me ? 22 : 18;
+    // Labels sit outside the circle, away from the centre, so the links
+    // (which run towards the centre) never cross them.
+    const dx = p.x - W / 2;
+    const dy = p.y - H / 2;
+    const len = Math.hypot(dx, dy) || 1;
+    const ux = names.length <= 1 ? 0 : dx / len;
+    const uy = names.length <= 1 ? 1 : dy / len;
+    const anchor = ux > 0.35 ? 'start' : ux < -0.35 ? 'end' : 'middle';
+    const lx = p.x + ux * (r + 10);
+    const ly = uy < -0.35 ? p.y - r - 26 : uy > 0.35 ? p.y + r + 18 : p.y - 4;
     dots.append(s('a', {href: '#/nodes/' + encodeURIComponent(name), class: 'mesh-node ' + health + (name === me ? ' me' : ''), dataset: {node: name}},
-      s('circle', {cx: p.x, cy: p.y, r: name === me ? 22 : 18}),
-      s('text', {x: p.x, y: p.y + (name === me ? 40 : 36), 'text-anchor': 'middle', class: 'node-name'}, name),
-      s('text', {x: p.x, y: p.y + (name === me ? 54 : 50), 'text-anchor': 'middle', class: 'node-sub'},
+      s('circle', {cx: p.x, cy: p.y, r}),
+      s('text', {x: lx, y: ly, 'text-anchor': anchor, class: 'node-name'}, name + (name === me ? ' (this node)' : '')),
+      s('text', {x: lx, y: ly + 15, 'text-anchor': anchor, class: 'node-sub'},
         (n ? n.mesh_ip + ' · ' + n.raft_role : '')),
       s('title', {}, name + ': ' + health + (n && n.health_reason ? ' (' + n.health_reason + ')' : ''))));
   }
-  return s('svg', {viewBox: `0 0 ${W} ${H}`, class: 'mesh-svg', role: 'img', 'aria-label': 'Mesh of ' + names.length + ' nodes'}, links, labels, dots);
+  // Fit the picture to its nodes (a triangle leaves the bottom empty).
+  const ys = names.map((n) => pos[n].y);
+  const top = Math.min(...ys) - 60;
+  const height = Math.max(...ys) + 60 - top;
+  return s('svg', {viewBox: `0 ${top.toFixed(0)} ${W} ${height.toFixed(0)}`, class: 'mesh-svg', role: 'img', 'aria-label': 'Mesh of ' + names.length + ' nodes'}, links, labels, dots);
 }
 
 registerPage({
@@ -88,7 +103,7 @@ registerPage({
       }
       pic.replaceChildren(draw(st));
       list.replaceChildren(...(st.status.peers.length ? st.status.peers.map((p) => h('tr', {},
-        h('td', {}, link('nodes/' + encodeURIComponent(p.name), p.name)),
+        h('td', {}, p.name ? link('nodes/' + encodeURIComponent(p.name), p.name) : h('span', {class: 'muted'}, 'not in the cluster')),
         h('td', {}, h('span', {class: 'path ' + (p.path === 'direct' ? 'direct' : p.path === 'relay' ? 'relay' : 'none')}, p.path + (p.via ? ' via ' + p.via : ''))),
         h('td', {class: 'num'}, fmtRTT(p.rtt_ms)),
         h('td', {class: 'mono hide-sm'}, p.endpoint || '–'))) : [h('tr', {}, h('td', {colspan: 4, class: 'muted'}, 'No peers.'))]));

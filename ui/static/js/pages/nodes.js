@@ -1,5 +1,5 @@
-import {registerPage, h, link, badge, meter, pct, fmtBytes, fmtAge, fmtRTT, fmtSince, fmtTime, errorBox} from '../core.js';
-import {describeEvent} from './events.js';
+import {registerPage, h, link, badge, meter, pct, fmtBytes, fmtAge, fmtAgo, fmtRTT, fmtSince, fmtTime, errorBox} from '../core.js';
+import {describeEvent, kindTag} from './events.js';
 
 function role(n) {
   return h('span', {class: 'role ' + n.raft_role}, n.raft_role);
@@ -84,7 +84,7 @@ registerPage({
       const u = usage(n);
       const info = h('div', {class: 'card'}, h('h2', {}, 'Node'), kv([
         ['Health', h('span', {}, badge(n.health), ' ', h('span', {class: 'muted'}, n.health_reason))],
-        ['Last heartbeat', fmtAge(n.last_heartbeat_seconds) + (n.last_heartbeat_seconds >= 0 ? ' ago' : '')],
+        ['Last heartbeat', fmtAgo(n.last_heartbeat_seconds)],
         ['Raft role', role(n)],
         ['Mesh IP', h('span', {class: 'mono'}, n.mesh_ip)],
         ['Pod network', h('span', {class: 'mono'}, n.pod_cidr)],
@@ -111,11 +111,12 @@ registerPage({
             h('thead', {}, h('tr', {}, h('th', {}, 'Peer'), h('th', {}, 'Path'), h('th', {class: 'num'}, 'RTT'),
               h('th', {class: 'hide-sm'}, 'Endpoint'), h('th', {class: 'num'}, 'Handshake'), h('th', {class: 'num hide-sm'}, 'Rx / Tx'))),
             h('tbody', {}, st.status.peers.length ? st.status.peers.map((p) => h('tr', {dataset: {peer: p.name}},
-              h('td', {}, link('nodes/' + encodeURIComponent(p.name), p.name), h('div', {class: 'muted small mono'}, p.mesh_ip)),
+              h('td', {}, p.name ? link('nodes/' + encodeURIComponent(p.name), p.name) : h('span', {class: 'muted'}, 'not in the cluster'),
+                h('div', {class: 'muted small mono'}, p.mesh_ip)),
               h('td', {}, pathCell(p)),
               h('td', {class: 'num'}, fmtRTT(p.rtt_ms)),
               h('td', {class: 'mono hide-sm'}, p.endpoint || '–'),
-              h('td', {class: 'num'}, p.last_handshake_seconds < 0 ? 'never' : fmtAge(p.last_handshake_seconds) + ' ago'),
+              h('td', {class: 'num'}, fmtAgo(p.last_handshake_seconds)),
               h('td', {class: 'num hide-sm'}, fmtBytes(p.rx_bytes) + ' / ' + fmtBytes(p.tx_bytes)))) :
               h('tr', {}, h('td', {colspan: 6, class: 'muted'}, 'No peers: this is the only node.'))))));
       } else {
@@ -125,7 +126,7 @@ registerPage({
             ['Path', pathCell(p)],
             ['RTT', fmtRTT(p.rtt_ms)],
             ['Endpoint', h('span', {class: 'mono'}, p.endpoint || '–')],
-            ['Handshake', p.last_handshake_seconds < 0 ? 'never' : fmtAge(p.last_handshake_seconds) + ' ago'],
+            ['Handshake', fmtAgo(p.last_handshake_seconds)],
             ['Traffic', '↓ ' + fmtBytes(p.rx_bytes) + ' · ↑ ' + fmtBytes(p.tx_bytes)],
           ]) : h('p', {class: 'muted'}, 'This node has no WireGuard peer for ' + name + ' yet.'),
           h('p', {class: 'muted small'}, 'Paths between other pairs are measured by those nodes: open the UI on ' + name + ' to see its peers.'));
@@ -133,7 +134,7 @@ registerPage({
       const evs = st.events.filter((e) => e.node === name).slice(-10).reverse();
       const history = h('div', {class: 'card wide'}, h('h2', {}, 'History'),
         evs.length ? h('ul', {class: 'events compact'}, evs.map((e) => h('li', {},
-          h('span', {class: 'kind ' + e.kind}, e.kind.replace(/_/g, ' ')), ' ', describeEvent(e), ' ',
+          kindTag(e), ' ', describeEvent(e), ' ',
           h('span', {class: 'muted', title: fmtTime(e.time)}, fmtSince(e.time))))) : h('p', {class: 'muted'}, 'No events about this node.'));
       body.replaceChildren(h('div', {class: 'columns'}, info, res), peers, history);
     });

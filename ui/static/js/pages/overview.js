@@ -1,5 +1,5 @@
 import {registerPage, h, link, badge, fmtTime, fmtSince, errorBox} from '../core.js';
-import {describeEvent, isBadEvent} from './events.js';
+import {describeEvent, isBadEvent, kindTag} from './events.js';
 
 function tile(title, value, sub, cls) {
   return h('div', {class: 'tile' + (cls ? ' ' + cls : '')},
@@ -51,11 +51,11 @@ registerPage({
       const bad = st.events.filter((e) => isBadEvent(e) && Date.parse(e.time) > dayAgo).slice(-8).reverse();
       for (const e of bad) {
         alerts.push(h('li', {class: 'alert event'},
-          h('span', {class: 'kind ' + e.kind}, e.kind.replace(/_/g, ' ')), ' ', describeEvent(e), ' ',
+          kindTag(e), ' ', describeEvent(e), ' ',
           h('span', {class: 'muted', title: fmtTime(e.time)}, fmtSince(e.time))));
       }
       const recent = st.events.slice(-5).reverse().map((e) => h('li', {},
-        h('span', {class: 'kind ' + e.kind}, e.kind.replace(/_/g, ' ')), ' ', describeEvent(e), ' ',
+        kindTag(e), ' ', describeEvent(e), ' ',
         h('span', {class: 'muted', title: fmtTime(e.time)}, fmtSince(e.time))));
 
       body.replaceChildren(tiles,
