@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -89,6 +90,10 @@ func startCluster(t *testing.T) *agent.DevCluster {
 			if st, _ := a.Store().State(); st.UI.AdminHash == "" {
 				return fmt.Errorf("%s has no UI credential yet", a.Name())
 			}
+		}
+		// init's credential file is gone once the cluster holds it.
+		if _, err := os.Stat(filepath.Join(dc.Dirs[0], "ui-init.json")); err == nil {
+			return errors.New("ui-init.json still in node0's data dir")
 		}
 		return nil
 	})
