@@ -40,13 +40,14 @@ func outDir(t *testing.T) string {
 	return dir
 }
 
+// browser is one tab of the test's Chromium.
 type browser struct {
 	t   *testing.T
 	ctx context.Context
 	out string
 
-	mu         sync.Mutex
-	exceptions []string // guarded by mu
+	mu         *sync.Mutex
+	exceptions *[]string // guarded by mu; uncaught exceptions of every tab
 }
 
 func newBrowser(t *testing.T) *browser {
@@ -78,7 +79,7 @@ func newBrowser(t *testing.T) *browser {
 	}
 	allocCtx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
 	ctx, cancel := chromedp.NewContext(allocCtx)
-	b := &browser{t: t, ctx: ctx, out: outDir(t)}
+	b := &browser{t: t, ctx: ctx, out: outDir(t), mu: new(sync.Mutex), exceptions: new([]string)}
 	t.Cleanup(func() {
 		cancel()
 		cancelAlloc()
@@ -87,7 +88,34 @@ func newBrowser(t *testing.T) *browser {
 	if err := chromedp.Do(ctx); err != nil {
 		t.Fatalf("start chromium: %v", err)
 	}
-	msgs := chromedp.Console(ctx)
+	b.watchConsole()
+	t.Cleanup(func() {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		for _, e := range *b.exceptions {
+			t.Errorf("page threw: %s", e)
+		}
+	})
+	return b
+}
+
+// newTab opens another tab of the same browser (same cookies).
+func (b *browser) newTab() *browser {
+	b.t.Helper()
+	ctx, cancel := chromedp.NewContext(b.ctx)
+	b.t.Cleanup(cancel)
+	tab := *b
+	tab.ctx = ctx
+	if err := chromedp.Do(ctx); err != nil {
+		b.t.Fatalf("open tab: %v", err)
+	}
+	tab.watchConsole()
+	return &tab
+}
+
+// watchConsole records the tab's uncaught exceptions; the test fails on any.
+func (b *browser) watchConsole() {
+	msgs := chromedp.Console(b.ctx)
 	go func() {
 		for m, err := range msgs {
 			if err != nil {
@@ -95,19 +123,11 @@ func newBrowser(t *testing.T) *browser {
 			}
 			if m.IsException() {
 				b.mu.Lock()
-				b.exceptions = append(b.exceptions, m.String())
+				*b.exceptions = append(*b.exceptions, m.String())
 				b.mu.Unlock()
 			}
 		}
 	}()
-	t.Cleanup(func() {
-		b.mu.Lock()
-		defer b.mu.Unlock()
-		for _, e := range b.exceptions {
-			t.Errorf("page threw: %s", e)
-		}
-	})
-	return b
 }
 
 // run runs steps with a timeout (a hung page fails the test, not the suite).
@@ -264,21 +284,33 @@ func TestBrowser(t *testing.T) {
 	b.waitJS("offline alert", `[...document.querySelectorAll('.alert.offline')].some(li => li.textContent.includes(`+fmt.Sprintf("%q", name)+`))`)
 	b.screenshot("overview-alert")
 
-	b.run("events", chromedp.Navigate(base+"#/events"))
-	b.waitJS("health events", `document.querySelector('.events-table tbody').innerText.includes('healthy → degraded') && document.querySelector('.events-table tbody').innerText.includes('degraded → offline')`)
-	b.screenshot("events")
-	// Live: a new event appears without a reload.
-	marker := eval[int](b, `(window.__marker = 42)`)
-	if _, err := api.NewClient(dc.Dirs[0]).CreateToken(context.Background(), api.TokenRequest{}); err != nil {
-		t.Fatal(err)
+	// Events in a second tab: the removal done in the first tab shows up
+	// there live, without a reload.
+	events := b.newTab()
+	events.run("events", chromedp.Navigate(base+"#/events"))
+	events.waitJS("health events", `(document.querySelector('.events-table tbody')?.innerText || '').includes('healthy → degraded') && (document.querySelector('.events-table tbody')?.innerText || '').includes('degraded → offline')`)
+	marker := eval[int](events, `(window.__marker = 42)`)
+
+	// Remove the dead node, with confirmation, from its page.
+	b.run("node page", chromedp.Navigate(base+"#/nodes/"+name), chromedp.WaitVisible(chromedp.CSS(`[data-action=ask]`)), chromedp.Click(chromedp.CSS(`[data-action=ask]`)),
+		chromedp.WaitVisible(chromedp.CSS(`[data-action=confirm]`)))
+	b.screenshot("node-remove-confirm")
+	b.run("cancel", chromedp.Click(chromedp.CSS(`[data-action=cancel]`)), chromedp.WaitVisible(chromedp.CSS(`[data-action=ask]`)))
+	if n := len(dc.Agents[0].Nodes().Nodes); n != 3 {
+		t.Fatalf("cancel removed a node: %d left", n)
 	}
-	if err := dc.Agents[0].RemoveNode(context.Background(), name); err != nil {
-		t.Fatal(err)
+	b.run("remove", chromedp.Click(chromedp.CSS(`[data-action=ask]`)), chromedp.WaitVisible(chromedp.CSS(`[data-action=confirm]`)),
+		chromedp.Click(chromedp.CSS(`[data-action=confirm]`)))
+	b.waitJS("back on the node list without "+name, `location.hash === '#/nodes' && document.querySelectorAll('tr.node-row').length === 2`)
+	if n := len(dc.Agents[0].Nodes().Nodes); n != 2 {
+		t.Errorf("after removal the cluster has %d nodes", n)
 	}
-	b.waitJS("node_removed appears live", `document.querySelector('.events-table tbody').innerText.includes('node removed')`)
-	if got := eval[int](b, `window.__marker || 0`); got != marker {
+
+	events.waitJS("node_removed appears live", `(document.querySelector('.events-table tbody')?.innerText || '').includes('node removed')`)
+	if got := eval[int](events, `window.__marker || 0`); got != marker {
 		t.Error("the events page reloaded instead of updating in place")
 	}
+	events.screenshot("events")
 
 	// Phone width and dark mode.
 	b.run("phone", chromedp.EmulateViewport(390, 844), chromedp.Navigate(base+"#/nodes"))
@@ -294,6 +326,17 @@ func TestBrowser(t *testing.T) {
 	}
 	b.screenshot("mesh-dark")
 	b.run("light", setColorScheme("light"))
+
+	// A password reset (on the node, through its unix socket) ends the
+	// browser's session: the open page goes to the sign-in page by itself.
+	b.run("nodes", chromedp.Navigate(base+"#/nodes"), chromedp.WaitVisible(chromedp.CSS("tr.node-row")))
+	pw, err := api.NewClient(dc.Dirs[1]).ResetUIPassword(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.run("session ended by reset", chromedp.WaitVisible(chromedp.CSS("#login")))
+	b.run("sign in with the new password", chromedp.SendKeys(chromedp.CSS("#password"), pw.Password), chromedp.Click(chromedp.CSS("#submit")),
+		chromedp.WaitVisible(chromedp.CSS("tr.node-row")))
 
 	// Sign out: back on the sign-in page, and the app is closed again.
 	b.run("sign out", chromedp.Navigate(base+"#/overview"), chromedp.WaitVisible(chromedp.CSS("#signout")), chromedp.Click(chromedp.CSS("#signout")),

@@ -176,6 +176,33 @@ export function copyButton(getText, label = 'Copy') {
   return btn;
 }
 
+// confirmAction is a button that asks before it acts, in place (no modal
+// dialog): label → question with "Yes" and "Cancel" → onConfirm(). Errors
+// show next to the button. Used for every destructive action.
+export function confirmAction(label, question, onConfirm) {
+  const wrap = h('span', {class: 'confirm'});
+  const start = h('button', {class: 'btn small danger', type: 'button', 'data-action': 'ask'}, label);
+  const yes = h('button', {class: 'btn small danger solid', type: 'button', 'data-action': 'confirm'}, 'Yes, ' + label.toLowerCase());
+  const no = h('button', {class: 'btn small', type: 'button', 'data-action': 'cancel'}, 'Cancel');
+  start.addEventListener('click', () => {
+    wrap.replaceChildren(h('span', {class: 'confirm-q'}, question), yes, no);
+    no.focus();
+  });
+  no.addEventListener('click', () => wrap.replaceChildren(start));
+  yes.addEventListener('click', async () => {
+    yes.disabled = no.disabled = true;
+    try {
+      await onConfirm();
+    } catch (e) {
+      wrap.replaceChildren(start, errorBox(e));
+    } finally {
+      yes.disabled = no.disabled = false;
+    }
+  });
+  wrap.append(start);
+  return wrap;
+}
+
 export function errorBox(err) {
   return h('p', {class: 'error', role: 'alert'}, String(err && err.message || err));
 }

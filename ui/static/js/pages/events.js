@@ -21,6 +21,11 @@ export function kindTag(e) {
   return h('span', {class: 'kind ' + e.kind + ' sev-' + severity(e)}, e.kind.replace(/_/g, ' '));
 }
 
+// eventLine is an event in a compact list: when, kind, what.
+export function eventLine(e) {
+  return [h('span', {class: 'when muted', title: fmtTime(e.time)}, fmtSince(e.time)), kindTag(e), ' ', describeEvent(e)];
+}
+
 // describeEvent renders an event's subject and change.
 export function describeEvent(e) {
   const parts = [];

@@ -1,5 +1,5 @@
-import {registerPage, h, link, badge, meter, pct, fmtBytes, fmtAge, fmtAgo, fmtRTT, fmtSince, fmtTime, errorBox} from '../core.js';
-import {describeEvent, kindTag} from './events.js';
+import {registerPage, h, api, link, badge, meter, pct, fmtBytes, fmtAge, fmtAgo, fmtRTT, fmtTime, errorBox, confirmAction} from '../core.js';
+import {eventLine} from './events.js';
 
 function role(n) {
   return h('span', {class: 'role ' + n.raft_role}, n.raft_role);
@@ -69,7 +69,11 @@ registerPage({
   mount(el, ctx) {
     const name = ctx.params.name;
     const body = h('div', {}, h('p', {class: 'muted'}, 'Loading…'));
-    el.append(h('p', {class: 'crumbs'}, link('nodes', 'Nodes'), ' / '), h('div', {class: 'page-head'}, h('h1', {}, name)), body);
+    // Built once, outside the live-refreshed body, so a pending
+    // confirmation survives refreshes.
+    const actions = h('div', {class: 'head-actions'});
+    el.append(h('p', {class: 'crumbs'}, link('nodes', 'Nodes'), ' / '), h('div', {class: 'page-head'}, h('h1', {}, name), actions), body);
+    let actionsFor = '';
     ctx.subscribe((st) => {
       if (!st.nodes || !st.status) {
         if (st.error) body.replaceChildren(errorBox(st.error));
@@ -81,6 +85,16 @@ registerPage({
         return;
       }
       const local = st.status.name === name;
+      if (!local && actionsFor !== name) {
+        actionsFor = name;
+        actions.replaceChildren(confirmAction('Remove from cluster',
+          'Remove ' + name + '? Every member drops its WireGuard peer and refuses its certificate; it can only come back with a new join token.',
+          async () => {
+            await api('v1/nodes/' + encodeURIComponent(name), {method: 'DELETE', signal: ctx.signal});
+            ctx.refresh();
+            ctx.navigate('#/nodes');
+          }));
+      }
       const u = usage(n);
       const info = h('div', {class: 'card'}, h('h2', {}, 'Node'), kv([
         ['Health', h('span', {}, badge(n.health), ' ', h('span', {class: 'muted'}, n.health_reason))],
@@ -94,7 +108,9 @@ registerPage({
         ['Joined', fmtTime(n.joined_at)],
         ['ID', h('span', {class: 'mono'}, n.id)],
       ]));
-      const res = h('div', {class: 'card'}, h('h2', {}, 'Resources'), n.last_heartbeat_seconds < 0 ? h('p', {class: 'muted'}, 'No heartbeat received yet.') : kv([
+      const res = h('div', {class: 'card'}, h('h2', {}, 'Resources',
+        n.last_heartbeat_seconds >= 0 ? h('span', {class: 'small muted sub'}, 'from the heartbeat ' + fmtAgo(n.last_heartbeat_seconds)) : null),
+      n.last_heartbeat_seconds < 0 ? h('p', {class: 'muted'}, 'No heartbeat received yet.') : kv([
         ['CPU', u.cpu],
         ['Load', n.load1.toFixed(2) + ' · ' + n.load5.toFixed(2) + ' · ' + n.load15.toFixed(2)],
         ['Memory', u.mem],
@@ -121,7 +137,8 @@ registerPage({
               h('tr', {}, h('td', {colspan: 6, class: 'muted'}, 'No peers: this is the only node.'))))));
       } else {
         const p = st.status.peers.find((x) => x.name === name);
-        peers = h('div', {class: 'card wide'}, h('h2', {}, 'Path from ' + st.status.name),
+        peers = h('div', {class: 'card wide'}, h('h2', {}, 'Path from ' + st.status.name,
+          n.health !== 'healthy' ? h('span', {class: 'small muted sub'}, 'last known: ' + name + ' is ' + n.health) : null),
           p ? kv([
             ['Path', pathCell(p)],
             ['RTT', fmtRTT(p.rtt_ms)],
@@ -133,9 +150,7 @@ registerPage({
       }
       const evs = st.events.filter((e) => e.node === name).slice(-10).reverse();
       const history = h('div', {class: 'card wide'}, h('h2', {}, 'History'),
-        evs.length ? h('ul', {class: 'events compact'}, evs.map((e) => h('li', {},
-          kindTag(e), ' ', describeEvent(e), ' ',
-          h('span', {class: 'muted', title: fmtTime(e.time)}, fmtSince(e.time))))) : h('p', {class: 'muted'}, 'No events about this node.'));
+        evs.length ? h('ul', {class: 'events compact'}, evs.map((e) => h('li', {}, eventLine(e)))) : h('p', {class: 'muted'}, 'No events about this node.'));
       body.replaceChildren(h('div', {class: 'columns'}, info, res), peers, history);
     });
   },

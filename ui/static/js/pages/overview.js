@@ -1,5 +1,5 @@
-import {registerPage, h, link, badge, fmtTime, fmtSince, errorBox} from '../core.js';
-import {describeEvent, isBadEvent, kindTag} from './events.js';
+import {registerPage, h, link, badge, errorBox} from '../core.js';
+import {eventLine, isBadEvent} from './events.js';
 
 function tile(title, value, sub, cls) {
   return h('div', {class: 'tile' + (cls ? ' ' + cls : '')},
@@ -50,13 +50,9 @@ registerPage({
       const dayAgo = Date.now() - 24 * 3600 * 1000;
       const bad = st.events.filter((e) => isBadEvent(e) && Date.parse(e.time) > dayAgo).slice(-8).reverse();
       for (const e of bad) {
-        alerts.push(h('li', {class: 'alert event'},
-          kindTag(e), ' ', describeEvent(e), ' ',
-          h('span', {class: 'muted', title: fmtTime(e.time)}, fmtSince(e.time))));
+        alerts.push(h('li', {class: 'alert event'}, eventLine(e)));
       }
-      const recent = st.events.slice(-5).reverse().map((e) => h('li', {},
-        kindTag(e), ' ', describeEvent(e), ' ',
-        h('span', {class: 'muted', title: fmtTime(e.time)}, fmtSince(e.time))));
+      const recent = st.events.slice(-5).reverse().map((e) => h('li', {}, eventLine(e)));
 
       body.replaceChildren(tiles,
         h('div', {class: 'columns'},
