@@ -49,6 +49,7 @@ e2e: test-deps build
 bench: test-deps build
 	$(GO) test -run '^$$' -bench . -benchtime 1x -count 1 ./agent/
 	$(GO) test -run '^$$' -bench . -benchtime 2s -count 1 ./mesh/
+	$(GO) test -run '^$$' -bench . -benchtime 1s -count 1 ./ui/
 	RUNOS_AGENT_BIN=$(BIN)/runos-agent $(GO) test -run '^$$' -bench . -benchtime 1x -count 1 ./e2e/...
 
 lint:

@@ -25,7 +25,7 @@ var (
 	testHash string
 )
 
-func passwordHash(t *testing.T) string {
+func passwordHash(t testing.TB) string {
 	hashOnce.Do(func() {
 		var err error
 		if testHash, err = HashPassword(testPassword); err != nil {
@@ -64,7 +64,7 @@ func (m *memAuthority) RevokeSession(ctx context.Context, id string, until time.
 	return nil
 }
 
-func (m *memAuthority) rotate(t *testing.T) {
+func (m *memAuthority) rotate(t testing.TB) {
 	key, err := NewSessionKey()
 	if err != nil {
 		t.Fatal(err)
@@ -75,7 +75,7 @@ func (m *memAuthority) rotate(t *testing.T) {
 }
 
 type fixture struct {
-	t     *testing.T
+	t     testing.TB
 	srv   *Server
 	http  *httptest.Server
 	auth  *memAuthority
@@ -84,7 +84,7 @@ type fixture struct {
 	clock time.Time
 }
 
-func newFixture(t *testing.T, cfg Config) *fixture {
+func newFixture(t testing.TB, cfg Config) *fixture {
 	t.Helper()
 	key, err := NewSessionKey()
 	if err != nil {
@@ -161,6 +161,14 @@ func (f *fixture) do(c *http.Client, method, path, body string, hdr map[string]s
 	defer r.Body.Close()
 	b, _ := io.ReadAll(r.Body)
 	return resp{code: r.StatusCode, body: string(b), hdr: r.Header, resp: r}
+}
+
+func mustURL(s string) *url.URL {
+	u, err := url.Parse(s)
+	if err != nil {
+		panic(err)
+	}
+	return u
 }
 
 func loginBody(user, pw string) string {
