@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -187,7 +188,20 @@ func TestSessionsAcrossNodes(t *testing.T) {
 	}
 
 	// The password can be reset only on the unix socket: the API the CLI
-	// uses. Every session on every node ends.
+	// uses. Through the UI it is refused, and so it is by the API handler
+	// itself on any TCP listener.
+	if code, body := s1.do("POST", urls[0]+"v1/ui/reset-password", ""); code != 403 {
+		t.Fatalf("reset through the UI: %d %s", code, body)
+	}
+	tcpAPI := httptest.NewServer(dc.Agents[0].LocalAPIHandler())
+	defer tcpAPI.Close()
+	if code, body, _ := do(t, "POST", tcpAPI.URL+"/v1/ui/reset-password", "", nil); code != 403 || !strings.Contains(body, "unix socket") {
+		t.Fatalf("reset over TCP: %d %s", code, body)
+	}
+	if code, _ := s1.do("GET", urls[0]+"v1/status", ""); code != 200 {
+		t.Fatalf("the refused resets ended the session: %d", code)
+	}
+	// Every session on every node ends.
 	pw, err := api.NewClient(dc.Dirs[2]).ResetUIPassword(context.Background())
 	if err != nil {
 		t.Fatal(err)
