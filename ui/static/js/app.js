@@ -9,7 +9,7 @@ const REFRESH_MS = 2000;
 // store is the live cluster data. Pages read it in subscribe callbacks.
 const store = {
   nodes: null,        // GET v1/nodes
-  status: null,       // GET v1/status
+  status: null,       // GET v1/status (null where the server has none)
   events: [],         // GET v1/events, oldest first
   eventsLoaded: false,
   error: null,        // last refresh error (shown as a banner)
@@ -30,7 +30,10 @@ async function refresh() {
   if (refreshing) return;
   refreshing = true;
   try {
-    const [nodes, status] = await Promise.all([api('v1/nodes'), api('v1/status')]);
+    // v1/status is one node's own view; a server without one (the cloud
+    // console's mirror) answers 404 and the pages do without it.
+    const [nodes, status] = await Promise.all([api('v1/nodes'),
+      api('v1/status').catch((e) => { if (e.status === 404 || e.status === 501) return null; throw e; })]);
     store.nodes = nodes;
     store.status = status;
     store.error = null;

@@ -18,23 +18,26 @@ function layout(names) {
 
 function draw(st) {
   const nodes = st.nodes.nodes;
-  const me = st.status.name;
-  const names = [me].concat(nodes.map((n) => n.name).filter((n) => n !== me));
+  // Without a serving node's status (the cloud console) no link is
+  // measured: every pair is drawn as unknown.
+  const me = st.status ? st.status.name : null;
+  const names = me ? [me].concat(nodes.map((n) => n.name).filter((n) => n !== me)) : nodes.map((n) => n.name);
   const pos = layout(names);
-  const peers = new Map(st.status.peers.map((p) => [p.name, p]));
+  const peers = new Map(st.status ? st.status.peers.map((p) => [p.name, p]) : []);
+  const first = me ? 1 : 0;
   const byName = new Map(nodes.map((n) => [n.name, n]));
   const links = s('g', {class: 'links'});
   const labels = s('g', {class: 'link-labels'});
   // Pairs this node cannot measure: the WireGuard mesh is full, so they
   // exist, but their path is known only to those two nodes.
-  for (let i = 1; i < names.length; i++) {
+  for (let i = first; i < names.length; i++) {
     for (let j = i + 1; j < names.length; j++) {
       const a = pos[names[i]];
       const b = pos[names[j]];
       links.append(s('line', {x1: a.x, y1: a.y, x2: b.x, y2: b.y, class: 'link unknown'}));
     }
   }
-  for (const name of names.slice(1)) {
+  for (const name of me ? names.slice(1) : []) {
     const p = peers.get(name);
     const a = pos[me];
     const b = pos[name];
@@ -97,16 +100,18 @@ registerPage({
           h('thead', {}, h('tr', {}, h('th', {}, 'Peer'), h('th', {}, 'Path'), h('th', {class: 'num'}, 'RTT'), h('th', {class: 'hide-sm'}, 'Endpoint'))),
           list))));
     ctx.subscribe((st) => {
-      if (!st.nodes || !st.status) {
+      if (!st.nodes) {
         if (st.error) pic.replaceChildren(errorBox(st.error));
         return;
       }
       pic.replaceChildren(draw(st));
-      list.replaceChildren(...(st.status.peers.length ? st.status.peers.map((p) => h('tr', {},
+      const peers = st.status ? st.status.peers : [];
+      list.replaceChildren(...(peers.length ? peers.map((p) => h('tr', {},
         h('td', {}, p.name ? link('nodes/' + encodeURIComponent(p.name), p.name) : h('span', {class: 'muted'}, 'not in the cluster')),
         h('td', {}, h('span', {class: 'path ' + (p.path === 'direct' ? 'direct' : p.path === 'relay' ? 'relay' : 'none')}, p.path + (p.via ? ' via ' + p.via : ''))),
         h('td', {class: 'num'}, fmtRTT(p.rtt_ms)),
-        h('td', {class: 'mono hide-sm'}, p.endpoint || '–'))) : [h('tr', {}, h('td', {colspan: 4, class: 'muted'}, 'No peers.'))]));
+        h('td', {class: 'mono hide-sm'}, p.endpoint || '–'))) :
+        [h('tr', {}, h('td', {colspan: 4, class: 'muted'}, st.status ? 'No peers.' : 'Paths are measured by each node; its own UI shows them.'))]));
     });
   },
 });

@@ -75,7 +75,7 @@ registerPage({
     el.append(h('p', {class: 'crumbs'}, link('nodes', 'Nodes'), ' / '), h('div', {class: 'page-head'}, h('h1', {}, name), actions), body);
     let actionsFor = '';
     ctx.subscribe((st) => {
-      if (!st.nodes || !st.status) {
+      if (!st.nodes) {
         if (st.error) body.replaceChildren(errorBox(st.error));
         return;
       }
@@ -84,7 +84,7 @@ registerPage({
         body.replaceChildren(h('p', {}, 'No node named ', h('code', {}, name), ' in the cluster. ', link('nodes', 'All nodes'), '.'));
         return;
       }
-      const local = st.status.name === name;
+      const local = !!st.status && st.status.name === name;
       if (!local && actionsFor !== name) {
         actionsFor = name;
         actions.replaceChildren(confirmAction('Remove from cluster',
@@ -135,6 +135,9 @@ registerPage({
               h('td', {class: 'num'}, fmtAgo(p.last_handshake_seconds)),
               h('td', {class: 'num hide-sm'}, fmtBytes(p.rx_bytes) + ' / ' + fmtBytes(p.tx_bytes)))) :
               h('tr', {}, h('td', {colspan: 6, class: 'muted'}, 'No peers: this is the only node.'))))));
+      } else if (!st.status) {
+        peers = h('div', {class: 'card wide'}, h('h2', {}, 'Paths'),
+          h('p', {class: 'muted'}, 'Paths are measured by each node: open the UI on ' + name + ' to see its peers.'));
       } else {
         const p = st.status.peers.find((x) => x.name === name);
         peers = h('div', {class: 'card wide'}, h('h2', {}, 'Path from ' + st.status.name,

@@ -16,14 +16,17 @@ registerPage({
     const body = h('div', {}, h('p', {class: 'muted'}, 'Loading…'));
     el.append(h('h1', {}, 'Overview'), body);
     ctx.subscribe((st) => {
-      if (!st.nodes || !st.status) {
+      if (!st.nodes) {
         if (st.error) body.replaceChildren(errorBox(st.error));
         return;
       }
       const nodes = st.nodes.nodes;
       const count = {healthy: 0, degraded: 0, offline: 0};
       for (const n of nodes) count[n.health] = (count[n.health] || 0) + 1;
-      const raft = st.status.raft;
+      const status = st.status;
+      const leader = status ? status.raft.leader : (nodes.find((n) => n.raft_role === 'leader') || {}).name;
+      const voters = nodes.filter((n) => n.raft_role !== 'nonvoter').length;
+      const nonvoters = nodes.length - voters;
       const overall = count.offline ? 'offline' : count.degraded ? 'degraded' : 'healthy';
       const healthValue = h('span', {class: 'counts'},
         h('span', {class: 'count healthy', title: 'healthy'}, String(count.healthy)),
@@ -31,12 +34,12 @@ registerPage({
         h('span', {class: 'count offline', title: 'offline'}, String(count.offline)));
       const tiles = h('div', {class: 'tiles'},
         tile('Cluster health', healthValue, 'healthy · degraded · offline', 'status-' + overall),
-        tile('Leader', raft.leader ? link('nodes/' + encodeURIComponent(raft.leader), raft.leader) : h('span', {class: 'bad-text'}, 'none'),
-          'term ' + raft.term + ' · index ' + raft.applied_index),
-        tile('Nodes', String(nodes.length), raft.voters.length + ' voter' + (raft.voters.length === 1 ? '' : 's') +
-          (raft.nonvoters.length ? ' · ' + raft.nonvoters.length + ' non-voter' + (raft.nonvoters.length === 1 ? '' : 's') : '')),
-        tile('This node', link('nodes/' + encodeURIComponent(st.status.name), st.status.name),
-          st.status.mesh_ip + ' · ' + st.status.raft.state + ' · ' + st.status.version),
+        tile('Leader', leader ? link('nodes/' + encodeURIComponent(leader), leader) : h('span', {class: 'bad-text'}, 'none'),
+          status ? 'term ' + status.raft.term + ' · index ' + status.raft.applied_index : 'state index ' + st.nodes.index),
+        tile('Nodes', String(nodes.length), voters + ' voter' + (voters === 1 ? '' : 's') +
+          (nonvoters ? ' · ' + nonvoters + ' non-voter' + (nonvoters === 1 ? '' : 's') : '')),
+        status ? tile('This node', link('nodes/' + encodeURIComponent(status.name), status.name),
+          status.mesh_ip + ' · ' + status.raft.state + ' · ' + status.version) : null,
         tile('Cloud link', h('span', {class: 'muted-value'}, 'not connected'), 'the cluster runs fully on its own', 'cloud'));
 
       const alerts = [];
