@@ -79,6 +79,9 @@ func (a *Agent) startUI(ctx context.Context) error {
 		}
 		a.log.Info("ui address taken, using another port", "wanted", a.uiListen, "using", ln.Addr())
 	}
+	if tcp, ok := ln.Addr().(*net.TCPAddr); ok && !tcp.IP.IsLoopback() {
+		a.log.Warn("ui listens beyond loopback over plain HTTP: the password and session cookie cross the network unencrypted; prefer 127.0.0.1 and an SSH tunnel", "addr", ln.Addr())
+	}
 	a.uiURL = "http://" + ln.Addr().String() + "/"
 	a.serve(ln, srv, "ui")
 	a.log.Info("ui listening", "url", a.uiURL)

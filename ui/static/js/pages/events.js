@@ -47,7 +47,15 @@ registerPage({
     const tbody = h('tbody');
     const count = h('span', {class: 'muted'});
     let seen = -1;
-    const draw = (st) => {
+    let drawnKey = '';
+    let drawnAt = 0;
+    const draw = (st, force) => {
+      // Up to 1000 rows: redraw when events or the filter changed, and
+      // every 10 s for the relative times, not on every 2 s refresh.
+      const key = st.events.length + ':' + (st.events.length ? st.events[st.events.length - 1].seq : 0) + ':' + st.eventsLoaded;
+      if (!force && key === drawnKey && Date.now() - drawnAt < 10000) return;
+      drawnKey = key;
+      drawnAt = Date.now();
       const q = filter.value.trim().toLowerCase();
       const rows = [];
       const evs = st.events.slice().reverse();
@@ -65,7 +73,7 @@ registerPage({
       tbody.replaceChildren(...(rows.length ? rows : [h('tr', {}, h('td', {colspan: 4, class: 'muted'}, st.eventsLoaded ? 'No events.' : 'Loading…'))]));
       count.textContent = rows.length + ' of ' + st.events.length;
     };
-    filter.addEventListener('input', () => draw(ctx.store));
+    filter.addEventListener('input', () => draw(ctx.store, true));
     el.append(
       h('div', {class: 'page-head'}, h('h1', {}, 'Events'), live),
       h('div', {class: 'toolbar'}, filter, count),
