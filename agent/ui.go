@@ -67,7 +67,7 @@ func (a *Agent) startUI(ctx context.Context) error {
 	if a.uiListen == "" {
 		return nil
 	}
-	srv, err := ui.New(ui.Config{API: a.LocalAPIHandler(), Auth: &uiAuthority{a: a}, Node: a.cfg.Name}, a.log.With("component", "ui"))
+	srv, err := ui.New(ui.Config{API: a.LocalAPIHandler(), Auth: &uiAuthority{a: a}, Node: a.cfg.Name, Cluster: a.cfg.ClusterID}, a.log.With("component", "ui"))
 	if err != nil {
 		return err
 	}

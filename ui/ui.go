@@ -60,9 +60,10 @@ type Authority interface {
 
 // Config configures the UI server.
 type Config struct {
-	API  http.Handler // the local API, mounted under /v1/ behind the session
-	Auth Authority
-	Node string // this node's name, shown in the page
+	API     http.Handler // the local API, mounted under /v1/ behind the session
+	Auth    Authority
+	Node    string // this node's name, shown in the page
+	Cluster string // the cluster's ID, part of the cookie's name
 	// Secure marks cookies Secure even on plain HTTP (the server sits behind
 	// a TLS terminator). Requests that arrive over TLS always get it.
 	Secure     bool
@@ -87,9 +88,13 @@ type Server struct {
 	// hashing bounds concurrent argon2 runs (64 MiB each).
 	hashing chan struct{}
 	now     func() time.Time
+	cookie  string // the session cookie's name
 }
 
-const cookieName = "runos_session"
+// cookiePrefix names the session cookie; the cluster ID follows, because
+// browsers send a cookie for 127.0.0.1 to every port: two clusters' UIs on
+// one machine (or one SSH-tunnelled port used for several) keep apart.
+const cookiePrefix = "runos_session"
 
 // Files anyone may fetch: the sign-in page needs them.
 var publicFiles = map[string]bool{"login.html": true, "login.js": true, "style.css": true, "favicon.svg": true}
@@ -127,6 +132,10 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 		global:  newLimiter(cfg.GlobalBurst, cfg.GlobalEvery, 1),
 		hashing: make(chan struct{}, 2),
 		now:     time.Now,
+		cookie:  cookiePrefix,
+	}
+	if cfg.Cluster != "" {
+		s.cookie += "_" + cfg.Cluster
 	}
 	s.mux.HandleFunc("GET /{$}", s.handleIndex)
 	s.mux.HandleFunc("GET /index.html", func(w http.ResponseWriter, r *http.Request) {
@@ -169,7 +178,7 @@ func writeJSON(w http.ResponseWriter, v any) {
 // authenticate returns the request's valid session and the key it is
 // signed with.
 func (s *Server) authenticate(r *http.Request) (session, []byte, error) {
-	c, err := r.Cookie(cookieName)
+	c, err := r.Cookie(s.cookie)
 	if err != nil || c.Value == "" {
 		return session{}, nil, errNoSession
 	}
@@ -432,7 +441,7 @@ func (s *Server) handleLogin(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	http.SetCookie(w, &http.Cookie{
-		Name: cookieName, Value: sess.encode(cred.SessionKey), Path: "/",
+		Name: s.cookie, Value: sess.encode(cred.SessionKey), Path: "/",
 		Expires: sess.Expires, MaxAge: int(s.cfg.SessionTTL / time.Second),
 		HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: s.secure(r),
 	})
@@ -449,7 +458,7 @@ func (s *Server) tooMany(w http.ResponseWriter, wait time.Duration, what string)
 func (s *Server) secure(r *http.Request) bool { return s.cfg.Secure || r.TLS != nil }
 
 func (s *Server) clearCookie(w http.ResponseWriter, r *http.Request) {
-	http.SetCookie(w, &http.Cookie{Name: cookieName, Value: "", Path: "/", MaxAge: -1,
+	http.SetCookie(w, &http.Cookie{Name: s.cookie, Value: "", Path: "/", MaxAge: -1,
 		HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: s.secure(r)})
 }
 

@@ -99,6 +99,7 @@ func newFixture(t testing.TB, cfg Config) *fixture {
 	})
 	cfg.Auth = f.auth
 	cfg.Node = "node0"
+	cfg.Cluster = "c1"
 	f.srv, err = New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
@@ -193,11 +194,11 @@ func (f *fixture) login(c *http.Client) string {
 func sessionCookie(t *testing.T, r *http.Response) *http.Cookie {
 	t.Helper()
 	for _, c := range r.Cookies() {
-		if c.Name == cookieName {
+		if c.Name == cookiePrefix+"_c1" {
 			return c
 		}
 	}
-	t.Fatalf("no %s cookie in %v", cookieName, r.Header["Set-Cookie"])
+	t.Fatalf("no %s_c1 cookie in %v", cookiePrefix, r.Header["Set-Cookie"])
 	return nil
 }
 
@@ -318,7 +319,7 @@ func TestNothingWithoutSession(t *testing.T) {
 	}
 	// A forged or tampered cookie is no session either.
 	u, _ := url.Parse(f.http.URL)
-	c.Jar.SetCookies(u, []*http.Cookie{{Name: cookieName, Value: "v1.abc.99999999999.AAAA"}})
+	c.Jar.SetCookies(u, []*http.Cookie{{Name: cookiePrefix + "_c1", Value: "v1.abc.99999999999.AAAA"}})
 	if r := f.do(c, "GET", "/v1/nodes", "", nil); r.code != 401 {
 		t.Errorf("forged cookie: %d", r.code)
 	}

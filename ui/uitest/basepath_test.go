@@ -54,7 +54,11 @@ func TestBrowserUnderBasePath(t *testing.T) {
 		}
 		mux.ServeHTTP(w, r)
 	}))
-	defer srv.Close()
+	defer func() {
+		// The page's events long poll would hold Close for up to 30 s.
+		srv.CloseClientConnections()
+		srv.Close()
+	}()
 	base := srv.URL + prefix
 
 	b.run("nodes", chromedp.Navigate(base+"#/nodes"))

@@ -67,6 +67,8 @@ func eventually(t testing.TB, what string, cond func() error) {
 // until every node sees every node healthy and the UI credential is stored.
 func startCluster(t *testing.T) *agent.DevCluster {
 	t.Helper()
+	start := time.Now()
+	defer func() { t.Logf("cluster of 3 up and healthy in %s", time.Since(start).Round(time.Millisecond)) }()
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	dc, err := agent.StartDev(ctx, agent.DevOptions{Nodes: 3, Dir: t.TempDir(), UIListen: "127.0.0.1:0", Tuning: fastTuning}, testLogger())
@@ -149,7 +151,7 @@ func login(t *testing.T, uiURL, password string) (*uiClient, error) {
 		return nil, err
 	}
 	for _, c := range resp.Cookies() {
-		if c.Name == "runos_session" {
+		if strings.HasPrefix(c.Name, "runos_session_") {
 			return &uiClient{t: t, cookie: c.Name + "=" + c.Value, csrf: info.CSRFToken}, nil
 		}
 	}
