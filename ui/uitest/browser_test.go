@@ -270,6 +270,8 @@ func TestBrowser(t *testing.T) {
 		t.Errorf("join command %q", cmd)
 	}
 	b.screenshot("tokens")
+	b.run("copy", chromedp.Click(chromedp.CSS(".command-box button")))
+	b.waitJS("copied", `document.querySelector('.command-box button').textContent === 'Copied'`)
 
 	// A crashed node turns degraded, then offline, live on the nodes page.
 	victim := 2
