@@ -1,10 +1,15 @@
 package raftstore
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"reflect"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/raft"
 )
 
 func setAdmin(hash, key string, ifUnset bool, at time.Time) *Command {
@@ -104,5 +109,36 @@ func TestUIRevokedIsBoundedAndPruned(t *testing.T) {
 	v.UI.Revoked["x"] = t0
 	if _, ok := s.UI.Revoked["x"]; ok {
 		t.Error("View shares the revoked map")
+	}
+}
+
+func TestUIStateSurvivesSnapshot(t *testing.T) {
+	f := NewFSM()
+	f.state = bootstrapped(t)
+	for i, cmd := range []*Command{
+		setAdmin("h1", "k1", true, t0),
+		{ID: "rv1", Time: t0, Op: OpUIRevokeSession, UI: &UICmd{SessionID: "s1", Until: t0.Add(time.Hour)}},
+	} {
+		b, _ := json.Marshal(cmd)
+		if res := f.Apply(&raft.Log{Index: uint64(3 + i), Data: b}).(*Result); res.Error() != nil {
+			t.Fatal(res.Error())
+		}
+	}
+	snap, err := f.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sink bufSink
+	if err := snap.Persist(&sink); err != nil {
+		t.Fatal(err)
+	}
+	restored := NewFSM()
+	if err := restored.Restore(io.NopCloser(&sink)); err != nil {
+		t.Fatal(err)
+	}
+	view, _ := restored.State()
+	before, _ := f.State()
+	if !reflect.DeepEqual(view.UI, before.UI) || view.UI.AdminHash != "h1" || !view.UI.Revoked["s1"].Equal(t0.Add(time.Hour)) {
+		t.Fatalf("restored UI state %+v, want %+v", view.UI, before.UI)
 	}
 }
