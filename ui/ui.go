@@ -221,7 +221,9 @@ func isChange(method string) bool {
 func (s *Server) guard(w http.ResponseWriter, r *http.Request) (session, []byte, bool) {
 	sess, key, err := s.authenticate(r)
 	if err != nil {
-		if !errors.Is(err, errNoSession) {
+		// A dead cookie goes; one that cannot be checked right now (no
+		// credential on this replica yet) stays.
+		if errors.Is(err, errSessionEnded) || errors.Is(err, errSessionExpired) {
 			s.clearCookie(w, r)
 		}
 		code := http.StatusUnauthorized

@@ -257,9 +257,26 @@ func TestLoginRejections(t *testing.T) {
 			t.Errorf("%s: set a cookie", tc.name)
 		}
 	}
+	signedIn := f.client()
+	f.login(signedIn)
+	f.auth.mu.Lock()
+	hash := f.auth.cred.PasswordHash
 	f.auth.cred.PasswordHash = ""
+	f.auth.mu.Unlock()
 	if r := f.do(c, "POST", "/ui/login", loginBody("admin", testPassword), nil); r.code != 503 || !strings.Contains(r.body, "not stored") {
 		t.Errorf("before the credential is in the state: %d %s", r.code, r.body)
+	}
+	// A replica without the credential (yet) answers 503 and keeps the
+	// browser's cookie: the session is not its to end.
+	r := f.do(signedIn, "GET", "/v1/nodes", "", nil)
+	if r.code != 503 || len(r.resp.Cookies()) != 0 {
+		t.Errorf("session check without a credential: %d, cookies %v", r.code, r.resp.Cookies())
+	}
+	f.auth.mu.Lock()
+	f.auth.cred.PasswordHash = hash
+	f.auth.mu.Unlock()
+	if r := f.do(signedIn, "GET", "/v1/nodes", "", nil); r.code != 200 {
+		t.Errorf("session after the credential is back: %d", r.code)
 	}
 }
 
