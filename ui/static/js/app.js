@@ -90,7 +90,7 @@ function renderNav() {
   const here = location.hash.replace(/^#\/?/, '').split('/')[0];
   nav.replaceChildren(...navPages().map((p) => {
     const first = p.parts[0] || '';
-    const active = first === here || (first === 'nodes' && here === 'nodes');
+    const active = first === here;
     return h('a', {href: '#/' + p.route, class: active ? 'active' : undefined, 'aria-current': active ? 'page' : undefined}, p.title);
   }));
 }

@@ -43,13 +43,16 @@ registerPage({
   nav: 40,
   mount(el, ctx) {
     const filter = h('input', {type: 'search', placeholder: 'Filter (kind, node, text)', 'aria-label': 'Filter events'});
-    const live = h('span', {class: 'live'}, h('span', {class: 'dot'}), 'live');
+    const liveText = h('span', {}, 'live');
+    const live = h('span', {class: 'live'}, h('span', {class: 'dot'}), liveText);
     const tbody = h('tbody');
     const count = h('span', {class: 'muted'});
     let seen = -1;
     let drawnKey = '';
     let drawnAt = 0;
     const draw = (st, force) => {
+      live.classList.toggle('off', !!st.error);
+      liveText.textContent = st.error ? 'reconnecting…' : 'live';
       // Up to 1000 rows: redraw when events or the filter changed, and
       // every 10 s for the relative times, not on every 2 s refresh.
       const key = st.events.length + ':' + (st.events.length ? st.events[st.events.length - 1].seq : 0) + ':' + st.eventsLoaded;
