@@ -74,6 +74,8 @@ func newBrowser(t *testing.T) *browser {
 		chromedp.Flag("disable-sync", true),
 		chromedp.Flag("no-proxy-server", true),
 		chromedp.Flag("lang", "en-US"),
+		// Containers often have a tiny /dev/shm.
+		chromedp.Flag("disable-dev-shm-usage", true),
 	}
 	if os.Geteuid() == 0 {
 		opts = append(opts, chromedp.NoSandbox) // Chromium refuses to run as root with its sandbox
