@@ -358,6 +358,12 @@ func TestBrowser(t *testing.T) {
 		t.Errorf("nodes page is %d px wide on a 390 px phone", w)
 	}
 	b.screenshot("phone-nodes")
+	b.run("phone overview", chromedp.Navigate(base+"#/"))
+	b.waitJS("overview on a phone", `document.querySelectorAll('.tile').length === 5`)
+	if w := eval[int](b, `document.documentElement.scrollWidth`); w > 400 {
+		t.Errorf("overview is %d px wide on a 390 px phone", w)
+	}
+	b.screenshot("phone-overview")
 	b.run("dark", chromedp.EmulateViewport(1280, 900), setColorScheme("dark"), chromedp.Navigate(base+"#/mesh"))
 	b.waitJS("dark mesh", `document.querySelectorAll('svg .mesh-node').length === 2`)
 	if bg := eval[string](b, `getComputedStyle(document.body).backgroundColor`); bg == "rgb(245, 246, 248)" {

@@ -13,7 +13,8 @@ export function isBadEvent(e) {
 export function severity(e) {
   if (e.kind === 'health_changed') return e.to === 'offline' ? 'bad' : e.to === 'degraded' ? 'warn' : 'ok';
   if (e.kind === 'path_changed') return e.to === 'none' ? 'bad' : e.to === 'relay' ? 'warn' : 'ok';
-  return BAD_KINDS.has(e.kind) ? 'bad' : 'ok';
+  if (e.kind === 'node_removed') return 'bad';
+  return BAD_KINDS.has(e.kind) ? 'warn' : 'ok';
 }
 
 // kindTag is an event's kind, coloured by its severity.
