@@ -6,12 +6,14 @@ VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -X github.com/runos/runos-agent/agent.Version=$(VERSION)
 # CI runs as root: there the namespace lab must run, never skip.
 LAB_REQUIRED := $(shell [ "$$(id -u)" = 0 ] && echo 1 || echo 0)
+# Likewise the web UI's headless-Chromium tests (ui/uitest) must not skip there.
+UI_REQUIRED  := $(LAB_REQUIRED)
 # raft-boltdb's v1 path uses github.com/boltdb/bolt, whose unsafe page casts
 # trip -race's checkptr instrumentation (a false positive fixed only in
 # bbolt). The race detector itself stays on.
 RACE      := -race -gcflags=all=-d=checkptr=0
 
-.PHONY: all build run test test-deps unit e2e bench bench-cloud lint clean
+.PHONY: all build run test test-deps unit e2e ui-test bench bench-cloud lint clean
 
 all: build
 
@@ -29,9 +31,14 @@ test-deps:
 # Everything: vet, unit and in-process cluster tests with the race detector,
 # then the network-namespace lab with real runos-agent processes.
 test: test-deps build lint
-	$(GO) test $(RACE) -count=1 -timeout 30m $$($(GO) list ./... | grep -v /e2e)
+	RUNOS_UI_REQUIRED=$(UI_REQUIRED) $(GO) test $(RACE) -count=1 -timeout 30m $$($(GO) list ./... | grep -v /e2e)
 	RUNOS_AGENT_BIN=$(BIN)/runos-agent RUNOS_LAB_REQUIRED=$(LAB_REQUIRED) \
 		$(GO) test -count=1 -timeout 20m -v ./e2e/... 2>&1 | tee $(BIN)/e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic|\s+\S+_test\.go)' ; exit $${PIPESTATUS[0]}
+
+# The web UI in headless Chromium against an in-process 3-node cluster;
+# screenshots of every page land in bin/ui-screenshots/.
+ui-test: test-deps
+	RUNOS_UI_REQUIRED=$(UI_REQUIRED) $(GO) test $(RACE) -count=1 -v ./ui/...
 
 unit:
 	$(GO) test $(RACE) -count=1 $$($(GO) list ./... | grep -v /e2e)
@@ -44,6 +51,7 @@ bench: test-deps build
 	$(GO) test -run '^$$' -bench . -benchtime 1x -count 1 ./agent/
 	$(GO) test -run '^$$' -bench . -benchtime 2s -count 1 ./mesh/
 	$(GO) test -run '^$$' -bench 'RecordChange' -count 1 ./raftstore/
+	$(GO) test -run '^$$' -bench . -benchtime 1s -count 1 ./ui/
 	RUNOS_AGENT_BIN=$(BIN)/runos-agent $(GO) test -run '^$$' -bench . -benchtime 1x -count 1 ./e2e/...
 
 # Only the cloud link's benchmarks (bench runs them too, with ./agent/).

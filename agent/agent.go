@@ -330,7 +330,7 @@ func (a *Agent) start(ctx context.Context) error {
 	if err := a.startPingEcho(); err != nil {
 		return err
 	}
-	if err := a.startUI(); err != nil {
+	if err := a.startUI(ctx); err != nil {
 		return err
 	}
 	if err := a.startMetrics(); err != nil {

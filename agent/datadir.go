@@ -42,6 +42,9 @@ type NodeConfig struct {
 	Relay string `json:"relay,omitempty"`
 	// STUN lists extra STUN servers (host:port) besides the members.
 	STUN []string `json:"stun,omitempty"`
+	// AdminPassword is the web UI's admin password, set only in what Init
+	// returns (to be shown once) and never written anywhere.
+	AdminPassword string `json:"-"`
 }
 
 // ErrNotInitialised means the data dir has no config.json.

@@ -24,6 +24,9 @@ type DevOptions struct {
 type DevCluster struct {
 	Agents []*Agent
 	Dirs   []string
+	// AdminPassword is the UI's admin password when this call created the
+	// cluster ("" on a restart: it is shown once).
+	AdminPassword string
 }
 
 // StartDev creates (or restarts, if Dir already holds one) a dev cluster:
@@ -52,7 +55,10 @@ func StartDev(ctx context.Context, opts DevOptions, log *slog.Logger) (*DevClust
 				Advertise: []string{fmt.Sprintf("127.0.0.1:%d", port)},
 			}
 			if i == 0 {
-				_, err = Init(no)
+				var cfg *NodeConfig
+				if cfg, err = Init(no); err == nil {
+					dc.AdminPassword = cfg.AdminPassword
+				}
 			} else {
 				var tok *api.Token
 				if tok, err = dc.Agents[0].CreateToken(ctx, api.TokenRequest{TTL: "10m", Uses: 1}); err == nil {
@@ -94,6 +100,13 @@ func StartDev(ctx context.Context, opts DevOptions, log *slog.Logger) (*DevClust
 		}
 	}
 	return dc, nil
+}
+
+// Crash stops node i without its gossip goodbye, as kill -9 would, so the
+// others see it go degraded, then offline (tests, demos).
+func (dc *DevCluster) Crash(i int) error {
+	dc.Agents[i].crashOnClose = true
+	return dc.Agents[i].Close()
 }
 
 // Close stops every agent.

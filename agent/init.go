@@ -191,9 +191,15 @@ func Init(opts NodeOptions) (*NodeConfig, error) {
 	if err := writeJSON(filepath.Join(opts.DataDir, fileInit), bootstrap, 0o600); err != nil {
 		return nil, err
 	}
+	// The UI's admin credential follows the bootstrap into Raft (ui.go).
+	adminPassword, err := writeUIInit(opts.DataDir, dataKey)
+	if err != nil {
+		return nil, err
+	}
 	if err := writeJSON(filepath.Join(opts.DataDir, fileConfig), cfg, 0o600); err != nil {
 		return nil, err
 	}
+	cfg.AdminPassword = adminPassword
 	return cfg, nil
 }
 

@@ -56,6 +56,7 @@ func (a *Agent) LocalAPIHandler() http.Handler {
 	mux.HandleFunc("GET /v1/events", a.handleEvents)
 	a.cloudRoutes(mux)
 	a.workloadRoutes(mux)
+	a.uiRoutes(mux)
 	mux.HandleFunc("GET /v1/netcheck", func(w http.ResponseWriter, r *http.Request) {
 		n, err := a.Netcheck(r.Context(), r.URL.Query()["stun"])
 		if err != nil {

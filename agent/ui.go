@@ -1,18 +1,75 @@
 package agent
 
 import (
+	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
 
+	"github.com/runos/runos-agent/api"
+	"github.com/runos/runos-agent/raftstore"
+	"github.com/runos/runos-agent/seal"
 	"github.com/runos/runos-agent/ui"
 )
 
 // The web UI (issue 7).
 
-// startUI serves the web UI (and the read-only API it uses) on loopback TCP.
-func (a *Agent) startUI() error {
+// fileUIInit holds init's admin credential command (hash and sealed session
+// key, never the password) until the cluster has applied it.
+const fileUIInit = "ui-init.json"
+
+// sealUISessionKey is the seal purpose of the UI session key in the state.
+const sealUISessionKey = "ui-session-key"
+
+// newUICredential makes a fresh admin password and the ui_set_admin command
+// that stores its hash and a new session key.
+func newUICredential(dataKey seal.Key, ifUnset bool) (password string, cmd *raftstore.Command, err error) {
+	if password, err = ui.NewPassword(); err != nil {
+		return "", nil, err
+	}
+	hash, err := ui.HashPassword(password)
+	if err != nil {
+		return "", nil, err
+	}
+	key, err := ui.NewSessionKey()
+	if err != nil {
+		return "", nil, err
+	}
+	sealed, err := seal.Seal(dataKey, sealUISessionKey, key)
+	if err != nil {
+		return "", nil, err
+	}
+	return password, &raftstore.Command{
+		ID: "ui-admin-" + randomHex(8), Time: time.Now().UTC(), Op: raftstore.OpUISetAdmin,
+		UI: &raftstore.UICmd{AdminHash: hash, SessionKey: sealed, IfUnset: ifUnset},
+	}, nil
+}
+
+// writeUIInit prepares init's admin credential for the first leader.
+func writeUIInit(dir string, dataKey seal.Key) (string, error) {
+	password, cmd, err := newUICredential(dataKey, true)
+	if err != nil {
+		return "", err
+	}
+	return password, writeJSON(filepath.Join(dir, fileUIInit), cmd, 0o600)
+}
+
+// startUI serves the web UI (and, behind its sign-in, the local API) on
+// loopback TCP, and applies init's admin credential once the cluster exists.
+func (a *Agent) startUI(ctx context.Context) error {
+	a.goLoop(ctx, a.uiInitLoop)
 	if a.uiListen == "" {
 		return nil
+	}
+	srv, err := ui.New(ui.Config{API: a.LocalAPIHandler(), Auth: &uiAuthority{a: a}, Node: a.cfg.Name, Cluster: a.cfg.ClusterID}, a.log.With("component", "ui"))
+	if err != nil {
+		return err
 	}
 	ln, err := net.Listen("tcp", a.uiListen)
 	if err != nil {
@@ -22,11 +79,127 @@ func (a *Agent) startUI() error {
 		}
 		a.log.Info("ui address taken, using another port", "wanted", a.uiListen, "using", ln.Addr())
 	}
+	if tcp, ok := ln.Addr().(*net.TCPAddr); ok && !tcp.IP.IsLoopback() {
+		a.log.Warn("ui listens beyond loopback over plain HTTP: the password and session cookie cross the network unencrypted; prefer 127.0.0.1 and an SSH tunnel", "addr", ln.Addr())
+	}
 	a.uiURL = "http://" + ln.Addr().String() + "/"
-	a.serve(ln, ui.Handler(a.LocalAPIHandler()), "ui")
+	a.serve(ln, srv, "ui")
 	a.log.Info("ui listening", "url", a.uiURL)
 	return nil
 }
 
 // UIURL is the web UI's address, or "" when it is off.
 func (a *Agent) UIURL() string { return a.uiURL }
+
+// uiInitLoop applies ui-init.json after the bootstrap (any node holding
+// it may: writes are forwarded to the leader) and then deletes it.
+func (a *Agent) uiInitLoop(ctx context.Context) {
+	path := filepath.Join(a.dir, fileUIInit)
+	var cmd raftstore.Command
+	if err := readJSON(path, &cmd); err != nil {
+		if !errors.Is(err, fs.ErrNotExist) {
+			a.log.Error("cannot read the UI admin credential", "file", path, "err", err)
+		}
+		return
+	}
+	for {
+		if st, _ := a.store.State(); st.ClusterID != "" {
+			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			res, err := a.store.Apply(cctx, &cmd)
+			cancel()
+			if err == nil && (res.Error() == nil || res.UIAdminWasSet()) {
+				os.Remove(path)
+				a.log.Info("ui admin credential stored in the cluster state")
+				return
+			}
+			if err == nil {
+				err = res.Error()
+			}
+			a.log.Debug("ui admin credential not applied yet", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-a.store.Changed():
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+// uiAuthority serves the UI's credential from this node's state copy.
+type uiAuthority struct {
+	a *Agent
+
+	mu     sync.Mutex
+	sealed string // guarded by mu; the sealed key last opened
+	key    []byte // guarded by mu
+}
+
+var _ ui.Authority = (*uiAuthority)(nil)
+
+func (u *uiAuthority) Credential() (ui.Credential, error) {
+	st, _ := u.a.store.State()
+	if st.UI.AdminHash == "" {
+		return ui.Credential{}, ui.ErrNoCredential
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if st.UI.SessionKey != u.sealed {
+		key, err := seal.Open(u.a.dataKey, sealUISessionKey, st.UI.SessionKey)
+		if err != nil {
+			return ui.Credential{}, fmt.Errorf("ui session key: %w", err)
+		}
+		u.sealed, u.key = st.UI.SessionKey, key
+	}
+	return ui.Credential{PasswordHash: st.UI.AdminHash, SessionKey: u.key, Revoked: st.UI.Revoked}, nil
+}
+
+func (u *uiAuthority) RevokeSession(ctx context.Context, id string, until time.Time) error {
+	res, err := u.a.store.Apply(ctx, &raftstore.Command{Time: time.Now().UTC(), Op: raftstore.OpUIRevokeSession,
+		UI: &raftstore.UICmd{SessionID: id, Until: until}})
+	if err != nil {
+		return err
+	}
+	return res.Error()
+}
+
+// ResetUIPassword replaces the admin password with a new random one and a
+// new session key: every UI session on every node ends.
+func (a *Agent) ResetUIPassword(ctx context.Context) (*api.UIPassword, error) {
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	if err := a.WaitReady(ctx); err != nil {
+		return nil, err
+	}
+	password, cmd, err := newUICredential(a.dataKey, false)
+	if err != nil {
+		return nil, err
+	}
+	res, err := a.store.Apply(ctx, cmd)
+	if err != nil {
+		return nil, err
+	}
+	if err := res.Error(); err != nil {
+		return nil, err
+	}
+	// A credential still waiting in ui-init.json must not come back later.
+	os.Remove(filepath.Join(a.dir, fileUIInit))
+	return &api.UIPassword{User: ui.AdminUser, Password: password}, nil
+}
+
+func (a *Agent) uiRoutes(mux *http.ServeMux) {
+	mux.HandleFunc("POST /v1/ui/reset-password", func(w http.ResponseWriter, r *http.Request) {
+		// Only the machine's owner, through the unix socket (file
+		// permissions), may reset; the UI server never forwards this path.
+		if addr, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); !ok || addr.Network() != "unix" {
+			httpError(w, http.StatusForbidden, errors.New("reset-password is only served on the agent's unix socket"))
+			return
+		}
+		pw, err := a.ResetUIPassword(r.Context())
+		if err != nil {
+			httpError(w, statusFor(err), err)
+			return
+		}
+		writeJSONResponse(w, http.StatusOK, pw)
+	})
+}

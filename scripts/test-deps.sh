@@ -6,6 +6,8 @@ set -euo pipefail
 
 # ip, ping, nft, conntrack, iperf3, sysctl, wg (the wireguard-go reference benchmark).
 packages=(iproute2 iputils-ping nftables conntrack iperf3 procps wireguard-tools)
+# Headless browser for the web UI tests (ui/uitest, driven with chromedp).
+packages+=(chromium)
 
 missing=()
 for p in "${packages[@]}"; do

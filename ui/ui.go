@@ -1,35 +1,489 @@
-// Package ui is the agent's local web UI, embedded in the binary (no
-// Node.js to build it). It is a thin client of the local API: every view is
-// a fetch of the same /v1 endpoints the CLI uses.
+// Package ui is the web UI every agent serves (and the cloud console serves
+// for a chosen cluster): static files embedded with go:embed (no Node.js to
+// build, no CDN at run time) and the session layer in front of the local
+// API. The page is a thin client of the same /v1 endpoints the CLI uses.
+//
+// Auth: one admin credential (argon2id hash) and a session key live in the
+// Raft state; the session cookie is signed with that key, so it works on
+// every node and a password reset ends every session everywhere. Changes
+// need the session's CSRF token in a header and a same-origin request.
 package ui
 
 import (
+	"bytes"
+	"context"
 	"embed"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"html/template"
+	"io"
 	"io/fs"
+	"log/slog"
+	"net"
 	"net/http"
+	"net/url"
+	"path"
 	"strings"
+	"time"
 )
 
 //go:embed static
 var static embed.FS
 
-// Handler serves the UI and, read-only, the local API it draws from. Writes
-// (tokens, removals) stay on the unix socket: a browser page on another
-// origin must not be able to trigger them through localhost.
-func Handler(api http.Handler) http.Handler {
-	files, _ := fs.Sub(static, "static")
-	fileServer := http.FileServerFS(files)
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if strings.HasPrefix(r.URL.Path, "/v1/") {
-			if r.Method != http.MethodGet && r.Method != http.MethodHead {
-				http.Error(w, `{"error":"read-only: use the runos-agent CLI for changes"}`, http.StatusMethodNotAllowed)
-				return
-			}
-			api.ServeHTTP(w, r)
+// Assets are the UI's static files (the cloud console serves them too).
+func Assets() fs.FS {
+	f, err := fs.Sub(static, "static")
+	if err != nil {
+		panic(err) // the embedded tree always has static/
+	}
+	return f
+}
+
+// ErrNoCredential means the cluster has not stored an admin credential yet
+// (right after init, before the first leader applied it).
+var ErrNoCredential = errors.New("the cluster has not stored the UI admin credential yet; try again in a few seconds")
+
+// Credential is what the Authority keeps in the cluster state.
+type Credential struct {
+	PasswordHash string
+	SessionKey   []byte               // unsealed
+	Revoked      map[string]time.Time // signed-out session IDs
+}
+
+// Authority reads the credential from, and records sign-outs in, the
+// cluster state.
+type Authority interface {
+	Credential() (Credential, error)
+	RevokeSession(ctx context.Context, id string, until time.Time) error
+}
+
+// Config configures the UI server.
+type Config struct {
+	API     http.Handler // the local API, mounted under /v1/ behind the session
+	Auth    Authority
+	Node    string // this node's name, shown in the page
+	Cluster string // the cluster's ID, part of the cookie's name
+	// Secure marks cookies Secure even on plain HTTP (the server sits behind
+	// a TLS terminator). Requests that arrive over TLS always get it.
+	Secure     bool
+	SessionTTL time.Duration // default 12h
+	// Login limits: a client gets ClientBurst attempts, then one per
+	// ClientEvery; the whole node GlobalBurst, then one per GlobalEvery.
+	ClientBurst int
+	ClientEvery time.Duration
+	GlobalBurst int
+	GlobalEvery time.Duration
+}
+
+// Server is the UI's HTTP handler.
+type Server struct {
+	cfg    Config
+	log    *slog.Logger
+	mux    *http.ServeMux
+	index  *template.Template
+	files  fs.FS
+	client *limiter
+	global *limiter
+	// hashing bounds concurrent argon2 runs (64 MiB each).
+	hashing chan struct{}
+	now     func() time.Time
+	cookie  string // the session cookie's name
+}
+
+// cookiePrefix names the session cookie; the cluster ID follows, because
+// browsers send a cookie for 127.0.0.1 to every port: two clusters' UIs on
+// one machine (or one SSH-tunnelled port used for several) keep apart.
+const cookiePrefix = "runos_session"
+
+// Files anyone may fetch: the sign-in page needs them.
+var publicFiles = map[string]bool{"login.html": true, "login.js": true, "style.css": true, "favicon.svg": true}
+
+// New builds the UI server.
+func New(cfg Config, log *slog.Logger) (*Server, error) {
+	if cfg.API == nil || cfg.Auth == nil {
+		return nil, errors.New("ui: API and Auth are required")
+	}
+	if log == nil {
+		return nil, errors.New("ui: logger is required")
+	}
+	if cfg.SessionTTL <= 0 {
+		cfg.SessionTTL = 12 * time.Hour
+	}
+	if cfg.ClientBurst <= 0 {
+		cfg.ClientBurst = 5
+	}
+	if cfg.ClientEvery <= 0 {
+		cfg.ClientEvery = 12 * time.Second
+	}
+	if cfg.GlobalBurst <= 0 {
+		cfg.GlobalBurst = 20
+	}
+	if cfg.GlobalEvery <= 0 {
+		cfg.GlobalEvery = 2 * time.Second
+	}
+	index, err := template.ParseFS(static, "static/index.html")
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{
+		cfg: cfg, log: log, mux: http.NewServeMux(), index: index, files: Assets(),
+		client:  newLimiter(cfg.ClientBurst, cfg.ClientEvery, 4096),
+		global:  newLimiter(cfg.GlobalBurst, cfg.GlobalEvery, 1),
+		hashing: make(chan struct{}, 2),
+		now:     time.Now,
+		cookie:  cookiePrefix,
+	}
+	if cfg.Cluster != "" {
+		s.cookie += "_" + cfg.Cluster
+	}
+	s.mux.HandleFunc("GET /{$}", s.handleIndex)
+	s.mux.HandleFunc("GET /index.html", func(w http.ResponseWriter, r *http.Request) {
+		redirect(w, "./")
+	})
+	s.mux.HandleFunc("GET /login", s.handleLoginPage)
+	s.mux.HandleFunc("POST /ui/login", s.handleLogin)
+	s.mux.HandleFunc("POST /ui/logout", s.handleLogout)
+	s.mux.HandleFunc("GET /ui/session", s.handleSession)
+	s.mux.HandleFunc("/ui/", func(w http.ResponseWriter, r *http.Request) {
+		jsonError(w, http.StatusNotFound, "no such UI endpoint")
+	})
+	s.mux.HandleFunc("/v1/", s.handleAPI)
+	s.mux.HandleFunc("/", s.handleFile)
+	return s, nil
+}
+
+// ServeHTTP implements http.Handler.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	h := w.Header()
+	h.Set("Content-Security-Policy", "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'")
+	h.Set("X-Frame-Options", "DENY")
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Referrer-Policy", "no-referrer")
+	h.Set("Cache-Control", "no-store")
+	s.mux.ServeHTTP(w, r)
+}
+
+func jsonError(w http.ResponseWriter, code int, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(map[string]string{"error": msg})
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(v)
+}
+
+// authenticate returns the request's valid session and the key it is
+// signed with.
+func (s *Server) authenticate(r *http.Request) (session, []byte, error) {
+	c, err := r.Cookie(s.cookie)
+	if err != nil || c.Value == "" {
+		return session{}, nil, errNoSession
+	}
+	cred, err := s.cfg.Auth.Credential()
+	if err != nil {
+		return session{}, nil, err
+	}
+	sess, err := parseSession(c.Value, cred.SessionKey, s.now())
+	if err != nil {
+		return session{}, nil, err
+	}
+	if _, revoked := cred.Revoked[sess.ID]; revoked {
+		return session{}, nil, errSessionEnded
+	}
+	return sess, cred.SessionKey, nil
+}
+
+// sameOrigin refuses what a browser marks as coming from another site.
+// Requests without Origin (curl, the cloud console's server side) still
+// need the CSRF token.
+func sameOrigin(r *http.Request) error {
+	if site := r.Header.Get("Sec-Fetch-Site"); site != "" && site != "same-origin" && site != "none" {
+		return fmt.Errorf("cross-site request refused (Sec-Fetch-Site: %s)", site)
+	}
+	if o := r.Header.Get("Origin"); o != "" {
+		u, err := url.Parse(o)
+		if err != nil || u.Host != r.Host {
+			return fmt.Errorf("request from origin %q refused: this UI is %s", o, r.Host)
+		}
+	}
+	return nil
+}
+
+func isChange(method string) bool {
+	return method != http.MethodGet && method != http.MethodHead && method != http.MethodOptions
+}
+
+// guard checks session, and for changes origin and CSRF token; it answers
+// the request itself when they fail.
+func (s *Server) guard(w http.ResponseWriter, r *http.Request) (session, []byte, bool) {
+	sess, key, err := s.authenticate(r)
+	if err != nil {
+		// A dead cookie goes; one that cannot be checked right now (no
+		// credential on this replica yet) stays.
+		if errors.Is(err, errSessionEnded) || errors.Is(err, errSessionExpired) {
+			s.clearCookie(w, r)
+		}
+		code := http.StatusUnauthorized
+		if errors.Is(err, ErrNoCredential) {
+			code = http.StatusServiceUnavailable
+		} else if !errors.Is(err, errNoSession) && !errors.Is(err, errSessionExpired) && !errors.Is(err, errSessionEnded) {
+			s.log.Warn("ui: cannot check session", "err", err)
+			code = http.StatusServiceUnavailable
+		}
+		jsonError(w, code, err.Error())
+		return session{}, nil, false
+	}
+	if isChange(r.Method) {
+		if err := sameOrigin(r); err != nil {
+			jsonError(w, http.StatusForbidden, err.Error())
+			return session{}, nil, false
+		}
+		if !sess.checkCSRF(key, r.Header.Get("X-CSRF-Token")) {
+			jsonError(w, http.StatusForbidden, "missing or wrong X-CSRF-Token header (reload the page)")
+			return session{}, nil, false
+		}
+	}
+	return sess, key, true
+}
+
+func (s *Server) handleAPI(w http.ResponseWriter, r *http.Request) {
+	if _, _, ok := s.guard(w, r); !ok {
+		return
+	}
+	// UI administration (password reset) is for the machine's owner on the
+	// unix socket only.
+	if strings.HasPrefix(r.URL.Path, "/v1/ui/") {
+		jsonError(w, http.StatusForbidden, "this endpoint is only on the agent's unix socket: use `runos-agent ui` on the node")
+		return
+	}
+	s.cfg.API.ServeHTTP(w, r)
+}
+
+// PageConfig is what the page learns from the server that serves it.
+type PageConfig struct {
+	// Base is the path the app is served under, ending in "/" ("/" on an
+	// agent, "/clusters/ID/" in the cloud console). Every URL the page uses
+	// (files, ui/…, v1/…) is relative to it.
+	Base string `json:"base"`
+	// Mode is "agent" or "cloud".
+	Mode string `json:"mode"`
+	// Node is the serving agent's name ("" in the cloud console).
+	Node string `json:"node"`
+	// LoginURL is where a page without a session goes (relative to Base).
+	LoginURL string `json:"login_url"`
+}
+
+// RenderIndex writes the app's page for pc (the cloud console calls it with
+// its own base path).
+func RenderIndex(w io.Writer, pc PageConfig) error {
+	t, err := template.ParseFS(static, "static/index.html")
+	if err != nil {
+		return err
+	}
+	return renderIndex(t, w, pc)
+}
+
+func renderIndex(t *template.Template, w io.Writer, pc PageConfig) error {
+	if pc.Base == "" || !strings.HasSuffix(pc.Base, "/") {
+		return fmt.Errorf("ui: base %q must end in /", pc.Base)
+	}
+	if pc.LoginURL == "" {
+		pc.LoginURL = "login"
+	}
+	var buf bytes.Buffer
+	if err := t.Execute(&buf, pc); err != nil {
+		return err
+	}
+	_, err := w.Write(buf.Bytes())
+	return err
+}
+
+func (s *Server) handleIndex(w http.ResponseWriter, r *http.Request) {
+	if _, _, err := s.authenticate(r); err != nil {
+		// Relative, so it works under any base path; the browser keeps the
+		// #/page fragment across the redirect.
+		redirect(w, "login")
+		return
+	}
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	if err := renderIndex(s.index, w, PageConfig{Base: "/", Mode: "agent", Node: s.cfg.Node}); err != nil {
+		s.log.Error("ui: render index", "err", err)
+	}
+}
+
+// redirect sends a relative Location (http.Redirect would make it absolute),
+// so the app works under any base path.
+func redirect(w http.ResponseWriter, to string) {
+	w.Header().Set("Location", to)
+	w.WriteHeader(http.StatusSeeOther)
+}
+
+func (s *Server) handleLoginPage(w http.ResponseWriter, r *http.Request) {
+	if _, _, err := s.authenticate(r); err == nil {
+		redirect(w, "./")
+		return
+	}
+	s.serveFile(w, r, "login.html")
+}
+
+func (s *Server) handleFile(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		if _, _, err := s.authenticate(r); err != nil {
+			jsonError(w, http.StatusUnauthorized, err.Error())
 			return
 		}
-		w.Header().Set("Content-Security-Policy", "default-src 'self'")
-		w.Header().Set("X-Frame-Options", "DENY")
-		fileServer.ServeHTTP(w, r)
+		jsonError(w, http.StatusMethodNotAllowed, "method not allowed")
+		return
+	}
+	name := strings.TrimPrefix(path.Clean(r.URL.Path), "/")
+	if !publicFiles[name] {
+		if _, _, err := s.authenticate(r); err != nil {
+			jsonError(w, http.StatusUnauthorized, err.Error())
+			return
+		}
+	}
+	s.serveFile(w, r, name)
+}
+
+func (s *Server) serveFile(w http.ResponseWriter, r *http.Request, name string) {
+	if name == "index.html" || name == "" {
+		http.NotFound(w, r)
+		return
+	}
+	f, err := s.files.Open(name)
+	if err != nil {
+		http.NotFound(w, r)
+		return
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil || st.IsDir() {
+		http.NotFound(w, r)
+		return
+	}
+	w.Header().Set("Cache-Control", "no-cache")
+	http.ServeContent(w, r, name, time.Time{}, f.(io.ReadSeeker))
+}
+
+// LoginRequest is POST ui/login.
+type LoginRequest struct {
+	Username string `json:"username"`
+	Password string `json:"password"`
+}
+
+// SessionInfo answers ui/login and ui/session.
+type SessionInfo struct {
+	User      string    `json:"user"`
+	CSRFToken string    `json:"csrf_token"`
+	ExpiresAt time.Time `json:"expires_at"`
+	Node      string    `json:"node"`
+}
+
+func clientKey(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
+
+func (s *Server) handleLogin(w http.ResponseWriter, r *http.Request) {
+	if err := sameOrigin(r); err != nil {
+		jsonError(w, http.StatusForbidden, err.Error())
+		return
+	}
+	// A cross-site form cannot send JSON without a CORS preflight.
+	if ct := r.Header.Get("Content-Type"); !strings.HasPrefix(ct, "application/json") {
+		jsonError(w, http.StatusUnsupportedMediaType, "send the sign-in as application/json")
+		return
+	}
+	now := s.now()
+	client := clientKey(r)
+	if ok, wait := s.client.allow(client, now); !ok {
+		s.tooMany(w, wait, fmt.Sprintf("too many sign-in attempts from %s", client))
+		return
+	}
+	if ok, wait := s.global.allow("", now); !ok {
+		s.tooMany(w, wait, "too many sign-in attempts on this node")
+		return
+	}
+	var req LoginRequest
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4096)).Decode(&req); err != nil {
+		jsonError(w, http.StatusBadRequest, "malformed sign-in request")
+		return
+	}
+	cred, err := s.cfg.Auth.Credential()
+	if err != nil {
+		jsonError(w, http.StatusServiceUnavailable, err.Error())
+		return
+	}
+	select {
+	case s.hashing <- struct{}{}:
+	case <-r.Context().Done():
+		return
+	}
+	ok, err := VerifyPassword(cred.PasswordHash, req.Password)
+	<-s.hashing
+	if err != nil {
+		s.log.Error("ui: stored admin hash", "err", err)
+		jsonError(w, http.StatusInternalServerError, "the stored admin credential is unreadable: reset it with `runos-agent ui reset-password`")
+		return
+	}
+	if !ok || req.Username != AdminUser {
+		s.log.Info("ui: failed sign-in", "client", client)
+		jsonError(w, http.StatusUnauthorized, "wrong user name or password")
+		return
+	}
+	sess, err := newSession(s.cfg.SessionTTL, now)
+	if err != nil {
+		jsonError(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	http.SetCookie(w, &http.Cookie{
+		Name: s.cookie, Value: sess.encode(cred.SessionKey), Path: "/",
+		Expires: sess.Expires, MaxAge: int(s.cfg.SessionTTL / time.Second),
+		HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: s.secure(r),
 	})
+	s.log.Info("ui: signed in", "client", client)
+	writeJSON(w, SessionInfo{User: AdminUser, CSRFToken: sess.csrfToken(cred.SessionKey), ExpiresAt: sess.Expires, Node: s.cfg.Node})
+}
+
+func (s *Server) tooMany(w http.ResponseWriter, wait time.Duration, what string) {
+	secs := int(wait.Seconds()) + 1
+	w.Header().Set("Retry-After", fmt.Sprint(secs))
+	jsonError(w, http.StatusTooManyRequests, fmt.Sprintf("%s: try again in %d s", what, secs))
+}
+
+func (s *Server) secure(r *http.Request) bool { return s.cfg.Secure || r.TLS != nil }
+
+func (s *Server) clearCookie(w http.ResponseWriter, r *http.Request) {
+	http.SetCookie(w, &http.Cookie{Name: s.cookie, Value: "", Path: "/", MaxAge: -1,
+		HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: s.secure(r)})
+}
+
+func (s *Server) handleLogout(w http.ResponseWriter, r *http.Request) {
+	sess, _, ok := s.guard(w, r)
+	if !ok {
+		return
+	}
+	s.clearCookie(w, r)
+	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
+	defer cancel()
+	// Recorded in Raft so a copied cookie is dead on every node too.
+	if err := s.cfg.Auth.RevokeSession(ctx, sess.ID, sess.Expires); err != nil {
+		jsonError(w, http.StatusServiceUnavailable, "signed out in this browser, but the cluster could not record it: "+err.Error())
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *Server) handleSession(w http.ResponseWriter, r *http.Request) {
+	sess, key, ok := s.guard(w, r)
+	if !ok {
+		return
+	}
+	writeJSON(w, SessionInfo{User: AdminUser, CSRFToken: sess.csrfToken(key), ExpiresAt: sess.Expires, Node: s.cfg.Node})
 }

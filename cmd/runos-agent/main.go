@@ -85,6 +85,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 						return err
 					}
 					printPrepared(stdout, "initialised", cfg, c.String("data-dir"))
+					printUIPassword(stdout, cfg.AdminPassword, c.String("data-dir"))
 					return nil
 				},
 			},
@@ -389,6 +390,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 						fmt.Fprintf(stdout, "  %-6s mesh %-12s UI %-24s data dir %s\n", cfg.Name, cfg.MeshIP, dc.Agents[i].UIURL(), d)
 					}
 					fmt.Fprintf(stdout, "\nUI: %s\n", dc.Agents[0].UIURL())
+					printUIPassword(stdout, dc.AdminPassword, dc.Dirs[0])
 					fmt.Fprintf(stdout, "\ntry:\n  runos-agent nodes  --data-dir %s\n  runos-agent status --data-dir %s\n  runos-agent token create --data-dir %s\nCtrl-C stops the cluster; run again to restart it from disk.\n", dc.Dirs[0], dc.Dirs[0], dc.Dirs[0])
 					<-ctx.Done()
 					return dc.Close()

@@ -1,0 +1,22 @@
+// Every page module registers itself with registerPage (core.js); the
+// navigation follows each page's `nav` order, routes are '#/route/:param'.
+//
+// Adding a page (e.g. phase 2's services, apps, cloud):
+//   1. pages/services.js: registerPage({route: 'services', title: 'Services',
+//      nav: 20, mount(el, ctx) {...}}) and a detail page with route
+//      'services/:osid' (no nav). Read with api('v1/services'), change with
+//      api('v1/services', {method: 'POST', body}) — the helper adds the
+//      CSRF token, sends 401s to the sign-in page and turns error answers
+//      into ApiError(status, message) to show with errorBox(e).
+//   2. Live data: ctx.subscribe(fn) runs fn after every refresh (2 s, and
+//      at once after each event); poll page-specific endpoints in it or
+//      with setInterval + ctx.signal for cleanup. Return a cleanup function
+//      from mount if the page starts anything else.
+//   3. Destructive actions: confirmAction(label, question, async () => ...).
+//      Secrets on request: fetch 'v1/services/ID?reveal=1' only on a click.
+//   4. Import the module below.
+import './overview.js';
+import './nodes.js';
+import './mesh.js';
+import './events.js';
+import './tokens.js';
