@@ -267,7 +267,10 @@ func workloadStatus(u *unstructured.Unstructured) (ready, total int, conds []str
 // until it reports true.
 func (e *Executor) DeleteNamespace(ctx context.Context, name string) (gone bool, err error) {
 	nsRes := e.dyn.Resource(schema.GroupVersionResource{Version: "v1", Resource: "namespaces"})
-	err = nsRes.Delete(ctx, name, metav1.DeleteOptions{PropagationPolicy: ptr(metav1.DeletePropagationForeground)})
+	// Background propagation: foreground would add a finalizer only the
+	// garbage collector removes; the namespace controller deletes the
+	// contents either way.
+	err = nsRes.Delete(ctx, name, metav1.DeleteOptions{})
 	if apierrors.IsNotFound(err) {
 		return true, nil
 	}
@@ -283,8 +286,6 @@ func (e *Executor) DeleteNamespace(ctx context.Context, name string) (gone bool,
 	}
 	return false, nil
 }
-
-func ptr[T any](v T) *T { return &v }
 
 // resource maps an object to its dynamic client, refreshing discovery once
 // when the kind is unknown (a CRD installed since the last look).
