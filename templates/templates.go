@@ -7,12 +7,6 @@
 // agent/, the CLI and UI). The catalog itself lives in the other files.
 package templates
 
-import (
-	"io"
-
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-)
-
 // Tiers.
 const (
 	TierLightweight = "lightweight"
@@ -109,5 +103,3 @@ type App struct {
 //	func Render(inst Instance) ([]*unstructured.Unstructured, error) // namespace first
 //	func Connect(inst Instance) (Connection, error)
 //	func RenderApp(app App) ([]*unstructured.Unstructured, error)
-var _ io.Reader
-var _ *unstructured.Unstructured
