@@ -66,6 +66,9 @@ type Tuning struct {
 	DeadVoterGrace    time.Duration
 	ReconcileInterval time.Duration
 	GossipFast        bool // memberlist with short probe and suspicion timers
+	// WorkloadInterval is how often the workload reconciler re-reads
+	// status from Kubernetes (default 10 s).
+	WorkloadInterval time.Duration
 }
 
 // Agent is one running node.
@@ -116,6 +119,8 @@ type Agent struct {
 	startedAt   time.Time
 	beats       beats
 	deadMembers memberStates
+	// wl is the services/apps reconciler (workloads.go).
+	wl *workloads
 	// crashOnClose makes Close skip the goodbye (tests simulate a crash).
 	crashOnClose bool
 }

@@ -41,6 +41,7 @@ var fastTuning = Tuning{
 	HealthyWithin:     time.Second,
 	OfflineAfter:      4 * time.Second,
 	HealthDwell:       300 * time.Millisecond,
+	WorkloadInterval:  time.Second,
 }
 
 func testLogger(t testing.TB) *slog.Logger {

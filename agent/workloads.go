@@ -2,11 +2,774 @@ package agent
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
 	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+
+	"github.com/runos/runos-agent/api"
+	"github.com/runos/runos-agent/kube"
+	"github.com/runos/runos-agent/raftstore"
+	"github.com/runos/runos-agent/seal"
+	"github.com/runos/runos-agent/templates"
 )
 
 // Services and apps on Kubernetes (issue 6).
+//
+// The local API commits what the user asks for to Raft (so a deploy is
+// accepted with the Kubernetes API or the cloud down); the leader's
+// reconciler renders each instance, server-side applies it, and writes the
+// observed status back only when it changed. Everything the reconciler does
+// is idempotent, so a new leader simply does it again.
 
-func (a *Agent) startWorkloads(ctx context.Context) error { return nil }
+// defaultWorkloadInterval is how often the reconciler re-checks status
+// (and retries) without being woken.
+const defaultWorkloadInterval = 10 * time.Second
 
-func (a *Agent) workloadRoutes(mux *http.ServeMux) {}
+// workloads is the reconciler's memory. Only its loop goroutine touches the
+// fields below mu except lastErr.
+type workloads struct {
+	a        *Agent
+	interval time.Duration
+
+	// exec is the client for the current kube target; execGen is the
+	// target generation it was built for.
+	exec    *kube.Executor
+	execGen int64
+	// applied maps an OSID to the desired generation this node applied
+	// while leader; it is cleared whenever leadership is lost, so a new
+	// leader applies everything once (server-side apply makes that a
+	// no-op where the old leader already did).
+	applied map[string]int64
+	// retryAt holds when a failed instance may be retried, and the backoff.
+	retryAt map[string]time.Time
+	backoff map[string]time.Duration
+	// lastPoll is when status was last read from the API.
+	lastPoll time.Time
+
+	mu      sync.Mutex
+	lastErr string // guarded by mu; the last "API unreachable" reason, "" when fine
+
+	// afterApply, when set (tests), runs after an instance's objects were
+	// applied and before its status is written.
+	afterApply func(ctx context.Context, osid string)
+}
+
+func (a *Agent) startWorkloads(ctx context.Context) error {
+	iv := a.tuning.WorkloadInterval
+	if iv == 0 {
+		iv = defaultWorkloadInterval
+	}
+	a.wl = &workloads{a: a, interval: iv, applied: map[string]int64{}, retryAt: map[string]time.Time{}, backoff: map[string]time.Duration{}}
+	a.goLoop(ctx, a.wl.loop)
+	a.closers = append(a.closers, func() error {
+		if a.wl.exec != nil {
+			a.wl.exec.Close()
+		}
+		return nil
+	})
+	return nil
+}
+
+func (w *workloads) loop(ctx context.Context) {
+	tick := time.NewTicker(w.interval / 4)
+	defer tick.Stop()
+	wasLeader := false
+	for {
+		changed := w.a.store.Changed()
+		leader := w.a.store.IsLeader()
+		if !leader && wasLeader {
+			clear(w.applied)
+			clear(w.retryAt)
+			clear(w.backoff)
+		}
+		wasLeader = leader
+		if leader {
+			w.reconcile(ctx)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-changed:
+		case <-tick.C:
+		}
+	}
+}
+
+func (w *workloads) setLastErr(s string) {
+	w.mu.Lock()
+	w.lastErr = s
+	w.mu.Unlock()
+}
+
+// executor returns the client for the current target, rebuilding it when
+// the target changed.
+func (w *workloads) executor(k *raftstore.KubeTarget) (*kube.Executor, error) {
+	if w.exec != nil && w.execGen == k.Generation {
+		return w.exec, nil
+	}
+	kc, err := seal.Open(w.a.dataKey, raftstore.KubeconfigPurpose, k.Kubeconfig)
+	if err != nil {
+		return nil, fmt.Errorf("kubeconfig: %w", err)
+	}
+	e, err := kube.New(kube.Config{Kubeconfig: kc}, w.a.log.With("component", "kube"))
+	if err != nil {
+		return nil, err
+	}
+	if w.exec != nil {
+		w.exec.Close()
+	}
+	w.exec, w.execGen = e, k.Generation
+	clear(w.applied) // a new target gets everything applied
+	return e, nil
+}
+
+// reconcile makes one pass over the desired state.
+func (w *workloads) reconcile(ctx context.Context) {
+	st, _ := w.a.store.State()
+	wl := st.Workloads
+	if len(wl.Services) == 0 && len(wl.Apps) == 0 {
+		return
+	}
+	now := time.Now()
+	poll := now.Sub(w.lastPoll) >= w.interval
+	if poll {
+		w.lastPoll = now
+	}
+	if wl.Kube == nil {
+		// Create already said "no Kubernetes cluster set".
+		return
+	}
+	exec, err := w.executor(wl.Kube)
+	if err != nil {
+		for _, r := range sortedServices(wl.Services) {
+			w.writeStatus(ctx, r.OSID, r.Status, raftstore.Observed{Phase: raftstore.PhaseFailed, Reason: err.Error(), Generation: r.Generation})
+		}
+		return
+	}
+	// down is set at the first "unreachable" of the pass; the rest of the
+	// pass marks instances pending with the same reason without waiting
+	// for more timeouts.
+	var down error
+	for _, r := range sortedServices(wl.Services) {
+		if ctx.Err() != nil {
+			return
+		}
+		w.reconcileOne(ctx, exec, &down, poll, false, r.OSID, r.Desired, r.Generation, r.Status, func() ([]*unstructured.Unstructured, error) {
+			inst, err := w.instance(r)
+			if err != nil {
+				return nil, err
+			}
+			return templates.Render(inst)
+		})
+	}
+	for _, r := range sortedApps(wl.Apps) {
+		if ctx.Err() != nil {
+			return
+		}
+		w.reconcileOne(ctx, exec, &down, poll, true, r.OSID, r.Desired, r.Generation, r.Status, func() ([]*unstructured.Unstructured, error) {
+			app, err := w.app(r, wl.Services)
+			if err != nil {
+				return nil, err
+			}
+			return templates.RenderApp(app)
+		})
+	}
+	if down == nil {
+		w.setLastErr("")
+	}
+}
+
+func (w *workloads) reconcileOne(ctx context.Context, exec *kube.Executor, down *error, poll, isApp bool,
+	osid, desired string, gen int64, cur raftstore.Observed, render func() ([]*unstructured.Unstructured, error)) {
+	now := time.Now()
+	if t, ok := w.retryAt[osid]; ok && now.Before(t) {
+		return
+	}
+	if desired == raftstore.DesiredDeleted {
+		if *down != nil {
+			return
+		}
+		gone, err := exec.DeleteNamespace(ctx, osid)
+		if err != nil {
+			w.failed(ctx, down, osid, gen, cur, raftstore.PhaseDeleting, err)
+			return
+		}
+		w.succeeded(osid)
+		if !gone {
+			w.writeStatus(ctx, osid, cur, raftstore.Observed{Phase: raftstore.PhaseDeleting, Reason: "namespace terminating", Generation: gen})
+			w.retryAt[osid] = now.Add(w.interval / 10)
+			return
+		}
+		op := raftstore.OpWorkloadServicePurge
+		if isApp {
+			op = raftstore.OpWorkloadAppPurge
+		}
+		if _, err := w.propose(ctx, op, &raftstore.WorkloadCmd{OSID: osid}); err != nil {
+			w.a.log.Warn("purge", "osid", osid, "err", err)
+		}
+		delete(w.applied, osid)
+		return
+	}
+
+	needApply := w.applied[osid] != gen
+	if !needApply && !poll {
+		return
+	}
+	if *down != nil {
+		if needApply {
+			w.writeStatus(ctx, osid, cur, raftstore.Observed{Phase: raftstore.PhasePending, Reason: (*down).Error(), Generation: gen})
+		}
+		return
+	}
+	objs, err := render()
+	if err != nil {
+		w.failed(ctx, down, osid, gen, cur, raftstore.PhaseFailed, err)
+		return
+	}
+	if needApply {
+		if _, err := exec.Apply(ctx, objs, kube.ApplyOptions{}); err != nil {
+			w.failed(ctx, down, osid, gen, cur, raftstore.PhasePending, err)
+			return
+		}
+		w.applied[osid] = gen
+		if w.afterApply != nil {
+			w.afterApply(ctx, osid)
+			if ctx.Err() != nil {
+				return
+			}
+		}
+	}
+	ks, err := exec.Status(ctx, statusObjects(objs))
+	if err != nil {
+		w.failed(ctx, down, osid, gen, cur, raftstore.PhasePending, err)
+		return
+	}
+	if len(ks.Missing) > 0 && !needApply {
+		// Someone deleted objects: apply again on the next pass.
+		delete(w.applied, osid)
+	}
+	w.succeeded(osid)
+	obs := raftstore.Observed{Phase: raftstore.PhaseApplying, Ready: ks.Ready, Total: ks.Total, Conditions: ks.Conditions, Generation: gen}
+	switch {
+	case len(ks.Missing) > 0:
+		obs.Reason = "missing " + strings.Join(ks.Missing, ", ")
+	case ks.AllReady():
+		obs.Phase = raftstore.PhaseReady
+	default:
+		obs.Reason = fmt.Sprintf("%d/%d replicas ready", ks.Ready, ks.Total)
+	}
+	w.writeStatus(ctx, osid, cur, obs)
+}
+
+// statusObjects keeps the objects whose existence and readiness the status
+// reflects: the namespace and the workloads.
+func statusObjects(objs []*unstructured.Unstructured) []*unstructured.Unstructured {
+	var out []*unstructured.Unstructured
+	for _, o := range objs {
+		switch o.GetKind() {
+		case "Namespace", "StatefulSet", "Deployment", "DaemonSet":
+			out = append(out, o)
+		}
+	}
+	return out
+}
+
+// failed records a failure and schedules the retry with backoff.
+func (w *workloads) failed(ctx context.Context, down *error, osid string, gen int64, cur raftstore.Observed, phase string, err error) {
+	if ctx.Err() != nil {
+		return
+	}
+	if errors.Is(err, kube.ErrUnreachable) {
+		*down = err
+		w.setLastErr(err.Error())
+		phase = raftstore.PhasePending
+		if cur.Phase == raftstore.PhaseDeleting {
+			phase = raftstore.PhaseDeleting
+		}
+	}
+	b := w.backoff[osid]
+	b = min(max(2*b, w.interval/20), 3*w.interval)
+	w.backoff[osid] = b
+	w.retryAt[osid] = time.Now().Add(b)
+	w.a.log.Debug("workload not applied", "osid", osid, "err", err, "retry_in", b)
+	w.writeStatus(ctx, osid, cur, raftstore.Observed{Phase: phase, Reason: err.Error(), Generation: gen,
+		Ready: cur.Ready, Total: cur.Total})
+}
+
+func (w *workloads) succeeded(osid string) {
+	delete(w.retryAt, osid)
+	delete(w.backoff, osid)
+}
+
+// writeStatus proposes obs unless it is what the state holds already.
+func (w *workloads) writeStatus(ctx context.Context, osid string, cur, obs raftstore.Observed) {
+	if sameObserved(cur, obs) {
+		return
+	}
+	if _, err := w.propose(ctx, raftstore.OpWorkloadStatus, &raftstore.WorkloadCmd{OSID: osid, Status: &obs}); err != nil && ctx.Err() == nil {
+		w.a.log.Warn("status write", "osid", osid, "err", err)
+	}
+}
+
+func sameObserved(a, b raftstore.Observed) bool {
+	return a.Phase == b.Phase && a.Reason == b.Reason && a.Ready == b.Ready && a.Total == b.Total &&
+		a.Generation == b.Generation && slices.Equal(a.Conditions, b.Conditions)
+}
+
+func (w *workloads) propose(ctx context.Context, op string, c *raftstore.WorkloadCmd) (*raftstore.Result, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	res, err := w.a.store.Apply(ctx, &raftstore.Command{Op: op, Workload: c})
+	if err != nil {
+		return nil, err
+	}
+	return res, res.Error()
+}
+
+// instance opens a record's credentials into a templates.Instance.
+func (w *workloads) instance(r *raftstore.ServiceRecord) (templates.Instance, error) {
+	return openInstance(w.a.dataKey, r)
+}
+
+func openInstance(key seal.Key, r *raftstore.ServiceRecord) (templates.Instance, error) {
+	inst := templates.Instance{OSID: r.OSID, Service: r.Service, Tier: r.Tier, Set: maps.Clone(r.Set)}
+	b, err := seal.Open(key, raftstore.CredentialsPurpose(r.OSID), r.Credentials)
+	if err != nil {
+		return inst, fmt.Errorf("%s credentials: %w", r.OSID, err)
+	}
+	if err := json.Unmarshal(b, &inst.Credentials); err != nil {
+		return inst, fmt.Errorf("%s credentials: %w", r.OSID, err)
+	}
+	return inst, nil
+}
+
+func (w *workloads) app(r *raftstore.AppRecord, services map[string]*raftstore.ServiceRecord) (templates.App, error) {
+	return buildApp(w.a.dataKey, r.OSID, r.Name, r.Image, r.Port, r.Env, r.Uses, services)
+}
+
+func buildApp(key seal.Key, osid, name, image string, port int, env map[string]string, uses []string, services map[string]*raftstore.ServiceRecord) (templates.App, error) {
+	app := templates.App{OSID: osid, Name: name, Image: image, Port: port, Env: maps.Clone(env)}
+	for _, u := range uses {
+		s, ok := services[u]
+		if !ok || s.Desired != raftstore.DesiredPresent {
+			return app, fmt.Errorf("--use %s: no such service instance (see `runos-agent services list`): %w", u, errBadRequest)
+		}
+		inst, err := openInstance(key, s)
+		if err != nil {
+			return app, err
+		}
+		app.Uses = append(app.Uses, inst)
+	}
+	return app, nil
+}
+
+func sortedServices(m map[string]*raftstore.ServiceRecord) []*raftstore.ServiceRecord {
+	out := slices.Collect(maps.Values(m))
+	slices.SortFunc(out, func(a, b *raftstore.ServiceRecord) int { return strings.Compare(a.OSID, b.OSID) })
+	return out
+}
+
+func sortedApps(m map[string]*raftstore.AppRecord) []*raftstore.AppRecord {
+	out := slices.Collect(maps.Values(m))
+	slices.SortFunc(out, func(a, b *raftstore.AppRecord) int { return strings.Compare(a.OSID, b.OSID) })
+	return out
+}
+
+// --- local API ---
+
+func (a *Agent) workloadRoutes(mux *http.ServeMux) {
+	mux.HandleFunc("GET /v1/kube", func(w http.ResponseWriter, r *http.Request) {
+		writeJSONResponse(w, http.StatusOK, a.Kube())
+	})
+	mux.HandleFunc("PUT /v1/kube", func(w http.ResponseWriter, r *http.Request) {
+		var req api.KubeSetRequest
+		if !decodeBody(w, r, &req, 1<<20) {
+			return
+		}
+		k, err := a.SetKube(r.Context(), []byte(req.Kubeconfig))
+		respond(w, k, err)
+	})
+	mux.HandleFunc("GET /v1/catalog", func(w http.ResponseWriter, r *http.Request) {
+		writeJSONResponse(w, http.StatusOK, Catalog())
+	})
+	mux.HandleFunc("GET /v1/services", func(w http.ResponseWriter, r *http.Request) {
+		writeJSONResponse(w, http.StatusOK, a.Services(r.URL.Query().Get("type")))
+	})
+	mux.HandleFunc("POST /v1/services", func(w http.ResponseWriter, r *http.Request) {
+		var req api.ServiceRequest
+		if !decodeBody(w, r, &req, 1<<16) {
+			return
+		}
+		s, err := a.DeployService(r.Context(), req)
+		respond(w, s, err)
+	})
+	mux.HandleFunc("GET /v1/services/{osid}", func(w http.ResponseWriter, r *http.Request) {
+		reveal := r.URL.Query().Get("reveal")
+		s, err := a.ServiceInfo(r.PathValue("osid"), reveal == "1" || reveal == "true")
+		respond(w, s, err)
+	})
+	mux.HandleFunc("DELETE /v1/services/{osid}", func(w http.ResponseWriter, r *http.Request) {
+		respond(w, nil, a.DeleteWorkload(r.Context(), r.PathValue("osid"), false))
+	})
+	mux.HandleFunc("GET /v1/apps", func(w http.ResponseWriter, r *http.Request) {
+		writeJSONResponse(w, http.StatusOK, a.Apps())
+	})
+	mux.HandleFunc("POST /v1/apps", func(w http.ResponseWriter, r *http.Request) {
+		var req api.AppRequest
+		if !decodeBody(w, r, &req, 1<<16) {
+			return
+		}
+		app, err := a.DeployApp(r.Context(), req)
+		respond(w, app, err)
+	})
+	mux.HandleFunc("GET /v1/apps/{osid}", func(w http.ResponseWriter, r *http.Request) {
+		app, err := a.AppInfo(r.PathValue("osid"))
+		respond(w, app, err)
+	})
+	mux.HandleFunc("DELETE /v1/apps/{osid}", func(w http.ResponseWriter, r *http.Request) {
+		respond(w, nil, a.DeleteWorkload(r.Context(), r.PathValue("osid"), true))
+	})
+}
+
+func decodeBody(w http.ResponseWriter, r *http.Request, v any, limit int64) bool {
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, limit)).Decode(v); err != nil {
+		httpError(w, http.StatusBadRequest, fmt.Errorf("malformed request: %w", err))
+		return false
+	}
+	return true
+}
+
+func respond(w http.ResponseWriter, v any, err error) {
+	switch {
+	case err != nil:
+		httpError(w, workloadStatusFor(err), err)
+	case v == nil:
+		w.WriteHeader(http.StatusNoContent)
+	default:
+		writeJSONResponse(w, http.StatusOK, v)
+	}
+}
+
+func workloadStatusFor(err error) int {
+	switch {
+	case errors.Is(err, raftstore.ErrNoSuchWorkload):
+		return http.StatusNotFound
+	case errors.Is(err, raftstore.ErrWorkloadExists), errors.Is(err, raftstore.ErrWorkloadInUse):
+		return http.StatusConflict
+	}
+	return statusFor(err)
+}
+
+// Kube reports the Kubernetes target.
+func (a *Agent) Kube() *api.Kube {
+	st, _ := a.store.State()
+	k := st.Workloads.Kube
+	if k == nil {
+		return &api.Kube{}
+	}
+	out := &api.Kube{Configured: true, Server: k.Server, SetAt: k.SetAt}
+	if a.wl != nil && a.store.IsLeader() {
+		a.wl.mu.Lock()
+		out.Error = a.wl.lastErr
+		a.wl.mu.Unlock()
+	}
+	return out
+}
+
+// SetKube validates a kubeconfig, seals it and commits it.
+func (a *Agent) SetKube(ctx context.Context, kubeconfig []byte) (*api.Kube, error) {
+	rc, err := kube.RESTConfig(kubeconfig)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", errBadRequest, err)
+	}
+	sealed, err := seal.Seal(a.dataKey, raftstore.KubeconfigPurpose, kubeconfig)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := a.proposeWorkload(ctx, raftstore.OpWorkloadKubeSet, &raftstore.WorkloadCmd{Kube: &raftstore.KubeTarget{Kubeconfig: sealed, Server: rc.Host}}); err != nil {
+		return nil, err
+	}
+	return &api.Kube{Configured: true, Server: rc.Host, SetAt: time.Now().UTC()}, nil
+}
+
+func (a *Agent) proposeWorkload(ctx context.Context, op string, c *raftstore.WorkloadCmd) (*raftstore.Result, error) {
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	res, err := a.store.Apply(ctx, &raftstore.Command{Op: op, Workload: c})
+	if err != nil {
+		return nil, err
+	}
+	return res, res.Error()
+}
+
+// Catalog lists the deployable services.
+func Catalog() []api.CatalogService {
+	var out []api.CatalogService
+	for _, s := range templates.Catalog() {
+		c := api.CatalogService{Name: s.Name, Title: s.Title, Kind: s.Kind, Version: s.Version, Description: s.Description,
+			Provides: s.Provides, Env: s.Env, Tiers: []api.CatalogTier{}, Settings: []api.CatalogSetting{}}
+		for _, t := range s.Tiers {
+			c.Tiers = append(c.Tiers, api.CatalogTier{Name: t.Name, Replicas: t.Replicas, HA: t.HA, Note: t.Note})
+		}
+		for _, x := range s.Settings {
+			c.Settings = append(c.Settings, api.CatalogSetting{Key: x.Key, Default: x.Default, Description: x.Description})
+		}
+		out = append(out, c)
+	}
+	return out
+}
+
+// newOSID draws an OSID not used by any service or app.
+func newOSID(rnd io.Reader, st *raftstore.State, name string) (string, error) {
+	for range 20 {
+		id, err := templates.NewOSID(rnd, name)
+		if err != nil {
+			return "", fmt.Errorf("%w: %w", errBadRequest, err)
+		}
+		_, s := st.Workloads.Services[id]
+		_, p := st.Workloads.Apps[id]
+		if !s && !p {
+			return id, nil
+		}
+	}
+	return "", errors.New("no free OSID found")
+}
+
+// DeployService validates the request, generates the OSID and credentials
+// and commits the instance. The reconciler applies it.
+func (a *Agent) DeployService(ctx context.Context, req api.ServiceRequest) (*api.Service, error) {
+	if _, ok := templates.Lookup(req.Service); !ok {
+		var names []string
+		for _, s := range templates.Catalog() {
+			names = append(names, s.Name)
+		}
+		return nil, fmt.Errorf("%w: unknown service %q (one of: %s)", errBadRequest, req.Service, strings.Join(names, ", "))
+	}
+	if req.Tier == "" {
+		req.Tier = templates.TierLightweight
+	}
+	st, _ := a.store.State()
+	osid, err := newOSID(rand.Reader, st, req.Service)
+	if err != nil {
+		return nil, err
+	}
+	inst := templates.Instance{OSID: osid, Service: req.Service, Tier: req.Tier, Set: maps.Clone(req.Set)}
+	if err := templates.Validate(&inst); err != nil {
+		return nil, fmt.Errorf("%w: %w", errBadRequest, err)
+	}
+	creds, err := templates.NewCredentials(rand.Reader, req.Service)
+	if err != nil {
+		return nil, err
+	}
+	inst.Credentials = creds
+	// Render now so a request that cannot render fails here, not later in
+	// the reconciler.
+	if _, err := templates.Render(inst); err != nil {
+		return nil, fmt.Errorf("%w: %w", errBadRequest, err)
+	}
+	credJSON, _ := json.Marshal(creds)
+	sealed, err := seal.Seal(a.dataKey, raftstore.CredentialsPurpose(osid), credJSON)
+	if err != nil {
+		return nil, err
+	}
+	rec := &raftstore.ServiceRecord{OSID: osid, Service: inst.Service, Tier: inst.Tier, Set: inst.Set, Credentials: sealed}
+	cmd := &raftstore.Command{Op: raftstore.OpWorkloadServiceCreate, Workload: &raftstore.WorkloadCmd{Service: rec}}
+	actx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	res, err := a.store.Apply(actx, cmd)
+	if err == nil {
+		err = res.Error()
+	}
+	if err != nil {
+		return nil, err
+	}
+	rec.Desired, rec.Generation, rec.CreatedAt = raftstore.DesiredPresent, 1, cmd.Time
+	rec.Status = raftstore.Observed{Phase: raftstore.PhasePending, Reason: "waiting for the reconciler", UpdatedAt: cmd.Time}
+	if st.Workloads.Kube == nil {
+		rec.Status.Reason = "no Kubernetes cluster set (runos-agent kube set --kubeconfig FILE)"
+	}
+	return serviceView(rec, nil), nil
+}
+
+func serviceView(r *raftstore.ServiceRecord, apps map[string]*raftstore.AppRecord) *api.Service {
+	s := &api.Service{
+		OSID: r.OSID, Service: r.Service, Tier: r.Tier, Set: r.Set,
+		Status: r.Status.Phase, Reason: r.Status.Reason, Ready: r.Status.Ready, Total: r.Status.Total,
+		Conditions: r.Status.Conditions, CreatedAt: r.CreatedAt, UpdatedAt: r.Status.UpdatedAt,
+	}
+	for _, app := range sortedApps(apps) {
+		if app.Desired == raftstore.DesiredPresent && slices.Contains(app.Uses, r.OSID) {
+			s.UsedBy = append(s.UsedBy, app.OSID)
+		}
+	}
+	return s
+}
+
+// Services lists instances, optionally of one service.
+func (a *Agent) Services(service string) []api.Service {
+	st, _ := a.store.State()
+	out := []api.Service{}
+	for _, r := range sortedServices(st.Workloads.Services) {
+		if service == "" || r.Service == service {
+			out = append(out, *serviceView(r, st.Workloads.Apps))
+		}
+	}
+	return out
+}
+
+// ServiceInfo returns one instance with connection details; the password
+// only when reveal is set.
+func (a *Agent) ServiceInfo(osid string, reveal bool) (*api.Service, error) {
+	st, _ := a.store.State()
+	r, ok := st.Workloads.Services[osid]
+	if !ok {
+		return nil, fmt.Errorf("service %s: %w", osid, raftstore.ErrNoSuchWorkload)
+	}
+	out := serviceView(r, st.Workloads.Apps)
+	inst, err := openInstance(a.dataKey, r)
+	if err != nil {
+		return nil, err
+	}
+	c, err := templates.Connect(inst)
+	if err != nil {
+		return nil, err
+	}
+	conn := &api.Connection{Host: c.Host, Port: c.Port, User: c.User, Database: c.Database, URL: c.URL, Secret: c.Secret, Revealed: reveal}
+	conn.Env = slices.Sorted(maps.Keys(c.SecretKeys))
+	if svc, ok := templates.Lookup(r.Service); ok {
+		conn.Env = slices.Clone(svc.Env)
+	}
+	if reveal {
+		conn.Password = c.Password
+	} else if c.Password != "" {
+		conn.URL = strings.ReplaceAll(conn.URL, c.Password, "****")
+	}
+	out.Connection = conn
+	return out, nil
+}
+
+// DeleteWorkload marks a service or app for deletion; the reconciler
+// deletes its namespace and then the record.
+func (a *Agent) DeleteWorkload(ctx context.Context, osid string, app bool) error {
+	op := raftstore.OpWorkloadServiceDelete
+	if app {
+		op = raftstore.OpWorkloadAppDelete
+	}
+	st, _ := a.store.State()
+	if app {
+		if _, ok := st.Workloads.Apps[osid]; !ok {
+			return fmt.Errorf("app %s: %w", osid, raftstore.ErrNoSuchWorkload)
+		}
+	} else if _, ok := st.Workloads.Services[osid]; !ok {
+		return fmt.Errorf("service %s: %w", osid, raftstore.ErrNoSuchWorkload)
+	}
+	_, err := a.proposeWorkload(ctx, op, &raftstore.WorkloadCmd{OSID: osid})
+	return err
+}
+
+// DeployApp validates an app (its --use instances must exist and provide
+// something an app can use) and commits it.
+func (a *Agent) DeployApp(ctx context.Context, req api.AppRequest) (*api.App, error) {
+	if req.Name == "" || req.Image == "" {
+		return nil, fmt.Errorf("%w: an app needs a name and an image", errBadRequest)
+	}
+	st, _ := a.store.State()
+	osid, err := newOSID(rand.Reader, st, req.Name)
+	if err != nil {
+		return nil, err
+	}
+	uses := slices.Clone(req.Use)
+	app, err := buildApp(a.dataKey, osid, req.Name, req.Image, req.Port, req.Env, uses, st.Workloads.Services)
+	if err != nil {
+		return nil, err
+	}
+	objs, err := templates.RenderApp(app)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", errBadRequest, err)
+	}
+	rec := &raftstore.AppRecord{OSID: osid, Name: req.Name, Image: req.Image, Port: req.Port, Env: maps.Clone(req.Env), Uses: uses}
+	cmd := &raftstore.Command{Op: raftstore.OpWorkloadAppCreate, Workload: &raftstore.WorkloadCmd{App: rec}}
+	actx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	res, err := a.store.Apply(actx, cmd)
+	if err == nil {
+		err = res.Error()
+	}
+	if err != nil {
+		return nil, err
+	}
+	rec.Desired, rec.Generation, rec.CreatedAt = raftstore.DesiredPresent, 1, cmd.Time
+	rec.Status = raftstore.Observed{Phase: raftstore.PhasePending, Reason: "waiting for the reconciler", UpdatedAt: cmd.Time}
+	v := appView(rec)
+	v.InjectedEnv = injectedEnv(objs, req.Env)
+	return v, nil
+}
+
+func appView(r *raftstore.AppRecord) *api.App {
+	return &api.App{
+		OSID: r.OSID, Name: r.Name, Image: r.Image, Port: r.Port, Env: r.Env, Uses: r.Uses, Tier: "app",
+		Status: r.Status.Phase, Reason: r.Status.Reason, Ready: r.Status.Ready, Total: r.Status.Total,
+		Conditions: r.Status.Conditions, CreatedAt: r.CreatedAt, UpdatedAt: r.Status.UpdatedAt,
+	}
+}
+
+// injectedEnv lists the env variables of the app's Deployment that come
+// from --use (Secret references and connection details), sorted.
+func injectedEnv(objs []*unstructured.Unstructured, own map[string]string) []string {
+	var out []string
+	for _, o := range objs {
+		if o.GetKind() != "Deployment" {
+			continue
+		}
+		cs, _, _ := unstructured.NestedSlice(o.Object, "spec", "template", "spec", "containers")
+		for _, c := range cs {
+			m, _ := c.(map[string]any)
+			envs, _, _ := unstructured.NestedSlice(m, "env")
+			for _, e := range envs {
+				em, _ := e.(map[string]any)
+				name, _ := em["name"].(string)
+				if _, mine := own[name]; !mine {
+					out = append(out, name)
+				}
+			}
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// Apps lists apps.
+func (a *Agent) Apps() []api.App {
+	st, _ := a.store.State()
+	out := []api.App{}
+	for _, r := range sortedApps(st.Workloads.Apps) {
+		out = append(out, *appView(r))
+	}
+	return out
+}
+
+// AppInfo returns one app with the variables it receives.
+func (a *Agent) AppInfo(osid string) (*api.App, error) {
+	st, _ := a.store.State()
+	r, ok := st.Workloads.Apps[osid]
+	if !ok {
+		return nil, fmt.Errorf("app %s: %w", osid, raftstore.ErrNoSuchWorkload)
+	}
+	v := appView(r)
+	if app, err := buildApp(a.dataKey, r.OSID, r.Name, r.Image, r.Port, r.Env, r.Uses, st.Workloads.Services); err == nil {
+		if objs, err := templates.RenderApp(app); err == nil {
+			v.InjectedEnv = injectedEnv(objs, r.Env)
+		}
+	}
+	return v, nil
+}
