@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -61,8 +62,10 @@ type workloads struct {
 
 	// afterApply, when set (tests), runs after an instance's objects were
 	// applied and before its status is written.
-	afterApply func(ctx context.Context, osid string)
+	afterApply atomic.Pointer[func(ctx context.Context, osid string)]
 }
+
+func (w *workloads) setAfterApply(f func(ctx context.Context, osid string)) { w.afterApply.Store(&f) }
 
 func (a *Agent) startWorkloads(ctx context.Context) error {
 	iv := a.tuning.WorkloadInterval
@@ -184,9 +187,6 @@ func (w *workloads) reconcile(ctx context.Context) {
 			return templates.RenderApp(app)
 		})
 	}
-	if down == nil {
-		w.setLastErr("")
-	}
 }
 
 func (w *workloads) reconcileOne(ctx context.Context, exec *kube.Executor, down *error, poll, isApp bool,
@@ -242,8 +242,8 @@ func (w *workloads) reconcileOne(ctx context.Context, exec *kube.Executor, down 
 			return
 		}
 		w.applied[osid] = gen
-		if w.afterApply != nil {
-			w.afterApply(ctx, osid)
+		if f := w.afterApply.Load(); f != nil {
+			(*f)(ctx, osid)
 			if ctx.Err() != nil {
 				return
 			}
@@ -306,7 +306,9 @@ func (w *workloads) failed(ctx context.Context, down *error, osid string, gen in
 		Ready: cur.Ready, Total: cur.Total})
 }
 
+// succeeded notes that the API answered for osid.
 func (w *workloads) succeeded(osid string) {
+	w.setLastErr("")
 	delete(w.retryAt, osid)
 	delete(w.backoff, osid)
 }
