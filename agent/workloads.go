@@ -136,17 +136,49 @@ func (w *workloads) executor(k *raftstore.KubeTarget) (*kube.Executor, error) {
 	return e, nil
 }
 
-// reconcile makes one pass over the desired state.
+// item is one service or app as the reconciler handles it.
+type item struct {
+	isApp   bool
+	osid    string
+	desired string
+	gen     int64
+	cur     raftstore.Observed
+	render  func() ([]*unstructured.Unstructured, error)
+}
+
+func (w *workloads) items(wl raftstore.Workloads) []item {
+	var out []item
+	for _, r := range sortedServices(wl.Services) {
+		out = append(out, item{osid: r.OSID, desired: r.Desired, gen: r.Generation, cur: r.Status, render: func() ([]*unstructured.Unstructured, error) {
+			inst, err := w.instance(r)
+			if err != nil {
+				return nil, err
+			}
+			return templates.Render(inst)
+		}})
+	}
+	for _, r := range sortedApps(wl.Apps) {
+		out = append(out, item{isApp: true, osid: r.OSID, desired: r.Desired, gen: r.Generation, cur: r.Status, render: func() ([]*unstructured.Unstructured, error) {
+			app, err := w.app(r, wl.Services)
+			if err != nil {
+				return nil, err
+			}
+			return templates.RenderApp(app)
+		}})
+	}
+	return out
+}
+
+// reconcile applies what is not applied yet and deletes what is deleted;
+// every interval it also reads the status of everything applied. New work
+// that arrives during that (slow) read goes first, so a deploy never waits
+// for a status sweep.
 func (w *workloads) reconcile(ctx context.Context) {
+	changed := w.a.store.Changed()
 	st, _ := w.a.store.State()
 	wl := st.Workloads
 	if len(wl.Services) == 0 && len(wl.Apps) == 0 {
 		return
-	}
-	now := time.Now()
-	poll := now.Sub(w.lastPoll) >= w.interval
-	if poll {
-		w.lastPoll = now
 	}
 	if wl.Kube == nil {
 		// Create already said "no Kubernetes cluster set".
@@ -154,8 +186,8 @@ func (w *workloads) reconcile(ctx context.Context) {
 	}
 	exec, err := w.executor(wl.Kube)
 	if err != nil {
-		for _, r := range sortedServices(wl.Services) {
-			w.writeStatus(ctx, r.OSID, r.Status, raftstore.Observed{Phase: raftstore.PhaseFailed, Reason: err.Error(), Generation: r.Generation})
+		for _, it := range w.items(wl) {
+			w.writeStatus(ctx, it.osid, it.cur, raftstore.Observed{Phase: raftstore.PhaseFailed, Reason: err.Error(), Generation: it.gen})
 		}
 		return
 	}
@@ -163,40 +195,68 @@ func (w *workloads) reconcile(ctx context.Context) {
 	// pass marks instances pending with the same reason without waiting
 	// for more timeouts.
 	var down error
-	for _, r := range sortedServices(wl.Services) {
+	for _, it := range w.items(wl) {
 		if ctx.Err() != nil {
 			return
 		}
-		w.reconcileOne(ctx, exec, &down, poll, false, r.OSID, r.Desired, r.Generation, r.Status, func() ([]*unstructured.Unstructured, error) {
-			inst, err := w.instance(r)
-			if err != nil {
-				return nil, err
-			}
-			return templates.Render(inst)
-		})
+		w.reconcileOne(ctx, exec, &down, false, it)
 	}
-	for _, r := range sortedApps(wl.Apps) {
+	if time.Since(w.lastPoll) < w.interval {
+		return
+	}
+	w.lastPoll = time.Now()
+	for _, it := range w.items(wl) {
 		if ctx.Err() != nil {
 			return
 		}
-		w.reconcileOne(ctx, exec, &down, poll, true, r.OSID, r.Desired, r.Generation, r.Status, func() ([]*unstructured.Unstructured, error) {
-			app, err := w.app(r, wl.Services)
-			if err != nil {
-				return nil, err
+		select {
+		case <-changed:
+			changed = w.a.store.Changed()
+			st, _ = w.a.store.State()
+			for _, x := range w.items(st.Workloads) {
+				w.reconcileOne(ctx, exec, &down, false, x)
 			}
-			return templates.RenderApp(app)
-		})
+		default:
+		}
+		// The latest record: the status to compare with may have changed.
+		if cur, ok := currentItem(st.Workloads, it); ok {
+			it.cur, it.gen, it.desired = cur.Status, cur.Generation, cur.Desired
+		} else {
+			continue
+		}
+		w.reconcileOne(ctx, exec, &down, true, it)
 	}
 }
 
-func (w *workloads) reconcileOne(ctx context.Context, exec *kube.Executor, down *error, poll, isApp bool,
-	osid, desired string, gen int64, cur raftstore.Observed, render func() ([]*unstructured.Unstructured, error)) {
+type recordView struct {
+	Status     raftstore.Observed
+	Generation int64
+	Desired    string
+}
+
+func currentItem(wl raftstore.Workloads, it item) (recordView, bool) {
+	if it.isApp {
+		if r, ok := wl.Apps[it.osid]; ok {
+			return recordView{r.Status, r.Generation, r.Desired}, true
+		}
+		return recordView{}, false
+	}
+	if r, ok := wl.Services[it.osid]; ok {
+		return recordView{r.Status, r.Generation, r.Desired}, true
+	}
+	return recordView{}, false
+}
+
+// reconcileOne applies (or deletes) one item when it needs it; with poll
+// set, it only reads the status of an item already applied.
+func (w *workloads) reconcileOne(ctx context.Context, exec *kube.Executor, down *error, poll bool, it item) {
+	osid, gen, cur, isApp := it.osid, it.gen, it.cur, it.isApp
 	now := time.Now()
 	if t, ok := w.retryAt[osid]; ok && now.Before(t) {
 		return
 	}
-	if desired == raftstore.DesiredDeleted {
-		if *down != nil {
+	if it.desired == raftstore.DesiredDeleted {
+		if poll || *down != nil {
 			return
 		}
 		gone, err := exec.DeleteNamespace(ctx, osid)
@@ -222,8 +282,8 @@ func (w *workloads) reconcileOne(ctx context.Context, exec *kube.Executor, down 
 	}
 
 	needApply := w.applied[osid] != gen
-	if !needApply && !poll {
-		return
+	if needApply == poll {
+		return // poll: not applied yet (the apply pass does it); else: nothing to do
 	}
 	if *down != nil {
 		if needApply {
@@ -231,7 +291,7 @@ func (w *workloads) reconcileOne(ctx context.Context, exec *kube.Executor, down 
 		}
 		return
 	}
-	objs, err := render()
+	objs, err := it.render()
 	if err != nil {
 		w.failed(ctx, down, osid, gen, cur, raftstore.PhaseFailed, err)
 		return
