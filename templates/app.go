@@ -3,6 +3,7 @@ package templates
 import (
 	"fmt"
 	"maps"
+	"net"
 	"regexp"
 	"slices"
 	"strconv"
@@ -147,6 +148,9 @@ func RenderApp(app App) ([]*unstructured.Unstructured, error) {
 }
 
 func connField(c Connection, field string) string {
+	if v, ok := strings.CutPrefix(field, "const:"); ok {
+		return v
+	}
 	switch field {
 	case "host":
 		return c.Host
@@ -156,6 +160,8 @@ func connField(c Connection, field string) string {
 		return c.User
 	case "database":
 		return c.Database
+	case "hostport":
+		return net.JoinHostPort(c.Host, strconv.Itoa(c.Port))
 	}
 	return ""
 }

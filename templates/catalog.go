@@ -44,6 +44,10 @@ type def struct {
 	// creds lists the credential keys and how they are generated.
 	creds []credSpec
 
+	// derive adds deterministic values computed from the credentials to
+	// the Secret (config files with passwords, basic-auth headers).
+	derive func(r *rc) map[string]string
+
 	render  func(r *rc) error
 	connect func(r *rc) Connection
 	// env: variables an app receives when it uses an instance, in order.
@@ -78,18 +82,27 @@ var registry = sync.OnceValue(func() map[string]*def {
 // allDefs is the list of catalog builders; each service file adds itself.
 func allDefs() []*def {
 	return []*def{
-		postgresDef(), redisDef(), valkeyDef(),
+		postgresDef(), redisDef(), valkeyDef(), mysqlDef(), mariadbDef(), memcachedDef(), etcdDef(), natsDef(),
+		mongodbDef(), kafkaDef(), rabbitmqDef(), minioDef(),
+		clickhouseDef(), opensearchDef(), influxdbDef(), meilisearchDef(),
+		keycloakDef(), grafanaDef(), prometheusDef(), lokiDef(),
 	}
 }
 
 // finish fills the public Service description from the definition.
 func (d *def) finish() {
 	s := &d.svc
+	if d.haReplicas == 0 {
+		d.haReplicas = 1
+	}
 	if d.minHA == 0 {
 		d.minHA = d.haReplicas
 	}
 	if d.maxHA == 0 {
 		d.maxHA = 9
+		if d.haReplicas == 1 {
+			d.maxHA = 1
+		}
 	}
 	s.Tiers = []TierInfo{
 		{Name: TierLightweight, Replicas: 1, HA: false, Note: "one replica, small requests; no fault tolerance"},

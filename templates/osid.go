@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"strings"
+
+	"golang.org/x/crypto/bcrypt"
 )
 
 // osidAlphabet has lowercase letters and digits without look-alikes
@@ -114,6 +116,17 @@ func NewCredentials(rand io.Reader, service string) (map[string]string, error) {
 	}
 	out := make(map[string]string, len(d.creds))
 	for _, c := range d.creds {
+		if from, ok := strings.CutPrefix(c.kind, "bcrypt:"); ok {
+			// A bcrypt hash of an earlier credential, for servers that
+			// want hashes in their config (its salt comes from
+			// crypto/rand inside x/crypto/bcrypt).
+			h, err := bcrypt.GenerateFromPassword([]byte(out[from]), bcrypt.DefaultCost)
+			if err != nil {
+				return nil, fmt.Errorf("%s credentials: %w", service, err)
+			}
+			out[c.key] = string(h)
+			continue
+		}
 		v, err := genCred(rand, c.kind)
 		if err != nil {
 			return nil, fmt.Errorf("%s credentials: %w", service, err)

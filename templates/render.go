@@ -8,6 +8,7 @@ import (
 	"slices"
 	"sort"
 	"strconv"
+	"strings"
 
 	appsv1 "k8s.io/api/apps/v1"
 	batchv1 "k8s.io/api/batch/v1"
@@ -96,6 +97,11 @@ func (r *rc) secret(name string, labels map[string]string) (*corev1.Secret, erro
 	for k, v := range r.creds {
 		data[k] = []byte(v)
 	}
+	if r.d.derive != nil {
+		for k, v := range r.d.derive(r) {
+			data[k] = []byte(v)
+		}
+	}
 	c := r.d.connect(r)
 	data["host"] = []byte(c.Host)
 	data["port"] = []byte(strconv.Itoa(c.Port))
@@ -131,12 +137,17 @@ func Connect(inst Instance) (Connection, error) {
 	return c, nil
 }
 
-// secretKey says whether a connection field is secret, and its Secret key.
-// Everything except host, port, user and database is treated as secret.
+// secretKey says whether a connection field is secret, and its Secret
+// key. Fields: "host", "port", "user", "database", "hostport" and
+// "const:VALUE" are plain; "key:NAME" is Secret key NAME; anything else
+// ("password", "url", ...) is the Secret key of that name.
 func secretKey(field string) (string, bool) {
-	switch field {
-	case "host", "port", "user", "database":
+	switch {
+	case field == "host", field == "port", field == "user", field == "database", field == "hostport",
+		strings.HasPrefix(field, "const:"):
 		return field, false
+	case strings.HasPrefix(field, "key:"):
+		return strings.TrimPrefix(field, "key:"), true
 	}
 	return field, true
 }
@@ -205,6 +216,8 @@ func hash(s string) string {
 	h := sha256.Sum256([]byte(s))
 	return hex.EncodeToString(h[:8])
 }
+
+func sortedKeys[V any](m map[string]V) []string { return slices.Sorted(maps.Keys(m)) }
 
 func env(name, value string) corev1.EnvVar { return corev1.EnvVar{Name: name, Value: value} }
 
@@ -396,6 +409,11 @@ func (r *rc) metricsAnnotations() map[string]string {
 // script (which writes into /backup) with env; old files are pruned after
 // backup_keep_days.
 func (r *rc) backupJob(image string, script string, envs ...corev1.EnvVar) {
+	r.backupJobWith(nil, image, script, envs...)
+}
+
+// backupJobWith runs init first (it may write into /backup), then script.
+func (r *rc) backupJobWith(init *corev1.Container, image string, script string, envs ...corev1.EnvVar) {
 	if !r.enterprise() || !r.d.backup {
 		return
 	}
@@ -437,6 +455,7 @@ func (r *rc) backupJob(image string, script string, envs ...corev1.EnvVar) {
 								Resources:    r.res(resource.MustParse("250m"), resource.MustParse("256Mi")),
 								VolumeMounts: []corev1.VolumeMount{mount("backup", "/backup")},
 							}},
+							InitContainers: initContainers(init),
 							Volumes: []corev1.Volume{{Name: "backup", VolumeSource: corev1.VolumeSource{
 								PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: "backup"}}}},
 						},
@@ -445,6 +464,43 @@ func (r *rc) backupJob(image string, script string, envs ...corev1.EnvVar) {
 			},
 		},
 	})
+}
+
+// bootstrapJob runs an idempotent one-off script once the service answers
+// (enable auth, initiate a replica set). It is kept after completion so a
+// re-apply does not run it again; if it is deleted, running it again is
+// harmless.
+func (r *rc) bootstrapJob(name, image, script string, envs ...corev1.EnvVar) {
+	backoff := int32(30)
+	deadline := int64(3600)
+	r.add(&batchv1.Job{
+		ObjectMeta: r.meta(name, "bootstrap"),
+		Spec: batchv1.JobSpec{
+			BackoffLimit:          &backoff,
+			ActiveDeadlineSeconds: &deadline,
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: r.labels("bootstrap")},
+				Spec: corev1.PodSpec{
+					RestartPolicy:      corev1.RestartPolicyOnFailure,
+					EnableServiceLinks: new(false),
+					Containers: []corev1.Container{{
+						Name:      name,
+						Image:     image,
+						Command:   []string{"sh", "-c", script},
+						Env:       envs,
+						Resources: r.small(),
+					}},
+				},
+			},
+		},
+	})
+}
+
+func initContainers(c *corev1.Container) []corev1.Container {
+	if c == nil {
+		return nil
+	}
+	return []corev1.Container{*c}
 }
 
 // --- conversion ---

@@ -74,6 +74,7 @@ if [ "$ord" != "0" ] && [ ! -s "$PGDATA/PG_VERSION" ]; then
     echo "waiting for primary $PRIMARY_HOST"; rm -rf "$PGDATA"/*; sleep 5
   done
   unset PGPASSWORD
+  echo "primary_conninfo = 'host=$PRIMARY_HOST user=replicator password=$REPLICATION_PASSWORD application_name=$HOSTNAME'" >> "$PGDATA/postgresql.auto.conf"
 fi
 exec docker-entrypoint.sh postgres "$@"
 `

@@ -8,7 +8,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 )
 
-const haproxyImage = "docker.io/library/haproxy:3.2.4"
+const haproxyImage = "docker.io/library/haproxy:3.2.3"
 
 // redisFlavor is Redis or Valkey: same protocol, config and sentinel.
 type redisFlavor struct {

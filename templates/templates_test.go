@@ -3,8 +3,14 @@ package templates
 import (
 	"crypto/rand"
 	"encoding/json"
+	"encoding/xml"
 	"fmt"
+	"io"
+	"maps"
 	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
@@ -17,6 +23,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/validation"
+	"sigs.k8s.io/yaml"
 )
 
 var tiers = []string{TierLightweight, TierHA, TierEnterprise}
@@ -339,7 +346,7 @@ func checkPod(t *testing.T, key string, p *corev1.PodTemplateSpec, r *rendered, 
 
 func TestEveryServiceEveryTierRenders(t *testing.T) {
 	cat := Catalog()
-	if len(cat) < 3 {
+	if len(cat) < 20 {
 		t.Fatalf("catalog has %d services", len(cat))
 	}
 	for _, s := range cat {
@@ -499,6 +506,20 @@ func TestValidate(t *testing.T) {
 		{"redis", TierHA, map[string]string{"replicas": "5"}, ""},
 		{"redis", TierLightweight, map[string]string{"maxmemory_policy": "allkeys-lru"}, ""},
 		{"redis", TierLightweight, map[string]string{"maxmemory_policy": "lru"}, "not one of"},
+		{"grafana", TierHA, map[string]string{"replicas": "2"}, "single replica at every tier"},
+		{"grafana", TierEnterprise, nil, ""},
+		{"etcd", TierHA, map[string]string{"replicas": "5"}, ""},
+		{"etcd", TierHA, map[string]string{"replicas": "9"}, "out of range"},
+		{"minio", TierHA, map[string]string{"replicas": "3"}, "out of range"},
+		{"minio", TierHA, map[string]string{"replicas": "6", "bucket": "media"}, ""},
+		{"minio", TierHA, map[string]string{"bucket": "Bad_Bucket"}, "bucket"},
+		{"kafka", TierHA, map[string]string{"partitions": "0"}, "out of range"},
+		{"influxdb", TierLightweight, map[string]string{"retention": "30d"}, ""},
+		{"influxdb", TierLightweight, map[string]string{"retention": "30 days"}, "retention"},
+		{"loki", TierLightweight, map[string]string{"retention": "25h"}, "multiple of 24"},
+		{"prometheus", TierLightweight, map[string]string{"retention": "90d"}, ""},
+		{"prometheus", TierLightweight, map[string]string{"retention": "90"}, "retention"},
+		{"memcached", TierLightweight, map[string]string{"storage": "1Gi"}, "unknown setting \"storage\""},
 		{"postgres", "gold", nil, "unknown tier"},
 		{"postgres", "", nil, "tier missing"},
 		{"nosuch", TierLightweight, nil, "unknown service"},
@@ -664,7 +685,7 @@ func TestConnect(t *testing.T) {
 			} else if u.Hostname() != c.Host || u.Port() != fmt.Sprint(c.Port) {
 				t.Errorf("%s: URL %q does not point at %s:%d", s.Name, c.URL, c.Host, c.Port)
 			}
-			if c.Password != "" && u != nil {
+			if c.Password != "" && u != nil && u.User != nil {
 				if p, _ := u.User.Password(); p != c.Password {
 					t.Errorf("%s: URL password does not round-trip", s.Name)
 				}
@@ -779,6 +800,7 @@ func TestRenderApp(t *testing.T) {
 		{"no image", App{OSID: "shop-k9m3w", Name: "shop"}, "image"},
 		{"bad port", App{OSID: "shop-k9m3w", Name: "shop", Image: "x:1", Port: 70000}, "port"},
 		{"bad env", App{OSID: "shop-k9m3w", Name: "shop", Image: "x:1", Env: map[string]string{"1X": "y"}}, "env name"},
+		{"provides nothing", App{OSID: "shop-k9m3w", Name: "shop", Image: "x:1", Uses: []Instance{newInstance(t, "grafana", TierLightweight, nil)}}, "provides nothing an app can use"},
 		{"no credentials", App{OSID: "shop-k9m3w", Name: "shop", Image: "x:1", Uses: []Instance{{OSID: pg.OSID, Service: "postgres", Tier: TierLightweight}}}, "credential"},
 	}
 	for _, b := range bad {
@@ -819,4 +841,97 @@ func BenchmarkRenderCatalog(b *testing.B) {
 	}
 	b.ReportMetric(float64(len(insts)), "instances/op")
 	b.ReportMetric(float64(objs)/float64(b.N), "objects/op")
+}
+
+// TestDump writes every service × tier as JSON into $RUNOS_TEMPLATES_DUMP
+// for reading or a manual `kubectl apply --dry-run=server -f`.
+func TestDump(t *testing.T) {
+	dir := os.Getenv("RUNOS_TEMPLATES_DUMP")
+	if dir == "" {
+		t.Skip("set RUNOS_TEMPLATES_DUMP=dir to write the rendered catalog")
+	}
+	for _, s := range Catalog() {
+		for _, tier := range tiers {
+			objs, err := Render(newInstance(t, s.Name, tier, nil))
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := json.MarshalIndent(map[string]any{"apiVersion": "v1", "kind": "List", "items": objs}, "", "  ")
+			if err := os.WriteFile(filepath.Join(dir, s.Name+"-"+tier+".json"), b, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+}
+
+// TestScriptsAndConfigsParse runs `sh -n`/`bash -n` on every shell script
+// the catalog puts in a container (commands, probes, jobs) and parses
+// every YAML and XML config file it renders.
+func TestScriptsAndConfigsParse(t *testing.T) {
+	shells := map[string]string{}
+	for _, sh := range []string{"sh", "bash"} {
+		if p, err := exec.LookPath(sh); err == nil {
+			shells[sh] = p
+		}
+	}
+	for _, s := range Catalog() {
+		for _, tier := range tiers {
+			inst := newInstance(t, s.Name, tier, nil)
+			objs, err := Render(inst)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := decode(t, objs)
+			pods := map[string]*corev1.PodTemplateSpec{}
+			maps.Copy(pods, r.pods)
+			maps.Copy(pods, r.jobPods)
+			for key, p := range pods {
+				for _, c := range slices.Concat(p.Spec.InitContainers, p.Spec.Containers) {
+					cmds := [][]string{c.Command}
+					for _, pr := range []*corev1.Probe{c.ReadinessProbe, c.LivenessProbe, c.StartupProbe} {
+						if pr != nil && pr.Exec != nil {
+							cmds = append(cmds, pr.Exec.Command)
+						}
+					}
+					for _, cmd := range cmds {
+						if len(cmd) < 3 || cmd[1] != "-c" {
+							continue
+						}
+						sh, ok := shells[cmd[0]]
+						if !ok {
+							t.Fatalf("no %s to check scripts with", cmd[0])
+						}
+						if out, err := exec.Command(sh, "-n", "-c", cmd[2]).CombinedOutput(); err != nil {
+							t.Errorf("%s/%s %s/%s: script does not parse: %v\n%s\n%s", s.Name, tier, key, c.Name, err, out, cmd[2])
+						}
+					}
+				}
+			}
+			for name, cm := range r.cms {
+				for file, data := range cm.Data {
+					var err error
+					switch filepath.Ext(file) {
+					case ".yaml", ".yml":
+						var v any
+						err = yaml.Unmarshal([]byte(data), &v)
+					case ".xml":
+						d := xml.NewDecoder(strings.NewReader(data))
+						for err == nil {
+							_, err = d.Token()
+						}
+						if err == io.EOF {
+							err = nil
+						}
+					case ".sh":
+						if out, e := exec.Command(shells["bash"], "-n", "-c", data).CombinedOutput(); e != nil {
+							err = fmt.Errorf("%v: %s", e, out)
+						}
+					}
+					if err != nil {
+						t.Errorf("%s/%s ConfigMap %s %s: %v", s.Name, tier, name, file, err)
+					}
+				}
+			}
+		}
+	}
 }

@@ -92,6 +92,9 @@ func resolve(inst Instance) (*rc, error) {
 		n = 1
 		set["replicas"] = "1"
 	} else {
+		if d.maxHA == 1 && n != 1 {
+			return nil, fmt.Errorf("%s runs a single replica at every tier (%s)", d.svc.Name, d.haNote)
+		}
 		if n < d.minHA || n > d.maxHA {
 			return nil, fmt.Errorf("%s: replicas %d out of range %d..%d at tier %s", d.svc.Name, n, d.minHA, d.maxHA, inst.Tier)
 		}
