@@ -424,7 +424,7 @@ func buildApp(key seal.Key, osid, name, image string, port int, env map[string]s
 	for _, u := range uses {
 		s, ok := services[u]
 		if !ok || s.Desired != raftstore.DesiredPresent {
-			return app, fmt.Errorf("--use %s: no such service instance (see `runos-agent services list`): %w", u, errBadRequest)
+			return app, invalid(fmt.Errorf("--use %s: no such service instance (see `runos-agent services list`)", u))
 		}
 		inst, err := openInstance(key, s)
 		if err != nil {
@@ -503,6 +503,14 @@ func (a *Agent) workloadRoutes(mux *http.ServeMux) {
 	})
 }
 
+// badRequest marks a user error (HTTP 400) without changing its message.
+type badRequest struct{ error }
+
+func (e badRequest) Is(target error) bool { return target == errBadRequest }
+func (e badRequest) Unwrap() error        { return e.error }
+
+func invalid(err error) error { return badRequest{err} }
+
 func decodeBody(w http.ResponseWriter, r *http.Request, v any, limit int64) bool {
 	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, limit)).Decode(v); err != nil {
 		httpError(w, http.StatusBadRequest, fmt.Errorf("malformed request: %w", err))
@@ -552,7 +560,7 @@ func (a *Agent) Kube() *api.Kube {
 func (a *Agent) SetKube(ctx context.Context, kubeconfig []byte) (*api.Kube, error) {
 	rc, err := kube.RESTConfig(kubeconfig)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", errBadRequest, err)
+		return nil, invalid(err)
 	}
 	sealed, err := seal.Seal(a.dataKey, raftstore.KubeconfigPurpose, kubeconfig)
 	if err != nil {
@@ -596,7 +604,7 @@ func newOSID(rnd io.Reader, st *raftstore.State, name string) (string, error) {
 	for range 20 {
 		id, err := templates.NewOSID(rnd, name)
 		if err != nil {
-			return "", fmt.Errorf("%w: %w", errBadRequest, err)
+			return "", invalid(err)
 		}
 		_, s := st.Workloads.Services[id]
 		_, p := st.Workloads.Apps[id]
@@ -615,7 +623,7 @@ func (a *Agent) DeployService(ctx context.Context, req api.ServiceRequest) (*api
 		for _, s := range templates.Catalog() {
 			names = append(names, s.Name)
 		}
-		return nil, fmt.Errorf("%w: unknown service %q (one of: %s)", errBadRequest, req.Service, strings.Join(names, ", "))
+		return nil, invalid(fmt.Errorf("unknown service %q (one of: %s)", req.Service, strings.Join(names, ", ")))
 	}
 	if req.Tier == "" {
 		req.Tier = templates.TierLightweight
@@ -627,7 +635,7 @@ func (a *Agent) DeployService(ctx context.Context, req api.ServiceRequest) (*api
 	}
 	inst := templates.Instance{OSID: osid, Service: req.Service, Tier: req.Tier, Set: maps.Clone(req.Set)}
 	if err := templates.Validate(&inst); err != nil {
-		return nil, fmt.Errorf("%w: %w", errBadRequest, err)
+		return nil, invalid(err)
 	}
 	creds, err := templates.NewCredentials(rand.Reader, req.Service)
 	if err != nil {
@@ -637,7 +645,7 @@ func (a *Agent) DeployService(ctx context.Context, req api.ServiceRequest) (*api
 	// Render now so a request that cannot render fails here, not later in
 	// the reconciler.
 	if _, err := templates.Render(inst); err != nil {
-		return nil, fmt.Errorf("%w: %w", errBadRequest, err)
+		return nil, invalid(err)
 	}
 	credJSON, _ := json.Marshal(creds)
 	sealed, err := seal.Seal(a.dataKey, raftstore.CredentialsPurpose(osid), credJSON)
@@ -743,7 +751,7 @@ func (a *Agent) DeleteWorkload(ctx context.Context, osid string, app bool) error
 // something an app can use) and commits it.
 func (a *Agent) DeployApp(ctx context.Context, req api.AppRequest) (*api.App, error) {
 	if req.Name == "" || req.Image == "" {
-		return nil, fmt.Errorf("%w: an app needs a name and an image", errBadRequest)
+		return nil, invalid(errors.New("an app needs a name and an image"))
 	}
 	st, _ := a.store.State()
 	osid, err := newOSID(rand.Reader, st, req.Name)
@@ -757,7 +765,7 @@ func (a *Agent) DeployApp(ctx context.Context, req api.AppRequest) (*api.App, er
 	}
 	objs, err := templates.RenderApp(app)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", errBadRequest, err)
+		return nil, invalid(err)
 	}
 	rec := &raftstore.AppRecord{OSID: osid, Name: req.Name, Image: req.Image, Port: req.Port, Env: maps.Clone(req.Env), Uses: uses}
 	cmd := &raftstore.Command{Op: raftstore.OpWorkloadAppCreate, Workload: &raftstore.WorkloadCmd{App: rec}}

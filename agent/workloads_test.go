@@ -316,7 +316,7 @@ func TestServiceLeaderKilledMidDeploy(t *testing.T) {
 	if mf := sts2.GetManagedFields(); len(mf) != 1 || mf[0].Manager != kube.FieldManager {
 		t.Errorf("managed fields: %+v", mf)
 	}
-	// One status trail: a single transition to applying.
+	// One status trail: created, then a single transition to applying.
 	time.Sleep(2 * time.Second) // a duplicate write would land by now
 	var a *Agent
 	for _, x := range e.c.running() {
@@ -329,8 +329,8 @@ func TestServiceLeaderKilledMidDeploy(t *testing.T) {
 			trail = append(trail, strings.TrimPrefix(ev.Detail, osid+" "))
 		}
 	}
-	if !slices.Equal(trail, []string{"applying"}) {
-		t.Errorf("status trail = %v, want [applying]", trail)
+	if !slices.Equal(trail, []string{"pending", "applying"}) {
+		t.Errorf("status trail = %v, want [pending applying]", trail)
 	}
 }
 

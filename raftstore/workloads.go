@@ -45,7 +45,9 @@ const (
 
 // Event kinds of workloads.
 const (
-	EventWorkloadStatus = "workload_status" // Detail: "<osid> <phase>"
+	// EventWorkloadStatus records each phase change of a service or app
+	// (created: pending; its namespace gone: deleted). Detail: "<osid> <phase>".
+	EventWorkloadStatus = "workload_status"
 )
 
 // Errors of workload ops.
@@ -234,6 +236,7 @@ func (s *State) applyWorkload(cmd *Command, res *Result) error {
 			w.Services = map[string]*ServiceRecord{}
 		}
 		w.Services[n.OSID] = n
+		s.record(res.Index, cmd.Time, Event{Kind: EventWorkloadStatus, Detail: n.OSID + " " + PhasePending})
 
 	case OpWorkloadServiceDelete:
 		r, ok := w.Services[c.OSID]
@@ -250,6 +253,7 @@ func (s *State) applyWorkload(cmd *Command, res *Result) error {
 		r.Desired = DesiredDeleted
 		r.Generation++
 		r.Status = Observed{Phase: PhaseDeleting, Ready: r.Status.Ready, Total: r.Status.Total, Generation: r.Status.Generation, UpdatedAt: cmd.Time}
+		s.record(res.Index, cmd.Time, Event{Kind: EventWorkloadStatus, Detail: c.OSID + " " + PhaseDeleting})
 
 	case OpWorkloadServicePurge:
 		r, ok := w.Services[c.OSID]
@@ -261,6 +265,7 @@ func (s *State) applyWorkload(cmd *Command, res *Result) error {
 			return fmt.Errorf("%s is not being deleted: %w", c.OSID, ErrMalformedCmd)
 		}
 		delete(w.Services, c.OSID)
+		s.record(res.Index, cmd.Time, Event{Kind: EventWorkloadStatus, Detail: c.OSID + " deleted"})
 
 	case OpWorkloadAppCreate:
 		r := c.App
@@ -288,6 +293,7 @@ func (s *State) applyWorkload(cmd *Command, res *Result) error {
 			w.Apps = map[string]*AppRecord{}
 		}
 		w.Apps[n.OSID] = n
+		s.record(res.Index, cmd.Time, Event{Kind: EventWorkloadStatus, Detail: n.OSID + " " + PhasePending})
 
 	case OpWorkloadAppDelete:
 		r, ok := w.Apps[c.OSID]
@@ -301,6 +307,7 @@ func (s *State) applyWorkload(cmd *Command, res *Result) error {
 		r.Desired = DesiredDeleted
 		r.Generation++
 		r.Status = Observed{Phase: PhaseDeleting, Ready: r.Status.Ready, Total: r.Status.Total, Generation: r.Status.Generation, UpdatedAt: cmd.Time}
+		s.record(res.Index, cmd.Time, Event{Kind: EventWorkloadStatus, Detail: c.OSID + " " + PhaseDeleting})
 
 	case OpWorkloadAppPurge:
 		r, ok := w.Apps[c.OSID]
@@ -312,6 +319,7 @@ func (s *State) applyWorkload(cmd *Command, res *Result) error {
 			return fmt.Errorf("%s is not being deleted: %w", c.OSID, ErrMalformedCmd)
 		}
 		delete(w.Apps, c.OSID)
+		s.record(res.Index, cmd.Time, Event{Kind: EventWorkloadStatus, Detail: c.OSID + " deleted"})
 
 	case OpWorkloadStatus:
 		if c.Status == nil || c.OSID == "" {
