@@ -298,7 +298,7 @@ func (w *workloads) reconcileOne(ctx context.Context, exec *kube.Executor, down 
 	}
 	if needApply {
 		if _, err := exec.Apply(ctx, objs, kube.ApplyOptions{}); err != nil {
-			w.failed(ctx, down, osid, gen, cur, raftstore.PhasePending, err)
+			w.failed(ctx, down, osid, gen, cur, raftstore.PhaseFailed, err)
 			return
 		}
 		w.applied[osid] = gen
@@ -311,7 +311,7 @@ func (w *workloads) reconcileOne(ctx context.Context, exec *kube.Executor, down 
 	}
 	ks, err := exec.Status(ctx, statusObjects(objs))
 	if err != nil {
-		w.failed(ctx, down, osid, gen, cur, raftstore.PhasePending, err)
+		w.failed(ctx, down, osid, gen, cur, raftstore.PhaseFailed, err)
 		return
 	}
 	if len(ks.Missing) > 0 && !needApply {
