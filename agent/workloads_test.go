@@ -165,6 +165,13 @@ func TestServicesDeployUseDelete(t *testing.T) {
 	if _, err := cl.DeployApp(ctx, api.AppRequest{Name: "web", Image: "nginx:1.27", Use: []string{"postgres-zzzzz"}}); err == nil || !strings.Contains(err.Error(), "postgres-zzzzz") {
 		t.Errorf("--use of a missing instance: %v", err)
 	}
+	gf, err := cl.DeployService(ctx, api.ServiceRequest{Service: "grafana"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cl.DeployApp(ctx, api.AppRequest{Name: "web", Image: "nginx:1.27", Use: []string{gf.OSID}}); err == nil || !strings.Contains(err.Error(), "provides nothing") {
+		t.Errorf("--use of an incompatible instance: %v", err)
+	}
 	app, err := cl.DeployApp(ctx, api.AppRequest{Name: "web", Image: "nginx:1.27", Port: 8080, Env: map[string]string{"MODE": "prod"}, Use: []string{pg.OSID, rd.OSID}})
 	if err != nil {
 		t.Fatal(err)
