@@ -93,7 +93,7 @@ func RenderApp(app App) ([]*unstructured.Unstructured, error) {
 		c := r.d.connect(r)
 		for _, e := range r.d.env {
 			if o, dup := owner[e.name]; dup {
-				return nil, fmt.Errorf("app %s: %s and %s both provide %s; use one instance per kind", app.Name, o, inst.OSID, e.name)
+				return nil, fmt.Errorf("app %s: %s and %s both provide %s; an app takes each variable from one instance only", app.Name, o, inst.OSID, e.name)
 			}
 			owner[e.name] = inst.OSID
 			if key, secret := secretKey(e.field); secret {

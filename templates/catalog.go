@@ -6,6 +6,8 @@ import (
 	"sort"
 	"strings"
 	"sync"
+
+	"k8s.io/apimachinery/pkg/api/resource"
 )
 
 // def is one catalog entry: the public Service description plus what it
@@ -82,10 +84,11 @@ var registry = sync.OnceValue(func() map[string]*def {
 // allDefs is the list of catalog builders; each service file adds itself.
 func allDefs() []*def {
 	return []*def{
-		postgresDef(), redisDef(), valkeyDef(), mysqlDef(), mariadbDef(), memcachedDef(), etcdDef(), natsDef(),
+		postgresDef(), pgvectorDef(), timescaledbDef(), redisDef(), valkeyDef(), mysqlDef(), mariadbDef(), memcachedDef(), etcdDef(), natsDef(),
 		mongodbDef(), kafkaDef(), rabbitmqDef(), minioDef(),
 		clickhouseDef(), opensearchDef(), influxdbDef(), meilisearchDef(),
 		keycloakDef(), grafanaDef(), prometheusDef(), lokiDef(),
+		zookeeperDef(), mosquittoDef(), qdrantDef(), couchdbDef(), neo4jDef(), cassandraDef(),
 	}
 }
 
@@ -122,8 +125,8 @@ func (d *def) finish() {
 	rep += "); lightweight runs 1"
 	s.Settings = append(s.Settings,
 		Setting{Key: "replicas", Default: fmt.Sprint(d.haReplicas), Description: rep},
-		Setting{Key: "cpu", Default: d.cpu, Description: "CPU request per replica (limit too at enterprise)"},
-		Setting{Key: "memory", Default: d.memory, Description: "memory request and limit per replica"},
+		Setting{Key: "cpu", Default: d.cpu, Description: "CPU request per replica (limit too at enterprise); default doubled at ha/enterprise: " + doubled(d.cpu)},
+		Setting{Key: "memory", Default: d.memory, Description: "memory request and limit per replica; default doubled at ha/enterprise: " + doubled(d.memory)},
 	)
 	if d.backup {
 		s.Settings = append(s.Settings,
@@ -138,6 +141,14 @@ func (d *def) finish() {
 	for _, e := range d.env {
 		s.Env = append(s.Env, e.name)
 	}
+}
+
+// doubled is the ha/enterprise default of a cpu or memory setting: twice
+// the lightweight one.
+func doubled(q string) string {
+	v := resource.MustParse(q)
+	v.Add(v)
+	return v.String()
 }
 
 // Catalog lists every service, sorted by name. The slices are copies.

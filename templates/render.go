@@ -173,6 +173,14 @@ func (r *rc) labels(component string) map[string]string {
 	return l
 }
 
+// stableLabels are labels without the version, for the parts Kubernetes
+// does not let an update change (PVC templates, Job pod templates).
+func (r *rc) stableLabels(component string) map[string]string {
+	l := r.labels(component)
+	delete(l, "app.kubernetes.io/version")
+	return l
+}
+
 // selector is the immutable part of the labels that picks a component's
 // pods (the namespace already scopes it to the instance).
 func (r *rc) selector(component string) map[string]string {
@@ -331,7 +339,7 @@ func (r *rc) statefulSet(name, component, headlessName string, replicas int, spe
 			Selector:            &metav1.LabelSelector{MatchLabels: r.selector(component)},
 			PodManagementPolicy: appsv1.OrderedReadyPodManagement,
 			UpdateStrategy:      appsv1.StatefulSetUpdateStrategy{Type: appsv1.RollingUpdateStatefulSetStrategyType},
-			Template:            r.podTemplate(component, spec, r.metricsAnnotations()),
+			Template:            r.podTemplate(component, spec, r.metricsAnnotations(spec)),
 			PersistentVolumeClaimRetentionPolicy: &appsv1.StatefulSetPersistentVolumeClaimRetentionPolicy{
 				WhenDeleted: appsv1.RetainPersistentVolumeClaimRetentionPolicyType,
 				WhenScaled:  appsv1.RetainPersistentVolumeClaimRetentionPolicyType,
@@ -350,7 +358,7 @@ func (r *rc) statefulSet(name, component, headlessName string, replicas int, spe
 // volumeClaim adds a PVC template of size q to a StatefulSet.
 func (r *rc) volumeClaim(sts *appsv1.StatefulSet, name string, q resource.Quantity) {
 	sts.Spec.VolumeClaimTemplates = append(sts.Spec.VolumeClaimTemplates, corev1.PersistentVolumeClaim{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: r.labels(sts.Labels["app.kubernetes.io/component"])},
+		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: r.stableLabels(sts.Labels["app.kubernetes.io/component"])},
 		Spec: corev1.PersistentVolumeClaimSpec{
 			AccessModes: []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
 			Resources:   corev1.VolumeResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceStorage: q}},
@@ -365,7 +373,7 @@ func (r *rc) deployment(name, component string, replicas int, spec corev1.PodSpe
 		Spec: appsv1.DeploymentSpec{
 			Replicas: &n,
 			Selector: &metav1.LabelSelector{MatchLabels: r.selector(component)},
-			Template: r.podTemplate(component, spec, r.metricsAnnotations()),
+			Template: r.podTemplate(component, spec, r.metricsAnnotations(spec)),
 		},
 	}
 	r.add(dep)
@@ -388,11 +396,20 @@ func (r *rc) pdb(component string, replicas int) {
 	})
 }
 
-// metricsPort is set by services that expose Prometheus metrics at the
-// enterprise tier, for the scrape annotations.
-func (r *rc) metricsAnnotations() map[string]string {
+// metricsAnnotations tell Prometheus where to scrape a pod at the
+// enterprise tier.
+func (r *rc) metricsAnnotations(spec corev1.PodSpec) map[string]string {
 	if !r.enterprise() || r.d.metrics.port == 0 {
 		return nil
+	}
+	has := false
+	for _, c := range spec.Containers {
+		for _, p := range c.Ports {
+			has = has || int(p.ContainerPort) == r.d.metrics.port
+		}
+	}
+	if !has {
+		return nil // a helper workload (e.g. Keycloak's database)
 	}
 	path := r.d.metrics.path
 	if path == "" {
@@ -426,7 +443,7 @@ func (r *rc) backupJobWith(init *corev1.Container, image string, script string, 
 	})
 	keep := r.set["backup_keep_days"]
 	full := "set -eu\nmkdir -p /backup\nstamp=$(date -u +%Y%m%dT%H%M%SZ)\n" + script +
-		"\nfind /backup -maxdepth 1 -type f -name '" + r.d.svc.Name + "-*' -mtime +" + keep + " -delete\nls -l /backup\n"
+		"\nfind /backup -mindepth 1 -maxdepth 1 -name '" + r.d.svc.Name + "-*' -mtime +" + keep + " -exec rm -rf {} +\nls -l /backup\n"
 	var one int32 = 1
 	var hist int32 = 3
 	deadline := int64(6 * 3600)
@@ -447,6 +464,10 @@ func (r *rc) backupJobWith(init *corev1.Container, image string, script string, 
 						Spec: corev1.PodSpec{
 							RestartPolicy:      corev1.RestartPolicyNever,
 							EnableServiceLinks: new(false),
+							// Root, so that whatever the image's user, it
+							// can write to the backup volume (not every
+							// volume type honours fsGroup).
+							SecurityContext: &corev1.PodSecurityContext{RunAsUser: new(int64(0))},
 							Containers: []corev1.Container{{
 								Name:         "backup",
 								Image:        image,
@@ -479,7 +500,7 @@ func (r *rc) bootstrapJob(name, image, script string, envs ...corev1.EnvVar) {
 			BackoffLimit:          &backoff,
 			ActiveDeadlineSeconds: &deadline,
 			Template: corev1.PodTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{Labels: r.labels("bootstrap")},
+				ObjectMeta: metav1.ObjectMeta{Labels: r.stableLabels("bootstrap")},
 				Spec: corev1.PodSpec{
 					RestartPolicy:      corev1.RestartPolicyOnFailure,
 					EnableServiceLinks: new(false),

@@ -155,7 +155,10 @@ func renderEtcd(r *rc) error {
 	}
 	r.headless(headless, "etcd", svcPort("client", 2379), svcPort("peer", 2380))
 	r.clientService("etcd", "etcd", nil, svcPort("client", 2379))
-	sts := r.statefulSet("etcd", "etcd", headless, r.replicas, corev1.PodSpec{Containers: []corev1.Container{c}}, true)
+	// Newer etcd images may run as the distroless nonroot user.
+	gid := int64(65532)
+	sts := r.statefulSet("etcd", "etcd", headless, r.replicas, corev1.PodSpec{Containers: []corev1.Container{c},
+		SecurityContext: &corev1.PodSecurityContext{FSGroup: &gid}}, true)
 	r.volumeClaim(sts, "data", r.storage)
 	r.pdb("etcd", r.replicas)
 	r.bootstrapJob("enable-auth", curlImage, etcdAuth,
@@ -272,7 +275,7 @@ exec nats-server --config /work/nats.conf
 		spec.Containers = append(spec.Containers, corev1.Container{
 			Name:           "exporter",
 			Image:          "docker.io/natsio/prometheus-nats-exporter:0.17.3",
-			Args:           []string{"-port=7777", "-varz", "-connz", "-routez", "-healthz", "-jsz=all", "http://127.0.0.1:8222"},
+			Args:           []string{"-port=7777", "-varz", "-connz", "-routez", "-jsz=all", "http://127.0.0.1:8222"},
 			Ports:          []corev1.ContainerPort{port("metrics", 7777)},
 			ReadinessProbe: tcpProbe("metrics", 5, 10, 3),
 			Resources:      r.small(),

@@ -6,14 +6,38 @@ import (
 	corev1 "k8s.io/api/core/v1"
 )
 
+// pgFlavor is PostgreSQL or an image built on the official one (same
+// entrypoint, PGDATA and tools) that adds an extension.
+type pgFlavor struct {
+	name, title, image, version, description string
+	extension                                string // created in the app database at initialisation
+}
+
 func postgresDef() *def {
+	return postgresLikeDef(pgFlavor{name: "postgres", title: "PostgreSQL", image: "docker.io/library/postgres", version: "17.6",
+		description: "Relational database (official postgres image)."})
+}
+
+func pgvectorDef() *def {
+	return postgresLikeDef(pgFlavor{name: "pgvector", title: "PostgreSQL + pgvector", image: "docker.io/pgvector/pgvector",
+		version: "0.8.1-pg17", extension: "vector",
+		description: "PostgreSQL 17 with the pgvector extension (vector similarity search), enabled in the app database."})
+}
+
+func timescaledbDef() *def {
+	return postgresLikeDef(pgFlavor{name: "timescaledb", title: "TimescaleDB", image: "docker.io/timescale/timescaledb",
+		version:     "2.20.3-pg17",
+		description: "PostgreSQL 17 with TimescaleDB (time-series hypertables); the image enables the extension in the app database."})
+}
+
+func postgresLikeDef(f pgFlavor) *def {
 	return &def{
 		svc: Service{
-			Name: "postgres", Title: "PostgreSQL", Kind: "database", Version: "17.6",
-			Description: "Relational database (official postgres image).",
+			Name: f.name, Title: f.title, Kind: "database", Version: f.version,
+			Description: f.description,
 			Provides:    "postgres",
 		},
-		image: "docker.io/library/postgres", port: 5432,
+		image: f.image, port: 5432,
 		storage: "10Gi", cpu: "250m", memory: "512Mi",
 		haReplicas: 2, minHA: 2, maxHA: 5,
 		haOK: false,
@@ -36,11 +60,11 @@ func postgresDef() *def {
 		metrics: metricsAt(9187, ""),
 		connect: func(r *rc) Connection {
 			u, p, db := r.creds["username"], r.creds["password_app"], r.creds["dbname"]
-			h := r.host("postgres")
+			h := r.host(f.name)
 			return Connection{Host: h, Port: 5432, User: u, Password: p, Database: db,
 				URL: fmt.Sprintf("postgres://%s:%s@%s:5432/%s?sslmode=disable", u, p, h, db)}
 		},
-		render: renderPostgres,
+		render: func(r *rc) error { return renderPostgres(r, f) },
 	}
 }
 
@@ -70,7 +94,8 @@ ord="${HOSTNAME##*-}"
 if [ "$ord" != "0" ] && [ ! -s "$PGDATA/PG_VERSION" ]; then
   mkdir -p "$PGDATA"; chown postgres:postgres "$PGDATA"; chmod 700 "$PGDATA"
   export PGPASSWORD="$REPLICATION_PASSWORD"
-  until gosu postgres pg_basebackup -h "$PRIMARY_HOST" -U replicator -D "$PGDATA" -R -X stream -c fast; do
+  runas() { if command -v gosu >/dev/null; then gosu postgres "$@"; else su-exec postgres "$@"; fi; }
+  until runas pg_basebackup -h "$PRIMARY_HOST" -U replicator -D "$PGDATA" -R -X stream -c fast; do
     echo "waiting for primary $PRIMARY_HOST"; rm -rf "$PGDATA"/*; sleep 5
   done
   unset PGPASSWORD
@@ -79,7 +104,8 @@ fi
 exec docker-entrypoint.sh postgres "$@"
 `
 
-func renderPostgres(r *rc) error {
+func renderPostgres(r *rc, f pgFlavor) error {
+	name, headless := f.name, f.name+"-headless"
 	mc := r.set["max_connections"]
 	args := []string{"-c", "max_connections=" + mc, "-c", "listen_addresses=*"}
 	if r.ha() {
@@ -95,7 +121,7 @@ func renderPostgres(r *rc) error {
 			r.secretEnv("POSTGRES_DB", "dbname"),
 			r.secretEnv("REPLICATION_PASSWORD", "replication_password"),
 			env("PGDATA", "/var/lib/postgresql/data/pgdata"),
-			env("PRIMARY_HOST", r.podHost("postgres", 0, "postgres-headless")),
+			env("PRIMARY_HOST", r.podHost(name, 0, headless)),
 		},
 		Command:        []string{"sh", "-c", pgStart, "--"},
 		Args:           args,
@@ -105,12 +131,15 @@ func renderPostgres(r *rc) error {
 		LivenessProbe:  shProbe(0, 10, 5, 6, ready),
 		Resources:      r.resources(),
 		VolumeMounts: []corev1.VolumeMount{
-			mount("data", "/var/lib/postgresql/data"), mount("init", "/docker-entrypoint-initdb.d"), mount("shm", "/dev/shm"),
+			mount("data", "/var/lib/postgresql/data"), mount("shm", "/dev/shm"),
+			// Files, not the directory: images built on postgres keep
+			// their own init scripts there.
+			{Name: "init", MountPath: "/docker-entrypoint-initdb.d/10-replication.sh", SubPath: "10-replication.sh"},
 		},
 	}
 	spec := corev1.PodSpec{
 		Containers: []corev1.Container{c},
-		Volumes:    []corev1.Volume{configVolume("init", "postgres-init", 0o755), memDir("shm", "256Mi")},
+		Volumes:    []corev1.Volume{configVolume("init", name+"-init", 0o755), memDir("shm", "256Mi")},
 	}
 	if r.enterprise() {
 		spec.Containers = append(spec.Containers, corev1.Container{
@@ -127,22 +156,26 @@ func renderPostgres(r *rc) error {
 			Resources:      r.small(),
 		})
 	}
-	r.configMap("postgres-init", "postgres", map[string]string{"10-replication.sh": pgInitReplication})
-	r.headless("postgres-headless", "postgres", svcPort("postgres", 5432))
-	// The client Service reaches the primary only (pod 0).
-	r.clientService("postgres", "postgres", map[string]string{
-		LabelOSID: r.inst.OSID, "app.kubernetes.io/component": "postgres",
-		"statefulset.kubernetes.io/pod-name": "postgres-0"}, svcPort("postgres", 5432))
-	if r.ha() {
-		r.clientService("postgres-replicas", "postgres", map[string]string{
-			LabelOSID: r.inst.OSID, "app.kubernetes.io/component": "postgres"}, svcPort("postgres", 5432))
+	initScript := pgInitReplication
+	if f.extension != "" {
+		initScript += `psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --dbname "$POSTGRES_DB" -c "CREATE EXTENSION IF NOT EXISTS ` + f.extension + `;"
+`
 	}
-	sts := r.statefulSet("postgres", "postgres", "postgres-headless", r.replicas, spec, false)
+	r.configMap(name+"-init", name, map[string]string{"10-replication.sh": initScript})
+	r.headless(headless, name, svcPort("postgres", 5432))
+	// The client Service reaches the primary only (pod 0).
+	r.clientService(name, name, map[string]string{
+		LabelOSID: r.inst.OSID, "app.kubernetes.io/component": name,
+		"statefulset.kubernetes.io/pod-name": name + "-0"}, svcPort("postgres", 5432))
+	if r.ha() {
+		r.clientService(name+"-replicas", name, nil, svcPort("postgres", 5432))
+	}
+	sts := r.statefulSet(name, name, headless, r.replicas, spec, false)
 	r.volumeClaim(sts, "data", r.storage)
-	r.pdb("postgres", r.replicas)
+	r.pdb(name, r.replicas)
 	r.backupJob(r.image, `export PGPASSWORD="$POSTGRES_PASSWORD"
-pg_dump -h "$HOST" -U "$POSTGRES_USER" -d "$POSTGRES_DB" -Fc -f "/backup/postgres-$stamp.dump"`,
-		env("HOST", r.host("postgres")),
+pg_dump -h "$HOST" -U "$POSTGRES_USER" -d "$POSTGRES_DB" -Fc -f "/backup/`+name+`-$stamp.dump"`,
+		env("HOST", r.host(name)),
 		r.secretEnv("POSTGRES_USER", "username"),
 		r.secretEnv("POSTGRES_PASSWORD", "password_app"),
 		r.secretEnv("POSTGRES_DB", "dbname"))

@@ -159,7 +159,7 @@ func kafkaDef() *def {
 			Provides:    "kafka",
 		},
 		image: "docker.io/apache/kafka", port: 9092,
-		storage: "20Gi", cpu: "500m", memory: "2Gi",
+		storage: "20Gi", cpu: "500m", memory: "1Gi",
 		haReplicas: 3, minHA: 3, maxHA: 7, odd: true,
 		haOK: true,
 		haNote: "3/5/7 combined broker+controller nodes: KRaft quorum, replication factor 3, min.insync.replicas 2; " +

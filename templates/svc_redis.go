@@ -248,6 +248,9 @@ backend primary
 		Volumes: []corev1.Volume{configVolume("config", "haproxy", 0o644)},
 	})
 	// HAProxy does not reload a changed config; a new hash rolls the pods.
-	dep.Spec.Template.Annotations = map[string]string{"runos.io/config-hash": hash(b.String())}
+	if dep.Spec.Template.Annotations == nil {
+		dep.Spec.Template.Annotations = map[string]string{}
+	}
+	dep.Spec.Template.Annotations["runos.io/config-hash"] = hash(b.String())
 	r.pdb("haproxy", 2)
 }

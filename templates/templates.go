@@ -103,3 +103,20 @@ type App struct {
 //	func Render(inst Instance) ([]*unstructured.Unstructured, error) // namespace first
 //	func Connect(inst Instance) (Connection, error)
 //	func RenderApp(app App) ([]*unstructured.Unstructured, error)
+//
+// Notes for callers (the reconciler):
+//   - Validate pins every default into Instance.Set; commit the validated
+//     instance. Render and Connect re-validate and need Credentials.
+//   - Render's order is the apply order: Namespace, ServiceAccount/RBAC,
+//     Secret, ConfigMaps, PVCs, Services, StatefulSets, Deployments, Jobs,
+//     PDBs, CronJobs. Objects carry no status and no creationTimestamp.
+//   - Jobs (bootstrap: enable auth, initiate a replica set, create a
+//     bucket) are idempotent and kept after completion; their pod template
+//     is immutable, so apply them unchanged (they are deterministic).
+//   - The instance Secret is SecretName ("credentials") in the OSID
+//     namespace. RenderApp also renders, in the app's namespace, a copy of
+//     each used instance's Secret named by the instance's OSID (label
+//     LabelUses); the reconciler applies it like the rest and re-renders
+//     the app when a used instance changes.
+//   - Delete an instance or app by deleting its namespace (the OSID); PVCs
+//     of StatefulSets are retained until then.

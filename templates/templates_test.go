@@ -264,7 +264,17 @@ func checkPod(t *testing.T, key string, p *corev1.PodTemplateSpec, r *rendered, 
 	t.Helper()
 	vols := map[string]bool{}
 	for _, v := range p.Spec.Volumes {
+		if vols[v.Name] {
+			t.Errorf("%s: volume %s twice", key, v.Name)
+		}
 		vols[v.Name] = true
+		if v.Secret != nil && r.secrets[v.Secret.SecretName] != nil {
+			for _, it := range v.Secret.Items {
+				if _, ok := r.secrets[v.Secret.SecretName].Data[it.Key]; !ok {
+					t.Errorf("%s: volume %s: Secret %s has no key %q", key, v.Name, v.Secret.SecretName, it.Key)
+				}
+			}
+		}
 		if v.ConfigMap != nil && r.cms[v.ConfigMap.Name] == nil {
 			t.Errorf("%s: volume %s: ConfigMap %s not rendered", key, v.Name, v.ConfigMap.Name)
 		}
@@ -277,9 +287,13 @@ func checkPod(t *testing.T, key string, p *corev1.PodTemplateSpec, r *rendered, 
 	}
 	if strings.HasPrefix(key, "StatefulSet/") {
 		for _, vc := range r.sts[strings.TrimPrefix(key, "StatefulSet/")].Spec.VolumeClaimTemplates {
+			if vols[vc.Name] {
+				t.Errorf("%s: claim template %s collides with a pod volume", key, vc.Name)
+			}
 			vols[vc.Name] = true
 		}
 	}
+	portNames := map[string]bool{}
 	cs := slices.Concat(p.Spec.InitContainers, p.Spec.Containers)
 	names := map[string]bool{}
 	for _, c := range cs {
@@ -315,6 +329,20 @@ func checkPod(t *testing.T, key string, p *corev1.PodTemplateSpec, r *rendered, 
 		}
 		for _, cp := range c.Ports {
 			checkPortName(t, where, cp.Name)
+			if portNames[cp.Name] {
+				t.Errorf("%s: port name %s used twice in the pod", where, cp.Name)
+			}
+			portNames[cp.Name] = true
+		}
+		paths := map[string]bool{}
+		for _, m := range c.VolumeMounts {
+			if paths[m.MountPath] {
+				t.Errorf("%s: two mounts at %s", where, m.MountPath)
+			}
+			paths[m.MountPath] = true
+		}
+		if c.LivenessProbe != nil && c.LivenessProbe.SuccessThreshold != 1 || c.StartupProbe != nil && c.StartupProbe.SuccessThreshold != 1 {
+			t.Errorf("%s: liveness/startup success threshold must be 1", where)
 		}
 		for _, pr := range []*corev1.Probe{c.ReadinessProbe, c.LivenessProbe, c.StartupProbe} {
 			if pr == nil {
@@ -358,6 +386,19 @@ func TestEveryServiceEveryTierRenders(t *testing.T) {
 					t.Fatal(err)
 				}
 				r := checkObjects(t, inst, objs)
+				// Credentials appear in the Secret only, never in a
+				// ConfigMap, env value, command or annotation.
+				for _, u := range objs {
+					if u.GetKind() == "Secret" {
+						continue
+					}
+					j, _ := json.Marshal(u)
+					for k, v := range inst.Credentials {
+						if len(v) >= 16 && strings.Contains(string(j), v) {
+							t.Errorf("%s %s contains credential %s", u.GetKind(), u.GetName(), k)
+						}
+					}
+				}
 				if ti.Name == TierLightweight {
 					for k, n := range r.replicas {
 						if n != 1 && !strings.Contains(k, "haproxy") {
@@ -456,24 +497,59 @@ func TestRenderNeedsCredentials(t *testing.T) {
 }
 
 func TestEnterpriseHasBackupAndMetrics(t *testing.T) {
-	for _, name := range []string{"postgres", "redis"} {
-		inst := newInstance(t, name, TierEnterprise, nil)
+	for _, s := range Catalog() {
+		d, _ := lookupDef(s.Name)
+		inst := newInstance(t, s.Name, TierEnterprise, nil)
 		objs, err := Render(inst)
 		if err != nil {
 			t.Fatal(err)
 		}
 		r := decode(t, objs)
-		if len(r.jobPods) == 0 {
-			t.Errorf("%s: no backup CronJob", name)
+		cron := r.jobPods["CronJob/backup"]
+		if d.backup != (cron != nil) {
+			t.Errorf("%s: backup %v but CronJob %v", s.Name, d.backup, cron != nil)
 		}
-		found := false
+		if cron != nil {
+			// Backups are named <service>-..., which is what pruning removes.
+			script := cron.Spec.Containers[0].Command[2]
+			if !strings.Contains(script, "/backup/"+s.Name+"-$stamp") || !strings.Contains(script, "-name '"+s.Name+"-*'") {
+				t.Errorf("%s: backup names and pruning disagree:\n%s", s.Name, script)
+			}
+			if r.pvcs["backup"] == nil {
+				t.Errorf("%s: no backup PVC", s.Name)
+			}
+		}
+		scraped := false
 		for _, p := range r.pods {
-			found = found || p.Annotations["prometheus.io/scrape"] == "true"
+			if p.Annotations["prometheus.io/scrape"] == "true" {
+				scraped = true
+				if !hasPortNumber(p, p.Annotations["prometheus.io/port"]) {
+					t.Errorf("%s: scrape port %s not on the pod", s.Name, p.Annotations["prometheus.io/port"])
+				}
+			}
 		}
-		if !found {
-			t.Errorf("%s: no scrape annotation", name)
+		if scraped != (d.metrics.port != 0) {
+			t.Errorf("%s: metrics port %d but scrape annotation %v", s.Name, d.metrics.port, scraped)
+		}
+		// Lightweight has neither.
+		objs, _ = Render(newInstance(t, s.Name, TierLightweight, nil))
+		for _, u := range objs {
+			if u.GetKind() == "CronJob" || u.GetAnnotations()["prometheus.io/scrape"] != "" {
+				t.Errorf("%s: lightweight renders %s %s", s.Name, u.GetKind(), u.GetName())
+			}
 		}
 	}
+}
+
+func hasPortNumber(p *corev1.PodTemplateSpec, n string) bool {
+	for _, c := range p.Spec.Containers {
+		for _, cp := range c.Ports {
+			if fmt.Sprint(cp.ContainerPort) == n {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func TestValidate(t *testing.T) {
@@ -498,6 +574,8 @@ func TestValidate(t *testing.T) {
 		{"postgres", TierLightweight, map[string]string{"version": "17 ; rm -rf"}, "not an image tag"},
 		{"postgres", TierLightweight, map[string]string{"version": ""}, "not an image tag"},
 		{"postgres", TierLightweight, map[string]string{"version": "a/b"}, "not an image tag"},
+		{"postgres", TierLightweight, map[string]string{"version": strings.Repeat("1", 64)}, "at most 63"},
+		{"postgres", TierLightweight, map[string]string{"version": "17."}, "ending with a letter or digit"},
 		{"postgres", TierLightweight, map[string]string{"max_connections": "5"}, "out of range"},
 		{"postgres", TierEnterprise, map[string]string{"backup_schedule": "daily"}, "backup_schedule"},
 		{"postgres", TierEnterprise, map[string]string{"backup_schedule": "61 * * * *"}, "backup_schedule"},
@@ -552,7 +630,7 @@ func TestValidate(t *testing.T) {
 	if err := Validate(&inst); err != nil {
 		t.Fatal(err)
 	}
-	if inst.Set["version"] != "17.6" || inst.Set["replicas"] != "2" {
+	if inst.Set["version"] != "17.6" || inst.Set["replicas"] != "2" || inst.Set["memory"] != "1Gi" || inst.Set["cpu"] != "500m" {
 		t.Errorf("defaults %v", inst.Set)
 	}
 }
@@ -615,6 +693,9 @@ func FuzzValidate(f *testing.F) {
 	f.Add("postgres", "ha", "replicas", "3")
 	f.Add("redis", "lightweight", "storage", "1Gi")
 	f.Add("redis", "enterprise", "backup_schedule", "0 0 * * *")
+	f.Add("minio", "ha", "bucket", "media")
+	f.Add("postgres", "lightweight", "version", "17.6-bookworm")
+	f.Add("etcd", "enterprise", "storage", "100Gi")
 	f.Fuzz(func(t *testing.T, service, tier, key, value string) {
 		inst := Instance{OSID: service + "-abcde", Service: service, Tier: tier, Set: map[string]string{key: value}}
 		if Validate(&inst) != nil {
@@ -626,9 +707,11 @@ func FuzzValidate(f *testing.F) {
 			t.Fatal(err)
 		}
 		inst.Credentials = creds
-		if _, err := Render(inst); err != nil {
+		objs, err := Render(inst)
+		if err != nil {
 			t.Fatalf("validated %+v but Render: %v", inst, err)
 		}
+		checkObjects(t, inst, objs)
 	})
 }
 
@@ -932,6 +1015,91 @@ func TestScriptsAndConfigsParse(t *testing.T) {
 					}
 				}
 			}
+		}
+	}
+}
+
+// TestRenderAppEveryService: an app using any service gets every variable
+// the catalog lists, secrets only through references to its own copy of
+// the Secret, and no credential in a plain value.
+func TestRenderAppEveryService(t *testing.T) {
+	for _, s := range Catalog() {
+		if s.Provides == "" {
+			continue
+		}
+		inst := newInstance(t, s.Name, TierHA, nil)
+		objs, err := RenderApp(App{OSID: "web-22222", Name: "web", Image: "nginx:1.29", Port: 80, Uses: []Instance{inst}})
+		if err != nil {
+			t.Fatalf("%s: %v", s.Name, err)
+		}
+		var dep appsv1.Deployment
+		var sec corev1.Secret
+		for _, u := range objs {
+			switch u.GetKind() {
+			case "Deployment":
+				if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &dep); err != nil {
+					t.Fatal(err)
+				}
+			case "Secret":
+				if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &sec); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		if sec.Name != inst.OSID || sec.Namespace != "web-22222" {
+			t.Fatalf("%s: Secret copy %s/%s", s.Name, sec.Namespace, sec.Name)
+		}
+		got := map[string]bool{}
+		c, _ := Connect(inst)
+		for _, e := range dep.Spec.Template.Spec.Containers[0].Env {
+			got[e.Name] = true
+			for k, v := range inst.Credentials {
+				if len(v) >= 16 && strings.Contains(e.Value, v) {
+					t.Errorf("%s: %s carries credential %s in a plain value", s.Name, e.Name, k)
+				}
+			}
+			if e.ValueFrom != nil {
+				ref := e.ValueFrom.SecretKeyRef
+				if ref == nil || ref.Name != sec.Name {
+					t.Errorf("%s: %s: bad reference %+v", s.Name, e.Name, e.ValueFrom)
+				} else if _, ok := sec.Data[ref.Key]; !ok {
+					t.Errorf("%s: %s: copy has no key %s", s.Name, e.Name, ref.Key)
+				}
+				if c.SecretKeys[e.Name] != ref.Key {
+					t.Errorf("%s: %s: Connect says key %q, app uses %q", s.Name, e.Name, c.SecretKeys[e.Name], ref.Key)
+				}
+			} else if e.Value == "" {
+				t.Errorf("%s: %s is empty", s.Name, e.Name)
+			}
+		}
+		for _, name := range s.Env {
+			if !got[name] {
+				t.Errorf("%s: app lacks %s", s.Name, name)
+			}
+		}
+	}
+}
+
+// TestREADMEListsCatalog keeps the README's catalog table in step with the
+// code (service, pinned image, ha).
+func TestREADMEListsCatalog(t *testing.T) {
+	b, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Skip("no README next to the package")
+	}
+	for _, s := range Catalog() {
+		d, _ := lookupDef(s.Name)
+		tag := s.Version
+		if d.tagFormat != "" {
+			tag = fmt.Sprintf(d.tagFormat, s.Version)
+		}
+		ha := "no"
+		if s.Tiers[1].HA {
+			ha = "yes"
+		}
+		row := fmt.Sprintf("| %s | `%s:%s` | %d | %s |", s.Name, d.image, tag, s.Tiers[1].Replicas, ha)
+		if !strings.Contains(string(b), row) {
+			t.Errorf("README lacks the row %s", row)
 		}
 	}
 }

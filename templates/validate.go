@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/apimachinery/pkg/util/validation"
 )
 
 // tagRE is Docker's tag grammar.
@@ -63,6 +64,9 @@ func resolve(inst Instance) (*rc, error) {
 	}
 	for k, v := range defaults {
 		if _, ok := set[k]; !ok {
+			if (k == "cpu" || k == "memory") && inst.Tier != TierLightweight {
+				v = doubled(v)
+			}
 			set[k] = v
 		}
 	}
@@ -72,6 +76,10 @@ func resolve(inst Instance) (*rc, error) {
 	v := set["version"]
 	if !tagRE.MatchString(v) {
 		return nil, fmt.Errorf("%s: version %q is not an image tag", d.svc.Name, v)
+	}
+	if errs := validation.IsValidLabelValue(v); len(errs) > 0 {
+		// It is also the app.kubernetes.io/version label.
+		return nil, fmt.Errorf("%s: version %q: at most 63 characters, starting and ending with a letter or digit", d.svc.Name, v)
 	}
 	r.version = v
 	tag := v
