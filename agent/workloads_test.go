@@ -28,6 +28,16 @@ type kubeEnv struct {
 
 func newKubeEnv(t testing.TB, nodes int) *kubeEnv {
 	t.Helper()
+	e := newKubeEnvUnset(t, nodes)
+	if _, err := e.client(0).SetKube(context.Background(), e.srv.Kubeconfig); err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+// newKubeEnvUnset is newKubeEnv before `kube set`.
+func newKubeEnvUnset(t testing.TB, nodes int) *kubeEnv {
+	t.Helper()
 	kubetest.Require(t)
 	srv := kubetest.Start(t)
 	exec, err := kube.New(kube.Config{Kubeconfig: srv.Kubeconfig}, testLogger(t))
@@ -36,11 +46,7 @@ func newKubeEnv(t testing.TB, nodes int) *kubeEnv {
 	}
 	t.Cleanup(func() { exec.Close() })
 	c := newCluster(t, nodes)
-	e := &kubeEnv{c: c, srv: srv, exec: exec}
-	if _, err := e.client(0).SetKube(context.Background(), srv.Kubeconfig); err != nil {
-		t.Fatal(err)
-	}
-	return e
+	return &kubeEnv{c: c, srv: srv, exec: exec}
 }
 
 func (e *kubeEnv) client(i int) *api.Client { return api.NewClient(e.c.dirs[i]) }
@@ -268,6 +274,44 @@ func TestServicesWhileAPIDown(t *testing.T) {
 	e.waitService("applied once the API is back", s.OSID, applied)
 	if e.get("apps/v1", "StatefulSet", s.OSID, "redis") == nil {
 		t.Error("no redis StatefulSet")
+	}
+}
+
+// A deploy before any `kube set` is accepted and waits; a bad kubeconfig is
+// refused with the reason; setting the real one applies the waiting deploy.
+func TestServicesBeforeKubeSet(t *testing.T) {
+	e := newKubeEnvUnset(t, 1)
+	ctx := context.Background()
+	cl := e.client(0)
+	if k, err := cl.Kube(ctx); err != nil || k.Configured {
+		t.Fatalf("kube before set = %+v, %v", k, err)
+	}
+	s, err := cl.DeployService(ctx, api.ServiceRequest{Service: "memcached"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Status != api.StatusPending || !strings.Contains(s.Reason, "kube set") {
+		t.Errorf("deploy without a cluster: %s: %s", s.Status, s.Reason)
+	}
+	for _, bad := range []string{"", "garbage: [", "apiVersion: v1\nkind: Config\n"} {
+		if _, err := cl.SetKube(ctx, []byte(bad)); err == nil || !strings.Contains(err.Error(), "kubeconfig") {
+			t.Errorf("kube set %q: %v", bad, err)
+		}
+	}
+	if k, _ := cl.Kube(ctx); k.Configured {
+		t.Error("a refused kubeconfig was stored")
+	}
+	if _, err := cl.SetKube(ctx, e.srv.Kubeconfig); err != nil {
+		t.Fatal(err)
+	}
+	e.waitService("applied after kube set", s.OSID, applied)
+	// The state holds the kubeconfig sealed, not in plain text.
+	st, _ := e.c.agents[0].store.State()
+	if strings.Contains(st.Workloads.Kube.Kubeconfig, "certificate-authority-data") || st.Workloads.Kube.Server != e.srv.URL {
+		t.Errorf("kube target in the state: server %q, kubeconfig not sealed", st.Workloads.Kube.Server)
+	}
+	if strings.Contains(st.Workloads.Services[s.OSID].Credentials, "password") {
+		t.Error("credentials not sealed")
 	}
 }
 
