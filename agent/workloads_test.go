@@ -11,7 +11,10 @@ import (
 	"testing"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic"
 
 	"github.com/runos/runos-agent/api"
 	"github.com/runos/runos-agent/kube"
@@ -105,6 +108,41 @@ func (e *kubeEnv) namespaceGone(ns string) error {
 	return nil
 }
 
+// markReady sets every StatefulSet and Deployment in ns ready through the
+// status subresource, as kubelets and controllers would.
+func (e *kubeEnv) markReady(ns string) {
+	e.c.tb.Helper()
+	rc, err := kube.RESTConfig(e.srv.Kubeconfig)
+	if err != nil {
+		e.c.tb.Fatal(err)
+	}
+	dyn, err := dynamic.NewForConfig(rc)
+	if err != nil {
+		e.c.tb.Fatal(err)
+	}
+	ctx := context.Background()
+	for _, res := range []string{"statefulsets", "deployments"} {
+		ri := dyn.Resource(schema.GroupVersionResource{Group: "apps", Version: "v1", Resource: res}).Namespace(ns)
+		list, err := ri.List(ctx, metav1.ListOptions{})
+		if err != nil {
+			e.c.tb.Fatal(err)
+		}
+		for _, o := range list.Items {
+			n, found, _ := unstructured.NestedInt64(o.Object, "spec", "replicas")
+			if !found {
+				n = 1
+			}
+			for _, f := range []string{"replicas", "readyReplicas", "availableReplicas", "updatedReplicas", "currentReplicas"} {
+				unstructured.SetNestedField(o.Object, n, "status", f)
+			}
+			unstructured.SetNestedField(o.Object, o.GetGeneration(), "status", "observedGeneration")
+			if _, err := ri.UpdateStatus(ctx, &o, metav1.UpdateOptions{}); err != nil {
+				e.c.tb.Fatal(err)
+			}
+		}
+	}
+}
+
 func TestServicesDeployUseDelete(t *testing.T) {
 	e := newKubeEnv(t, 1)
 	ctx := context.Background()
@@ -161,6 +199,17 @@ func TestServicesDeployUseDelete(t *testing.T) {
 	}
 	if want := "." + pg.OSID + ".svc.cluster.local"; !strings.HasSuffix(shown.Connection.Host, want) {
 		t.Errorf("host %s, want *%s", shown.Connection.Host, want)
+	}
+	// Without a kubelet nothing becomes ready; play the kubelet's part in
+	// the status subresource and the instance turns ready.
+	e.markReady(rd.OSID)
+	if got := e.waitService("redis ready", rd.OSID, func(s *api.Service) error {
+		if s.Status != api.StatusReady {
+			return fmt.Errorf("status %s (%d/%d): %s", s.Status, s.Ready, s.Total, s.Reason)
+		}
+		return nil
+	}); got.Ready != got.Total || got.Total < 1 {
+		t.Errorf("ready %d/%d", got.Ready, got.Total)
 	}
 	if list, _ := cl.Services(ctx, "redis"); len(list) != 1 || list[0].OSID != rd.OSID {
 		t.Errorf("services --type redis = %+v", list)
