@@ -181,7 +181,13 @@ func (w *workloads) reconcile(ctx context.Context) {
 		return
 	}
 	if wl.Kube == nil {
-		// Create already said "no Kubernetes cluster set".
+		// Create already said "no Kubernetes cluster set". Nothing was
+		// ever applied, so a deleted instance just goes.
+		for _, it := range w.items(wl) {
+			if it.desired == raftstore.DesiredDeleted {
+				w.purge(ctx, it)
+			}
+		}
 		return
 	}
 	exec, err := w.executor(wl.Kube)
@@ -250,7 +256,7 @@ func currentItem(wl raftstore.Workloads, it item) (recordView, bool) {
 // reconcileOne applies (or deletes) one item when it needs it; with poll
 // set, it only reads the status of an item already applied.
 func (w *workloads) reconcileOne(ctx context.Context, exec *kube.Executor, down *error, poll bool, it item) {
-	osid, gen, cur, isApp := it.osid, it.gen, it.cur, it.isApp
+	osid, gen, cur := it.osid, it.gen, it.cur
 	now := time.Now()
 	if t, ok := w.retryAt[osid]; ok && now.Before(t) {
 		return
@@ -270,14 +276,7 @@ func (w *workloads) reconcileOne(ctx context.Context, exec *kube.Executor, down 
 			w.retryAt[osid] = now.Add(w.interval / 10)
 			return
 		}
-		op := raftstore.OpWorkloadServicePurge
-		if isApp {
-			op = raftstore.OpWorkloadAppPurge
-		}
-		if _, err := w.propose(ctx, op, &raftstore.WorkloadCmd{OSID: osid}); err != nil {
-			w.a.log.Warn("purge", "osid", osid, "err", err)
-		}
-		delete(w.applied, osid)
+		w.purge(ctx, it)
 		return
 	}
 
@@ -329,6 +328,18 @@ func (w *workloads) reconcileOne(ctx context.Context, exec *kube.Executor, down 
 		obs.Reason = fmt.Sprintf("%d/%d replicas ready", ks.Ready, ks.Total)
 	}
 	w.writeStatus(ctx, osid, cur, obs)
+}
+
+// purge removes the record of a deleted item whose namespace is gone.
+func (w *workloads) purge(ctx context.Context, it item) {
+	op := raftstore.OpWorkloadServicePurge
+	if it.isApp {
+		op = raftstore.OpWorkloadAppPurge
+	}
+	if _, err := w.propose(ctx, op, &raftstore.WorkloadCmd{OSID: it.osid}); err != nil && ctx.Err() == nil {
+		w.a.log.Warn("purge", "osid", it.osid, "err", err)
+	}
+	delete(w.applied, it.osid)
 }
 
 // statusObjects keeps the objects whose existence and readiness the status

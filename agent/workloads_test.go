@@ -342,6 +342,20 @@ func TestServicesBeforeKubeSet(t *testing.T) {
 	if s.Status != api.StatusPending || !strings.Contains(s.Reason, "kube set") {
 		t.Errorf("deploy without a cluster: %s: %s", s.Status, s.Reason)
 	}
+	// Deleted before any cluster was set: nothing to undo, the record goes.
+	gone, err := cl.DeployService(ctx, api.ServiceRequest{Service: "memcached"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cl.DeleteService(ctx, gone.OSID); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "record purged", func() error {
+		if _, err := cl.ServiceInfo(ctx, gone.OSID, false); err == nil {
+			return errors.New("still listed")
+		}
+		return nil
+	})
 	for _, bad := range []string{"", "garbage: [", "apiVersion: v1\nkind: Config\n"} {
 		if _, err := cl.SetKube(ctx, []byte(bad)); err == nil || !strings.Contains(err.Error(), "kubeconfig") {
 			t.Errorf("kube set %q: %v", bad, err)
