@@ -688,6 +688,13 @@ func serviceView(r *raftstore.ServiceRecord, apps map[string]*raftstore.AppRecor
 		Status: r.Status.Phase, Reason: r.Status.Reason, Ready: r.Status.Ready, Total: r.Status.Total,
 		Conditions: r.Status.Conditions, CreatedAt: r.CreatedAt, UpdatedAt: r.Status.UpdatedAt,
 	}
+	if svc, ok := templates.Lookup(r.Service); ok {
+		for _, t := range svc.Tiers {
+			if t.Name == r.Tier {
+				s.TierNote = t.Note
+			}
+		}
+	}
 	for _, app := range sortedApps(apps) {
 		if app.Desired == raftstore.DesiredPresent && slices.Contains(app.Uses, r.OSID) {
 			s.UsedBy = append(s.UsedBy, app.OSID)

@@ -446,6 +446,14 @@ func TestServiceLeaderKilledMidDeploy(t *testing.T) {
 	if !slices.Equal(trail, []string{"pending", "applying"}) {
 		t.Errorf("status trail = %v, want [pending applying]", trail)
 	}
+
+	// A deploy through a follower is forwarded to the new leader.
+	f := slices.Index(e.c.agents, e.c.follower())
+	s2, err := e.client(f).DeployService(ctx, api.ServiceRequest{Service: "redis"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.waitService("deployed through a follower", s2.OSID, applied)
 }
 
 // BenchmarkServiceDeployLatency: command accepted (the local API answered)

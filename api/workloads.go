@@ -70,9 +70,12 @@ const (
 
 // Service is one service instance (GET /v1/services, /v1/services/{osid}).
 type Service struct {
-	OSID       string            `json:"osid"`
-	Service    string            `json:"service"`
-	Tier       string            `json:"tier"`
+	OSID    string `json:"osid"`
+	Service string `json:"service"`
+	Tier    string `json:"tier"`
+	// TierNote is the catalog's note on this tier (e.g. why ha is not
+	// fault tolerant for this service without an operator).
+	TierNote   string            `json:"tier_note,omitempty"`
 	Set        map[string]string `json:"set,omitempty"`
 	Status     string            `json:"status"` // pending|applying|ready|failed|deleting
 	Reason     string            `json:"reason,omitempty"`

@@ -118,6 +118,9 @@ func kubeCommands() []*cli.Command {
 						return printJSON(c.App.Writer, s)
 					}
 					fmt.Fprintf(c.App.Writer, "%s: %s %s, %s\n", s.OSID, s.Service, s.Tier, statusText(s.Status, s.Reason, s.Ready, s.Total))
+					if s.TierNote != "" {
+						fmt.Fprintf(c.App.Writer, "note: %s\n", s.TierNote)
+					}
 					fmt.Fprintf(c.App.Writer, "connection details: runos-agent services show %s\n", s.OSID)
 					return nil
 				}),
@@ -155,6 +158,9 @@ func kubeCommands() []*cli.Command {
 					}
 					w := c.App.Writer
 					fmt.Fprintf(w, "osid      %s\nservice   %s\ntier      %s\nstatus    %s\n", s.OSID, s.Service, s.Tier, statusText(s.Status, s.Reason, s.Ready, s.Total))
+					if s.TierNote != "" {
+						fmt.Fprintf(w, "tier note %s\n", s.TierNote)
+					}
 					for _, k := range slices.Sorted(maps.Keys(s.Set)) {
 						fmt.Fprintf(w, "set       %s=%s\n", k, s.Set[k])
 					}
