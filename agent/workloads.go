@@ -287,6 +287,8 @@ func (w *workloads) reconcileOne(ctx context.Context, exec *kube.Executor, down 
 	if *down != nil {
 		if needApply {
 			w.writeStatus(ctx, osid, cur, raftstore.Observed{Phase: raftstore.PhasePending, Reason: (*down).Error(), Generation: gen})
+		} else {
+			w.writeStatus(ctx, osid, cur, lastKnown(cur, *down))
 		}
 		return
 	}
@@ -310,6 +312,13 @@ func (w *workloads) reconcileOne(ctx context.Context, exec *kube.Executor, down 
 	}
 	ks, err := exec.Status(ctx, statusObjects(objs))
 	if err != nil {
+		if poll && errors.Is(err, kube.ErrUnreachable) {
+			// Applied before: keep the phase, say the status is stale.
+			*down = err
+			w.setLastErr(err.Error())
+			w.writeStatus(ctx, osid, cur, lastKnown(cur, err))
+			return
+		}
 		w.failed(ctx, down, osid, gen, cur, raftstore.PhaseFailed, err)
 		return
 	}
@@ -328,6 +337,14 @@ func (w *workloads) reconcileOne(ctx context.Context, exec *kube.Executor, down 
 		obs.Reason = fmt.Sprintf("%d/%d replicas ready", ks.Ready, ks.Total)
 	}
 	w.writeStatus(ctx, osid, cur, obs)
+}
+
+// lastKnown is an applied item's status while the API cannot be asked.
+func lastKnown(cur raftstore.Observed, err error) raftstore.Observed {
+	o := cur
+	o.Conditions = slices.Clone(cur.Conditions)
+	o.Reason = "status not current: " + err.Error()
+	return o
 }
 
 // purge removes the record of a deleted item whose namespace is gone.

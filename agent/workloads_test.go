@@ -324,6 +324,14 @@ func TestServicesWhileAPIDown(t *testing.T) {
 	if e.get("apps/v1", "StatefulSet", s.OSID, "redis") == nil {
 		t.Error("no redis StatefulSet")
 	}
+	// Down again: an applied instance keeps its phase, marked stale.
+	e.srv.StopAPI()
+	e.waitService("status marked stale", s.OSID, func(s *api.Service) error {
+		if s.Status != api.StatusApplying || !strings.Contains(s.Reason, "status not current") {
+			return fmt.Errorf("status %s: %s", s.Status, s.Reason)
+		}
+		return nil
+	})
 }
 
 // A deploy before any `kube set` is accepted and waits; a bad kubeconfig is
