@@ -119,8 +119,9 @@ type Agent struct {
 	startedAt   time.Time
 	beats       beats
 	deadMembers memberStates
-	// wl is the services/apps reconciler (workloads.go).
-	wl *workloads
+	// wl is the services/apps reconciler (workloads.go); a value, so the
+	// local API (started before it) can read its mutex-guarded fields.
+	wl workloads
 	// crashOnClose makes Close skip the goodbye (tests simulate a crash).
 	crashOnClose bool
 }

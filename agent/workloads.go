@@ -72,8 +72,10 @@ func (a *Agent) startWorkloads(ctx context.Context) error {
 	if iv == 0 {
 		iv = defaultWorkloadInterval
 	}
-	a.wl = &workloads{a: a, interval: iv, applied: map[string]int64{}, retryAt: map[string]time.Time{}, backoff: map[string]time.Duration{}}
-	a.goLoop(ctx, a.wl.loop)
+	w := &a.wl
+	w.a, w.interval = a, iv
+	w.applied, w.retryAt, w.backoff = map[string]int64{}, map[string]time.Time{}, map[string]time.Duration{}
+	a.goLoop(ctx, w.loop)
 	a.closers = append(a.closers, func() error {
 		if a.wl.exec != nil {
 			a.wl.exec.Close()
@@ -576,7 +578,7 @@ func (a *Agent) Kube() *api.Kube {
 		return &api.Kube{}
 	}
 	out := &api.Kube{Configured: true, Server: k.Server, SetAt: k.SetAt}
-	if a.wl != nil && a.store.IsLeader() {
+	if a.store.IsLeader() {
 		a.wl.mu.Lock()
 		out.Error = a.wl.lastErr
 		a.wl.mu.Unlock()
