@@ -101,7 +101,11 @@ func RenderApp(app App) ([]*unstructured.Unstructured, error) {
 					LocalObjectReference: corev1.LocalObjectReference{Name: inst.OSID}, Key: key}}})
 				continue
 			}
-			envs = append(envs, env(e.name, connField(c, e.field)))
+			v := connField(c, e.field)
+			if k, ok := strings.CutPrefix(e.field, "value:"); ok && r.d.values != nil {
+				v = r.d.values(r)[k]
+			}
+			envs = append(envs, env(e.name, v))
 		}
 	}
 	for _, k := range slices.Sorted(maps.Keys(app.Env)) {

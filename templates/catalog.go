@@ -33,10 +33,7 @@ type def struct {
 
 	// metrics: where Prometheus scrapes at the enterprise tier (native
 	// endpoint or an exporter sidecar); port 0 means none.
-	metrics struct {
-		port int
-		path string
-	}
+	metrics metricsSpec
 
 	// backup: enterprise renders a backup CronJob (and its PVC).
 	backup bool
@@ -45,6 +42,10 @@ type def struct {
 
 	// creds lists the credential keys and how they are generated.
 	creds []credSpec
+
+	// values are plain per-instance values apps can get ("value:KEY"
+	// env fields), e.g. the list of memcached servers.
+	values func(r *rc) map[string]string
 
 	// derive adds deterministic values computed from the credentials to
 	// the Secret (config files with passwords, basic-auth headers).
@@ -55,6 +56,15 @@ type def struct {
 	// env: variables an app receives when it uses an instance, in order.
 	env []envSpec
 }
+
+// metricsSpec is where Prometheus scrapes a pod: port 0 means nowhere;
+// path "" means /metrics.
+type metricsSpec struct {
+	port int
+	path string
+}
+
+func metricsAt(port int, path string) metricsSpec { return metricsSpec{port, path} }
 
 // setting is a --set key with its validator.
 type setting struct {

@@ -159,14 +159,20 @@ func genCred(rand io.Reader, kind string) (string, error) {
 		}
 		return "", errors.New("could not draw a password meeting the policy")
 	case kind == "kraft-id":
-		// A Kafka KRaft cluster id is a UUID, base64url without padding.
+		// A Kafka KRaft cluster id is a UUID, base64url without padding;
+		// like Kafka's Uuid.randomUuid, never one starting with "-",
+		// which kafka-storage's command line would take for a flag.
 		b := make([]byte, 16)
-		if _, err := io.ReadFull(rand, b); err != nil {
-			return "", fmt.Errorf("random: %w", err)
+		for {
+			if _, err := io.ReadFull(rand, b); err != nil {
+				return "", fmt.Errorf("random: %w", err)
+			}
+			b[6] = b[6]&0x0f | 0x40
+			b[8] = b[8]&0x3f | 0x80
+			if id := base64.RawURLEncoding.EncodeToString(b); id[0] != '-' {
+				return id, nil
+			}
 		}
-		b[6] = b[6]&0x0f | 0x40
-		b[8] = b[8]&0x3f | 0x80
-		return base64.RawURLEncoding.EncodeToString(b), nil
 	}
 	return "", fmt.Errorf("unknown credential kind %q", kind)
 }

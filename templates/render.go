@@ -144,7 +144,7 @@ func Connect(inst Instance) (Connection, error) {
 func secretKey(field string) (string, bool) {
 	switch {
 	case field == "host", field == "port", field == "user", field == "database", field == "hostport",
-		strings.HasPrefix(field, "const:"):
+		strings.HasPrefix(field, "const:"), strings.HasPrefix(field, "value:"):
 		return field, false
 	case strings.HasPrefix(field, "key:"):
 		return strings.TrimPrefix(field, "key:"), true

@@ -30,7 +30,15 @@ func memcachedDef() *def {
 			{Setting{Key: "max_connections", Default: "1024", Description: "-c max simultaneous connections"}, intRange(16, 65536)},
 		},
 		env: []envSpec{
-			{"MEMCACHED_HOST", "host"}, {"MEMCACHED_PORT", "port"}, {"MEMCACHED_SERVERS", "hostport"},
+			{"MEMCACHED_HOST", "host"}, {"MEMCACHED_PORT", "port"}, {"MEMCACHED_SERVERS", "value:servers"},
+		},
+		values: func(r *rc) map[string]string {
+			// Every server, for clients that shard keys over them.
+			var s []string
+			for i := range r.replicas {
+				s = append(s, r.podHost("memcached", i, "memcached-headless")+":11211")
+			}
+			return map[string]string{"servers": strings.Join(s, ",")}
 		},
 		metrics: metricsAt(9150, ""),
 		connect: func(r *rc) Connection {

@@ -68,16 +68,6 @@ func postgresLikeDef(f pgFlavor) *def {
 	}
 }
 
-func metricsAt(port int, path string) struct {
-	port int
-	path string
-} {
-	return struct {
-		port int
-		path string
-	}{port, path}
-}
-
 const pgInitReplication = `#!/bin/sh
 # Runs once, at initdb on the primary: a replication role and its pg_hba line.
 set -eu

@@ -566,7 +566,10 @@ func TestValidate(t *testing.T) {
 		{"postgres", TierLightweight, map[string]string{"bogus": "1"}, "unknown setting \"bogus\""},
 		{"postgres", TierLightweight, map[string]string{"storage": "lots"}, "not a Kubernetes quantity"},
 		{"postgres", TierLightweight, map[string]string{"storage": "1Ki"}, "out of range"},
-		{"postgres", TierLightweight, map[string]string{"cpu": "-1"}, "out of range"},
+		{"postgres", TierLightweight, map[string]string{"cpu": "-1"}, "not a Kubernetes quantity"},
+		{"postgres", TierLightweight, map[string]string{"storage": "9e999999999"}, "not a Kubernetes quantity"},
+		{"postgres", TierLightweight, map[string]string{"storage": "1e10"}, ""},
+		{"postgres", TierLightweight, map[string]string{"cpu": "1.5"}, ""},
 		{"postgres", TierLightweight, map[string]string{"memory": "1e30"}, "out of range"},
 		{"postgres", TierLightweight, map[string]string{"replicas": "3"}, "lightweight tier runs 1 replica"},
 		{"postgres", TierHA, map[string]string{"replicas": "1"}, "out of range"},
@@ -696,6 +699,7 @@ func FuzzValidate(f *testing.F) {
 	f.Add("minio", "ha", "bucket", "media")
 	f.Add("postgres", "lightweight", "version", "17.6-bookworm")
 	f.Add("etcd", "enterprise", "storage", "100Gi")
+	f.Add("postgres", "lightweight", "storage", "9e999999999") // hung ParseQuantity before the grammar check
 	f.Fuzz(func(t *testing.T, service, tier, key, value string) {
 		inst := Instance{OSID: service + "-abcde", Service: service, Tier: tier, Set: map[string]string{key: value}}
 		if Validate(&inst) != nil {
@@ -741,6 +745,12 @@ func TestCredentials(t *testing.T) {
 					t.Errorf("%s: %s needs URL escaping", s.Name, c.key)
 				}
 			}
+		}
+	}
+	for range 500 {
+		c, _ := NewCredentials(rand.Reader, "kafka")
+		if id := c["cluster_id"]; len(id) != 22 || id[0] == '-' {
+			t.Fatalf("bad KRaft cluster id %q", id)
 		}
 	}
 	if _, err := NewCredentials(rand.Reader, "nosuch"); err == nil {
@@ -1102,4 +1112,28 @@ func TestREADMEListsCatalog(t *testing.T) {
 			t.Errorf("README lacks the row %s", row)
 		}
 	}
+}
+
+func TestMemcachedServersListEveryPod(t *testing.T) {
+	mc := newInstance(t, "memcached", TierHA, map[string]string{"replicas": "4"})
+	objs, err := RenderApp(App{OSID: "web-22222", Name: "web", Image: "x:1", Uses: []Instance{mc}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dep appsv1.Deployment
+	for _, u := range objs {
+		if u.GetKind() == "Deployment" {
+			_ = runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &dep)
+		}
+	}
+	for _, e := range dep.Spec.Template.Spec.Containers[0].Env {
+		if e.Name == "MEMCACHED_SERVERS" {
+			s := strings.Split(e.Value, ",")
+			if len(s) != 4 || s[3] != "memcached-3.memcached-headless."+mc.OSID+".svc.cluster.local:11211" {
+				t.Errorf("MEMCACHED_SERVERS = %q", e.Value)
+			}
+			return
+		}
+	}
+	t.Error("no MEMCACHED_SERVERS")
 }
