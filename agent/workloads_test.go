@@ -20,6 +20,7 @@ import (
 	"github.com/runos/runos-agent/kube"
 	"github.com/runos/runos-agent/kube/kubetest"
 	"github.com/runos/runos-agent/raftstore"
+	"github.com/runos/runos-agent/templates"
 )
 
 // kubeEnv is an in-process cluster wired to a real API server.
@@ -507,4 +508,84 @@ func BenchmarkServiceDeployLatency(b *testing.B) {
 	b.ReportMetric(pct(0.99), "p99-ms")
 	b.ReportMetric(0, "ns/op")
 	b.Logf("deploy latency over %d deploys: p50 %.1f ms, p99 %.1f ms", n, pct(0.5), pct(0.99))
+}
+
+// Every catalog service deploys for real (lightweight) through the local API:
+// each rendered object exists afterwards; applying everything again (a new
+// kube target generation makes the reconciler re-apply all) is accepted;
+// deleting all removes their namespaces and records.
+func TestEveryServiceDeploys(t *testing.T) {
+	e := newKubeEnv(t, 1)
+	ctx := context.Background()
+	cl := e.client(0)
+	a := e.c.agents[0]
+	cat, err := cl.Catalog(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var osids []string
+	for _, svc := range cat {
+		s, err := cl.DeployService(ctx, api.ServiceRequest{Service: svc.Name})
+		if err != nil {
+			t.Fatalf("%s: %v", svc.Name, err)
+		}
+		osids = append(osids, s.OSID)
+	}
+	check := func(what string) {
+		t.Helper()
+		for _, osid := range osids {
+			e.waitService(what+" "+osid, osid, applied)
+		}
+	}
+	check("applied")
+	st, _ := a.store.State()
+	for _, osid := range osids {
+		inst, err := openInstance(a.dataKey, st.Workloads.Services[osid])
+		if err != nil {
+			t.Fatal(err)
+		}
+		objs, err := templates.Render(inst)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, o := range objs {
+			got, err := e.exec.Get(ctx, o)
+			if err != nil || got == nil {
+				t.Errorf("%s: %s %s not there (%v)", osid, o.GetKind(), o.GetName(), err)
+			}
+		}
+	}
+	// Same target again: a new generation, so everything is applied anew.
+	if _, err := cl.SetKube(ctx, e.srv.Kubeconfig); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(3 * time.Second)
+	for _, s := range must(cl.Services(ctx, "")) {
+		if s.Status != api.StatusApplying && s.Status != api.StatusReady {
+			t.Errorf("%s after re-apply: %s: %s", s.OSID, s.Status, s.Reason)
+		}
+	}
+	for _, osid := range osids {
+		if err := cl.DeleteService(ctx, osid); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, "all deleted", func() error {
+		if list := must(cl.Services(ctx, "")); len(list) > 0 {
+			return fmt.Errorf("%d left, e.g. %s %s: %s", len(list), list[0].OSID, list[0].Status, list[0].Reason)
+		}
+		return nil
+	})
+	for _, osid := range osids {
+		if err := e.namespaceGone(osid); err != nil {
+			t.Error(err)
+		}
+	}
+}
+
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
 }
