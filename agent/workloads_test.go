@@ -477,15 +477,17 @@ func BenchmarkServiceDeployLatency(b *testing.B) {
 	cl := e.client(0)
 	a := e.c.agents[0]
 	const n = 50
-	var lat []time.Duration
+	var lat, acc []time.Duration
 	for range b.N {
-		lat = lat[:0]
+		lat, acc = lat[:0], acc[:0]
 		for range n {
+			t00 := time.Now()
 			s, err := cl.DeployService(ctx, api.ServiceRequest{Service: "redis"})
 			if err != nil {
 				b.Fatal(err)
 			}
 			t0 := time.Now()
+			acc = append(acc, t0.Sub(t00))
 			for {
 				changed := a.store.Changed()
 				st, _ := a.store.State()
@@ -502,12 +504,16 @@ func BenchmarkServiceDeployLatency(b *testing.B) {
 			lat = append(lat, time.Since(t0))
 		}
 	}
-	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
-	pct := func(p float64) float64 { return float64(lat[int(p*float64(len(lat)-1))].Microseconds()) / 1000 }
-	b.ReportMetric(pct(0.50), "p50-ms")
-	b.ReportMetric(pct(0.99), "p99-ms")
+	pct := func(d []time.Duration, p float64) float64 {
+		sort.Slice(d, func(i, j int) bool { return d[i] < d[j] })
+		return float64(d[int(p*float64(len(d)-1))].Microseconds()) / 1000
+	}
+	b.ReportMetric(pct(lat, 0.50), "p50-ms")
+	b.ReportMetric(pct(lat, 0.99), "p99-ms")
+	b.ReportMetric(pct(acc, 0.50), "accept-p50-ms")
 	b.ReportMetric(0, "ns/op")
-	b.Logf("deploy latency over %d deploys: p50 %.1f ms, p99 %.1f ms", n, pct(0.5), pct(0.99))
+	b.Logf("over %d deploys: accepted -> applied p50 %.1f ms, p99 %.1f ms; the deploy request itself p50 %.1f ms, p99 %.1f ms",
+		n, pct(lat, 0.5), pct(lat, 0.99), pct(acc, 0.5), pct(acc, 0.99))
 }
 
 // Every catalog service deploys for real (lightweight) through the local API:
