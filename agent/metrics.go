@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"strings"
 	"sync"
 	"time"
@@ -30,6 +31,11 @@ func (a *Agent) startMetrics() error {
 	a.metricsURL = "http://" + ln.Addr().String() + "/metrics"
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", a.metricsHandler())
+	// Go's profiler on the same opt-in listener: how the footprint numbers
+	// in the README were investigated, and what an operator sends us.
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	a.serve(ln, mux, "metrics")
 	a.log.Info("metrics listening", "url", a.metricsURL)
 	return nil

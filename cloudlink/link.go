@@ -106,6 +106,13 @@ type Link struct {
 	// handling are command IDs being applied now; guarded by mu.
 	handling map[string]bool
 
+	// The registration as of the last state change: the run loop asks
+	// several times a second, and a state copy each time was most of an
+	// idle agent's CPU. Guarded by regMu.
+	regMu      sync.Mutex
+	reg        *raftstore.CloudRegistration
+	regChanged <-chan struct{} // closed at the next state change; nil: read now
+
 	startOnce sync.Once
 	closeOnce sync.Once
 	cancel    context.CancelFunc
@@ -198,14 +205,32 @@ func (l *Link) setState(state string, next time.Time, lastErr error) {
 // wanted returns the registration to connect with, if this node should
 // hold the session now.
 func (l *Link) wanted() (*raftstore.CloudRegistration, string) {
-	st, _ := l.cfg.Host.State()
-	if st.Cloud.Registration == nil {
+	reg := l.registration()
+	if reg == nil {
 		return nil, StateOff
 	}
 	if !l.cfg.Host.IsLeader() {
 		return nil, StateStandby
 	}
-	return st.Cloud.Registration, ""
+	return reg, ""
+}
+
+// registration is the state's cloud registration, read again only after
+// the state changed.
+func (l *Link) registration() *raftstore.CloudRegistration {
+	l.regMu.Lock()
+	defer l.regMu.Unlock()
+	if l.regChanged != nil {
+		select {
+		case <-l.regChanged:
+		default:
+			return l.reg
+		}
+	}
+	l.regChanged = l.cfg.Host.Changed()
+	st, _ := l.cfg.Host.State()
+	l.reg = st.Cloud.Registration
+	return l.reg
 }
 
 func regKey(r *raftstore.CloudRegistration) string {
