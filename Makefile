@@ -13,7 +13,7 @@ UI_REQUIRED  := $(LAB_REQUIRED)
 # bbolt). The race detector itself stays on.
 RACE      := -race -gcflags=all=-d=checkptr=0
 
-.PHONY: all build run test test-deps unit e2e ui-test bench bench-cloud lint clean
+.PHONY: all build run test test-deps kube-bin unit e2e ui-test bench bench-cloud lint clean
 
 all: build
 
@@ -28,10 +28,17 @@ run: build
 test-deps:
 	@bash scripts/test-deps.sh
 
+# kube-apiserver and kube-controller-manager built from the k8s.io/kubernetes
+# module, once, into ${RUNOS_CACHE:-~/.cache/runos-test}/kube-<version>/bin
+# (several minutes the first time; skipped when present). Tests against a
+# real API server skip without them, or fail where RUNOS_KUBE_REQUIRED=1.
+kube-bin:
+	@bash scripts/build-kube.sh >/dev/null
+
 # Everything: vet, unit and in-process cluster tests with the race detector,
 # then the network-namespace lab with real runos-agent processes.
-test: test-deps build lint
-	RUNOS_UI_REQUIRED=$(UI_REQUIRED) $(GO) test $(RACE) -count=1 -timeout 30m $$($(GO) list ./... | grep -v /e2e)
+test: test-deps kube-bin build lint
+	RUNOS_UI_REQUIRED=$(UI_REQUIRED) RUNOS_KUBE_REQUIRED=$(LAB_REQUIRED) $(GO) test $(RACE) -count=1 -timeout 30m $$($(GO) list ./... | grep -v /e2e)
 	RUNOS_AGENT_BIN=$(BIN)/runos-agent RUNOS_LAB_REQUIRED=$(LAB_REQUIRED) \
 		$(GO) test -count=1 -timeout 20m -v ./e2e/... 2>&1 | tee $(BIN)/e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic|\s+\S+_test\.go)' ; exit $${PIPESTATUS[0]}
 
@@ -47,7 +54,7 @@ e2e: test-deps build
 	RUNOS_AGENT_BIN=$(BIN)/runos-agent RUNOS_LAB_REQUIRED=$(LAB_REQUIRED) $(GO) test -count=1 -timeout 20m -v ./e2e/...
 
 # Benchmarks report side-by-side figures from one run; see README.md.
-bench: test-deps build
+bench: test-deps kube-bin build
 	$(GO) test -run '^$$' -bench . -benchtime 1x -count 1 ./agent/
 	$(GO) test -run '^$$' -bench . -benchtime 2s -count 1 ./mesh/
 	$(GO) test -run '^$$' -bench 'RecordChange' -count 1 ./raftstore/

@@ -71,6 +71,10 @@ type Tuning struct {
 
 	// CloudBackoffMax caps the cloud link's reconnect backoff (default 60s).
 	CloudBackoffMax time.Duration
+
+	// WorkloadInterval is how often the workload reconciler re-reads
+	// status from Kubernetes (default 10 s).
+	WorkloadInterval time.Duration
 }
 
 // Agent is one running node.
@@ -126,6 +130,9 @@ type Agent struct {
 	// joined and knows nothing of this node yet).
 	fullBeat    atomic.Bool
 	deadMembers memberStates
+	// wl is the services/apps reconciler (workloads.go); a value, so the
+	// local API (started before it) can read its mutex-guarded fields.
+	wl workloads
 	// crashOnClose makes Close skip the goodbye (tests simulate a crash).
 	crashOnClose bool
 }

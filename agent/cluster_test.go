@@ -42,6 +42,7 @@ var fastTuning = Tuning{
 	OfflineAfter:      4 * time.Second,
 	HealthDwell:       300 * time.Millisecond,
 	CloudBackoffMax:   2 * time.Second,
+	WorkloadInterval:  time.Second,
 }
 
 func testLogger(t testing.TB) *slog.Logger {

@@ -295,7 +295,8 @@ func (r *Result) Error() error {
 		return nil
 	}
 	for _, e := range []error{ErrTokenInvalid, ErrTokenExpired, ErrTokenUsed, ErrNameTaken, ErrKeyTaken,
-		ErrNoSuchNode, ErrNotBootstrap, ErrBootstrapped, ErrAddressSpace, ErrUnknownOp, ErrMalformedCmd} {
+		ErrNoSuchNode, ErrNotBootstrap, ErrBootstrapped, ErrAddressSpace, ErrUnknownOp, ErrMalformedCmd,
+		ErrNoSuchWorkload, ErrWorkloadExists, ErrWorkloadInUse} {
 		if r.Err == e.Error() {
 			return e
 		}

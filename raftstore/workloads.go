@@ -1,14 +1,378 @@
 package raftstore
 
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"time"
+)
+
 // Services, apps and the Kubernetes target (issue 6).
+//
+// The state holds what the user asked for (desired) and what the leader's
+// reconciler last saw (observed). Validation that needs the catalog (is the
+// service known, are the --set keys valid) happens in the proposer, so Apply
+// stays deterministic and independent of the agent's version of the catalog.
+
+// Workload ops.
+const (
+	OpWorkloadKubeSet       = "workload_kube_set"
+	OpWorkloadServiceCreate = "workload_service_create"
+	OpWorkloadServiceDelete = "workload_service_delete"
+	OpWorkloadServicePurge  = "workload_service_purge" // after its namespace is gone
+	OpWorkloadStatus        = "workload_status"
+	OpWorkloadAppCreate     = "workload_app_create"
+	OpWorkloadAppDelete     = "workload_app_delete"
+	OpWorkloadAppPurge      = "workload_app_purge"
+)
+
+// Desired states.
+const (
+	DesiredPresent = "present"
+	DesiredDeleted = "deleted"
+)
+
+// Observed phases.
+const (
+	PhasePending  = "pending"  // accepted, not applied yet (see Reason)
+	PhaseApplying = "applying" // objects applied, replicas not all ready
+	PhaseReady    = "ready"    // every object exists, every replica ready
+	PhaseFailed   = "failed"   // cannot be applied as asked (see Reason)
+	PhaseDeleting = "deleting" // namespace being deleted
+)
+
+// Event kinds of workloads.
+const (
+	// EventWorkloadStatus records each phase change of a service or app
+	// (created: pending; its namespace gone: deleted). Detail: "<osid> <phase>".
+	EventWorkloadStatus = "workload_status"
+)
+
+// Errors of workload ops.
+var (
+	ErrNoSuchWorkload = errors.New("no such service or app")
+	ErrWorkloadExists = errors.New("osid already exists")
+	ErrWorkloadInUse  = errors.New("service is used by an app")
+)
 
 // Workloads is the desired (and last observed) state of what runs on
 // Kubernetes.
-type Workloads struct{}
+type Workloads struct {
+	// Kube is the target cluster; nil until `kube set`.
+	Kube *KubeTarget `json:"kube,omitempty"`
+	// Services are instances of catalog services, by OSID.
+	Services map[string]*ServiceRecord `json:"services,omitempty"`
+	// Apps are users' containers, by OSID.
+	Apps map[string]*AppRecord `json:"apps,omitempty"`
+}
 
-func (w Workloads) clone() Workloads { return w }
+// KubeTarget is the Kubernetes cluster services are applied to.
+type KubeTarget struct {
+	// Kubeconfig is sealed with the cluster data key (purpose
+	// KubeconfigPurpose), so the log and snapshots hold no credential.
+	Kubeconfig string `json:"kubeconfig"`
+	// Server is the API server URL, for display.
+	Server string    `json:"server"`
+	SetAt  time.Time `json:"set_at"`
+	// Generation counts kube_set commands; reconcilers rebuild their
+	// client when it changes.
+	Generation int64 `json:"generation"`
+}
 
-// WorkloadCmd is the payload of workload_* ops.
-type WorkloadCmd struct{}
+// KubeconfigPurpose is the seal purpose of KubeTarget.Kubeconfig.
+const KubeconfigPurpose = "kube/kubeconfig"
 
-func (s *State) applyWorkload(cmd *Command, res *Result) error { return ErrUnknownOp }
+// CredentialsPurpose is the seal purpose of a service's credentials.
+func CredentialsPurpose(osid string) string { return "service/" + osid + "/credentials" }
+
+// Observed is what the reconciler last saw of a workload.
+type Observed struct {
+	Phase      string    `json:"phase"`
+	Reason     string    `json:"reason,omitempty"`
+	Ready      int       `json:"ready"`
+	Total      int       `json:"total"`
+	Conditions []string  `json:"conditions,omitempty"`
+	Generation int64     `json:"generation"` // desired generation it reflects
+	UpdatedAt  time.Time `json:"updated_at"`
+}
+
+// same reports whether two observations differ only in their time.
+func (o Observed) same(p Observed) bool {
+	return o.Phase == p.Phase && o.Reason == p.Reason && o.Ready == p.Ready && o.Total == p.Total &&
+		o.Generation == p.Generation && slices.Equal(o.Conditions, p.Conditions)
+}
+
+func (o Observed) clone() Observed {
+	o.Conditions = slices.Clone(o.Conditions)
+	return o
+}
+
+// ServiceRecord is one instance of a catalog service.
+type ServiceRecord struct {
+	OSID    string            `json:"osid"`
+	Service string            `json:"service"`
+	Tier    string            `json:"tier"`
+	Set     map[string]string `json:"set,omitempty"`
+	// Credentials is the JSON of the credentials map, sealed with the data
+	// key (purpose CredentialsPurpose(OSID)).
+	Credentials string    `json:"credentials"`
+	Desired     string    `json:"desired"`
+	Generation  int64     `json:"generation"` // bumped by every desired change
+	CreatedAt   time.Time `json:"created_at"`
+	Status      Observed  `json:"status"`
+}
+
+func (r *ServiceRecord) clone() *ServiceRecord {
+	c := *r
+	c.Set = maps.Clone(r.Set)
+	c.Status = r.Status.clone()
+	return &c
+}
+
+// AppRecord is a user's container with the instances it uses.
+type AppRecord struct {
+	OSID       string            `json:"osid"`
+	Name       string            `json:"name"`
+	Image      string            `json:"image"`
+	Port       int               `json:"port,omitempty"`
+	Env        map[string]string `json:"env,omitempty"`
+	Uses       []string          `json:"uses,omitempty"` // service OSIDs
+	Desired    string            `json:"desired"`
+	Generation int64             `json:"generation"`
+	CreatedAt  time.Time         `json:"created_at"`
+	Status     Observed          `json:"status"`
+}
+
+func (r *AppRecord) clone() *AppRecord {
+	c := *r
+	c.Env = maps.Clone(r.Env)
+	c.Uses = slices.Clone(r.Uses)
+	c.Status = r.Status.clone()
+	return &c
+}
+
+func (w Workloads) clone() Workloads {
+	var c Workloads
+	if w.Kube != nil {
+		k := *w.Kube
+		c.Kube = &k
+	}
+	if w.Services != nil {
+		c.Services = make(map[string]*ServiceRecord, len(w.Services))
+		for id, r := range w.Services {
+			c.Services[id] = r.clone()
+		}
+	}
+	if w.Apps != nil {
+		c.Apps = make(map[string]*AppRecord, len(w.Apps))
+		for id, r := range w.Apps {
+			c.Apps[id] = r.clone()
+		}
+	}
+	return c
+}
+
+// WorkloadCmd is the payload of workload_* ops; each op uses its part.
+type WorkloadCmd struct {
+	// workload_kube_set
+	Kube *KubeTarget `json:"kube,omitempty"`
+	// workload_service_create
+	Service *ServiceRecord `json:"service,omitempty"`
+	// workload_app_create
+	App *AppRecord `json:"app,omitempty"`
+	// workload_service_delete/purge, workload_app_delete/purge,
+	// workload_status
+	OSID string `json:"osid,omitempty"`
+	// workload_status: the observation, and the generation it was made
+	// for (Status.Generation); a stale one (the user deleted meanwhile)
+	// is ignored.
+	Status *Observed `json:"status,omitempty"`
+}
+
+// WorkloadResult is Result.Data of workload ops.
+type WorkloadResult struct {
+	// Changed is false when a status write matched what was stored (or
+	// was stale), so nothing changed.
+	Changed bool `json:"changed"`
+}
+
+func (s *State) applyWorkload(cmd *Command, res *Result) error {
+	c := cmd.Workload
+	if c == nil {
+		return ErrMalformedCmd
+	}
+	w := &s.Workloads
+	changed := true
+	switch cmd.Op {
+	case OpWorkloadKubeSet:
+		if c.Kube == nil || c.Kube.Kubeconfig == "" {
+			return ErrMalformedCmd
+		}
+		k := *c.Kube
+		k.SetAt = cmd.Time
+		k.Generation = 1
+		if w.Kube != nil {
+			k.Generation = w.Kube.Generation + 1
+		}
+		w.Kube = &k
+
+	case OpWorkloadServiceCreate:
+		r := c.Service
+		if r == nil || r.OSID == "" || r.Service == "" || r.Tier == "" || r.Credentials == "" {
+			return ErrMalformedCmd
+		}
+		if w.exists(r.OSID) {
+			return fmt.Errorf("%s: %w", r.OSID, ErrWorkloadExists)
+		}
+		n := r.clone()
+		n.Desired, n.Generation, n.CreatedAt = DesiredPresent, 1, cmd.Time
+		n.Status = Observed{Phase: PhasePending, Reason: "waiting for the reconciler", UpdatedAt: cmd.Time}
+		if w.Kube == nil {
+			n.Status.Reason = "no Kubernetes cluster set (runos-agent kube set --kubeconfig FILE)"
+		}
+		if w.Services == nil {
+			w.Services = map[string]*ServiceRecord{}
+		}
+		w.Services[n.OSID] = n
+		s.record(res.Index, cmd.Time, Event{Kind: EventWorkloadStatus, Detail: n.OSID + " " + PhasePending})
+
+	case OpWorkloadServiceDelete:
+		r, ok := w.Services[c.OSID]
+		if !ok {
+			return fmt.Errorf("%s: %w", c.OSID, ErrNoSuchWorkload)
+		}
+		if users := w.usersOf(c.OSID); len(users) > 0 {
+			return fmt.Errorf("%s: app %s uses it, delete that first: %w", c.OSID, users[0], ErrWorkloadInUse)
+		}
+		if r.Desired == DesiredDeleted {
+			changed = false
+			break
+		}
+		r.Desired = DesiredDeleted
+		r.Generation++
+		r.Status = Observed{Phase: PhaseDeleting, Ready: r.Status.Ready, Total: r.Status.Total, Generation: r.Status.Generation, UpdatedAt: cmd.Time}
+		s.record(res.Index, cmd.Time, Event{Kind: EventWorkloadStatus, Detail: c.OSID + " " + PhaseDeleting})
+
+	case OpWorkloadServicePurge:
+		r, ok := w.Services[c.OSID]
+		if !ok {
+			changed = false
+			break
+		}
+		if r.Desired != DesiredDeleted {
+			return fmt.Errorf("%s is not being deleted: %w", c.OSID, ErrMalformedCmd)
+		}
+		delete(w.Services, c.OSID)
+		s.record(res.Index, cmd.Time, Event{Kind: EventWorkloadStatus, Detail: c.OSID + " deleted"})
+
+	case OpWorkloadAppCreate:
+		r := c.App
+		if r == nil || r.OSID == "" || r.Name == "" || r.Image == "" {
+			return ErrMalformedCmd
+		}
+		if w.exists(r.OSID) {
+			return fmt.Errorf("%s: %w", r.OSID, ErrWorkloadExists)
+		}
+		for _, a := range w.Apps {
+			if a.Name == r.Name && a.Desired == DesiredPresent {
+				return fmt.Errorf("app %s (%s): %w", r.Name, a.OSID, errAlreadyExists)
+			}
+		}
+		for _, u := range r.Uses {
+			svc, ok := w.Services[u]
+			if !ok || svc.Desired != DesiredPresent {
+				return fmt.Errorf("--use %s: %w", u, ErrNoSuchWorkload)
+			}
+		}
+		n := r.clone()
+		n.Desired, n.Generation, n.CreatedAt = DesiredPresent, 1, cmd.Time
+		n.Status = Observed{Phase: PhasePending, Reason: "waiting for the reconciler", UpdatedAt: cmd.Time}
+		if w.Apps == nil {
+			w.Apps = map[string]*AppRecord{}
+		}
+		w.Apps[n.OSID] = n
+		s.record(res.Index, cmd.Time, Event{Kind: EventWorkloadStatus, Detail: n.OSID + " " + PhasePending})
+
+	case OpWorkloadAppDelete:
+		r, ok := w.Apps[c.OSID]
+		if !ok {
+			return fmt.Errorf("%s: %w", c.OSID, ErrNoSuchWorkload)
+		}
+		if r.Desired == DesiredDeleted {
+			changed = false
+			break
+		}
+		r.Desired = DesiredDeleted
+		r.Generation++
+		r.Status = Observed{Phase: PhaseDeleting, Ready: r.Status.Ready, Total: r.Status.Total, Generation: r.Status.Generation, UpdatedAt: cmd.Time}
+		s.record(res.Index, cmd.Time, Event{Kind: EventWorkloadStatus, Detail: c.OSID + " " + PhaseDeleting})
+
+	case OpWorkloadAppPurge:
+		r, ok := w.Apps[c.OSID]
+		if !ok {
+			changed = false
+			break
+		}
+		if r.Desired != DesiredDeleted {
+			return fmt.Errorf("%s is not being deleted: %w", c.OSID, ErrMalformedCmd)
+		}
+		delete(w.Apps, c.OSID)
+		s.record(res.Index, cmd.Time, Event{Kind: EventWorkloadStatus, Detail: c.OSID + " deleted"})
+
+	case OpWorkloadStatus:
+		if c.Status == nil || c.OSID == "" {
+			return ErrMalformedCmd
+		}
+		var cur *Observed
+		var gen int64
+		if r, ok := w.Services[c.OSID]; ok {
+			cur, gen = &r.Status, r.Generation
+		} else if a, ok := w.Apps[c.OSID]; ok {
+			cur, gen = &a.Status, a.Generation
+		} else {
+			// Purged meanwhile: nothing to record.
+			changed = false
+			break
+		}
+		// Stale (made for an older desired generation, e.g. a leader
+		// that had not seen the delete) or identical: nothing changes,
+		// so a write repeated by a new leader is harmless.
+		if c.Status.Generation != gen || cur.same(*c.Status) {
+			changed = false
+			break
+		}
+		was := cur.Phase
+		*cur = c.Status.clone()
+		cur.UpdatedAt = cmd.Time
+		if was != cur.Phase {
+			s.record(res.Index, cmd.Time, Event{Kind: EventWorkloadStatus, Detail: c.OSID + " " + cur.Phase})
+		}
+
+	default:
+		return ErrUnknownOp
+	}
+	b, _ := json.Marshal(WorkloadResult{Changed: changed})
+	res.Data = b
+	return nil
+}
+
+// exists reports whether any service or app holds osid.
+func (w *Workloads) exists(osid string) bool {
+	_, s := w.Services[osid]
+	_, a := w.Apps[osid]
+	return s || a
+}
+
+// usersOf lists the names of present apps that use service osid, sorted.
+func (w *Workloads) usersOf(osid string) []string {
+	var out []string
+	for _, a := range w.Apps {
+		if a.Desired == DesiredPresent && slices.Contains(a.Uses, osid) {
+			out = append(out, a.Name)
+		}
+	}
+	slices.Sort(out)
+	return out
+}

@@ -4,8 +4,9 @@
 # runs `apt-get update` only when something is missing.
 set -euo pipefail
 
-# ip, ping, nft, conntrack, iperf3, sysctl, wg (the wireguard-go reference benchmark).
-packages=(iproute2 iputils-ping nftables conntrack iperf3 procps wireguard-tools)
+# ip, ping, nft, conntrack, iperf3, sysctl, wg (the wireguard-go reference benchmark);
+# etcd for the real kube-apiserver of kube/kubetest (built by scripts/build-kube.sh).
+packages=(iproute2 iputils-ping nftables conntrack iperf3 procps wireguard-tools etcd-server)
 # Headless browser for the web UI tests (ui/uitest, driven with chromedp).
 packages+=(chromium)
 
