@@ -72,6 +72,8 @@ type Server struct {
 	ctx       context.Context
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
+
+	initialPassword string // the console password this start created, else ""
 }
 
 type healthState struct {
@@ -101,6 +103,10 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 	if err := s.loadOrCreateCA(); err != nil {
 		st.Close()
 		return nil, err
+	}
+	if s.initialPassword, err = st.setConsoleAdmin(true); err != nil {
+		st.Close()
+		return nil, fmt.Errorf("console admin password: %w", err)
 	}
 	return s, nil
 }
@@ -154,14 +160,18 @@ func (s *Server) start() error {
 		return fmt.Errorf("admin socket: %w", err)
 	}
 	os.Chmod(sock, 0o600)
-	s.serve(uln, s.apiHandler(), &http.Server{})
+	s.serve(uln, s.socketHandler(), &http.Server{})
 	if s.cfg.ConsoleListen != "" {
+		h, err := s.consoleHandler()
+		if err != nil {
+			return err
+		}
 		cln, err := net.Listen("tcp", s.cfg.ConsoleListen)
 		if err != nil {
 			return fmt.Errorf("console: %w", err)
 		}
 		s.cfg.ConsoleListen = cln.Addr().String()
-		s.serve(cln, s.apiHandler(), &http.Server{})
+		s.serve(cln, h, &http.Server{})
 	}
 	if s.cfg.STUNListen != "" {
 		r, err := newSTUNResponder(s.cfg.STUNListen, s.log)

@@ -1,0 +1,1 @@
+import {registerPage} from '../core.js';
