@@ -10,6 +10,7 @@ const REFRESH_MS = 2000;
 const store = {
   nodes: null,        // GET v1/nodes
   status: null,       // GET v1/status (null where the server has none)
+  cloud: null,        // GET v1/cloud: the cloud link (null if unavailable)
   events: [],         // GET v1/events, oldest first
   eventsLoaded: false,
   error: null,        // last refresh error (shown as a banner)
@@ -32,10 +33,13 @@ async function refresh() {
   try {
     // v1/status is one node's own view; a server without one (the cloud
     // console's mirror) answers 404 and the pages do without it.
-    const [nodes, status] = await Promise.all([api('v1/nodes'),
-      api('v1/status').catch((e) => { if (e.status === 404 || e.status === 501) return null; throw e; })]);
+    // The cloud console answers from its mirror: no node of its own.
+    const [nodes, status, cloud] = await Promise.all([api('v1/nodes'),
+      config.mode === 'cloud' ? null : api('v1/status').catch((e) => { if (e.status === 404 || e.status === 501) return null; throw e; }),
+      api('v1/cloud').catch((e) => { if (e.status === 401) throw e; return null; })]);
     store.nodes = nodes;
     store.status = status;
+    store.cloud = cloud;
     store.error = null;
     store.updatedAt = Date.now();
   } catch (e) {

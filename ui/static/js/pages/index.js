@@ -20,3 +20,6 @@ import './nodes.js';
 import './mesh.js';
 import './events.js';
 import './tokens.js';
+import './cloud.js';
+import './services.js';
+import './apps.js';
