@@ -177,7 +177,9 @@ func (b *browser) screenshot(name string) {
 	b.t.Helper()
 	ctx, cancel := context.WithTimeout(b.ctx, 30*time.Second)
 	defer cancel()
-	// Let CSS transitions settle.
+	// From the top (a click may have scrolled; the sticky bar would land
+	// mid-picture), and let CSS transitions settle.
+	chromedp.Run(ctx, chromedp.Evaluate[bool](`window.scrollTo(0, 0) || true`))
 	time.Sleep(150 * time.Millisecond)
 	png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
 	if err != nil {

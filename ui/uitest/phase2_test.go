@@ -229,7 +229,11 @@ func TestBrowserCloudServicesApps(t *testing.T) {
 	row := `document.querySelector('tr.cluster-row[data-cluster="` + tok.ClusterID + `"]')`
 	b.waitJS("cluster listed, connected, 3 nodes", row+`?.innerText.includes('connected') && `+row+`.querySelectorAll('td')[4].textContent === '3'`)
 	b.screenshot("console-clusters")
-	b.run("open cluster", chromedp.Click(chromedp.CSS(`tr.cluster-row[data-cluster="`+tok.ClusterID+`"] a`)))
+	href := eval[string](b, row+`.querySelector('a').href`)
+	if href != console+"clusters/"+tok.ClusterID+"/" {
+		t.Errorf("cluster link %q", href)
+	}
+	b.run("open cluster", chromedp.Navigate(href))
 	b.waitJS("cluster overview", `document.querySelector('.count.healthy')?.textContent === '3'`)
 	b.waitJS("cloud tile", `document.querySelector('.tile.cloud .link-state')?.dataset.state === 'connected'`)
 	if n := eval[int](b, `[...document.querySelectorAll('#nav a')].filter((a) => ['Services', 'Apps'].includes(a.textContent)).length`); n != 0 {

@@ -146,12 +146,25 @@ async function start() {
   }
   setCSRF(session.csrf_token);
   document.getElementById('who').textContent = session.user + (config.node ? ' @ ' + config.node : '');
+  if (config.mode === 'cloud') cloudBrand();
   document.getElementById('signout').addEventListener('click', signOut);
   window.addEventListener('hashchange', route);
   document.addEventListener('visibilitychange', () => { if (!document.hidden) refresh(); });
   route();
   refresh();
   eventLoop();
+}
+
+// In the cloud console the brand names the cluster and leads back to the
+// list of clusters (the console's root, two levels above clusters/ID/).
+async function cloudBrand() {
+  const brand = document.querySelector('.brand');
+  brand.setAttribute('href', '../../');
+  brand.querySelector('span').textContent = 'RunOS cloud';
+  try {
+    const st = await api('v1/status');
+    brand.append(h('span', {class: 'cluster'}, st.name));
+  } catch (e) { /* the brand still leads back */ }
 }
 
 async function signOut() {

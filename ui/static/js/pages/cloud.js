@@ -1,7 +1,7 @@
 // Cloud link: connect with a registration token, live status, disconnect.
 // The link is a mirror and remote control, never a dependency: every page
 // here says so honestly when it is down.
-import {registerPage, h, api, kv, statusBadge, fmtSince, fmtTime, errorBox, confirmAction, config} from '../core.js';
+import {registerPage, h, api, kv, statusBadge, fmtSince, fmtTime, fmtBytes, errorBox, confirmAction, config} from '../core.js';
 
 const STATE = {
   not_registered: ['not connected', 'unknown'],
@@ -39,9 +39,10 @@ function statusCard(c) {
       ['Since', c.since ? fmtTime(c.since) + ' (' + fmtSince(c.since) + ')' : '–'],
       c.next_retry ? ['Next retry', fmtTime(c.next_retry) + ' (' + fmtSince(c.next_retry).replace(' ago', '') + ')'] : null,
       ['Pending changes', h('span', {id: 'cloud-pending'}, String(c.pending), c.pending ? h('span', {class: 'muted'}, ' not yet acknowledged; they stay queued in Raft until the cloud has them') : h('span', {class: 'muted'}, ' · the cloud has everything'))],
-      ['Last acknowledged', c.ack_time ? 'index ' + c.ack_index + ', ' + fmtSince(c.ack_time) : (c.ack_index ? 'index ' + c.ack_index : 'nothing yet')],
+      ['Last acknowledged', c.ack_time ? 'state index ' + c.ack_index + ', ' + fmtSince(c.ack_time) :
+        (c.ack_index ? 'state index ' + c.ack_index : (c.state === 'connected' && !c.pending ? 'the first session sent a full copy' : 'nothing yet'))],
       c.last_error ? ['Last error', h('span', {class: 'bad-text', id: 'cloud-error'}, c.last_error)] : null,
-      config.mode === 'agent' ? ['Traffic (this node)', '↑ ' + c.bytes_sent + ' B · ↓ ' + c.bytes_received + ' B'] : null,
+      config.mode === 'agent' ? ['Traffic (this node)', '↑ ' + fmtBytes(c.bytes_sent) + ' · ↓ ' + fmtBytes(c.bytes_received)] : null,
       c.registered_at ? ['Registered', fmtTime(c.registered_at)] : null,
     ]));
 }

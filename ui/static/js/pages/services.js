@@ -81,11 +81,13 @@ function kubeCard(ctx) {
   return card;
 }
 
+// tierList shows each tier with its replicas, whether it is fault tolerant
+// and the catalog's note (clamped; whole in the tooltip and the deploy form).
 function tierList(svc) {
-  return h('ul', {class: 'tiers'}, svc.tiers.map((t) => h('li', {class: 'tier', dataset: {tier: t.name}},
+  return h('ul', {class: 'tiers'}, svc.tiers.map((t) => h('li', {class: 'tier', dataset: {tier: t.name}, title: t.note || undefined},
     h('strong', {}, t.name), ' ', h('span', {class: 'muted'}, t.replicas + ' replica' + (t.replicas === 1 ? '' : 's')), ' ',
     t.ha ? h('span', {class: 'tag ha'}, 'HA') : (t.name !== 'lightweight' ? h('span', {class: 'tag no-ha'}, 'not HA') : null),
-    t.note ? h('div', {class: 'muted small note'}, t.note) : null)));
+    t.note && t.name !== 'lightweight' ? h('div', {class: 'muted small note'}, t.note) : null)));
 }
 
 registerPage({
@@ -104,9 +106,9 @@ registerPage({
         h('thead', {}, h('tr', {}, h('th', {}, 'Instance'), h('th', {}, 'Service'), h('th', {}, 'Tier'), h('th', {}, 'Status'),
           h('th', {class: 'num'}, 'Ready'), h('th', {class: 'hide-sm'}, 'Created'))),
         tbody)),
+      h('div', {class: 'kube-wrap'}, kubeCard(ctx)),
       h('div', {class: 'page-head catalog-head'}, h('h2', {}, 'Catalog'), filter),
-      grid,
-      kubeCard(ctx));
+      grid);
     poller(ctx, async () => {
       try {
         const list = await api('v1/services', {signal: ctx.signal});
@@ -127,10 +129,11 @@ registerPage({
       const q = filter.value.trim().toLowerCase();
       const items = cat.filter((s) => !q || (s.name + ' ' + s.title + ' ' + s.kind + ' ' + s.description).toLowerCase().includes(q));
       grid.replaceChildren(...items.map((s) => h('div', {class: 'card svc', dataset: {service: s.name}},
-        h('div', {class: 'svc-head'}, h('h3', {}, s.title), h('span', {class: 'tag'}, s.kind), h('span', {class: 'muted small mono'}, s.version)),
+        h('div', {class: 'svc-head'}, h('h3', {}, s.title), h('span', {class: 'tag'}, s.kind)),
         h('p', {class: 'small'}, s.description),
         tierList(s),
-        h('a', {class: 'btn small primary deploy', href: '#/services/deploy/' + encodeURIComponent(s.name)}, 'Deploy'))));
+        h('div', {class: 'svc-foot'}, h('a', {class: 'btn small primary deploy', href: '#/services/deploy/' + encodeURIComponent(s.name)}, 'Deploy'),
+          h('span', {class: 'muted small mono', title: 'default version'}, s.version)))));
     };
     catalog(ctx.signal).then((cat) => {
       draw(cat);
@@ -146,13 +149,15 @@ registerPage({
   mount(el, ctx) {
     const name = ctx.params.name;
     const body = h('div', {}, h('p', {class: 'muted'}, 'Loading…'));
-    el.append(h('p', {class: 'crumbs'}, link('services', 'Services'), ' / '), h('h1', {}, 'Deploy ' + name), body);
+    const title = h('h1', {}, 'Deploy ' + name);
+    el.append(h('p', {class: 'crumbs'}, link('services', 'Services'), ' / '), title, body);
     catalog(ctx.signal).then((cat) => {
       const svc = cat.find((s) => s.name === name);
       if (!svc) {
         body.replaceChildren(h('p', {}, 'No service ', h('code', {}, name), ' in the catalog. ', link('services', 'Back to the catalog'), '.'));
         return;
       }
+      title.textContent = 'Deploy ' + svc.title;
       const tiers = h('fieldset', {class: 'tier-choice'}, h('legend', {}, 'Tier'), svc.tiers.map((t, i) => h('label', {class: 'radio'},
         h('input', {type: 'radio', name: 'tier', value: t.name, checked: i === 0}),
         h('span', {}, h('strong', {}, t.name), ' · ', t.replicas + ' replica' + (t.replicas === 1 ? '' : 's'), ' ',
@@ -248,7 +253,7 @@ registerPage({
         ['Status', h('span', {id: 'svc-status'}, workloadStatus(s), ' ', s.reason ? h('span', {class: 'muted'}, s.reason) : null)],
         ['Ready', replicas(s)],
         s.conditions && s.conditions.length ? ['Conditions', h('ul', {class: 'plain'}, s.conditions.map((c) => h('li', {class: 'small'}, c)))] : null,
-        s.set && Object.keys(s.set).length ? ['Overrides', h('span', {class: 'mono small'}, Object.entries(s.set).map(([k, v]) => k + '=' + v).join(' '))] : null,
+        s.set && Object.keys(s.set).length ? ['Settings', h('ul', {class: 'plain settings-list mono small'}, Object.entries(s.set).map(([k, v]) => h('li', {}, h('span', {class: 'muted'}, k + ' '), v)))] : null,
         ['Namespace', h('span', {class: 'mono'}, s.osid)],
         ['Created', fmtTime(s.created_at)],
         ['Updated', fmtSince(s.updated_at)],
