@@ -90,6 +90,11 @@ func (s *Server) Nodes(ref string) (*api.NodesResponse, error) {
 				n.LastHeartbeatSeconds += time.Since(h.at).Round(time.Millisecond).Seconds()
 			}
 		}
+		if n.HealthReason == "this node" {
+			// The agent's words for itself; here it is the node that
+			// reported the cluster's health.
+			n.HealthReason = "reported by this node (the leader)"
+		}
 		switch {
 		case n.Health == "":
 			n.Health, n.HealthReason = "unknown", "no health report from the cluster yet"
@@ -271,8 +276,30 @@ func (s *Server) apiHandler() http.Handler {
 			}
 			after = n
 		}
-		v, err := s.Events(r.PathValue("c"), after)
-		reply(w, v, err)
+		// ?wait=D long-polls like the agent (at most a minute), so the
+		// shared UI's event loop does not spin against the mirror.
+		var wait time.Duration
+		if v := r.URL.Query().Get("wait"); v != "" {
+			d, err := time.ParseDuration(v)
+			if err != nil || d < 0 {
+				httpErr(w, http.StatusBadRequest, fmt.Errorf("invalid wait=%q", v))
+				return
+			}
+			wait = min(d, time.Minute)
+		}
+		deadline := time.Now().Add(wait)
+		for {
+			v, err := s.Events(r.PathValue("c"), after)
+			if err != nil || len(v.Events) > 0 || !time.Now().Before(deadline) {
+				reply(w, v, err)
+				return
+			}
+			select {
+			case <-r.Context().Done():
+				return
+			case <-time.After(250 * time.Millisecond):
+			}
+		}
 	})
 	mux.HandleFunc("GET /clusters/{c}/v1/status", func(w http.ResponseWriter, r *http.Request) {
 		v, err := s.clusterStatus(r.PathValue("c"))

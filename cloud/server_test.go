@@ -353,18 +353,20 @@ func TestConsoleServesPageAndAPI(t *testing.T) {
 	}
 	register(t, s, "a")
 	paths := map[string]string{
-		"/":                              "RunOS cloud",
-		"/console.js":                    "api/clusters",
-		"/api/clusters":                  `"name":"a"`,
-		"/clusters/a/v1/nodes":           `"nodes":[]`,
-		"/clusters/a/v1/status":          `"name":"a"`,
-		"/clusters/a/v1/cloud":           `"state":"disconnected"`,
-		"/clusters/zz/v1/nodes":          "no such cluster",
-		"/clusters/a/":                   `"base":"/clusters/a/"`,
-		"/clusters/a/js/pages/cloud.js":  "registerPage",
-		"/clusters/a/ui/session":         "csrf_token",
-		"/api/clusters/a/commands":       "[]",
-		"/clusters/a/v1/commands/nope-1": "no such command",
+		"/":                                        "RunOS cloud",
+		"/console.js":                              "api/clusters",
+		"/api/clusters":                            `"name":"a"`,
+		"/clusters/a/v1/nodes":                     `"nodes":[]`,
+		"/clusters/a/v1/status":                    `"name":"a"`,
+		"/clusters/a/v1/cloud":                     `"state":"disconnected"`,
+		"/clusters/zz/v1/nodes":                    "no such cluster",
+		"/clusters/a/":                             `"base":"/clusters/a/"`,
+		"/clusters/a/js/pages/cloud.js":            "registerPage",
+		"/clusters/a/ui/session":                   "csrf_token",
+		"/api/clusters/a/commands":                 "[]",
+		"/clusters/a/v1/commands/nope-1":           "no such command",
+		"/clusters/a/v1/events?after=0&wait=300ms": `"events":[]`,
+		"/clusters/a/v1/events?wait=soon":          "invalid wait",
 	}
 	// Without a session: nothing but the sign-in page and its files.
 	for path := range paths {

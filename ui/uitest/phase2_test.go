@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -51,6 +53,23 @@ func setValue(b *browser, sel, value string) {
 	b.t.Helper()
 	v, _ := json.Marshal(value)
 	eval[bool](b, fmt.Sprintf(`(() => { const e = document.querySelector(%q); e.value = %s; return true; })()`, sel, v))
+}
+
+// viewShot saves what the viewport shows (a phone's screen, not the whole
+// long page).
+func (b *browser) viewShot(name string) {
+	b.t.Helper()
+	ctx, cancel := context.WithTimeout(b.ctx, 30*time.Second)
+	defer cancel()
+	chromedp.Run(ctx, chromedp.Evaluate[bool](`window.scrollTo(0, 0) || true`))
+	time.Sleep(150 * time.Millisecond)
+	png, err := chromedp.Run(ctx, chromedp.CaptureScreenshot())
+	if err != nil {
+		b.t.Fatalf("screenshot %s: %v", name, err)
+	}
+	if err := os.WriteFile(filepath.Join(b.out, name+".png"), png, 0o644); err != nil {
+		b.t.Fatal(err)
+	}
 }
 
 // TestBrowserCloudServicesApps drives the phase-2 pages in Chromium against
@@ -176,6 +195,21 @@ func TestBrowserCloudServicesApps(t *testing.T) {
 	b.run("reveal", chromedp.Click(chromedp.CSS("#reveal")))
 	b.waitJS("password revealed", fmt.Sprintf(`document.getElementById('conn-password')?.innerText.includes(%q)`, info.Connection.Password))
 	b.screenshot("service-detail")
+
+	// Readable on a phone.
+	b.run("phone services", chromedp.EmulateViewport(390, 844), chromedp.Navigate(base+"#/services"))
+	b.waitJS("services on a phone", `document.querySelectorAll('tr.service-row').length === 1 && document.querySelectorAll('#catalog .svc').length >= 20`)
+	if w := eval[int](b, `document.documentElement.scrollWidth`); w > 400 {
+		t.Errorf("services page is %d px wide on a 390 px phone", w)
+	}
+	b.viewShot("phone-services")
+	b.run("phone cloud", chromedp.Navigate(base+"#/cloud"))
+	b.waitJS("cloud on a phone", `document.getElementById('cloud-status') !== null`)
+	if w := eval[int](b, `document.documentElement.scrollWidth`); w > 400 {
+		t.Errorf("cloud page is %d px wide on a 390 px phone", w)
+	}
+	b.screenshot("phone-cloud")
+	b.run("desktop", chromedp.EmulateViewport(1280, 900))
 
 	// An app using the instance.
 	b.run("apps", chromedp.Navigate(base+"#/apps"), chromedp.WaitVisible(chromedp.CSS(`#app-uses input[value="`+osid+`"]`)))

@@ -60,7 +60,10 @@ async function eventLoop() {
   for (;;) {
     try {
       const wait = store.eventsLoaded ? '&wait=30s' : '';
+      const asked = Date.now();
       const r = await api('v1/events?after=' + after + wait);
+      // A server that does not hold the poll must not be hammered.
+      if (wait && !r.events.length && Date.now() - asked < 1000) await new Promise((res) => setTimeout(res, 2000));
       after = r.last;
       if (r.events.length) {
         store.events = store.events.concat(r.events).slice(-1000);

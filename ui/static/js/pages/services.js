@@ -103,7 +103,7 @@ registerPage({
     el.append(
       h('div', {class: 'page-head'}, h('h1', {}, 'Services'), count),
       h('div', {class: 'table-wrap'}, h('table', {class: 'grid services-table'},
-        h('thead', {}, h('tr', {}, h('th', {}, 'Instance'), h('th', {}, 'Service'), h('th', {}, 'Tier'), h('th', {}, 'Status'),
+        h('thead', {}, h('tr', {}, h('th', {}, 'Instance'), h('th', {}, 'Service'), h('th', {class: 'hide-sm'}, 'Tier'), h('th', {}, 'Status'),
           h('th', {class: 'num'}, 'Ready'), h('th', {class: 'hide-sm'}, 'Created'))),
         tbody)),
       h('div', {class: 'kube-wrap'}, kubeCard(ctx)),
@@ -114,9 +114,9 @@ registerPage({
         const list = await api('v1/services', {signal: ctx.signal});
         count.textContent = list.length + ' instance' + (list.length === 1 ? '' : 's');
         tbody.replaceChildren(...(list.length ? list.map((s) => h('tr', {class: 'service-row ' + s.status, dataset: {osid: s.osid}},
-          h('td', {}, link('services/' + encodeURIComponent(s.osid), h('strong', {class: 'mono'}, s.osid))),
+          h('td', {}, link('services/' + encodeURIComponent(s.osid), h('strong', {class: 'mono nowrap'}, s.osid))),
           h('td', {}, s.service),
-          h('td', {}, s.tier),
+          h('td', {class: 'hide-sm'}, s.tier),
           h('td', {}, workloadStatus(s), s.reason ? h('div', {class: 'reason muted small'}, s.reason) : null),
           h('td', {class: 'num'}, replicas(s)),
           h('td', {class: 'hide-sm muted', title: fmtTime(s.created_at)}, fmtSince(s.created_at)))) :
