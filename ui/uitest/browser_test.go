@@ -210,6 +210,7 @@ func setColorScheme(scheme string) chromedp.Action[chromedp.Void] {
 // crashed node going degraded then offline, events, sign out.
 func TestBrowser(t *testing.T) {
 	b := newBrowser(t)
+	recordCSP(b)
 	dc := startCluster(t)
 	base := dc.Agents[0].UIURL()
 
@@ -373,6 +374,8 @@ func TestBrowser(t *testing.T) {
 	}
 	b.screenshot("mesh-dark")
 	b.run("light", setColorScheme("light"))
+
+	checkCSP(b, "agent UI")
 
 	// A password reset (on the node, through its unix socket) ends the
 	// browser's session: the open page goes to the sign-in page by itself.

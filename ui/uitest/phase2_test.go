@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/cdproto/page"
 	"github.com/chromedp/chromedp"
 
 	"github.com/runos/runos-agent/agent"
@@ -72,6 +73,28 @@ func (b *browser) viewShot(name string) {
 	}
 }
 
+// recordCSP makes every page the tab loads keep its Content-Security-Policy
+// violations in localStorage (per origin, across reloads).
+func recordCSP(b *browser) {
+	b.t.Helper()
+	b.run("record CSP violations", chromedp.Func(func(ctx context.Context, t *chromedp.Target) error {
+		_, err := chromedp.Call(ctx, page.AddScriptToEvaluateOnNewDocument, page.AddScriptToEvaluateOnNewDocumentParams{Source: `
+			document.addEventListener('securitypolicyviolation', (e) => {
+				const v = JSON.parse(localStorage.getItem('csp') || '[]');
+				v.push(e.violatedDirective + ' ' + (e.blockedURI || '') + ' ' + (e.sourceFile || '') + ':' + e.lineNumber);
+				localStorage.setItem('csp', JSON.stringify(v));
+			});`})
+		return err
+	}))
+}
+
+func checkCSP(b *browser, where string) {
+	b.t.Helper()
+	if v := eval[string](b, `localStorage.getItem('csp') || ''`); v != "" {
+		b.t.Errorf("%s: the page broke its Content-Security-Policy: %s", where, v)
+	}
+}
+
 // TestBrowserCloudServicesApps drives the phase-2 pages in Chromium against
 // a real 3-node cluster, a real runos-cloud and (when built) a real
 // kube-apiserver: the new pages refuse to show without a session; connect
@@ -85,6 +108,7 @@ func (b *browser) viewShot(name string) {
 // token (as a cloud command) through the shared UI.
 func TestBrowserCloudServicesApps(t *testing.T) {
 	b := newBrowser(t)
+	recordCSP(b)
 	dc := startCluster(t)
 	cs := startCloud(t)
 	leader := leaderOf(t, dc)
@@ -209,7 +233,10 @@ func TestBrowserCloudServicesApps(t *testing.T) {
 		t.Errorf("cloud page is %d px wide on a 390 px phone", w)
 	}
 	b.screenshot("phone-cloud")
-	b.run("desktop", chromedp.EmulateViewport(1280, 900))
+	b.run("desktop dark", chromedp.EmulateViewport(1280, 900), setColorScheme("dark"), chromedp.Navigate(base+"#/services"))
+	b.waitJS("services in the dark", `document.querySelectorAll('tr.service-row').length === 1 && document.querySelectorAll('#catalog .svc').length >= 20`)
+	b.viewShot("services-dark")
+	b.run("light", setColorScheme("light"))
 
 	// An app using the instance.
 	b.run("apps", chromedp.Navigate(base+"#/apps"), chromedp.WaitVisible(chromedp.CSS(`#app-uses input[value="`+osid+`"]`)))
@@ -247,6 +274,8 @@ func TestBrowserCloudServicesApps(t *testing.T) {
 		return nil
 	})
 
+	checkCSP(b, "agent UI")
+
 	// The cloud console: sign in, the cluster list, the shared UI.
 	console := "http://" + cs.ConsoleAddr() + "/"
 	b.run("console", chromedp.Navigate(console), chromedp.WaitVisible(chromedp.CSS("#login")))
@@ -283,6 +312,8 @@ func TestBrowserCloudServicesApps(t *testing.T) {
 	b.screenshot("console-tokens")
 	b.run("console cloud", chromedp.Navigate(console+"clusters/"+tok.ClusterID+"/#/cloud"))
 	b.waitJS("link as the cloud sees it", `document.querySelector('#cloud-status [data-status]')?.textContent === 'connected'`)
+
+	checkCSP(b, "cloud console")
 
 	// Disconnect from the agent's Cloud page, with confirmation.
 	b.run("agent cloud", chromedp.Navigate(base+"#/cloud"), chromedp.WaitVisible(chromedp.CSS("[data-action=ask]")),

@@ -66,7 +66,7 @@ registerPage({
         h('thead', {}, h('tr', {}, h('th', {}, 'App'), h('th', {}, 'Image'), h('th', {class: 'hide-sm'}, 'Uses'), h('th', {}, 'Status'),
           h('th', {class: 'num'}, 'Ready'), h('th', {class: 'hide-sm'}, 'Created'))),
         tbody)),
-      h('div', {class: 'card wide', style: 'margin-top:16px'}, h('h2', {}, 'Deploy an app'), deployForm(ctx)));
+      h('div', {class: 'card wide'}, h('h2', {}, 'Deploy an app'), deployForm(ctx)));
     poller(ctx, async () => {
       try {
         const list = await api('v1/apps', {signal: ctx.signal});
