@@ -346,6 +346,11 @@ func (a *Agent) healthEventLoop(ctx context.Context) {
 	}
 	t := time.NewTicker(max(a.heartbeatInterval()/5, 100*time.Millisecond))
 	defer t.Stop()
+	var (
+		st       *raftstore.State
+		recorded map[string]string
+		changed  <-chan struct{}
+	)
 	for {
 		select {
 		case <-ctx.Done():
@@ -354,10 +359,21 @@ func (a *Agent) healthEventLoop(ctx context.Context) {
 		}
 		if !a.store.IsLeader() {
 			clear(candidates)
+			st, recorded = nil, nil
 			continue
 		}
-		st, _ := a.store.State()
-		recorded := lastRecordedHealth(st)
+		// The state (and the event log it holds) is copied only when it
+		// changed: the idle leader's loop is cheap.
+		select {
+		case <-changed:
+			st = nil
+		default:
+		}
+		if st == nil {
+			changed = a.store.Changed()
+			st, _ = a.store.State()
+			recorded = lastRecordedHealth(st)
+		}
 		now := time.Now()
 		for _, n := range st.SortedNodes() {
 			if n.ID == a.cfg.NodeID {

@@ -79,6 +79,8 @@ var (
 		"Last Raft log index this node knows to be committed.", nil, nil)
 	descRaftServers = prometheus.NewDesc("runos_raft_servers",
 		"Raft servers in the configuration by suffrage.", []string{"suffrage"}, nil)
+	descRaftIdle = prometheus.NewDesc("runos_raft_idle_appends_total",
+		"Entry-less AppendEntries this leader answered locally from followers' heartbeats, and those it sent.", []string{"outcome"}, nil)
 	descGossipMembers = prometheus.NewDesc("runos_gossip_members",
 		"Cluster nodes (this one included) by gossip state as this node's failure detector sees them.", []string{"state"}, nil)
 	descWGPeers = prometheus.NewDesc("runos_wireguard_peers",
@@ -112,7 +114,7 @@ type agentCollector struct {
 
 func (c *agentCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
-		descInfo, descRaftState, descRaftTerm, descRaftApplied, descRaftCommit, descRaftServers,
+		descInfo, descRaftState, descRaftTerm, descRaftApplied, descRaftCommit, descRaftServers, descRaftIdle,
 		descGossipMembers, descWGPeers, descPeerRx, descPeerTx, descPeerHandshake,
 		descBeatAge, descNodeHealth, descHealthCounts, descEvents,
 	} {
@@ -142,6 +144,9 @@ func (c *agentCollector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descRaftCommit, float64(rs.CommitIndex))
 	gauge(descRaftServers, float64(len(rs.Voters)), "voter")
 	gauge(descRaftServers, float64(len(rs.NonVoters)), "nonvoter")
+	answered, sent := c.a.store.QuietStats()
+	ch <- prometheus.MustNewConstMetric(descRaftIdle, prometheus.CounterValue, float64(answered), "answered_locally")
+	ch <- prometheus.MustNewConstMetric(descRaftIdle, prometheus.CounterValue, float64(sent), "sent")
 
 	// Gossip and health, over the nodes of the cluster state.
 	st, _ := a.store.State()

@@ -165,6 +165,11 @@ func TestMetricsEndpointScrapedAndParsed(t *testing.T) {
 			if term < 1 || applied < 1 || commit < applied {
 				errs = append(errs, fmt.Errorf("%s: term %v applied %v commit %v", a.Name(), term, applied, commit))
 			}
+			for _, o := range []string{"answered_locally", "sent"} {
+				if _, ok := s.value("runos_raft_idle_appends_total", "outcome", o); !ok {
+					errs = append(errs, fmt.Errorf("%s: runos_raft_idle_appends_total{outcome=%q} missing", a.Name(), o))
+				}
+			}
 			if v, _ := s.value("runos_events_total", "kind", "node_joined"); v < 2 {
 				errs = append(errs, fmt.Errorf("%s: %v node_joined events, want >= 2", a.Name(), v))
 			}
