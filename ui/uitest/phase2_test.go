@@ -315,8 +315,16 @@ func TestBrowserCloudServicesApps(t *testing.T) {
 
 	checkCSP(b, "cloud console")
 
-	// Disconnect from the agent's Cloud page, with confirmation.
-	b.run("agent cloud", chromedp.Navigate(base+"#/cloud"), chromedp.WaitVisible(chromedp.CSS("[data-action=ask]")),
+	// The cloud goes away: the page says so honestly (retrying, the error,
+	// when the next try is), and the cluster does not care.
+	b.run("agent cloud", chromedp.Navigate(base+"#/cloud"), chromedp.WaitVisible(chromedp.CSS("#cloud-status")))
+	cs.Close()
+	b.waitJS("retrying with the error", `document.querySelector('#cloud-status [data-status]')?.textContent === 'retrying' && document.getElementById('cloud-error') !== null && /\((in .*|now)\)$/.test(document.getElementById('cloud-retry')?.textContent)`)
+	b.screenshot("cloud-backoff")
+
+	// Disconnect from the agent's Cloud page, with confirmation (the cloud
+	// being down does not stop it).
+	b.run("ask", chromedp.WaitVisible(chromedp.CSS("[data-action=ask]")),
 		chromedp.Click(chromedp.CSS("[data-action=ask]")), chromedp.WaitVisible(chromedp.CSS("[data-action=confirm]")))
 	b.screenshot("cloud-disconnect-confirm")
 	b.run("disconnect", chromedp.Click(chromedp.CSS("[data-action=confirm]")), chromedp.WaitVisible(chromedp.CSS("#cloud-form")))

@@ -124,6 +124,14 @@ export function fmtSince(iso) {
   return fmtAgo((Date.now() - t) / 1000);
 }
 
+// fmtIn is "in 12 s" for a time ahead ("now" once it has passed).
+export function fmtIn(iso) {
+  const t = Date.parse(iso);
+  if (!t) return '';
+  const s = (t - Date.now()) / 1000;
+  return s < 1 ? 'now' : 'in ' + fmtAge(s);
+}
+
 export function fmtTime(iso) {
   const d = new Date(iso);
   if (isNaN(d)) return '';

@@ -1,7 +1,7 @@
 // Cloud link: connect with a registration token, live status, disconnect.
 // The link is a mirror and remote control, never a dependency: every page
 // here says so honestly when it is down.
-import {registerPage, h, api, kv, statusBadge, fmtSince, fmtTime, fmtBytes, errorBox, confirmAction, config} from '../core.js';
+import {registerPage, h, api, kv, statusBadge, fmtSince, fmtIn, fmtTime, fmtBytes, errorBox, confirmAction, config} from '../core.js';
 
 const STATE = {
   not_registered: ['not connected', 'unknown'],
@@ -22,7 +22,7 @@ export function cloudTile(c) {
   let sub;
   if (c.state === 'connected') sub = 'since ' + fmtSince(c.since) + (c.pending ? ' · ' + c.pending + ' to send' : ' · in sync');
   else if (c.state === 'standby') sub = (c.holder ? c.holder + ' (leader) holds the session' : 'the leader holds the session');
-  else if (c.state === 'backoff') sub = 'next try ' + (c.next_retry ? fmtTime(c.next_retry) : 'soon') + (c.pending ? ' · ' + c.pending + ' queued' : '');
+  else if (c.state === 'backoff') sub = 'next try ' + (c.next_retry ? fmtIn(c.next_retry) : 'soon') + (c.pending ? ' · ' + c.pending + ' queued' : '');
   else if (c.state === 'disconnected') sub = 'last seen ' + fmtSince(c.since);
   else sub = c.pending ? c.pending + ' changes queued' : '';
   return [value, sub, 'cloud status-' + (cls === 'unknown' ? 'none' : cls)];
@@ -37,7 +37,7 @@ function statusCard(c) {
       ['Cloud', h('span', {class: 'mono', id: 'cloud-url'}, c.url)],
       c.cloud_cluster_id ? ['Cloud cluster ID', h('span', {class: 'mono'}, c.cloud_cluster_id)] : null,
       ['Since', c.since ? fmtTime(c.since) + ' (' + fmtSince(c.since) + ')' : '–'],
-      c.next_retry ? ['Next retry', fmtTime(c.next_retry) + ' (' + fmtSince(c.next_retry).replace(' ago', '') + ')'] : null,
+      c.next_retry ? ['Next retry', h('span', {id: 'cloud-retry'}, fmtTime(c.next_retry) + ' (' + fmtIn(c.next_retry) + ')')] : null,
       ['Pending changes', h('span', {id: 'cloud-pending'}, String(c.pending), c.pending ? h('span', {class: 'muted'}, ' not yet acknowledged; they stay queued in Raft until the cloud has them') : h('span', {class: 'muted'}, ' · the cloud has everything'))],
       ['Last acknowledged', c.ack_time ? 'state index ' + c.ack_index + ', ' + fmtSince(c.ack_time) :
         (c.ack_index ? 'state index ' + c.ack_index : (c.state === 'connected' && !c.pending ? 'the first session sent a full copy' : 'nothing yet'))],
