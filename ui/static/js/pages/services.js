@@ -47,7 +47,9 @@ function kubeCard(ctx) {
       const k = await api('v1/kube', {method: 'PUT', body: {kubeconfig: text.value}, signal: ctx.signal});
       text.value = '';
       out.replaceChildren();
-      show(k, false);
+      details.open = false;
+      editing = false;
+      show(k, true);
     } catch (e) {
       if (e.name !== 'AbortError') out.replaceChildren(errorBox(e));
     } finally {
@@ -56,13 +58,19 @@ function kubeCard(ctx) {
   });
   const details = h('details', {}, h('summary', {}, 'Replace the kubeconfig'), form);
   let editing = false;
+  let shownKey = '';
   const show = (k, first) => {
+    // Redraw only on a change: the form must keep focus while typing.
+    const key = JSON.stringify(k);
+    if (key === shownKey && !first) return;
     if (!k.configured) {
+      shownKey = key;
       card.replaceChildren(h('h2', {}, 'Kubernetes target'),
         h('p', {}, statusBadge('not set', 'degraded'), ' Deploys are accepted and wait as ', h('em', {}, 'pending'), ' until a kubeconfig is set.'), form);
       return;
     }
     if (first || !editing) {
+      shownKey = key;
       card.replaceChildren(h('h2', {}, 'Kubernetes target'), kv([
         ['API server', h('span', {class: 'mono', id: 'kube-server'}, k.server)],
         ['Reachable', k.error ? h('span', {class: 'bad-text'}, k.error) : h('span', {class: 'ok-text'}, 'no errors from the leader')],
