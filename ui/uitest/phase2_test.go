@@ -292,6 +292,18 @@ func TestBrowserCloudServicesApps(t *testing.T) {
 	row := `document.querySelector('tr.cluster-row[data-cluster="` + tok.ClusterID + `"]')`
 	b.waitJS("cluster listed, connected, 3 nodes", row+`?.innerText.includes('connected') && `+row+`.querySelectorAll('td')[4].textContent === '3'`)
 	b.screenshot("console-clusters")
+	// A registration token for another cluster, from the list page.
+	setValue(b, "#reg-name", "edge")
+	b.run("registration token", chromedp.Click(chromedp.CSS("#reg-create")))
+	b.waitJS("connect command", `document.getElementById('connect-command')?.textContent.includes('runos-agent cloud connect --token RC1')`)
+	b.waitJS("edge listed, token issued", `[...document.querySelectorAll('tr.cluster-row')].some((r) => r.innerText.includes('edge') && r.innerText.includes('token issued'))`)
+	b.screenshot("console-register")
+	b.run("console on a phone", chromedp.EmulateViewport(390, 844))
+	if w := eval[int](b, `document.documentElement.scrollWidth`); w > 400 {
+		t.Errorf("console cluster list is %d px wide on a 390 px phone", w)
+	}
+	b.viewShot("phone-console-clusters")
+	b.run("console desktop", chromedp.EmulateViewport(1280, 900))
 	href := eval[string](b, row+`.querySelector('a').href`)
 	if href != console+"clusters/"+tok.ClusterID+"/" {
 		t.Errorf("cluster link %q", href)
