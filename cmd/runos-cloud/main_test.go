@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -184,5 +185,52 @@ func TestCLIAdminResetPassword(t *testing.T) {
 	}
 	if out, err := run("admin", "reset-password", "--data-dir", t.TempDir()); err == nil || !strings.Contains(err.Error(), "not running") {
 		t.Errorf("reset without a server: %v\n%s", err, out)
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// `serve` prints the console password on the first start only.
+func TestServePrintsPasswordOnce(t *testing.T) {
+	dir := t.TempDir()
+	serve := func() string {
+		var out syncBuffer
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() {
+			done <- newApp(&out, io.Discard).RunContext(ctx, []string{"runos-cloud", "serve", "--data-dir", dir,
+				"--listen", "127.0.0.1:0", "--console-listen", "127.0.0.1:0", "--stun-listen", ""})
+		}()
+		deadline := time.Now().Add(30 * time.Second)
+		for !strings.Contains(out.String(), "console: http://") && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatalf("serve: %v\n%s", err, out.String())
+		}
+		return out.String()
+	}
+	first := serve()
+	if !strings.Contains(first, "console sign-in: user admin, password ") {
+		t.Fatalf("first serve printed no password:\n%s", first)
+	}
+	if second := serve(); strings.Contains(second, "password") {
+		t.Errorf("second serve printed a password again:\n%s", second)
 	}
 }

@@ -21,7 +21,11 @@ export function cloudTile(c) {
   if (!c.registered) return [value, 'the cluster runs fully on its own', 'cloud'];
   let sub;
   if (c.state === 'connected') sub = 'since ' + fmtSince(c.since) + (c.pending ? ' · ' + c.pending + ' to send' : ' · in sync');
-  else if (c.state === 'standby') sub = (c.holder ? c.holder + ' (leader) holds the session' : 'the leader holds the session');
+  else if (c.state === 'standby') {
+    // A follower cannot see the leader's session; the last acknowledgement
+    // in the shared state says whether the cloud is keeping up.
+    sub = (c.holder ? c.holder + ' (leader) holds it' : 'the leader holds it') + (c.ack_time ? ' · last ack ' + fmtSince(c.ack_time) : '');
+  }
   else if (c.state === 'backoff') sub = 'next try ' + (c.next_retry ? fmtIn(c.next_retry) : 'soon') + (c.pending ? ' · ' + c.pending + ' queued' : '');
   else if (c.state === 'disconnected') sub = 'last seen ' + fmtSince(c.since);
   else sub = c.pending ? c.pending + ' changes queued' : '';
