@@ -155,6 +155,16 @@ func TestBrowserCloudServicesApps(t *testing.T) {
 		t.Errorf("cloud URL shown as %q", u)
 	}
 	b.screenshot("cloud-status")
+	// A follower says who holds the session instead of pretending.
+	var follower *agent.Agent
+	for _, a := range dc.Agents {
+		if a != leader {
+			follower = a
+			break
+		}
+	}
+	b.run("follower's cloud page", chromedp.Navigate(follower.UIURL()+"#/cloud"))
+	b.waitJS("standby naming the leader", `document.querySelector('#cloud-status [data-status]')?.textContent === 'standby' && document.getElementById('cloud-status').innerText.includes(`+fmt.Sprintf("%q", leader.Name())+`)`)
 	b.run("overview", chromedp.Navigate(base+"#/"))
 	b.waitJS("cloud tile connected", `document.querySelector('.tile.cloud .link-state')?.dataset.state === 'connected'`)
 	b.screenshot("overview-cloud")
