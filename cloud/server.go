@@ -1,7 +1,8 @@
 // Package cloud is the reference backend behind runos-cloud: its own CA,
 // registration with one-time tokens, the mTLS session each cluster's leader
 // holds, a mirror of each cluster's state in bbolt, downlink commands, an
-// admin socket, a STUN responder, and the console (JSON API and a page).
+// admin socket, a STUN responder, and the console (the shared web UI behind
+// a sign-in, and a JSON API).
 package cloud
 
 import (
@@ -36,9 +37,11 @@ type Config struct {
 	DataDir string // required
 	// Listen is the public TLS address: registration and sessions.
 	Listen string // default 127.0.0.1:8443
-	// ConsoleListen serves the console page and JSON API over plain HTTP
-	// ("" : only on the admin socket). Keep it on loopback or behind a
-	// proxy that authenticates: it can send commands to clusters.
+	// ConsoleListen serves the console (the agent's web UI for every
+	// cluster, and the JSON API) behind the admin sign-in over plain HTTP
+	// ("" : the JSON API only on the admin socket). Keep it on loopback or
+	// behind a TLS proxy: the session cookie must not cross a network in
+	// the clear.
 	ConsoleListen string
 	// STUNListen is a UDP address for the STUN responder ("" : off).
 	STUNListen string
