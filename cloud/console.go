@@ -62,6 +62,14 @@ func (s *Server) consoleHandler() (http.Handler, error) {
 			httpErr(w, http.StatusNotFound, errNoCluster)
 			return
 		}
+		if app.SignedIn(r) {
+			// Signed in: an unknown cluster is a clear 404, not an app
+			// whose every call fails.
+			if _, err := s.store.findCluster(id); err != nil {
+				httpErr(w, statusOf(err), err)
+				return
+			}
+		}
 		ctx := context.WithValue(r.Context(), clusterKey{}, url.PathEscape(id))
 		ui.StripBase("/clusters/"+url.PathEscape(id)+"/", app).ServeHTTP(w, r.WithContext(ctx))
 	})

@@ -360,6 +360,7 @@ func TestConsoleServesPageAndAPI(t *testing.T) {
 		"/clusters/a/v1/status":                    `"name":"a"`,
 		"/clusters/a/v1/cloud":                     `"state":"disconnected"`,
 		"/clusters/zz/v1/nodes":                    "no such cluster",
+		"/clusters/zz/":                            "no such cluster",
 		"/clusters/a/":                             `"base":"/clusters/a/"`,
 		"/clusters/a/js/pages/cloud.js":            "registerPage",
 		"/clusters/a/ui/session":                   "csrf_token",
@@ -372,7 +373,7 @@ func TestConsoleServesPageAndAPI(t *testing.T) {
 	for path := range paths {
 		code, body := consoleDo(t, s, "GET", path, "", "", "")
 		want := 401
-		if path == "/" || path == "/clusters/a/" {
+		if path == "/" || path == "/clusters/a/" || path == "/clusters/zz/" {
 			want = 303
 		}
 		if code != want {
