@@ -380,7 +380,9 @@ func TestBrowser(t *testing.T) {
 	// A password reset (on the node, through its unix socket) ends the
 	// browser's session: the open page goes to the sign-in page by itself.
 	b.run("nodes", chromedp.Navigate(base+"#/nodes"), chromedp.WaitVisible(chromedp.CSS("tr.node-row")))
-	pw, err := api.NewClient(dc.Dirs[1]).ResetUIPassword(context.Background())
+	// On a node other than the one serving the page, and not the crashed
+	// one (victim is 1 or 2, whichever was not the leader).
+	pw, err := api.NewClient(dc.Dirs[3-victim]).ResetUIPassword(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
