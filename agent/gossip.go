@@ -99,8 +99,7 @@ func (a *Agent) wake() {
 // offline by the health rule. Gossip probes rarely (it is not the failure
 // detector), so heartbeat ages decide.
 func (a *Agent) nodeUp(nodeID string) bool {
-	st, _ := a.store.State()
-	n, ok := st.Nodes[nodeID]
+	n, ok := a.store.Node(nodeID)
 	if !ok {
 		return false
 	}

@@ -11,8 +11,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/url"
 	"slices"
 	"sort"
@@ -21,15 +23,11 @@ import (
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
-	"k8s.io/client-go/discovery"
-	"k8s.io/client-go/discovery/cached/memory"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/rest"
-	"k8s.io/client-go/restmapper"
 	"k8s.io/client-go/tools/clientcmd"
 )
 
@@ -54,8 +52,8 @@ type Executor struct {
 	log    *slog.Logger
 	host   string
 	dyn    *dynamic.DynamicClient
-	disco  discovery.CachedDiscoveryInterface
-	mapper *restmapper.DeferredDiscoveryRESTMapper
+	hc     *http.Client
+	mapper *mapper
 	http   interface{ CloseIdleConnections() }
 }
 
@@ -87,15 +85,7 @@ func New(cfg Config, log *slog.Logger) (*Executor, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kubeconfig: %w", err)
 	}
-	dc, err := discovery.NewDiscoveryClientForConfigAndClient(rc, hc)
-	if err != nil {
-		return nil, fmt.Errorf("kubeconfig: %w", err)
-	}
-	cached := memory.NewMemCacheClient(dc)
-	e := &Executor{
-		log: log, host: rc.Host, dyn: dyn, disco: cached,
-		mapper: restmapper.NewDeferredDiscoveryRESTMapper(cached),
-	}
+	e := &Executor{log: log, host: rc.Host, dyn: dyn, hc: hc, mapper: newMapper(hc, rc.Host)}
 	if t, ok := hc.Transport.(interface{ CloseIdleConnections() }); ok {
 		e.http = t
 	}
@@ -128,8 +118,20 @@ func (e *Executor) Close() error {
 
 // Ping checks that the API server answers (its version endpoint).
 func (e *Executor) Ping(ctx context.Context) error {
-	_, err := e.disco.RESTClient().Get().AbsPath("/version").Do(ctx).Raw()
-	return e.wrap(err)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(e.host, "/")+"/version", nil)
+	if err != nil {
+		return err
+	}
+	resp, err := e.hc.Do(req)
+	if err != nil {
+		return e.wrap(err)
+	}
+	defer resp.Body.Close()
+	io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<16))
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("kubernetes API at %s: /version: %s", e.host, resp.Status)
+	}
+	return nil
 }
 
 // ApplyOptions tune Apply.
@@ -153,7 +155,7 @@ type Applied struct {
 func (e *Executor) Apply(ctx context.Context, objs []*unstructured.Unstructured, opts ApplyOptions) ([]Applied, error) {
 	out := make([]Applied, 0, len(objs))
 	for _, obj := range objs {
-		ri, err := e.resource(obj)
+		ri, err := e.resource(ctx, obj)
 		if err != nil {
 			return out, err
 		}
@@ -172,7 +174,7 @@ func (e *Executor) Apply(ctx context.Context, objs []*unstructured.Unstructured,
 
 // Get reads the live version of obj (nil, nil when it does not exist).
 func (e *Executor) Get(ctx context.Context, obj *unstructured.Unstructured) (*unstructured.Unstructured, error) {
-	ri, err := e.resource(obj)
+	ri, err := e.resource(ctx, obj)
 	if err != nil {
 		return nil, err
 	}
@@ -287,34 +289,26 @@ func (e *Executor) DeleteNamespace(ctx context.Context, name string) (gone bool,
 	return false, nil
 }
 
-// resource maps an object to its dynamic client, refreshing discovery once
-// when the kind is unknown (a CRD installed since the last look).
-func (e *Executor) resource(obj *unstructured.Unstructured) (dynamic.ResourceInterface, error) {
+// resource maps an object to its dynamic client. Unknown kinds are looked
+// up on the server each time (a CRD installed since the last look).
+func (e *Executor) resource(ctx context.Context, obj *unstructured.Unstructured) (dynamic.ResourceInterface, error) {
 	gvk := obj.GroupVersionKind()
-	m, err := e.mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
-	if err != nil && (meta.IsNoMatchError(err) || isDiscoveryFailure(err)) {
-		e.mapper.Reset()
-		m, err = e.mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
-	}
+	m, err := e.mapper.lookup(ctx, gvk)
 	if err != nil {
-		if meta.IsNoMatchError(err) {
-			return nil, fmt.Errorf("%s %s: the cluster does not serve %s", gvk.Kind, objName(obj), gvk.GroupVersion())
+		var nm *errNoMatch
+		if errors.As(err, &nm) {
+			return nil, fmt.Errorf("%s %s: %w", gvk.Kind, objName(obj), err)
 		}
 		return nil, fmt.Errorf("discover %s: %w", gvk, e.wrap(err))
 	}
-	if m.Scope.Name() == meta.RESTScopeNameNamespace {
+	if m.namespaced {
 		ns := obj.GetNamespace()
 		if ns == "" {
 			return nil, fmt.Errorf("%s %s has no namespace", gvk.Kind, obj.GetName())
 		}
-		return e.dyn.Resource(m.Resource).Namespace(ns), nil
+		return e.dyn.Resource(m.gvr).Namespace(ns), nil
 	}
-	return e.dyn.Resource(m.Resource), nil
-}
-
-func isDiscoveryFailure(err error) bool {
-	var d *discovery.ErrGroupDiscoveryFailed
-	return errors.As(err, &d) || isUnreachable(err)
+	return e.dyn.Resource(m.gvr), nil
 }
 
 func objName(o *unstructured.Unstructured) string {

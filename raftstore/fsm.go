@@ -62,6 +62,18 @@ func (f *FSM) State() (*State, uint64) {
 	return f.state.View(), f.index
 }
 
+// Node returns a copy of one node, without copying the whole state (for
+// callers that run often, such as liveness checks).
+func (f *FSM) Node(id string) (*Node, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	n, ok := f.state.Nodes[id]
+	if !ok {
+		return nil, false
+	}
+	return n.clone(), true
+}
+
 // Changed returns a channel that is closed at the next state change.
 func (f *FSM) Changed() <-chan struct{} {
 	f.mu.RLock()

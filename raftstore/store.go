@@ -342,6 +342,9 @@ func (s *Store) Changed() <-chan struct{} { return s.fsm.Changed() }
 // IsLeader reports whether this node is the Raft leader.
 func (s *Store) IsLeader() bool { return s.raft.State() == raft.Leader }
 
+// Node returns a copy of one node of the local state.
+func (s *Store) Node(id string) (*Node, bool) { return s.fsm.Node(id) }
+
 // Beat is what this node's health heartbeats say about its Raft state.
 func (s *Store) Beat() (term uint64, leader bool) {
 	return s.raft.CurrentTerm(), s.raft.State() == raft.Leader
