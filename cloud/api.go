@@ -1,7 +1,6 @@
 package cloud
 
 import (
-	_ "embed"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,9 +11,6 @@ import (
 	"github.com/runos/runos-agent/api"
 	"github.com/runos/runos-agent/cloudlink"
 )
-
-//go:embed console.html
-var consoleHTML []byte
 
 // ClusterInfo is one row of `runos-cloud clusters`.
 type ClusterInfo struct {
@@ -93,6 +89,11 @@ func (s *Server) Nodes(ref string) (*api.NodesResponse, error) {
 			if n.LastHeartbeatSeconds >= 0 {
 				n.LastHeartbeatSeconds += time.Since(h.at).Round(time.Millisecond).Seconds()
 			}
+		}
+		if n.HealthReason == "this node" {
+			// The agent's words for itself; here it is the node that
+			// reported the cluster's health.
+			n.HealthReason = "reported by this node (the leader)"
 		}
 		switch {
 		case n.Health == "":
@@ -205,10 +206,6 @@ func (s *Server) apiHandler() http.Handler {
 		}
 		writeJSON(w, http.StatusOK, v)
 	}
-	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/html; charset=utf-8")
-		w.Write(consoleHTML)
-	})
 	mux.HandleFunc("GET /api/clusters", func(w http.ResponseWriter, r *http.Request) {
 		v, err := s.Clusters()
 		reply(w, v, err)
@@ -279,11 +276,43 @@ func (s *Server) apiHandler() http.Handler {
 			}
 			after = n
 		}
-		v, err := s.Events(r.PathValue("c"), after)
-		reply(w, v, err)
+		// ?wait=D long-polls like the agent (at most a minute), so the
+		// shared UI's event loop does not spin against the mirror.
+		var wait time.Duration
+		if v := r.URL.Query().Get("wait"); v != "" {
+			d, err := time.ParseDuration(v)
+			if err != nil || d < 0 {
+				httpErr(w, http.StatusBadRequest, fmt.Errorf("invalid wait=%q", v))
+				return
+			}
+			wait = min(d, time.Minute)
+		}
+		deadline := time.Now().Add(wait)
+		for {
+			v, err := s.Events(r.PathValue("c"), after)
+			if err != nil || len(v.Events) > 0 || !time.Now().Before(deadline) {
+				reply(w, v, err)
+				return
+			}
+			select {
+			case <-r.Context().Done():
+				return
+			case <-time.After(250 * time.Millisecond):
+			}
+		}
 	})
 	mux.HandleFunc("GET /clusters/{c}/v1/status", func(w http.ResponseWriter, r *http.Request) {
 		v, err := s.clusterStatus(r.PathValue("c"))
+		reply(w, v, err)
+	})
+	// The link as the cloud sees it, in the agent's GET /v1/cloud shape.
+	mux.HandleFunc("GET /clusters/{c}/v1/cloud", func(w http.ResponseWriter, r *http.Request) {
+		v, err := s.clusterLink(r.PathValue("c"))
+		reply(w, v, err)
+	})
+	// Cloud only: what became of a command the UI's write turned into.
+	mux.HandleFunc("GET /clusters/{c}/v1/commands/{id}", func(w http.ResponseWriter, r *http.Request) {
+		v, err := s.Command(r.PathValue("c"), r.PathValue("id"))
 		reply(w, v, err)
 	})
 	// Writes through the shared UI become cloud commands.
@@ -308,6 +337,57 @@ func (s *Server) apiHandler() http.Handler {
 			return
 		}
 		writeJSON(w, http.StatusAccepted, v)
+	})
+	return mux
+}
+
+// clusterLink is GET /clusters/{id}/v1/cloud: the agent's CloudStatus as
+// the cloud sees the link (connected or not, since when, who holds it, the
+// cursor it has acknowledged).
+func (s *Server) clusterLink(ref string) (*api.CloudStatus, error) {
+	c, err := s.store.findCluster(ref)
+	if err != nil {
+		return nil, err
+	}
+	out := &api.CloudStatus{Registered: c.CertSerial != "", URL: s.URL(), CloudClusterID: c.ID, RegisteredAt: c.RegisteredAt,
+		AckIndex: c.Cursor, Index: c.Cursor, State: "not_registered"}
+	if c.CertSerial == "" {
+		return out, nil
+	}
+	leader, connected := s.connected(c.ID)
+	out.Holder = leader
+	s.mu.Lock()
+	h, ok := s.health[c.ID]
+	s.mu.Unlock()
+	switch {
+	case c.Revoked:
+		out.State, out.LastError = "revoked", "the cloud refuses this cluster (revoked)"
+	case connected:
+		out.State, out.Since = "connected", c.LastSeen
+	default:
+		out.State, out.Since = "disconnected", c.LastSeen
+		if ok && h.at.After(out.Since) {
+			out.Since = h.at
+		}
+	}
+	if ok {
+		out.AckTime = h.at
+	}
+	return out, nil
+}
+
+// socketHandler is the admin socket: the JSON API and what only the
+// machine's owner may do.
+func (s *Server) socketHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/", s.apiHandler())
+	mux.HandleFunc("POST /api/admin/reset-password", func(w http.ResponseWriter, r *http.Request) {
+		pw, err := s.ResetConsolePassword()
+		if err != nil {
+			httpErr(w, http.StatusInternalServerError, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]string{"password": pw})
 	})
 	return mux
 }

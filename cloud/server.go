@@ -1,7 +1,8 @@
 // Package cloud is the reference backend behind runos-cloud: its own CA,
 // registration with one-time tokens, the mTLS session each cluster's leader
 // holds, a mirror of each cluster's state in bbolt, downlink commands, an
-// admin socket, a STUN responder, and the console (JSON API and a page).
+// admin socket, a STUN responder, and the console (the shared web UI behind
+// a sign-in, and a JSON API).
 package cloud
 
 import (
@@ -36,9 +37,11 @@ type Config struct {
 	DataDir string // required
 	// Listen is the public TLS address: registration and sessions.
 	Listen string // default 127.0.0.1:8443
-	// ConsoleListen serves the console page and JSON API over plain HTTP
-	// ("" : only on the admin socket). Keep it on loopback or behind a
-	// proxy that authenticates: it can send commands to clusters.
+	// ConsoleListen serves the console (the agent's web UI for every
+	// cluster, and the JSON API) behind the admin sign-in over plain HTTP
+	// ("" : the JSON API only on the admin socket). Keep it on loopback or
+	// behind a TLS proxy: the session cookie must not cross a network in
+	// the clear.
 	ConsoleListen string
 	// STUNListen is a UDP address for the STUN responder ("" : off).
 	STUNListen string
@@ -72,6 +75,8 @@ type Server struct {
 	ctx       context.Context
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
+
+	initialPassword string // the console password this start created, else ""
 }
 
 type healthState struct {
@@ -101,6 +106,10 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 	if err := s.loadOrCreateCA(); err != nil {
 		st.Close()
 		return nil, err
+	}
+	if s.initialPassword, err = st.setConsoleAdmin(true); err != nil {
+		st.Close()
+		return nil, fmt.Errorf("console admin password: %w", err)
 	}
 	return s, nil
 }
@@ -154,14 +163,18 @@ func (s *Server) start() error {
 		return fmt.Errorf("admin socket: %w", err)
 	}
 	os.Chmod(sock, 0o600)
-	s.serve(uln, s.apiHandler(), &http.Server{})
+	s.serve(uln, s.socketHandler(), &http.Server{})
 	if s.cfg.ConsoleListen != "" {
+		h, err := s.consoleHandler()
+		if err != nil {
+			return err
+		}
 		cln, err := net.Listen("tcp", s.cfg.ConsoleListen)
 		if err != nil {
 			return fmt.Errorf("console: %w", err)
 		}
 		s.cfg.ConsoleListen = cln.Addr().String()
-		s.serve(cln, s.apiHandler(), &http.Server{})
+		s.serve(cln, h, &http.Server{})
 	}
 	if s.cfg.STUNListen != "" {
 		r, err := newSTUNResponder(s.cfg.STUNListen, s.log)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/binary"
+	"encoding/json"
 	"io"
 	"log/slog"
 	"net"
@@ -20,6 +21,7 @@ import (
 	"github.com/runos/runos-agent/pki"
 	"github.com/runos/runos-agent/raftstore"
 	"github.com/runos/runos-agent/seal"
+	"github.com/runos/runos-agent/ui"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -300,25 +302,118 @@ func TestSTUNResponder(t *testing.T) {
 	}
 }
 
+// consoleLogin resets the console password through the admin path and
+// signs in over HTTP: the session cookie and CSRF token.
+func consoleLogin(t *testing.T, s *Server) (cookie, csrf string) {
+	t.Helper()
+	pw, err := s.ResetConsolePassword()
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.Post("http://"+s.ConsoleAddr()+"/ui/login", "application/json", strings.NewReader(`{"username":"admin","password":"`+pw+`"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var info ui.SessionInfo
+	if err := json.NewDecoder(resp.Body).Decode(&info); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("console sign-in: %d %v", resp.StatusCode, err)
+	}
+	for _, c := range resp.Cookies() {
+		if c.Name == "runos_session_cloud" {
+			return c.Name + "=" + c.Value, info.CSRFToken
+		}
+	}
+	t.Fatal("console sign-in set no session cookie")
+	return "", ""
+}
+
+func consoleDo(t *testing.T, s *Server, method, path, cookie, csrf, body string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest(method, "http://"+s.ConsoleAddr()+path, strings.NewReader(body))
+	if cookie != "" {
+		req.Header.Set("Cookie", cookie)
+	}
+	if csrf != "" {
+		req.Header.Set("X-CSRF-Token", csrf)
+	}
+	resp, err := http.DefaultTransport.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode, string(b)
+}
+
 func TestConsoleServesPageAndAPI(t *testing.T) {
 	s := newServer(t)
+	if s.InitialPassword() == "" {
+		t.Fatal("a new data dir made no console password")
+	}
 	register(t, s, "a")
-	for path, want := range map[string]string{
-		"/":                     "runos-cloud",
-		"/api/clusters":         `"name":"a"`,
-		"/clusters/a/v1/nodes":  `"nodes":[]`,
-		"/clusters/a/v1/status": `"name":"a"`,
-		"/clusters/zz/v1/nodes": "no such cluster",
-	} {
-		resp, err := http.Get("http://" + s.ConsoleAddr() + path)
-		if err != nil {
-			t.Fatal(err)
+	paths := map[string]string{
+		"/":                                        "RunOS cloud",
+		"/console.js":                              "api/clusters",
+		"/api/clusters":                            `"name":"a"`,
+		"/clusters/a/v1/nodes":                     `"nodes":[]`,
+		"/clusters/a/v1/status":                    `"name":"a"`,
+		"/clusters/a/v1/cloud":                     `"state":"disconnected"`,
+		"/clusters/zz/v1/nodes":                    "no such cluster",
+		"/clusters/zz/":                            "no such cluster",
+		"/clusters/a/":                             `"base":"/clusters/a/"`,
+		"/clusters/a/js/pages/cloud.js":            "registerPage",
+		"/clusters/a/ui/session":                   "csrf_token",
+		"/api/clusters/a/commands":                 "[]",
+		"/clusters/a/v1/commands/nope-1":           "no such command",
+		"/clusters/a/v1/events?after=0&wait=300ms": `"events":[]`,
+		"/clusters/a/v1/events?wait=soon":          "invalid wait",
+	}
+	// Without a session: nothing but the sign-in page and its files.
+	for path := range paths {
+		code, body := consoleDo(t, s, "GET", path, "", "", "")
+		want := 401
+		if path == "/" || path == "/clusters/a/" || path == "/clusters/zz/" {
+			want = 303
 		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if !strings.Contains(string(b), want) {
-			t.Errorf("%s: %s, want %q", path, b, want)
+		if code != want {
+			t.Errorf("GET %s without a session: %d %s, want %d", path, code, body, want)
 		}
+	}
+	for _, p := range []string{"/login", "/clusters/a/login", "/style.css"} {
+		if code, _ := consoleDo(t, s, "GET", p, "", "", ""); code != 200 {
+			t.Errorf("GET %s: %d", p, code)
+		}
+	}
+	if code, body := consoleDo(t, s, "POST", "/api/admin/reset-password", "", "", "{}"); code == 200 {
+		t.Errorf("reset-password reachable on the console: %s", body)
+	}
+	cookie, csrf := consoleLogin(t, s)
+	if code, body := consoleDo(t, s, "POST", "/api/admin/reset-password", cookie, csrf, "{}"); code == 200 {
+		t.Errorf("reset-password reachable on the console with a session: %s", body)
+	}
+	for path, want := range paths {
+		_, body := consoleDo(t, s, "GET", path, cookie, "", "")
+		if !strings.Contains(body, want) {
+			t.Errorf("%s: %s, want %q", path, body, want)
+		}
+	}
+	// Changes need the CSRF token.
+	if code, _ := consoleDo(t, s, "POST", "/api/tokens", cookie, "", `{"cluster":"b"}`); code != 403 {
+		t.Errorf("token without CSRF: %d", code)
+	}
+	if code, _ := consoleDo(t, s, "POST", "/clusters/a/v1/tokens", cookie, "", `{}`); code != 403 {
+		t.Errorf("cluster command without CSRF: %d", code)
+	}
+	if code, body := consoleDo(t, s, "POST", "/clusters/a/v1/tokens", cookie, csrf, `{"ttl":"1h","uses":1}`); code != 202 || !strings.Contains(body, `"kind":"create_token"`) {
+		t.Errorf("token through the shared UI: %d %s", code, body)
+	}
+	// A reset ends the session.
+	if _, err := s.ResetConsolePassword(); err != nil {
+		t.Fatal(err)
+	}
+	if code, _ := consoleDo(t, s, "GET", "/api/clusters", cookie, "", ""); code != 401 {
+		t.Errorf("session after a reset: %d", code)
 	}
 }
 

@@ -64,6 +64,10 @@ type Config struct {
 	Auth    Authority
 	Node    string // this node's name, shown in the page
 	Cluster string // the cluster's ID, part of the cookie's name
+	// Mode is "agent" (default) or "cloud": the cloud console serves the
+	// same app for each cluster (under StripBase) with pages that need a
+	// node of their own hidden.
+	Mode string
 	// Secure marks cookies Secure even on plain HTTP (the server sits behind
 	// a TLS terminator). Requests that arrive over TLS always get it.
 	Secure     bool
@@ -82,6 +86,7 @@ type Server struct {
 	log    *slog.Logger
 	mux    *http.ServeMux
 	index  *template.Template
+	login  *template.Template
 	files  fs.FS
 	client *limiter
 	global *limiter
@@ -122,12 +127,23 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 	if cfg.GlobalEvery <= 0 {
 		cfg.GlobalEvery = 2 * time.Second
 	}
+	switch cfg.Mode {
+	case "":
+		cfg.Mode = "agent"
+	case "agent", "cloud":
+	default:
+		return nil, fmt.Errorf("ui: unknown mode %q (agent or cloud)", cfg.Mode)
+	}
 	index, err := template.ParseFS(static, "static/index.html")
 	if err != nil {
 		return nil, err
 	}
+	login, err := template.ParseFS(static, "static/login.html")
+	if err != nil {
+		return nil, err
+	}
 	s := &Server{
-		cfg: cfg, log: log, mux: http.NewServeMux(), index: index, files: Assets(),
+		cfg: cfg, log: log, mux: http.NewServeMux(), index: index, login: login, files: Assets(),
 		client:  newLimiter(cfg.ClientBurst, cfg.ClientEvery, 4096),
 		global:  newLimiter(cfg.GlobalBurst, cfg.GlobalEvery, 1),
 		hashing: make(chan struct{}, 2),
@@ -309,7 +325,7 @@ func (s *Server) handleIndex(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	if err := renderIndex(s.index, w, PageConfig{Base: "/", Mode: "agent", Node: s.cfg.Node}); err != nil {
+	if err := renderIndex(s.index, w, PageConfig{Base: baseOf(r), Mode: s.cfg.Mode, Node: s.cfg.Node}); err != nil {
 		s.log.Error("ui: render index", "err", err)
 	}
 }
@@ -326,7 +342,14 @@ func (s *Server) handleLoginPage(w http.ResponseWriter, r *http.Request) {
 		redirect(w, "./")
 		return
 	}
-	s.serveFile(w, r, "login.html")
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	var buf bytes.Buffer
+	if err := s.login.Execute(&buf, PageConfig{Base: baseOf(r), Mode: s.cfg.Mode}); err != nil {
+		s.log.Error("ui: render sign-in page", "err", err)
+		jsonError(w, http.StatusInternalServerError, "cannot render the sign-in page")
+		return
+	}
+	w.Write(buf.Bytes())
 }
 
 func (s *Server) handleFile(w http.ResponseWriter, r *http.Request) {
@@ -339,6 +362,11 @@ func (s *Server) handleFile(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	name := strings.TrimPrefix(path.Clean(r.URL.Path), "/")
+	if name == "login.html" {
+		// A template: the sign-in page is at login.
+		redirect(w, "login")
+		return
+	}
 	if !publicFiles[name] {
 		if _, _, err := s.authenticate(r); err != nil {
 			jsonError(w, http.StatusUnauthorized, err.Error())
@@ -486,4 +514,45 @@ func (s *Server) handleSession(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, SessionInfo{User: AdminUser, CSRFToken: sess.csrfToken(key), ExpiresAt: sess.Expires, Node: s.cfg.Node})
+}
+
+type baseKey struct{}
+
+// StripBase serves h under base (e.g. "/clusters/ID/"): the prefix is cut
+// from the path, as http.StripPrefix does, and the page is told its base.
+// The cloud console mounts one Server per console this way for every
+// cluster.
+func StripBase(base string, h http.Handler) http.Handler {
+	prefix := strings.TrimSuffix(base, "/")
+	strip := http.StripPrefix(prefix, h)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		strip.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), baseKey{}, base)))
+	})
+}
+
+// baseOf is the path the app is served under for r.
+func baseOf(r *http.Request) string {
+	if b, ok := r.Context().Value(baseKey{}).(string); ok && b != "" {
+		return b
+	}
+	return "/"
+}
+
+// Protect puts h behind the same checks as the UI's own API: a valid
+// session, and for changes a same-origin request with the CSRF token. The
+// cloud console guards its JSON API with it.
+func (s *Server) Protect(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, _, ok := s.guard(w, r); !ok {
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// SignedIn says whether r carries a valid session (for pages outside the
+// app, such as the cloud console's cluster list).
+func (s *Server) SignedIn(r *http.Request) bool {
+	_, _, err := s.authenticate(r)
+	return err == nil
 }

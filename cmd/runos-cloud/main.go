@@ -55,7 +55,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 				Flags: []cli.Flag{
 					dataDirFlag(),
 					&cli.StringFlag{Name: "listen", Value: "127.0.0.1:8443", Usage: "public TLS address: registration and cluster sessions"},
-					&cli.StringFlag{Name: "console-listen", Value: "127.0.0.1:8444", Usage: "console page and JSON API, plain HTTP, no auth: keep on loopback ('' : admin socket only)"},
+					&cli.StringFlag{Name: "console-listen", Value: "127.0.0.1:8444", Usage: "console (the web UI for every cluster, behind the admin sign-in) and its JSON API, plain HTTP: keep on loopback or behind TLS ('' : admin socket only)"},
 					&cli.StringFlag{Name: "stun-listen", Value: "127.0.0.1:3478", Usage: "STUN responder UDP address ('' : off)"},
 				},
 				Action: func(c *cli.Context) error {
@@ -78,9 +78,34 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 					if s.ConsoleAddr() != "" {
 						fmt.Fprintf(stdout, "console: http://%s/\n", s.ConsoleAddr())
 					}
+					if pw := s.InitialPassword(); pw != "" {
+						fmt.Fprintf(stdout, "console sign-in: user admin, password %s\n(shown only now; a new one: runos-cloud admin reset-password --data-dir %s)\n", pw, c.String("data-dir"))
+					}
 					<-ctx.Done()
 					return s.Close()
 				},
+			},
+			{
+				Name:  "admin",
+				Usage: "the console's sign-in",
+				Subcommands: []*cli.Command{{
+					Name:  "reset-password",
+					Usage: "make a new console admin password (printed once) and end every console session",
+					Flags: []cli.Flag{dataDirFlag(), jsonFlag()},
+					Action: func(c *cli.Context) error {
+						var out struct {
+							Password string `json:"password"`
+						}
+						if err := call(c, http.MethodPost, "/api/admin/reset-password", struct{}{}, &out); err != nil {
+							return err
+						}
+						if c.Bool("json") {
+							return printJSON(stdout, out)
+						}
+						fmt.Fprintf(stdout, "console sign-in: user admin, password %s\n(shown only now; every console session has ended)\n", out.Password)
+						return nil
+					},
+				}},
 			},
 			{
 				Name:  "token",

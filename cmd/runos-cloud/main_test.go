@@ -6,7 +6,9 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
+	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -126,5 +128,109 @@ func TestCLIErrors(t *testing.T) {
 	}
 	if _, err := run("token", "create", "--data-dir", dir, "--cluster", ""); err == nil {
 		t.Error("empty cluster name accepted")
+	}
+}
+
+// The console password: made once by the first start (a restart keeps
+// it), replaced by `admin reset-password` over the admin socket, which
+// ends every console session; the old password stops working.
+func TestCLIAdminResetPassword(t *testing.T) {
+	dir := t.TempDir()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	srv, err := cloud.New(cloud.Config{DataDir: dir, Listen: "127.0.0.1:0", ConsoleListen: "127.0.0.1:0"}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := srv.InitialPassword()
+	if len(first) < 20 {
+		t.Fatalf("first start made password %q", first)
+	}
+	srv.Close()
+	srv, err = cloud.New(cloud.Config{DataDir: dir, Listen: "127.0.0.1:0", ConsoleListen: "127.0.0.1:0"}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pw := srv.InitialPassword(); pw != "" {
+		t.Fatalf("a restart made a new password %q", pw)
+	}
+	if err := srv.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	login := func(pw string) int {
+		resp, err := http.Post("http://"+srv.ConsoleAddr()+"/ui/login", "application/json",
+			strings.NewReader(`{"username":"admin","password":"`+pw+`"}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := login(first); code != 200 {
+		t.Fatalf("sign-in with the first password: %d", code)
+	}
+	out, err := run("admin", "reset-password", "--data-dir", dir, "--json")
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	var res struct{ Password string }
+	if err := json.Unmarshal([]byte(out), &res); err != nil || res.Password == "" || res.Password == first {
+		t.Fatalf("reset-password --json: %q %v", out, err)
+	}
+	if code := login(first); code != 401 {
+		t.Errorf("old password after reset: %d", code)
+	}
+	if code := login(res.Password); code != 200 {
+		t.Errorf("new password: %d", code)
+	}
+	if out, err := run("admin", "reset-password", "--data-dir", t.TempDir()); err == nil || !strings.Contains(err.Error(), "not running") {
+		t.Errorf("reset without a server: %v\n%s", err, out)
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// `serve` prints the console password on the first start only.
+func TestServePrintsPasswordOnce(t *testing.T) {
+	dir := t.TempDir()
+	serve := func() string {
+		var out syncBuffer
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() {
+			done <- newApp(&out, io.Discard).RunContext(ctx, []string{"runos-cloud", "serve", "--data-dir", dir,
+				"--listen", "127.0.0.1:0", "--console-listen", "127.0.0.1:0", "--stun-listen", ""})
+		}()
+		deadline := time.Now().Add(30 * time.Second)
+		for !strings.Contains(out.String(), "console: http://") && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatalf("serve: %v\n%s", err, out.String())
+		}
+		return out.String()
+	}
+	first := serve()
+	if !strings.Contains(first, "console sign-in: user admin, password ") {
+		t.Fatalf("first serve printed no password:\n%s", first)
+	}
+	if second := serve(); strings.Contains(second, "password") {
+		t.Errorf("second serve printed a password again:\n%s", second)
 	}
 }

@@ -177,7 +177,9 @@ func (b *browser) screenshot(name string) {
 	b.t.Helper()
 	ctx, cancel := context.WithTimeout(b.ctx, 30*time.Second)
 	defer cancel()
-	// Let CSS transitions settle.
+	// From the top (a click may have scrolled; the sticky bar would land
+	// mid-picture), and let CSS transitions settle.
+	chromedp.Run(ctx, chromedp.Evaluate[bool](`window.scrollTo(0, 0) || true`))
 	time.Sleep(150 * time.Millisecond)
 	png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
 	if err != nil {
@@ -208,6 +210,7 @@ func setColorScheme(scheme string) chromedp.Action[chromedp.Void] {
 // crashed node going degraded then offline, events, sign out.
 func TestBrowser(t *testing.T) {
 	b := newBrowser(t)
+	recordCSP(b)
 	dc := startCluster(t)
 	base := dc.Agents[0].UIURL()
 
@@ -372,10 +375,14 @@ func TestBrowser(t *testing.T) {
 	b.screenshot("mesh-dark")
 	b.run("light", setColorScheme("light"))
 
+	checkCSP(b, "agent UI")
+
 	// A password reset (on the node, through its unix socket) ends the
 	// browser's session: the open page goes to the sign-in page by itself.
 	b.run("nodes", chromedp.Navigate(base+"#/nodes"), chromedp.WaitVisible(chromedp.CSS("tr.node-row")))
-	pw, err := api.NewClient(dc.Dirs[1]).ResetUIPassword(context.Background())
+	// On a node other than the one serving the page, and not the crashed
+	// one (victim is 1 or 2, whichever was not the leader).
+	pw, err := api.NewClient(dc.Dirs[3-victim]).ResetUIPassword(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}

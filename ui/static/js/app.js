@@ -10,6 +10,7 @@ const REFRESH_MS = 2000;
 const store = {
   nodes: null,        // GET v1/nodes
   status: null,       // GET v1/status (null where the server has none)
+  cloud: null,        // GET v1/cloud: the cloud link (null if unavailable)
   events: [],         // GET v1/events, oldest first
   eventsLoaded: false,
   error: null,        // last refresh error (shown as a banner)
@@ -32,10 +33,13 @@ async function refresh() {
   try {
     // v1/status is one node's own view; a server without one (the cloud
     // console's mirror) answers 404 and the pages do without it.
-    const [nodes, status] = await Promise.all([api('v1/nodes'),
-      api('v1/status').catch((e) => { if (e.status === 404 || e.status === 501) return null; throw e; })]);
+    // The cloud console answers from its mirror: no node of its own.
+    const [nodes, status, cloud] = await Promise.all([api('v1/nodes'),
+      config.mode === 'cloud' ? null : api('v1/status').catch((e) => { if (e.status === 404 || e.status === 501) return null; throw e; }),
+      api('v1/cloud').catch((e) => { if (e.status === 401) throw e; return null; })]);
     store.nodes = nodes;
     store.status = status;
+    store.cloud = cloud;
     store.error = null;
     store.updatedAt = Date.now();
   } catch (e) {
@@ -56,7 +60,10 @@ async function eventLoop() {
   for (;;) {
     try {
       const wait = store.eventsLoaded ? '&wait=30s' : '';
+      const asked = Date.now();
       const r = await api('v1/events?after=' + after + wait);
+      // A server that does not hold the poll must not be hammered.
+      if (wait && !r.events.length && Date.now() - asked < 1000) await new Promise((res) => setTimeout(res, 2000));
       after = r.last;
       if (r.events.length) {
         store.events = store.events.concat(r.events).slice(-1000);
@@ -142,12 +149,25 @@ async function start() {
   }
   setCSRF(session.csrf_token);
   document.getElementById('who').textContent = session.user + (config.node ? ' @ ' + config.node : '');
+  if (config.mode === 'cloud') cloudBrand();
   document.getElementById('signout').addEventListener('click', signOut);
   window.addEventListener('hashchange', route);
   document.addEventListener('visibilitychange', () => { if (!document.hidden) refresh(); });
   route();
   refresh();
   eventLoop();
+}
+
+// In the cloud console the brand names the cluster and leads back to the
+// list of clusters (the console's root, two levels above clusters/ID/).
+async function cloudBrand() {
+  const brand = document.querySelector('.brand');
+  brand.setAttribute('href', '../../');
+  brand.querySelector('span').textContent = 'RunOS cloud';
+  try {
+    const st = await api('v1/status');
+    brand.append(h('span', {class: 'cluster'}, st.name));
+  } catch (e) { /* the brand still leads back */ }
 }
 
 async function signOut() {

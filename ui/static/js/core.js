@@ -124,6 +124,14 @@ export function fmtSince(iso) {
   return fmtAgo((Date.now() - t) / 1000);
 }
 
+// fmtIn is "in 12 s" for a time ahead ("now" once it has passed).
+export function fmtIn(iso) {
+  const t = Date.parse(iso);
+  if (!t) return '';
+  const s = (t - Date.now()) / 1000;
+  return s < 1 ? 'now' : 'in ' + fmtAge(s);
+}
+
 export function fmtTime(iso) {
   const d = new Date(iso);
   if (isNaN(d)) return '';
@@ -216,19 +224,25 @@ const pages = [];
 //    navigation), mount(el, ctx) -> optional cleanup function}
 // ctx: {params, store, subscribe(fn), signal, navigate(hash)}. subscribe's fn
 // runs now and after every refresh of the live data, until the page is left.
+// page.modes (e.g. ['agent']) limits a page to some servers: the cloud
+// console's mirror cannot answer everything an agent can.
 export function registerPage(page) {
   const parts = page.route.split('/').filter(Boolean);
   pages.push(Object.assign({}, page, {parts}));
 }
 
+function inMode(p) {
+  return !p.modes || p.modes.includes(config.mode);
+}
+
 export function navPages() {
-  return pages.filter((p) => p.nav !== undefined).sort((a, b) => a.nav - b.nav);
+  return pages.filter((p) => p.nav !== undefined && inMode(p)).sort((a, b) => a.nav - b.nav);
 }
 
 export function matchRoute(hash) {
   const parts = hash.replace(/^#\/?/, '').split('/').filter(Boolean).map(decodeURIComponent);
   for (const p of pages) {
-    if (p.parts.length !== parts.length) continue;
+    if (p.parts.length !== parts.length || !inMode(p)) continue;
     const params = {};
     let ok = true;
     p.parts.forEach((seg, i) => {
@@ -238,6 +252,16 @@ export function matchRoute(hash) {
     if (ok) return {page: p, params};
   }
   return null;
+}
+
+// kv is a definition list of [label, value] pairs (falsy pairs skipped).
+export function kv(pairs) {
+  return h('dl', {class: 'kv'}, pairs.filter(Boolean).map(([k, v]) => [h('dt', {}, k), h('dd', {}, v)]));
+}
+
+// statusBadge shows a workload or link state with the health colours.
+export function statusBadge(status, cls) {
+  return h('span', {class: 'badge ' + (cls || status), 'data-status': status}, status.replace(/_/g, ' '));
 }
 
 export function link(route, ...children) {

@@ -1,5 +1,6 @@
 import {registerPage, h, link, badge, errorBox} from '../core.js';
 import {eventLine, isBadEvent} from './events.js';
+import {cloudTile} from './cloud.js';
 
 function tile(title, value, sub, cls) {
   return h('div', {class: 'tile' + (cls ? ' ' + cls : '')},
@@ -40,7 +41,7 @@ registerPage({
           (nonvoters ? ' · ' + nonvoters + ' non-voter' + (nonvoters === 1 ? '' : 's') : '')),
         status ? tile('This node', link('nodes/' + encodeURIComponent(status.name), status.name),
           status.mesh_ip + ' · ' + status.raft.state + ' · ' + status.version) : null,
-        tile('Cloud link', h('span', {class: 'muted-value'}, 'not connected'), 'the cluster runs fully on its own', 'cloud'));
+        tile('Cloud link', ...cloudTile(st.cloud)));
 
       const alerts = [];
       for (const n of nodes) {

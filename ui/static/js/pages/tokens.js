@@ -1,4 +1,17 @@
-import {registerPage, h, api, copyButton, fmtTime, errorBox} from '../core.js';
+import {registerPage, h, api, copyButton, fmtTime, errorBox, config} from '../core.js';
+
+// viaCloud waits for a cloud command's result: in the cloud console a write
+// becomes a command (202 with its record) the cluster applies once when it
+// is connected.
+async function viaCloud(rec, signal, onWait) {
+  for (;;) {
+    if (rec.state === 'done') return rec.result.data;
+    if (rec.state === 'failed') throw new Error('the cluster refused the command: ' + rec.result.error);
+    onWait(rec);
+    await new Promise((res) => setTimeout(res, 1000));
+    rec = await api('v1/commands/' + encodeURIComponent(rec.id), {signal});
+  }
+}
 
 registerPage({
   route: 'tokens',
@@ -18,7 +31,11 @@ registerPage({
       submit.disabled = true;
       out.replaceChildren(h('p', {class: 'muted'}, 'Creating…'));
       try {
-        const tok = await api('v1/tokens', {method: 'POST', body: {ttl: ttl.value, uses: Number(uses.value)}, signal: ctx.signal});
+        let tok = await api('v1/tokens', {method: 'POST', body: {ttl: ttl.value, uses: Number(uses.value)}, signal: ctx.signal});
+        if (config.mode === 'cloud' && tok.kind) {
+          tok = await viaCloud(tok, ctx.signal, (rec) => out.replaceChildren(h('p', {class: 'muted', id: 'token-waiting'},
+            'Sent to the cluster as command ', h('code', {}, rec.id), '; waiting for it to apply it (it runs when the cluster is connected)…')));
+        }
         const cmd = h('pre', {class: 'command', id: 'join-command'}, tok.join_command);
         out.replaceChildren(h('div', {class: 'card wide result'},
           h('h2', {}, 'Join command'),
@@ -35,6 +52,7 @@ registerPage({
     el.append(h('h1', {}, 'Join tokens'),
       h('div', {class: 'card wide'},
         h('p', {}, 'A join token lets a new machine join this cluster through any member, without the cloud. It is one-time and expiring by default.'),
+        config.mode === 'cloud' ? h('p', {class: 'muted small'}, 'From the cloud console the token is made by the cluster itself, through a cloud command.') : null,
         form),
       out);
   },

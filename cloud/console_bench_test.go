@@ -1,0 +1,60 @@
+package cloud
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+)
+
+// BenchmarkConsoleRead is a mirror read (GET /clusters/a/v1/status) straight
+// from the console API and through the console's sign-in (session cookie
+// checked against the credential in bbolt, revocations read per request).
+func BenchmarkConsoleRead(b *testing.B) {
+	s, err := New(Config{DataDir: b.TempDir(), Listen: "127.0.0.1:0"}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := s.Start(context.Background()); err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	if _, err := s.CreateToken("a", time.Hour); err != nil {
+		b.Fatal(err)
+	}
+	console, err := s.consoleHandler()
+	if err != nil {
+		b.Fatal(err)
+	}
+	pw, err := s.ResetConsolePassword()
+	if err != nil {
+		b.Fatal(err)
+	}
+	req := httptest.NewRequest("POST", "/ui/login", strings.NewReader(`{"username":"admin","password":"`+pw+`"}`))
+	req.Header.Set("Content-Type", "application/json")
+	rec := httptest.NewRecorder()
+	console.ServeHTTP(rec, req)
+	if rec.Code != 200 {
+		b.Fatalf("sign-in: %d %s", rec.Code, rec.Body)
+	}
+	cookie := rec.Result().Cookies()[0]
+	run := func(b *testing.B, h http.Handler, withCookie bool) {
+		for b.Loop() {
+			r := httptest.NewRequest("GET", "/clusters/a/v1/status", nil)
+			if withCookie {
+				r.AddCookie(cookie)
+			}
+			w := httptest.NewRecorder()
+			h.ServeHTTP(w, r)
+			if w.Code != 200 {
+				b.Fatalf("%d %s", w.Code, w.Body)
+			}
+		}
+	}
+	b.Run("direct", func(b *testing.B) { run(b, s.apiHandler(), false) })
+	b.Run("through-console", func(b *testing.B) { run(b, console, true) })
+}
