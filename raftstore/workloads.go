@@ -225,7 +225,7 @@ func (s *State) applyWorkload(cmd *Command, res *Result) error {
 		if r == nil || r.OSID == "" || r.Service == "" || r.Tier == "" || r.Credentials == "" {
 			return ErrMalformedCmd
 		}
-		if w.exists(r.OSID) {
+		if w.Exists(r.OSID) {
 			return fmt.Errorf("%s: %w", r.OSID, ErrWorkloadExists)
 		}
 		n := r.clone()
@@ -255,7 +255,7 @@ func (s *State) applyWorkload(cmd *Command, res *Result) error {
 		if r == nil || r.OSID == "" || r.Name == "" || r.Image == "" {
 			return ErrMalformedCmd
 		}
-		if w.exists(r.OSID) {
+		if w.Exists(r.OSID) {
 			return fmt.Errorf("%s: %w", r.OSID, ErrWorkloadExists)
 		}
 		for _, a := range w.Apps {
@@ -377,8 +377,9 @@ func purgeRecord[R any](s *State, cmd *Command, res *Result, m map[string]R, des
 	return true, nil
 }
 
-// exists reports whether any service or app holds osid.
-func (w *Workloads) exists(osid string) bool {
+// Exists reports whether any service or app holds osid (the two share one
+// namespace on Kubernetes, so one OSID names at most one of them).
+func (w *Workloads) Exists(osid string) bool {
 	_, s := w.Services[osid]
 	_, a := w.Apps[osid]
 	return s || a
