@@ -537,6 +537,16 @@ func (e badRequest) Unwrap() error        { return e.error }
 
 func invalid(err error) error { return badRequest{err} }
 
+// conflictErr marks a request that clashes with what exists (HTTP 409)
+// without changing its message.
+type conflictErr struct{ error }
+
+func (e conflictErr) Unwrap() error { return e.error }
+
+var errConflict = errors.New("conflict")
+
+func (e conflictErr) Is(target error) bool { return target == errConflict }
+
 func decodeBody(w http.ResponseWriter, r *http.Request, v any, limit int64) bool {
 	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, limit)).Decode(v); err != nil {
 		httpError(w, http.StatusBadRequest, fmt.Errorf("malformed request: %w", err))
@@ -560,7 +570,7 @@ func workloadStatusFor(err error) int {
 	switch {
 	case errors.Is(err, raftstore.ErrNoSuchWorkload):
 		return http.StatusNotFound
-	case errors.Is(err, raftstore.ErrWorkloadExists), errors.Is(err, raftstore.ErrWorkloadInUse):
+	case errors.Is(err, raftstore.ErrWorkloadExists), errors.Is(err, raftstore.ErrWorkloadInUse), errors.Is(err, errConflict):
 		return http.StatusConflict
 	}
 	return statusFor(err)
@@ -785,6 +795,14 @@ func (a *Agent) DeployApp(ctx context.Context, req api.AppRequest) (*api.App, er
 		return nil, invalid(errors.New("an app needs a name and an image"))
 	}
 	st, _ := a.store.State()
+	// Apply refuses a second present app of one name too, but its error
+	// cannot say 409 through the Raft result; checking here first gives
+	// the user a conflict, not a server error, in all but a race.
+	for _, o := range st.Workloads.Apps {
+		if o.Name == req.Name && o.Desired == raftstore.DesiredPresent {
+			return nil, conflictErr{fmt.Errorf("app %s (%s): already exists", req.Name, o.OSID)}
+		}
+	}
 	osid, err := newOSID(rand.Reader, st, req.Name)
 	if err != nil {
 		return nil, err
