@@ -232,32 +232,29 @@ func (w *workloads) reconcile(ctx context.Context) {
 		default:
 		}
 		// The latest record: the status to compare with may have changed.
-		if cur, ok := currentItem(st.Workloads, it); ok {
-			it.cur, it.gen, it.desired = cur.Status, cur.Generation, cur.Desired
-		} else {
+		it, ok := refreshed(st.Workloads, it)
+		if !ok {
 			continue
 		}
 		w.reconcileOne(ctx, exec, &down, true, it)
 	}
 }
 
-type recordView struct {
-	Status     raftstore.Observed
-	Generation int64
-	Desired    string
-}
-
-func currentItem(wl raftstore.Workloads, it item) (recordView, bool) {
+// refreshed is it with the status, generation and desired state its record
+// has in wl; false when the record is gone (purged meanwhile).
+func refreshed(wl raftstore.Workloads, it item) (item, bool) {
 	if it.isApp {
-		if r, ok := wl.Apps[it.osid]; ok {
-			return recordView{r.Status, r.Generation, r.Desired}, true
+		r, ok := wl.Apps[it.osid]
+		if ok {
+			it.cur, it.gen, it.desired = r.Status, r.Generation, r.Desired
 		}
-		return recordView{}, false
+		return it, ok
 	}
-	if r, ok := wl.Services[it.osid]; ok {
-		return recordView{r.Status, r.Generation, r.Desired}, true
+	r, ok := wl.Services[it.osid]
+	if ok {
+		it.cur, it.gen, it.desired = r.Status, r.Generation, r.Desired
 	}
-	return recordView{}, false
+	return it, ok
 }
 
 // reconcileOne applies (or deletes) one item when it needs it; with poll

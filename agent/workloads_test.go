@@ -601,3 +601,19 @@ func must[T any](v T, err error) T {
 	}
 	return v
 }
+
+// The local API reports raftstore's phases unchanged (serviceView copies
+// them), so the names the API documents must be the stored ones.
+func TestWorkloadStatusNamesMatchAPI(t *testing.T) {
+	for name, phase := range map[string]string{
+		api.StatusPending:  raftstore.PhasePending,
+		api.StatusApplying: raftstore.PhaseApplying,
+		api.StatusReady:    raftstore.PhaseReady,
+		api.StatusFailed:   raftstore.PhaseFailed,
+		api.StatusDeleting: raftstore.PhaseDeleting,
+	} {
+		if name != phase {
+			t.Errorf("api status %q != raftstore phase %q", name, phase)
+		}
+	}
+}
