@@ -398,8 +398,9 @@ func (r *rc) deployment(name, component string, replicas int, spec corev1.PodSpe
 	return dep
 }
 
-// pdb keeps a majority (or all but one) of a component's pods up during
-// voluntary disruptions; rendered at ha tiers only.
+// pdb lets voluntary disruptions (drains) take at most one pod of a
+// component at a time, so a quorum system of 3 or more keeps its majority;
+// rendered at ha tiers with 2 or more replicas only.
 func (r *rc) pdb(component string, replicas int) {
 	if !r.ha() || replicas < 2 {
 		return
