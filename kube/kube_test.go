@@ -101,6 +101,10 @@ func TestExecutorAgainstRealAPIServer(t *testing.T) {
 	if _, err := e.Apply(ctx, []*unstructured.Unstructured{crd}, kube.ApplyOptions{}); err == nil || !strings.Contains(err.Error(), "does not serve") {
 		t.Errorf("unknown kind: %v", err)
 	}
+	typo := obj("apps/v1", "Deploymnet", "t-abcde", "m", nil)
+	if _, err := e.Apply(ctx, []*unstructured.Unstructured{typo}, kube.ApplyOptions{}); err == nil || !strings.Contains(err.Error(), "serves apps/v1 but no kind Deploymnet") {
+		t.Errorf("unknown kind in a served group version: %v", err)
+	}
 
 	// Deleting the namespace removes everything (the namespace controller
 	// of kube-controller-manager finalizes it).
