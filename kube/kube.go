@@ -276,9 +276,9 @@ func workloadStatus(u *unstructured.Unstructured) (ready, total int, conds []str
 // until it reports true.
 func (e *Executor) DeleteNamespace(ctx context.Context, name string) (gone bool, err error) {
 	nsRes := e.dyn.Resource(schema.GroupVersionResource{Version: "v1", Resource: "namespaces"})
-	// Background propagation: foreground would add a finalizer only the
-	// garbage collector removes; the namespace controller deletes the
-	// contents either way.
+	// No propagation policy on purpose: foreground would add a finalizer
+	// only the garbage collector removes, and the namespace controller
+	// deletes the contents either way.
 	err = nsRes.Delete(ctx, name, metav1.DeleteOptions{})
 	if apierrors.IsNotFound(err) {
 		return true, nil
