@@ -36,8 +36,13 @@ import (
 // (and retries) without being woken.
 const defaultWorkloadInterval = 10 * time.Second
 
-// workloads is the reconciler's memory. Only its loop goroutine touches the
-// fields below mu except lastErr.
+// workloads is the reconciler's memory.
+//
+// Lock rules: a and interval are set before the loop starts. The fields
+// from exec to lastPoll belong to the loop goroutine alone (the closer
+// that closes exec runs after Agent.Close has waited for the loop), so
+// they need no lock. lastErr is also read by the local API (Agent.Kube),
+// hence mu. afterApply is atomic because tests set it while the loop runs.
 type workloads struct {
 	a        *Agent
 	interval time.Duration
@@ -227,32 +232,29 @@ func (w *workloads) reconcile(ctx context.Context) {
 		default:
 		}
 		// The latest record: the status to compare with may have changed.
-		if cur, ok := currentItem(st.Workloads, it); ok {
-			it.cur, it.gen, it.desired = cur.Status, cur.Generation, cur.Desired
-		} else {
+		it, ok := refreshed(st.Workloads, it)
+		if !ok {
 			continue
 		}
 		w.reconcileOne(ctx, exec, &down, true, it)
 	}
 }
 
-type recordView struct {
-	Status     raftstore.Observed
-	Generation int64
-	Desired    string
-}
-
-func currentItem(wl raftstore.Workloads, it item) (recordView, bool) {
+// refreshed is it with the status, generation and desired state its record
+// has in wl; false when the record is gone (purged meanwhile).
+func refreshed(wl raftstore.Workloads, it item) (item, bool) {
 	if it.isApp {
-		if r, ok := wl.Apps[it.osid]; ok {
-			return recordView{r.Status, r.Generation, r.Desired}, true
+		r, ok := wl.Apps[it.osid]
+		if ok {
+			it.cur, it.gen, it.desired = r.Status, r.Generation, r.Desired
 		}
-		return recordView{}, false
+		return it, ok
 	}
-	if r, ok := wl.Services[it.osid]; ok {
-		return recordView{r.Status, r.Generation, r.Desired}, true
+	r, ok := wl.Services[it.osid]
+	if ok {
+		it.cur, it.gen, it.desired = r.Status, r.Generation, r.Desired
 	}
-	return recordView{}, false
+	return it, ok
 }
 
 // reconcileOne applies (or deletes) one item when it needs it; with poll
@@ -355,7 +357,7 @@ func (w *workloads) purge(ctx context.Context, it item) {
 	if it.isApp {
 		op = raftstore.OpWorkloadAppPurge
 	}
-	if _, err := w.propose(ctx, op, &raftstore.WorkloadCmd{OSID: it.osid}); err != nil && ctx.Err() == nil {
+	if err := w.propose(ctx, op, &raftstore.WorkloadCmd{OSID: it.osid}); err != nil && ctx.Err() == nil {
 		w.a.log.Warn("purge", "osid", it.osid, "err", err)
 	}
 	delete(w.applied, it.osid)
@@ -405,27 +407,18 @@ func (w *workloads) succeeded(osid string) {
 
 // writeStatus proposes obs unless it is what the state holds already.
 func (w *workloads) writeStatus(ctx context.Context, osid string, cur, obs raftstore.Observed) {
-	if sameObserved(cur, obs) {
+	if cur.Same(obs) {
 		return
 	}
-	if _, err := w.propose(ctx, raftstore.OpWorkloadStatus, &raftstore.WorkloadCmd{OSID: osid, Status: &obs}); err != nil && ctx.Err() == nil {
+	if err := w.propose(ctx, raftstore.OpWorkloadStatus, &raftstore.WorkloadCmd{OSID: osid, Status: &obs}); err != nil && ctx.Err() == nil {
 		w.a.log.Warn("status write", "osid", osid, "err", err)
 	}
 }
 
-func sameObserved(a, b raftstore.Observed) bool {
-	return a.Phase == b.Phase && a.Reason == b.Reason && a.Ready == b.Ready && a.Total == b.Total &&
-		a.Generation == b.Generation && slices.Equal(a.Conditions, b.Conditions)
-}
-
-func (w *workloads) propose(ctx context.Context, op string, c *raftstore.WorkloadCmd) (*raftstore.Result, error) {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	res, err := w.a.store.Apply(ctx, &raftstore.Command{Op: op, Workload: c})
-	if err != nil {
-		return nil, err
-	}
-	return res, res.Error()
+// propose commits a reconciler write. Its timeout is shorter than the
+// local API's so one slow commit does not hold up a whole pass.
+func (w *workloads) propose(ctx context.Context, op string, c *raftstore.WorkloadCmd) error {
+	return applyWorkloadCmd(ctx, w.a.store, 10*time.Second, &raftstore.Command{Op: op, Workload: c})
 }
 
 // instance opens a record's credentials into a templates.Instance.
@@ -541,6 +534,16 @@ func (e badRequest) Unwrap() error        { return e.error }
 
 func invalid(err error) error { return badRequest{err} }
 
+// conflictErr marks a request that clashes with what exists (HTTP 409)
+// without changing its message.
+type conflictErr struct{ error }
+
+func (e conflictErr) Unwrap() error { return e.error }
+
+var errConflict = errors.New("conflict")
+
+func (e conflictErr) Is(target error) bool { return target == errConflict }
+
 func decodeBody(w http.ResponseWriter, r *http.Request, v any, limit int64) bool {
 	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, limit)).Decode(v); err != nil {
 		httpError(w, http.StatusBadRequest, fmt.Errorf("malformed request: %w", err))
@@ -564,7 +567,7 @@ func workloadStatusFor(err error) int {
 	switch {
 	case errors.Is(err, raftstore.ErrNoSuchWorkload):
 		return http.StatusNotFound
-	case errors.Is(err, raftstore.ErrWorkloadExists), errors.Is(err, raftstore.ErrWorkloadInUse):
+	case errors.Is(err, raftstore.ErrWorkloadExists), errors.Is(err, raftstore.ErrWorkloadInUse), errors.Is(err, errConflict):
 		return http.StatusConflict
 	}
 	return statusFor(err)
@@ -596,20 +599,28 @@ func (a *Agent) SetKube(ctx context.Context, kubeconfig []byte) (*api.Kube, erro
 	if err != nil {
 		return nil, err
 	}
-	if _, err := a.proposeWorkload(ctx, raftstore.OpWorkloadKubeSet, &raftstore.WorkloadCmd{Kube: &raftstore.KubeTarget{Kubeconfig: sealed, Server: rc.Host}}); err != nil {
+	if err := a.proposeWorkload(ctx, &raftstore.Command{Op: raftstore.OpWorkloadKubeSet, Workload: &raftstore.WorkloadCmd{Kube: &raftstore.KubeTarget{Kubeconfig: sealed, Server: rc.Host}}}); err != nil {
 		return nil, err
 	}
 	return &api.Kube{Configured: true, Server: rc.Host, SetAt: time.Now().UTC()}, nil
 }
 
-func (a *Agent) proposeWorkload(ctx context.Context, op string, c *raftstore.WorkloadCmd) (*raftstore.Result, error) {
-	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+// proposeWorkload commits a user's request. On success cmd.Time is the
+// time Apply saw, so the caller can show the record as stored.
+func (a *Agent) proposeWorkload(ctx context.Context, cmd *raftstore.Command) error {
+	return applyWorkloadCmd(ctx, a.store, 15*time.Second, cmd)
+}
+
+// applyWorkloadCmd commits cmd within timeout; a command the state machine
+// refused comes back as its error.
+func applyWorkloadCmd(ctx context.Context, store *raftstore.Store, timeout time.Duration, cmd *raftstore.Command) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	res, err := a.store.Apply(ctx, &raftstore.Command{Op: op, Workload: c})
+	res, err := store.Apply(ctx, cmd)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	return res, res.Error()
+	return res.Error()
 }
 
 // Catalog lists the deployable services.
@@ -618,11 +629,13 @@ func Catalog() []api.CatalogService {
 	for _, s := range templates.Catalog() {
 		c := api.CatalogService{Name: s.Name, Title: s.Title, Kind: s.Kind, Version: s.Version, Description: s.Description,
 			Provides: s.Provides, Env: s.Env, Tiers: []api.CatalogTier{}, Settings: []api.CatalogSetting{}}
+		// Same fields as the templates types (a conversion keeps them in
+		// step); api stays free of the templates package's k8s imports.
 		for _, t := range s.Tiers {
-			c.Tiers = append(c.Tiers, api.CatalogTier{Name: t.Name, Replicas: t.Replicas, HA: t.HA, Note: t.Note})
+			c.Tiers = append(c.Tiers, api.CatalogTier(t))
 		}
 		for _, x := range s.Settings {
-			c.Settings = append(c.Settings, api.CatalogSetting{Key: x.Key, Default: x.Default, Description: x.Description})
+			c.Settings = append(c.Settings, api.CatalogSetting(x))
 		}
 		out = append(out, c)
 	}
@@ -636,9 +649,7 @@ func newOSID(rnd io.Reader, st *raftstore.State, name string) (string, error) {
 		if err != nil {
 			return "", invalid(err)
 		}
-		_, s := st.Workloads.Services[id]
-		_, p := st.Workloads.Apps[id]
-		if !s && !p {
+		if !st.Workloads.Exists(id) {
 			return id, nil
 		}
 	}
@@ -684,20 +695,11 @@ func (a *Agent) DeployService(ctx context.Context, req api.ServiceRequest) (*api
 	}
 	rec := &raftstore.ServiceRecord{OSID: osid, Service: inst.Service, Tier: inst.Tier, Set: inst.Set, Credentials: sealed}
 	cmd := &raftstore.Command{Op: raftstore.OpWorkloadServiceCreate, Workload: &raftstore.WorkloadCmd{Service: rec}}
-	actx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	defer cancel()
-	res, err := a.store.Apply(actx, cmd)
-	if err == nil {
-		err = res.Error()
-	}
-	if err != nil {
+	if err := a.proposeWorkload(ctx, cmd); err != nil {
 		return nil, err
 	}
 	rec.Desired, rec.Generation, rec.CreatedAt = raftstore.DesiredPresent, 1, cmd.Time
-	rec.Status = raftstore.Observed{Phase: raftstore.PhasePending, Reason: "waiting for the reconciler", UpdatedAt: cmd.Time}
-	if st.Workloads.Kube == nil {
-		rec.Status.Reason = "no Kubernetes cluster set (runos-agent kube set --kubeconfig FILE)"
-	}
+	rec.Status = raftstore.NewServiceStatus(cmd.Time, st.Workloads.Kube != nil)
 	return serviceView(rec, nil), nil
 }
 
@@ -780,8 +782,7 @@ func (a *Agent) DeleteWorkload(ctx context.Context, osid string, app bool) error
 	} else if _, ok := st.Workloads.Services[osid]; !ok {
 		return fmt.Errorf("service %s: %w", osid, raftstore.ErrNoSuchWorkload)
 	}
-	_, err := a.proposeWorkload(ctx, op, &raftstore.WorkloadCmd{OSID: osid})
-	return err
+	return a.proposeWorkload(ctx, &raftstore.Command{Op: op, Workload: &raftstore.WorkloadCmd{OSID: osid}})
 }
 
 // DeployApp validates an app (its --use instances must exist and provide
@@ -791,6 +792,14 @@ func (a *Agent) DeployApp(ctx context.Context, req api.AppRequest) (*api.App, er
 		return nil, invalid(errors.New("an app needs a name and an image"))
 	}
 	st, _ := a.store.State()
+	// Apply refuses a second present app of one name too, but its error
+	// cannot say 409 through the Raft result; checking here first gives
+	// the user a conflict, not a server error, in all but a race.
+	for _, o := range st.Workloads.Apps {
+		if o.Name == req.Name && o.Desired == raftstore.DesiredPresent {
+			return nil, conflictErr{fmt.Errorf("app %s (%s): already exists", req.Name, o.OSID)}
+		}
+	}
 	osid, err := newOSID(rand.Reader, st, req.Name)
 	if err != nil {
 		return nil, err
@@ -806,17 +815,11 @@ func (a *Agent) DeployApp(ctx context.Context, req api.AppRequest) (*api.App, er
 	}
 	rec := &raftstore.AppRecord{OSID: osid, Name: req.Name, Image: req.Image, Port: req.Port, Env: maps.Clone(req.Env), Uses: uses}
 	cmd := &raftstore.Command{Op: raftstore.OpWorkloadAppCreate, Workload: &raftstore.WorkloadCmd{App: rec}}
-	actx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	defer cancel()
-	res, err := a.store.Apply(actx, cmd)
-	if err == nil {
-		err = res.Error()
-	}
-	if err != nil {
+	if err := a.proposeWorkload(ctx, cmd); err != nil {
 		return nil, err
 	}
 	rec.Desired, rec.Generation, rec.CreatedAt = raftstore.DesiredPresent, 1, cmd.Time
-	rec.Status = raftstore.Observed{Phase: raftstore.PhasePending, Reason: "waiting for the reconciler", UpdatedAt: cmd.Time}
+	rec.Status = raftstore.NewAppStatus(cmd.Time)
 	v := appView(rec)
 	v.InjectedEnv = injectedEnv(objs, req.Env)
 	return v, nil

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"slices"
 	"sort"
 	"strings"
@@ -234,6 +235,11 @@ func TestServicesDeployUseDelete(t *testing.T) {
 	}
 	if !slices.Contains(app.InjectedEnv, "DATABASE_URL") || !slices.Contains(app.InjectedEnv, "REDIS_URL") || slices.Contains(app.InjectedEnv, "MODE") {
 		t.Errorf("injected env = %v", app.InjectedEnv)
+	}
+	// A second app of the same name is a conflict (409), not a server error.
+	if _, err := e.c.agents[0].DeployApp(ctx, api.AppRequest{Name: "web", Image: "nginx:1.27"}); err == nil ||
+		workloadStatusFor(err) != http.StatusConflict || !strings.Contains(err.Error(), app.OSID) {
+		t.Errorf("second app named web: %v (HTTP %d)", err, workloadStatusFor(err))
 	}
 	eventually(t, "app applied", func() error {
 		a, err := cl.AppInfo(ctx, app.OSID)
@@ -594,4 +600,20 @@ func must[T any](v T, err error) T {
 		panic(err)
 	}
 	return v
+}
+
+// The local API reports raftstore's phases unchanged (serviceView copies
+// them), so the names the API documents must be the stored ones.
+func TestWorkloadStatusNamesMatchAPI(t *testing.T) {
+	for name, phase := range map[string]string{
+		api.StatusPending:  raftstore.PhasePending,
+		api.StatusApplying: raftstore.PhaseApplying,
+		api.StatusReady:    raftstore.PhaseReady,
+		api.StatusFailed:   raftstore.PhaseFailed,
+		api.StatusDeleting: raftstore.PhaseDeleting,
+	} {
+		if name != phase {
+			t.Errorf("api status %q != raftstore phase %q", name, phase)
+		}
+	}
 }

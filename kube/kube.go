@@ -85,7 +85,14 @@ func New(cfg Config, log *slog.Logger) (*Executor, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kubeconfig: %w", err)
 	}
-	e := &Executor{log: log, host: rc.Host, dyn: dyn, hc: hc, mapper: newMapper(hc, rc.Host)}
+	// A kubeconfig may name the server as host:port; client-go adds the
+	// scheme itself, but Ping and the mapper build URLs from the host.
+	base, _, err := rest.DefaultServerUrlFor(rc)
+	if err != nil {
+		return nil, fmt.Errorf("kubeconfig: server: %w", err)
+	}
+	host := strings.TrimSuffix(base.String(), "/")
+	e := &Executor{log: log, host: host, dyn: dyn, hc: hc, mapper: newMapper(hc, host)}
 	if t, ok := hc.Transport.(interface{ CloseIdleConnections() }); ok {
 		e.http = t
 	}
@@ -269,9 +276,9 @@ func workloadStatus(u *unstructured.Unstructured) (ready, total int, conds []str
 // until it reports true.
 func (e *Executor) DeleteNamespace(ctx context.Context, name string) (gone bool, err error) {
 	nsRes := e.dyn.Resource(schema.GroupVersionResource{Version: "v1", Resource: "namespaces"})
-	// Background propagation: foreground would add a finalizer only the
-	// garbage collector removes; the namespace controller deletes the
-	// contents either way.
+	// No propagation policy on purpose: foreground would add a finalizer
+	// only the garbage collector removes, and the namespace controller
+	// deletes the contents either way.
 	err = nsRes.Delete(ctx, name, metav1.DeleteOptions{})
 	if apierrors.IsNotFound(err) {
 		return true, nil

@@ -4,7 +4,11 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -101,6 +105,10 @@ func TestExecutorAgainstRealAPIServer(t *testing.T) {
 	if _, err := e.Apply(ctx, []*unstructured.Unstructured{crd}, kube.ApplyOptions{}); err == nil || !strings.Contains(err.Error(), "does not serve") {
 		t.Errorf("unknown kind: %v", err)
 	}
+	typo := obj("apps/v1", "Deploymnet", "t-abcde", "m", nil)
+	if _, err := e.Apply(ctx, []*unstructured.Unstructured{typo}, kube.ApplyOptions{}); err == nil || !strings.Contains(err.Error(), "serves apps/v1 but no kind Deploymnet") {
+		t.Errorf("unknown kind in a served group version: %v", err)
+	}
 
 	// Deleting the namespace removes everything (the namespace controller
 	// of kube-controller-manager finalizes it).
@@ -146,5 +154,52 @@ func TestBadKubeconfig(t *testing.T) {
 		if _, err := kube.New(kube.Config{Kubeconfig: []byte(kc)}, logger()); err == nil {
 			t.Errorf("%q accepted", kc)
 		}
+	}
+}
+
+// A kubeconfig may name its server as host:port. client-go then speaks
+// plain HTTP to it (and sends no credentials); Ping and kind lookups must
+// reach the same URL rather than fail to build one. The server here is a
+// plain HTTP listener on 127.0.0.1, since kube-apiserver only serves TLS.
+func TestServerWithoutScheme(t *testing.T) {
+	var paths []string
+	var mu sync.Mutex
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		paths = append(paths, r.URL.Path)
+		mu.Unlock()
+		switch r.URL.Path {
+		case "/version":
+			io.WriteString(w, `{"major":"1","minor":"34"}`)
+		case "/api/v1":
+			io.WriteString(w, `{"kind":"APIResourceList","groupVersion":"v1","resources":[{"name":"namespaces","namespaced":false,"kind":"Namespace","verbs":["get"]}]}`)
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	hostPort := strings.TrimPrefix(srv.URL, "http://")
+	kc := "apiVersion: v1\nkind: Config\nclusters:\n- name: k\n  cluster:\n    server: " + hostPort +
+		"\nusers:\n- name: u\n  user: {}\ncontexts:\n- name: k\n  context:\n    cluster: k\n    user: u\ncurrent-context: k\n"
+	e, err := kube.New(kube.Config{Kubeconfig: []byte(kc)}, logger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	if e.Host() != srv.URL {
+		t.Errorf("Host() = %q, want %q", e.Host(), srv.URL)
+	}
+	ctx := kubetest.Context(t, 30*time.Second)
+	if err := e.Ping(ctx); err != nil {
+		t.Errorf("ping: %v", err)
+	}
+	got, err := e.Get(ctx, obj("v1", "Namespace", "", "nope", nil))
+	if err != nil || got != nil {
+		t.Errorf("get of a missing namespace = %v, %v; want nil, nil", got, err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !slices.Equal(paths, []string{"/version", "/api/v1", "/api/v1/namespaces/nope"}) {
+		t.Errorf("requests = %v", paths)
 	}
 }

@@ -3,6 +3,7 @@ package kube
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -33,10 +34,19 @@ type mapping struct {
 	namespaced bool
 }
 
-// errNoMatch means the server does not serve the kind.
-type errNoMatch struct{ gvk schema.GroupVersionKind }
+// errNoMatch means the server does not serve the kind: either not its
+// group version at all (a CRD not installed) or not that kind within it (a
+// typo, or a kind removed in this Kubernetes version); the message says
+// which, since the fixes differ.
+type errNoMatch struct {
+	gvk      schema.GroupVersionKind
+	gvServed bool
+}
 
 func (e *errNoMatch) Error() string {
+	if e.gvServed {
+		return fmt.Sprintf("the cluster serves %s but no kind %s in it", e.gvk.GroupVersion(), e.gvk.Kind)
+	}
 	return fmt.Sprintf("the cluster does not serve %s", e.gvk.GroupVersion())
 }
 
@@ -57,8 +67,8 @@ func (m *mapper) lookup(ctx context.Context, gvk schema.GroupVersionKind) (mappi
 	}
 	list, err := m.get(ctx, path)
 	if err != nil {
-		if err == errNotServed {
-			return mapping{}, &errNoMatch{gvk}
+		if errors.Is(err, errNotServed) {
+			return mapping{}, &errNoMatch{gvk: gvk}
 		}
 		return mapping{}, err
 	}
@@ -73,12 +83,12 @@ func (m *mapper) lookup(ctx context.Context, gvk schema.GroupVersionKind) (mappi
 	}
 	mp, ok = m.cache[gvk]
 	if !ok {
-		return mapping{}, &errNoMatch{gvk}
+		return mapping{}, &errNoMatch{gvk: gvk, gvServed: true}
 	}
 	return mp, nil
 }
 
-var errNotServed = fmt.Errorf("not served")
+var errNotServed = errors.New("not served")
 
 func (m *mapper) get(ctx context.Context, path string) (*metav1.APIResourceList, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, m.host+path, nil)

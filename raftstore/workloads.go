@@ -98,8 +98,9 @@ type Observed struct {
 	UpdatedAt  time.Time `json:"updated_at"`
 }
 
-// same reports whether two observations differ only in their time.
-func (o Observed) same(p Observed) bool {
+// Same reports whether two observations differ at most in their time (so
+// writing one over the other changes nothing a user sees).
+func (o Observed) Same(p Observed) bool {
 	return o.Phase == p.Phase && o.Reason == p.Reason && o.Ready == p.Ready && o.Total == p.Total &&
 		o.Generation == p.Generation && slices.Equal(o.Conditions, p.Conditions)
 }
@@ -205,6 +206,7 @@ func (s *State) applyWorkload(cmd *Command, res *Result) error {
 	}
 	w := &s.Workloads
 	changed := true
+	var err error // set by cases that share a helper with the other kind
 	switch cmd.Op {
 	case OpWorkloadKubeSet:
 		if c.Kube == nil || c.Kube.Kubeconfig == "" {
@@ -223,15 +225,12 @@ func (s *State) applyWorkload(cmd *Command, res *Result) error {
 		if r == nil || r.OSID == "" || r.Service == "" || r.Tier == "" || r.Credentials == "" {
 			return ErrMalformedCmd
 		}
-		if w.exists(r.OSID) {
+		if w.Exists(r.OSID) {
 			return fmt.Errorf("%s: %w", r.OSID, ErrWorkloadExists)
 		}
 		n := r.clone()
 		n.Desired, n.Generation, n.CreatedAt = DesiredPresent, 1, cmd.Time
-		n.Status = Observed{Phase: PhasePending, Reason: "waiting for the reconciler", UpdatedAt: cmd.Time}
-		if w.Kube == nil {
-			n.Status.Reason = "no Kubernetes cluster set (runos-agent kube set --kubeconfig FILE)"
-		}
+		n.Status = NewServiceStatus(cmd.Time, w.Kube != nil)
 		if w.Services == nil {
 			w.Services = map[string]*ServiceRecord{}
 		}
@@ -246,33 +245,17 @@ func (s *State) applyWorkload(cmd *Command, res *Result) error {
 		if users := w.usersOf(c.OSID); len(users) > 0 {
 			return fmt.Errorf("%s: app %s uses it, delete that first: %w", c.OSID, users[0], ErrWorkloadInUse)
 		}
-		if r.Desired == DesiredDeleted {
-			changed = false
-			break
-		}
-		r.Desired = DesiredDeleted
-		r.Generation++
-		r.Status = Observed{Phase: PhaseDeleting, Ready: r.Status.Ready, Total: r.Status.Total, Generation: r.Status.Generation, UpdatedAt: cmd.Time}
-		s.record(res.Index, cmd.Time, Event{Kind: EventWorkloadStatus, Detail: c.OSID + " " + PhaseDeleting})
+		changed = s.markDeleted(cmd, res, c.OSID, &r.Desired, &r.Generation, &r.Status)
 
 	case OpWorkloadServicePurge:
-		r, ok := w.Services[c.OSID]
-		if !ok {
-			changed = false
-			break
-		}
-		if r.Desired != DesiredDeleted {
-			return fmt.Errorf("%s is not being deleted: %w", c.OSID, ErrMalformedCmd)
-		}
-		delete(w.Services, c.OSID)
-		s.record(res.Index, cmd.Time, Event{Kind: EventWorkloadStatus, Detail: c.OSID + " deleted"})
+		changed, err = purgeRecord(s, cmd, res, w.Services, func(r *ServiceRecord) string { return r.Desired })
 
 	case OpWorkloadAppCreate:
 		r := c.App
 		if r == nil || r.OSID == "" || r.Name == "" || r.Image == "" {
 			return ErrMalformedCmd
 		}
-		if w.exists(r.OSID) {
+		if w.Exists(r.OSID) {
 			return fmt.Errorf("%s: %w", r.OSID, ErrWorkloadExists)
 		}
 		for _, a := range w.Apps {
@@ -288,7 +271,7 @@ func (s *State) applyWorkload(cmd *Command, res *Result) error {
 		}
 		n := r.clone()
 		n.Desired, n.Generation, n.CreatedAt = DesiredPresent, 1, cmd.Time
-		n.Status = Observed{Phase: PhasePending, Reason: "waiting for the reconciler", UpdatedAt: cmd.Time}
+		n.Status = NewAppStatus(cmd.Time)
 		if w.Apps == nil {
 			w.Apps = map[string]*AppRecord{}
 		}
@@ -300,26 +283,10 @@ func (s *State) applyWorkload(cmd *Command, res *Result) error {
 		if !ok {
 			return fmt.Errorf("%s: %w", c.OSID, ErrNoSuchWorkload)
 		}
-		if r.Desired == DesiredDeleted {
-			changed = false
-			break
-		}
-		r.Desired = DesiredDeleted
-		r.Generation++
-		r.Status = Observed{Phase: PhaseDeleting, Ready: r.Status.Ready, Total: r.Status.Total, Generation: r.Status.Generation, UpdatedAt: cmd.Time}
-		s.record(res.Index, cmd.Time, Event{Kind: EventWorkloadStatus, Detail: c.OSID + " " + PhaseDeleting})
+		changed = s.markDeleted(cmd, res, c.OSID, &r.Desired, &r.Generation, &r.Status)
 
 	case OpWorkloadAppPurge:
-		r, ok := w.Apps[c.OSID]
-		if !ok {
-			changed = false
-			break
-		}
-		if r.Desired != DesiredDeleted {
-			return fmt.Errorf("%s is not being deleted: %w", c.OSID, ErrMalformedCmd)
-		}
-		delete(w.Apps, c.OSID)
-		s.record(res.Index, cmd.Time, Event{Kind: EventWorkloadStatus, Detail: c.OSID + " deleted"})
+		changed, err = purgeRecord(s, cmd, res, w.Apps, func(r *AppRecord) string { return r.Desired })
 
 	case OpWorkloadStatus:
 		if c.Status == nil || c.OSID == "" {
@@ -339,7 +306,7 @@ func (s *State) applyWorkload(cmd *Command, res *Result) error {
 		// Stale (made for an older desired generation, e.g. a leader
 		// that had not seen the delete) or identical: nothing changes,
 		// so a write repeated by a new leader is harmless.
-		if c.Status.Generation != gen || cur.same(*c.Status) {
+		if c.Status.Generation != gen || cur.Same(*c.Status) {
 			changed = false
 			break
 		}
@@ -353,13 +320,66 @@ func (s *State) applyWorkload(cmd *Command, res *Result) error {
 	default:
 		return ErrUnknownOp
 	}
+	if err != nil {
+		return err
+	}
 	b, _ := json.Marshal(WorkloadResult{Changed: changed})
 	res.Data = b
 	return nil
 }
 
-// exists reports whether any service or app holds osid.
-func (w *Workloads) exists(osid string) bool {
+// NewServiceStatus is the status of a service just created; the agent
+// shows it to the user before the command's result is read back, so it
+// must match what Apply stores.
+func NewServiceStatus(at time.Time, kubeSet bool) Observed {
+	o := NewAppStatus(at)
+	if !kubeSet {
+		o.Reason = "no Kubernetes cluster set (runos-agent kube set --kubeconfig FILE)"
+	}
+	return o
+}
+
+// NewAppStatus is the status of an app just created (see NewServiceStatus).
+func NewAppStatus(at time.Time) Observed {
+	return Observed{Phase: PhasePending, Reason: "waiting for the reconciler", UpdatedAt: at}
+}
+
+// markDeleted turns a workload's desired state to deleted, bumping its
+// generation so the reconciler's status writes for the old generation are
+// ignored. It keeps the replica counts and the observed generation (the
+// objects are still there until the namespace goes). It returns false when
+// the workload was already being deleted.
+func (s *State) markDeleted(cmd *Command, res *Result, osid string, desired *string, gen *int64, st *Observed) bool {
+	if *desired == DesiredDeleted {
+		return false
+	}
+	*desired = DesiredDeleted
+	*gen++
+	*st = Observed{Phase: PhaseDeleting, Ready: st.Ready, Total: st.Total, Generation: st.Generation, UpdatedAt: cmd.Time}
+	s.record(res.Index, cmd.Time, Event{Kind: EventWorkloadStatus, Detail: osid + " " + PhaseDeleting})
+	return true
+}
+
+// purgeRecord removes the record cmd.Workload.OSID from m once its
+// namespace is gone. Purging one that is not there is a no-op (a new
+// leader may purge again); purging one not being deleted is refused.
+func purgeRecord[R any](s *State, cmd *Command, res *Result, m map[string]R, desired func(R) string) (changed bool, err error) {
+	osid := cmd.Workload.OSID
+	r, ok := m[osid]
+	if !ok {
+		return false, nil
+	}
+	if desired(r) != DesiredDeleted {
+		return false, fmt.Errorf("%s is not being deleted: %w", osid, ErrMalformedCmd)
+	}
+	delete(m, osid)
+	s.record(res.Index, cmd.Time, Event{Kind: EventWorkloadStatus, Detail: osid + " deleted"})
+	return true, nil
+}
+
+// Exists reports whether any service or app holds osid (the two share one
+// namespace on Kubernetes, so one OSID names at most one of them).
+func (w *Workloads) Exists(osid string) bool {
 	_, s := w.Services[osid]
 	_, a := w.Apps[osid]
 	return s || a

@@ -87,9 +87,15 @@ func TestWorkloadCommands(t *testing.T) {
 	if changed(t, apply(wcmd("ad2", OpWorkloadAppDelete, &WorkloadCmd{OSID: "web-bbbbb"}))) {
 		t.Error("second app delete changed")
 	}
-	changed(t, apply(wcmd("ap", OpWorkloadAppPurge, &WorkloadCmd{OSID: "web-bbbbb"})))
+	if !changed(t, apply(wcmd("ap", OpWorkloadAppPurge, &WorkloadCmd{OSID: "web-bbbbb"}))) {
+		t.Error("app purge did not change")
+	}
 	if _, ok := s.Workloads.Apps["web-bbbbb"]; ok {
 		t.Error("app not purged")
+	}
+	// A new leader may purge again: a no-op, not an error.
+	if changed(t, apply(wcmd("ap2", OpWorkloadAppPurge, &WorkloadCmd{OSID: "web-bbbbb"}))) {
+		t.Error("second app purge changed")
 	}
 
 	if !changed(t, apply(wcmd("d1", OpWorkloadServiceDelete, &WorkloadCmd{OSID: "postgres-aaaaa"}))) {
@@ -99,11 +105,18 @@ func TestWorkloadCommands(t *testing.T) {
 	if r.Desired != DesiredDeleted || r.Generation != 2 || r.Status.Phase != PhaseDeleting {
 		t.Errorf("deleted record = %+v", r)
 	}
+	// The objects stay until the namespace goes: the counts and the
+	// generation they were observed for are kept.
+	if r.Status.Ready != 0 || r.Status.Total != 1 || r.Status.Generation != 1 {
+		t.Errorf("deleting status = %+v, want the last counts kept", r.Status)
+	}
 	// A status made before the delete was seen is stale now.
 	if changed(t, apply(wcmd("s4", OpWorkloadStatus, &WorkloadCmd{OSID: "postgres-aaaaa", Status: &Observed{Phase: PhaseReady, Generation: 1}}))) {
 		t.Error("status for the old generation changed a deleting record")
 	}
-	changed(t, apply(wcmd("p1", OpWorkloadServicePurge, &WorkloadCmd{OSID: "postgres-aaaaa"})))
+	if !changed(t, apply(wcmd("p1", OpWorkloadServicePurge, &WorkloadCmd{OSID: "postgres-aaaaa"}))) {
+		t.Error("service purge did not change")
+	}
 	if len(s.Workloads.Services) != 0 {
 		t.Error("service not purged")
 	}
@@ -128,6 +141,7 @@ func TestWorkloadRejections(t *testing.T) {
 		{"app uses missing", wcmd("x5", OpWorkloadAppCreate, &WorkloadCmd{App: &AppRecord{OSID: "w-ccccc", Name: "w", Image: "x", Uses: []string{"redis-zzzzz"}}}), ErrNoSuchWorkload},
 		{"app osid taken by service", wcmd("x6", OpWorkloadAppCreate, &WorkloadCmd{App: &AppRecord{OSID: "postgres-aaaaa", Name: "w", Image: "x"}}), ErrWorkloadExists},
 		{"purge present", wcmd("x7", OpWorkloadServicePurge, &WorkloadCmd{OSID: "postgres-aaaaa"}), ErrMalformedCmd},
+		{"app delete unknown", wcmd("x10", OpWorkloadAppDelete, &WorkloadCmd{OSID: "nope-aaaaa"}), ErrNoSuchWorkload},
 		{"kube without config", wcmd("x8", OpWorkloadKubeSet, &WorkloadCmd{Kube: &KubeTarget{}}), ErrMalformedCmd},
 		{"unknown op", wcmd("x9", "workload_magic", &WorkloadCmd{}), ErrUnknownOp},
 	}

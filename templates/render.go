@@ -137,6 +137,15 @@ func Connect(inst Instance) (Connection, error) {
 	return c, nil
 }
 
+// appUserConnection is the connection of a service reached at svc:port
+// as the app user (credentials "username" and "password_app") with the
+// URL scheme://user:password@host:port followed by path.
+func (r *rc) appUserConnection(svc string, port int, scheme, path string) Connection {
+	h := r.host(svc)
+	u, p := r.creds["username"], r.creds["password_app"]
+	return Connection{Host: h, Port: port, User: u, Password: p, URL: fmt.Sprintf("%s://%s:%s@%s:%d%s", scheme, u, p, h, port, path)}
+}
+
 // secretKey says whether a connection field is secret, and its Secret
 // key. Fields: "host", "port", "user", "database", "hostport" and
 // "const:VALUE" are plain; "key:NAME" is Secret key NAME; anything else
@@ -327,8 +336,8 @@ func (r *rc) podTemplate(component string, spec corev1.PodSpec, annotations map[
 	return corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: r.labels(component), Annotations: annotations}, Spec: spec}
 }
 
-// statefulSet renders a StatefulSet with one PVC template ("data") unless
-// the service is stateless or dataPath is "".
+// statefulSet renders a StatefulSet with no volume claim templates (see
+// dataStatefulSet and volumeClaim); parallel starts all pods at once.
 func (r *rc) statefulSet(name, component, headlessName string, replicas int, spec corev1.PodSpec, parallel bool) *appsv1.StatefulSet {
 	n := int32(replicas)
 	sts := &appsv1.StatefulSet{
@@ -352,6 +361,15 @@ func (r *rc) statefulSet(name, component, headlessName string, replicas int, spe
 		sts.Spec.PodManagementPolicy = appsv1.ParallelPodManagement
 	}
 	r.add(sts)
+	return sts
+}
+
+// dataStatefulSet is the shape most services use: a StatefulSet named after
+// its component with one PVC template "data" of the instance's storage
+// size, which the containers mount by that name.
+func (r *rc) dataStatefulSet(component, headlessName string, replicas int, spec corev1.PodSpec, parallel bool) *appsv1.StatefulSet {
+	sts := r.statefulSet(component, component, headlessName, replicas, spec, parallel)
+	r.volumeClaim(sts, "data", r.storage)
 	return sts
 }
 
@@ -380,8 +398,9 @@ func (r *rc) deployment(name, component string, replicas int, spec corev1.PodSpe
 	return dep
 }
 
-// pdb keeps a majority (or all but one) of a component's pods up during
-// voluntary disruptions; rendered at ha tiers only.
+// pdb lets voluntary disruptions (drains) take at most one pod of a
+// component at a time, so a quorum system of 3 or more keeps its majority;
+// rendered at ha tiers with 2 or more replicas only.
 func (r *rc) pdb(component string, replicas int) {
 	if !r.ha() || replicas < 2 {
 		return

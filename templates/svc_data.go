@@ -158,8 +158,7 @@ func renderClickHouse(r *rc) error {
 	}
 	r.headless(headless, "clickhouse", hp...)
 	r.clientService("clickhouse", "clickhouse", nil, svcPorts...)
-	sts := r.statefulSet("clickhouse", "clickhouse", headless, r.replicas, spec, true)
-	r.volumeClaim(sts, "data", r.storage)
+	r.dataStatefulSet("clickhouse", headless, r.replicas, spec, true)
 	r.pdb("clickhouse", r.replicas)
 	if r.replicas > 1 {
 		r.bootstrapJob("create-database", curlImage, clickhouseDB,
@@ -246,8 +245,7 @@ func renderOpenSearch(r *rc) error {
 	}
 	r.headless(headless, "opensearch", svcPort("http", 9200), svcPort("transport", 9300))
 	r.clientService("opensearch", "opensearch", nil, svcPort("http", 9200))
-	sts := r.statefulSet("opensearch", "opensearch", headless, r.replicas, spec, true)
-	r.volumeClaim(sts, "data", r.storage)
+	r.dataStatefulSet("opensearch", headless, r.replicas, spec, true)
 	r.pdb("opensearch", r.replicas)
 	return nil
 }
@@ -313,8 +311,7 @@ func influxdbDef() *def {
 			spec := corev1.PodSpec{Containers: []corev1.Container{c}, Volumes: []corev1.Volume{emptyDir("config")}}
 			r.headless("influxdb-headless", "influxdb", svcPort("http", 8086))
 			r.clientService("influxdb", "influxdb", nil, svcPort("http", 8086))
-			sts := r.statefulSet("influxdb", "influxdb", "influxdb-headless", 1, spec, false)
-			r.volumeClaim(sts, "data", r.storage)
+			r.dataStatefulSet("influxdb", "influxdb-headless", 1, spec, false)
 			r.backupJob(r.image, `influx backup --host "http://$HOST:8086" --token "$TOKEN" "/backup/influxdb-$stamp"`,
 				env("HOST", r.host("influxdb")), r.secretEnv("TOKEN", "admin_token"))
 			return nil
@@ -369,8 +366,7 @@ func meilisearchDef() *def {
 			}
 			r.headless("meilisearch-headless", "meilisearch", svcPort("http", 7700))
 			r.clientService("meilisearch", "meilisearch", nil, svcPort("http", 7700))
-			sts := r.statefulSet("meilisearch", "meilisearch", "meilisearch-headless", 1, corev1.PodSpec{Containers: []corev1.Container{c}}, false)
-			r.volumeClaim(sts, "data", r.storage)
+			r.dataStatefulSet("meilisearch", "meilisearch-headless", 1, corev1.PodSpec{Containers: []corev1.Container{c}}, false)
 			return nil
 		},
 	}

@@ -165,9 +165,8 @@ func renderEtcd(r *rc) error {
 	r.clientService("etcd", "etcd", nil, svcPort("client", 2379))
 	// Newer etcd images may run as the distroless nonroot user.
 	gid := int64(65532)
-	sts := r.statefulSet("etcd", "etcd", headless, r.replicas, corev1.PodSpec{Containers: []corev1.Container{c},
+	r.dataStatefulSet("etcd", headless, r.replicas, corev1.PodSpec{Containers: []corev1.Container{c},
 		SecurityContext: &corev1.PodSecurityContext{FSGroup: &gid}}, true)
-	r.volumeClaim(sts, "data", r.storage)
 	r.pdb("etcd", r.replicas)
 	r.bootstrapJob("enable-auth", curlImage, etcdAuth,
 		env("ENDPOINT", "http://"+r.host("etcd")+":2379"), r.secretEnv("ROOT_PASSWORD", "root_password"))
@@ -202,12 +201,8 @@ func natsDef() *def {
 			{"NATS_URL", "url"}, {"NATS_HOST", "host"}, {"NATS_PORT", "port"}, {"NATS_USER", "user"}, {"NATS_PASSWORD", "password"},
 		},
 		metrics: metricsAt(7777, ""),
-		connect: func(r *rc) Connection {
-			h := r.host("nats")
-			u, p := r.creds["username"], r.creds["password_app"]
-			return Connection{Host: h, Port: 4222, User: u, Password: p, URL: fmt.Sprintf("nats://%s:%s@%s:4222", u, p, h)}
-		},
-		render: renderNATS,
+		connect: func(r *rc) Connection { return r.appUserConnection("nats", 4222, "nats", "") },
+		render:  renderNATS,
 	}
 }
 
@@ -292,8 +287,7 @@ exec nats-server --config /work/nats.conf
 	r.configMap("nats-config", "nats", map[string]string{"nats.conf": conf})
 	r.headless(headless, "nats", svcPort("client", 4222), svcPort("cluster", 6222), svcPort("monitor", 8222))
 	r.clientService("nats", "nats", nil, svcPort("client", 4222))
-	sts := r.statefulSet("nats", "nats", headless, r.replicas, spec, true)
-	r.volumeClaim(sts, "data", r.storage)
+	r.dataStatefulSet("nats", headless, r.replicas, spec, true)
 	r.pdb("nats", r.replicas)
 	return nil
 }

@@ -65,8 +65,7 @@ func zookeeperDef() *def {
 			spec := corev1.PodSpec{Containers: []corev1.Container{c}}
 			r.headless(headless, "zookeeper", svcPort("client", 2181), svcPort("quorum", 2888), svcPort("election", 3888))
 			r.clientService("zookeeper", "zookeeper", nil, svcPort("client", 2181))
-			sts := r.statefulSet("zookeeper", "zookeeper", headless, r.replicas, spec, true)
-			r.volumeClaim(sts, "data", r.storage)
+			r.dataStatefulSet("zookeeper", headless, r.replicas, spec, true)
 			r.pdb("zookeeper", r.replicas)
 			return nil
 		},
@@ -90,11 +89,7 @@ func mosquittoDef() *def {
 		env: []envSpec{
 			{"MQTT_URL", "url"}, {"MQTT_HOST", "host"}, {"MQTT_PORT", "port"}, {"MQTT_USER", "user"}, {"MQTT_PASSWORD", "password"},
 		},
-		connect: func(r *rc) Connection {
-			h := r.host("mosquitto")
-			u, p := r.creds["username"], r.creds["password_app"]
-			return Connection{Host: h, Port: 1883, User: u, Password: p, URL: fmt.Sprintf("mqtt://%s:%s@%s:1883", u, p, h)}
-		},
+		connect: func(r *rc) Connection { return r.appUserConnection("mosquitto", 1883, "mqtt", "") },
 		render: func(r *rc) error {
 			conf := `listener 1883
 allow_anonymous false
@@ -136,8 +131,7 @@ exec mosquitto -c /mosquitto/config/mosquitto.conf
 			}
 			r.headless("mosquitto-headless", "mosquitto", svcPort("mqtt", 1883))
 			r.clientService("mosquitto", "mosquitto", nil, svcPort("mqtt", 1883))
-			sts := r.statefulSet("mosquitto", "mosquitto", "mosquitto-headless", 1, spec, false)
-			r.volumeClaim(sts, "data", r.storage)
+			r.dataStatefulSet("mosquitto", "mosquitto-headless", 1, spec, false)
 			return nil
 		},
 	}
@@ -201,8 +195,7 @@ exec ./qdrant --bootstrap "$FIRST" --uri "$self"
 			spec := corev1.PodSpec{Containers: []corev1.Container{c}, Volumes: []corev1.Volume{emptyDir("snapshots")}}
 			r.headless(headless, "qdrant", svcPort("http", 6333), svcPort("grpc", 6334), svcPort("p2p", 6335))
 			r.clientService("qdrant", "qdrant", nil, svcPort("http", 6333), svcPort("grpc", 6334))
-			sts := r.statefulSet("qdrant", "qdrant", headless, r.replicas, spec, true)
-			r.volumeClaim(sts, "data", r.storage)
+			r.dataStatefulSet("qdrant", headless, r.replicas, spec, true)
 			r.pdb("qdrant", r.replicas)
 			return nil
 		},
@@ -228,11 +221,7 @@ func couchdbDef() *def {
 			{"COUCHDB_URL", "url"}, {"COUCHDB_HOST", "host"}, {"COUCHDB_PORT", "port"},
 			{"COUCHDB_USER", "user"}, {"COUCHDB_PASSWORD", "password"},
 		},
-		connect: func(r *rc) Connection {
-			h := r.host("couchdb")
-			u, p := r.creds["username"], r.creds["password_app"]
-			return Connection{Host: h, Port: 5984, User: u, Password: p, URL: fmt.Sprintf("http://%s:%s@%s:5984", u, p, h)}
-		},
+		connect: func(r *rc) Connection { return r.appUserConnection("couchdb", 5984, "http", "") },
 		render: func(r *rc) error {
 			r.configMap("couchdb-config", "couchdb", map[string]string{"10-runos.ini": `[couchdb]
 single_node = true
@@ -263,8 +252,7 @@ port = 5984
 			spec := corev1.PodSpec{Containers: []corev1.Container{c}, Volumes: []corev1.Volume{configVolume("config", "couchdb-config", 0o644)}}
 			r.headless("couchdb-headless", "couchdb", svcPort("http", 5984))
 			r.clientService("couchdb", "couchdb", nil, svcPort("http", 5984))
-			sts := r.statefulSet("couchdb", "couchdb", "couchdb-headless", 1, spec, false)
-			r.volumeClaim(sts, "data", r.storage)
+			r.dataStatefulSet("couchdb", "couchdb-headless", 1, spec, false)
 			r.backupJob(curlImage, `mkdir -p /tmp/out
 for db in $(curl -sf -u "$U:$P" "http://$HOST:5984/_all_dbs" | tr -d '[]"' | tr ',' ' '); do
   case "$db" in _*) continue;; esac
@@ -322,8 +310,7 @@ func neo4jDef() *def {
 			}
 			r.headless("neo4j-headless", "neo4j", svcPort("bolt", 7687), svcPort("http", 7474))
 			r.clientService("neo4j", "neo4j", nil, svcPort("bolt", 7687), svcPort("http", 7474))
-			sts := r.statefulSet("neo4j", "neo4j", "neo4j-headless", 1, corev1.PodSpec{Containers: []corev1.Container{c}}, false)
-			r.volumeClaim(sts, "data", r.storage)
+			r.dataStatefulSet("neo4j", "neo4j-headless", 1, corev1.PodSpec{Containers: []corev1.Container{c}}, false)
 			return nil
 		},
 	}
@@ -434,8 +421,7 @@ func renderCassandra(r *rc) error {
 	r.headless(headless, "cassandra", svcPort("cql", 9042), svcPort("intra", 7000))
 	r.clientService("cassandra", "cassandra", nil, svcPort("cql", 9042))
 	// Ordered start: Cassandra nodes must join the ring one at a time.
-	sts := r.statefulSet("cassandra", "cassandra", headless, r.replicas, spec, false)
-	r.volumeClaim(sts, "data", r.storage)
+	r.dataStatefulSet("cassandra", headless, r.replicas, spec, false)
 	r.pdb("cassandra", r.replicas)
 	r.bootstrapJob("setup-auth", r.image, cassandraAuth,
 		env("HOST", r.host("cassandra")), env("RF", fmt.Sprint(rf)),

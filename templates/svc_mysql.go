@@ -171,8 +171,7 @@ exec docker-entrypoint.sh %[3]s --server-id=$((100 + ord)) $extra "$@"
 	if r.ha() {
 		r.clientService(name+"-replicas", name, nil, svcPort("mysql", 3306))
 	}
-	sts := r.statefulSet(name, name, headless, r.replicas, spec, false)
-	r.volumeClaim(sts, "data", r.storage)
+	r.dataStatefulSet(name, headless, r.replicas, spec, false)
 	r.pdb(name, r.replicas)
 	r.backupJob(r.image, fmt.Sprintf(`MYSQL_PWD="$ROOT_PASSWORD" %s -h "$HOST" -uroot --single-transaction --routines --events --all-databases > "/backup/%s-$stamp.sql"`, f.dump, f.name),
 		env("HOST", r.host(name)), r.secretEnv("ROOT_PASSWORD", "root_password"))

@@ -66,8 +66,7 @@ func renderKeycloak(r *rc) error {
 	}
 	r.headless("keycloak-db-headless", "keycloak-db", svcPort("postgres", 5432))
 	r.clientService("keycloak-db", "keycloak-db", nil, svcPort("postgres", 5432))
-	sts := r.statefulSet("keycloak-db", "keycloak-db", "keycloak-db-headless", 1, corev1.PodSpec{Containers: []corev1.Container{db}}, false)
-	r.volumeClaim(sts, "data", r.storage)
+	r.dataStatefulSet("keycloak-db", "keycloak-db-headless", 1, corev1.PodSpec{Containers: []corev1.Container{db}}, false)
 
 	heap := r.memoryMiB() * 7 / 10
 	kc := corev1.Container{
@@ -146,8 +145,7 @@ func grafanaDef() *def {
 			spec := corev1.PodSpec{Containers: []corev1.Container{c}, SecurityContext: &corev1.PodSecurityContext{FSGroup: &gid}}
 			r.headless("grafana-headless", "grafana", svcPort("http", 3000))
 			r.clientService("grafana", "grafana", nil, svcPort("http", 3000))
-			sts := r.statefulSet("grafana", "grafana", "grafana-headless", 1, spec, false)
-			r.volumeClaim(sts, "data", r.storage)
+			r.dataStatefulSet("grafana", "grafana-headless", 1, spec, false)
 			// The database file lives on a ReadWriteOnce volume the job
 			// cannot mount; Grafana's API exports what matters instead.
 			r.backupJob(curlImage, `mkdir -p "/backup/grafana-$stamp"
@@ -247,8 +245,7 @@ scrape_configs:
 			}
 			r.headless("prometheus-headless", "prometheus", svcPort("http", 9090))
 			r.clientService("prometheus", "prometheus", nil, svcPort("http", 9090))
-			sts := r.statefulSet("prometheus", "prometheus", "prometheus-headless", 1, spec, false)
-			r.volumeClaim(sts, "data", r.storage)
+			r.dataStatefulSet("prometheus", "prometheus-headless", 1, spec, false)
 			// A snapshot lands on Prometheus's own volume (snapshots/);
 			// the job triggers it and keeps its name in /backup.
 			r.backupJob(curlImage, `curl -sf -X POST -u "admin:$PW" "http://$HOST:9090/api/v1/admin/tsdb/snapshot" | tee "/backup/prometheus-$stamp.json"`,
@@ -342,8 +339,7 @@ analytics:
 			}
 			r.headless("loki-headless", "loki", svcPort("http", 3100), svcPort("grpc", 9095))
 			r.clientService("loki", "loki", nil, svcPort("http", 3100))
-			sts := r.statefulSet("loki", "loki", "loki-headless", 1, spec, false)
-			r.volumeClaim(sts, "data", r.storage)
+			r.dataStatefulSet("loki", "loki-headless", 1, spec, false)
 			return nil
 		},
 	}

@@ -160,8 +160,7 @@ func renderPostgres(r *rc, f pgFlavor) error {
 	if r.ha() {
 		r.clientService(name+"-replicas", name, nil, svcPort("postgres", 5432))
 	}
-	sts := r.statefulSet(name, name, headless, r.replicas, spec, false)
-	r.volumeClaim(sts, "data", r.storage)
+	r.dataStatefulSet(name, headless, r.replicas, spec, false)
 	r.pdb(name, r.replicas)
 	r.backupJob(r.image, `export PGPASSWORD="$POSTGRES_PASSWORD"
 pg_dump -h "$HOST" -U "$POSTGRES_USER" -d "$POSTGRES_DB" -Fc -f "/backup/`+name+`-$stamp.dump"`,

@@ -133,8 +133,7 @@ func renderMongo(r *rc) error {
 	}
 	r.headless(headless, "mongodb", svcPort("mongodb", 27017))
 	r.clientService("mongodb", "mongodb", nil, svcPort("mongodb", 27017))
-	sts := r.statefulSet("mongodb", "mongodb", headless, r.replicas, spec, true)
-	r.volumeClaim(sts, "data", r.storage)
+	r.dataStatefulSet("mongodb", headless, r.replicas, spec, true)
 	r.pdb("mongodb", r.replicas)
 	r.bootstrapJob("init-replica-set", r.image, mongoInit,
 		env("FIRST", members[0]),
@@ -178,12 +177,8 @@ func kafkaDef() *def {
 			{"KAFKA_SASL_USERNAME", "user"}, {"KAFKA_SASL_PASSWORD", "password"},
 		},
 		metrics: metricsAt(9308, ""),
-		connect: func(r *rc) Connection {
-			h := r.host("kafka")
-			u, p := r.creds["username"], r.creds["password_app"]
-			return Connection{Host: h, Port: 9092, User: u, Password: p, URL: fmt.Sprintf("kafka://%s:%s@%s:9092", u, p, h)}
-		},
-		render: renderKafka,
+		connect: func(r *rc) Connection { return r.appUserConnection("kafka", 9092, "kafka", "") },
+		render:  renderKafka,
 	}
 }
 
@@ -273,8 +268,7 @@ func renderKafka(r *rc) error {
 	}
 	r.headless(headless, "kafka", svcPort("client", 9092), svcPort("controller", 9093), svcPort("internal", 9094))
 	r.clientService("kafka", "kafka", nil, svcPort("client", 9092))
-	sts := r.statefulSet("kafka", "kafka", headless, r.replicas, spec, true)
-	r.volumeClaim(sts, "data", r.storage)
+	r.dataStatefulSet("kafka", headless, r.replicas, spec, true)
 	r.pdb("kafka", r.replicas)
 	return nil
 }
@@ -304,12 +298,8 @@ func rabbitmqDef() *def {
 			{"RABBITMQ_USER", "user"}, {"RABBITMQ_PASSWORD", "password"},
 		},
 		metrics: metricsAt(15692, ""),
-		connect: func(r *rc) Connection {
-			h := r.host("rabbitmq")
-			u, p := r.creds["username"], r.creds["password_app"]
-			return Connection{Host: h, Port: 5672, User: u, Password: p, URL: fmt.Sprintf("amqp://%s:%s@%s:5672/", u, p, h)}
-		},
-		render: renderRabbitMQ,
+		connect: func(r *rc) Connection { return r.appUserConnection("rabbitmq", 5672, "amqp", "/") },
+		render:  renderRabbitMQ,
 	}
 }
 
@@ -379,8 +369,7 @@ cluster_formation.peer_discovery_backend = classic_config
 	}
 	r.headless(headless, "rabbitmq", svcPort("amqp", 5672), svcPort("epmd", 4369), svcPort("dist", 25672))
 	r.clientService("rabbitmq", "rabbitmq", nil, svcPort("amqp", 5672), svcPort("management", 15672))
-	sts := r.statefulSet("rabbitmq", "rabbitmq", headless, r.replicas, spec, true)
-	r.volumeClaim(sts, "data", r.storage)
+	r.dataStatefulSet("rabbitmq", headless, r.replicas, spec, true)
 	r.pdb("rabbitmq", r.replicas)
 	r.backupJob(curlImage, `curl -sf -u "$APP_USER:$APP_PASSWORD" "http://$HOST:15672/api/definitions" -o "/backup/rabbitmq-$stamp.json"`,
 		env("HOST", r.host("rabbitmq")), r.secretEnv("APP_USER", "username"), r.secretEnv("APP_PASSWORD", "password_app"))
@@ -464,8 +453,7 @@ func renderMinio(r *rc) error {
 	}
 	r.headless(headless, "minio", svcPort("s3", 9000))
 	r.clientService("minio", "minio", nil, svcPort("s3", 9000), svcPort("console", 9001))
-	sts := r.statefulSet("minio", "minio", headless, r.replicas, corev1.PodSpec{Containers: []corev1.Container{c}}, true)
-	r.volumeClaim(sts, "data", r.storage)
+	r.dataStatefulSet("minio", headless, r.replicas, corev1.PodSpec{Containers: []corev1.Container{c}}, true)
 	r.pdb("minio", r.replicas)
 	r.bootstrapJob("create-bucket", curlImage, minioBucket,
 		env("ENDPOINT", "http://"+r.host("minio")+":9000"), env("BUCKET", r.set["bucket"]),

@@ -183,8 +183,7 @@ protected-mode no
 	} else {
 		r.clientService(name, name, nil, svcPort("redis", 6379))
 	}
-	sts := r.statefulSet(name, name, headless, r.replicas, spec, false)
-	r.volumeClaim(sts, "data", r.storage)
+	r.dataStatefulSet(name, headless, r.replicas, spec, false)
 	r.pdb(name, r.replicas)
 	r.backupJob(r.image, bin(`BIN-cli -h "$HOST" -p 6379 --no-auth-warning -a "$REDIS_PASSWORD" --rdb "/backup/`+r.d.svc.Name+`-$stamp.rdb"`),
 		env("HOST", r.host(name)), r.secretEnv("REDIS_PASSWORD", "password_default"))
