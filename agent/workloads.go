@@ -567,7 +567,8 @@ func workloadStatusFor(err error) int {
 	switch {
 	case errors.Is(err, raftstore.ErrNoSuchWorkload):
 		return http.StatusNotFound
-	case errors.Is(err, raftstore.ErrWorkloadExists), errors.Is(err, raftstore.ErrWorkloadInUse), errors.Is(err, errConflict):
+	case errors.Is(err, raftstore.ErrWorkloadExists), errors.Is(err, raftstore.ErrWorkloadInUse),
+		errors.Is(err, raftstore.ErrAppNameTaken), errors.Is(err, errConflict):
 		return http.StatusConflict
 	}
 	return statusFor(err)
@@ -792,9 +793,8 @@ func (a *Agent) DeployApp(ctx context.Context, req api.AppRequest) (*api.App, er
 		return nil, invalid(errors.New("an app needs a name and an image"))
 	}
 	st, _ := a.store.State()
-	// Apply refuses a second present app of one name too, but its error
-	// cannot say 409 through the Raft result; checking here first gives
-	// the user a conflict, not a server error, in all but a race.
+	// Apply refuses a second present app of one name too (ErrAppNameTaken,
+	// also a 409); checking here first saves a Raft round trip.
 	for _, o := range st.Workloads.Apps {
 		if o.Name == req.Name && o.Desired == raftstore.DesiredPresent {
 			return nil, conflictErr{fmt.Errorf("app %s (%s): already exists", req.Name, o.OSID)}

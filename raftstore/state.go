@@ -296,7 +296,7 @@ func (r *Result) Error() error {
 	}
 	for _, e := range []error{ErrTokenInvalid, ErrTokenExpired, ErrTokenUsed, ErrNameTaken, ErrKeyTaken,
 		ErrNoSuchNode, ErrNotBootstrap, ErrBootstrapped, ErrAddressSpace, ErrUnknownOp, ErrMalformedCmd,
-		ErrNoSuchWorkload, ErrWorkloadExists, ErrWorkloadInUse} {
+		ErrNoSuchWorkload, ErrWorkloadExists, ErrWorkloadInUse, ErrAppNameTaken} {
 		if r.Err == e.Error() {
 			return e
 		}

@@ -55,6 +55,7 @@ var (
 	ErrNoSuchWorkload = errors.New("no such service or app")
 	ErrWorkloadExists = errors.New("osid already exists")
 	ErrWorkloadInUse  = errors.New("service is used by an app")
+	ErrAppNameTaken   = errors.New("app name is already taken")
 )
 
 // Workloads is the desired (and last observed) state of what runs on
@@ -260,7 +261,7 @@ func (s *State) applyWorkload(cmd *Command, res *Result) error {
 		}
 		for _, a := range w.Apps {
 			if a.Name == r.Name && a.Desired == DesiredPresent {
-				return fmt.Errorf("app %s (%s): %w", r.Name, a.OSID, errAlreadyExists)
+				return fmt.Errorf("app %s (%s): %w", r.Name, a.OSID, ErrAppNameTaken)
 			}
 		}
 		for _, u := range r.Uses {
