@@ -89,8 +89,25 @@ func BenchmarkLeaderFailover(b *testing.B) {
 
 // BenchmarkRaftWrites: small commands committed by three voters, from 1 and
 // 64 concurrent clients, on the leader and forwarded from a follower.
+//
+// raft=production runs Raft with the production timers, so replication goes
+// through the quiet transport (synchronous, no pipelining); raft=fast is the
+// test timing with hashicorp/raft's plain pipelined transport.
 func BenchmarkRaftWrites(b *testing.B) {
-	c := newCluster(b, 3)
+	for _, timing := range []string{"fast", "production"} {
+		tuning := fastTuning
+		if timing == "production" {
+			tuning.RaftHeartbeat, tuning.RaftElection = 0, 0
+		}
+		b.Run("raft="+timing, func(b *testing.B) { benchRaftWrites(b, tuning) })
+	}
+}
+
+func benchRaftWrites(b *testing.B, tuning Tuning) {
+	c := newClusterTuned(b, 3, tuning)
+	if q := c.leader().raftQuietFresh() > 0; q != (tuning.RaftHeartbeat == 0) {
+		b.Fatalf("quiet Raft %v with this timing", q)
+	}
 	for _, via := range []string{"leader", "follower"} {
 		for _, clients := range []int{1, 64} {
 			b.Run(fmt.Sprintf("via=%s/clients=%d", via, clients), func(b *testing.B) {
