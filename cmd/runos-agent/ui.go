@@ -32,7 +32,8 @@ func uiCommands() []*cli.Command {
 
 // printUIPassword shows init's admin password, the only time it is shown.
 func printUIPassword(w io.Writer, password, dir string) {
-	if password == "" {
+	if password == "" { // a restart: the password was shown when it was made
+		fmt.Fprintf(w, "web UI sign-in: user admin (forgot the password? runos-agent ui reset-password --data-dir %s)\n", dir)
 		return
 	}
 	fmt.Fprintf(w, "web UI sign-in (shown only now): user admin, password %s\n  (lost it? runos-agent ui reset-password --data-dir %s)\n", password, dir)
