@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net/netip"
 	"sync"
 
 	"github.com/hashicorp/raft"
@@ -72,6 +73,18 @@ func (f *FSM) Node(id string) (*Node, bool) {
 		return nil, false
 	}
 	return n.clone(), true
+}
+
+// meshIPs returns the cluster ID and each node's mesh IP: what membership
+// reconciliation needs every few seconds, without copying the state.
+func (f *FSM) meshIPs() (string, map[string]netip.Addr) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	out := make(map[string]netip.Addr, len(f.state.Nodes))
+	for id, n := range f.state.Nodes {
+		out[id] = n.MeshIP
+	}
+	return f.state.ClusterID, out
 }
 
 // Changed returns a channel that is closed at the next state change.

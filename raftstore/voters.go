@@ -158,13 +158,13 @@ func (s *Store) reconcileMembership(now time.Time) error {
 		return err
 	}
 	servers := f.Configuration().Servers
-	st, _ := s.fsm.State()
-	if st.ClusterID == "" {
+	clusterID, ips := s.fsm.meshIPs()
+	if clusterID == "" {
 		return nil // not bootstrapped yet: the config is init's
 	}
-	nodes := make(map[raft.ServerID]raft.ServerAddress, len(st.Nodes))
-	for id, n := range st.Nodes {
-		nodes[raft.ServerID(id)] = raft.ServerAddress(netip.AddrPortFrom(n.MeshIP, s.cfg.Addr.Port()).String())
+	nodes := make(map[raft.ServerID]raft.ServerAddress, len(ips))
+	for id, ip := range ips {
+		nodes[raft.ServerID(id)] = raft.ServerAddress(netip.AddrPortFrom(ip, s.cfg.Addr.Port()).String())
 	}
 	self := raft.ServerID(s.cfg.NodeID)
 
@@ -268,8 +268,7 @@ func (s *Store) RecordEvent(ctx context.Context, e Event) error {
 }
 
 func (s *Store) nodeName(id string) string {
-	st, _ := s.fsm.State()
-	if n, ok := st.Nodes[id]; ok {
+	if n, ok := s.fsm.Node(id); ok {
 		return n.Name
 	}
 	return id

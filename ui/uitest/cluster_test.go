@@ -26,6 +26,9 @@ func TestMain(m *testing.M) {
 		goleak.IgnoreTopFunction("github.com/hashicorp/go-metrics.(*InmemSignal).run"),
 		goleak.IgnoreTopFunction("github.com/armon/go-metrics.(*InmemSignal).run"),
 		goleak.IgnoreAnyFunction("github.com/hashicorp/go-metrics.NewInmemSink"),
+		// memberlist's Shutdown does not wait for a probe in flight (see
+		// agent's TestMain).
+		goleak.IgnoreTopFunction("github.com/hashicorp/memberlist.(*Memberlist).probeNode"),
 	)
 }
 
