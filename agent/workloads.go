@@ -18,6 +18,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
 	"github.com/runos/runos-agent/api"
+	"github.com/runos/runos-agent/cloudlink"
 	"github.com/runos/runos-agent/kube"
 	"github.com/runos/runos-agent/raftstore"
 	"github.com/runos/runos-agent/seal"
@@ -704,25 +705,10 @@ func (a *Agent) DeployService(ctx context.Context, req api.ServiceRequest) (*api
 	return serviceView(rec, nil), nil
 }
 
+// serviceView is the record in the API shape; cloudlink builds the same
+// view for the cloud's mirror, so both show one shape.
 func serviceView(r *raftstore.ServiceRecord, apps map[string]*raftstore.AppRecord) *api.Service {
-	s := &api.Service{
-		OSID: r.OSID, Service: r.Service, Tier: r.Tier, Set: r.Set,
-		Status: r.Status.Phase, Reason: r.Status.Reason, Ready: r.Status.Ready, Total: r.Status.Total,
-		Conditions: r.Status.Conditions, CreatedAt: r.CreatedAt, UpdatedAt: r.Status.UpdatedAt,
-	}
-	if svc, ok := templates.Lookup(r.Service); ok {
-		for _, t := range svc.Tiers {
-			if t.Name == r.Tier {
-				s.TierNote = t.Note
-			}
-		}
-	}
-	for _, app := range sortedApps(apps) {
-		if app.Desired == raftstore.DesiredPresent && slices.Contains(app.Uses, r.OSID) {
-			s.UsedBy = append(s.UsedBy, app.OSID)
-		}
-	}
-	return s
+	return cloudlink.ServiceView(r, apps)
 }
 
 // Services lists instances, optionally of one service.
@@ -825,13 +811,7 @@ func (a *Agent) DeployApp(ctx context.Context, req api.AppRequest) (*api.App, er
 	return v, nil
 }
 
-func appView(r *raftstore.AppRecord) *api.App {
-	return &api.App{
-		OSID: r.OSID, Name: r.Name, Image: r.Image, Port: r.Port, Env: r.Env, Uses: r.Uses, Tier: "app",
-		Status: r.Status.Phase, Reason: r.Status.Reason, Ready: r.Status.Ready, Total: r.Status.Total,
-		Conditions: r.Status.Conditions, CreatedAt: r.CreatedAt, UpdatedAt: r.Status.UpdatedAt,
-	}
-}
+func appView(r *raftstore.AppRecord) *api.App { return cloudlink.AppView(r) }
 
 // injectedEnv lists the env variables of the app's Deployment that come
 // from --use (Secret references and connection details), sorted.
