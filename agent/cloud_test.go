@@ -440,3 +440,102 @@ func TestCloudCommandOnceAcrossLeaderChange(t *testing.T) {
 	})
 	waitMirror(t, c, tc, id)
 }
+
+// A service deployed from the cloud is created once, with its status, and
+// the mirror lists it as the cluster's local API does; a delete from the
+// cloud removes it from the cluster and then from the mirror. (No
+// Kubernetes target: pending "no Kubernetes cluster set" is the real
+// status then, and a delete is purged at once.)
+func TestCloudDeployServiceCommand(t *testing.T) {
+	c := newCluster(t, 3)
+	tc := startCloud(t)
+	id := connectCloud(t, tc, c.agents[0], "lab")
+	waitMirror(t, c, tc, id)
+
+	run := func(kind string, args any) *cloud.CommandRecord {
+		t.Helper()
+		b, _ := json.Marshal(args)
+		rec, err := tc.srv.SendCommand(id, kind, b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, kind+" answered", func() error {
+			r, err := tc.srv.Command(id, rec.ID)
+			if err != nil {
+				return err
+			}
+			if r.State == cloud.CmdPending {
+				return errors.New("pending")
+			}
+			rec = r
+			return nil
+		})
+		return rec
+	}
+	rec := run("deploy_service", api.ServiceRequest{Service: "postgres", Tier: "lightweight", Set: map[string]string{"storage": "2Gi"}})
+	if rec.State != cloud.CmdDone {
+		t.Fatalf("deploy failed: %+v", rec.Result)
+	}
+	var svc api.Service
+	if err := json.Unmarshal(rec.Result.Data, &svc); err != nil || !strings.HasPrefix(svc.OSID, "postgres-") {
+		t.Fatalf("deploy result %s: %v", rec.Result.Data, err)
+	}
+	// Every node's local API shows the one instance.
+	for _, a := range c.agents {
+		eventually(t, a.Name()+" lists the instance", func() error {
+			list := a.Services("")
+			if len(list) != 1 || list[0].OSID != svc.OSID || list[0].Set["storage"] != "2Gi" {
+				return fmt.Errorf("%+v", list)
+			}
+			return nil
+		})
+	}
+	// The mirror lists it with the status the cluster shows.
+	local := c.leader().Services("")[0]
+	eventually(t, "mirror lists the instance with its status", func() error {
+		list, err := tc.srv.Services(id, "")
+		if err != nil {
+			return err
+		}
+		if len(list) != 1 || list[0].OSID != svc.OSID || list[0].Status != local.Status || list[0].Reason != local.Reason ||
+			!strings.Contains(list[0].Reason, "no Kubernetes cluster set") || list[0].Connection != nil {
+			return fmt.Errorf("mirror %+v, cluster %+v", list, local)
+		}
+		return nil
+	})
+	// The result can be told again (resend) without a second instance.
+	if err := tc.srv.Resend(id, rec.ID); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "replay answered", func() error {
+		if r, _ := tc.srv.Command(id, rec.ID); r.Replays < 1 {
+			return errors.New("no replay answer yet")
+		}
+		return nil
+	})
+	if n := len(c.leader().Services("")); n != 1 {
+		t.Fatalf("%d instances after a replay", n)
+	}
+	// A bad deploy is a clear command error.
+	if r := run("deploy_service", api.ServiceRequest{Service: "postgres", Set: map[string]string{"colour": "blue"}}); r.State != cloud.CmdFailed || !strings.Contains(r.Result.Error, `unknown setting "colour"`) {
+		t.Fatalf("bad --set: %+v", r.Result)
+	}
+
+	if r := run("delete_service", cloudlink.DeleteWorkloadArgs{OSID: svc.OSID}); r.State != cloud.CmdDone {
+		t.Fatalf("delete failed: %+v", r.Result)
+	}
+	eventually(t, "gone from the cluster and the mirror", func() error {
+		if n := len(c.leader().Services("")); n != 0 {
+			return fmt.Errorf("cluster has %d instances", n)
+		}
+		list, err := tc.srv.Services(id, "")
+		if err != nil {
+			return err
+		}
+		if len(list) != 0 {
+			return fmt.Errorf("mirror %+v", list)
+		}
+		return nil
+	})
+	waitMirror(t, c, tc, id)
+}
