@@ -128,41 +128,98 @@ func decodeArgs(kind string, c Command, v any) error {
 	return nil
 }
 
-// prepareService validates a deploy as the local API does (known service,
-// tier and --set keys, renders) and builds the record.
+// ErrInvalid marks a deploy refused for what it asks (the local API's 400).
+var ErrInvalid = errors.New("invalid request")
+
+type invalidErr struct{ error }
+
+func (e invalidErr) Is(target error) bool { return target == ErrInvalid }
+func (e invalidErr) Unwrap() error        { return e.error }
+
+func invalid(err error) error { return invalidErr{err} }
+
+// NewServiceRecord is the one validation of a service deploy, for the
+// local API and cloud commands alike: a known service, tier and --set keys,
+// an instance that renders. drawOSID picks the OSID (before the
+// credentials are drawn from rnd); the credentials are sealed with key.
+// Errors the request causes are ErrInvalid.
+func NewServiceRecord(key seal.Key, rnd io.Reader, drawOSID func(service string) (string, error), req api.ServiceRequest) (*raftstore.ServiceRecord, error) {
+	if _, ok := templates.Lookup(req.Service); !ok {
+		return nil, invalid(fmt.Errorf("unknown service %q (one of: %s)", req.Service, catalogNames()))
+	}
+	if req.Tier == "" {
+		req.Tier = templates.TierLightweight
+	}
+	osid, err := drawOSID(req.Service)
+	if err != nil {
+		return nil, err
+	}
+	inst := templates.Instance{OSID: osid, Service: req.Service, Tier: req.Tier, Set: maps.Clone(req.Set)}
+	if err := templates.Validate(&inst); err != nil {
+		return nil, invalid(err)
+	}
+	creds, err := templates.NewCredentials(rnd, req.Service)
+	if err != nil {
+		return nil, err
+	}
+	inst.Credentials = creds
+	// Render now so a request that cannot render fails here, not later in
+	// the reconciler.
+	if _, err := templates.Render(inst); err != nil {
+		return nil, invalid(err)
+	}
+	credJSON, _ := json.Marshal(creds)
+	sealed, err := seal.Seal(key, raftstore.CredentialsPurpose(osid), credJSON)
+	if err != nil {
+		return nil, err
+	}
+	return &raftstore.ServiceRecord{OSID: osid, Service: inst.Service, Tier: inst.Tier, Set: inst.Set, Credentials: sealed}, nil
+}
+
+// OpenInstance opens a record's credentials into a templates.Instance.
+func OpenInstance(key seal.Key, r *raftstore.ServiceRecord) (templates.Instance, error) {
+	inst := templates.Instance{OSID: r.OSID, Service: r.Service, Tier: r.Tier, Set: maps.Clone(r.Set)}
+	b, err := seal.Open(key, raftstore.CredentialsPurpose(r.OSID), r.Credentials)
+	if err != nil {
+		return inst, fmt.Errorf("%s credentials: %w", r.OSID, err)
+	}
+	if err := json.Unmarshal(b, &inst.Credentials); err != nil {
+		return inst, fmt.Errorf("%s credentials: %w", r.OSID, err)
+	}
+	return inst, nil
+}
+
+// BuildApp resolves an app's --use instances (each must be present) into
+// the templates.App the reconciler renders. A missing instance is
+// ErrInvalid.
+func BuildApp(key seal.Key, osid, name, image string, port int, env map[string]string, uses []string, services map[string]*raftstore.ServiceRecord) (templates.App, error) {
+	app := templates.App{OSID: osid, Name: name, Image: image, Port: port, Env: maps.Clone(env)}
+	for _, u := range uses {
+		s, ok := services[u]
+		if !ok || s.Desired != raftstore.DesiredPresent {
+			return app, invalid(fmt.Errorf("--use %s: no such service instance (see `runos-agent services list`)", u))
+		}
+		inst, err := OpenInstance(key, s)
+		if err != nil {
+			return app, err
+		}
+		app.Uses = append(app.Uses, inst)
+	}
+	return app, nil
+}
+
+// prepareService is deploy_service: the OSID and credentials come from the
+// command's own stream (see cmdRand).
 func (l *Link) prepareService(c Command) (*raftstore.Command, error) {
 	var a DeployServiceArgs
 	if err := decodeArgs("deploy_service", c, &a); err != nil {
 		return nil, err
 	}
-	if _, ok := templates.Lookup(a.Service); !ok {
-		return nil, fmt.Errorf("deploy_service: unknown service %q (one of: %s)", a.Service, catalogNames())
-	}
-	if a.Tier == "" {
-		a.Tier = templates.TierLightweight
-	}
-	rnd, osid, err := l.serviceOSID(c, a.Service)
+	rnd := l.cmdRand("deploy", c.ID)
+	rec, err := NewServiceRecord(l.cfg.DataKey, rnd, func(service string) (string, error) { return templates.NewOSID(rnd, service) }, a)
 	if err != nil {
 		return nil, fmt.Errorf("deploy_service: %w", err)
 	}
-	inst := templates.Instance{OSID: osid, Service: a.Service, Tier: a.Tier, Set: maps.Clone(a.Set)}
-	if err := templates.Validate(&inst); err != nil {
-		return nil, fmt.Errorf("deploy_service: %w", err)
-	}
-	creds, err := templates.NewCredentials(rnd, a.Service)
-	if err != nil {
-		return nil, fmt.Errorf("deploy_service: %w", err)
-	}
-	inst.Credentials = creds
-	if _, err := templates.Render(inst); err != nil {
-		return nil, fmt.Errorf("deploy_service: %w", err)
-	}
-	credJSON, _ := json.Marshal(creds)
-	sealed, err := seal.Seal(l.cfg.DataKey, raftstore.CredentialsPurpose(osid), credJSON)
-	if err != nil {
-		return nil, err
-	}
-	rec := &raftstore.ServiceRecord{OSID: osid, Service: inst.Service, Tier: inst.Tier, Set: inst.Set, Credentials: sealed}
 	return &raftstore.Command{Op: raftstore.OpWorkloadServiceCreate, Workload: &raftstore.WorkloadCmd{Service: rec}}, nil
 }
 
@@ -203,21 +260,9 @@ func (l *Link) prepareApp(c Command) (*raftstore.Command, error) {
 		return nil, fmt.Errorf("deploy_app: %w", err)
 	}
 	st, _ := l.cfg.Host.State()
-	app := templates.App{OSID: osid, Name: a.Name, Image: a.Image, Port: a.Port, Env: maps.Clone(a.Env)}
-	for _, u := range a.Use {
-		s, ok := st.Workloads.Services[u]
-		if !ok || s.Desired != raftstore.DesiredPresent {
-			return nil, fmt.Errorf("deploy_app: --use %s: no such service instance", u)
-		}
-		inst := templates.Instance{OSID: s.OSID, Service: s.Service, Tier: s.Tier, Set: maps.Clone(s.Set)}
-		b, err := seal.Open(l.cfg.DataKey, raftstore.CredentialsPurpose(s.OSID), s.Credentials)
-		if err == nil {
-			err = json.Unmarshal(b, &inst.Credentials)
-		}
-		if err != nil {
-			return nil, fmt.Errorf("deploy_app: %s credentials: %w", s.OSID, err)
-		}
-		app.Uses = append(app.Uses, inst)
+	app, err := BuildApp(l.cfg.DataKey, osid, a.Name, a.Image, a.Port, a.Env, a.Use, st.Workloads.Services)
+	if err != nil {
+		return nil, fmt.Errorf("deploy_app: %w", err)
 	}
 	if _, err := templates.RenderApp(app); err != nil {
 		return nil, fmt.Errorf("deploy_app: %w", err)
