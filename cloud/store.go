@@ -380,25 +380,7 @@ func (s *store) readMirror(id string, withChanges bool) (*mirrorView, error) {
 			}
 			return nil
 		})
-		// Mirrors stored before services existed have no such buckets.
-		if b := m.Bucket(bServices); b != nil {
-			b.ForEach(func(k, v []byte) error {
-				var w api.Service
-				if json.Unmarshal(v, &w) == nil {
-					out.Services = append(out.Services, w)
-				}
-				return nil
-			})
-		}
-		if b := m.Bucket(bApps); b != nil {
-			b.ForEach(func(k, v []byte) error {
-				var w api.App
-				if json.Unmarshal(v, &w) == nil {
-					out.Apps = append(out.Apps, w)
-				}
-				return nil
-			})
-		}
+		readWorkloads(m, out)
 		if withChanges {
 			m.Bucket(bChanges).ForEach(func(k, v []byte) error {
 				out.Changes = append(out.Changes, binary.BigEndian.Uint64(k))
@@ -417,6 +399,42 @@ func (s *store) readMirror(id string, withChanges bool) (*mirrorView, error) {
 		return 0
 	})
 	return out, err
+}
+
+// readWorkloadsOnly reads a mirror's services and apps alone: the console
+// polls them every few seconds, and the whole mirror holds thousands of
+// events.
+func (s *store) readWorkloadsOnly(id string) (*mirrorView, error) {
+	out := &mirrorView{Services: []api.Service{}, Apps: []api.App{}}
+	err := s.db.View(func(tx *bolt.Tx) error {
+		if m := tx.Bucket(mirrorName(id)); m != nil {
+			readWorkloads(m, out)
+		}
+		return nil
+	})
+	return out, err
+}
+
+func readWorkloads(m *bolt.Bucket, out *mirrorView) {
+	// Mirrors stored before services existed have no such buckets.
+	if b := m.Bucket(bServices); b != nil {
+		b.ForEach(func(k, v []byte) error {
+			var w api.Service
+			if json.Unmarshal(v, &w) == nil {
+				out.Services = append(out.Services, w)
+			}
+			return nil
+		})
+	}
+	if b := m.Bucket(bApps); b != nil {
+		b.ForEach(func(k, v []byte) error {
+			var w api.App
+			if json.Unmarshal(v, &w) == nil {
+				out.Apps = append(out.Apps, w)
+			}
+			return nil
+		})
+	}
 }
 
 // Command states.

@@ -42,7 +42,7 @@ func (s *Server) Services(ref, service string) ([]api.Service, error) {
 	if err != nil {
 		return nil, err
 	}
-	m, err := s.store.readMirror(c.ID, false)
+	m, err := s.store.readWorkloadsOnly(c.ID)
 	if err != nil {
 		return nil, err
 	}
@@ -68,7 +68,7 @@ func (s *Server) Apps(ref string) ([]api.App, error) {
 	if err != nil {
 		return nil, err
 	}
-	m, err := s.store.readMirror(c.ID, false)
+	m, err := s.store.readWorkloadsOnly(c.ID)
 	if err != nil {
 		return nil, err
 	}

@@ -179,6 +179,23 @@ func BenchmarkRecordChange(b *testing.B) {
 	}
 }
 
+// BenchmarkRecordChangeWorkloadStatus is the outbox's cost of a
+// reconciler's status write (the most frequent workload write).
+func BenchmarkRecordChangeWorkloadStatus(b *testing.B) {
+	for _, changed := range []bool{true, false} {
+		b.Run(fmt.Sprintf("changed=%v", changed), func(b *testing.B) {
+			s := bootstrapped(&testing.T{})
+			cmd := &Command{Op: OpWorkloadStatus, Workload: &WorkloadCmd{OSID: "postgres-aaaaa", Status: &Observed{Phase: PhaseReady}}}
+			data, _ := json.Marshal(WorkloadResult{Changed: changed})
+			res := &Result{Data: data}
+			b.ReportAllocs()
+			for i := 0; b.Loop(); i++ {
+				s.recordChange(uint64(i+3), cmd, res)
+			}
+		})
+	}
+}
+
 // Workload writes reach the outbox named by OSID; a status write that
 // changed nothing does not.
 func TestCloudOutboxWorkloads(t *testing.T) {
