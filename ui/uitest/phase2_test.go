@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -14,6 +15,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/runos/runos-agent/agent"
+	"github.com/runos/runos-agent/api"
 	"github.com/runos/runos-agent/cloud"
 	"github.com/runos/runos-agent/kube/kubetest"
 )
@@ -367,8 +369,31 @@ func TestBrowserCloudServicesApps(t *testing.T) {
 		return nil
 	})
 	b.waitJS("mirror shows it deleting or gone", fmt.Sprintf(`(() => { const r = document.querySelector('tr.service-row[data-osid=%q]'); return !r || r.querySelector('[data-status]')?.dataset.status === 'deleting'; })()`, cosid))
+	// An app from the console, listed from the mirror, then deleted.
 	b.run("console apps", chromedp.Navigate(cbase+"#/apps"), chromedp.WaitVisible(chromedp.CSS("#app-form")))
+	setValue(b, "#app-name", "cweb")
+	setValue(b, "#app-image", "nginx:1.27")
+	b.run("console app deploy", chromedp.Click(chromedp.CSS("#app-deploy")))
+	b.waitJS("console app page", `location.hash.startsWith('#/apps/cweb-') && document.getElementById('app-status') !== null`)
+	cappID := strings.TrimPrefix(eval[string](b, `location.hash`), "#/apps/")
+	b.run("console apps list", chromedp.Navigate(cbase+"#/apps"))
+	b.waitJS("app listed from the mirror", fmt.Sprintf(`document.querySelector('tr.app-row[data-osid=%q] [data-status]') !== null`, cappID))
 	b.screenshot("console-apps")
+	if apps := leader.Apps(); !slices.ContainsFunc(apps, func(a api.App) bool { return a.OSID == cappID }) {
+		t.Errorf("the console's app %s is not in the cluster: %+v", cappID, apps)
+	}
+	b.run("console app delete", chromedp.Navigate(cbase+"#/apps/"+cappID), chromedp.WaitVisible(chromedp.CSS("[data-action=ask]")),
+		chromedp.Click(chromedp.CSS("[data-action=ask]")), chromedp.WaitVisible(chromedp.CSS("[data-action=confirm]")),
+		chromedp.Click(chromedp.CSS("[data-action=confirm]")))
+	b.waitJS("console back on apps", `location.hash === '#/apps'`)
+	eventually(t, "console's app delete reached the cluster", func() error {
+		for _, a := range leader.Apps() {
+			if a.OSID == cappID && a.Status != "deleting" {
+				return fmt.Errorf("%s is %s", cappID, a.Status)
+			}
+		}
+		return nil
+	})
 	b.run("console nodes", chromedp.Navigate(console+"clusters/"+tok.ClusterID+"/#/nodes"))
 	b.waitJS("three healthy nodes from the mirror", `document.querySelectorAll('tr.node-row.healthy').length === 3`)
 	b.screenshot("console-nodes")
