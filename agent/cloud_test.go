@@ -73,7 +73,8 @@ func connectCloud(tb testing.TB, tc *testCloud, a *Agent, name string) string {
 }
 
 // waitMirror waits until the cloud's mirror equals the cluster's state as
-// the leader sees it: the same nodes (ID, name, mesh IP), tokens and events.
+// the leader sees it: the same nodes (ID, name, mesh IP), tokens, events,
+// services and apps (OSID and status).
 func waitMirror(tb testing.TB, c *cluster, tc *testCloud, id string) *cloud.Mirror {
 	tb.Helper()
 	var m *cloud.Mirror
@@ -116,6 +117,24 @@ func waitMirror(tb testing.TB, c *cluster, tc *testCloud, id string) *cloud.Mirr
 		slices.Sort(got)
 		if !slices.Equal(want, got) {
 			return fmt.Errorf("tokens: mirror %v, cluster %v", got, want)
+		}
+		want, got = nil, nil
+		for _, r := range st.Workloads.Services {
+			want = append(want, r.OSID+"/"+r.Status.Phase+"/"+r.Status.Reason)
+		}
+		for _, r := range st.Workloads.Apps {
+			want = append(want, r.OSID+"/"+r.Status.Phase+"/"+r.Status.Reason)
+		}
+		for _, w := range m.Services {
+			got = append(got, w.OSID+"/"+w.Status+"/"+w.Reason)
+		}
+		for _, w := range m.Apps {
+			got = append(got, w.OSID+"/"+w.Status+"/"+w.Reason)
+		}
+		slices.Sort(want)
+		slices.Sort(got)
+		if !slices.Equal(want, got) {
+			return fmt.Errorf("workloads: mirror %v, cluster %v", got, want)
 		}
 		mev := map[uint64]string{}
 		for _, e := range m.Events {
@@ -259,6 +278,18 @@ func TestCloudDownLosesNothing(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	if _, err := c.follower().CreateToken(ctx, api.TokenRequest{TTL: "1h"}); err != nil {
+		t.Fatal(err)
+	}
+	// Services deployed and deleted locally meanwhile reach the mirror
+	// too (waitMirror compares them).
+	if _, err := c.follower().DeployService(ctx, api.ServiceRequest{Service: "redis"}); err != nil {
+		t.Fatal(err)
+	}
+	gone, err := c.leader().DeployService(ctx, api.ServiceRequest{Service: "postgres"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.leader().DeleteWorkload(ctx, gone.OSID, false); err != nil {
 		t.Fatal(err)
 	}
 	c.addNode(c.follower(), "node3")
