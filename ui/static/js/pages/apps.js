@@ -18,7 +18,8 @@ function deployForm(ctx) {
     h('label', {}, 'Environment', env),
     h('fieldset', {}, h('legend', {}, 'Use service instances ', h('span', {class: 'muted small'}, 'their connection details arrive as environment variables from the instance\'s Secret')), uses),
     h('div', {class: 'form-row'}, submit), out);
-  api('v1/services', {signal: ctx.signal}).then((list) => {
+  api('v1/services', {signal: ctx.signal}).then((all) => {
+    const list = all.filter((s) => s.status !== 'deleting'); // cannot be used any more
     uses.replaceChildren(...(list.length ? list.map((s) => h('label', {class: 'check'},
       h('input', {type: 'checkbox', name: 'use', value: s.osid}), h('span', {class: 'mono'}, s.osid), ' ', h('span', {class: 'muted small'}, s.service))) :
       [h('span', {class: 'muted small'}, 'No service instances yet.')]));
