@@ -616,24 +616,9 @@ func applyWorkloadCmd(ctx context.Context, store *raftstore.Store, timeout time.
 	return res.Error()
 }
 
-// Catalog lists the deployable services.
-func Catalog() []api.CatalogService {
-	var out []api.CatalogService
-	for _, s := range templates.Catalog() {
-		c := api.CatalogService{Name: s.Name, Title: s.Title, Kind: s.Kind, Version: s.Version, Description: s.Description,
-			Provides: s.Provides, Env: s.Env, Tiers: []api.CatalogTier{}, Settings: []api.CatalogSetting{}}
-		// Same fields as the templates types (a conversion keeps them in
-		// step); api stays free of the templates package's k8s imports.
-		for _, t := range s.Tiers {
-			c.Tiers = append(c.Tiers, api.CatalogTier(t))
-		}
-		for _, x := range s.Settings {
-			c.Settings = append(c.Settings, api.CatalogSetting(x))
-		}
-		out = append(out, c)
-	}
-	return out
-}
+// Catalog lists the deployable services (the cloud console serves the
+// same list).
+func Catalog() []api.CatalogService { return cloudlink.Catalog() }
 
 // newOSID draws an OSID not used by any service or app.
 func newOSID(rnd io.Reader, st *raftstore.State, name string) (string, error) {

@@ -19,21 +19,7 @@ import (
 
 // Catalog is GET /clusters/{id}/v1/catalog: the catalog this cloud was
 // built with, in the agent's GET /v1/catalog shape.
-func Catalog() []api.CatalogService {
-	var out []api.CatalogService
-	for _, s := range templates.Catalog() {
-		c := api.CatalogService{Name: s.Name, Title: s.Title, Kind: s.Kind, Version: s.Version, Description: s.Description,
-			Provides: s.Provides, Env: s.Env, Tiers: []api.CatalogTier{}, Settings: []api.CatalogSetting{}}
-		for _, t := range s.Tiers {
-			c.Tiers = append(c.Tiers, api.CatalogTier(t))
-		}
-		for _, x := range s.Settings {
-			c.Settings = append(c.Settings, api.CatalogSetting(x))
-		}
-		out = append(out, c)
-	}
-	return out
-}
+func Catalog() []api.CatalogService { return cloudlink.Catalog() }
 
 // Services lists a cluster's mirrored service instances (optionally of one
 // service), with the apps using each.
