@@ -503,7 +503,31 @@ func TestCloudDeployServiceCommand(t *testing.T) {
 		})
 		return rec
 	}
-	rec := run("deploy_service", api.ServiceRequest{Service: "postgres", Tier: "lightweight", Set: map[string]string{"storage": "2Gi"}})
+	// Sent while the leader goes down: applied once, by whichever leader
+	// gets it, and the answer names that instance.
+	b, _ := json.Marshal(api.ServiceRequest{Service: "postgres", Tier: "lightweight", Set: map[string]string{"storage": "2Gi"}})
+	rec, err := tc.srv.SendCommand(id, "deploy_service", b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, a := range c.agents {
+		if a == c.leader() {
+			c.stop(i)
+			break
+		}
+	}
+	eventually(t, "deploy answered across the leader change", func() error {
+		r, err := tc.srv.Command(id, rec.ID)
+		if err != nil {
+			return err
+		}
+		if r.State == cloud.CmdPending {
+			return fmt.Errorf("pending after %d sends", r.Attempts)
+		}
+		rec = r
+		return nil
+	})
+	t.Logf("deploy_service sent %d times across the leader change; answer replayed=%v", rec.Attempts, rec.Result.Replayed)
 	if rec.State != cloud.CmdDone {
 		t.Fatalf("deploy failed: %+v", rec.Result)
 	}
@@ -513,6 +537,9 @@ func TestCloudDeployServiceCommand(t *testing.T) {
 	}
 	// Every node's local API shows the one instance.
 	for _, a := range c.agents {
+		if a == nil {
+			continue
+		}
 		eventually(t, a.Name()+" lists the instance", func() error {
 			list := a.Services("")
 			if len(list) != 1 || list[0].OSID != svc.OSID || list[0].Set["storage"] != "2Gi" {
@@ -535,11 +562,12 @@ func TestCloudDeployServiceCommand(t *testing.T) {
 		return nil
 	})
 	// The result can be told again (resend) without a second instance.
+	replays := rec.Replays
 	if err := tc.srv.Resend(id, rec.ID); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, "replay answered", func() error {
-		if r, _ := tc.srv.Command(id, rec.ID); r.Replays < 1 {
+		if r, _ := tc.srv.Command(id, rec.ID); r.Replays <= replays {
 			return errors.New("no replay answer yet")
 		}
 		return nil
