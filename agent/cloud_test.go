@@ -472,7 +472,8 @@ func TestCloudCommandOnceAcrossLeaderChange(t *testing.T) {
 	waitMirror(t, c, tc, id)
 }
 
-// A service deployed from the cloud is created once, with its status, and
+// A service deployed from the cloud (sent while the leader goes down) is
+// created once, with its status, and
 // the mirror lists it as the cluster's local API does; a delete from the
 // cloud removes it from the cluster and then from the mirror. (No
 // Kubernetes target: pending "no Kubernetes cluster set" is the real
