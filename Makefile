@@ -59,7 +59,7 @@ bench: test-deps kube-bin build
 	$(GO) test -run '^$$' -bench . -benchtime 2s -count 1 ./mesh/
 	$(GO) test -run '^$$' -bench 'RecordChange' -count 1 ./raftstore/
 	$(GO) test -run '^$$' -bench . -benchtime 1s -count 1 ./ui/
-	$(GO) test -run '^$$' -bench 'ConsoleRead' -benchtime 1s -count 1 ./cloud/
+	$(GO) test -run '^$$' -bench 'ConsoleRead|ConsoleServices' -benchtime 1s -count 1 ./cloud/
 	RUNOS_AGENT_BIN=$(BIN)/runos-agent $(GO) test -run '^$$' -bench . -benchtime 1x -count 1 ./e2e/...
 
 # Only the cloud link's benchmarks (bench runs them too, with ./agent/).

@@ -73,7 +73,8 @@ func connectCloud(tb testing.TB, tc *testCloud, a *Agent, name string) string {
 }
 
 // waitMirror waits until the cloud's mirror equals the cluster's state as
-// the leader sees it: the same nodes (ID, name, mesh IP), tokens and events.
+// the leader sees it: the same nodes (ID, name, mesh IP), tokens, events,
+// services and apps (OSID and status).
 func waitMirror(tb testing.TB, c *cluster, tc *testCloud, id string) *cloud.Mirror {
 	tb.Helper()
 	var m *cloud.Mirror
@@ -116,6 +117,24 @@ func waitMirror(tb testing.TB, c *cluster, tc *testCloud, id string) *cloud.Mirr
 		slices.Sort(got)
 		if !slices.Equal(want, got) {
 			return fmt.Errorf("tokens: mirror %v, cluster %v", got, want)
+		}
+		want, got = nil, nil
+		for _, r := range st.Workloads.Services {
+			want = append(want, r.OSID+"/"+r.Status.Phase+"/"+r.Status.Reason)
+		}
+		for _, r := range st.Workloads.Apps {
+			want = append(want, r.OSID+"/"+r.Status.Phase+"/"+r.Status.Reason)
+		}
+		for _, w := range m.Services {
+			got = append(got, w.OSID+"/"+w.Status+"/"+w.Reason)
+		}
+		for _, w := range m.Apps {
+			got = append(got, w.OSID+"/"+w.Status+"/"+w.Reason)
+		}
+		slices.Sort(want)
+		slices.Sort(got)
+		if !slices.Equal(want, got) {
+			return fmt.Errorf("workloads: mirror %v, cluster %v", got, want)
 		}
 		mev := map[uint64]string{}
 		for _, e := range m.Events {
@@ -259,6 +278,18 @@ func TestCloudDownLosesNothing(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	if _, err := c.follower().CreateToken(ctx, api.TokenRequest{TTL: "1h"}); err != nil {
+		t.Fatal(err)
+	}
+	// Services deployed and deleted locally meanwhile reach the mirror
+	// too (waitMirror compares them).
+	if _, err := c.follower().DeployService(ctx, api.ServiceRequest{Service: "redis"}); err != nil {
+		t.Fatal(err)
+	}
+	gone, err := c.leader().DeployService(ctx, api.ServiceRequest{Service: "postgres"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.leader().DeleteWorkload(ctx, gone.OSID, false); err != nil {
 		t.Fatal(err)
 	}
 	c.addNode(c.follower(), "node3")
@@ -435,6 +466,134 @@ func TestCloudCommandOnceAcrossLeaderChange(t *testing.T) {
 		r, _ := tc.srv.Command(id, bad.ID)
 		if r.State != cloud.CmdFailed || !strings.Contains(r.Result.Error, "no such node") {
 			return fmt.Errorf("%+v %+v", r.State, r.Result)
+		}
+		return nil
+	})
+	waitMirror(t, c, tc, id)
+}
+
+// A service deployed from the cloud (sent while the leader goes down) is
+// created once, with its status, and
+// the mirror lists it as the cluster's local API does; a delete from the
+// cloud removes it from the cluster and then from the mirror. (No
+// Kubernetes target: pending "no Kubernetes cluster set" is the real
+// status then, and a delete is purged at once.)
+func TestCloudDeployServiceCommand(t *testing.T) {
+	c := newCluster(t, 3)
+	tc := startCloud(t)
+	id := connectCloud(t, tc, c.agents[0], "lab")
+	waitMirror(t, c, tc, id)
+
+	run := func(kind string, args any) *cloud.CommandRecord {
+		t.Helper()
+		b, _ := json.Marshal(args)
+		rec, err := tc.srv.SendCommand(id, kind, b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, kind+" answered", func() error {
+			r, err := tc.srv.Command(id, rec.ID)
+			if err != nil {
+				return err
+			}
+			if r.State == cloud.CmdPending {
+				return errors.New("pending")
+			}
+			rec = r
+			return nil
+		})
+		return rec
+	}
+	// Sent while the leader goes down: applied once, by whichever leader
+	// gets it, and the answer names that instance.
+	b, _ := json.Marshal(api.ServiceRequest{Service: "postgres", Tier: "lightweight", Set: map[string]string{"storage": "2Gi"}})
+	rec, err := tc.srv.SendCommand(id, "deploy_service", b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, a := range c.agents {
+		if a == c.leader() {
+			c.stop(i)
+			break
+		}
+	}
+	eventually(t, "deploy answered across the leader change", func() error {
+		r, err := tc.srv.Command(id, rec.ID)
+		if err != nil {
+			return err
+		}
+		if r.State == cloud.CmdPending {
+			return fmt.Errorf("pending after %d sends", r.Attempts)
+		}
+		rec = r
+		return nil
+	})
+	t.Logf("deploy_service sent %d times across the leader change; answer replayed=%v", rec.Attempts, rec.Result.Replayed)
+	if rec.State != cloud.CmdDone {
+		t.Fatalf("deploy failed: %+v", rec.Result)
+	}
+	var svc api.Service
+	if err := json.Unmarshal(rec.Result.Data, &svc); err != nil || !strings.HasPrefix(svc.OSID, "postgres-") {
+		t.Fatalf("deploy result %s: %v", rec.Result.Data, err)
+	}
+	// Every node's local API shows the one instance.
+	for _, a := range c.agents {
+		if a == nil {
+			continue
+		}
+		eventually(t, a.Name()+" lists the instance", func() error {
+			list := a.Services("")
+			if len(list) != 1 || list[0].OSID != svc.OSID || list[0].Set["storage"] != "2Gi" {
+				return fmt.Errorf("%+v", list)
+			}
+			return nil
+		})
+	}
+	// The mirror lists it with the status the cluster shows.
+	local := c.leader().Services("")[0]
+	eventually(t, "mirror lists the instance with its status", func() error {
+		list, err := tc.srv.Services(id, "")
+		if err != nil {
+			return err
+		}
+		if len(list) != 1 || list[0].OSID != svc.OSID || list[0].Status != local.Status || list[0].Reason != local.Reason ||
+			!strings.Contains(list[0].Reason, "no Kubernetes cluster set") || list[0].Connection != nil {
+			return fmt.Errorf("mirror %+v, cluster %+v", list, local)
+		}
+		return nil
+	})
+	// The result can be told again (resend) without a second instance.
+	replays := rec.Replays
+	if err := tc.srv.Resend(id, rec.ID); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "replay answered", func() error {
+		if r, _ := tc.srv.Command(id, rec.ID); r.Replays <= replays {
+			return errors.New("no replay answer yet")
+		}
+		return nil
+	})
+	if n := len(c.leader().Services("")); n != 1 {
+		t.Fatalf("%d instances after a replay", n)
+	}
+	// A bad deploy is a clear command error.
+	if r := run("deploy_service", api.ServiceRequest{Service: "postgres", Set: map[string]string{"colour": "blue"}}); r.State != cloud.CmdFailed || !strings.Contains(r.Result.Error, `unknown setting "colour"`) {
+		t.Fatalf("bad --set: %+v", r.Result)
+	}
+
+	if r := run("delete_service", cloudlink.DeleteWorkloadArgs{OSID: svc.OSID}); r.State != cloud.CmdDone {
+		t.Fatalf("delete failed: %+v", r.Result)
+	}
+	eventually(t, "gone from the cluster and the mirror", func() error {
+		if n := len(c.leader().Services("")); n != 0 {
+			return fmt.Errorf("cluster has %d instances", n)
+		}
+		list, err := tc.srv.Services(id, "")
+		if err != nil {
+			return err
+		}
+		if len(list) != 0 {
+			return fmt.Errorf("mirror %+v", list)
 		}
 		return nil
 	})

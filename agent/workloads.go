@@ -18,6 +18,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
 	"github.com/runos/runos-agent/api"
+	"github.com/runos/runos-agent/cloudlink"
 	"github.com/runos/runos-agent/kube"
 	"github.com/runos/runos-agent/raftstore"
 	"github.com/runos/runos-agent/seal"
@@ -427,35 +428,26 @@ func (w *workloads) instance(r *raftstore.ServiceRecord) (templates.Instance, er
 }
 
 func openInstance(key seal.Key, r *raftstore.ServiceRecord) (templates.Instance, error) {
-	inst := templates.Instance{OSID: r.OSID, Service: r.Service, Tier: r.Tier, Set: maps.Clone(r.Set)}
-	b, err := seal.Open(key, raftstore.CredentialsPurpose(r.OSID), r.Credentials)
-	if err != nil {
-		return inst, fmt.Errorf("%s credentials: %w", r.OSID, err)
-	}
-	if err := json.Unmarshal(b, &inst.Credentials); err != nil {
-		return inst, fmt.Errorf("%s credentials: %w", r.OSID, err)
-	}
-	return inst, nil
+	return cloudlink.OpenInstance(key, r)
 }
 
 func (w *workloads) app(r *raftstore.AppRecord, services map[string]*raftstore.ServiceRecord) (templates.App, error) {
 	return buildApp(w.a.dataKey, r.OSID, r.Name, r.Image, r.Port, r.Env, r.Uses, services)
 }
 
+// buildApp is cloudlink.BuildApp (shared with cloud commands), its
+// refusals as the local API's 400s.
 func buildApp(key seal.Key, osid, name, image string, port int, env map[string]string, uses []string, services map[string]*raftstore.ServiceRecord) (templates.App, error) {
-	app := templates.App{OSID: osid, Name: name, Image: image, Port: port, Env: maps.Clone(env)}
-	for _, u := range uses {
-		s, ok := services[u]
-		if !ok || s.Desired != raftstore.DesiredPresent {
-			return app, invalid(fmt.Errorf("--use %s: no such service instance (see `runos-agent services list`)", u))
-		}
-		inst, err := openInstance(key, s)
-		if err != nil {
-			return app, err
-		}
-		app.Uses = append(app.Uses, inst)
+	app, err := cloudlink.BuildApp(key, osid, name, image, port, env, uses, services)
+	return app, asInvalid(err)
+}
+
+// asInvalid turns cloudlink's ErrInvalid into the local API's 400.
+func asInvalid(err error) error {
+	if err != nil && errors.Is(err, cloudlink.ErrInvalid) {
+		return invalid(err)
 	}
-	return app, nil
+	return err
 }
 
 func sortedServices(m map[string]*raftstore.ServiceRecord) []*raftstore.ServiceRecord {
@@ -624,24 +616,9 @@ func applyWorkloadCmd(ctx context.Context, store *raftstore.Store, timeout time.
 	return res.Error()
 }
 
-// Catalog lists the deployable services.
-func Catalog() []api.CatalogService {
-	var out []api.CatalogService
-	for _, s := range templates.Catalog() {
-		c := api.CatalogService{Name: s.Name, Title: s.Title, Kind: s.Kind, Version: s.Version, Description: s.Description,
-			Provides: s.Provides, Env: s.Env, Tiers: []api.CatalogTier{}, Settings: []api.CatalogSetting{}}
-		// Same fields as the templates types (a conversion keeps them in
-		// step); api stays free of the templates package's k8s imports.
-		for _, t := range s.Tiers {
-			c.Tiers = append(c.Tiers, api.CatalogTier(t))
-		}
-		for _, x := range s.Settings {
-			c.Settings = append(c.Settings, api.CatalogSetting(x))
-		}
-		out = append(out, c)
-	}
-	return out
-}
+// Catalog lists the deployable services (the cloud console serves the
+// same list).
+func Catalog() []api.CatalogService { return cloudlink.Catalog() }
 
 // newOSID draws an OSID not used by any service or app.
 func newOSID(rnd io.Reader, st *raftstore.State, name string) (string, error) {
@@ -660,41 +637,13 @@ func newOSID(rnd io.Reader, st *raftstore.State, name string) (string, error) {
 // DeployService validates the request, generates the OSID and credentials
 // and commits the instance. The reconciler applies it.
 func (a *Agent) DeployService(ctx context.Context, req api.ServiceRequest) (*api.Service, error) {
-	if _, ok := templates.Lookup(req.Service); !ok {
-		var names []string
-		for _, s := range templates.Catalog() {
-			names = append(names, s.Name)
-		}
-		return nil, invalid(fmt.Errorf("unknown service %q (one of: %s)", req.Service, strings.Join(names, ", ")))
-	}
-	if req.Tier == "" {
-		req.Tier = templates.TierLightweight
-	}
 	st, _ := a.store.State()
-	osid, err := newOSID(rand.Reader, st, req.Service)
+	rec, err := cloudlink.NewServiceRecord(a.dataKey, rand.Reader, func(service string) (string, error) {
+		return newOSID(rand.Reader, st, service)
+	}, req)
 	if err != nil {
-		return nil, err
+		return nil, asInvalid(err)
 	}
-	inst := templates.Instance{OSID: osid, Service: req.Service, Tier: req.Tier, Set: maps.Clone(req.Set)}
-	if err := templates.Validate(&inst); err != nil {
-		return nil, invalid(err)
-	}
-	creds, err := templates.NewCredentials(rand.Reader, req.Service)
-	if err != nil {
-		return nil, err
-	}
-	inst.Credentials = creds
-	// Render now so a request that cannot render fails here, not later in
-	// the reconciler.
-	if _, err := templates.Render(inst); err != nil {
-		return nil, invalid(err)
-	}
-	credJSON, _ := json.Marshal(creds)
-	sealed, err := seal.Seal(a.dataKey, raftstore.CredentialsPurpose(osid), credJSON)
-	if err != nil {
-		return nil, err
-	}
-	rec := &raftstore.ServiceRecord{OSID: osid, Service: inst.Service, Tier: inst.Tier, Set: inst.Set, Credentials: sealed}
 	cmd := &raftstore.Command{Op: raftstore.OpWorkloadServiceCreate, Workload: &raftstore.WorkloadCmd{Service: rec}}
 	if err := a.proposeWorkload(ctx, cmd); err != nil {
 		return nil, err
@@ -704,25 +653,10 @@ func (a *Agent) DeployService(ctx context.Context, req api.ServiceRequest) (*api
 	return serviceView(rec, nil), nil
 }
 
+// serviceView is the record in the API shape; cloudlink builds the same
+// view for the cloud's mirror, so both show one shape.
 func serviceView(r *raftstore.ServiceRecord, apps map[string]*raftstore.AppRecord) *api.Service {
-	s := &api.Service{
-		OSID: r.OSID, Service: r.Service, Tier: r.Tier, Set: r.Set,
-		Status: r.Status.Phase, Reason: r.Status.Reason, Ready: r.Status.Ready, Total: r.Status.Total,
-		Conditions: r.Status.Conditions, CreatedAt: r.CreatedAt, UpdatedAt: r.Status.UpdatedAt,
-	}
-	if svc, ok := templates.Lookup(r.Service); ok {
-		for _, t := range svc.Tiers {
-			if t.Name == r.Tier {
-				s.TierNote = t.Note
-			}
-		}
-	}
-	for _, app := range sortedApps(apps) {
-		if app.Desired == raftstore.DesiredPresent && slices.Contains(app.Uses, r.OSID) {
-			s.UsedBy = append(s.UsedBy, app.OSID)
-		}
-	}
-	return s
+	return cloudlink.ServiceView(r, apps)
 }
 
 // Services lists instances, optionally of one service.
@@ -825,13 +759,7 @@ func (a *Agent) DeployApp(ctx context.Context, req api.AppRequest) (*api.App, er
 	return v, nil
 }
 
-func appView(r *raftstore.AppRecord) *api.App {
-	return &api.App{
-		OSID: r.OSID, Name: r.Name, Image: r.Image, Port: r.Port, Env: r.Env, Uses: r.Uses, Tier: "app",
-		Status: r.Status.Phase, Reason: r.Status.Reason, Ready: r.Status.Ready, Total: r.Status.Total,
-		Conditions: r.Status.Conditions, CreatedAt: r.CreatedAt, UpdatedAt: r.Status.UpdatedAt,
-	}
-}
+func appView(r *raftstore.AppRecord) *api.App { return cloudlink.AppView(r) }
 
 // injectedEnv lists the env variables of the app's Deployment that come
 // from --use (Secret references and connection details), sorted.

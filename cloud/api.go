@@ -134,6 +134,9 @@ type Mirror struct {
 	Tokens  []cloudlink.Token `json:"tokens"`
 	Events  []api.Event       `json:"events"`
 	Changes []uint64          `json:"changes"` // Raft indexes received, in order
+	// Services and apps as last reported, by OSID.
+	Services []api.Service `json:"services"`
+	Apps     []api.App     `json:"apps"`
 }
 
 // MirrorOf returns a cluster's mirror.
@@ -146,7 +149,7 @@ func (s *Server) MirrorOf(ref string) (*Mirror, error) {
 	if err != nil {
 		return nil, err
 	}
-	out := &Mirror{Nodes: m.Nodes, Tokens: m.Tokens, Events: m.Events, Changes: m.Changes}
+	out := &Mirror{Nodes: m.Nodes, Tokens: m.Tokens, Events: m.Events, Changes: m.Changes, Services: m.Services, Apps: m.Apps}
 	cs, _ := s.Clusters()
 	for _, ci := range cs {
 		if ci.ID == c.ID {
@@ -261,6 +264,7 @@ func (s *Server) apiHandler() http.Handler {
 		v, err := s.SendCommand(r.PathValue("c"), req.Kind, req.Args)
 		reply(w, v, err)
 	})
+	s.workloadRoutes(mux)
 	// The agent's read paths, from the mirror, for the shared web UI.
 	mux.HandleFunc("GET /clusters/{c}/v1/nodes", func(w http.ResponseWriter, r *http.Request) {
 		v, err := s.Nodes(r.PathValue("c"))

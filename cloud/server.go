@@ -401,9 +401,9 @@ func (s *Server) Revoke(ref string) error {
 	return err
 }
 
-// CommandKinds are the command kinds clusters understand (deploying a
-// service joins them with issue 6's workloads).
-var CommandKinds = map[string]bool{"create_token": true, "remove_node": true}
+// CommandKinds are the command kinds clusters understand.
+var CommandKinds = map[string]bool{"create_token": true, "remove_node": true,
+	"deploy_service": true, "delete_service": true, "deploy_app": true, "delete_app": true}
 
 // SendCommand records a command for a cluster and pushes it now if the
 // cluster is connected; otherwise it goes out when the cluster connects.
@@ -413,7 +413,7 @@ func (s *Server) SendCommand(ref, kind string, args json.RawMessage) (*CommandRe
 		return nil, err
 	}
 	if !CommandKinds[kind] {
-		return nil, fmt.Errorf("%w: unknown command kind %q (create_token, remove_node)", errBadInput, kind)
+		return nil, fmt.Errorf("%w: unknown command kind %q (create_token, remove_node, deploy_service, delete_service, deploy_app, delete_app)", errBadInput, kind)
 	}
 	rec := &CommandRecord{Command: cloudlink.Command{ID: "cmd-" + randomHex(8), Kind: kind, Args: args, CreatedAt: time.Now().UTC()}, Cluster: c.ID, State: CmdPending}
 	if err := s.store.putCommand(c.ID, rec); err != nil {

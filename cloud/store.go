@@ -30,6 +30,8 @@ var (
 	bEvents   = []byte("events")
 	bChanges  = []byte("changes")
 	bCommands = []byte("commands")
+	bServices = []byte("services") // api.Service by OSID
+	bApps     = []byte("apps")     // api.App by OSID
 )
 
 // eventWindow bounds the events a mirror keeps per cluster.
@@ -176,7 +178,7 @@ func (s *store) mirror(tx *bolt.Tx, id string) (*bolt.Bucket, error) {
 	if err != nil {
 		return nil, err
 	}
-	for _, b := range [][]byte{bNodes, bMTokens, bEvents, bChanges, bCommands} {
+	for _, b := range [][]byte{bNodes, bMTokens, bEvents, bChanges, bCommands, bServices, bApps} {
 		if _, err := m.CreateBucketIfNotExists(b); err != nil {
 			return nil, err
 		}
@@ -191,7 +193,7 @@ func (s *store) resetMirror(tx *bolt.Tx, id string) error {
 	if err != nil {
 		return err
 	}
-	for _, b := range [][]byte{bNodes, bMTokens, bEvents, bChanges} {
+	for _, b := range [][]byte{bNodes, bMTokens, bEvents, bChanges, bServices, bApps} {
 		if err := m.DeleteBucket(b); err != nil {
 			return err
 		}
@@ -225,6 +227,16 @@ func (s *store) applySnapshot(id string, snap *cloudlink.Snapshot) error {
 		}
 		for _, e := range snap.Events {
 			if err := putJSON(m.Bucket(bEvents), u64(e.Seq), e); err != nil {
+				return err
+			}
+		}
+		for _, w := range snap.Services {
+			if err := putJSON(m.Bucket(bServices), []byte(w.OSID), w); err != nil {
+				return err
+			}
+		}
+		for _, w := range snap.Apps {
+			if err := putJSON(m.Bucket(bApps), []byte(w.OSID), w); err != nil {
 				return err
 			}
 		}
@@ -276,6 +288,9 @@ func (s *store) applyChanges(id string, changes []cloudlink.Change) (uint64, err
 					}
 				}
 			}
+			if err := applyWorkload(m, ch); err != nil {
+				return err
+			}
 			for _, e := range ch.Events {
 				if err := putJSON(events, u64(e.Seq), e); err != nil {
 					return err
@@ -295,6 +310,25 @@ func (s *store) applyChanges(id string, changes []cloudlink.Change) (uint64, err
 	return cursor, err
 }
 
+// applyWorkload puts (or removes) the service or app a change names.
+func applyWorkload(m *bolt.Bucket, ch cloudlink.Change) error {
+	if ch.WorkloadID == "" {
+		return nil
+	}
+	svcs, apps := m.Bucket(bServices), m.Bucket(bApps)
+	key := []byte(ch.WorkloadID)
+	switch {
+	case ch.Service != nil:
+		return putJSON(svcs, key, ch.Service)
+	case ch.App != nil:
+		return putJSON(apps, key, ch.App)
+	}
+	if err := svcs.Delete(key); err != nil {
+		return err
+	}
+	return apps.Delete(key)
+}
+
 // trim drops the oldest keys beyond n.
 func trim(b *bolt.Bucket, n int) {
 	over := b.Stats().KeyN - n
@@ -310,14 +344,16 @@ func trim(b *bolt.Bucket, n int) {
 
 // mirrorView is a cluster's mirror read in one transaction.
 type mirrorView struct {
-	Nodes   []api.Node
-	Tokens  []cloudlink.Token
-	Events  []api.Event
-	Changes []uint64
+	Services []api.Service // by OSID
+	Apps     []api.App     // by OSID
+	Nodes    []api.Node
+	Tokens   []cloudlink.Token
+	Events   []api.Event
+	Changes  []uint64
 }
 
 func (s *store) readMirror(id string, withChanges bool) (*mirrorView, error) {
-	out := &mirrorView{Nodes: []api.Node{}, Tokens: []cloudlink.Token{}, Events: []api.Event{}}
+	out := &mirrorView{Nodes: []api.Node{}, Tokens: []cloudlink.Token{}, Events: []api.Event{}, Services: []api.Service{}, Apps: []api.App{}}
 	err := s.db.View(func(tx *bolt.Tx) error {
 		m := tx.Bucket(mirrorName(id))
 		if m == nil {
@@ -344,6 +380,7 @@ func (s *store) readMirror(id string, withChanges bool) (*mirrorView, error) {
 			}
 			return nil
 		})
+		readWorkloads(m, out)
 		if withChanges {
 			m.Bucket(bChanges).ForEach(func(k, v []byte) error {
 				out.Changes = append(out.Changes, binary.BigEndian.Uint64(k))
@@ -362,6 +399,42 @@ func (s *store) readMirror(id string, withChanges bool) (*mirrorView, error) {
 		return 0
 	})
 	return out, err
+}
+
+// readWorkloadsOnly reads a mirror's services and apps alone: the console
+// polls them every few seconds, and the whole mirror holds thousands of
+// events.
+func (s *store) readWorkloadsOnly(id string) (*mirrorView, error) {
+	out := &mirrorView{Services: []api.Service{}, Apps: []api.App{}}
+	err := s.db.View(func(tx *bolt.Tx) error {
+		if m := tx.Bucket(mirrorName(id)); m != nil {
+			readWorkloads(m, out)
+		}
+		return nil
+	})
+	return out, err
+}
+
+func readWorkloads(m *bolt.Bucket, out *mirrorView) {
+	// Mirrors stored before services existed have no such buckets.
+	if b := m.Bucket(bServices); b != nil {
+		b.ForEach(func(k, v []byte) error {
+			var w api.Service
+			if json.Unmarshal(v, &w) == nil {
+				out.Services = append(out.Services, w)
+			}
+			return nil
+		})
+	}
+	if b := m.Bucket(bApps); b != nil {
+		b.ForEach(func(k, v []byte) error {
+			var w api.App
+			if json.Unmarshal(v, &w) == nil {
+				out.Apps = append(out.Apps, w)
+			}
+			return nil
+		})
+	}
 }
 
 // Command states.

@@ -147,8 +147,12 @@ func New(cfg Config, log *slog.Logger) (*Link, error) {
 	l := &Link{cfg: cfg, log: log.With("component", "cloudlink"), handling: map[string]bool{}}
 	l.status = Status{State: StateOff, Since: time.Now()}
 	l.kinds = map[string]Kind{
-		"create_token": {Prepare: l.prepareToken, Result: l.tokenResult},
-		"remove_node":  {Prepare: prepareRemove, Result: func(Command, json.RawMessage) (json.RawMessage, error) { return nil, nil }},
+		"create_token":   {Prepare: l.prepareToken, Result: l.tokenResult},
+		"remove_node":    {Prepare: prepareRemove, Result: func(Command, json.RawMessage) (json.RawMessage, error) { return nil, nil }},
+		"deploy_service": {Prepare: l.prepareService, Result: l.serviceResult},
+		"delete_service": {Prepare: prepareDelete("delete_service", raftstore.OpWorkloadServiceDelete), Result: deleteResult},
+		"deploy_app":     {Prepare: l.prepareApp, Result: l.appResult},
+		"delete_app":     {Prepare: prepareDelete("delete_app", raftstore.OpWorkloadAppDelete), Result: deleteResult},
 	}
 	for k, v := range cfg.Kinds {
 		l.kinds[k] = v
@@ -658,6 +662,7 @@ func (l *Link) snapshot(st *raftstore.State, idx uint64) *Snapshot {
 	for _, n := range st.SortedNodes() {
 		s.Nodes = append(s.Nodes, nodeRecord(n, live))
 	}
+	s.Services, s.Apps = workloadLists(st)
 	for _, e := range st.Events {
 		if e.Seq <= idx {
 			s.Events = append(s.Events, api.Event(e))
@@ -695,6 +700,14 @@ func (l *Link) buildChanges(st *raftstore.State, changes []raftstore.CloudChange
 			if n, ok := st.Nodes[c.Subject]; ok {
 				rec := nodeRecord(n, live)
 				ch.Node = &rec
+				size += 400
+			}
+		}
+		switch c.Op {
+		case raftstore.OpWorkloadServiceCreate, raftstore.OpWorkloadAppCreate, raftstore.OpWorkloadServiceDelete, raftstore.OpWorkloadAppDelete,
+			raftstore.OpWorkloadServicePurge, raftstore.OpWorkloadAppPurge, raftstore.OpWorkloadStatus:
+			if c.Subject != "" {
+				workloadChange(st, &ch, c.Subject)
 				size += 400
 			}
 		}

@@ -82,6 +82,9 @@ type Snapshot struct {
 	Nodes  []api.Node  `json:"nodes"`
 	Tokens []Token     `json:"tokens"`
 	Events []api.Event `json:"events"`
+	// Services and apps as the local API lists them (never credentials).
+	Services []api.Service `json:"services,omitempty"`
+	Apps     []api.App     `json:"apps,omitempty"`
 }
 
 // Change is one outbox entry with what the mirror needs to apply it: the
@@ -96,6 +99,11 @@ type Change struct {
 	Events []api.Event `json:"events,omitempty"`
 	// TokensChanged says Tokens is the complete new list (possibly empty).
 	TokensChanged bool `json:"tokens_changed,omitempty"`
+	// WorkloadID names a service or app that changed: Service or App is
+	// its record now; neither means it is gone.
+	WorkloadID string       `json:"workload_id,omitempty"`
+	Service    *api.Service `json:"service,omitempty"`
+	App        *api.App     `json:"app,omitempty"`
 }
 
 // Health is the leader's view of every node, sent periodically.
@@ -108,7 +116,7 @@ type Health struct {
 // cluster applies it at most once.
 type Command struct {
 	ID        string          `json:"id"`
-	Kind      string          `json:"kind"` // create_token|remove_node
+	Kind      string          `json:"kind"` // create_token|remove_node|deploy_service|delete_service|deploy_app|delete_app
 	Args      json.RawMessage `json:"args,omitempty"`
 	CreatedAt time.Time       `json:"created_at"`
 }
@@ -128,6 +136,18 @@ type CmdResult struct {
 type CreateTokenArgs struct {
 	TTL  string `json:"ttl,omitempty"` // Go duration, default 1h
 	Uses int    `json:"uses,omitempty"`
+}
+
+// DeployServiceArgs are the arguments of deploy_service (as POST
+// /v1/services takes them).
+type DeployServiceArgs = api.ServiceRequest
+
+// DeployAppArgs are the arguments of deploy_app (as POST /v1/apps).
+type DeployAppArgs = api.AppRequest
+
+// DeleteWorkloadArgs are the arguments of delete_service and delete_app.
+type DeleteWorkloadArgs struct {
+	OSID string `json:"osid"`
 }
 
 // RemoveNodeArgs are the arguments of remove_node.

@@ -162,9 +162,11 @@ type CloudCmd struct {
 	Inner     *Command `json:"inner,omitempty"`
 }
 
-// cloudExecOps are the ops a cloud command may carry. Deploying a service
-// (workload_* ops, issue 6) is added here when it exists.
-var cloudExecOps = map[string]bool{OpCreateToken: true, OpRemoveNode: true}
+// cloudExecOps are the ops a cloud command may carry: the console's writes.
+// Status writes, purges and the kube target stay local (the kubeconfig
+// is a credential the cloud never sees).
+var cloudExecOps = map[string]bool{OpCreateToken: true, OpRemoveNode: true,
+	OpWorkloadServiceCreate: true, OpWorkloadServiceDelete: true, OpWorkloadAppCreate: true, OpWorkloadAppDelete: true}
 
 func (s *State) applyCloud(cmd *Command, res *Result) error {
 	c := cmd.Cloud
@@ -258,6 +260,24 @@ func (s *State) recordChange(index uint64, cmd *Command, res *Result) {
 		if cmd.CreateToken != nil {
 			subject = cmd.CreateToken.Token.ID
 		}
+	case OpWorkloadServiceCreate, OpWorkloadAppCreate, OpWorkloadServiceDelete, OpWorkloadAppDelete,
+		OpWorkloadServicePurge, OpWorkloadAppPurge, OpWorkloadStatus:
+		// The OSID: the link sends the record as it is then (or its
+		// removal). A status write (or purge, or repeated delete) that changed
+		// nothing is no change.
+		if w := cmd.Workload; w != nil {
+			switch {
+			case w.Service != nil:
+				subject = w.Service.OSID
+			case w.App != nil:
+				subject = w.App.OSID
+			default:
+				subject = w.OSID
+			}
+		}
+		if !workloadChanged(res) {
+			return
+		}
 	}
 	cs := &s.Cloud
 	// Appending never touches entries a view can see; dropping the oldest
@@ -267,4 +287,10 @@ func (s *State) recordChange(index uint64, cmd *Command, res *Result) {
 		cs.Trimmed = cs.Changes[over-1].Index
 		cs.Changes = cs.Changes[over:]
 	}
+}
+
+// workloadChanged reads WorkloadResult.Changed without a full decode (it
+// runs on every status write).
+func workloadChanged(res *Result) bool {
+	return !strings.Contains(string(res.Data), `"changed":false`)
 }

@@ -178,3 +178,54 @@ func BenchmarkRecordChange(b *testing.B) {
 		s.recordChange(uint64(i+3), cmd, res)
 	}
 }
+
+// BenchmarkRecordChangeWorkloadStatus is the outbox's cost of a
+// reconciler's status write (the most frequent workload write).
+func BenchmarkRecordChangeWorkloadStatus(b *testing.B) {
+	for _, changed := range []bool{true, false} {
+		b.Run(fmt.Sprintf("changed=%v", changed), func(b *testing.B) {
+			s := bootstrapped(&testing.T{})
+			cmd := &Command{Op: OpWorkloadStatus, Workload: &WorkloadCmd{OSID: "postgres-aaaaa", Status: &Observed{Phase: PhaseReady}}}
+			data, _ := json.Marshal(WorkloadResult{Changed: changed})
+			res := &Result{Data: data}
+			b.ReportAllocs()
+			for i := 0; b.Loop(); i++ {
+				s.recordChange(uint64(i+3), cmd, res)
+			}
+		})
+	}
+}
+
+// Workload writes reach the outbox named by OSID; a status write that
+// changed nothing does not.
+func TestCloudOutboxWorkloads(t *testing.T) {
+	s := bootstrapped(t)
+	idx := uint64(10)
+	apply := func(c *Command) *Result { idx++; return s.apply(idx, c) }
+	last := func() CloudChange { return s.Cloud.Changes[len(s.Cloud.Changes)-1] }
+	if r := apply(execCmd("cloud-1", wcmd("c1", OpWorkloadServiceCreate, &WorkloadCmd{Service: svc("postgres-aaaaa")}))); r.Err != "" {
+		t.Fatal(r.Err)
+	}
+	if c := last(); c.Op != OpWorkloadServiceCreate || c.Subject != "postgres-aaaaa" || c.Index != idx {
+		t.Fatalf("create change %+v", c)
+	}
+	st := &Observed{Phase: PhaseApplying, Total: 1, Generation: 1}
+	apply(wcmd("s1", OpWorkloadStatus, &WorkloadCmd{OSID: "postgres-aaaaa", Status: st}))
+	if c := last(); c.Op != OpWorkloadStatus || c.Subject != "postgres-aaaaa" {
+		t.Fatalf("status change %+v", c)
+	}
+	n := len(s.Cloud.Changes)
+	apply(wcmd("s2", OpWorkloadStatus, &WorkloadCmd{OSID: "postgres-aaaaa", Status: st}))
+	if len(s.Cloud.Changes) != n {
+		t.Fatal("an unchanged status write reached the outbox")
+	}
+	apply(execCmd("cloud-2", wcmd("d1", OpWorkloadServiceDelete, &WorkloadCmd{OSID: "postgres-aaaaa"})))
+	apply(wcmd("p1", OpWorkloadServicePurge, &WorkloadCmd{OSID: "postgres-aaaaa"}))
+	if c := last(); c.Op != OpWorkloadServicePurge || c.Subject != "postgres-aaaaa" || len(s.Cloud.Changes) != n+2 {
+		t.Fatalf("purge change %+v (%d changes)", c, len(s.Cloud.Changes)-n)
+	}
+	// The kube target is not the cloud's business.
+	if r := apply(execCmd("cloud-3", wcmd("k1", OpWorkloadKubeSet, &WorkloadCmd{Kube: &KubeTarget{Kubeconfig: "x"}}))); !strings.Contains(r.Err, ErrCloudNotAllowed.Error()) {
+		t.Fatalf("kube_set from the cloud: %q", r.Err)
+	}
+}

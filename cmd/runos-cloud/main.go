@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -238,10 +239,78 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 							return sendCommand(c, "remove_node", args)
 						},
 					},
+					{
+						Name: "deploy-service", Usage: "deploy a catalog service in the cluster (prints the instance)", ArgsUsage: "CLUSTER SERVICE",
+						Flags: []cli.Flag{dataDirFlag(), &cli.StringFlag{Name: "tier", Value: "lightweight"},
+							&cli.StringSliceFlag{Name: "set", Usage: "KEY=VALUE override (repeatable)"}, &cli.DurationFlag{Name: "wait", Value: 30 * time.Second}},
+						Action: func(c *cli.Context) error {
+							if c.NArg() != 2 {
+								return errors.New("deploy-service needs a cluster and a service name")
+							}
+							set, err := keyValues(c.StringSlice("set"), "--set")
+							if err != nil {
+								return err
+							}
+							args, _ := json.Marshal(api.ServiceRequest{Service: c.Args().Get(1), Tier: c.String("tier"), Set: set})
+							return sendCommand(c, "deploy_service", args)
+						},
+					},
+					{
+						Name: "delete-service", Usage: "delete a service instance in the cluster", ArgsUsage: "CLUSTER OSID",
+						Flags: []cli.Flag{dataDirFlag(), &cli.DurationFlag{Name: "wait", Value: 30 * time.Second}},
+						Action: func(c *cli.Context) error {
+							if c.NArg() != 2 {
+								return errors.New("delete-service needs a cluster and an OSID")
+							}
+							args, _ := json.Marshal(map[string]string{"osid": c.Args().Get(1)})
+							return sendCommand(c, "delete_service", args)
+						},
+					},
+					{
+						Name: "deploy-app", Usage: "deploy an app in the cluster (prints the app)", ArgsUsage: "CLUSTER NAME",
+						Flags: []cli.Flag{dataDirFlag(), &cli.StringFlag{Name: "image", Required: true}, &cli.IntFlag{Name: "port"},
+							&cli.StringSliceFlag{Name: "env", Usage: "KEY=VALUE (repeatable)"}, &cli.StringSliceFlag{Name: "use", Usage: "service OSID (repeatable)"},
+							&cli.DurationFlag{Name: "wait", Value: 30 * time.Second}},
+						Action: func(c *cli.Context) error {
+							if c.NArg() != 2 {
+								return errors.New("deploy-app needs a cluster and an app name")
+							}
+							env, err := keyValues(c.StringSlice("env"), "--env")
+							if err != nil {
+								return err
+							}
+							args, _ := json.Marshal(api.AppRequest{Name: c.Args().Get(1), Image: c.String("image"), Port: c.Int("port"), Env: env, Use: c.StringSlice("use")})
+							return sendCommand(c, "deploy_app", args)
+						},
+					},
+					{
+						Name: "delete-app", Usage: "delete an app in the cluster", ArgsUsage: "CLUSTER OSID",
+						Flags: []cli.Flag{dataDirFlag(), &cli.DurationFlag{Name: "wait", Value: 30 * time.Second}},
+						Action: func(c *cli.Context) error {
+							if c.NArg() != 2 {
+								return errors.New("delete-app needs a cluster and an OSID")
+							}
+							args, _ := json.Marshal(map[string]string{"osid": c.Args().Get(1)})
+							return sendCommand(c, "delete_app", args)
+						},
+					},
 				},
 			},
 		},
 	}
+}
+
+// keyValues parses KEY=VALUE flags.
+func keyValues(in []string, flag string) (map[string]string, error) {
+	out := map[string]string{}
+	for _, kv := range in {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			return nil, fmt.Errorf("%s %q: want KEY=VALUE", flag, kv)
+		}
+		out[k] = v
+	}
+	return out, nil
 }
 
 func sendCommand(c *cli.Context, kind string, args json.RawMessage) error {

@@ -95,6 +95,31 @@ func TestCLINodesVisibleAfterConnect(t *testing.T) {
 	if err != nil || !strings.Contains(out, `"state": "done"`) || !strings.Contains(out, "RO1") {
 		t.Fatalf("command create-token: %v\n%s", err, out)
 	}
+	// A service deployed and deleted from the CLI: the result is the
+	// instance; bad input is the command's error.
+	out, err = run("command", "deploy-service", "--data-dir", dir, "--set", "storage=2Gi", "lab", "redis")
+	var rec cloud.CommandRecord
+	var svc api.Service
+	if err == nil {
+		err = json.Unmarshal([]byte(out), &rec)
+	}
+	if err != nil || rec.State != cloud.CmdDone || json.Unmarshal(rec.Result.Data, &svc) != nil || !strings.HasPrefix(svc.OSID, "redis-") {
+		t.Fatalf("command deploy-service: %v\n%s", err, out)
+	}
+	if list, err := api.NewClient(dc.Dirs[0]).Services(ctx, ""); err != nil || len(list) != 1 || list[0].OSID != svc.OSID {
+		t.Fatalf("cluster services after the cloud's deploy: %+v %v", list, err)
+	}
+	out, err = run("command", "deploy-service", "--data-dir", dir, "--set", "colour=blue", "lab", "redis")
+	if err != nil || !strings.Contains(out, `"state": "failed"`) || !strings.Contains(out, `unknown setting`) {
+		t.Fatalf("bad deploy-service: %v\n%s", err, out)
+	}
+	if _, err := run("command", "deploy-service", "--data-dir", dir, "--set", "novalue", "lab", "redis"); err == nil || !strings.Contains(err.Error(), "KEY=VALUE") {
+		t.Fatalf("--set without =: %v", err)
+	}
+	out, err = run("command", "delete-service", "--data-dir", dir, "lab", svc.OSID)
+	if err != nil || !strings.Contains(out, `"state": "done"`) {
+		t.Fatalf("command delete-service: %v\n%s", err, out)
+	}
 	st, err := api.NewClient(dc.Dirs[0]).CloudStatus(ctx)
 	if err != nil || !st.Registered || st.URL != srv.URL() {
 		t.Fatalf("cloud status: %+v %v", st, err)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -14,6 +15,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/runos/runos-agent/agent"
+	"github.com/runos/runos-agent/api"
 	"github.com/runos/runos-agent/cloud"
 	"github.com/runos/runos-agent/kube/kubetest"
 )
@@ -104,8 +106,9 @@ func checkCSP(b *browser, where string) {
 // pending (no Kubernetes target yet), then applied once the kubeconfig is
 // set on the page; connection details revealed on request; an app using
 // the instance; deletes with confirmation; then the cloud console: its
-// sign-in, the cluster list, and the cluster's nodes, overview and a join
-// token (as a cloud command) through the shared UI.
+// sign-in, the cluster list, and the cluster's nodes, overview, a join
+// token and a service deploy and delete (as cloud commands) through the
+// shared UI.
 func TestBrowserCloudServicesApps(t *testing.T) {
 	b := newBrowser(t)
 	recordCSP(b)
@@ -321,10 +324,76 @@ func TestBrowserCloudServicesApps(t *testing.T) {
 	b.run("open cluster", chromedp.Navigate(href))
 	b.waitJS("cluster overview", `document.querySelector('.count.healthy')?.textContent === '3'`)
 	b.waitJS("cloud tile", `document.querySelector('.tile.cloud .link-state')?.dataset.state === 'connected'`)
-	if n := eval[int](b, `[...document.querySelectorAll('#nav a')].filter((a) => ['Services', 'Apps'].includes(a.textContent)).length`); n != 0 {
-		t.Errorf("the console shows %d pages its mirror cannot answer", n)
+	if n := eval[int](b, `[...document.querySelectorAll('#nav a')].filter((a) => ['Services', 'Apps'].includes(a.textContent)).length`); n != 2 {
+		t.Errorf("the console shows %d of the Services and Apps pages, want both", n)
 	}
 	b.screenshot("console-overview")
+
+	// Services from the console: the catalog, a deploy sent as a cloud
+	// command whose result is the instance, listed from the mirror with
+	// its live status; no kubeconfig form and no reveal (credentials stay
+	// in the cluster); delete with confirmation.
+	cbase := console + "clusters/" + tok.ClusterID + "/"
+	b.run("console services", chromedp.Navigate(cbase+"#/services"))
+	b.waitJS("console catalog", `document.querySelectorAll('#catalog .svc').length >= 20`)
+	b.waitJS("kubeconfig stays in the cluster", `document.getElementById('kube-cloud-note') !== null && document.getElementById('kube-config') === null`)
+	b.run("console deploy form", chromedp.Navigate(cbase+"#/services/deploy/postgres"), chromedp.WaitVisible(chromedp.CSS("#deploy-form")))
+	setValue(b, `#deploy-form input[data-key=storage]`, "3Gi")
+	b.run("console deploy", chromedp.Click(chromedp.CSS("#deploy-submit")))
+	b.waitJS("console instance page", `location.hash.startsWith('#/services/postgres-') && document.getElementById('svc-status') !== null`)
+	cosid := strings.TrimPrefix(eval[string](b, `location.hash`), "#/services/")
+	b.waitJS("credentials stay in the cluster", `document.getElementById('creds-stay')?.innerText.includes('stay in the cluster') && document.getElementById('reveal') === null`)
+	b.screenshot("console-service-detail")
+	var mine []string
+	for _, s := range leader.Services("") {
+		if s.Service == "postgres" {
+			mine = append(mine, s.OSID)
+		}
+	}
+	if len(mine) != 1 || mine[0] != cosid {
+		t.Fatalf("the console's deploy made %v in the cluster, the page shows %s", mine, cosid)
+	}
+	b.run("console services list", chromedp.Navigate(cbase+"#/services"))
+	b.waitJS("listed from the mirror with its status", fmt.Sprintf(`['pending', 'applying', 'ready'].includes(document.querySelector('tr.service-row[data-osid=%q] [data-status]')?.dataset.status)`, cosid))
+	b.screenshot("console-services")
+	b.run("console delete", chromedp.Navigate(cbase+"#/services/"+cosid), chromedp.WaitVisible(chromedp.CSS("[data-action=ask]")),
+		chromedp.Click(chromedp.CSS("[data-action=ask]")), chromedp.WaitVisible(chromedp.CSS("[data-action=confirm]")),
+		chromedp.Click(chromedp.CSS("[data-action=confirm]")))
+	b.waitJS("console back on services", `location.hash === '#/services'`)
+	eventually(t, "console's delete reached the cluster", func() error {
+		for _, s := range leader.Services("") {
+			if s.OSID == cosid && s.Status != "deleting" {
+				return fmt.Errorf("%s is %s", cosid, s.Status)
+			}
+		}
+		return nil
+	})
+	b.waitJS("mirror shows it deleting or gone", fmt.Sprintf(`(() => { const r = document.querySelector('tr.service-row[data-osid=%q]'); return !r || r.querySelector('[data-status]')?.dataset.status === 'deleting'; })()`, cosid))
+	// An app from the console, listed from the mirror, then deleted.
+	b.run("console apps", chromedp.Navigate(cbase+"#/apps"), chromedp.WaitVisible(chromedp.CSS("#app-form")))
+	setValue(b, "#app-name", "cweb")
+	setValue(b, "#app-image", "nginx:1.27")
+	b.run("console app deploy", chromedp.Click(chromedp.CSS("#app-deploy")))
+	b.waitJS("console app page", `location.hash.startsWith('#/apps/cweb-') && document.getElementById('app-status') !== null`)
+	cappID := strings.TrimPrefix(eval[string](b, `location.hash`), "#/apps/")
+	b.run("console apps list", chromedp.Navigate(cbase+"#/apps"))
+	b.waitJS("app listed from the mirror", fmt.Sprintf(`document.querySelector('tr.app-row[data-osid=%q] [data-status]') !== null`, cappID))
+	b.screenshot("console-apps")
+	if apps := leader.Apps(); !slices.ContainsFunc(apps, func(a api.App) bool { return a.OSID == cappID }) {
+		t.Errorf("the console's app %s is not in the cluster: %+v", cappID, apps)
+	}
+	b.run("console app delete", chromedp.Navigate(cbase+"#/apps/"+cappID), chromedp.WaitVisible(chromedp.CSS("[data-action=ask]")),
+		chromedp.Click(chromedp.CSS("[data-action=ask]")), chromedp.WaitVisible(chromedp.CSS("[data-action=confirm]")),
+		chromedp.Click(chromedp.CSS("[data-action=confirm]")))
+	b.waitJS("console back on apps", `location.hash === '#/apps'`)
+	eventually(t, "console's app delete reached the cluster", func() error {
+		for _, a := range leader.Apps() {
+			if a.OSID == cappID && a.Status != "deleting" {
+				return fmt.Errorf("%s is %s", cappID, a.Status)
+			}
+		}
+		return nil
+	})
 	b.run("console nodes", chromedp.Navigate(console+"clusters/"+tok.ClusterID+"/#/nodes"))
 	b.waitJS("three healthy nodes from the mirror", `document.querySelectorAll('tr.node-row.healthy').length === 3`)
 	b.screenshot("console-nodes")

@@ -211,6 +211,33 @@ export function confirmAction(label, question, onConfirm) {
   return wrap;
 }
 
+// viaCloud waits for a cloud command's result: in the cloud console a write
+// becomes a command (202 with its record) the cluster applies once when it
+// is connected. onWait(rec) runs while it is pending.
+export async function viaCloud(rec, signal, onWait = () => {}) {
+  for (;;) {
+    if (rec.state === 'done') return rec.result.data;
+    if (rec.state === 'failed') throw new Error('the cluster refused the command: ' + rec.result.error);
+    onWait(rec);
+    await new Promise((res) => setTimeout(res, 1000));
+    rec = await api('v1/commands/' + encodeURIComponent(rec.id), {signal});
+  }
+}
+
+// write sends a change: on an agent its answer; in the cloud console the
+// command's result once the cluster applied it (see viaCloud).
+export async function write(path, {method, body, signal, onWait} = {}) {
+  const r = await api(path, {method, body, signal});
+  if (config.mode === 'cloud' && r && r.kind && r.id && r.state) return viaCloud(r, signal, onWait);
+  return r;
+}
+
+// waitingNote says a cloud command is on its way (for write's onWait).
+export function waitingNote(rec) {
+  return h('p', {class: 'muted cloud-waiting'}, 'Sent to the cluster as command ', h('code', {}, rec.id),
+    '; waiting for the cluster to apply it (it runs when the cluster is connected)…');
+}
+
 export function errorBox(err) {
   return h('p', {class: 'error', role: 'alert'}, String(err && err.message || err));
 }

@@ -1,7 +1,8 @@
 // Apps (issue 6): your own images, each in its own OSID namespace, with
 // service instances' connection details injected (--use) as Secret
-// references.
-import {registerPage, h, api, link, kv, fmtSince, fmtTime, errorBox, confirmAction} from '../core.js';
+// references. In the cloud console deploys and deletes go as cloud
+// commands (write waits for the result).
+import {registerPage, h, api, link, kv, fmtSince, fmtTime, errorBox, confirmAction, write, waitingNote} from '../core.js';
 import {workloadStatus, replicas, poller} from './services.js';
 
 function deployForm(ctx) {
@@ -17,7 +18,8 @@ function deployForm(ctx) {
     h('label', {}, 'Environment', env),
     h('fieldset', {}, h('legend', {}, 'Use service instances ', h('span', {class: 'muted small'}, 'their connection details arrive as environment variables from the instance\'s Secret')), uses),
     h('div', {class: 'form-row'}, submit), out);
-  api('v1/services', {signal: ctx.signal}).then((list) => {
+  api('v1/services', {signal: ctx.signal}).then((all) => {
+    const list = all.filter((s) => s.status !== 'deleting'); // cannot be used any more
     uses.replaceChildren(...(list.length ? list.map((s) => h('label', {class: 'check'},
       h('input', {type: 'checkbox', name: 'use', value: s.osid}), h('span', {class: 'mono'}, s.osid), ' ', h('span', {class: 'muted small'}, s.service))) :
       [h('span', {class: 'muted small'}, 'No service instances yet.')]));
@@ -41,7 +43,7 @@ function deployForm(ctx) {
     submit.disabled = true;
     out.replaceChildren(h('p', {class: 'muted'}, 'Deploying…'));
     try {
-      const a = await api('v1/apps', {method: 'POST', body, signal: ctx.signal});
+      const a = await write('v1/apps', {method: 'POST', body, signal: ctx.signal, onWait: (rec) => out.replaceChildren(waitingNote(rec))});
       ctx.navigate('#/apps/' + encodeURIComponent(a.osid));
     } catch (e) {
       if (e.name !== 'AbortError') out.replaceChildren(errorBox(e));
@@ -56,7 +58,6 @@ registerPage({
   route: 'apps',
   title: 'Apps',
   nav: 36,
-  modes: ['agent'],
   mount(el, ctx) {
     const tbody = h('tbody', {}, h('tr', {}, h('td', {colspan: 6, class: 'muted'}, 'Loading…')));
     const count = h('span', {class: 'muted'});
@@ -89,14 +90,13 @@ registerPage({
 registerPage({
   route: 'apps/:osid',
   title: 'App',
-  modes: ['agent'],
   mount(el, ctx) {
     const osid = ctx.params.osid;
     const title = h('h1', {}, osid);
     const actions = h('div', {class: 'head-actions'}, confirmAction('Delete',
       'Delete ' + osid + '? Its namespace and everything in it are removed.',
       async () => {
-        await api('v1/apps/' + encodeURIComponent(osid), {method: 'DELETE', signal: ctx.signal});
+        await write('v1/apps/' + encodeURIComponent(osid), {method: 'DELETE', signal: ctx.signal, onWait: (rec) => body.prepend(waitingNote(rec))});
         ctx.navigate('#/apps');
       }));
     const body = h('div', {}, h('p', {class: 'muted'}, 'Loading…'));

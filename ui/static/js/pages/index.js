@@ -16,8 +16,9 @@
 //      Secrets on request: fetch 'v1/services/ID?reveal=1' only on a click.
 //   4. Servers: the cloud console serves these pages too (config.mode
 //      'cloud', answered from its mirror). A page the mirror cannot answer
-//      says so with modes: ['agent'] (services, apps); a write there comes
-//      back 202 with a cloud command to follow at v1/commands/ID (tokens.js).
+//      says so with modes: ['agent']; a write there comes back 202 with a
+//      cloud command to follow at v1/commands/ID: write() in core.js waits
+//      for its result (services.js, apps.js).
 //   5. Import the module below.
 import './overview.js';
 import './nodes.js';

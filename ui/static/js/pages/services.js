@@ -1,7 +1,12 @@
 // Services (issue 6): the catalog with its tiers and a deploy form, the
 // instances with live status, an instance's connection details (the
 // password only on request) and delete; the Kubernetes target.
-import {registerPage, h, api, link, kv, statusBadge, fmtSince, fmtTime, errorBox, confirmAction, copyButton} from '../core.js';
+//
+// In the cloud console (config.mode 'cloud') the same pages read the
+// cloud's mirror and deploys and deletes go as cloud commands (write waits
+// for their result). The Kubernetes target and connection details are not
+// there: the kubeconfig and credentials stay in the cluster.
+import {registerPage, h, api, link, kv, statusBadge, fmtSince, fmtTime, errorBox, confirmAction, copyButton, config, write, waitingNote} from '../core.js';
 
 // Workload status → badge colour.
 const STATUS_CLASS = {ready: 'healthy', applying: 'degraded', pending: 'degraded', deleting: 'unknown', failed: 'offline'};
@@ -32,7 +37,17 @@ export async function catalog(signal) {
   return catalogCache;
 }
 
+// CREDS_STAY explains, in the cloud console, where secrets are.
+export const CREDS_STAY = 'Credentials stay in the cluster: the cloud never receives them. Open the UI of one of the cluster\'s nodes, or run `runos-agent services info OSID --reveal` on one, to see them.';
+
+function cloudKubeCard() {
+  return h('div', {class: 'card wide', id: 'kube-card'}, h('h2', {}, 'Kubernetes target'),
+    h('p', {class: 'muted', id: 'kube-cloud-note'}, 'The Kubernetes target is set on the cluster itself (', h('code', {}, 'runos-agent kube set'),
+      ' or a node\'s UI): its kubeconfig is a credential and stays in the cluster. Deploys wait as ', h('em', {}, 'pending'), ' until it is set.'));
+}
+
 function kubeCard(ctx) {
+  if (config.mode === 'cloud') return cloudKubeCard();
   const card = h('div', {class: 'card wide', id: 'kube-card'}, h('h2', {}, 'Kubernetes target'), h('p', {class: 'muted'}, 'Loading…'));
   const text = h('textarea', {id: 'kube-config', name: 'kubeconfig', rows: 6, spellcheck: 'false', placeholder: 'apiVersion: v1\nkind: Config\n…', required: true});
   const file = h('input', {type: 'file', accept: '.yaml,.yml,.conf,text/*', 'aria-label': 'Read a kubeconfig file'});
@@ -102,7 +117,6 @@ registerPage({
   route: 'services',
   title: 'Services',
   nav: 33,
-  modes: ['agent'],
   mount(el, ctx) {
     const tbody = h('tbody', {}, h('tr', {}, h('td', {colspan: 6, class: 'muted'}, 'Loading…')));
     const count = h('span', {class: 'muted'});
@@ -153,7 +167,6 @@ registerPage({
 registerPage({
   route: 'services/deploy/:name',
   title: 'Deploy',
-  modes: ['agent'],
   mount(el, ctx) {
     const name = ctx.params.name;
     const body = h('div', {}, h('p', {class: 'muted'}, 'Loading…'));
@@ -200,7 +213,8 @@ registerPage({
         submit.disabled = true;
         out.replaceChildren(h('p', {class: 'muted'}, 'Deploying…'));
         try {
-          const s = await api('v1/services', {method: 'POST', body: {service: name, tier: form.querySelector('input[name=tier]:checked').value, set}, signal: ctx.signal});
+          const s = await write('v1/services', {method: 'POST', body: {service: name, tier: form.querySelector('input[name=tier]:checked').value, set}, signal: ctx.signal,
+            onWait: (rec) => out.replaceChildren(waitingNote(rec))});
           ctx.navigate('#/services/' + encodeURIComponent(s.osid));
         } catch (e) {
           if (e.name !== 'AbortError') out.replaceChildren(errorBox(e));
@@ -233,13 +247,13 @@ function connectionCard(c, onReveal) {
 registerPage({
   route: 'services/:osid',
   title: 'Service instance',
-  modes: ['agent'],
   mount(el, ctx) {
     const osid = ctx.params.osid;
     const actions = h('div', {class: 'head-actions'}, confirmAction('Delete',
       'Delete ' + osid + '? Its namespace goes with every object and volume in it: the data is gone.',
       async () => {
-        await api('v1/services/' + encodeURIComponent(osid), {method: 'DELETE', signal: ctx.signal});
+        await write('v1/services/' + encodeURIComponent(osid), {method: 'DELETE', signal: ctx.signal,
+          onWait: (rec) => body.prepend(waitingNote(rec))});
         ctx.navigate('#/services');
       }));
     const body = h('div', {}, h('p', {class: 'muted'}, 'Loading…'));
@@ -267,7 +281,9 @@ registerPage({
         ['Updated', fmtSince(s.updated_at)],
         s.used_by && s.used_by.length ? ['Used by', h('span', {}, s.used_by.map((a, i) => [i ? ', ' : '', link('apps/' + encodeURIComponent(a), a)]))] : null,
       ]));
-      const conn = s.connection ? connectionCard(revealed || s.connection, reveal) : h('div', {class: 'card'}, h('h2', {}, 'Connection'), h('p', {class: 'muted'}, 'Not available yet.'));
+      const conn = config.mode === 'cloud' ?
+        h('div', {class: 'card', id: 'connection'}, h('h2', {}, 'Connection'), h('p', {class: 'muted', id: 'creds-stay'}, CREDS_STAY.replace('OSID', s.osid))) :
+        s.connection ? connectionCard(revealed || s.connection, reveal) : h('div', {class: 'card'}, h('h2', {}, 'Connection'), h('p', {class: 'muted'}, 'Not available yet.'));
       body.replaceChildren(h('div', {class: 'columns'}, info, conn));
     };
     poller(ctx, async () => {

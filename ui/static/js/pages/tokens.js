@@ -1,17 +1,4 @@
-import {registerPage, h, api, copyButton, fmtTime, errorBox, config} from '../core.js';
-
-// viaCloud waits for a cloud command's result: in the cloud console a write
-// becomes a command (202 with its record) the cluster applies once when it
-// is connected.
-async function viaCloud(rec, signal, onWait) {
-  for (;;) {
-    if (rec.state === 'done') return rec.result.data;
-    if (rec.state === 'failed') throw new Error('the cluster refused the command: ' + rec.result.error);
-    onWait(rec);
-    await new Promise((res) => setTimeout(res, 1000));
-    rec = await api('v1/commands/' + encodeURIComponent(rec.id), {signal});
-  }
-}
+import {registerPage, h, api, copyButton, fmtTime, errorBox, config, viaCloud} from '../core.js';
 
 registerPage({
   route: 'tokens',
