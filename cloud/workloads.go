@@ -98,7 +98,7 @@ func (s *Server) workloadRoutes(mux *http.ServeMux) {
 	})
 	mux.HandleFunc("GET /clusters/{c}/v1/services/{osid}", func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Query().Has("reveal") {
-			httpErr(w, http.StatusForbidden, fmt.Errorf("credentials stay in the cluster: use the node's UI or `runos-agent services info --reveal`"))
+			httpErr(w, http.StatusForbidden, fmt.Errorf("credentials stay in the cluster: use the node's UI or `runos-agent services show --reveal OSID`"))
 			return
 		}
 		v, err := s.Services(r.PathValue("c"), "")

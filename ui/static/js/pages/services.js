@@ -38,7 +38,7 @@ export async function catalog(signal) {
 }
 
 // CREDS_STAY explains, in the cloud console, where secrets are.
-export const CREDS_STAY = 'Credentials stay in the cluster: the cloud never receives them. Open the UI of one of the cluster\'s nodes, or run `runos-agent services info OSID --reveal` on one, to see them.';
+export const CREDS_STAY = 'Credentials stay in the cluster: the cloud never receives them. Open the UI of one of the cluster\'s nodes, or run `runos-agent services show --reveal OSID` on one, to see them.';
 
 function cloudKubeCard() {
   return h('div', {class: 'card wide', id: 'kube-card'}, h('h2', {}, 'Kubernetes target'),
