@@ -151,3 +151,36 @@ func benchRaftWrites(b *testing.B, tuning Tuning) {
 		}
 	}
 }
+
+// BenchmarkFollowerApplyLag: with production Raft timers (the quiet
+// transport, CommitTimeout 250 ms), how long after a write commits on the
+// leader a follower's state shows it.
+func BenchmarkFollowerApplyLag(b *testing.B) {
+	tuning := fastTuning
+	tuning.RaftHeartbeat, tuning.RaftElection = 0, 0
+	c := newClusterTuned(b, 3, tuning)
+	l, f := c.leader(), c.follower()
+	var total, worst time.Duration
+	const writes = 10
+	for range b.N {
+		for range writes {
+			if _, err := l.store.Apply(context.Background(), &raftstore.Command{
+				Op: raftstore.OpUpdateNode, UpdateNode: &raftstore.UpdateNodeCmd{NodeID: l.cfg.NodeID, Version: Version},
+			}); err != nil {
+				b.Fatal(err)
+			}
+			committed := time.Now()
+			want := l.store.Status().AppliedIndex
+			for f.store.Status().AppliedIndex < want {
+				time.Sleep(time.Millisecond)
+			}
+			lag := time.Since(committed)
+			total += lag
+			worst = max(worst, lag)
+			time.Sleep(300 * time.Millisecond) // idle again: the next write is the last of its burst
+		}
+	}
+	b.ReportMetric(float64(total.Milliseconds())/float64(b.N*writes), "mean-lag-ms")
+	b.ReportMetric(float64(worst.Milliseconds()), "max-lag-ms")
+	b.ReportMetric(0, "ns/op")
+}

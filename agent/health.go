@@ -106,7 +106,9 @@ type beatRecord struct {
 	hb heartbeat
 }
 
-func (b *beats) put(now time.Time, hb heartbeat) {
+// put records hb (filling the parts it lacks from the node's previous
+// beat) and returns the record as it now stands.
+func (b *beats) put(now time.Time, hb heartbeat) beatRecord {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.last == nil {
@@ -114,12 +116,14 @@ func (b *beats) put(now time.Time, hb heartbeat) {
 	}
 	prev, ok := b.last[hb.Name]
 	if ok && hb.Seq != 0 && hb.Seq < prev.hb.Seq && now.Sub(prev.at) < time.Minute {
-		return // reordered datagram
+		return prev // reordered datagram
 	}
 	if ok {
 		hb.merge(prev.hb)
 	}
-	b.last[hb.Name] = beatRecord{at: now, hb: hb}
+	rec := beatRecord{at: now, hb: hb}
+	b.last[hb.Name] = rec
+	return rec
 }
 
 func (b *beats) get(name string) (beatRecord, bool) {
@@ -145,9 +149,8 @@ func (d *gossipDelegate) NotifyMsg(b []byte) {
 		return
 	}
 	prev, _ := d.a.beats.get(hb.Name)
-	d.a.beats.put(time.Now(), hb)
-	rec, _ := d.a.beats.get(hb.Name)
-	d.a.store.ObserveBeat(rec.hb.ID, hb.Term, hb.Leader)
+	rec := d.a.beats.put(time.Now(), hb)
+	d.a.store.ObserveBeat(rec.hb.ID, rec.hb.Term, rec.hb.Leader)
 	if !slices.Equal(prev.hb.Cands, rec.hb.Cands) {
 		d.a.wake() // the peer reconciler hands them to the Bind
 	}

@@ -119,13 +119,6 @@ func (q *quietTransport) observeBeat(id raft.ServerID, addr raft.ServerAddress, 
 	})
 }
 
-// forget drops what is known of a server (it left the cluster).
-func (q *quietTransport) forget(id raft.ServerID) {
-	q.mu.Lock()
-	delete(q.peers, id)
-	q.mu.Unlock()
-}
-
 func (q *quietTransport) AppendEntries(id raft.ServerID, target raft.ServerAddress, args *raft.AppendEntriesRequest, resp *raft.AppendEntriesResponse) error {
 	if len(args.Entries) > 0 {
 		q.mu.Lock()
