@@ -263,7 +263,7 @@ func (s *Store) Start(ctx context.Context) {
 
 // timingLoop keeps Raft's timeouts short while this node's configuration
 // has a single voter and long once it has others: a new or one-node cluster
-// elects itself in seconds, while a real cluster's followers, which hear
+// elects itself at once, while a real cluster's followers, which hear
 // from the leader only every health heartbeat, wait long enough not to
 // depose it for one lost heartbeat.
 func (s *Store) timingLoop(ctx context.Context) {
