@@ -102,17 +102,7 @@ func (s *Server) workloadRoutes(mux *http.ServeMux) {
 			return
 		}
 		v, err := s.Services(r.PathValue("c"), "")
-		if err != nil {
-			httpErr(w, statusOf(err), err)
-			return
-		}
-		for _, x := range v {
-			if x.OSID == r.PathValue("osid") {
-				writeJSON(w, http.StatusOK, x)
-				return
-			}
-		}
-		httpErr(w, http.StatusNotFound, fmt.Errorf("service %s: no such service or app", r.PathValue("osid")))
+		replyOne(w, r, "service", v, err, func(x api.Service) string { return x.OSID })
 	})
 	mux.HandleFunc("POST /clusters/{c}/v1/services", func(w http.ResponseWriter, r *http.Request) {
 		var req api.ServiceRequest
@@ -139,17 +129,7 @@ func (s *Server) workloadRoutes(mux *http.ServeMux) {
 	})
 	mux.HandleFunc("GET /clusters/{c}/v1/apps/{osid}", func(w http.ResponseWriter, r *http.Request) {
 		v, err := s.Apps(r.PathValue("c"))
-		if err != nil {
-			httpErr(w, statusOf(err), err)
-			return
-		}
-		for _, x := range v {
-			if x.OSID == r.PathValue("osid") {
-				writeJSON(w, http.StatusOK, x)
-				return
-			}
-		}
-		httpErr(w, http.StatusNotFound, fmt.Errorf("app %s: no such service or app", r.PathValue("osid")))
+		replyOne(w, r, "app", v, err, func(x api.App) string { return x.OSID })
 	})
 	mux.HandleFunc("POST /clusters/{c}/v1/apps", func(w http.ResponseWriter, r *http.Request) {
 		var req api.AppRequest
@@ -165,4 +145,21 @@ func (s *Server) workloadRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("DELETE /clusters/{c}/v1/apps/{osid}", func(w http.ResponseWriter, r *http.Request) {
 		send(w, r, "delete_app", cloudlink.DeleteWorkloadArgs{OSID: r.PathValue("osid")})
 	})
+}
+
+// replyOne answers with the item of list whose OSID is the request's
+// {osid}, or 404.
+func replyOne[T any](w http.ResponseWriter, r *http.Request, what string, list []T, err error, osid func(T) string) {
+	if err != nil {
+		httpErr(w, statusOf(err), err)
+		return
+	}
+	want := r.PathValue("osid")
+	for _, x := range list {
+		if osid(x) == want {
+			writeJSON(w, http.StatusOK, x)
+			return
+		}
+	}
+	httpErr(w, http.StatusNotFound, fmt.Errorf("%s %s: no such service or app", what, want))
 }
