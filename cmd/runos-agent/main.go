@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"runtime/debug"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -124,7 +123,6 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 					}
 					ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
 					defer stop()
-					daemonGC()
 					a, err := agent.New(agent.Config{DataDir: c.String("data-dir"), Net: c.String("net"), UIListen: c.String("ui-listen"), MetricsListen: c.String("metrics-listen")}, log)
 					if err != nil {
 						return err
@@ -407,16 +405,6 @@ func extraCommands() []*cli.Command {
 	cmds = append(cmds, kubeCommands()...)
 	cmds = append(cmds, uiCommands()...)
 	return cmds
-}
-
-// daemonGC trades a little CPU for memory in the long-running agent: an
-// idle agent's live heap is small and changes slowly, so collecting at 50 %
-// growth instead of Go's 100 % costs almost nothing and keeps RSS ~20 %
-// lower (BenchmarkFootprint). GOGC in the environment still wins.
-func daemonGC() {
-	if os.Getenv("GOGC") == "" {
-		debug.SetGCPercent(50)
-	}
 }
 
 func uiFlag() *cli.StringFlag {
