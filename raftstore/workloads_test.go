@@ -129,6 +129,7 @@ func TestWorkloadCommands(t *testing.T) {
 func TestWorkloadRejections(t *testing.T) {
 	s := bootstrapped(t)
 	s.apply(10, wcmd("c1", OpWorkloadServiceCreate, &WorkloadCmd{Service: svc("postgres-aaaaa")}))
+	s.apply(11, wcmd("c2", OpWorkloadAppCreate, &WorkloadCmd{App: &AppRecord{OSID: "web-ddddd", Name: "web", Image: "x"}}))
 	cases := []struct {
 		name string
 		cmd  *Command
@@ -140,6 +141,7 @@ func TestWorkloadRejections(t *testing.T) {
 		{"delete unknown", wcmd("x4", OpWorkloadServiceDelete, &WorkloadCmd{OSID: "nope-aaaaa"}), ErrNoSuchWorkload},
 		{"app uses missing", wcmd("x5", OpWorkloadAppCreate, &WorkloadCmd{App: &AppRecord{OSID: "w-ccccc", Name: "w", Image: "x", Uses: []string{"redis-zzzzz"}}}), ErrNoSuchWorkload},
 		{"app osid taken by service", wcmd("x6", OpWorkloadAppCreate, &WorkloadCmd{App: &AppRecord{OSID: "postgres-aaaaa", Name: "w", Image: "x"}}), ErrWorkloadExists},
+		{"app name taken", wcmd("x11", OpWorkloadAppCreate, &WorkloadCmd{App: &AppRecord{OSID: "web-eeeee", Name: "web", Image: "x"}}), ErrAppNameTaken},
 		{"purge present", wcmd("x7", OpWorkloadServicePurge, &WorkloadCmd{OSID: "postgres-aaaaa"}), ErrMalformedCmd},
 		{"app delete unknown", wcmd("x10", OpWorkloadAppDelete, &WorkloadCmd{OSID: "nope-aaaaa"}), ErrNoSuchWorkload},
 		{"kube without config", wcmd("x8", OpWorkloadKubeSet, &WorkloadCmd{Kube: &KubeTarget{}}), ErrMalformedCmd},
