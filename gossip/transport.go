@@ -74,9 +74,17 @@ type Transport struct {
 	done         chan struct{} // closed by Shutdown
 	shutdownOnce sync.Once
 	wg           sync.WaitGroup
+	// writing is held (read side) by every packet write, and taken by
+	// Shutdown: memberlist's Shutdown does not wait for its own gossip
+	// goroutines, so a write may still be in flight, and once Shutdown
+	// returns the mesh under it may be torn down (a userspace netstack
+	// panics on a write after its device closed).
+	writing sync.RWMutex
 }
 
 var _ memberlist.NodeAwareTransport = (*Transport)(nil)
+
+var errShutdown = errors.New("gossip: transport is shut down")
 
 // NewTransport listens on cfg.BindAddr:cfg.Port (TCP and UDP) through
 // cfg.Net and starts delivering packets and streams. A nil log discards
@@ -200,6 +208,11 @@ func (t *Transport) WriteToAddress(b []byte, a memberlist.Address) (time.Time, e
 		return time.Time{}, fmt.Errorf("gossip: write to %s: %w", a.String(), err)
 	}
 	ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	t.writing.RLock()
+	defer t.writing.RUnlock()
+	if t.shuttingDown() {
+		return time.Time{}, errShutdown
+	}
 	_, err = t.pc.WriteTo(b, net.UDPAddrFromAddrPort(ap))
 	// Stamped after the write, like NetTransport: memberlist measures RTT
 	// from here, and a late stamp errs on the short side.
@@ -237,7 +250,9 @@ func (t *Transport) StreamCh() <-chan net.Conn { return t.streamCh }
 // for the transport's goroutines to exit. It is safe to call more than once.
 func (t *Transport) Shutdown() error {
 	t.shutdownOnce.Do(func() {
-		close(t.done)
+		t.writing.Lock()
+		close(t.done) // no write starts after this
+		t.writing.Unlock()
 		// Closing the sockets wakes the loops blocked in Accept and
 		// ReadFrom; done wakes those blocked handing off to memberlist,
 		// which may already have stopped reading.

@@ -226,3 +226,65 @@ level=INFO msg="no prefix"
 		t.Fatalf("got:\n%s\nwant:\n%s", buf.String(), want)
 	}
 }
+
+// gatedNet holds every packet write until gate is closed, so a test can keep
+// a write in flight across Shutdown.
+type gatedNet struct {
+	mesh.Net
+	entered chan struct{} // one value per write that reached the socket
+	gate    chan struct{}
+}
+
+func (g *gatedNet) ListenPacket(network, address string) (net.PacketConn, error) {
+	pc, err := g.Net.ListenPacket(network, address)
+	return &gatedConn{PacketConn: pc, g: g}, err
+}
+
+type gatedConn struct {
+	net.PacketConn
+	g *gatedNet
+}
+
+func (c *gatedConn) WriteTo(b []byte, addr net.Addr) (int, error) {
+	c.g.entered <- struct{}{}
+	<-c.g.gate
+	return c.PacketConn.WriteTo(b, addr)
+}
+
+// Shutdown waits for a packet write in flight (memberlist's gossip does not
+// stop with memberlist's Shutdown), and refuses writes after it: the mesh
+// under the transport may be torn down as soon as Shutdown returns.
+func TestTransportShutdownWaitsForWrites(t *testing.T) {
+	g := &gatedNet{Net: mesh.NewHostNet(loopback), entered: make(chan struct{}, 1), gate: make(chan struct{})}
+	tr, err := NewTransport(TransportConfig{Net: g, BindAddr: loopback}, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrote := make(chan error, 1)
+	go func() {
+		_, err := tr.WriteTo([]byte("late"), tr.Addr().String())
+		wrote <- err
+	}()
+	<-g.entered
+	shut := make(chan struct{})
+	go func() {
+		tr.Shutdown()
+		close(shut)
+	}()
+	select {
+	case <-shut:
+		t.Fatal("Shutdown returned while a write was in flight")
+	case <-time.After(200 * time.Millisecond):
+	}
+	close(g.gate)
+	<-shut
+	<-wrote
+	if _, err := tr.WriteTo([]byte("after"), tr.Addr().String()); !errors.Is(err, errShutdown) {
+		t.Fatalf("WriteTo after Shutdown: %v, want errShutdown", err)
+	}
+	select {
+	case <-g.entered:
+		t.Fatal("a write reached the socket after Shutdown")
+	default:
+	}
+}
