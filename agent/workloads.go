@@ -618,7 +618,7 @@ func applyWorkloadCmd(ctx context.Context, store *raftstore.Store, timeout time.
 
 // Catalog lists the deployable services (the cloud console serves the
 // same list).
-func Catalog() []api.CatalogService { return cloudlink.Catalog() }
+func Catalog() []api.CatalogService { return templates.APICatalog() }
 
 // newOSID draws an OSID not used by any service or app.
 func newOSID(rnd io.Reader, st *raftstore.State, name string) (string, error) {

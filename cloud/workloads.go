@@ -19,7 +19,7 @@ import (
 
 // Catalog is GET /clusters/{id}/v1/catalog: the catalog this cloud was
 // built with, in the agent's GET /v1/catalog shape.
-func Catalog() []api.CatalogService { return cloudlink.Catalog() }
+func Catalog() []api.CatalogService { return templates.APICatalog() }
 
 // Services lists a cluster's mirrored service instances (optionally of one
 // service), with the apps using each.

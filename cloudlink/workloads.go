@@ -101,26 +101,6 @@ func (l *Link) cmdRand(purpose, cmdID string) io.Reader {
 	return rand.NewChaCha8(seed)
 }
 
-// Catalog is the catalog in the api shape (GET /v1/catalog), for the
-// agent and the cloud console alike.
-func Catalog() []api.CatalogService {
-	var out []api.CatalogService
-	for _, s := range templates.Catalog() {
-		c := api.CatalogService{Name: s.Name, Title: s.Title, Kind: s.Kind, Version: s.Version, Description: s.Description,
-			Provides: s.Provides, Env: s.Env, Tiers: []api.CatalogTier{}, Settings: []api.CatalogSetting{}}
-		// Same fields as the templates types (a conversion keeps them in
-		// step); api stays free of the templates package's k8s imports.
-		for _, t := range s.Tiers {
-			c.Tiers = append(c.Tiers, api.CatalogTier(t))
-		}
-		for _, x := range s.Settings {
-			c.Settings = append(c.Settings, api.CatalogSetting(x))
-		}
-		out = append(out, c)
-	}
-	return out
-}
-
 func catalogNames() string {
 	var names []string
 	for _, s := range templates.Catalog() {
