@@ -24,6 +24,7 @@ import (
 
 	"github.com/runos/runos-agent/cloudlink"
 	"github.com/runos/runos-agent/gossip"
+	"github.com/runos/runos-agent/leader"
 	"github.com/runos/runos-agent/mesh"
 	"github.com/runos/runos-agent/nat"
 	"github.com/runos/runos-agent/pki"
@@ -355,7 +356,21 @@ func (a *Agent) start(ctx context.Context) error {
 	a.goLoop(ctx, a.gossipRejoinLoop)
 	a.goLoop(ctx, a.heartbeatLoop)
 	a.goLoop(ctx, a.pathEventLoop)
-	a.goLoop(ctx, a.healthEventLoop)
+	lead, err := leader.New(leader.Config{
+		Changes:  store.LeadershipChanges(),
+		IsLeader: store.IsLeader,
+		Tasks: []leader.Task{
+			{Name: "bootstrap", Run: a.bootstrap},
+			{Name: "voters", Run: store.ManageVoters},
+			{Name: "health-events", Run: a.healthEventLoop},
+			{Name: "workloads", Run: a.wl.run},
+		},
+	}, a.log)
+	if err != nil {
+		return err
+	}
+	lead.Start(ctx)
+	a.closers = append(a.closers, lead.Close)
 	return nil
 }
 

@@ -337,7 +337,7 @@ func (s *memberStates) get(name string) (memberlist.NodeStateType, bool) {
 // event per transition for the whole cluster, taken from the leader's view.
 // A new leader starts from the last recorded state of each node, so a
 // leadership change neither repeats nor loses a transition.
-func (a *Agent) healthEventLoop(ctx context.Context) {
+func (a *Agent) healthEventLoop(ctx context.Context) error {
 	type pending struct {
 		health, reason string
 		since          time.Time
@@ -357,13 +357,8 @@ func (a *Agent) healthEventLoop(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
-			return
+			return nil
 		case <-t.C:
-		}
-		if !a.store.IsLeader() {
-			clear(candidates)
-			st, recorded = nil, nil
-			continue
 		}
 		// The state (and the event log it holds) is copied only when it
 		// changed: the idle leader's loop is cheap.

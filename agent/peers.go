@@ -157,10 +157,43 @@ type lingeringNode struct {
 	until time.Time
 }
 
-// selfLoop finishes init on the first leader (the bootstrap command waits in
-// init.json until then) and keeps this node's own record (candidate
-// endpoints with the STUN-reflexive address, relay offer, version) current
-// in the state.
+// bootstrap is a leader task: the first leader applies the bootstrap
+// command that init left in init.json, once.
+func (a *Agent) bootstrap(ctx context.Context) error {
+	initPath := filepath.Join(a.dir, fileInit)
+	for {
+		if st, _ := a.store.State(); st.ClusterID != "" {
+			return nil
+		}
+		var cmd raftstore.Command
+		err := readJSON(initPath, &cmd)
+		if err == nil {
+			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			var res *raftstore.Result
+			res, err = a.store.Apply(cctx, &cmd)
+			cancel()
+			if err == nil {
+				err = res.Error()
+			}
+			if err == nil || errors.Is(err, raftstore.ErrBootstrapped) {
+				a.log.Info("cluster initialised", "cluster", a.cfg.ClusterID)
+				return nil
+			}
+			a.log.Warn("bootstrap not applied yet", "err", err)
+		} else if !errors.Is(err, fs.ErrNotExist) {
+			a.log.Error("cannot read bootstrap command", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// selfLoop removes init.json once the cluster is initialised and keeps this
+// node's own record (candidate endpoints with the STUN-reflexive address,
+// relay offer, version) current in the state.
 func (a *Agent) selfLoop(ctx context.Context) {
 	initPath := filepath.Join(a.dir, fileInit)
 	var lastRefresh time.Time
@@ -172,28 +205,7 @@ func (a *Agent) selfLoop(ctx context.Context) {
 		}
 		st, _ := a.store.State()
 		if st.ClusterID == "" {
-			if !a.store.IsLeader() {
-				continue
-			}
-			var cmd raftstore.Command
-			if err := readJSON(initPath, &cmd); err != nil {
-				if !errors.Is(err, fs.ErrNotExist) {
-					a.log.Error("cannot read bootstrap command", "err", err)
-				}
-				continue
-			}
-			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			res, err := a.store.Apply(cctx, &cmd)
-			cancel()
-			if err == nil {
-				err = res.Error()
-			}
-			if err != nil && !errors.Is(err, raftstore.ErrBootstrapped) {
-				a.log.Warn("bootstrap not applied yet", "err", err)
-				continue
-			}
-			a.log.Info("cluster initialised", "cluster", a.cfg.ClusterID)
-			continue
+			continue // the first leader applies init.json (bootstrap)
 		}
 		if _, err := os.Stat(initPath); err == nil {
 			os.Remove(initPath)

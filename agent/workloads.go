@@ -81,7 +81,6 @@ func (a *Agent) startWorkloads(ctx context.Context) error {
 	w := &a.wl
 	w.a, w.interval = a, iv
 	w.applied, w.retryAt, w.backoff = map[string]int64{}, map[string]time.Time{}, map[string]time.Duration{}
-	a.goLoop(ctx, w.loop)
 	a.closers = append(a.closers, func() error {
 		if a.wl.exec != nil {
 			a.wl.exec.Close()
@@ -91,25 +90,24 @@ func (a *Agent) startWorkloads(ctx context.Context) error {
 	return nil
 }
 
-func (w *workloads) loop(ctx context.Context) {
+// run is the reconciler's leader task: it runs while this node leads.
+func (w *workloads) run(ctx context.Context) error {
+	// What this leadership applied is its own: the next one applies
+	// everything once (server-side apply makes that a no-op where this
+	// one already did).
+	defer func() {
+		clear(w.applied)
+		clear(w.retryAt)
+		clear(w.backoff)
+	}()
 	tick := time.NewTicker(w.interval / 4)
 	defer tick.Stop()
-	wasLeader := false
 	for {
 		changed := w.a.store.Changed()
-		leader := w.a.store.IsLeader()
-		if !leader && wasLeader {
-			clear(w.applied)
-			clear(w.retryAt)
-			clear(w.backoff)
-		}
-		wasLeader = leader
-		if leader {
-			w.reconcile(ctx)
-		}
+		w.reconcile(ctx)
 		select {
 		case <-ctx.Done():
-			return
+			return nil
 		case <-changed:
 		case <-tick.C:
 		}

@@ -242,15 +242,11 @@ func New(cfg Config, log *slog.Logger) (*Store, error) {
 	}, nil
 }
 
-// Start runs the leader's membership duties until Close.
+// Start keeps Raft's timing in step with the configuration until Close.
+// The leader's duties (ManageVoters) are run by the owner of leadership.
 func (s *Store) Start(ctx context.Context) {
 	s.startOnce.Do(func() {
 		ctx, s.cancel = context.WithCancel(ctx)
-		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			s.membershipLoop(ctx)
-		}()
 		if s.cfg.SoloHeartbeatTimeout > 0 {
 			s.wg.Add(1)
 			go func() {
@@ -338,6 +334,11 @@ func (s *Store) State() (*State, uint64) { return s.fsm.State() }
 
 // Changed returns a channel closed at the next state change.
 func (s *Store) Changed() <-chan struct{} { return s.fsm.Changed() }
+
+// LeadershipChanges delivers true when this node becomes the leader and
+// false when it stops; a slow reader gets the latest value. It has one
+// reader: the agent's leader loop.
+func (s *Store) LeadershipChanges() <-chan bool { return s.raft.LeaderCh() }
 
 // IsLeader reports whether this node is the Raft leader.
 func (s *Store) IsLeader() bool { return s.raft.State() == raft.Leader }

@@ -11,33 +11,32 @@ import (
 	"github.com/hashicorp/raft"
 )
 
-// membershipLoop keeps the Raft configuration in line with the state while
-// this node leads: every node in the state is a server, removed nodes are
-// not, and up to MaxVoters (odd) live servers vote. Gossip events wake it
-// through Hint; the ticker catches anything a hint missed.
-func (s *Store) membershipLoop(ctx context.Context) {
+// ManageVoters is a leader task (see package leader): while ctx lives (this
+// node leads) it keeps the Raft configuration in line with the state: every
+// node in the state is a server, removed nodes are not, and up to MaxVoters
+// (odd) live servers vote. Gossip events wake it through Hint; the ticker
+// catches anything a hint missed.
+func (s *Store) ManageVoters(ctx context.Context) error {
+	s.recordEvent(ctx, Event{Kind: EventLeaderChanged, Node: s.nodeName(s.cfg.NodeID)})
+	defer func() {
+		// Down times are this leadership's observations; the next leader
+		// starts its grace periods afresh.
+		s.mu.Lock()
+		clear(s.downSince)
+		s.mu.Unlock()
+	}()
 	t := time.NewTicker(s.cfg.ReconcileInterval)
 	defer t.Stop()
 	for {
+		if err := s.reconcileMembership(time.Now()); err != nil {
+			s.log.Warn("membership reconcile failed", "err", err)
+		}
 		select {
 		case <-ctx.Done():
-			return
+			return nil
 		case <-t.C:
 		case <-s.hint:
 		case <-s.fsm.Changed():
-		case isLeader := <-s.raft.LeaderCh():
-			if isLeader {
-				s.recordEvent(ctx, Event{Kind: EventLeaderChanged, Node: s.nodeName(s.cfg.NodeID)})
-			}
-		}
-		if !s.IsLeader() {
-			s.mu.Lock()
-			clear(s.downSince)
-			s.mu.Unlock()
-			continue
-		}
-		if err := s.reconcileMembership(time.Now()); err != nil {
-			s.log.Warn("membership reconcile failed", "err", err)
 		}
 	}
 }
