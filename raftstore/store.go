@@ -456,13 +456,16 @@ func (s *Store) ApplyLocal(ctx context.Context, cmd *Command) (*Result, error) {
 	if s.raft.State() != raft.Leader {
 		return nil, ErrNotLeader
 	}
-	b, err := json.Marshal(cmd)
-	if err != nil {
-		return nil, err
-	}
 	timeout := 10 * time.Second
 	if dl, ok := ctx.Deadline(); ok {
 		timeout = time.Until(dl)
+	}
+	if cmd.Op == OpReadIndex {
+		return s.readIndex(timeout)
+	}
+	b, err := json.Marshal(cmd)
+	if err != nil {
+		return nil, err
 	}
 	t0 := time.Now()
 	f := s.raft.Apply(b, timeout)
