@@ -15,6 +15,8 @@ import (
 	"github.com/runos/runos-agent/api"
 	"github.com/runos/runos-agent/cloud"
 	"github.com/runos/runos-agent/cloudlink"
+	"github.com/runos/runos-agent/cloudproto"
+	"github.com/runos/runos-agent/pki"
 	"github.com/runos/runos-agent/raftstore"
 )
 
@@ -155,7 +157,7 @@ func TestCloudRegisterShowsNodesAndHealth(t *testing.T) {
 	tc := startCloud(t)
 	f := c.follower()
 	// A token pinned to another CA: refused, nothing stored.
-	bad := cloudlink.RegToken{CAFingerprint: strings.Repeat("1", 64), ID: "0123456789ab", Secret: strings.Repeat("2", 32)}
+	bad := cloudproto.RegToken{CAFingerprint: strings.Repeat("1", 64), ID: "0123456789ab", Secret: strings.Repeat("2", 32)}
 	if _, err := f.CloudConnect(context.Background(), api.CloudConnectRequest{URL: tc.srv.URL(), Token: bad.String()}); err == nil || !strings.Contains(err.Error(), "fingerprint mismatch") {
 		t.Fatalf("connect with a wrong fingerprint: %v", err)
 	}
@@ -372,7 +374,7 @@ func TestCloudCommandOnceAcrossLeaderChange(t *testing.T) {
 	waitMirror(t, c, tc, id)
 	st0, _ := c.leader().store.State()
 
-	args, _ := json.Marshal(cloudlink.CreateTokenArgs{TTL: "1h"})
+	args, _ := json.Marshal(cloudproto.CreateTokenArgs{TTL: "1h"})
 	rec, err := tc.srv.SendCommand(id, "create_token", args)
 	if err != nil {
 		t.Fatal(err)
@@ -409,7 +411,7 @@ func TestCloudCommandOnceAcrossLeaderChange(t *testing.T) {
 	}
 	l := c.leader()
 	st, _ := l.store.State()
-	if got := st.Tokens[parsed.ID]; got == nil || got.SecretHash != raftstore.HashSecret(parsed.Secret) {
+	if got := st.Tokens[parsed.ID]; got == nil || got.SecretHash != pki.HashSecret(parsed.Secret) {
 		t.Fatal("the token the cloud got is not the one stored")
 	}
 	if len(st.Tokens) != len(st0.Tokens)+1 {
@@ -437,7 +439,7 @@ func TestCloudCommandOnceAcrossLeaderChange(t *testing.T) {
 	c.start(oldIdx)
 	c.waitFormed(3)
 	victim := c.follower().Name()
-	args, _ = json.Marshal(cloudlink.RemoveNodeArgs{Name: victim})
+	args, _ = json.Marshal(cloudproto.RemoveNodeArgs{Name: victim})
 	rm, err := tc.srv.SendCommand(id, "remove_node", args)
 	if err != nil {
 		t.Fatal(err)
@@ -581,7 +583,7 @@ func TestCloudDeployServiceCommand(t *testing.T) {
 		t.Fatalf("bad --set: %+v", r.Result)
 	}
 
-	if r := run("delete_service", cloudlink.DeleteWorkloadArgs{OSID: svc.OSID}); r.State != cloud.CmdDone {
+	if r := run("delete_service", cloudproto.DeleteWorkloadArgs{OSID: svc.OSID}); r.State != cloud.CmdDone {
 		t.Fatalf("delete failed: %+v", r.Result)
 	}
 	eventually(t, "gone from the cluster and the mirror", func() error {

@@ -109,7 +109,7 @@ func (a *Agent) handleJoin(w http.ResponseWriter, r *http.Request) {
 	res, err := a.store.Apply(ctx, &raftstore.Command{
 		Op: raftstore.OpJoin,
 		Join: &raftstore.JoinCmd{
-			TokenID: tok.ID, SecretHash: raftstore.HashSecret(tok.Secret),
+			TokenID: tok.ID, SecretHash: pki.HashSecret(tok.Secret),
 			NodeID: req.NodeID, Name: req.Name, PublicKey: req.PublicKey,
 			Endpoints: req.Endpoints, CertSerial: serial, Version: req.Version,
 		},

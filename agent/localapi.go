@@ -17,6 +17,7 @@ import (
 
 	"github.com/runos/runos-agent/api"
 	"github.com/runos/runos-agent/nat"
+	"github.com/runos/runos-agent/pki"
 	"github.com/runos/runos-agent/raftstore"
 )
 
@@ -282,7 +283,7 @@ func (a *Agent) CreateToken(ctx context.Context, req api.TokenRequest) (*api.Tok
 	}
 	now := time.Now().UTC()
 	res, err := a.store.Apply(ctx, &raftstore.Command{Time: now, Op: raftstore.OpCreateToken, CreateToken: &raftstore.CreateTokenCmd{
-		Token: raftstore.Token{ID: tok.ID, SecretHash: raftstore.HashSecret(tok.Secret), ExpiresAt: now.Add(ttl), UsesLeft: req.Uses},
+		Token: raftstore.Token{ID: tok.ID, SecretHash: pki.HashSecret(tok.Secret), ExpiresAt: now.Add(ttl), UsesLeft: req.Uses},
 	}})
 	if err != nil {
 		return nil, err

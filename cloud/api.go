@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/runos/runos-agent/api"
-	"github.com/runos/runos-agent/cloudlink"
+	"github.com/runos/runos-agent/cloudproto"
 )
 
 // ClusterInfo is one row of `runos-cloud clusters`.
@@ -129,11 +129,11 @@ func (s *Server) Events(ref string, after uint64) (*api.EventsResponse, error) {
 
 // Mirror is a cluster's whole mirror (for comparisons and the console).
 type Mirror struct {
-	Cluster ClusterInfo       `json:"cluster"`
-	Nodes   []api.Node        `json:"nodes"`
-	Tokens  []cloudlink.Token `json:"tokens"`
-	Events  []api.Event       `json:"events"`
-	Changes []uint64          `json:"changes"` // Raft indexes received, in order
+	Cluster ClusterInfo        `json:"cluster"`
+	Nodes   []api.Node         `json:"nodes"`
+	Tokens  []cloudproto.Token `json:"tokens"`
+	Events  []api.Event        `json:"events"`
+	Changes []uint64           `json:"changes"` // Raft indexes received, in order
 	// Services and apps as last reported, by OSID.
 	Services []api.Service `json:"services"`
 	Apps     []api.App     `json:"apps"`
@@ -325,7 +325,7 @@ func (s *Server) apiHandler() http.Handler {
 		if !decode(w, r, &req) {
 			return
 		}
-		args, _ := json.Marshal(cloudlink.CreateTokenArgs{TTL: req.TTL, Uses: req.Uses})
+		args, _ := json.Marshal(cloudproto.CreateTokenArgs{TTL: req.TTL, Uses: req.Uses})
 		v, err := s.SendCommand(r.PathValue("c"), "create_token", args)
 		if err != nil {
 			httpErr(w, statusOf(err), err)
@@ -334,7 +334,7 @@ func (s *Server) apiHandler() http.Handler {
 		writeJSON(w, http.StatusAccepted, v)
 	})
 	mux.HandleFunc("DELETE /clusters/{c}/v1/nodes/{name}", func(w http.ResponseWriter, r *http.Request) {
-		args, _ := json.Marshal(cloudlink.RemoveNodeArgs{Name: r.PathValue("name")})
+		args, _ := json.Marshal(cloudproto.RemoveNodeArgs{Name: r.PathValue("name")})
 		v, err := s.SendCommand(r.PathValue("c"), "remove_node", args)
 		if err != nil {
 			httpErr(w, statusOf(err), err)

@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/runos/runos-agent/api"
-	"github.com/runos/runos-agent/cloudlink"
+	"github.com/runos/runos-agent/cloudproto"
 )
 
 // BenchmarkConsoleRead is a mirror read (GET /clusters/a/v1/status) straight
@@ -79,7 +79,7 @@ func BenchmarkConsoleServices(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	snap := &cloudlink.Snapshot{Index: 10}
+	snap := &cloudproto.Snapshot{Index: 10}
 	for i := range 50 {
 		snap.Services = append(snap.Services, api.Service{OSID: fmt.Sprintf("postgres-%05d", i), Service: "postgres", Tier: "lightweight",
 			Status: "ready", Ready: 1, Total: 1, Set: map[string]string{"storage": "10Gi", "version": "17.6"}})

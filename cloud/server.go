@@ -24,9 +24,8 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
-	"github.com/runos/runos-agent/cloudlink"
+	"github.com/runos/runos-agent/cloudproto"
 	"github.com/runos/runos-agent/pki"
-	"github.com/runos/runos-agent/raftstore"
 )
 
 // SocketName is the admin socket in the data dir.
@@ -81,7 +80,7 @@ type Server struct {
 
 type healthState struct {
 	at     time.Time
-	health cloudlink.Health
+	health cloudproto.Health
 }
 
 // New opens (or creates) the data dir: store, CA, server certificate.
@@ -145,8 +144,8 @@ func (s *Server) start() error {
 	}
 	s.listener = ln
 	pub := http.NewServeMux()
-	pub.HandleFunc("POST "+cloudlink.RegisterPath, s.handleRegister)
-	pub.HandleFunc("GET "+cloudlink.LinkPath, s.handleLink)
+	pub.HandleFunc("POST "+cloudproto.RegisterPath, s.handleRegister)
+	pub.HandleFunc("GET "+cloudproto.LinkPath, s.handleLink)
 	s.serve(tls.NewListener(ln, tc), pub, &http.Server{
 		// HTTP/1.1 only: the session hijacks the connection.
 		TLSNextProto: map[string]func(*http.Server, *tls.Conn, http.Handler){},
@@ -277,7 +276,7 @@ func (s *Server) CreateToken(name string, ttl time.Duration) (*TokenInfo, error)
 	if ttl <= 0 {
 		ttl = 24 * time.Hour
 	}
-	tok := cloudlink.RegToken{CAFingerprint: s.Fingerprint(), ID: randomHex(6), Secret: randomHex(16)}
+	tok := cloudproto.RegToken{CAFingerprint: s.Fingerprint(), ID: randomHex(6), Secret: randomHex(16)}
 	now := time.Now().UTC()
 	var clusterID string
 	err := s.store.db.Update(func(tx *bolt.Tx) error {
@@ -300,7 +299,7 @@ func (s *Server) CreateToken(name string, ttl time.Duration) (*TokenInfo, error)
 		}
 		clusterID = found.ID
 		return putJSON(tx.Bucket(bTokens), []byte(tok.ID), regToken{
-			ID: tok.ID, SecretHash: raftstore.HashSecret(tok.Secret), ClusterID: found.ID, ExpiresAt: now.Add(ttl), CreatedAt: now,
+			ID: tok.ID, SecretHash: pki.HashSecret(tok.Secret), ClusterID: found.ID, ExpiresAt: now.Add(ttl), CreatedAt: now,
 		})
 	})
 	if err != nil {
@@ -312,7 +311,7 @@ func (s *Server) CreateToken(name string, ttl time.Duration) (*TokenInfo, error)
 
 // handleRegister exchanges a token and a CSR for a client certificate.
 func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) {
-	var req cloudlink.RegisterRequest
+	var req cloudproto.RegisterRequest
 	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<16)).Decode(&req); err != nil {
 		httpErr(w, http.StatusBadRequest, fmt.Errorf("malformed registration: %w", err))
 		return
@@ -327,18 +326,18 @@ func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, resp)
 }
 
-func (s *Server) register(req cloudlink.RegisterRequest) (*cloudlink.RegisterResponse, error) {
-	tok, err := cloudlink.ParseRegToken(req.Token)
+func (s *Server) register(req cloudproto.RegisterRequest) (*cloudproto.RegisterResponse, error) {
+	tok, err := cloudproto.ParseRegToken(req.Token)
 	if err != nil {
 		return nil, err
 	}
 	if req.ClusterID == "" {
 		return nil, errors.New("cluster_id is required")
 	}
-	var out *cloudlink.RegisterResponse
+	var out *cloudproto.RegisterResponse
 	err = s.store.db.Update(func(tx *bolt.Tx) error {
 		var rt regToken
-		if !getJSON(tx.Bucket(bTokens), []byte(tok.ID), &rt) || rt.SecretHash != raftstore.HashSecret(tok.Secret) {
+		if !getJSON(tx.Bucket(bTokens), []byte(tok.ID), &rt) || rt.SecretHash != pki.HashSecret(tok.Secret) {
 			return errors.New("registration token is invalid")
 		}
 		if rt.Used {
@@ -372,7 +371,7 @@ func (s *Server) register(req cloudlink.RegisterRequest) (*cloudlink.RegisterRes
 		if err := s.store.putCluster(tx, c); err != nil {
 			return err
 		}
-		out = &cloudlink.RegisterResponse{CloudClusterID: c.ID, Name: c.Name, ClientCertPEM: string(cert), CACertPEM: string(s.ca.CertPEM)}
+		out = &cloudproto.RegisterResponse{CloudClusterID: c.ID, Name: c.Name, ClientCertPEM: string(cert), CACertPEM: string(s.ca.CertPEM)}
 		return nil
 	})
 	if err != nil {
@@ -415,7 +414,7 @@ func (s *Server) SendCommand(ref, kind string, args json.RawMessage) (*CommandRe
 	if !CommandKinds[kind] {
 		return nil, fmt.Errorf("%w: unknown command kind %q (create_token, remove_node, deploy_service, delete_service, deploy_app, delete_app)", errBadInput, kind)
 	}
-	rec := &CommandRecord{Command: cloudlink.Command{ID: "cmd-" + randomHex(8), Kind: kind, Args: args, CreatedAt: time.Now().UTC()}, Cluster: c.ID, State: CmdPending}
+	rec := &CommandRecord{Command: cloudproto.Command{ID: "cmd-" + randomHex(8), Kind: kind, Args: args, CreatedAt: time.Now().UTC()}, Cluster: c.ID, State: CmdPending}
 	if err := s.store.putCommand(c.ID, rec); err != nil {
 		return nil, err
 	}
@@ -430,7 +429,7 @@ func (s *Server) SendCommand(ref, kind string, args json.RawMessage) (*CommandRe
 
 // sendRaw pushes an arbitrary command frame to a connected cluster (tests
 // replay IDs with it).
-func (s *Server) sendRaw(clusterID string, c cloudlink.Command) bool {
+func (s *Server) sendRaw(clusterID string, c cloudproto.Command) bool {
 	s.mu.Lock()
 	ss := s.sessions[clusterID]
 	s.mu.Unlock()

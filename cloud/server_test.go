@@ -18,6 +18,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/runos/runos-agent/cloudlink"
+	"github.com/runos/runos-agent/cloudproto"
 	"github.com/runos/runos-agent/pki"
 	"github.com/runos/runos-agent/raftstore"
 	"github.com/runos/runos-agent/seal"
@@ -73,7 +74,7 @@ func openSession(t *testing.T, s *Server, reg *raftstore.CloudRegistration, key 
 		return nil, nil, err
 	}
 	t.Cleanup(func() { conn.Close() })
-	io.WriteString(conn, "GET /v1/link HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: "+cloudlink.LinkProtocol+"\r\n\r\n")
+	io.WriteString(conn, "GET /v1/link HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: "+cloudproto.LinkProtocol+"\r\n\r\n")
 	br := bufio.NewReader(conn)
 	resp, err := http.ReadResponse(br, nil)
 	if err != nil {
@@ -90,13 +91,13 @@ type refusal struct{ body string }
 
 func (r *refusal) Error() string { return r.body }
 
-func hello(t *testing.T, conn net.Conn, br *bufio.Reader, cloudID, agentID string) *cloudlink.Msg {
+func hello(t *testing.T, conn net.Conn, br *bufio.Reader, cloudID, agentID string) *cloudproto.Msg {
 	t.Helper()
-	if err := cloudlink.WriteFrame(conn, &cloudlink.Msg{Type: cloudlink.MsgHello, Hello: &cloudlink.Hello{CloudClusterID: cloudID, ClusterID: agentID, Node: "n1"}}); err != nil {
+	if err := cloudproto.WriteFrame(conn, &cloudproto.Msg{Type: cloudproto.MsgHello, Hello: &cloudproto.Hello{CloudClusterID: cloudID, ClusterID: agentID, Node: "n1"}}); err != nil {
 		t.Fatal(err)
 	}
 	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
-	m, err := cloudlink.ReadFrame(br)
+	m, err := cloudproto.ReadFrame(br)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -112,9 +113,9 @@ func TestRegistrationRefusals(t *testing.T) {
 	}
 	short, _ := s.CreateToken("b", time.Millisecond)
 	time.Sleep(5 * time.Millisecond)
-	parsed, _ := cloudlink.ParseRegToken(tok.Token)
-	other := cloudlink.RegToken{CAFingerprint: strings.Repeat("1", 64), ID: parsed.ID, Secret: parsed.Secret}
-	wrongSecret := cloudlink.RegToken{CAFingerprint: parsed.CAFingerprint, ID: parsed.ID, Secret: strings.Repeat("0", 32)}
+	parsed, _ := cloudproto.ParseRegToken(tok.Token)
+	other := cloudproto.RegToken{CAFingerprint: strings.Repeat("1", 64), ID: parsed.ID, Secret: parsed.Secret}
+	wrongSecret := cloudproto.RegToken{CAFingerprint: parsed.CAFingerprint, ID: parsed.ID, Secret: strings.Repeat("0", 32)}
 	revoked, _ := s.CreateToken("c", time.Hour)
 	if err := s.Revoke("c"); err != nil {
 		t.Fatal(err)
@@ -147,7 +148,7 @@ func TestSessionRefusals(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if m := hello(t, conn, br, regB.CloudClusterID, "agent-b"); m.Type != cloudlink.MsgError || !strings.Contains(m.Error, "belongs to cluster") {
+	if m := hello(t, conn, br, regB.CloudClusterID, "agent-b"); m.Type != cloudproto.MsgError || !strings.Contains(m.Error, "belongs to cluster") {
 		t.Fatalf("hello for another cluster: %+v", m)
 	}
 
@@ -166,22 +167,22 @@ func TestSessionRefusals(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if m := hello(t, conn, br, regA.CloudClusterID, "agent-a"); m.Type != cloudlink.MsgWelcome {
+		if m := hello(t, conn, br, regA.CloudClusterID, "agent-a"); m.Type != cloudproto.MsgWelcome {
 			t.Fatalf("%s: hello answered %+v", tc.name, m)
 		}
-		if err := cloudlink.WriteFrame(conn, &cloudlink.Msg{Type: cloudlink.MsgSnapshot, Snapshot: &cloudlink.Snapshot{Index: 7}}); err != nil {
+		if err := cloudproto.WriteFrame(conn, &cloudproto.Msg{Type: cloudproto.MsgSnapshot, Snapshot: &cloudproto.Snapshot{Index: 7}}); err != nil {
 			t.Fatal(err)
 		}
 		conn.Write(tc.frame)
-		var got *cloudlink.Msg
+		var got *cloudproto.Msg
 		for {
-			m, err := cloudlink.ReadFrame(br)
+			m, err := cloudproto.ReadFrame(br)
 			if err != nil {
 				break
 			}
 			got = m
 		}
-		if got == nil || got.Type != cloudlink.MsgError || !strings.Contains(got.Error, tc.want) {
+		if got == nil || got.Type != cloudproto.MsgError || !strings.Contains(got.Error, tc.want) {
 			t.Errorf("%s: last frame %+v, want an error with %q", tc.name, got, tc.want)
 		}
 		if c, _ := s.store.findCluster("a"); c.Cursor != 7 {
@@ -221,31 +222,31 @@ func TestChangesApplyOnceAndResyncReplaces(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if m := hello(t, conn, br, reg.CloudClusterID, "agent-a"); m.Type != cloudlink.MsgWelcome || m.Index != 0 {
+	if m := hello(t, conn, br, reg.CloudClusterID, "agent-a"); m.Type != cloudproto.MsgWelcome || m.Index != 0 {
 		t.Fatalf("welcome %+v", m)
 	}
-	send := func(m *cloudlink.Msg) uint64 {
+	send := func(m *cloudproto.Msg) uint64 {
 		t.Helper()
-		if err := cloudlink.WriteFrame(conn, m); err != nil {
+		if err := cloudproto.WriteFrame(conn, m); err != nil {
 			t.Fatal(err)
 		}
 		for {
-			a, err := cloudlink.ReadFrame(br)
+			a, err := cloudproto.ReadFrame(br)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if a.Type == cloudlink.MsgAck {
+			if a.Type == cloudproto.MsgAck {
 				return a.Index
 			}
 		}
 	}
-	send(&cloudlink.Msg{Type: cloudlink.MsgSnapshot, Snapshot: &cloudlink.Snapshot{Index: 10}})
-	ch := []cloudlink.Change{{Index: 11, Op: "join", NodeID: "n1", Node: &apiNode}, {Index: 12, Op: "event"}}
-	if got := send(&cloudlink.Msg{Type: cloudlink.MsgChanges, Changes: ch}); got != 12 {
+	send(&cloudproto.Msg{Type: cloudproto.MsgSnapshot, Snapshot: &cloudproto.Snapshot{Index: 10}})
+	ch := []cloudproto.Change{{Index: 11, Op: "join", NodeID: "n1", Node: &apiNode}, {Index: 12, Op: "event"}}
+	if got := send(&cloudproto.Msg{Type: cloudproto.MsgChanges, Changes: ch}); got != 12 {
 		t.Fatalf("ack %d", got)
 	}
 	// Sent again (a lost ack): ignored, counted.
-	if got := send(&cloudlink.Msg{Type: cloudlink.MsgChanges, Changes: append(ch, cloudlink.Change{Index: 13, Op: "event"})}); got != 13 {
+	if got := send(&cloudproto.Msg{Type: cloudproto.MsgChanges, Changes: append(ch, cloudproto.Change{Index: 13, Op: "event"})}); got != 13 {
 		t.Fatalf("ack %d", got)
 	}
 	m, _ := s.MirrorOf("a")
@@ -266,7 +267,7 @@ func TestChangesApplyOnceAndResyncReplaces(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if m := hello(t, conn2, br2, reg.CloudClusterID, "agent-a"); m.Type != cloudlink.MsgWelcome || m.Index != 13 {
+	if m := hello(t, conn2, br2, reg.CloudClusterID, "agent-a"); m.Type != cloudproto.MsgWelcome || m.Index != 13 {
 		t.Fatalf("welcome after restart %+v", m)
 	}
 }

@@ -13,7 +13,7 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
-	"github.com/runos/runos-agent/cloudlink"
+	"github.com/runos/runos-agent/cloudproto"
 	"github.com/runos/runos-agent/pki"
 )
 
@@ -30,17 +30,17 @@ type session struct {
 	closeOnce sync.Once
 }
 
-func (ss *session) write(m *cloudlink.Msg) error {
+func (ss *session) write(m *cloudproto.Msg) error {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	ss.conn.SetWriteDeadline(time.Now().Add(30 * time.Second))
-	return cloudlink.WriteFrame(ss.conn, m)
+	return cloudproto.WriteFrame(ss.conn, m)
 }
 
 func (ss *session) close() { ss.closeOnce.Do(func() { ss.conn.Close() }) }
 
-func (ss *session) sendCommand(c cloudlink.Command) {
-	if err := ss.write(&cloudlink.Msg{Type: cloudlink.MsgCommand, Command: &c}); err != nil {
+func (ss *session) sendCommand(c cloudproto.Command) {
+	if err := ss.write(&cloudproto.Msg{Type: cloudproto.MsgCommand, Command: &c}); err != nil {
 		ss.s.log.Warn("send command", "cluster", ss.clusterID, "id", c.ID, "err", err)
 		ss.close()
 		return
@@ -51,7 +51,7 @@ func (ss *session) sendCommand(c cloudlink.Command) {
 // fail tells the peer why, logs, and closes.
 func (ss *session) fail(err error) {
 	ss.s.log.Warn("cloud session refused", "cluster", ss.clusterID, "remote", ss.conn.RemoteAddr().String(), "err", err)
-	ss.write(&cloudlink.Msg{Type: cloudlink.MsgError, Error: err.Error()})
+	ss.write(&cloudproto.Msg{Type: cloudproto.MsgError, Error: err.Error()})
 	ss.close()
 }
 
@@ -62,8 +62,8 @@ func (s *Server) handleLink(w http.ResponseWriter, r *http.Request) {
 		httpErr(w, http.StatusUnauthorized, errors.New("a session needs the cluster's client certificate (register first)"))
 		return
 	}
-	if !strings.EqualFold(r.Header.Get("Upgrade"), cloudlink.LinkProtocol) {
-		httpErr(w, http.StatusBadRequest, fmt.Errorf("expected Upgrade: %s", cloudlink.LinkProtocol))
+	if !strings.EqualFold(r.Header.Get("Upgrade"), cloudproto.LinkProtocol) {
+		httpErr(w, http.StatusBadRequest, fmt.Errorf("expected Upgrade: %s", cloudproto.LinkProtocol))
 		return
 	}
 	leaf := r.TLS.PeerCertificates[0]
@@ -93,7 +93,7 @@ func (s *Server) handleLink(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		return
 	}
-	io.WriteString(conn, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: "+cloudlink.LinkProtocol+"\r\n\r\n")
+	io.WriteString(conn, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: "+cloudproto.LinkProtocol+"\r\n\r\n")
 	ss := &session{s: s, clusterID: c.ID, conn: conn, br: brw.Reader}
 	s.mu.Lock()
 	if s.closed {
@@ -119,12 +119,12 @@ func (s *Server) handleLink(w http.ResponseWriter, r *http.Request) {
 func (ss *session) run() {
 	s := ss.s
 	ss.conn.SetReadDeadline(time.Now().Add(15 * time.Second))
-	m, err := cloudlink.ReadFrame(ss.br)
+	m, err := cloudproto.ReadFrame(ss.br)
 	if err != nil {
 		ss.fail(fmt.Errorf("reading hello: %w", err))
 		return
 	}
-	if m.Type != cloudlink.MsgHello || m.Hello == nil {
+	if m.Type != cloudproto.MsgHello || m.Hello == nil {
 		ss.fail(fmt.Errorf("expected hello, got %q", m.Type))
 		return
 	}
@@ -160,7 +160,7 @@ func (ss *session) run() {
 	}
 	defer s.dropSession(ss.clusterID, ss)
 	s.log.Info("cluster connected", "cluster", c.Name, "leader", ss.leader, "cursor", c.Cursor, "index", m.Hello.Index)
-	if err := ss.write(&cloudlink.Msg{Type: cloudlink.MsgWelcome, Index: c.Cursor}); err != nil {
+	if err := ss.write(&cloudproto.Msg{Type: cloudproto.MsgWelcome, Index: c.Cursor}); err != nil {
 		return
 	}
 	cmds, _ := s.store.commands(ss.clusterID)
@@ -171,9 +171,9 @@ func (ss *session) run() {
 	}
 	for {
 		ss.conn.SetReadDeadline(time.Now().Add(2 * time.Minute))
-		m, err := cloudlink.ReadFrame(ss.br)
+		m, err := cloudproto.ReadFrame(ss.br)
 		if err != nil {
-			if errors.Is(err, cloudlink.ErrFrameTooLarge) || errors.Is(err, cloudlink.ErrMalformed) {
+			if errors.Is(err, cloudproto.ErrFrameTooLarge) || errors.Is(err, cloudproto.ErrMalformed) {
 				ss.fail(err)
 			} else {
 				s.log.Info("cluster disconnected", "cluster", c.Name, "err", err)
@@ -187,53 +187,53 @@ func (ss *session) run() {
 	}
 }
 
-func (ss *session) handle(m *cloudlink.Msg) error {
+func (ss *session) handle(m *cloudproto.Msg) error {
 	s := ss.s
 	switch m.Type {
-	case cloudlink.MsgSnapshot:
+	case cloudproto.MsgSnapshot:
 		if m.Snapshot == nil {
-			return fmt.Errorf("%w: snapshot without body", cloudlink.ErrMalformed)
+			return fmt.Errorf("%w: snapshot without body", cloudproto.ErrMalformed)
 		}
 		if err := s.store.applySnapshot(ss.clusterID, m.Snapshot); err != nil {
 			return err
 		}
 		s.log.Info("mirror resynced", "cluster", ss.clusterID, "index", m.Snapshot.Index, "nodes", len(m.Snapshot.Nodes))
-		return ss.write(&cloudlink.Msg{Type: cloudlink.MsgAck, Index: m.Snapshot.Index})
-	case cloudlink.MsgChanges:
+		return ss.write(&cloudproto.Msg{Type: cloudproto.MsgAck, Index: m.Snapshot.Index})
+	case cloudproto.MsgChanges:
 		for i := 1; i < len(m.Changes); i++ {
 			if m.Changes[i].Index <= m.Changes[i-1].Index {
-				return fmt.Errorf("%w: changes out of order at index %d", cloudlink.ErrMalformed, m.Changes[i].Index)
+				return fmt.Errorf("%w: changes out of order at index %d", cloudproto.ErrMalformed, m.Changes[i].Index)
 			}
 		}
 		cursor, err := s.store.applyChanges(ss.clusterID, m.Changes)
 		if err != nil {
 			return err
 		}
-		return ss.write(&cloudlink.Msg{Type: cloudlink.MsgAck, Index: cursor})
-	case cloudlink.MsgHealth:
+		return ss.write(&cloudproto.Msg{Type: cloudproto.MsgAck, Index: cursor})
+	case cloudproto.MsgHealth:
 		if m.Health == nil {
-			return fmt.Errorf("%w: health without body", cloudlink.ErrMalformed)
+			return fmt.Errorf("%w: health without body", cloudproto.ErrMalformed)
 		}
 		s.mu.Lock()
 		s.health[ss.clusterID] = healthState{at: time.Now(), health: *m.Health}
 		s.mu.Unlock()
 		return nil
-	case cloudlink.MsgResult:
+	case cloudproto.MsgResult:
 		if m.Result == nil {
-			return fmt.Errorf("%w: result without body", cloudlink.ErrMalformed)
+			return fmt.Errorf("%w: result without body", cloudproto.ErrMalformed)
 		}
 		if err := s.store.recordResult(ss.clusterID, m.Result); err != nil {
 			s.log.Warn("result for an unknown command", "cluster", ss.clusterID, "err", err)
 		}
 		return nil
-	case cloudlink.MsgPing:
-		return ss.write(&cloudlink.Msg{Type: cloudlink.MsgPong})
-	case cloudlink.MsgPong:
+	case cloudproto.MsgPing:
+		return ss.write(&cloudproto.Msg{Type: cloudproto.MsgPong})
+	case cloudproto.MsgPong:
 		return nil
-	case cloudlink.MsgError:
+	case cloudproto.MsgError:
 		return fmt.Errorf("cluster reported: %s", m.Error)
 	}
-	return fmt.Errorf("%w: unexpected frame type %q", cloudlink.ErrMalformed, m.Type)
+	return fmt.Errorf("%w: unexpected frame type %q", cloudproto.ErrMalformed, m.Type)
 }
 
 func (s *Server) connected(id string) (leader string, ok bool) {

@@ -12,7 +12,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/runos/runos-agent/api"
-	"github.com/runos/runos-agent/cloudlink"
+	"github.com/runos/runos-agent/cloudproto"
 )
 
 // The store is one bbolt file in the data dir. Buckets:
@@ -205,7 +205,7 @@ func (s *store) resetMirror(tx *bolt.Tx, id string) error {
 }
 
 // applySnapshot replaces the mirror with a full resync.
-func (s *store) applySnapshot(id string, snap *cloudlink.Snapshot) error {
+func (s *store) applySnapshot(id string, snap *cloudproto.Snapshot) error {
 	return s.db.Update(func(tx *bolt.Tx) error {
 		c, ok := s.cluster(tx, id)
 		if !ok {
@@ -249,7 +249,7 @@ func (s *store) applySnapshot(id string, snap *cloudlink.Snapshot) error {
 // applyChanges applies outbox entries in one transaction. Entries at or
 // below the cursor were applied before (an ack that got lost) and are
 // skipped and counted, so each change lands once.
-func (s *store) applyChanges(id string, changes []cloudlink.Change) (uint64, error) {
+func (s *store) applyChanges(id string, changes []cloudproto.Change) (uint64, error) {
 	var cursor uint64
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		c, ok := s.cluster(tx, id)
@@ -311,7 +311,7 @@ func (s *store) applyChanges(id string, changes []cloudlink.Change) (uint64, err
 }
 
 // applyWorkload puts (or removes) the service or app a change names.
-func applyWorkload(m *bolt.Bucket, ch cloudlink.Change) error {
+func applyWorkload(m *bolt.Bucket, ch cloudproto.Change) error {
 	if ch.WorkloadID == "" {
 		return nil
 	}
@@ -347,13 +347,13 @@ type mirrorView struct {
 	Services []api.Service // by OSID
 	Apps     []api.App     // by OSID
 	Nodes    []api.Node
-	Tokens   []cloudlink.Token
+	Tokens   []cloudproto.Token
 	Events   []api.Event
 	Changes  []uint64
 }
 
 func (s *store) readMirror(id string, withChanges bool) (*mirrorView, error) {
-	out := &mirrorView{Nodes: []api.Node{}, Tokens: []cloudlink.Token{}, Events: []api.Event{}, Services: []api.Service{}, Apps: []api.App{}}
+	out := &mirrorView{Nodes: []api.Node{}, Tokens: []cloudproto.Token{}, Events: []api.Event{}, Services: []api.Service{}, Apps: []api.App{}}
 	err := s.db.View(func(tx *bolt.Tx) error {
 		m := tx.Bucket(mirrorName(id))
 		if m == nil {
@@ -367,7 +367,7 @@ func (s *store) readMirror(id string, withChanges bool) (*mirrorView, error) {
 			return nil
 		})
 		m.Bucket(bMTokens).ForEach(func(k, v []byte) error {
-			var t cloudlink.Token
+			var t cloudproto.Token
 			if json.Unmarshal(v, &t) == nil {
 				out.Tokens = append(out.Tokens, t)
 			}
@@ -446,12 +446,12 @@ const (
 
 // CommandRecord is a command the cloud sent (or will send) to a cluster.
 type CommandRecord struct {
-	cloudlink.Command
-	Cluster  string               `json:"cluster"`
-	State    string               `json:"state"`
-	Result   *cloudlink.CmdResult `json:"result,omitempty"`
-	Attempts int                  `json:"attempts"`
-	DoneAt   time.Time            `json:"done_at,omitzero"`
+	cloudproto.Command
+	Cluster  string                `json:"cluster"`
+	State    string                `json:"state"`
+	Result   *cloudproto.CmdResult `json:"result,omitempty"`
+	Attempts int                   `json:"attempts"`
+	DoneAt   time.Time             `json:"done_at,omitzero"`
 	// Replays counts answers that said the command had already been
 	// applied (a resend after a lost result, or a replay).
 	Replays int `json:"replays,omitempty"`
@@ -506,7 +506,7 @@ func (s *store) command(id, cmdID string) (*CommandRecord, error) {
 
 // recordResult stores a command's result. The first answer wins; a later
 // one (a replay answer) only counts.
-func (s *store) recordResult(id string, r *cloudlink.CmdResult) error {
+func (s *store) recordResult(id string, r *cloudproto.CmdResult) error {
 	return s.db.Update(func(tx *bolt.Tx) error {
 		m, err := s.mirror(tx, id)
 		if err != nil {

@@ -8,7 +8,7 @@ import (
 	"strings"
 
 	"github.com/runos/runos-agent/api"
-	"github.com/runos/runos-agent/cloudlink"
+	"github.com/runos/runos-agent/cloudproto"
 	"github.com/runos/runos-agent/templates"
 )
 
@@ -121,7 +121,7 @@ func (s *Server) workloadRoutes(mux *http.ServeMux) {
 		send(w, r, "deploy_service", req)
 	})
 	mux.HandleFunc("DELETE /clusters/{c}/v1/services/{osid}", func(w http.ResponseWriter, r *http.Request) {
-		send(w, r, "delete_service", cloudlink.DeleteWorkloadArgs{OSID: r.PathValue("osid")})
+		send(w, r, "delete_service", cloudproto.DeleteWorkloadArgs{OSID: r.PathValue("osid")})
 	})
 	mux.HandleFunc("GET /clusters/{c}/v1/apps", func(w http.ResponseWriter, r *http.Request) {
 		v, err := s.Apps(r.PathValue("c"))
@@ -143,7 +143,7 @@ func (s *Server) workloadRoutes(mux *http.ServeMux) {
 		send(w, r, "deploy_app", req)
 	})
 	mux.HandleFunc("DELETE /clusters/{c}/v1/apps/{osid}", func(w http.ResponseWriter, r *http.Request) {
-		send(w, r, "delete_app", cloudlink.DeleteWorkloadArgs{OSID: r.PathValue("osid")})
+		send(w, r, "delete_app", cloudproto.DeleteWorkloadArgs{OSID: r.PathValue("osid")})
 	})
 }
 

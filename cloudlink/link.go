@@ -1,3 +1,9 @@
+// Package cloudlink is the agent side of the cloud link: registration with
+// a runos-cloud backend, the one mTLS session the Raft leader holds, the
+// uplink (heartbeats, health and the outbox of state changes) and the
+// downlink (commands applied through Raft exactly once). Nothing local ever
+// waits for it. It speaks the wire protocol of package cloudproto; the
+// backend (package cloud) speaks it from the other end.
 package cloudlink
 
 import (
@@ -22,6 +28,7 @@ import (
 	"time"
 
 	"github.com/runos/runos-agent/api"
+	"github.com/runos/runos-agent/cloudproto"
 	"github.com/runos/runos-agent/pki"
 	"github.com/runos/runos-agent/raftstore"
 	"github.com/runos/runos-agent/seal"
@@ -45,8 +52,8 @@ type Host interface {
 // the command (a retried or replayed command yields the same Raft command);
 // Result turns the applied outcome into the data reported to the cloud.
 type Kind struct {
-	Prepare func(c Command) (*raftstore.Command, error)
-	Result  func(c Command, data json.RawMessage) (json.RawMessage, error)
+	Prepare func(c cloudproto.Command) (*raftstore.Command, error)
+	Result  func(c cloudproto.Command, data json.RawMessage) (json.RawMessage, error)
 }
 
 // Config configures a Link.
@@ -148,7 +155,7 @@ func New(cfg Config, log *slog.Logger) (*Link, error) {
 	l.status = Status{State: StateOff, Since: time.Now()}
 	l.kinds = map[string]Kind{
 		"create_token":   {Prepare: l.prepareToken, Result: l.tokenResult},
-		"remove_node":    {Prepare: prepareRemove, Result: func(Command, json.RawMessage) (json.RawMessage, error) { return nil, nil }},
+		"remove_node":    {Prepare: prepareRemove, Result: func(cloudproto.Command, json.RawMessage) (json.RawMessage, error) { return nil, nil }},
 		"deploy_service": {Prepare: l.prepareService, Result: l.serviceResult},
 		"delete_service": {Prepare: prepareDelete("delete_service", raftstore.OpWorkloadServiceDelete), Result: deleteResult},
 		"deploy_app":     {Prepare: l.prepareApp, Result: l.appResult},
@@ -363,7 +370,7 @@ func (l *Link) dial(ctx context.Context, reg *raftstore.CloudRegistration) (net.
 	}
 	conn := countingConn{raw, l}
 	raw.SetDeadline(time.Now().Add(15 * time.Second))
-	req := "GET " + LinkPath + " HTTP/1.1\r\nHost: " + u.Host + "\r\nConnection: Upgrade\r\nUpgrade: " + LinkProtocol + "\r\n\r\n"
+	req := "GET " + cloudproto.LinkPath + " HTTP/1.1\r\nHost: " + u.Host + "\r\nConnection: Upgrade\r\nUpgrade: " + cloudproto.LinkProtocol + "\r\n\r\n"
 	if _, err := io.WriteString(conn, req); err != nil {
 		raw.Close()
 		return nil, nil, fmt.Errorf("cloud session: %w", err)
@@ -390,7 +397,8 @@ func (l *Link) dial(ctx context.Context, reg *raftstore.CloudRegistration) (net.
 	return conn, br, nil
 }
 
-// maxBatch bounds one changes frame by entries and (roughly) bytes.
+// maxBatch bounds one changes frame by entries and (roughly) bytes, well
+// below cloudproto.MaxFrame.
 const (
 	maxBatch      = 1000
 	maxBatchBytes = 1 << 20
@@ -408,25 +416,25 @@ func (l *Link) session(ctx context.Context, reg *raftstore.CloudRegistration) er
 		conn.Close()
 		swg.Wait()
 	}()
-	write := func(m *Msg) error {
+	write := func(m *cloudproto.Msg) error {
 		conn.SetWriteDeadline(time.Now().Add(30 * time.Second))
-		return WriteFrame(conn, m)
+		return cloudproto.WriteFrame(conn, m)
 	}
 	st, idx := l.cfg.Host.State()
-	if err := write(&Msg{Type: MsgHello, Hello: &Hello{
+	if err := write(&cloudproto.Msg{Type: cloudproto.MsgHello, Hello: &cloudproto.Hello{
 		CloudClusterID: reg.CloudClusterID, ClusterID: st.ClusterID, Node: l.cfg.NodeName, Version: l.cfg.Version, Index: idx,
 	}}); err != nil {
 		return fmt.Errorf("cloud session: send hello: %w", err)
 	}
 	conn.SetReadDeadline(time.Now().Add(15 * time.Second))
-	w, err := ReadFrame(br)
+	w, err := cloudproto.ReadFrame(br)
 	if err != nil {
 		return fmt.Errorf("cloud session: read welcome: %w", err)
 	}
-	if w.Type == MsgError {
+	if w.Type == cloudproto.MsgError {
 		return fmt.Errorf("cloud refused the session: %s", w.Error)
 	}
-	if w.Type != MsgWelcome {
+	if w.Type != cloudproto.MsgWelcome {
 		return fmt.Errorf("cloud session: expected welcome, got %q", w.Type)
 	}
 	conn.SetReadDeadline(time.Time{})
@@ -437,7 +445,7 @@ func (l *Link) session(ctx context.Context, reg *raftstore.CloudRegistration) er
 	l.setState(StateConnected, time.Time{}, nil)
 	l.log.Info("cloud session up", "url", reg.URL, "cloud_cluster", reg.CloudClusterID, "cloud_cursor", cursor, "index", idx)
 
-	in := make(chan *Msg, 16)
+	in := make(chan *cloudproto.Msg, 16)
 	readErr := make(chan error, 1)
 	swg.Add(1)
 	go func() {
@@ -445,7 +453,7 @@ func (l *Link) session(ctx context.Context, reg *raftstore.CloudRegistration) er
 		for {
 			// A cloud that says nothing for three pings is gone.
 			conn.SetReadDeadline(time.Now().Add(3 * l.cfg.PingInterval))
-			m, err := ReadFrame(br)
+			m, err := cloudproto.ReadFrame(br)
 			if err != nil {
 				readErr <- err
 				return
@@ -457,7 +465,7 @@ func (l *Link) session(ctx context.Context, reg *raftstore.CloudRegistration) er
 			}
 		}
 	}()
-	results := make(chan *CmdResult, 64)
+	results := make(chan *cloudproto.CmdResult, 64)
 
 	health := time.NewTicker(l.cfg.HealthInterval)
 	defer health.Stop()
@@ -510,7 +518,7 @@ func (l *Link) session(ctx context.Context, reg *raftstore.CloudRegistration) er
 		if !ok || sentThrough == 0 {
 			snap := l.snapshot(st, idx)
 			l.log.Info("cloud full resync", "index", idx, "nodes", len(snap.Nodes), "cloud_cursor", sentThrough)
-			if err := write(&Msg{Type: MsgSnapshot, Snapshot: snap}); err != nil {
+			if err := write(&cloudproto.Msg{Type: cloudproto.MsgSnapshot, Snapshot: snap}); err != nil {
 				return err
 			}
 			sentThrough, inflight = idx, true
@@ -520,7 +528,7 @@ func (l *Link) session(ctx context.Context, reg *raftstore.CloudRegistration) er
 			return nil
 		}
 		batch := l.buildChanges(st, changes)
-		if err := write(&Msg{Type: MsgChanges, Changes: batch}); err != nil {
+		if err := write(&cloudproto.Msg{Type: cloudproto.MsgChanges, Changes: batch}); err != nil {
 			return err
 		}
 		sentThrough, inflight = batch[len(batch)-1].Index, true
@@ -532,7 +540,7 @@ func (l *Link) session(ctx context.Context, reg *raftstore.CloudRegistration) er
 	var lastSig string
 	sendHealth := func(nodes []api.Node) error {
 		lastSig = healthSig(nodes)
-		return write(&Msg{Type: MsgHealth, Health: &Health{Leader: l.cfg.NodeName, Nodes: nodes}})
+		return write(&cloudproto.Msg{Type: cloudproto.MsgHealth, Health: &cloudproto.Health{Leader: l.cfg.NodeName, Nodes: nodes}})
 	}
 	healthCheck := time.NewTicker(time.Second)
 	defer healthCheck.Stop()
@@ -557,7 +565,7 @@ func (l *Link) session(ctx context.Context, reg *raftstore.CloudRegistration) er
 			}
 		case m := <-in:
 			switch m.Type {
-			case MsgAck:
+			case cloudproto.MsgAck:
 				if m.Index >= cursor {
 					cursor = m.Index
 				}
@@ -568,22 +576,22 @@ func (l *Link) session(ctx context.Context, reg *raftstore.CloudRegistration) er
 				if err := sendMore(); err != nil {
 					return err
 				}
-			case MsgCommand:
+			case cloudproto.MsgCommand:
 				if m.Command != nil {
 					l.handle(ctx, *m.Command, results)
 				}
-			case MsgPing:
-				if err := write(&Msg{Type: MsgPong}); err != nil {
+			case cloudproto.MsgPing:
+				if err := write(&cloudproto.Msg{Type: cloudproto.MsgPong}); err != nil {
 					return err
 				}
-			case MsgPong:
-			case MsgError:
+			case cloudproto.MsgPong:
+			case cloudproto.MsgError:
 				return fmt.Errorf("cloud ended the session: %s", m.Error)
 			default:
 				l.log.Warn("ignoring unknown frame from the cloud", "type", m.Type)
 			}
 		case r := <-results:
-			if err := write(&Msg{Type: MsgResult, Result: r}); err != nil {
+			if err := write(&cloudproto.Msg{Type: cloudproto.MsgResult, Result: r}); err != nil {
 				return err
 			}
 		case <-health.C:
@@ -597,7 +605,7 @@ func (l *Link) session(ctx context.Context, reg *raftstore.CloudRegistration) er
 				}
 			}
 		case <-ping.C:
-			if err := write(&Msg{Type: MsgPing}); err != nil {
+			if err := write(&cloudproto.Msg{Type: cloudproto.MsgPing}); err != nil {
 				return err
 			}
 		case <-lead.C:
@@ -640,10 +648,10 @@ func (l *Link) persistAck(ctx context.Context, cursor uint64, persisted *uint64,
 	}()
 }
 
-func tokensOf(st *raftstore.State) []Token {
-	out := make([]Token, 0, len(st.Tokens))
+func tokensOf(st *raftstore.State) []cloudproto.Token {
+	out := make([]cloudproto.Token, 0, len(st.Tokens))
 	for _, t := range st.Tokens {
-		out = append(out, Token{ID: t.ID, ExpiresAt: t.ExpiresAt, UsesLeft: t.UsesLeft, CreatedAt: t.CreatedAt})
+		out = append(out, cloudproto.Token{ID: t.ID, ExpiresAt: t.ExpiresAt, UsesLeft: t.UsesLeft, CreatedAt: t.CreatedAt})
 	}
 	return out
 }
@@ -656,8 +664,8 @@ func (l *Link) nodeRecords() map[string]api.Node {
 	return out
 }
 
-func (l *Link) snapshot(st *raftstore.State, idx uint64) *Snapshot {
-	s := &Snapshot{Index: idx, Nodes: []api.Node{}, Tokens: tokensOf(st), Events: make([]api.Event, 0, len(st.Events))}
+func (l *Link) snapshot(st *raftstore.State, idx uint64) *cloudproto.Snapshot {
+	s := &cloudproto.Snapshot{Index: idx, Nodes: []api.Node{}, Tokens: tokensOf(st), Events: make([]api.Event, 0, len(st.Events))}
 	live := l.nodeRecords()
 	for _, n := range st.SortedNodes() {
 		s.Nodes = append(s.Nodes, nodeRecord(n, live))
@@ -681,19 +689,19 @@ func nodeRecord(n *raftstore.Node, live map[string]api.Node) api.Node {
 		Endpoints: n.Endpoints, Relay: n.Relay, JoinedAt: n.JoinedAt, LastHeartbeatSeconds: -1}
 }
 
-func (l *Link) buildChanges(st *raftstore.State, changes []raftstore.CloudChange) []Change {
+func (l *Link) buildChanges(st *raftstore.State, changes []raftstore.CloudChange) []cloudproto.Change {
 	events := map[uint64][]api.Event{}
 	for _, e := range st.Events {
 		events[e.Seq] = append(events[e.Seq], api.Event(e))
 	}
 	live := l.nodeRecords()
-	out := make([]Change, 0, min(len(changes), maxBatch))
+	out := make([]cloudproto.Change, 0, min(len(changes), maxBatch))
 	size := 0
 	for _, c := range changes {
 		if len(out) >= maxBatch || size >= maxBatchBytes {
 			break
 		}
-		ch := Change{Index: c.Index, Op: c.Op, Events: events[c.Index]}
+		ch := cloudproto.Change{Index: c.Index, Op: c.Op, Events: events[c.Index]}
 		switch c.Op {
 		case raftstore.OpBootstrap, raftstore.OpJoin, raftstore.OpRemoveNode, raftstore.OpUpdateNode:
 			ch.NodeID = c.Subject
@@ -737,7 +745,7 @@ func (l *Link) buildChanges(st *raftstore.State, changes []raftstore.CloudChange
 // apply runs on the link's context, not the session's: a leader change
 // mid-apply still completes it (raftstore retries with the same ID), and
 // the cloud's resend then gets the recorded result.
-func (l *Link) handle(ctx context.Context, c Command, results chan<- *CmdResult) {
+func (l *Link) handle(ctx context.Context, c cloudproto.Command, results chan<- *cloudproto.CmdResult) {
 	l.mu.Lock()
 	if l.handling[c.ID] {
 		l.mu.Unlock()
@@ -762,8 +770,8 @@ func (l *Link) handle(ctx context.Context, c Command, results chan<- *CmdResult)
 	}()
 }
 
-func (l *Link) apply(ctx context.Context, c Command) *CmdResult {
-	out := &CmdResult{ID: c.ID}
+func (l *Link) apply(ctx context.Context, c cloudproto.Command) *cloudproto.CmdResult {
+	out := &cloudproto.CmdResult{ID: c.ID}
 	kind, ok := l.kinds[c.Kind]
 	if c.ID == "" || !ok {
 		out.Error = fmt.Sprintf("unknown command kind %q", c.Kind)
@@ -773,7 +781,7 @@ func (l *Link) apply(ctx context.Context, c Command) *CmdResult {
 		l.log.Warn("refusing cloud command", "id", c.ID, "err", out.Error)
 		return out
 	}
-	finish := func(errText string, data json.RawMessage, index uint64, replayed bool) *CmdResult {
+	finish := func(errText string, data json.RawMessage, index uint64, replayed bool) *cloudproto.CmdResult {
 		out.Error, out.Index, out.Replayed = errText, index, replayed
 		if errText == "" {
 			d, err := kind.Result(c, data)
@@ -825,8 +833,8 @@ func (l *Link) tokenSecret(cmdID string) (id, secret string) {
 	return hex.EncodeToString(sum[:6]), hex.EncodeToString(sum[6:22])
 }
 
-func (l *Link) prepareToken(c Command) (*raftstore.Command, error) {
-	var a CreateTokenArgs
+func (l *Link) prepareToken(c cloudproto.Command) (*raftstore.Command, error) {
+	var a cloudproto.CreateTokenArgs
 	if len(c.Args) > 0 {
 		if err := json.Unmarshal(c.Args, &a); err != nil {
 			return nil, fmt.Errorf("create_token: malformed args: %w", err)
@@ -851,11 +859,11 @@ func (l *Link) prepareToken(c Command) (*raftstore.Command, error) {
 	}
 	id, secret := l.tokenSecret(c.ID)
 	return &raftstore.Command{Op: raftstore.OpCreateToken, CreateToken: &raftstore.CreateTokenCmd{Token: raftstore.Token{
-		ID: id, SecretHash: raftstore.HashSecret(secret), ExpiresAt: c.CreatedAt.Add(ttl).UTC(), UsesLeft: a.Uses,
+		ID: id, SecretHash: pki.HashSecret(secret), ExpiresAt: c.CreatedAt.Add(ttl).UTC(), UsesLeft: a.Uses,
 	}}}, nil
 }
 
-func (l *Link) tokenResult(c Command, _ json.RawMessage) (json.RawMessage, error) {
+func (l *Link) tokenResult(c cloudproto.Command, _ json.RawMessage) (json.RawMessage, error) {
 	inner, err := l.prepareToken(c)
 	if err != nil {
 		return nil, err
@@ -865,8 +873,8 @@ func (l *Link) tokenResult(c Command, _ json.RawMessage) (json.RawMessage, error
 	return json.Marshal(api.Token{Token: tok, ExpiresAt: inner.CreateToken.Token.ExpiresAt, Uses: inner.CreateToken.Token.UsesLeft, JoinCommand: cmd})
 }
 
-func prepareRemove(c Command) (*raftstore.Command, error) {
-	var a RemoveNodeArgs
+func prepareRemove(c cloudproto.Command) (*raftstore.Command, error) {
+	var a cloudproto.RemoveNodeArgs
 	if err := json.Unmarshal(c.Args, &a); err != nil || a.Name == "" {
 		return nil, errors.New("remove_node: args must name the node ({\"name\": ...})")
 	}

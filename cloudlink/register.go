@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/runos/runos-agent/cloudproto"
 	"github.com/runos/runos-agent/pki"
 	"github.com/runos/runos-agent/raftstore"
 	"github.com/runos/runos-agent/seal"
@@ -41,7 +42,7 @@ func Register(ctx context.Context, cloudURL, token, clusterID string, dataKey se
 	if err != nil {
 		return nil, err
 	}
-	tok, err := ParseRegToken(token)
+	tok, err := cloudproto.ParseRegToken(token)
 	if err != nil {
 		return nil, err
 	}
@@ -56,10 +57,10 @@ func Register(ctx context.Context, cloudURL, token, clusterID string, dataKey se
 	if err != nil {
 		return nil, err
 	}
-	body, _ := json.Marshal(RegisterRequest{Token: token, CSR: string(csr), ClusterID: clusterID})
+	body, _ := json.Marshal(cloudproto.RegisterRequest{Token: token, CSR: string(csr), ClusterID: clusterID})
 	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: pki.PinnedClientConfig(tok.CAFingerprint)}}
 	defer hc.CloseIdleConnections()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u+RegisterPath, bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u+cloudproto.RegisterPath, bytes.NewReader(body))
 	if err != nil {
 		return nil, err
 	}
@@ -79,7 +80,7 @@ func Register(ctx context.Context, cloudURL, token, clusterID string, dataKey se
 		}
 		return nil, fmt.Errorf("cloud refused the registration: %s", resp.Status)
 	}
-	var rr RegisterResponse
+	var rr cloudproto.RegisterResponse
 	if err := json.Unmarshal(b, &rr); err != nil {
 		return nil, fmt.Errorf("cloud answered a malformed registration: %w", err)
 	}

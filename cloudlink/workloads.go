@@ -13,6 +13,7 @@ import (
 	"strings"
 
 	"github.com/runos/runos-agent/api"
+	"github.com/runos/runos-agent/cloudproto"
 	"github.com/runos/runos-agent/raftstore"
 	"github.com/runos/runos-agent/seal"
 	"github.com/runos/runos-agent/templates"
@@ -82,7 +83,7 @@ func workloadLists(st *raftstore.State) ([]api.Service, []api.App) {
 }
 
 // workloadChange fills a change's record of the service or app osid.
-func workloadChange(st *raftstore.State, ch *Change, osid string) {
+func workloadChange(st *raftstore.State, ch *cloudproto.Change, osid string) {
 	ch.WorkloadID = osid
 	if r, ok := st.Workloads.Services[osid]; ok {
 		ch.Service = ServiceView(r, nil)
@@ -110,13 +111,13 @@ func catalogNames() string {
 }
 
 // serviceOSID is the OSID deploy_service command c creates.
-func (l *Link) serviceOSID(c Command, service string) (io.Reader, string, error) {
+func (l *Link) serviceOSID(c cloudproto.Command, service string) (io.Reader, string, error) {
 	rnd := l.cmdRand("deploy", c.ID)
 	osid, err := templates.NewOSID(rnd, service)
 	return rnd, osid, err
 }
 
-func decodeArgs(kind string, c Command, v any) error {
+func decodeArgs(kind string, c cloudproto.Command, v any) error {
 	if len(c.Args) == 0 {
 		return fmt.Errorf("%s: arguments are required", kind)
 	}
@@ -210,8 +211,8 @@ func BuildApp(key seal.Key, osid, name, image string, port int, env map[string]s
 
 // prepareService is deploy_service: the OSID and credentials come from the
 // command's own stream (see cmdRand).
-func (l *Link) prepareService(c Command) (*raftstore.Command, error) {
-	var a DeployServiceArgs
+func (l *Link) prepareService(c cloudproto.Command) (*raftstore.Command, error) {
+	var a cloudproto.DeployServiceArgs
 	if err := decodeArgs("deploy_service", c, &a); err != nil {
 		return nil, err
 	}
@@ -224,8 +225,8 @@ func (l *Link) prepareService(c Command) (*raftstore.Command, error) {
 }
 
 // serviceResult reports the instance the command created, as it is now.
-func (l *Link) serviceResult(c Command, _ json.RawMessage) (json.RawMessage, error) {
-	var a DeployServiceArgs
+func (l *Link) serviceResult(c cloudproto.Command, _ json.RawMessage) (json.RawMessage, error) {
+	var a cloudproto.DeployServiceArgs
 	if err := decodeArgs("deploy_service", c, &a); err != nil {
 		return nil, err
 	}
@@ -241,14 +242,14 @@ func (l *Link) serviceResult(c Command, _ json.RawMessage) (json.RawMessage, err
 	return json.Marshal(api.Service{OSID: osid, Service: a.Service, Tier: a.Tier, Status: api.StatusDeleting})
 }
 
-func (l *Link) appOSID(c Command, name string) (string, error) {
+func (l *Link) appOSID(c cloudproto.Command, name string) (string, error) {
 	return templates.NewOSID(l.cmdRand("deploy app", c.ID), name)
 }
 
 // prepareApp validates an app as the local API does: a name and an image,
 // the name free, every --use instance present, and it renders.
-func (l *Link) prepareApp(c Command) (*raftstore.Command, error) {
-	var a DeployAppArgs
+func (l *Link) prepareApp(c cloudproto.Command) (*raftstore.Command, error) {
+	var a cloudproto.DeployAppArgs
 	if err := decodeArgs("deploy_app", c, &a); err != nil {
 		return nil, err
 	}
@@ -273,8 +274,8 @@ func (l *Link) prepareApp(c Command) (*raftstore.Command, error) {
 	return &raftstore.Command{Op: raftstore.OpWorkloadAppCreate, Workload: &raftstore.WorkloadCmd{App: rec}}, nil
 }
 
-func (l *Link) appResult(c Command, _ json.RawMessage) (json.RawMessage, error) {
-	var a DeployAppArgs
+func (l *Link) appResult(c cloudproto.Command, _ json.RawMessage) (json.RawMessage, error) {
+	var a cloudproto.DeployAppArgs
 	if err := decodeArgs("deploy_app", c, &a); err != nil {
 		return nil, err
 	}
@@ -292,9 +293,9 @@ func (l *Link) appResult(c Command, _ json.RawMessage) (json.RawMessage, error) 
 // prepareDelete builds delete_service / delete_app. Apply refuses an
 // unknown OSID (or a service an app uses) with a clear error, which is
 // the command's result.
-func prepareDelete(kind, op string) func(c Command) (*raftstore.Command, error) {
-	return func(c Command) (*raftstore.Command, error) {
-		var a DeleteWorkloadArgs
+func prepareDelete(kind, op string) func(c cloudproto.Command) (*raftstore.Command, error) {
+	return func(c cloudproto.Command) (*raftstore.Command, error) {
+		var a cloudproto.DeleteWorkloadArgs
 		if err := decodeArgs(kind, c, &a); err != nil {
 			return nil, err
 		}
@@ -305,8 +306,8 @@ func prepareDelete(kind, op string) func(c Command) (*raftstore.Command, error) 
 	}
 }
 
-func deleteResult(c Command, _ json.RawMessage) (json.RawMessage, error) {
-	var a DeleteWorkloadArgs
+func deleteResult(c cloudproto.Command, _ json.RawMessage) (json.RawMessage, error) {
+	var a cloudproto.DeleteWorkloadArgs
 	json.Unmarshal(c.Args, &a)
 	return json.Marshal(map[string]string{"osid": a.OSID, "status": api.StatusDeleting})
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/runos/runos-agent/api"
+	"github.com/runos/runos-agent/cloudproto"
 	"github.com/runos/runos-agent/raftstore"
 	"github.com/runos/runos-agent/seal"
 )
@@ -28,13 +29,13 @@ func TestDeployPreparedOncePerCommandID(t *testing.T) {
 		t.Fatal(err)
 	}
 	args, _ := json.Marshal(api.ServiceRequest{Service: "postgres"})
-	c := Command{ID: "cmd-1", Kind: "deploy_service", Args: args, CreatedAt: time.Now()}
+	c := cloudproto.Command{ID: "cmd-1", Kind: "deploy_service", Args: args, CreatedAt: time.Now()}
 	a, err := l.prepareService(c)
 	if err != nil {
 		t.Fatal(err)
 	}
 	b, _ := l.prepareService(c)
-	other, _ := l.prepareService(Command{ID: "cmd-2", Kind: "deploy_service", Args: args})
+	other, _ := l.prepareService(cloudproto.Command{ID: "cmd-2", Kind: "deploy_service", Args: args})
 	if a.Workload.Service.OSID != b.Workload.Service.OSID || a.Workload.Service.OSID == other.Workload.Service.OSID {
 		t.Fatalf("OSIDs %s %s %s", a.Workload.Service.OSID, b.Workload.Service.OSID, other.Workload.Service.OSID)
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/runos/runos-agent/api"
 	"github.com/runos/runos-agent/cloud"
 	"github.com/runos/runos-agent/cloudlink"
+	"github.com/runos/runos-agent/cloudproto"
 	"github.com/runos/runos-agent/raftstore"
 	"github.com/runos/runos-agent/seal"
 )
@@ -163,11 +164,11 @@ func TestCloudWorkloadCommands(t *testing.T) {
 		{"deploy_service", api.ServiceRequest{Service: "postgres", Set: map[string]string{"nope": "1"}}, `unknown setting "nope"`},
 		{"deploy_service", api.ServiceRequest{Service: "postgres", Tier: "gold"}, `unknown tier "gold"`},
 		{"deploy_service", map[string]any{"service": "postgres", "bogus": 1}, "malformed args"},
-		{"delete_service", cloudlink.DeleteWorkloadArgs{OSID: "postgres-zzzzz"}, "no such service"},
+		{"delete_service", cloudproto.DeleteWorkloadArgs{OSID: "postgres-zzzzz"}, "no such service"},
 		{"delete_service", map[string]string{}, "must name the osid"},
 		{"deploy_app", api.AppRequest{Name: "web"}, "needs a name and an image"},
 		{"deploy_app", api.AppRequest{Name: "web", Image: "nginx", Use: []string{"redis-zzzzz"}}, "no such service instance"},
-		{"delete_app", cloudlink.DeleteWorkloadArgs{OSID: svc.OSID}, "no such service or app"},
+		{"delete_app", cloudproto.DeleteWorkloadArgs{OSID: svc.OSID}, "no such service or app"},
 	} {
 		r := runCommand(t, srv, bad.kind, bad.args)
 		if r.State != cloud.CmdFailed || !strings.Contains(r.Result.Error, bad.want) {
@@ -191,7 +192,7 @@ func TestCloudWorkloadCommands(t *testing.T) {
 	if r := runCommand(t, srv, "deploy_app", api.AppRequest{Name: "web", Image: "nginx"}); r.State != cloud.CmdFailed || !strings.Contains(r.Result.Error, "already taken") {
 		t.Fatalf("second app of a name: %+v", r.Result)
 	}
-	if r := runCommand(t, srv, "delete_service", cloudlink.DeleteWorkloadArgs{OSID: svc.OSID}); r.State != cloud.CmdFailed || !strings.Contains(r.Result.Error, "uses it") {
+	if r := runCommand(t, srv, "delete_service", cloudproto.DeleteWorkloadArgs{OSID: svc.OSID}); r.State != cloud.CmdFailed || !strings.Contains(r.Result.Error, "uses it") {
 		t.Fatalf("delete of a used service: %+v", r.Result)
 	}
 	eventually(t, "mirror lists the app and who uses the instance", func() error {
@@ -206,10 +207,10 @@ func TestCloudWorkloadCommands(t *testing.T) {
 	// Deletes: marked deleting, then gone from the mirror once the
 	// cluster purges them (what the reconciler does when the namespace
 	// is gone).
-	if r := runCommand(t, srv, "delete_app", cloudlink.DeleteWorkloadArgs{OSID: app.OSID}); r.State != cloud.CmdDone {
+	if r := runCommand(t, srv, "delete_app", cloudproto.DeleteWorkloadArgs{OSID: app.OSID}); r.State != cloud.CmdDone {
 		t.Fatalf("delete_app: %+v", r.Result)
 	}
-	if r := runCommand(t, srv, "delete_service", cloudlink.DeleteWorkloadArgs{OSID: svc.OSID}); r.State != cloud.CmdDone {
+	if r := runCommand(t, srv, "delete_service", cloudproto.DeleteWorkloadArgs{OSID: svc.OSID}); r.State != cloud.CmdDone {
 		t.Fatalf("delete_service: %+v", r.Result)
 	}
 	eventually(t, "mirror shows deleting", func() error {

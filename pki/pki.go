@@ -6,6 +6,9 @@
 //
 // Keys are ECDSA P-256: small, fast, and supported by every TLS stack we talk
 // to. There are no intermediates: the CA signs leaves directly.
+//
+// It also owns HashSecret, the one way token secrets are hashed for storage,
+// shared by the agent and the cloud backend.
 package pki
 
 import (
@@ -130,6 +133,14 @@ func ParseCA(certPEM, keyPEM []byte) (*CA, error) {
 // authenticate a member before it trusts anything else.
 func Fingerprint(cert *x509.Certificate) string {
 	sum := sha256.Sum256(cert.Raw)
+	return hex.EncodeToString(sum[:])
+}
+
+// HashSecret is how token secrets (the agent's join tokens, the cloud's
+// registration tokens) are stored and compared: lowercase hex SHA-256, so
+// neither the Raft log nor the cloud's database holds a usable secret.
+func HashSecret(secret string) string {
+	sum := sha256.Sum256([]byte(secret))
 	return hex.EncodeToString(sum[:])
 }
 

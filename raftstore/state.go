@@ -6,9 +6,7 @@
 package raftstore
 
 import (
-	"crypto/sha256"
 	"crypto/subtle"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -69,16 +67,10 @@ type Node struct {
 // log and snapshots never hold a usable token.
 type Token struct {
 	ID         string    `json:"id"`
-	SecretHash string    `json:"secret_hash"` // hex sha256 of the secret
+	SecretHash string    `json:"secret_hash"` // pki.HashSecret of the secret
 	ExpiresAt  time.Time `json:"expires_at"`
 	UsesLeft   int       `json:"uses_left"`
 	CreatedAt  time.Time `json:"created_at"`
-}
-
-// HashSecret is how token secrets are stored and compared.
-func HashSecret(secret string) string {
-	sum := sha256.Sum256([]byte(secret))
-	return hex.EncodeToString(sum[:])
 }
 
 // State is the replicated cluster state. It is only mutated by apply; readers

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+
+	"github.com/runos/runos-agent/pki"
 )
 
 var t0 = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
@@ -26,13 +28,13 @@ func bootstrapped(t *testing.T) *State {
 		t.Fatal(err)
 	}
 	s.apply(2, &Command{ID: "tok", Time: t0, Op: OpCreateToken, CreateToken: &CreateTokenCmd{Token: Token{
-		ID: "t1", SecretHash: HashSecret("secret"), ExpiresAt: t0.Add(time.Hour), UsesLeft: 2}}})
+		ID: "t1", SecretHash: pki.HashSecret("secret"), ExpiresAt: t0.Add(time.Hour), UsesLeft: 2}}})
 	return s
 }
 
 func joinCmd(id, name, key, secret string, at time.Time) *Command {
 	return &Command{ID: "join-" + id, Time: at, Op: OpJoin, Join: &JoinCmd{
-		TokenID: "t1", SecretHash: HashSecret(secret), NodeID: id, Name: name, PublicKey: key, CertSerial: "s-" + id}}
+		TokenID: "t1", SecretHash: pki.HashSecret(secret), NodeID: id, Name: name, PublicKey: key, CertSerial: "s-" + id}}
 }
 
 func TestJoinAllocatesAndConsumesToken(t *testing.T) {

@@ -1,19 +1,14 @@
-// Package cloudlink is the agent side of the cloud link: registration with
-// a runos-cloud backend, the one mTLS session the Raft leader holds, the
-// uplink (heartbeats, health and the outbox of state changes) and the
-// downlink (commands applied through Raft exactly once). Nothing local ever
-// waits for it. The wire protocol lives here too; the backend (package
-// cloud) speaks it from the other end.
-package cloudlink
+// Package cloudproto is the cloud wire protocol, the one thing the agent's
+// cloud link (package cloudlink) and the backend (package cloud) share: the
+// paths on the cloud's public listener, the length-prefixed JSON frames of
+// the session and their message kinds, the downlink commands and their
+// arguments, registration tokens and the registration exchange. It holds
+// types and pure functions only, owns no sockets, and imports nothing of the
+// agent's state or mesh, so the backend links neither Raft nor WireGuard.
+package cloudproto
 
 import (
-	"encoding/binary"
-	"encoding/hex"
 	"encoding/json"
-	"errors"
-	"fmt"
-	"io"
-	"strings"
 	"time"
 
 	"github.com/runos/runos-agent/api"
@@ -26,10 +21,6 @@ const (
 	// LinkProtocol is the Upgrade token of the session.
 	LinkProtocol = "runos-link/1"
 )
-
-// MaxFrame bounds one frame of the session. A batch of changes is cut well
-// below it (see maxBatchBytes).
-const MaxFrame = 4 << 20
 
 // Frame types.
 const (
@@ -153,110 +144,4 @@ type DeleteWorkloadArgs struct {
 // RemoveNodeArgs are the arguments of remove_node.
 type RemoveNodeArgs struct {
 	Name string `json:"name"`
-}
-
-// Errors of the framing.
-var (
-	ErrFrameTooLarge = errors.New("cloudlink: frame exceeds the size limit")
-	ErrMalformed     = errors.New("cloudlink: malformed frame")
-)
-
-// WriteFrame writes m as one frame.
-func WriteFrame(w io.Writer, m *Msg) error {
-	b, err := json.Marshal(m)
-	if err != nil {
-		return err
-	}
-	if len(b) > MaxFrame {
-		return fmt.Errorf("%w: %d bytes (max %d)", ErrFrameTooLarge, len(b), MaxFrame)
-	}
-	buf := make([]byte, 4+len(b))
-	binary.BigEndian.PutUint32(buf, uint32(len(b)))
-	copy(buf[4:], b)
-	_, err = w.Write(buf)
-	return err
-}
-
-// ReadFrame reads one frame. An oversized length is refused before any of
-// it is read; a body that is not a frame with a type is malformed.
-func ReadFrame(r io.Reader) (*Msg, error) {
-	var hdr [4]byte
-	if _, err := io.ReadFull(r, hdr[:]); err != nil {
-		return nil, err
-	}
-	n := binary.BigEndian.Uint32(hdr[:])
-	if n > MaxFrame {
-		return nil, fmt.Errorf("%w: %d bytes announced (max %d)", ErrFrameTooLarge, n, MaxFrame)
-	}
-	b := make([]byte, n)
-	if _, err := io.ReadFull(r, b); err != nil {
-		return nil, fmt.Errorf("%w: truncated: %v", ErrMalformed, err)
-	}
-	var m Msg
-	if err := json.Unmarshal(b, &m); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
-	}
-	if m.Type == "" {
-		return nil, fmt.Errorf("%w: no type", ErrMalformed)
-	}
-	return &m, nil
-}
-
-// A registration token carries the cloud CA's fingerprint, like the
-// agent's join token:
-//
-//	RC1<sha256 of the cloud CA, 64 hex>::<token id, 12 hex>.<secret, 32 hex>
-const regTokenPrefix = "RC1"
-
-// RegToken is a parsed registration token.
-type RegToken struct {
-	CAFingerprint string
-	ID            string
-	Secret        string
-}
-
-func (t RegToken) String() string {
-	return regTokenPrefix + t.CAFingerprint + "::" + t.ID + "." + t.Secret
-}
-
-var errRegTokenFormat = errors.New("malformed cloud registration token (expected RC1<ca-fingerprint>::<id>.<secret>, as printed by `runos-cloud token create`)")
-
-// ParseRegToken parses a registration token.
-func ParseRegToken(s string) (RegToken, error) {
-	rest, ok := strings.CutPrefix(strings.TrimSpace(s), regTokenPrefix)
-	if !ok {
-		return RegToken{}, errRegTokenFormat
-	}
-	fp, cred, ok := strings.Cut(rest, "::")
-	if !ok {
-		return RegToken{}, errRegTokenFormat
-	}
-	id, secret, ok := strings.Cut(cred, ".")
-	if !ok || !isHex(fp, 64) || !isHex(id, 12) || !isHex(secret, 32) {
-		return RegToken{}, errRegTokenFormat
-	}
-	return RegToken{CAFingerprint: fp, ID: id, Secret: secret}, nil
-}
-
-func isHex(s string, n int) bool {
-	if len(s) != n {
-		return false
-	}
-	_, err := hex.DecodeString(s)
-	return err == nil && strings.ToLower(s) == s
-}
-
-// RegisterRequest is POST /v1/register.
-type RegisterRequest struct {
-	Token     string `json:"token"`
-	CSR       string `json:"csr"` // PEM
-	ClusterID string `json:"cluster_id"`
-}
-
-// RegisterResponse answers a registration.
-type RegisterResponse struct {
-	CloudClusterID string `json:"cloud_cluster_id"`
-	Name           string `json:"name"`
-	ClientCertPEM  string `json:"client_cert_pem"`
-	CACertPEM      string `json:"ca_cert_pem"`
 }
