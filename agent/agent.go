@@ -30,6 +30,7 @@ import (
 	"github.com/runos/runos-agent/pki"
 	"github.com/runos/runos-agent/raftstore"
 	"github.com/runos/runos-agent/seal"
+	"github.com/runos/runos-agent/workload"
 )
 
 // Version is the agent's version, set at build time with -ldflags.
@@ -131,9 +132,13 @@ type Agent struct {
 	// joined and knows nothing of this node yet).
 	fullBeat    atomic.Bool
 	deadMembers memberStates
-	// wl is the services/apps reconciler (workloads.go); a value, so the
-	// local API (started before it) can read its mutex-guarded fields.
-	wl workloads
+	// workloads serves services and apps to the local API; reconciler
+	// applies them while this node leads (workloads.go).
+	workloads  *workload.Ops
+	reconciler *workload.Reconciler
+	// afterWorkloadApply is the reconciler's AfterApply hook, settable
+	// while the agent runs (tests kill a leader mid-deploy).
+	afterWorkloadApply atomic.Pointer[func(ctx context.Context, osid string)]
 	// crashOnClose makes Close skip the goodbye (tests simulate a crash).
 	crashOnClose bool
 }
@@ -322,6 +327,10 @@ func (a *Agent) start(ctx context.Context) error {
 	if st, _ := store.State(); st.ClusterID != "" && st.ClusterID != a.cfg.ClusterID {
 		return fmt.Errorf("data dir holds state of cluster %s but belongs to cluster %s", st.ClusterID, a.cfg.ClusterID)
 	}
+	// Before the local API: it serves the workload operations.
+	if err := a.newWorkloads(a.log); err != nil {
+		return err
+	}
 
 	if err := a.startGossip(); err != nil {
 		return err
@@ -345,9 +354,6 @@ func (a *Agent) start(ctx context.Context) error {
 		return err
 	}
 	store.Start(ctx)
-	if err := a.startWorkloads(ctx); err != nil {
-		return err
-	}
 	if err := a.startCloudLink(ctx); err != nil {
 		return err
 	}
@@ -363,7 +369,7 @@ func (a *Agent) start(ctx context.Context) error {
 			{Name: "bootstrap", Run: a.bootstrap},
 			{Name: "voters", Run: store.ManageVoters},
 			{Name: "health-events", Run: a.healthEventLoop},
-			{Name: "workloads", Run: a.wl.run},
+			{Name: "workloads", Run: a.reconciler.Run},
 		},
 	}, a.log)
 	if err != nil {

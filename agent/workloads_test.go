@@ -1,10 +1,13 @@
 package agent
 
 import (
+	"bytes"
 	"context"
-	"errors"
+	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
+	"net/http/httptest"
 	"slices"
 	"sort"
 	"strings"
@@ -12,16 +15,12 @@ import (
 	"testing"
 	"time"
 
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime/schema"
-	"k8s.io/client-go/dynamic"
 
 	"github.com/runos/runos-agent/api"
 	"github.com/runos/runos-agent/kube"
 	"github.com/runos/runos-agent/kube/kubetest"
 	"github.com/runos/runos-agent/raftstore"
-	"github.com/runos/runos-agent/templates"
 )
 
 // kubeEnv is an in-process cluster wired to a real API server.
@@ -103,296 +102,6 @@ func (e *kubeEnv) get(apiVersion, kind, ns, name string) *unstructured.Unstructu
 	return got
 }
 
-func (e *kubeEnv) namespaceGone(ns string) error {
-	if e.get("v1", "Namespace", "", ns) != nil {
-		return fmt.Errorf("namespace %s still exists", ns)
-	}
-	return nil
-}
-
-// markReady sets every StatefulSet and Deployment in ns ready through the
-// status subresource, as kubelets and controllers would.
-func (e *kubeEnv) markReady(ns string) {
-	e.c.tb.Helper()
-	rc, err := kube.RESTConfig(e.srv.Kubeconfig)
-	if err != nil {
-		e.c.tb.Fatal(err)
-	}
-	dyn, err := dynamic.NewForConfig(rc)
-	if err != nil {
-		e.c.tb.Fatal(err)
-	}
-	ctx := context.Background()
-	for _, res := range []string{"statefulsets", "deployments"} {
-		ri := dyn.Resource(schema.GroupVersionResource{Group: "apps", Version: "v1", Resource: res}).Namespace(ns)
-		list, err := ri.List(ctx, metav1.ListOptions{})
-		if err != nil {
-			e.c.tb.Fatal(err)
-		}
-		for _, o := range list.Items {
-			n, found, _ := unstructured.NestedInt64(o.Object, "spec", "replicas")
-			if !found {
-				n = 1
-			}
-			for _, f := range []string{"replicas", "readyReplicas", "availableReplicas", "updatedReplicas", "currentReplicas"} {
-				unstructured.SetNestedField(o.Object, n, "status", f)
-			}
-			unstructured.SetNestedField(o.Object, o.GetGeneration(), "status", "observedGeneration")
-			if _, err := ri.UpdateStatus(ctx, &o, metav1.UpdateOptions{}); err != nil {
-				e.c.tb.Fatal(err)
-			}
-		}
-	}
-}
-
-func TestServicesDeployUseDelete(t *testing.T) {
-	e := newKubeEnv(t, 1)
-	ctx := context.Background()
-	cl := e.client(0)
-
-	if k, err := cl.Kube(ctx); err != nil || !k.Configured || k.Server != e.srv.URL {
-		t.Fatalf("kube = %+v, %v", k, err)
-	}
-	pg, err := cl.DeployService(ctx, api.ServiceRequest{Service: "postgres"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !strings.HasPrefix(pg.OSID, "postgres-") || pg.Tier != "lightweight" || pg.Status != api.StatusPending {
-		t.Fatalf("deployed = %+v", pg)
-	}
-	rd, err := cl.DeployService(ctx, api.ServiceRequest{Service: "redis", Tier: "lightweight"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	pgs := e.waitService("postgres applied", pg.OSID, applied)
-	if pgs.Total < 1 || pgs.Ready != 0 {
-		t.Errorf("postgres replicas %d/%d, want 0/N (no kubelet)", pgs.Ready, pgs.Total)
-	}
-	e.waitService("redis applied", rd.OSID, applied)
-
-	// The objects exist, labelled, with the credentials Secret.
-	ns := e.get("v1", "Namespace", "", pg.OSID)
-	if ns == nil || ns.GetLabels()["runos.io/osid"] != pg.OSID {
-		t.Fatalf("namespace %s: %v", pg.OSID, ns)
-	}
-	if e.get("v1", "Secret", pg.OSID, "credentials") == nil {
-		t.Error("no credentials Secret")
-	}
-	sts := e.get("apps/v1", "StatefulSet", pg.OSID, "postgres")
-	if sts == nil {
-		t.Fatal("no postgres StatefulSet")
-	}
-	if mf := sts.GetManagedFields(); len(mf) != 1 || mf[0].Manager != kube.FieldManager {
-		t.Errorf("managed fields: %+v", mf)
-	}
-
-	// Show: connection details, password only with reveal.
-	hidden, err := cl.ServiceInfo(ctx, pg.OSID, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	shown, err := cl.ServiceInfo(ctx, pg.OSID, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if hidden.Connection == nil || hidden.Connection.Password != "" || shown.Connection.Password == "" ||
-		strings.Contains(hidden.Connection.URL, shown.Connection.Password) || !strings.Contains(shown.Connection.URL, shown.Connection.Password) {
-		t.Errorf("reveal: hidden %+v shown %+v", hidden.Connection, shown.Connection)
-	}
-	if want := "." + pg.OSID + ".svc.cluster.local"; !strings.HasSuffix(shown.Connection.Host, want) {
-		t.Errorf("host %s, want *%s", shown.Connection.Host, want)
-	}
-	// Without a kubelet nothing becomes ready; play the kubelet's part in
-	// the status subresource and the instance turns ready.
-	e.markReady(rd.OSID)
-	if got := e.waitService("redis ready", rd.OSID, func(s *api.Service) error {
-		if s.Status != api.StatusReady {
-			return fmt.Errorf("status %s (%d/%d): %s", s.Status, s.Ready, s.Total, s.Reason)
-		}
-		return nil
-	}); got.Ready != got.Total || got.Total < 1 {
-		t.Errorf("ready %d/%d", got.Ready, got.Total)
-	}
-	if list, _ := cl.Services(ctx, "redis"); len(list) != 1 || list[0].OSID != rd.OSID {
-		t.Errorf("services --type redis = %+v", list)
-	}
-
-	// --use of a missing instance is refused; of real ones injects
-	// Secret references, never the password itself.
-	if _, err := cl.DeployApp(ctx, api.AppRequest{Name: "web", Image: "nginx:1.27", Use: []string{"postgres-zzzzz"}}); err == nil || !strings.Contains(err.Error(), "postgres-zzzzz") {
-		t.Errorf("--use of a missing instance: %v", err)
-	}
-	gf, err := cl.DeployService(ctx, api.ServiceRequest{Service: "grafana"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := cl.DeployApp(ctx, api.AppRequest{Name: "web", Image: "nginx:1.27", Use: []string{gf.OSID}}); err == nil || !strings.Contains(err.Error(), "provides nothing") {
-		t.Errorf("--use of an incompatible instance: %v", err)
-	}
-	app, err := cl.DeployApp(ctx, api.AppRequest{Name: "web", Image: "nginx:1.27", Port: 8080, Env: map[string]string{"MODE": "prod"}, Use: []string{pg.OSID, rd.OSID}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !slices.Contains(app.InjectedEnv, "DATABASE_URL") || !slices.Contains(app.InjectedEnv, "REDIS_URL") || slices.Contains(app.InjectedEnv, "MODE") {
-		t.Errorf("injected env = %v", app.InjectedEnv)
-	}
-	// A second app of the same name is a conflict (409), not a server error.
-	if _, err := e.c.agents[0].DeployApp(ctx, api.AppRequest{Name: "web", Image: "nginx:1.27"}); err == nil ||
-		workloadStatusFor(err) != http.StatusConflict || !strings.Contains(err.Error(), app.OSID) {
-		t.Errorf("second app named web: %v (HTTP %d)", err, workloadStatusFor(err))
-	}
-	eventually(t, "app applied", func() error {
-		a, err := cl.AppInfo(ctx, app.OSID)
-		if err != nil {
-			return err
-		}
-		if a.Status != api.StatusApplying && a.Status != api.StatusReady {
-			return fmt.Errorf("app %s: %s", a.Status, a.Reason)
-		}
-		return nil
-	})
-	dep := e.get("apps/v1", "Deployment", app.OSID, "web")
-	if dep == nil {
-		t.Fatal("no app Deployment")
-	}
-	containers, _, _ := unstructured.NestedSlice(dep.Object, "spec", "template", "spec", "containers")
-	envs, _, _ := unstructured.NestedSlice(containers[0].(map[string]any), "env")
-	refs := map[string]string{}
-	for _, x := range envs {
-		m := x.(map[string]any)
-		name := m["name"].(string)
-		if v, ok := m["value"].(string); ok && strings.Contains(v, shown.Connection.Password) {
-			t.Errorf("env %s carries the password in plain text", name)
-		}
-		if ref, ok, _ := unstructured.NestedString(m, "valueFrom", "secretKeyRef", "name"); ok {
-			refs[name] = ref
-		}
-	}
-	if refs["DATABASE_URL"] != pg.OSID || refs["REDIS_URL"] != rd.OSID {
-		t.Errorf("secretKeyRefs = %v", refs)
-	}
-	if e.get("v1", "Secret", app.OSID, pg.OSID) == nil {
-		t.Error("the app namespace has no copy of the postgres connection Secret")
-	}
-
-	// A used instance cannot be deleted; the app can, then the instance.
-	if err := cl.DeleteService(ctx, pg.OSID); err == nil || !strings.Contains(err.Error(), "web") {
-		t.Errorf("delete of a used instance: %v", err)
-	}
-	if err := cl.DeleteApp(ctx, app.OSID); err != nil {
-		t.Fatal(err)
-	}
-	if err := cl.DeleteService(ctx, pg.OSID); err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, "postgres deleted", func() error {
-		if _, err := cl.ServiceInfo(ctx, pg.OSID, false); err == nil {
-			return errors.New("record still there")
-		}
-		if err := e.namespaceGone(pg.OSID); err != nil {
-			return err
-		}
-		return e.namespaceGone(app.OSID)
-	})
-	if apps, _ := cl.Apps(ctx); len(apps) != 0 {
-		t.Errorf("apps after delete: %+v", apps)
-	}
-	if err := cl.DeleteService(ctx, pg.OSID); err == nil || !strings.Contains(err.Error(), "no such") {
-		t.Errorf("delete of a deleted instance: %v", err)
-	}
-	if _, err := cl.DeployService(ctx, api.ServiceRequest{Service: "nosuchdb"}); err == nil || !strings.Contains(err.Error(), "unknown service") {
-		t.Errorf("unknown service: %v", err)
-	}
-	if _, err := cl.DeployService(ctx, api.ServiceRequest{Service: "postgres", Tier: "gold"}); err == nil || !strings.Contains(err.Error(), "tier") {
-		t.Errorf("unknown tier: %v", err)
-	}
-}
-
-func TestServicesWhileAPIDown(t *testing.T) {
-	e := newKubeEnv(t, 1)
-	ctx := context.Background()
-	cl := e.client(0)
-	e.srv.StopAPI()
-	s, err := cl.DeployService(ctx, api.ServiceRequest{Service: "redis"})
-	if err != nil {
-		t.Fatalf("deploy with the API down was not accepted: %v", err)
-	}
-	e.waitService("pending with the reason", s.OSID, func(s *api.Service) error {
-		if s.Status != api.StatusPending || !strings.Contains(s.Reason, "unreachable") {
-			return fmt.Errorf("status %s: %s", s.Status, s.Reason)
-		}
-		return nil
-	})
-	if k, _ := cl.Kube(ctx); !strings.Contains(k.Error, "unreachable") {
-		t.Errorf("kube show error = %q", k.Error)
-	}
-	e.srv.StartAPI()
-	e.waitService("applied once the API is back", s.OSID, applied)
-	if e.get("apps/v1", "StatefulSet", s.OSID, "redis") == nil {
-		t.Error("no redis StatefulSet")
-	}
-	// Down again: an applied instance keeps its phase, marked stale.
-	e.srv.StopAPI()
-	e.waitService("status marked stale", s.OSID, func(s *api.Service) error {
-		if s.Status != api.StatusApplying || !strings.Contains(s.Reason, "status not current") {
-			return fmt.Errorf("status %s: %s", s.Status, s.Reason)
-		}
-		return nil
-	})
-}
-
-// A deploy before any `kube set` is accepted and waits; a bad kubeconfig is
-// refused with the reason; setting the real one applies the waiting deploy.
-func TestServicesBeforeKubeSet(t *testing.T) {
-	e := newKubeEnvUnset(t, 1)
-	ctx := context.Background()
-	cl := e.client(0)
-	if k, err := cl.Kube(ctx); err != nil || k.Configured {
-		t.Fatalf("kube before set = %+v, %v", k, err)
-	}
-	s, err := cl.DeployService(ctx, api.ServiceRequest{Service: "memcached"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if s.Status != api.StatusPending || !strings.Contains(s.Reason, "kube set") {
-		t.Errorf("deploy without a cluster: %s: %s", s.Status, s.Reason)
-	}
-	// Deleted before any cluster was set: nothing to undo, the record goes.
-	gone, err := cl.DeployService(ctx, api.ServiceRequest{Service: "memcached"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cl.DeleteService(ctx, gone.OSID); err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, "record purged", func() error {
-		if _, err := cl.ServiceInfo(ctx, gone.OSID, false); err == nil {
-			return errors.New("still listed")
-		}
-		return nil
-	})
-	for _, bad := range []string{"", "garbage: [", "apiVersion: v1\nkind: Config\n"} {
-		if _, err := cl.SetKube(ctx, []byte(bad)); err == nil || !strings.Contains(err.Error(), "kubeconfig") {
-			t.Errorf("kube set %q: %v", bad, err)
-		}
-	}
-	if k, _ := cl.Kube(ctx); k.Configured {
-		t.Error("a refused kubeconfig was stored")
-	}
-	if _, err := cl.SetKube(ctx, e.srv.Kubeconfig); err != nil {
-		t.Fatal(err)
-	}
-	e.waitService("applied after kube set", s.OSID, applied)
-	// The state holds the kubeconfig sealed, not in plain text.
-	st, _ := e.c.agents[0].store.State()
-	if strings.Contains(st.Workloads.Kube.Kubeconfig, "certificate-authority-data") || st.Workloads.Kube.Server != e.srv.URL {
-		t.Errorf("kube target in the state: server %q, kubeconfig not sealed", st.Workloads.Kube.Server)
-	}
-	if strings.Contains(st.Workloads.Services[s.OSID].Credentials, "password") {
-		t.Error("credentials not sealed")
-	}
-}
-
 // The leader dies after applying and before writing the status: the next
 // leader applies again (server-side apply: nothing is re-created, one
 // field manager) and the status trail records the deploy once.
@@ -403,12 +112,13 @@ func TestServiceLeaderKilledMidDeploy(t *testing.T) {
 	var armed atomic.Bool
 	armed.Store(true)
 	for _, a := range e.c.agents {
-		a.wl.setAfterApply(func(ctx context.Context, osid string) {
+		f := func(ctx context.Context, osid string) {
 			if armed.CompareAndSwap(true, false) {
 				hit <- osid
 				<-ctx.Done() // the agent is being closed
 			}
-		})
+		}
+		a.afterWorkloadApply.Store(&f)
 	}
 	leader := slices.Index(e.c.agents, e.c.leader())
 	s, err := e.client(leader).DeployService(ctx, api.ServiceRequest{Service: "postgres"})
@@ -522,98 +232,66 @@ func BenchmarkServiceDeployLatency(b *testing.B) {
 		n, pct(lat, 0.5), pct(lat, 0.99), pct(acc, 0.5), pct(acc, 0.99))
 }
 
-// Every catalog service deploys for real (lightweight) through the local API:
-// each rendered object exists afterwards; applying everything again (a new
-// kube target generation makes the reconciler re-apply all) is accepted;
-// deleting all removes their namespaces and records.
-func TestEveryServiceDeploys(t *testing.T) {
-	e := newKubeEnv(t, 1)
-	ctx := context.Background()
-	cl := e.client(0)
-	a := e.c.agents[0]
-	cat, err := cl.Catalog(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var osids []string
-	for _, svc := range cat {
-		s, err := cl.DeployService(ctx, api.ServiceRequest{Service: svc.Name})
-		if err != nil {
-			t.Fatalf("%s: %v", svc.Name, err)
-		}
-		osids = append(osids, s.OSID)
-	}
-	check := func(what string) {
+// The local API maps package workload's errors to status codes: a refused
+// request is 400, an unknown OSID 404, a clash with what exists 409.
+// No Kubernetes is needed: deploys wait for `kube set`.
+func TestWorkloadRoutesStatusCodes(t *testing.T) {
+	c := newCluster(t, 1)
+	h := c.agents[0].LocalAPIHandler()
+	do := func(method, path string, body any) *httptest.ResponseRecorder {
 		t.Helper()
-		for _, osid := range osids {
-			e.waitService(what+" "+osid, osid, applied)
+		var r io.Reader = http.NoBody
+		switch b := body.(type) {
+		case nil:
+		case string:
+			r = strings.NewReader(b)
+		default:
+			j, _ := json.Marshal(b)
+			r = bytes.NewReader(j)
 		}
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(method, path, r))
+		return rec
 	}
-	check("applied")
-	st, _ := a.store.State()
-	for _, osid := range osids {
-		inst, err := openInstance(a.dataKey, st.Workloads.Services[osid])
-		if err != nil {
-			t.Fatal(err)
-		}
-		objs, err := templates.Render(inst)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, o := range objs {
-			got, err := e.exec.Get(ctx, o)
-			if err != nil || got == nil {
-				t.Errorf("%s: %s %s not there (%v)", osid, o.GetKind(), o.GetName(), err)
-			}
-		}
+	res := do("POST", "/v1/services", api.ServiceRequest{Service: "postgres"})
+	var pg api.Service
+	if res.Code != http.StatusOK || json.Unmarshal(res.Body.Bytes(), &pg) != nil || pg.Status != api.StatusPending {
+		t.Fatalf("deploy: %d %s", res.Code, res.Body)
 	}
-	// Same target again: a new generation, so everything is applied anew.
-	if _, err := cl.SetKube(ctx, e.srv.Kubeconfig); err != nil {
-		t.Fatal(err)
+	res = do("POST", "/v1/apps", api.AppRequest{Name: "web", Image: "nginx:1.27", Use: []string{pg.OSID}})
+	var web api.App
+	if res.Code != http.StatusOK || json.Unmarshal(res.Body.Bytes(), &web) != nil {
+		t.Fatalf("deploy app: %d %s", res.Code, res.Body)
 	}
-	time.Sleep(3 * time.Second)
-	for _, s := range must(cl.Services(ctx, "")) {
-		if s.Status != api.StatusApplying && s.Status != api.StatusReady {
-			t.Errorf("%s after re-apply: %s: %s", s.OSID, s.Status, s.Reason)
-		}
-	}
-	for _, osid := range osids {
-		if err := cl.DeleteService(ctx, osid); err != nil {
-			t.Fatal(err)
-		}
-	}
-	eventually(t, "all deleted", func() error {
-		if list := must(cl.Services(ctx, "")); len(list) > 0 {
-			return fmt.Errorf("%d left, e.g. %s %s: %s", len(list), list[0].OSID, list[0].Status, list[0].Reason)
-		}
-		return nil
-	})
-	for _, osid := range osids {
-		if err := e.namespaceGone(osid); err != nil {
-			t.Error(err)
-		}
-	}
-}
-
-func must[T any](v T, err error) T {
-	if err != nil {
-		panic(err)
-	}
-	return v
-}
-
-// The local API reports raftstore's phases unchanged (serviceView copies
-// them), so the names the API documents must be the stored ones.
-func TestWorkloadStatusNamesMatchAPI(t *testing.T) {
-	for name, phase := range map[string]string{
-		api.StatusPending:  raftstore.PhasePending,
-		api.StatusApplying: raftstore.PhaseApplying,
-		api.StatusReady:    raftstore.PhaseReady,
-		api.StatusFailed:   raftstore.PhaseFailed,
-		api.StatusDeleting: raftstore.PhaseDeleting,
+	for _, tc := range []struct {
+		method, path string
+		body         any
+		code         int
+		want         string
+	}{
+		{"GET", "/v1/kube", nil, http.StatusOK, `"configured":false`},
+		{"GET", "/v1/catalog", nil, http.StatusOK, `"postgres"`},
+		{"GET", "/v1/services?type=postgres", nil, http.StatusOK, pg.OSID},
+		{"GET", "/v1/services/" + pg.OSID, nil, http.StatusOK, `"connection"`},
+		{"GET", "/v1/apps/" + web.OSID, nil, http.StatusOK, "DATABASE_URL"},
+		{"POST", "/v1/services", "{", http.StatusBadRequest, "malformed request"},
+		{"POST", "/v1/services", api.ServiceRequest{Service: "nosuch"}, http.StatusBadRequest, "unknown service"},
+		{"POST", "/v1/services", api.ServiceRequest{Service: "postgres", Tier: "gold"}, http.StatusBadRequest, "tier"},
+		{"PUT", "/v1/kube", api.KubeSetRequest{Kubeconfig: "garbage: ["}, http.StatusBadRequest, "kubeconfig"},
+		{"POST", "/v1/apps", api.AppRequest{Name: "x"}, http.StatusBadRequest, "needs a name and an image"},
+		{"POST", "/v1/apps", api.AppRequest{Name: "x", Image: "nginx", Use: []string{"redis-zzzzz"}}, http.StatusBadRequest, "no such service instance"},
+		{"GET", "/v1/services/postgres-zzzzz", nil, http.StatusNotFound, "no such"},
+		{"DELETE", "/v1/services/postgres-zzzzz", nil, http.StatusNotFound, "no such"},
+		{"GET", "/v1/apps/web-zzzzz", nil, http.StatusNotFound, "no such"},
+		{"DELETE", "/v1/apps/web-zzzzz", nil, http.StatusNotFound, "no such"},
+		{"POST", "/v1/apps", api.AppRequest{Name: "web", Image: "nginx"}, http.StatusConflict, web.OSID},
+		{"DELETE", "/v1/services/" + pg.OSID, nil, http.StatusConflict, "uses it"},
+		{"DELETE", "/v1/apps/" + web.OSID, nil, http.StatusNoContent, ""},
+		{"DELETE", "/v1/services/" + pg.OSID, nil, http.StatusNoContent, ""},
 	} {
-		if name != phase {
-			t.Errorf("api status %q != raftstore phase %q", name, phase)
+		res := do(tc.method, tc.path, tc.body)
+		if res.Code != tc.code || !strings.Contains(res.Body.String(), tc.want) {
+			t.Errorf("%s %s: %d %s, want %d with %q", tc.method, tc.path, res.Code, res.Body, tc.code, tc.want)
 		}
 	}
 }
