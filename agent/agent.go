@@ -24,6 +24,7 @@ import (
 
 	"github.com/runos/runos-agent/cloudlink"
 	"github.com/runos/runos-agent/gossip"
+	"github.com/runos/runos-agent/health"
 	"github.com/runos/runos-agent/leader"
 	"github.com/runos/runos-agent/mesh"
 	"github.com/runos/runos-agent/nat"
@@ -127,11 +128,7 @@ type Agent struct {
 	cands         []string // guarded by candsMu; own candidates, for heartbeats
 
 	startedAt time.Time
-	beats     beats
-	// fullBeat asks the next heartbeat to carry every part (a member
-	// joined and knows nothing of this node yet).
-	fullBeat    atomic.Bool
-	deadMembers memberStates
+	health    *health.Monitor
 	// workloads serves services and apps to the local API; reconciler
 	// applies them while this node leads (workloads.go).
 	workloads  *workload.Ops
@@ -327,6 +324,9 @@ func (a *Agent) start(ctx context.Context) error {
 	if st, _ := store.State(); st.ClusterID != "" && st.ClusterID != a.cfg.ClusterID {
 		return fmt.Errorf("data dir holds state of cluster %s but belongs to cluster %s", st.ClusterID, a.cfg.ClusterID)
 	}
+	if a.health, err = a.newHealth(); err != nil {
+		return err
+	}
 	// Before the local API: it serves the workload operations.
 	if err := a.newWorkloads(a.log); err != nil {
 		return err
@@ -360,15 +360,16 @@ func (a *Agent) start(ctx context.Context) error {
 	a.goLoop(ctx, a.peerLoop)
 	a.goLoop(ctx, a.selfLoop)
 	a.goLoop(ctx, a.gossipRejoinLoop)
-	a.goLoop(ctx, a.heartbeatLoop)
 	a.goLoop(ctx, a.pathEventLoop)
+	a.health.Start(ctx)
+	a.closers = append(a.closers, a.health.Close)
 	lead, err := leader.New(leader.Config{
 		Changes:  store.LeadershipChanges(),
 		IsLeader: store.IsLeader,
 		Tasks: []leader.Task{
 			{Name: "bootstrap", Run: a.bootstrap},
 			{Name: "voters", Run: store.ManageVoters},
-			{Name: "health-events", Run: a.healthEventLoop},
+			{Name: "health-events", Run: a.health.RunEvents},
 			{Name: "workloads", Run: a.reconciler.Run},
 		},
 	}, a.log)

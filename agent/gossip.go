@@ -24,7 +24,7 @@ func (a *Agent) startGossip() error {
 	a.transport = t
 	mc := gossip.MemberlistConfig(a.cfg.Name, t, a.log)
 	mc.Events = &gossipEvents{a: a}
-	mc.Delegate = &gossipDelegate{a: a}
+	mc.Delegate = a.health
 	// Heartbeat ages are the failure detector (degraded after 10 s,
 	// offline after 30 s); memberlist only keeps the member list. Its
 	// probes and state exchanges are made rare so they cost little on the
@@ -56,7 +56,7 @@ func (a *Agent) startGossip() error {
 		// node is going away on purpose; a crash is found by the failure
 		// detector and the heartbeat ages instead.
 		if !a.crashOnClose {
-			a.sendToMembers(heartbeat{Name: a.cfg.Name, ID: a.cfg.NodeID, Bye: true})
+			a.health.Goodbye()
 			ml.Leave(time.Second)
 		}
 		return ml.Shutdown()
@@ -64,24 +64,25 @@ func (a *Agent) startGossip() error {
 	return nil
 }
 
+// gossipEvents hands memberlist's membership changes to health (which
+// keeps its own copies of the members it sends heartbeats to) and wakes
+// the reconcilers.
 type gossipEvents struct{ a *Agent }
 
-// memberlist's callbacks pass a Node whose State field is not kept up to
-// date, so a leave is told from a death by the goodbye heartbeat.
 func (e *gossipEvents) NotifyJoin(n *memberlist.Node) {
-	e.a.deadMembers.del(n.Name)
-	e.a.fullBeat.Store(true)
+	e.a.health.NotifyJoin(n)
 	e.a.wake()
 }
 
 func (e *gossipEvents) NotifyLeave(n *memberlist.Node) {
-	if s, ok := e.a.deadMembers.get(n.Name); !ok || s != memberlist.StateLeft {
-		e.a.deadMembers.set(n.Name, memberlist.StateDead)
-	}
+	e.a.health.NotifyLeave(n)
 	e.a.wake()
 }
 
-func (e *gossipEvents) NotifyUpdate(*memberlist.Node) { e.a.wake() }
+func (e *gossipEvents) NotifyUpdate(n *memberlist.Node) {
+	e.a.health.NotifyUpdate(n)
+	e.a.wake()
+}
 
 // wake nudges the reconcilers: gossip events are hints, the timers still
 // re-check everything.
@@ -103,12 +104,11 @@ func (a *Agent) nodeUp(nodeID string) bool {
 	if !ok {
 		return false
 	}
-	s, ok := a.memberState(n.Name)
+	s, ok := a.health.MemberState(n.Name)
 	if !ok || (s != memberlist.StateAlive && s != memberlist.StateSuspect) {
 		return false
 	}
-	health, _, _, _ := a.healthOf(n)
-	return health != api.Offline
+	return a.health.Of(n).Health != api.Offline
 }
 
 // gossipRejoinLoop contacts nodes of the state that gossip does not see, so
@@ -127,7 +127,7 @@ func (a *Agent) gossipRejoinLoop(ctx context.Context) {
 			if n.ID == a.cfg.NodeID {
 				continue
 			}
-			if s, ok := a.memberState(n.Name); !ok || s == memberlist.StateDead || s == memberlist.StateLeft {
+			if s, ok := a.health.MemberState(n.Name); !ok || s == memberlist.StateDead || s == memberlist.StateLeft {
 				missing = append(missing, netip.AddrPortFrom(n.MeshIP, GossipPort).String())
 			}
 		}

@@ -183,18 +183,18 @@ func (a *Agent) Nodes() *api.NodesResponse {
 		case slices.Contains(rs.Voters, n.ID):
 			role = api.RoleVoter
 		}
-		health, reason, beat, seen := a.healthOf(n)
+		hs := a.health.Of(n)
 		node := api.Node{
 			Name: n.Name, ID: n.ID, MeshIP: n.MeshIP.String(), PodCIDR: n.PodCIDR.String(),
-			Health: health, HealthReason: reason, RaftRole: role, Version: n.Version,
+			Health: hs.Health, HealthReason: hs.Reason, RaftRole: role, Version: n.Version,
 			Endpoints: n.Endpoints, Relay: n.Relay, JoinedAt: n.JoinedAt, LastHeartbeatSeconds: -1,
 		}
-		if seen {
-			node.LastHeartbeatSeconds = time.Since(beat.at).Round(time.Millisecond).Seconds()
-			node.Snapshot = beat.hb.Host
-			node.MeshRxBytes, node.MeshTxBytes = beat.hb.MeshRx, beat.hb.MeshTx
-			if beat.hb.Version != "" {
-				node.Version = beat.hb.Version
+		if hs.Seen {
+			node.LastHeartbeatSeconds = hs.Age.Round(time.Millisecond).Seconds()
+			node.Snapshot = hs.Host
+			node.MeshRxBytes, node.MeshTxBytes = hs.MeshRx, hs.MeshTx
+			if hs.Version != "" {
+				node.Version = hs.Version
 			}
 		}
 		out.Nodes = append(out.Nodes, node)

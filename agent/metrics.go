@@ -162,18 +162,18 @@ func (c *agentCollector) Collect(ch chan<- prometheus.Metric) {
 		gs := memberlist.StateAlive
 		if n.Name != a.cfg.Name {
 			var ok bool
-			if gs, ok = a.memberState(n.Name); !ok {
+			if gs, ok = a.health.MemberState(n.Name); !ok {
 				gs = memberlist.StateDead // never seen: not reachable by gossip
 			}
 		}
 		members[memberStateName(gs)]++
-		health, _, beat, seen := a.healthOf(n)
-		counts[health]++
+		hs := a.health.Of(n)
+		counts[hs.Health]++
 		for _, h := range healthStates {
-			gauge(descNodeHealth, b2f(h == health), n.Name, h)
+			gauge(descNodeHealth, b2f(h == hs.Health), n.Name, h)
 		}
-		if seen {
-			gauge(descBeatAge, time.Since(beat.at).Seconds(), n.Name)
+		if hs.Seen {
+			gauge(descBeatAge, hs.Age.Seconds(), n.Name)
 		}
 	}
 	for s, v := range members {

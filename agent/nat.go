@@ -368,13 +368,13 @@ func (a *Agent) withGossipCandidates(nodes []*raftstore.Node) []*raftstore.Node 
 	out := make([]*raftstore.Node, len(nodes))
 	for i, n := range nodes {
 		out[i] = n
-		rec, ok := a.beats.get(n.Name)
-		if !ok || len(rec.hb.Cands) == 0 {
+		cands := a.health.Candidates(n.Name)
+		if len(cands) == 0 {
 			continue
 		}
 		c := *n
 		c.Endpoints = slices.Clone(n.Endpoints)
-		for _, ep := range rec.hb.Cands {
+		for _, ep := range cands {
 			if !slices.Contains(c.Endpoints, ep) {
 				c.Endpoints = append(c.Endpoints, ep)
 			}
