@@ -173,7 +173,7 @@ func (c *agentCollector) Collect(ch chan<- prometheus.Metric) {
 			gauge(descNodeHealth, b2f(h == health), n.Name, h)
 		}
 		if seen {
-			gauge(descBeatAge, time.Since(beat.at).Seconds(), n.Name)
+			gauge(descBeatAge, a.now().Sub(beat.at).Seconds(), n.Name)
 		}
 	}
 	for s, v := range members {
