@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/memberlist"
+	"golang.zx2c4.com/wireguard/conn"
 
 	"github.com/runos/runos-agent/cloudlink"
 	"github.com/runos/runos-agent/gossip"
@@ -60,6 +61,24 @@ type Config struct {
 	Tuning Tuning
 }
 
+// Deps are what a node takes from its surroundings rather than from its data
+// dir: the logger, and the seams tests replace. Log is required; a zero
+// field elsewhere means production behaviour.
+type Deps struct {
+	Log *slog.Logger
+	// Underlay is the node's UDP socket as a conn.Bind whose endpoints are
+	// plain addresses (nil: a real UDP socket on the node's listen port).
+	// Start hands it to the node's nat.Bind, which owns it from then on:
+	// Close closes it. Tests give a natlab host's Bind, so a partition is a
+	// drop rule rather than a firewall.
+	Underlay conn.Bind
+	// Now is the clock the agent reads for decisions and reported ages
+	// (token expiry, command times, heartbeat ages, how long a removed peer
+	// lingers); nil: time.Now. Durations measured for logs and pings, and
+	// WireGuard handshake ages (wireguard-go's clock), stay on the real one.
+	Now func() time.Time
+}
+
 // Tuning holds timers tests shorten.
 type Tuning struct {
 	RaftHeartbeat     time.Duration
@@ -87,6 +106,9 @@ type Agent struct {
 	log    *slog.Logger
 	tuning Tuning
 	mode   mesh.Mode
+	// underlay is Deps.Underlay until Start gives it to the nat.Bind.
+	underlay conn.Bind
+	now      func() time.Time
 
 	wgKey    mesh.Key
 	nodeCert []byte
@@ -136,18 +158,19 @@ type Agent struct {
 	// afterWorkloadApply is the reconciler's AfterApply hook, settable
 	// while the agent runs (tests kill a leader mid-deploy).
 	afterWorkloadApply atomic.Pointer[func(ctx context.Context, osid string)]
-	// crashOnClose makes Close skip the goodbye (tests simulate a crash).
-	crashOnClose bool
 }
 
 // New loads the data dir. It fails on a dir that init or join did not
-// prepare, or whose keys are missing or unreadable.
-func New(cfg Config, log *slog.Logger) (*Agent, error) {
+// prepare, or whose keys are missing or unreadable, and without deps.Log.
+func New(cfg Config, deps Deps) (*Agent, error) {
 	if cfg.DataDir == "" {
 		return nil, errors.New("agent: DataDir is required")
 	}
-	if log == nil {
-		return nil, errors.New("agent: logger is required")
+	if deps.Log == nil {
+		return nil, errors.New("agent: Deps.Log is required")
+	}
+	if deps.Now == nil {
+		deps.Now = time.Now
 	}
 	nc, err := LoadNodeConfig(cfg.DataDir)
 	if err != nil {
@@ -163,9 +186,11 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	a := &Agent{
 		dir:      cfg.DataDir,
 		cfg:      nc,
-		log:      log.With("node", nc.Name),
+		log:      deps.Log.With("node", nc.Name),
 		tuning:   cfg.Tuning,
 		mode:     mode,
+		underlay: deps.Underlay,
+		now:      deps.Now,
 		uiListen: cfg.UIListen,
 
 		metricsListen: cfg.MetricsListen,
@@ -256,11 +281,12 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 }
 
 func (a *Agent) start(ctx context.Context) error {
-	a.startedAt = time.Now()
+	a.startedAt = a.now()
 	a.candidateHint <- struct{}{}
 	a.log.Info("starting", "cluster", a.cfg.ClusterID, "mesh_ip", a.cfg.MeshIP, "net", a.mode, "listen_port", a.cfg.ListenPort, "version", Version)
 	bind, err := nat.New(nat.Config{
 		PrivateKey:   a.wgKey,
+		Underlay:     a.underlay,
 		Relay:        offersRelay(a.cfg.Relay, parseEndpoints(a.cfg.Endpoints), netip.AddrPort{}),
 		OnPathChange: a.onPathChange,
 	}, a.log.With("component", "nat"))

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http/httptest"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -236,30 +235,14 @@ func TestCloudRegisterShowsNodesAndHealth(t *testing.T) {
 }
 
 // addNode joins a new node to the cluster through member a and starts it.
-func (c *cluster) addNode(a *Agent, name string) {
+func (c *cluster) addNode(a *Agent) {
 	c.tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	tok, err := a.CreateToken(ctx, api.TokenRequest{TTL: "10m"})
-	if err != nil {
+	if _, err := c.dc.AddNode(ctx, a); err != nil {
 		c.tb.Fatal(err)
 	}
-	port, err := FreePort()
-	if err != nil {
-		c.tb.Fatal(err)
-	}
-	dir := filepath.Join(c.dir, name)
-	if _, err := Join(ctx, JoinOptions{NodeOptions: NodeOptions{
-		DataDir: dir, Name: name, Net: "userspace", ListenPort: port, Advertise: []string{fmt.Sprintf("127.0.0.1:%d", port)},
-	}, Token: tok.Token, Member: a.cfg.Endpoints[0]}); err != nil {
-		c.tb.Fatal(err)
-	}
-	c.dirs = append(c.dirs, dir)
-	c.agents = append(c.agents, nil)
-	c.start(len(c.dirs) - 1)
-	if err := c.agents[len(c.agents)-1].WaitReady(ctx); err != nil {
-		c.tb.Fatal(err)
-	}
+	c.agents, c.dirs = c.dc.Agents, c.dc.Dirs
 }
 
 func TestCloudDownLosesNothing(t *testing.T) {
@@ -294,7 +277,7 @@ func TestCloudDownLosesNothing(t *testing.T) {
 	if err := c.leader().DeleteWorkload(ctx, gone.OSID, false); err != nil {
 		t.Fatal(err)
 	}
-	c.addNode(c.follower(), "node3")
+	c.addNode(c.follower())
 	victim := c.follower().Name()
 	if err := c.leader().RemoveNode(ctx, victim); err != nil {
 		t.Fatal(err)

@@ -9,14 +9,14 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/netip"
 	"os"
-	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
+	"golang.zx2c4.com/wireguard/conn"
 
 	"github.com/runos/runos-agent/api"
 	"github.com/runos/runos-agent/raftstore"
@@ -57,14 +57,31 @@ func testLogger(t testing.TB) *slog.Logger {
 	return slog.New(slog.NewTextHandler(io.Discard, nil))
 }
 
-// cluster is an in-process test cluster whose nodes can be stopped and
-// restarted from their data dirs.
+// cluster is the package's own in-process test cluster, for tests that
+// need the agent's internals; tests of the public API use agenttest. Nodes
+// run on real loopback UDP sockets (benchmarks measure them), each wrapped
+// so that it can be cut for a crash.
 type cluster struct {
-	tb     testing.TB
-	dir    string
+	tb testing.TB
+	dc *DevCluster
+	// agents and dirs alias dc.Agents and dc.Dirs (re-read after addNode).
 	agents []*Agent // nil while stopped
 	dirs   []string
-	tuning Tuning
+	binds  map[int]*cutBind // each node's underlay of its current start
+}
+
+// cutBind is a node's real UDP socket that can be cut: it then sends
+// nothing, so a node closed after the cut never gets its goodbye out.
+type cutBind struct {
+	conn.Bind
+	cut atomic.Bool
+}
+
+func (b *cutBind) Send(bufs [][]byte, ep conn.Endpoint) error {
+	if b.cut.Load() {
+		return nil
+	}
+	return b.Bind.Send(bufs, ep)
 }
 
 func newCluster(t testing.TB, n int) *cluster {
@@ -74,25 +91,33 @@ func newCluster(t testing.TB, n int) *cluster {
 
 func newClusterTuned(t testing.TB, n int, tuning Tuning) *cluster {
 	t.Helper()
-	dir := t.TempDir()
+	c := &cluster{tb: t, binds: map[int]*cutBind{}}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	dc, err := StartDev(ctx, DevOptions{Nodes: n, Dir: dir, Tuning: tuning}, testLogger(t))
+	dc, err := StartDev(ctx, DevOptions{Nodes: n, Dir: t.TempDir(), Tuning: tuning, Node: c.place}, testLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &cluster{tb: t, dir: dir, agents: dc.Agents, dirs: dc.Dirs, tuning: tuning}
-	t.Cleanup(func() {
-		for _, a := range c.agents {
-			if a != nil {
-				a.Close()
-			}
-		}
-	})
+	c.dc, c.agents, c.dirs = dc, dc.Agents, dc.Dirs
+	t.Cleanup(func() { dc.Close() })
 	c.waitFormed(n)
 	c.waitVoters(n)
 	return c
 }
+
+func (c *cluster) place(i int) DevNode {
+	return DevNode{Deps: c.deps(i)}
+}
+
+// deps are node i's dependencies for one start: a fresh, uncut socket.
+func (c *cluster) deps(i int) Deps {
+	b := &cutBind{Bind: conn.NewStdNetBind()}
+	c.binds[i] = b
+	return Deps{Log: testLogger(c.tb), Underlay: b}
+}
+
+// cut silences node i's socket; stopping it then is a crash.
+func (c *cluster) cut(i int) { c.binds[i].cut.Store(true) }
 
 // waitVoters waits until the leader has chosen the voter set for n live nodes.
 func (c *cluster) waitVoters(n int) {
@@ -115,20 +140,14 @@ func (c *cluster) waitVoters(n int) {
 
 func (c *cluster) stop(i int) {
 	c.tb.Helper()
-	c.agents[i].Close()
-	c.agents[i] = nil
+	c.dc.StopNode(i)
 }
 
 func (c *cluster) start(i int) {
 	c.tb.Helper()
-	a, err := New(Config{DataDir: c.dirs[i], Net: "userspace", Tuning: c.tuning}, testLogger(c.tb))
-	if err != nil {
+	if _, err := c.dc.StartNode(context.Background(), i); err != nil {
 		c.tb.Fatal(err)
 	}
-	if err := a.Start(context.Background()); err != nil {
-		c.tb.Fatal(err)
-	}
-	c.agents[i] = a
 }
 
 func (c *cluster) running() []*Agent {
@@ -222,83 +241,6 @@ func (c *cluster) isRunning(name string) bool {
 
 func voters(a *Agent) int { return len(a.store.Status().Voters) }
 
-func TestThreeNodeClusterForms(t *testing.T) {
-	c := newCluster(t, 3)
-	eventually(t, "three voters", func() error {
-		if v := voters(c.leader()); v != 3 {
-			return fmt.Errorf("%d voters", v)
-		}
-		return nil
-	})
-	// Addresses come from the RunOS plan and never collide.
-	seen := map[string]bool{}
-	for _, n := range c.agents[0].Nodes().Nodes {
-		ip := netip.MustParseAddr(n.MeshIP)
-		pod := netip.MustParsePrefix(n.PodCIDR)
-		if !raftstore.MeshPrefix.Contains(ip) || !raftstore.PodPrefix.Contains(pod.Addr()) || pod.Bits() != 24 {
-			t.Errorf("node %s has %s / %s outside the plan", n.Name, ip, pod)
-		}
-		if seen[n.MeshIP] || seen[n.PodCIDR] {
-			t.Errorf("duplicate address for %s", n.Name)
-		}
-		seen[n.MeshIP], seen[n.PodCIDR] = true, true
-	}
-	// Every member holds the same data key, each in its own data dir.
-	for i := range c.dirs {
-		if c.agents[i].dataKey.IsZero() || c.agents[i].dataKey != c.agents[0].dataKey {
-			t.Errorf("node %d has a different or missing data key", i)
-		}
-	}
-}
-
-func TestFiveNodeClusterKeepsQuorumLosingTwoVoters(t *testing.T) {
-	c := newCluster(t, 5)
-	eventually(t, "five voters", func() error {
-		if v := voters(c.leader()); v != 5 {
-			return fmt.Errorf("%d voters", v)
-		}
-		return nil
-	})
-	// Kill one voter that is not the leader, wait for it to be replaced,
-	// then another: the cluster must still accept writes.
-	for round := range 2 {
-		victim := -1
-		l := c.leader()
-		for i, a := range c.agents {
-			if a != nil && a != l && slices.Contains(l.store.Status().Voters, a.cfg.NodeID) {
-				victim = i
-				break
-			}
-		}
-		if victim < 0 {
-			t.Fatalf("round %d: no voter to kill besides the leader", round)
-		}
-		name := c.agents[victim].Name()
-		c.stop(victim)
-		eventually(t, fmt.Sprintf("round %d: %s out of the voters", round, name), func() error {
-			l := c.leader()
-			if l == nil {
-				return errors.New("no leader")
-			}
-			for _, v := range statusOf(t, l).Raft.Voters {
-				if v == name {
-					return fmt.Errorf("%s still votes", name)
-				}
-			}
-			return nil
-		})
-	}
-	f := c.follower()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	if _, err := f.CreateToken(ctx, api.TokenRequest{}); err != nil {
-		t.Fatalf("write after losing two voters: %v", err)
-	}
-	if v := voters(c.leader()); v != 3 {
-		t.Errorf("voters = %d after losing two of five nodes, want 3", v)
-	}
-}
-
 func TestWriteOnFollowerIsForwarded(t *testing.T) {
 	c := newCluster(t, 3)
 	f := c.follower()
@@ -317,56 +259,6 @@ func TestWriteOnFollowerIsForwarded(t *testing.T) {
 	if strings.Contains(string(mustJSON(st)), parsed.Secret) {
 		t.Fatal("the token secret is stored in the cluster state")
 	}
-}
-
-func statusOf(t *testing.T, a *Agent) *api.Status {
-	t.Helper()
-	st, err := a.Status()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return st
-}
-
-func TestLeaderFailover(t *testing.T) {
-	c := newCluster(t, 3)
-	old := c.leader()
-	for i, a := range c.agents {
-		if a == old {
-			c.stop(i)
-		}
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if _, err := c.running()[0].CreateToken(ctx, api.TokenRequest{}); err != nil {
-		t.Fatalf("no write accepted after the leader died: %v", err)
-	}
-	if l := c.leader(); l == nil || l == old {
-		t.Fatal("no new leader")
-	}
-}
-
-func TestNodeRestartsFromDataDir(t *testing.T) {
-	c := newCluster(t, 3)
-	i := 2
-	if c.agents[i].store.IsLeader() {
-		i = 1
-	}
-	c.stop(i)
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	if _, err := c.running()[0].CreateToken(ctx, api.TokenRequest{}); err != nil {
-		t.Fatal(err)
-	}
-	c.start(i)
-	c.waitFormed(3)
-	want := c.leader().store.Status().AppliedIndex
-	eventually(t, "restarted node catches up", func() error {
-		if got := c.agents[i].store.Status().AppliedIndex; got < want {
-			return fmt.Errorf("applied %d < %d", got, want)
-		}
-		return nil
-	})
 }
 
 func TestWholeClusterRestart(t *testing.T) {
@@ -494,45 +386,6 @@ func TestNodeRemovalDropsPeerEverywhere(t *testing.T) {
 	}
 }
 
-func TestMeshTCPEchoGoesThroughWireGuard(t *testing.T) {
-	c := newCluster(t, 2)
-	a, b := c.agents[0], c.agents[1]
-	ln, err := b.Net().Listen("tcp", netip.AddrPortFrom(b.cfg.MeshIP, 9000).String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		conn, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		defer conn.Close()
-		io.Copy(conn, conn)
-	}()
-	before := peerRx(t, a, b.Name())
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	conn, err := a.Net().DialContext(ctx, "tcp", netip.AddrPortFrom(b.cfg.MeshIP, 9000).String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	msg := strings.Repeat("through the tunnel ", 1000)
-	go conn.Write([]byte(msg))
-	got := make([]byte, len(msg))
-	conn.SetDeadline(time.Now().Add(10 * time.Second))
-	if _, err := io.ReadFull(conn, got); err != nil {
-		t.Fatal(err)
-	}
-	if string(got) != msg {
-		t.Fatal("echo mismatch")
-	}
-	if after := peerRx(t, a, b.Name()); after < before+uint64(len(msg)) {
-		t.Fatalf("WireGuard rx counter moved %d bytes for a %d byte echo", after-before, len(msg))
-	}
-}
-
 // tlsHandshake runs a real TLS handshake over loopback TCP.
 func tlsHandshake(server, client *tls.Config, serverName string) error {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -573,17 +426,6 @@ func clientWithName(c *tls.Config, name string) *tls.Config {
 	c = c.Clone()
 	c.ServerName = name
 	return c
-}
-
-func peerRx(t *testing.T, a *Agent, name string) uint64 {
-	t.Helper()
-	for _, p := range statusOf(t, a).Peers {
-		if p.Name == name {
-			return p.RxBytes
-		}
-	}
-	t.Fatalf("%s has no peer %s", a.Name(), name)
-	return 0
 }
 
 func mustJSON(v any) []byte {
@@ -701,32 +543,4 @@ func TestRemovedNodeLearnsItWasRemoved(t *testing.T) {
 		}
 		return nil
 	})
-}
-
-// A second `runos-agent dev` on the same dir restarts the same cluster.
-func TestDevClusterRestartsFromItsDir(t *testing.T) {
-	dir := t.TempDir()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	dc, err := StartDev(ctx, DevOptions{Nodes: 3, Dir: dir, Tuning: fastTuning}, testLogger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	id := dc.Agents[0].NodeConfig().ClusterID
-	if err := dc.Close(); err != nil {
-		t.Fatal(err)
-	}
-	dc, err = StartDev(ctx, DevOptions{Nodes: 3, Dir: dir, Tuning: fastTuning}, testLogger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dc.Close()
-	for _, a := range dc.Agents {
-		if got := a.NodeConfig().ClusterID; got != id {
-			t.Fatalf("restarted into cluster %s, want %s", got, id)
-		}
-	}
-	if _, err := dc.Agents[2].CreateToken(ctx, api.TokenRequest{}); err != nil {
-		t.Fatalf("write after restart: %v", err)
-	}
 }

@@ -53,12 +53,10 @@ func (a *Agent) startGossip() error {
 	a.ml = ml
 	a.closers = append(a.closers, func() error {
 		// A goodbye heartbeat and Leave tell the others at once that this
-		// node is going away on purpose; a crash is found by the failure
-		// detector and the heartbeat ages instead.
-		if !a.crashOnClose {
-			a.health.Goodbye()
-			ml.Leave(time.Second)
-		}
+		// node is going away on purpose; a crash (nothing sent) is found by
+		// the failure detector and the heartbeat ages instead.
+		a.health.Goodbye()
+		ml.Leave(time.Second)
 		return ml.Shutdown()
 	})
 	return nil

@@ -22,6 +22,7 @@ func (a *Agent) newHealth() (*health.Monitor, error) {
 		OfflineAfter:      a.tuning.OfflineAfter,
 		Dwell:             a.tuning.HealthDwell,
 		Since:             a.startedAt,
+		Now:               a.now,
 	}, health.Deps{
 		Store: a.store,
 		Host:  hostinfo.NewSampler(a.dir),

@@ -15,7 +15,7 @@ import (
 // crash stops a node without its goodbye, as kill -9 would.
 func (c *cluster) crash(i int) {
 	c.tb.Helper()
-	c.agents[i].crashOnClose = true
+	c.cut(i)
 	c.stop(i)
 }
 

@@ -154,6 +154,7 @@ func (a *Agent) Status() (*api.Status, error) {
 			p.Name, p.MeshIP = n.Name, n.MeshIP.String()
 		}
 		if !ps.LastHandshake.IsZero() {
+			// wireguard-go stamps handshakes with the real clock, not Deps.Now.
 			p.LastHandshakeSeconds = time.Since(ps.LastHandshake).Round(time.Millisecond).Seconds()
 		}
 		path := a.bind.PathOf(ps.PublicKey)
@@ -281,7 +282,7 @@ func (a *Agent) CreateToken(ctx context.Context, req api.TokenRequest) (*api.Tok
 	if err := a.WaitReady(ctx); err != nil {
 		return nil, err
 	}
-	now := time.Now().UTC()
+	now := a.now().UTC()
 	res, err := a.store.Apply(ctx, &raftstore.Command{Time: now, Op: raftstore.OpCreateToken, CreateToken: &raftstore.CreateTokenCmd{
 		Token: raftstore.Token{ID: tok.ID, SecretHash: pki.HashSecret(tok.Secret), ExpiresAt: now.Add(ttl), UsesLeft: req.Uses},
 	}})

@@ -20,7 +20,9 @@ import (
 func (c *cluster) restartWithMetrics(i int) {
 	c.tb.Helper()
 	c.stop(i)
-	a, err := New(Config{DataDir: c.dirs[i], Net: "userspace", Tuning: fastTuning, MetricsListen: "127.0.0.1:0"}, testLogger(c.tb))
+	cfg := c.dc.Config(i)
+	cfg.MetricsListen = "127.0.0.1:0"
+	a, err := New(cfg, c.deps(i))
 	if err != nil {
 		c.tb.Fatal(err)
 	}

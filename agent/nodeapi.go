@@ -51,16 +51,23 @@ func (a *Agent) startJoinEndpoint() error {
 }
 
 // joinListenHost keeps the join endpoint on loopback when the node only
-// advertises loopback endpoints (dev clusters, tests); otherwise every
-// address, as peers may come from any network.
+// advertises loopback endpoints (dev clusters, tests), on the first of them,
+// which is where joiners are sent (in-process clusters give each node its
+// own 127/8 address); otherwise every address, as peers may come from any
+// network.
 func (a *Agent) joinListenHost() string {
-	for _, ep := range a.cfg.Endpoints {
+	first := "127.0.0.1"
+	for i, ep := range a.cfg.Endpoints {
 		host, _, _ := net.SplitHostPort(ep)
-		if ip, err := netip.ParseAddr(host); err != nil || !ip.IsLoopback() {
+		ip, err := netip.ParseAddr(host)
+		if err != nil || !ip.IsLoopback() {
 			return ""
 		}
+		if i == 0 {
+			first = ip.String()
+		}
 	}
-	return "127.0.0.1"
+	return first
 }
 
 func (a *Agent) serve(ln net.Listener, h http.Handler, name string) {

@@ -90,7 +90,7 @@ func (a *Agent) peerLoop(ctx context.Context) {
 	for {
 		changed := a.store.Changed()
 		st, _ := a.store.State()
-		now := time.Now()
+		now := a.now()
 		_, present := st.Nodes[a.cfg.NodeID]
 		seenSelf = seenSelf || present
 		var nodes []*raftstore.Node

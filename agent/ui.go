@@ -155,7 +155,7 @@ func (u *uiAuthority) Credential() (ui.Credential, error) {
 }
 
 func (u *uiAuthority) RevokeSession(ctx context.Context, id string, until time.Time) error {
-	res, err := u.a.store.Apply(ctx, &raftstore.Command{Time: time.Now().UTC(), Op: raftstore.OpUIRevokeSession,
+	res, err := u.a.store.Apply(ctx, &raftstore.Command{Time: u.a.now().UTC(), Op: raftstore.OpUIRevokeSession,
 		UI: &raftstore.UICmd{SessionID: id, Until: until}})
 	if err != nil {
 		return err

@@ -123,7 +123,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 					}
 					ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
 					defer stop()
-					a, err := agent.New(agent.Config{DataDir: c.String("data-dir"), Net: c.String("net"), UIListen: c.String("ui-listen"), MetricsListen: c.String("metrics-listen")}, log)
+					a, err := agent.New(agent.Config{DataDir: c.String("data-dir"), Net: c.String("net"), UIListen: c.String("ui-listen"), MetricsListen: c.String("metrics-listen")}, agent.Deps{Log: log})
 					if err != nil {
 						return err
 					}

@@ -12,10 +12,16 @@ import (
 	"testing"
 	"time"
 
-	"github.com/runos/runos-agent/agent"
+	"go.uber.org/goleak"
+
+	"github.com/runos/runos-agent/agent/agenttest"
 	"github.com/runos/runos-agent/api"
 	"github.com/runos/runos-agent/cloud"
 )
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m, agenttest.LeakOptions()...)
+}
 
 func run(args ...string) (string, error) {
 	var out bytes.Buffer
@@ -49,18 +55,11 @@ func TestCLINodesVisibleAfterConnect(t *testing.T) {
 		t.Fatalf("token create --json: %q (%v)", out, err)
 	}
 
+	c := agenttest.Start(t, 2)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	dc, err := agent.StartDev(ctx, agent.DevOptions{Nodes: 2, Dir: t.TempDir(), Tuning: agent.Tuning{
-		RaftHeartbeat: 300 * time.Millisecond, RaftElection: 300 * time.Millisecond, GossipFast: true,
-		HeartbeatInterval: 200 * time.Millisecond, HealthyWithin: time.Second, OfflineAfter: 4 * time.Second, HealthDwell: 300 * time.Millisecond,
-	}}, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { dc.Close() })
 	t0 := time.Now()
-	if _, err := api.NewClient(dc.Dirs[1]).CloudConnect(ctx, api.CloudConnectRequest{URL: srv.URL(), Token: tok.Token}); err != nil {
+	if _, err := api.NewClient(c.Dirs()[1]).CloudConnect(ctx, api.CloudConnectRequest{URL: srv.URL(), Token: tok.Token}); err != nil {
 		t.Fatal(err)
 	}
 	for {
@@ -106,7 +105,7 @@ func TestCLINodesVisibleAfterConnect(t *testing.T) {
 	if err != nil || rec.State != cloud.CmdDone || json.Unmarshal(rec.Result.Data, &svc) != nil || !strings.HasPrefix(svc.OSID, "redis-") {
 		t.Fatalf("command deploy-service: %v\n%s", err, out)
 	}
-	if list, err := api.NewClient(dc.Dirs[0]).Services(ctx, ""); err != nil || len(list) != 1 || list[0].OSID != svc.OSID {
+	if list, err := api.NewClient(c.Dirs()[0]).Services(ctx, ""); err != nil || len(list) != 1 || list[0].OSID != svc.OSID {
 		t.Fatalf("cluster services after the cloud's deploy: %+v %v", list, err)
 	}
 	out, err = run("command", "deploy-service", "--data-dir", dir, "--set", "colour=blue", "lab", "redis")
@@ -120,7 +119,7 @@ func TestCLINodesVisibleAfterConnect(t *testing.T) {
 	if err != nil || !strings.Contains(out, `"state": "done"`) {
 		t.Fatalf("command delete-service: %v\n%s", err, out)
 	}
-	st, err := api.NewClient(dc.Dirs[0]).CloudStatus(ctx)
+	st, err := api.NewClient(c.Dirs()[0]).CloudStatus(ctx)
 	if err != nil || !st.Registered || st.URL != srv.URL() {
 		t.Fatalf("cloud status: %+v %v", st, err)
 	}

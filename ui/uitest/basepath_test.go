@@ -18,9 +18,9 @@ import (
 // must stay under the prefix, and the pages must work without a status.
 func TestBrowserUnderBasePath(t *testing.T) {
 	b := newBrowser(t)
-	dc := startCluster(t)
+	c := uiCluster(t)
 	const prefix = "/clusters/c1/"
-	agentAPI := dc.Agents[1].LocalAPIHandler()
+	agentAPI := c.Agent(1).LocalAPIHandler()
 
 	var mu sync.Mutex
 	var outside []string

@@ -211,8 +211,8 @@ func setColorScheme(scheme string) chromedp.Action[chromedp.Void] {
 func TestBrowser(t *testing.T) {
 	b := newBrowser(t)
 	recordCSP(b)
-	dc := startCluster(t)
-	base := dc.Agents[0].UIURL()
+	c := uiCluster(t)
+	base := c.Agent(0).UIURL()
 
 	// Without a session every page ends on the sign-in page, keeping the
 	// route to come back to.
@@ -243,7 +243,7 @@ func TestBrowser(t *testing.T) {
 
 	// Sign in: back to the page that was asked for.
 	eval[string](b, `document.getElementById('password').value = ''`)
-	b.run("sign in", chromedp.SendKeys(chromedp.CSS("#password"), dc.AdminPassword),
+	b.run("sign in", chromedp.SendKeys(chromedp.CSS("#password"), c.AdminPassword()),
 		chromedp.Click(chromedp.CSS("#submit")), chromedp.WaitVisible(chromedp.CSS("table.nodes-table")))
 	if loc := b.location(); loc != base+"#/nodes" {
 		t.Errorf("after sign-in at %s, want %s#/nodes", loc, base)
@@ -271,7 +271,7 @@ func TestBrowser(t *testing.T) {
 	b.run("tokens", chromedp.Navigate(base+"#/tokens"), chromedp.WaitVisible(chromedp.CSS("#token-create")), chromedp.Click(chromedp.CSS("#token-create")))
 	b.waitJS("join command", `document.getElementById('join-command')?.textContent.includes('runos-agent join')`)
 	cmd := eval[string](b, `document.getElementById('join-command').textContent`)
-	if !strings.Contains(cmd, "--token ") || !strings.Contains(cmd, dc.Agents[0].NodeConfig().Endpoints[0]) {
+	if !strings.Contains(cmd, "--token ") || !strings.Contains(cmd, c.Agent(0).NodeConfig().Endpoints[0]) {
 		t.Errorf("join command %q", cmd)
 	}
 	b.screenshot("tokens")
@@ -280,10 +280,10 @@ func TestBrowser(t *testing.T) {
 
 	// A crashed node turns degraded, then offline, live on the nodes page.
 	victim := 2
-	if dc.Agents[victim].Store().IsLeader() {
+	if c.Agent(victim).Store().IsLeader() {
 		victim = 1
 	}
-	name := dc.Agents[victim].Name()
+	name := c.Agent(victim).Name()
 	b.run("nodes", chromedp.Navigate(base+"#/nodes"))
 	b.waitJS("nodes healthy", `document.querySelectorAll('tr.node-row.healthy').length === 3`)
 	row := fmt.Sprintf(`document.querySelector('tr.node-row[data-node=%q]')`, name)
@@ -299,9 +299,7 @@ func TestBrowser(t *testing.T) {
 		note();
 		return true;
 	})()`)
-	if err := dc.Crash(victim); err != nil {
-		t.Logf("crash %s: %v", name, err)
-	}
+	c.Crash(victim)
 	b.waitJS(name+" no longer healthy", row+`?.classList.contains('degraded') || `+row+`?.classList.contains('offline')`)
 	if eval[bool](b, row+`.classList.contains('degraded')`) {
 		b.screenshot("nodes-degraded")
@@ -313,7 +311,7 @@ func TestBrowser(t *testing.T) {
 		// degraded phase shorter than that (a loaded machine) can pass
 		// between two refreshes. The cluster must still have recorded it.
 		recorded := false
-		for _, e := range dc.Agents[0].Events(0).Events {
+		for _, e := range c.Agent(0).Events(0).Events {
 			recorded = recorded || (e.Kind == "health_changed" && e.Node == name && e.To == "degraded")
 		}
 		if !recorded {
@@ -338,13 +336,13 @@ func TestBrowser(t *testing.T) {
 		chromedp.WaitVisible(chromedp.CSS(`[data-action=confirm]`)))
 	b.screenshot("node-remove-confirm")
 	b.run("cancel", chromedp.Click(chromedp.CSS(`[data-action=cancel]`)), chromedp.WaitVisible(chromedp.CSS(`[data-action=ask]`)))
-	if n := len(dc.Agents[0].Nodes().Nodes); n != 3 {
+	if n := len(c.Agent(0).Nodes().Nodes); n != 3 {
 		t.Fatalf("cancel removed a node: %d left", n)
 	}
 	b.run("remove", chromedp.Click(chromedp.CSS(`[data-action=ask]`)), chromedp.WaitVisible(chromedp.CSS(`[data-action=confirm]`)),
 		chromedp.Click(chromedp.CSS(`[data-action=confirm]`)))
 	b.waitJS("back on the node list without "+name, `location.hash === '#/nodes' && document.querySelectorAll('tr.node-row').length === 2`)
-	if n := len(dc.Agents[0].Nodes().Nodes); n != 2 {
+	if n := len(c.Agent(0).Nodes().Nodes); n != 2 {
 		t.Errorf("after removal the cluster has %d nodes", n)
 	}
 
@@ -382,7 +380,7 @@ func TestBrowser(t *testing.T) {
 	b.run("nodes", chromedp.Navigate(base+"#/nodes"), chromedp.WaitVisible(chromedp.CSS("tr.node-row")))
 	// On a node other than the one serving the page, and not the crashed
 	// one (victim is 1 or 2, whichever was not the leader).
-	pw, err := api.NewClient(dc.Dirs[3-victim]).ResetUIPassword(context.Background())
+	pw, err := api.NewClient(c.Dirs()[3-victim]).ResetUIPassword(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -17,93 +16,35 @@ import (
 
 	"go.uber.org/goleak"
 
-	"github.com/runos/runos-agent/agent"
+	"github.com/runos/runos-agent/agent/agenttest"
 	"github.com/runos/runos-agent/api"
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m,
-		goleak.IgnoreTopFunction("github.com/hashicorp/go-metrics.(*InmemSignal).run"),
-		goleak.IgnoreTopFunction("github.com/armon/go-metrics.(*InmemSignal).run"),
-		goleak.IgnoreAnyFunction("github.com/hashicorp/go-metrics.NewInmemSink"),
-		// memberlist's Shutdown does not wait for a probe in flight (see
-		// agent's TestMain).
-		goleak.IgnoreTopFunction("github.com/hashicorp/memberlist.(*Memberlist).probeNode"),
-	)
+	goleak.VerifyTestMain(m, agenttest.LeakOptions()...)
 }
 
-// fastTuning makes health transitions take seconds (as agent's tests do).
-var fastTuning = agent.Tuning{
-	RaftHeartbeat:     300 * time.Millisecond,
-	RaftElection:      300 * time.Millisecond,
-	DeadVoterGrace:    2 * time.Second,
-	ReconcileInterval: 200 * time.Millisecond,
-	GossipFast:        true,
-	HeartbeatInterval: 200 * time.Millisecond,
-	HealthyWithin:     time.Second,
-	OfflineAfter:      4 * time.Second,
-	HealthDwell:       300 * time.Millisecond,
-}
-
-func testLogger() *slog.Logger {
-	if os.Getenv("RUNOS_TEST_LOG") != "" {
-		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	return slog.New(slog.NewTextHandler(io.Discard, nil))
-}
-
-// eventually polls cond; the deadline is a safety net, not a timing assert.
-func eventually(t testing.TB, what string, cond func() error) {
+// uiCluster is a 3-node in-process cluster with UIs on free loopback
+// ports, once every node holds the UI credential init made.
+func uiCluster(t *testing.T) *agenttest.Cluster {
 	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	var err error
-	for time.Now().Before(deadline) {
-		if err = cond(); err == nil {
-			return
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatalf("%s: %v", what, err)
-}
-
-// startCluster runs three agents with UIs on free loopback ports and waits
-// until every node sees every node healthy and the UI credential is stored.
-func startCluster(t *testing.T) *agent.DevCluster {
-	t.Helper()
-	start := time.Now()
-	defer func() { t.Logf("cluster of 3 up and healthy in %s", time.Since(start).Round(time.Millisecond)) }()
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
-	dc, err := agent.StartDev(ctx, agent.DevOptions{Nodes: 3, Dir: t.TempDir(), UIListen: "127.0.0.1:0", Tuning: fastTuning}, testLogger())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { dc.Close() })
-	if dc.AdminPassword == "" {
+	c := agenttest.Start(t, 3, agenttest.WithUI())
+	if c.AdminPassword() == "" {
 		t.Fatal("init returned no admin password")
 	}
-	eventually(t, "cluster healthy", func() error {
-		for _, a := range dc.Agents {
-			nodes := a.Nodes().Nodes
-			if len(nodes) != 3 {
-				return fmt.Errorf("%s sees %d nodes", a.Name(), len(nodes))
-			}
-			for _, n := range nodes {
-				if n.Health != api.Healthy {
-					return fmt.Errorf("%s sees %s %s", a.Name(), n.Name, n.Health)
-				}
-			}
+	agenttest.Eventually(t, "UI credential in the cluster", func() error {
+		for _, a := range c.Running() {
 			if st, _ := a.Store().State(); st.UI.AdminHash == "" {
 				return fmt.Errorf("%s has no UI credential yet", a.Name())
 			}
 		}
 		// init's credential file is gone once the cluster holds it.
-		if _, err := os.Stat(filepath.Join(dc.Dirs[0], "ui-init.json")); err == nil {
+		if _, err := os.Stat(filepath.Join(c.Dirs()[0], "ui-init.json")); err == nil {
 			return errors.New("ui-init.json still in node0's data dir")
 		}
 		return nil
 	})
-	return dc
+	return c
 }
 
 // uiClient is a Go HTTP client of one node's UI carrying a session cookie
@@ -171,10 +112,10 @@ func (c *uiClient) do(method, url, body string) (int, string) {
 // (the key is in Raft), a password reset through any node's unix socket
 // ends every session everywhere, and a sign-out is honoured by all nodes.
 func TestSessionsAcrossNodes(t *testing.T) {
-	dc := startCluster(t)
-	urls := []string{dc.Agents[0].UIURL(), dc.Agents[1].UIURL(), dc.Agents[2].UIURL()}
+	c := uiCluster(t)
+	urls := []string{c.Agent(0).UIURL(), c.Agent(1).UIURL(), c.Agent(2).UIURL()}
 
-	s1, err := login(t, urls[1], dc.AdminPassword)
+	s1, err := login(t, urls[1], c.AdminPassword())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -198,7 +139,7 @@ func TestSessionsAcrossNodes(t *testing.T) {
 	if code, body := s1.do("POST", urls[0]+"v1/ui/reset-password", ""); code != 403 {
 		t.Fatalf("reset through the UI: %d %s", code, body)
 	}
-	tcpAPI := httptest.NewServer(dc.Agents[0].LocalAPIHandler())
+	tcpAPI := httptest.NewServer(c.Agent(0).LocalAPIHandler())
 	defer tcpAPI.Close()
 	if code, body, _ := do(t, "POST", tcpAPI.URL+"/v1/ui/reset-password", "", nil); code != 403 || !strings.Contains(body, "unix socket") {
 		t.Fatalf("reset over TCP: %d %s", code, body)
@@ -207,14 +148,14 @@ func TestSessionsAcrossNodes(t *testing.T) {
 		t.Fatalf("the refused resets ended the session: %d", code)
 	}
 	// Every session on every node ends.
-	pw, err := api.NewClient(dc.Dirs[2]).ResetUIPassword(context.Background())
+	pw, err := api.NewClient(c.Dirs()[2]).ResetUIPassword(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if pw.Password == "" || pw.Password == dc.AdminPassword || pw.User != "admin" {
+	if pw.Password == "" || pw.Password == c.AdminPassword() || pw.User != "admin" {
 		t.Fatalf("reset answered %+v", pw)
 	}
-	eventually(t, "old session refused on every node", func() error {
+	agenttest.Eventually(t, "old session refused on every node", func() error {
 		for _, u := range urls {
 			if code, _ := s1.do("GET", u+"v1/status", ""); code != 401 {
 				return fmt.Errorf("%s answered %d", u, code)
@@ -222,11 +163,11 @@ func TestSessionsAcrossNodes(t *testing.T) {
 		}
 		return nil
 	})
-	if _, err := login(t, urls[0], dc.AdminPassword); err == nil || !strings.Contains(err.Error(), "401") {
+	if _, err := login(t, urls[0], c.AdminPassword()); err == nil || !strings.Contains(err.Error(), "401") {
 		t.Fatalf("old password after reset: %v", err)
 	}
 	var s2 *uiClient
-	eventually(t, "new password accepted on node0", func() (err error) {
+	agenttest.Eventually(t, "new password accepted on node0", func() (err error) {
 		s2, err = login(t, urls[0], pw.Password)
 		return err
 	})
@@ -235,7 +176,7 @@ func TestSessionsAcrossNodes(t *testing.T) {
 	if code, body := s2.do("POST", urls[0]+"ui/logout", ""); code != 204 {
 		t.Fatalf("logout: %d %s", code, body)
 	}
-	eventually(t, "signed-out session refused on every node", func() error {
+	agenttest.Eventually(t, "signed-out session refused on every node", func() error {
 		for _, u := range urls {
 			if code, _ := s2.do("GET", u+"v1/nodes", ""); code != 401 {
 				return fmt.Errorf("%s answered %d", u, code)

@@ -15,6 +15,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/runos/runos-agent/agent"
+	"github.com/runos/runos-agent/agent/agenttest"
 	"github.com/runos/runos-agent/api"
 	"github.com/runos/runos-agent/cloud"
 	"github.com/runos/runos-agent/kube/kubetest"
@@ -24,7 +25,7 @@ import (
 // the console on 127.0.0.1.
 func startCloud(t *testing.T) *cloud.Server {
 	t.Helper()
-	s, err := cloud.New(cloud.Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0", ConsoleListen: "127.0.0.1:0"}, testLogger())
+	s, err := cloud.New(cloud.Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0", ConsoleListen: "127.0.0.1:0"}, agenttest.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -35,17 +36,14 @@ func startCloud(t *testing.T) *cloud.Server {
 	return s
 }
 
-func leaderOf(t *testing.T, dc *agent.DevCluster) *agent.Agent {
+func leaderOf(t *testing.T, c *agenttest.Cluster) *agent.Agent {
 	t.Helper()
 	var l *agent.Agent
-	eventually(t, "a leader", func() error {
-		for _, a := range dc.Agents {
-			if a != nil && a.Store().IsLeader() {
-				l = a
-				return nil
-			}
+	agenttest.Eventually(t, "a leader", func() error {
+		if l = c.Leader(); l == nil {
+			return fmt.Errorf("no leader")
 		}
-		return fmt.Errorf("no leader")
+		return nil
 	})
 	return l
 }
@@ -112,9 +110,9 @@ func checkCSP(b *browser, where string) {
 func TestBrowserCloudServicesApps(t *testing.T) {
 	b := newBrowser(t)
 	recordCSP(b)
-	dc := startCluster(t)
+	c := uiCluster(t)
 	cs := startCloud(t)
-	leader := leaderOf(t, dc)
+	leader := leaderOf(t, c)
 	base := leader.UIURL()
 
 	// Without a session: the new pages end on the sign-in page, their API
@@ -137,7 +135,7 @@ func TestBrowserCloudServicesApps(t *testing.T) {
 	}
 
 	b.run("sign in", chromedp.Navigate(base+"#/cloud"), chromedp.WaitVisible(chromedp.CSS("#password")),
-		chromedp.SendKeys(chromedp.CSS("#password"), dc.AdminPassword), chromedp.Click(chromedp.CSS("#submit")),
+		chromedp.SendKeys(chromedp.CSS("#password"), c.AdminPassword()), chromedp.Click(chromedp.CSS("#submit")),
 		chromedp.WaitVisible(chromedp.CSS("#cloud-form")))
 	b.screenshot("cloud-connect")
 
@@ -160,7 +158,7 @@ func TestBrowserCloudServicesApps(t *testing.T) {
 	b.screenshot("cloud-status")
 	// A follower says who holds the session instead of pretending.
 	var follower *agent.Agent
-	for _, a := range dc.Agents {
+	for _, a := range c.Running() {
 		if a != leader {
 			follower = a
 			break
@@ -278,7 +276,7 @@ func TestBrowserCloudServicesApps(t *testing.T) {
 	b.screenshot("service-delete-confirm")
 	b.run("confirm", chromedp.Click(chromedp.CSS("[data-action=confirm]")))
 	b.waitJS("back on services", `location.hash === '#/services'`)
-	eventually(t, "instance deleting or gone", func() error {
+	agenttest.Eventually(t, "instance deleting or gone", func() error {
 		for _, s := range leader.Services("") {
 			if s.OSID == osid && s.Status != "deleting" {
 				return fmt.Errorf("%s is %s", osid, s.Status)
@@ -360,7 +358,7 @@ func TestBrowserCloudServicesApps(t *testing.T) {
 		chromedp.Click(chromedp.CSS("[data-action=ask]")), chromedp.WaitVisible(chromedp.CSS("[data-action=confirm]")),
 		chromedp.Click(chromedp.CSS("[data-action=confirm]")))
 	b.waitJS("console back on services", `location.hash === '#/services'`)
-	eventually(t, "console's delete reached the cluster", func() error {
+	agenttest.Eventually(t, "console's delete reached the cluster", func() error {
 		for _, s := range leader.Services("") {
 			if s.OSID == cosid && s.Status != "deleting" {
 				return fmt.Errorf("%s is %s", cosid, s.Status)
@@ -386,7 +384,7 @@ func TestBrowserCloudServicesApps(t *testing.T) {
 		chromedp.Click(chromedp.CSS("[data-action=ask]")), chromedp.WaitVisible(chromedp.CSS("[data-action=confirm]")),
 		chromedp.Click(chromedp.CSS("[data-action=confirm]")))
 	b.waitJS("console back on apps", `location.hash === '#/apps'`)
-	eventually(t, "console's app delete reached the cluster", func() error {
+	agenttest.Eventually(t, "console's app delete reached the cluster", func() error {
 		for _, a := range leader.Apps() {
 			if a.OSID == cappID && a.Status != "deleting" {
 				return fmt.Errorf("%s is %s", cappID, a.Status)
