@@ -11,6 +11,7 @@ import (
 
 	"github.com/runos/runos-agent/api"
 	"github.com/runos/runos-agent/cloudlink"
+	"github.com/runos/runos-agent/datadir"
 	"github.com/runos/runos-agent/raftstore"
 )
 
@@ -38,7 +39,7 @@ func (a *Agent) startCloudLink(ctx context.Context) error {
 		Version:    Version,
 		BackoffMax: a.tuning.CloudBackoffMax,
 		JoinToken: func(id, secret string) (string, string) {
-			tok := joinToken{CAFingerprint: a.cfg.CAFingerprint, ID: id, Secret: secret}.String()
+			tok := datadir.Token{CAFingerprint: a.cfg.CAFingerprint, ID: id, Secret: secret}.String()
 			return tok, fmt.Sprintf("runos-agent join --data-dir /var/lib/runos-agent --name NODE_NAME --token %s %s", tok, a.cfg.Endpoints[0])
 		},
 	}, a.log)

@@ -15,6 +15,7 @@ import (
 	"github.com/runos/runos-agent/cloud"
 	"github.com/runos/runos-agent/cloudlink"
 	"github.com/runos/runos-agent/cloudproto"
+	"github.com/runos/runos-agent/datadir"
 	"github.com/runos/runos-agent/pki"
 	"github.com/runos/runos-agent/raftstore"
 )
@@ -388,7 +389,7 @@ func TestCloudCommandOnceAcrossLeaderChange(t *testing.T) {
 	if err := json.Unmarshal(rec.Result.Data, &tok); err != nil {
 		t.Fatal(err)
 	}
-	parsed, err := parseJoinToken(tok.Token)
+	parsed, err := datadir.ParseToken(tok.Token)
 	if err != nil {
 		t.Fatal(err)
 	}

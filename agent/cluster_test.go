@@ -19,6 +19,7 @@ import (
 	"golang.zx2c4.com/wireguard/conn"
 
 	"github.com/runos/runos-agent/api"
+	"github.com/runos/runos-agent/datadir"
 	"github.com/runos/runos-agent/raftstore"
 )
 
@@ -250,7 +251,7 @@ func TestWriteOnFollowerIsForwarded(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	parsed, _ := parseJoinToken(tok.Token)
+	parsed, _ := datadir.ParseToken(tok.Token)
 	l := c.leader()
 	st, _ := l.store.State()
 	if _, ok := st.Tokens[parsed.ID]; !ok {
@@ -276,7 +277,7 @@ func TestWholeClusterRestart(t *testing.T) {
 		c.start(i)
 	}
 	c.waitFormed(3)
-	parsed, _ := parseJoinToken(tok.Token)
+	parsed, _ := datadir.ParseToken(tok.Token)
 	for _, a := range c.running() {
 		eventually(t, "state intact on "+a.Name(), func() error {
 			st, _ := a.store.State()
@@ -305,16 +306,16 @@ func TestJoinRejectsBadTokens(t *testing.T) {
 		t.Fatal(err)
 	}
 	time.Sleep(5 * time.Millisecond)
-	parsed, _ := parseJoinToken(good.Token)
-	wrongSecret := joinToken{CAFingerprint: parsed.CAFingerprint, ID: parsed.ID, Secret: strings.Repeat("0", 32)}.String()
-	otherCluster := joinToken{CAFingerprint: strings.Repeat("1", 64), ID: parsed.ID, Secret: parsed.Secret}.String()
+	parsed, _ := datadir.ParseToken(good.Token)
+	wrongSecret := datadir.Token{CAFingerprint: parsed.CAFingerprint, ID: parsed.ID, Secret: strings.Repeat("0", 32)}.String()
+	otherCluster := datadir.Token{CAFingerprint: strings.Repeat("1", 64), ID: parsed.ID, Secret: parsed.Secret}.String()
 	member := a.cfg.Endpoints[0]
 	join := func(name, token string) error {
 		port, err := FreePort()
 		if err != nil {
 			t.Fatal(err)
 		}
-		_, err = Join(ctx, JoinOptions{NodeOptions: NodeOptions{
+		_, err = Join(ctx, JoinOptions{NodeOptions: datadir.NodeOptions{
 			DataDir: t.TempDir() + "/" + name, Name: name, Net: "userspace", ListenPort: port,
 			Advertise: []string{fmt.Sprintf("127.0.0.1:%d", port)},
 		}, Token: token, Member: member})
@@ -452,8 +453,8 @@ func TestJoinEndpointSurvivesGarbage(t *testing.T) {
 	defer cancel()
 	for name, req := range map[string]joinRequest{
 		"oversized": {Token: strings.Repeat("x", 2*maxJoinBody)},
-		"bad csr":   {Token: mustToken(t, a), Name: "evil", NodeID: randomHex(8), PublicKey: a.wgKey.PublicKey().String(), CSR: []byte("not a csr")},
-		"bad key":   {Token: mustToken(t, a), Name: "evil", NodeID: randomHex(8), PublicKey: "short"},
+		"bad csr":   {Token: mustToken(t, a), Name: "evil", NodeID: datadir.NewNodeID(), PublicKey: a.wgKey.PublicKey().String(), CSR: []byte("not a csr")},
+		"bad key":   {Token: mustToken(t, a), Name: "evil", NodeID: datadir.NewNodeID(), PublicKey: "short"},
 	} {
 		if _, err := postJoin(ctx, member, a.cfg.CAFingerprint, req); err == nil {
 			t.Errorf("%s: join accepted", name)
@@ -466,7 +467,7 @@ func TestJoinEndpointSurvivesGarbage(t *testing.T) {
 	}
 	// The endpoint still admits a proper join.
 	port, _ := FreePort()
-	if _, err := Join(ctx, JoinOptions{NodeOptions: NodeOptions{
+	if _, err := Join(ctx, JoinOptions{NodeOptions: datadir.NodeOptions{
 		DataDir: t.TempDir(), Name: "good", Net: "userspace", ListenPort: port,
 		Advertise: []string{fmt.Sprintf("127.0.0.1:%d", port)},
 	}, Token: mustToken(t, a), Member: member}); err != nil {
@@ -485,31 +486,19 @@ func mustToken(t *testing.T, a *Agent) string {
 	return tok.Token
 }
 
-func TestInitRefusesInitialisedDir(t *testing.T) {
+func TestJoinRefusesInitialisedDir(t *testing.T) {
 	dir := t.TempDir()
-	opts := NodeOptions{DataDir: dir, Name: "a", Net: "userspace", Advertise: []string{"127.0.0.1:1"}}
-	if _, err := Init(opts); err != nil {
+	opts := datadir.NodeOptions{DataDir: dir, Name: "a", Net: "userspace", Advertise: []string{"127.0.0.1:1"}}
+	if _, err := datadir.Init(opts, Version); err != nil {
 		t.Fatal(err)
 	}
-	before, _ := os.ReadFile(dir + "/" + fileConfig)
-	if _, err := Init(opts); err == nil || !strings.Contains(err.Error(), "already initialised") {
-		t.Fatalf("second init: err = %v", err)
-	}
-	if _, err := Join(context.Background(), JoinOptions{NodeOptions: opts, Token: joinToken{CAFingerprint: strings.Repeat("a", 64), ID: randomHex(6), Secret: randomHex(16)}.String(), Member: "127.0.0.1:1"}); err == nil || !strings.Contains(err.Error(), "already initialised") {
+	before, _ := os.ReadFile(dir + "/" + datadir.FileConfig)
+	if _, err := Join(context.Background(), JoinOptions{NodeOptions: opts, Token: datadir.NewToken(strings.Repeat("a", 64)).String(), Member: "127.0.0.1:1"}); err == nil || !strings.Contains(err.Error(), "already initialised") {
 		t.Fatalf("join into an initialised dir: err = %v", err)
 	}
-	after, _ := os.ReadFile(dir + "/" + fileConfig)
+	after, _ := os.ReadFile(dir + "/" + datadir.FileConfig)
 	if string(before) != string(after) {
-		t.Fatal("a refused init changed the data dir")
-	}
-	for _, f := range []string{fileWGKey, fileNodeKey, fileConfig} {
-		fi, err := os.Stat(dir + "/" + f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if fi.Mode().Perm()&0o077 != 0 {
-			t.Errorf("%s has mode %v, want no group/other access", f, fi.Mode().Perm())
-		}
+		t.Fatal("a refused join changed the data dir")
 	}
 }
 
