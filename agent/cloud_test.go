@@ -300,10 +300,14 @@ func TestCloudDownLosesNothing(t *testing.T) {
 		t.Fatalf("status while the cloud is down: %+v", s)
 	}
 	// Metrics say the same.
-	ms := httptest.NewServer(c.leader().metricsHandler())
+	mh, err := c.leader().metricsHandler()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ms := httptest.NewServer(mh)
 	defer ms.Close()
 	eventually(t, "metrics show the link down with a backlog", func() error {
-		s, err := scrapeMetrics(ms.URL)
+		s, err := scrapeMetrics(ms.URL + "/metrics")
 		if err != nil {
 			return err
 		}
