@@ -11,7 +11,6 @@ import (
 	"net"
 	"os"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -20,6 +19,7 @@ import (
 
 	"github.com/runos/runos-agent/api"
 	"github.com/runos/runos-agent/datadir"
+	"github.com/runos/runos-agent/nat/bindtest"
 	"github.com/runos/runos-agent/raftstore"
 )
 
@@ -68,21 +68,7 @@ type cluster struct {
 	// agents and dirs alias dc.Agents and dc.Dirs (re-read after addNode).
 	agents []*Agent // nil while stopped
 	dirs   []string
-	binds  map[int]*cutBind // each node's underlay of its current start
-}
-
-// cutBind is a node's real UDP socket that can be cut: it then sends
-// nothing, so a node closed after the cut never gets its goodbye out.
-type cutBind struct {
-	conn.Bind
-	cut atomic.Bool
-}
-
-func (b *cutBind) Send(bufs [][]byte, ep conn.Endpoint) error {
-	if b.cut.Load() {
-		return nil
-	}
-	return b.Bind.Send(bufs, ep)
+	binds  map[int]*bindtest.Cuttable // each node's underlay of its current start
 }
 
 func newCluster(t testing.TB, n int) *cluster {
@@ -92,7 +78,7 @@ func newCluster(t testing.TB, n int) *cluster {
 
 func newClusterTuned(t testing.TB, n int, tuning Tuning) *cluster {
 	t.Helper()
-	c := &cluster{tb: t, binds: map[int]*cutBind{}}
+	c := &cluster{tb: t, binds: map[int]*bindtest.Cuttable{}}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	dc, err := StartDev(ctx, DevOptions{Nodes: n, Dir: t.TempDir(), Tuning: tuning, Node: c.place}, testLogger(t))
@@ -112,13 +98,13 @@ func (c *cluster) place(i int) DevNode {
 
 // deps are node i's dependencies for one start: a fresh, uncut socket.
 func (c *cluster) deps(i int) Deps {
-	b := &cutBind{Bind: conn.NewStdNetBind()}
+	b := bindtest.NewCuttable(conn.NewStdNetBind())
 	c.binds[i] = b
 	return Deps{Log: testLogger(c.tb), Underlay: b}
 }
 
 // cut silences node i's socket; stopping it then is a crash.
-func (c *cluster) cut(i int) { c.binds[i].cut.Store(true) }
+func (c *cluster) cut(i int) { c.binds[i].Cut() }
 
 // waitVoters waits until the leader has chosen the voter set for n live nodes.
 func (c *cluster) waitVoters(n int) {
