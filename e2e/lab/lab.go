@@ -23,6 +23,7 @@ package lab
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"math/rand/v2"
 	"net/netip"
 	"os"
@@ -183,6 +184,9 @@ func deleteNetns(ns string) error {
 		}
 	}
 	_, err := run("ip", "netns", "del", ns)
+	if _, serr := os.Stat("/run/netns/" + ns); err != nil && errors.Is(serr, fs.ErrNotExist) {
+		return nil // gone: another sweep (a parallel test's) got there first
+	}
 	return err
 }
 
