@@ -21,6 +21,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"slices"
 	"testing"
 	"time"
 
@@ -350,7 +351,9 @@ func (c *Cluster) WaitFormed(n int) {
 }
 
 // WaitVoters waits until the leader has chosen the voter set for n live
-// nodes (n, odd, at most 5).
+// nodes (n, odd, at most 5) and every running node has that configuration,
+// so the change is committed, not only proposed: a partition made right
+// after leaves a majority of voters that can elect.
 func (c *Cluster) WaitVoters(n int) {
 	c.t.Helper()
 	want := min(n, 5)
@@ -362,8 +365,14 @@ func (c *Cluster) WaitVoters(n int) {
 		if l == nil {
 			return errors.New("no leader")
 		}
-		if v := len(l.Store().Status().Voters); v != want {
-			return fmt.Errorf("%d voters, want %d", v, want)
+		voters := l.Store().Status().Voters
+		if len(voters) != want {
+			return fmt.Errorf("%d voters, want %d", len(voters), want)
+		}
+		for _, a := range c.Running() {
+			if got := a.Store().Status().Voters; !slices.Equal(got, voters) {
+				return fmt.Errorf("%s has voters %v, the leader %v", a.Name(), got, voters)
+			}
 		}
 		return nil
 	})

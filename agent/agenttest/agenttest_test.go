@@ -69,6 +69,7 @@ func TestPartitionedLeaderAndHeal(t *testing.T) {
 	c := agenttest.Start(t, 3)
 	before := tokenIDs(c.Leader()) // the join tokens
 	sameTokens(t, c, "every node has the join tokens", before)
+	c.WaitVoters(3) // still: a voter change in flight would leave the majority without a quorum
 	old := c.Leader()
 	c.Isolate(c.Index(old))
 	t.Logf("isolated the leader %s", old.Name())
