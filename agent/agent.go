@@ -1,6 +1,7 @@
 // Package agent is the composition root of runos-agent: it builds every
 // component from the data dir, starts them in order, owns their lifecycles,
-// and serves the local API and the join endpoint. No other package imports it.
+// and gives package httpapi's local API, node API and join endpoint their
+// listeners and backends. No other package imports it.
 package agent
 
 import (
@@ -26,6 +27,7 @@ import (
 	"github.com/runos/runos-agent/datadir"
 	"github.com/runos/runos-agent/gossip"
 	"github.com/runos/runos-agent/health"
+	"github.com/runos/runos-agent/httpapi"
 	"github.com/runos/runos-agent/leader"
 	"github.com/runos/runos-agent/mesh"
 	"github.com/runos/runos-agent/nat"
@@ -126,8 +128,10 @@ type Agent struct {
 	mtlsServer *tls.Config
 	mtlsClient *tls.Config
 	forwarder  *http.Client
+	nodeClient *httpapi.NodeClient // forwards writes to the leader, through forwarder
 
 	servers  []*http.Server
+	localAPI http.Handler
 	uiListen string
 	uiURL    string
 
@@ -300,6 +304,9 @@ func (a *Agent) start(ctx context.Context) error {
 		IdleConnTimeout:     30 * time.Second,
 	}, Timeout: 15 * time.Second}
 	a.closers = append(a.closers, func() error { a.forwarder.CloseIdleConnections(); return nil })
+	if a.nodeClient, err = httpapi.NewNodeClient(a.forwarder, NodeAPIPort); err != nil {
+		return err
+	}
 
 	store, err := raftstore.New(raftstore.Config{
 		Dir:               filepath.Join(a.dir, datadir.DirRaft),

@@ -2,9 +2,7 @@ package agent
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"net/http"
 	"time"
 
 	"github.com/runos/runos-agent/api"
@@ -48,33 +46,6 @@ func (a *Agent) startCloudLink(ctx context.Context) error {
 	l.Start(ctx)
 	a.closers = append(a.closers, l.Close)
 	return nil
-}
-
-func (a *Agent) cloudRoutes(mux *http.ServeMux) {
-	mux.HandleFunc("GET /v1/cloud", func(w http.ResponseWriter, r *http.Request) {
-		writeJSONResponse(w, http.StatusOK, a.CloudStatus())
-	})
-	mux.HandleFunc("POST /v1/cloud/connect", func(w http.ResponseWriter, r *http.Request) {
-		var req api.CloudConnectRequest
-		if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<16)).Decode(&req); err != nil {
-			httpError(w, http.StatusBadRequest, fmt.Errorf("malformed request: %w", err))
-			return
-		}
-		s, err := a.CloudConnect(r.Context(), req)
-		if err != nil {
-			httpError(w, statusFor(err), err)
-			return
-		}
-		writeJSONResponse(w, http.StatusOK, s)
-	})
-	mux.HandleFunc("POST /v1/cloud/disconnect", func(w http.ResponseWriter, r *http.Request) {
-		s, err := a.CloudDisconnect(r.Context())
-		if err != nil {
-			httpError(w, statusFor(err), err)
-			return
-		}
-		writeJSONResponse(w, http.StatusOK, s)
-	})
 }
 
 // CloudStatus reports the cloud link honestly: the link's own state on the

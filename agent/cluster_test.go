@@ -19,6 +19,7 @@ import (
 
 	"github.com/runos/runos-agent/api"
 	"github.com/runos/runos-agent/datadir"
+	"github.com/runos/runos-agent/httpapi"
 	"github.com/runos/runos-agent/nat/bindtest"
 	"github.com/runos/runos-agent/raftstore"
 )
@@ -437,8 +438,8 @@ func TestJoinEndpointSurvivesGarbage(t *testing.T) {
 	// Well-formed TLS, but an oversized or malformed body.
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	for name, req := range map[string]joinRequest{
-		"oversized": {Token: strings.Repeat("x", 2*maxJoinBody)},
+	for name, req := range map[string]api.JoinRequest{
+		"oversized": {Token: strings.Repeat("x", 2*httpapi.MaxJoinBody)},
 		"bad csr":   {Token: mustToken(t, a), Name: "evil", NodeID: datadir.NewNodeID(), PublicKey: a.wgKey.PublicKey().String(), CSR: []byte("not a csr")},
 		"bad key":   {Token: mustToken(t, a), Name: "evil", NodeID: datadir.NewNodeID(), PublicKey: "short"},
 	} {

@@ -14,95 +14,57 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/runos/runos-agent/api"
 	"github.com/runos/runos-agent/datadir"
+	"github.com/runos/runos-agent/httpapi"
 	"github.com/runos/runos-agent/mesh"
 	"github.com/runos/runos-agent/pki"
 	"github.com/runos/runos-agent/raftstore"
 	"github.com/runos/runos-agent/seal"
 )
 
-const maxJoinBody = 64 << 10
-
-// joinRequest is what a joiner sends to a member's underlay TCP port.
-type joinRequest struct {
-	Token     string   `json:"token"`
-	Name      string   `json:"name"`
-	NodeID    string   `json:"node_id"`
-	PublicKey string   `json:"public_key"` // WireGuard
-	CSR       []byte   `json:"csr"`        // PEM
-	Endpoints []string `json:"endpoints"`
-	Version   string   `json:"version"`
-}
-
-// joinResponse carries everything the joiner needs to run from its data dir.
-type joinResponse struct {
-	ClusterID string            `json:"cluster_id"`
-	Node      *raftstore.Node   `json:"node"`
-	CertPEM   []byte            `json:"cert_pem"`
-	CACertPEM []byte            `json:"ca_cert_pem"`
-	Peers     []*raftstore.Node `json:"peers"`
-	DataKey   string            `json:"data_key"` // seal.Key; the TLS session is pinned to the cluster CA
-}
-
-// handleJoin admits a node: it checks the request, signs the CSR, then
-// commits "consume token + allocate addresses + add node" as one Raft
-// command. A certificate signed for a join that then fails is harmless: its
-// serial is in no node record, so every member refuses it.
-func (a *Agent) handleJoin(w http.ResponseWriter, r *http.Request) {
-	if r.Method != http.MethodPost || r.URL.Path != "/v1/join" {
-		httpError(w, http.StatusNotFound, errors.New("not found"))
-		return
-	}
-	var req joinRequest
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxJoinBody))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
-		httpError(w, http.StatusBadRequest, fmt.Errorf("malformed join request: %w", err))
-		return
-	}
+// Admit is the member side of a join (the join endpoint's httpapi.Joiner):
+// it checks the request, signs the CSR, then commits "consume token +
+// allocate addresses + add node" as one Raft command. A certificate signed
+// for a join that then fails is harmless: its serial is in no node record,
+// so every member refuses it.
+func (a *Agent) Admit(ctx context.Context, req *api.JoinRequest) (*api.JoinResponse, error) {
+	forbidden := func(err error) error { return httpapi.Classify(err, httpapi.ErrForbidden) }
+	invalid := func(err error) error { return httpapi.Classify(err, httpapi.ErrBadRequest) }
 	tok, err := datadir.ParseToken(req.Token)
 	if err != nil {
-		httpError(w, http.StatusForbidden, err)
-		return
+		return nil, forbidden(err)
 	}
 	if tok.CAFingerprint != a.cfg.CAFingerprint {
-		httpError(w, http.StatusForbidden, errors.New("join token belongs to another cluster"))
-		return
+		return nil, forbidden(errors.New("join token belongs to another cluster"))
 	}
 	if !datadir.ValidName(req.Name) {
-		httpError(w, http.StatusBadRequest, fmt.Errorf("invalid node name %q", req.Name))
-		return
+		return nil, invalid(fmt.Errorf("invalid node name %q", req.Name))
 	}
 	if !datadir.ValidNodeID(req.NodeID) {
-		httpError(w, http.StatusBadRequest, errors.New("invalid node id"))
-		return
+		return nil, invalid(errors.New("invalid node id"))
 	}
 	if k, err := mesh.ParseKey(req.PublicKey); err != nil || k.IsZero() {
-		httpError(w, http.StatusBadRequest, errors.New("invalid wireguard public key"))
-		return
+		return nil, invalid(errors.New("invalid wireguard public key"))
 	}
 	if len(req.Endpoints) > 16 {
-		httpError(w, http.StatusBadRequest, errors.New("too many endpoints"))
-		return
+		return nil, invalid(errors.New("too many endpoints"))
 	}
 	for _, ep := range req.Endpoints {
 		if _, _, err := net.SplitHostPort(ep); err != nil {
-			httpError(w, http.StatusBadRequest, fmt.Errorf("invalid endpoint %q", ep))
-			return
+			return nil, invalid(fmt.Errorf("invalid endpoint %q", ep))
 		}
 	}
 	st, _ := a.store.State()
 	ca, err := pki.ParseCA(st.CACertPEM, st.CAKeyPEM)
 	if err != nil {
-		httpError(w, http.StatusServiceUnavailable, errors.New("this member has no cluster state yet; try again"))
-		return
+		return nil, httpapi.Classify(errors.New("this member has no cluster state yet; try again"), httpapi.ErrUnavailable)
 	}
 	certPEM, serial, err := ca.SignCSR(req.CSR, req.Name, nil, datadir.NodeCertValidity)
 	if err != nil {
-		httpError(w, http.StatusBadRequest, fmt.Errorf("bad certificate request: %w", err))
-		return
+		return nil, invalid(fmt.Errorf("bad certificate request: %w", err))
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), writeTimeout)
+	ctx, cancel := context.WithTimeout(ctx, writeTimeout)
 	defer cancel()
 	res, err := a.store.Apply(ctx, &raftstore.Command{
 		Op: raftstore.OpJoin,
@@ -113,29 +75,37 @@ func (a *Agent) handleJoin(w http.ResponseWriter, r *http.Request) {
 		},
 	})
 	if err != nil {
-		httpError(w, http.StatusServiceUnavailable, err)
-		return
+		return nil, httpapi.Classify(err, httpapi.ErrUnavailable)
 	}
 	if err := res.Error(); err != nil {
-		code := http.StatusForbidden
-		if errors.Is(err, raftstore.ErrNameTaken) || errors.Is(err, raftstore.ErrKeyTaken) {
-			code = http.StatusConflict
-		}
-		httpError(w, code, err)
-		return
+		// A taken name or key stays raftstore's (409); any other refusal
+		// of the command (the token's) is 403.
+		return nil, forbidden(err)
 	}
 	a.log.Info("node joined", "name", req.Name, "mesh_ip", res.Node.MeshIP, "pod_cidr", res.Node.PodCIDR)
-	peers := []*raftstore.Node{}
+	peers := []*api.NodeRecord{}
 	st, _ = a.store.State()
 	for _, n := range st.SortedNodes() {
 		if n.ID != res.Node.ID {
-			peers = append(peers, n)
+			peers = append(peers, nodeRecord(n))
 		}
 	}
-	writeJSONResponse(w, http.StatusOK, joinResponse{
-		ClusterID: st.ClusterID, Node: res.Node, CertPEM: certPEM, CACertPEM: st.CACertPEM, Peers: peers,
+	return &api.JoinResponse{
+		ClusterID: st.ClusterID, Node: nodeRecord(res.Node), CertPEM: certPEM, CACertPEM: st.CACertPEM, Peers: peers,
 		DataKey: a.dataKey.String(),
-	})
+	}, nil
+}
+
+// nodeRecord and stateNode convert between the state's node record and its
+// wire form in package api (the same fields: a conversion).
+func nodeRecord(n *raftstore.Node) *api.NodeRecord {
+	r := api.NodeRecord(*n)
+	return &r
+}
+
+func stateNode(r *api.NodeRecord) *raftstore.Node {
+	n := raftstore.Node(*r)
+	return &n
 }
 
 // JoinOptions are the flags of `runos-agent join`.
@@ -167,7 +137,7 @@ func Join(ctx context.Context, opts JoinOptions) (*datadir.NodeConfig, error) {
 		return nil, err
 	}
 	wgKey, nodeKeyPEM, csr := creds.WGKey, creds.NodeKeyPEM, creds.CSR
-	req := joinRequest{
+	req := api.JoinRequest{
 		Token: opts.Token, Name: opts.Name, NodeID: datadir.NewNodeID(),
 		PublicKey: wgKey.PublicKey().String(), CSR: csr, Endpoints: opts.Advertise, Version: Version,
 	}
@@ -200,7 +170,13 @@ func Join(ctx context.Context, opts JoinOptions) (*datadir.NodeConfig, error) {
 			return nil, err
 		}
 	}
-	if err := datadir.SavePeers(opts.DataDir, append(resp.Peers, resp.Node)); err != nil {
+	var peers []*raftstore.Node
+	for _, p := range resp.Peers {
+		if p != nil {
+			peers = append(peers, stateNode(p))
+		}
+	}
+	if err := datadir.SavePeers(opts.DataDir, append(peers, stateNode(resp.Node))); err != nil {
 		return nil, err
 	}
 	if err := datadir.WriteJSON(filepath.Join(opts.DataDir, datadir.FileConfig), cfg, 0o600); err != nil {
@@ -209,7 +185,7 @@ func Join(ctx context.Context, opts JoinOptions) (*datadir.NodeConfig, error) {
 	return cfg, nil
 }
 
-func postJoin(ctx context.Context, member, caFingerprint string, req joinRequest) (*joinResponse, error) {
+func postJoin(ctx context.Context, member, caFingerprint string, req api.JoinRequest) (*api.JoinResponse, error) {
 	body, err := json.Marshal(req)
 	if err != nil {
 		return nil, err
@@ -250,19 +226,9 @@ func postJoin(ctx context.Context, member, caFingerprint string, req joinRequest
 		}
 		return nil, fmt.Errorf("join refused by %s: %s", member, hresp.Status)
 	}
-	var resp joinResponse
+	var resp api.JoinResponse
 	if err := json.Unmarshal(raw, &resp); err != nil {
 		return nil, fmt.Errorf("join %s: malformed response: %w", member, err)
 	}
 	return &resp, nil
-}
-
-func httpError(w http.ResponseWriter, code int, err error) {
-	writeJSONResponse(w, code, map[string]string{"error": err.Error()})
-}
-
-func writeJSONResponse(w http.ResponseWriter, code int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	json.NewEncoder(w).Encode(v)
 }

@@ -3,29 +3,33 @@ package agent
 import (
 	"cmp"
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/runos/runos-agent/api"
 	"github.com/runos/runos-agent/datadir"
+	"github.com/runos/runos-agent/httpapi"
 	"github.com/runos/runos-agent/nat"
 	"github.com/runos/runos-agent/pki"
 	"github.com/runos/runos-agent/raftstore"
+	"github.com/runos/runos-agent/workload"
 )
 
 // The local API is how the CLI (and the UI) drive the agent: a unix socket
 // in the data dir, so file permissions decide who may.
 
 func (a *Agent) startLocalAPI() error {
+	h, err := httpapi.NewLocalHandler(httpapi.LocalConfig{Local: a, Workloads: a.workloads, Catalog: Catalog()})
+	if err != nil {
+		return err
+	}
+	a.localAPI = h
 	sock := filepath.Join(a.dir, api.SocketName)
 	if c, err := net.Dial("unix", sock); err == nil {
 		c.Close()
@@ -37,80 +41,31 @@ func (a *Agent) startLocalAPI() error {
 		return fmt.Errorf("local api: %w", err)
 	}
 	os.Chmod(sock, 0o600)
-	a.serve(ln, a.LocalAPIHandler(), "local-api")
+	a.serve(ln, a.localAPI, "local-api")
 	return nil
 }
 
-// LocalAPIHandler serves the local API (also mounted by the UI server).
-func (a *Agent) LocalAPIHandler() http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
-		s, err := a.Status()
-		if err != nil {
-			httpError(w, http.StatusInternalServerError, err)
-			return
-		}
-		writeJSONResponse(w, http.StatusOK, s)
-	})
-	mux.HandleFunc("GET /v1/nodes", func(w http.ResponseWriter, r *http.Request) {
-		writeJSONResponse(w, http.StatusOK, a.Nodes())
-	})
-	mux.HandleFunc("GET /v1/events", a.handleEvents)
-	a.cloudRoutes(mux)
-	a.workloadRoutes(mux)
-	a.uiRoutes(mux)
-	mux.HandleFunc("GET /v1/netcheck", func(w http.ResponseWriter, r *http.Request) {
-		n, err := a.Netcheck(r.Context(), r.URL.Query()["stun"])
-		if err != nil {
-			httpError(w, http.StatusBadRequest, err)
-			return
-		}
-		writeJSONResponse(w, http.StatusOK, n)
-	})
-	mux.HandleFunc("GET /v1/ping", func(w http.ResponseWriter, r *http.Request) {
-		seq, _ := strconv.Atoi(r.URL.Query().Get("seq"))
-		p, err := a.Ping(r.Context(), r.URL.Query().Get("node"), seq)
-		if err != nil {
-			httpError(w, statusFor(err), err)
-			return
-		}
-		writeJSONResponse(w, http.StatusOK, p)
-	})
-	mux.HandleFunc("POST /v1/tokens", func(w http.ResponseWriter, r *http.Request) {
-		var req api.TokenRequest
-		if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<16)).Decode(&req); err != nil {
-			httpError(w, http.StatusBadRequest, fmt.Errorf("malformed request: %w", err))
-			return
-		}
-		tok, err := a.CreateToken(r.Context(), req)
-		if err != nil {
-			httpError(w, statusFor(err), err)
-			return
-		}
-		writeJSONResponse(w, http.StatusOK, tok)
-	})
-	mux.HandleFunc("DELETE /v1/nodes/{name}", func(w http.ResponseWriter, r *http.Request) {
-		if err := a.RemoveNode(r.Context(), r.PathValue("name")); err != nil {
-			httpError(w, statusFor(err), err)
-			return
-		}
-		w.WriteHeader(http.StatusNoContent)
-	})
-	return mux
-}
+// LocalAPIHandler is the local API (also mounted by the UI server); nil
+// before Start.
+func (a *Agent) LocalAPIHandler() http.Handler { return a.localAPI }
 
-var errBadRequest = errors.New("bad request")
+var (
+	_ httpapi.Local     = (*Agent)(nil)
+	_ httpapi.Workloads = (*workload.Ops)(nil)
+)
 
-func statusFor(err error) int {
-	switch {
-	case errors.Is(err, errBadRequest):
-		return http.StatusBadRequest
-	case errors.Is(err, raftstore.ErrNoSuchNode):
-		return http.StatusNotFound
-	case errors.Is(err, context.DeadlineExceeded):
-		return http.StatusServiceUnavailable
-	}
-	return http.StatusInternalServerError
+// errBadRequest marks an operation's refusal of its arguments (400).
+var errBadRequest = httpapi.ErrBadRequest
+
+// Changed is closed at the next change of this node's state.
+func (a *Agent) Changed() <-chan struct{} { return a.store.Changed() }
+
+// ConsistentRead returns once this node's state reflects every write
+// acknowledged before the call (a ReadIndex read through the leader), so
+// Status and Nodes called after it are linearizable.
+func (a *Agent) ConsistentRead(ctx context.Context) error {
+	_, _, err := a.store.ConsistentState(ctx)
+	return err
 }
 
 // Status reports this node, its Raft view and its WireGuard peers.
@@ -202,47 +157,6 @@ func (a *Agent) Nodes() *api.NodesResponse {
 		out.Nodes = append(out.Nodes, node)
 	}
 	return out
-}
-
-// handleEvents lists events after ?after=SEQ, holding the request up to
-// ?wait=DURATION (at most a minute) until one arrives: `events --follow`.
-func (a *Agent) handleEvents(w http.ResponseWriter, r *http.Request) {
-	q := r.URL.Query()
-	var after uint64
-	if v := q.Get("after"); v != "" {
-		n, err := strconv.ParseUint(v, 10, 64)
-		if err != nil {
-			httpError(w, http.StatusBadRequest, fmt.Errorf("invalid after=%q", v))
-			return
-		}
-		after = n
-	}
-	var wait time.Duration
-	if v := q.Get("wait"); v != "" {
-		d, err := time.ParseDuration(v)
-		if err != nil || d < 0 {
-			httpError(w, http.StatusBadRequest, fmt.Errorf("invalid wait=%q", v))
-			return
-		}
-		wait = min(d, time.Minute)
-	}
-	deadline := time.After(wait)
-	for {
-		changed := a.store.Changed()
-		out := a.Events(after)
-		if len(out.Events) > 0 || wait == 0 {
-			writeJSONResponse(w, http.StatusOK, out)
-			return
-		}
-		select {
-		case <-changed:
-		case <-deadline:
-			writeJSONResponse(w, http.StatusOK, out)
-			return
-		case <-r.Context().Done():
-			return
-		}
-	}
 }
 
 // Events returns the cluster's recorded events with seq > after.

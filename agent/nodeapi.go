@@ -1,34 +1,37 @@
 package agent
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
-	"time"
 
+	"github.com/runos/runos-agent/httpapi"
 	"github.com/runos/runos-agent/pki"
 	"github.com/runos/runos-agent/raftstore"
 )
 
-// The node API listens on the mesh IP with mutual TLS: only nodes of the
-// cluster state reach it. Today it carries forwarded Raft writes.
+// The node API (mesh IP, mTLS) and the join endpoint (underlay TCP, TLS)
+// are package httpapi's handlers; the agent gives them listeners.
+
+var (
+	_ httpapi.Node   = (*raftstore.Store)(nil)
+	_ httpapi.Joiner = (*Agent)(nil)
+)
 
 func (a *Agent) startNodeAPI() error {
+	h, err := httpapi.NewNodeHandler(a.store)
+	if err != nil {
+		return err
+	}
 	ln, err := a.dev.Net().Listen("tcp", netip.AddrPortFrom(a.cfg.MeshIP, NodeAPIPort).String())
 	if err != nil {
 		return fmt.Errorf("node api: %w", err)
 	}
-	mux := http.NewServeMux()
-	mux.HandleFunc("POST /v1/raft/apply", a.handleForwardedApply)
-	a.serve(tls.NewListener(ln, a.mtlsServer), mux, "node-api")
+	a.serve(tls.NewListener(ln, a.mtlsServer), h, "node-api")
 	return nil
 }
 
@@ -36,6 +39,10 @@ func (a *Agent) startNodeAPI() error {
 // WireGuard UDP port). TLS with this node's certificate: the joiner pins the
 // CA fingerprint from its token.
 func (a *Agent) startJoinEndpoint() error {
+	h, err := httpapi.NewJoinHandler(a)
+	if err != nil {
+		return err
+	}
 	tlsConf, err := pki.ServerConfig(a.nodeCert, a.nodeKey, a.caCert)
 	if err != nil {
 		return err
@@ -44,9 +51,7 @@ func (a *Agent) startJoinEndpoint() error {
 	if err != nil {
 		return fmt.Errorf("join endpoint: %w", err)
 	}
-	mux := http.NewServeMux()
-	mux.HandleFunc("/", a.handleJoin)
-	a.serve(tls.NewListener(ln, tlsConf), mux, "join")
+	a.serve(tls.NewListener(ln, tlsConf), h, "join")
 	return nil
 }
 
@@ -71,14 +76,7 @@ func (a *Agent) joinListenHost() string {
 }
 
 func (a *Agent) serve(ln net.Listener, h http.Handler, name string) {
-	srv := &http.Server{
-		Handler:           h,
-		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       30 * time.Second,
-		WriteTimeout:      60 * time.Second,
-		MaxHeaderBytes:    16 << 10,
-		ErrorLog:          slog.NewLogLogger(a.log.With("server", name).Handler(), slog.LevelDebug),
-	}
+	srv := httpapi.NewServer(h, a.log.With("server", name))
 	a.servers = append(a.servers, srv)
 	a.wg.Add(1)
 	go func() {
@@ -87,28 +85,6 @@ func (a *Agent) serve(ln net.Listener, h http.Handler, name string) {
 			a.log.Error("server stopped", "server", name, "err", err)
 		}
 	}()
-}
-
-func (a *Agent) handleForwardedApply(w http.ResponseWriter, r *http.Request) {
-	var cmd raftstore.Command
-	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20)).Decode(&cmd); err != nil {
-		httpError(w, http.StatusBadRequest, err)
-		return
-	}
-	if cmd.ID == "" || cmd.Time.IsZero() {
-		httpError(w, http.StatusBadRequest, errors.New("forwarded command lacks id or time"))
-		return
-	}
-	res, err := a.store.ApplyLocal(r.Context(), &cmd)
-	if err != nil {
-		code := http.StatusServiceUnavailable
-		if errors.Is(err, raftstore.ErrNotLeader) {
-			code = http.StatusMisdirectedRequest
-		}
-		httpError(w, code, err)
-		return
-	}
-	writeJSONResponse(w, http.StatusOK, res)
 }
 
 // forward hands a write to the leader's node API. The store retries on any
@@ -123,30 +99,5 @@ func (a *Agent) forward(ctx context.Context, leaderID string, cmd *raftstore.Com
 	if leader == nil {
 		return nil, fmt.Errorf("leader %s is not in the local state yet", leaderID)
 	}
-	body, err := json.Marshal(cmd)
-	if err != nil {
-		return nil, err
-	}
-	url := fmt.Sprintf("https://%s:%d/v1/raft/apply", leader.Name, NodeAPIPort)
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
-	if err != nil {
-		return nil, err
-	}
-	resp, err := a.forwarder.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	raw, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if err != nil {
-		return nil, err
-	}
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("leader %s: %s: %s", leader.Name, resp.Status, bytes.TrimSpace(raw))
-	}
-	var res raftstore.Result
-	if err := json.Unmarshal(raw, &res); err != nil {
-		return nil, err
-	}
-	return &res, nil
+	return a.nodeClient.Apply(ctx, leader.Name, cmd)
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io/fs"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"sync"
@@ -146,21 +145,4 @@ func (a *Agent) ResetUIPassword(ctx context.Context) (*api.UIPassword, error) {
 	// A credential still waiting in ui-init.json must not come back later.
 	os.Remove(filepath.Join(a.dir, datadir.FileUIInit))
 	return &api.UIPassword{User: ui.AdminUser, Password: password}, nil
-}
-
-func (a *Agent) uiRoutes(mux *http.ServeMux) {
-	mux.HandleFunc("POST /v1/ui/reset-password", func(w http.ResponseWriter, r *http.Request) {
-		// Only the machine's owner, through the unix socket (file
-		// permissions), may reset; the UI server never forwards this path.
-		if addr, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); !ok || addr.Network() != "unix" {
-			httpError(w, http.StatusForbidden, errors.New("reset-password is only served on the agent's unix socket"))
-			return
-		}
-		pw, err := a.ResetUIPassword(r.Context())
-		if err != nil {
-			httpError(w, statusFor(err), err)
-			return
-		}
-		writeJSONResponse(w, http.StatusOK, pw)
-	})
 }

@@ -2,11 +2,7 @@ package agent
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
-	"fmt"
 	"log/slog"
-	"net/http"
 
 	"github.com/runos/runos-agent/api"
 	"github.com/runos/runos-agent/kube"
@@ -16,7 +12,7 @@ import (
 
 // Services and apps on Kubernetes live in package workload; the agent
 // builds its operations and reconciler, runs the reconciler as a leader
-// task, and serves the operations on the local API.
+// task, and hands the operations to the local API (package httpapi).
 
 // newWorkloads builds the workload operations and reconciler over the store.
 // The reconciler's Close is registered here; it runs after the leader loop
@@ -91,91 +87,3 @@ func (a *Agent) Apps() []api.App { return a.workloads.Apps() }
 
 // AppInfo returns one app with the variables it receives.
 func (a *Agent) AppInfo(osid string) (*api.App, error) { return a.workloads.AppInfo(osid) }
-
-// --- local API ---
-
-func (a *Agent) workloadRoutes(mux *http.ServeMux) {
-	mux.HandleFunc("GET /v1/kube", func(w http.ResponseWriter, r *http.Request) {
-		writeJSONResponse(w, http.StatusOK, a.Kube())
-	})
-	mux.HandleFunc("PUT /v1/kube", func(w http.ResponseWriter, r *http.Request) {
-		var req api.KubeSetRequest
-		if !decodeBody(w, r, &req, 1<<20) {
-			return
-		}
-		k, err := a.SetKube(r.Context(), []byte(req.Kubeconfig))
-		respond(w, k, err)
-	})
-	mux.HandleFunc("GET /v1/catalog", func(w http.ResponseWriter, r *http.Request) {
-		writeJSONResponse(w, http.StatusOK, Catalog())
-	})
-	mux.HandleFunc("GET /v1/services", func(w http.ResponseWriter, r *http.Request) {
-		writeJSONResponse(w, http.StatusOK, a.Services(r.URL.Query().Get("type")))
-	})
-	mux.HandleFunc("POST /v1/services", func(w http.ResponseWriter, r *http.Request) {
-		var req api.ServiceRequest
-		if !decodeBody(w, r, &req, 1<<16) {
-			return
-		}
-		s, err := a.DeployService(r.Context(), req)
-		respond(w, s, err)
-	})
-	mux.HandleFunc("GET /v1/services/{osid}", func(w http.ResponseWriter, r *http.Request) {
-		reveal := r.URL.Query().Get("reveal")
-		s, err := a.ServiceInfo(r.PathValue("osid"), reveal == "1" || reveal == "true")
-		respond(w, s, err)
-	})
-	mux.HandleFunc("DELETE /v1/services/{osid}", func(w http.ResponseWriter, r *http.Request) {
-		respond(w, nil, a.DeleteWorkload(r.Context(), r.PathValue("osid"), false))
-	})
-	mux.HandleFunc("GET /v1/apps", func(w http.ResponseWriter, r *http.Request) {
-		writeJSONResponse(w, http.StatusOK, a.Apps())
-	})
-	mux.HandleFunc("POST /v1/apps", func(w http.ResponseWriter, r *http.Request) {
-		var req api.AppRequest
-		if !decodeBody(w, r, &req, 1<<16) {
-			return
-		}
-		app, err := a.DeployApp(r.Context(), req)
-		respond(w, app, err)
-	})
-	mux.HandleFunc("GET /v1/apps/{osid}", func(w http.ResponseWriter, r *http.Request) {
-		app, err := a.AppInfo(r.PathValue("osid"))
-		respond(w, app, err)
-	})
-	mux.HandleFunc("DELETE /v1/apps/{osid}", func(w http.ResponseWriter, r *http.Request) {
-		respond(w, nil, a.DeleteWorkload(r.Context(), r.PathValue("osid"), true))
-	})
-}
-
-func decodeBody(w http.ResponseWriter, r *http.Request, v any, limit int64) bool {
-	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, limit)).Decode(v); err != nil {
-		httpError(w, http.StatusBadRequest, fmt.Errorf("malformed request: %w", err))
-		return false
-	}
-	return true
-}
-
-func respond(w http.ResponseWriter, v any, err error) {
-	switch {
-	case err != nil:
-		httpError(w, workloadStatusFor(err), err)
-	case v == nil:
-		w.WriteHeader(http.StatusNoContent)
-	default:
-		writeJSONResponse(w, http.StatusOK, v)
-	}
-}
-
-// workloadStatusFor maps package workload's errors to status codes.
-func workloadStatusFor(err error) int {
-	switch {
-	case errors.Is(err, workload.ErrInvalid):
-		return http.StatusBadRequest
-	case errors.Is(err, workload.ErrNotFound):
-		return http.StatusNotFound
-	case errors.Is(err, workload.ErrConflict):
-		return http.StatusConflict
-	}
-	return statusFor(err)
-}

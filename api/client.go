@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"syscall"
 	"time"
 )
@@ -76,16 +77,40 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	return json.NewDecoder(resp.Body).Decode(out)
 }
 
-// Status fetches the agent's status.
-func (c *Client) Status(ctx context.Context) (*Status, error) {
-	var s Status
-	return &s, c.do(ctx, http.MethodGet, "/v1/status", nil, &s)
+// ReadOption says how fresh a read must be.
+type ReadOption int
+
+const (
+	// Stale, the default, answers from the agent's own copy of the
+	// cluster state: at once and without a quorum, but possibly behind
+	// writes acknowledged elsewhere (by the index it reports).
+	Stale ReadOption = iota
+	// Consistent answers only once the agent has caught up with the
+	// leader's commit index (a ReadIndex read through the leader), so the
+	// answer reflects every write acknowledged before the call; without a
+	// leader and a quorum the agent answers an error (503) instead.
+	Consistent
+)
+
+// readPath adds ?consistent=1 to path when any option asks for it.
+func readPath(path string, opts []ReadOption) string {
+	if slices.Contains(opts, Consistent) {
+		return path + "?consistent=1"
+	}
+	return path
 }
 
-// Nodes lists the cluster's nodes from the agent's local state.
-func (c *Client) Nodes(ctx context.Context) (*NodesResponse, error) {
+// Status fetches the agent's status.
+func (c *Client) Status(ctx context.Context, opts ...ReadOption) (*Status, error) {
+	var s Status
+	return &s, c.do(ctx, http.MethodGet, readPath("/v1/status", opts), nil, &s)
+}
+
+// Nodes lists the cluster's nodes, from the agent's local state unless
+// Consistent is given.
+func (c *Client) Nodes(ctx context.Context, opts ...ReadOption) (*NodesResponse, error) {
 	var n NodesResponse
-	return &n, c.do(ctx, http.MethodGet, "/v1/nodes", nil, &n)
+	return &n, c.do(ctx, http.MethodGet, readPath("/v1/nodes", opts), nil, &n)
 }
 
 // CreateToken creates a join token.

@@ -163,9 +163,9 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			{
 				Name:  "status",
 				Usage: "show this node, its Raft view and its WireGuard peers",
-				Flags: []cli.Flag{dataDirFlag(), &cli.BoolFlag{Name: "json", Usage: "print JSON"}},
+				Flags: []cli.Flag{dataDirFlag(), &cli.BoolFlag{Name: "json", Usage: "print JSON"}, consistentFlag()},
 				Action: func(c *cli.Context) error {
-					s, err := client(c).Status(c.Context)
+					s, err := client(c).Status(c.Context, readOption(c))
 					if err != nil {
 						return err
 					}
@@ -193,9 +193,9 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			{
 				Name:  "nodes",
 				Usage: "list the cluster's nodes",
-				Flags: []cli.Flag{dataDirFlag(), &cli.BoolFlag{Name: "json", Usage: "print JSON"}},
+				Flags: []cli.Flag{dataDirFlag(), &cli.BoolFlag{Name: "json", Usage: "print JSON"}, consistentFlag()},
 				Action: func(c *cli.Context) error {
-					n, err := client(c).Nodes(c.Context)
+					n, err := client(c).Nodes(c.Context, readOption(c))
 					if err != nil {
 						return err
 					}
@@ -444,6 +444,18 @@ func percent(used, total uint64) string {
 }
 
 func client(c *cli.Context) *api.Client { return api.NewClient(c.String("data-dir")) }
+
+// consistentFlag asks a read to go through the leader (api.Consistent).
+func consistentFlag() cli.Flag {
+	return &cli.BoolFlag{Name: "consistent", Usage: "read through the Raft leader: reflect every write acknowledged before, or fail when this node cannot reach a quorum (default: this node's own, possibly stale, copy)"}
+}
+
+func readOption(c *cli.Context) api.ReadOption {
+	if c.Bool("consistent") {
+		return api.Consistent
+	}
+	return api.Stale
+}
 
 func printJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"strings"
 	"testing"
+
+	"github.com/runos/runos-agent/agent/agenttest"
 )
 
 func run(args ...string) (string, error) {
@@ -26,6 +28,8 @@ func TestCLIErrors(t *testing.T) {
 		{[]string{"init", "--data-dir", t.TempDir(), "--name", "x", "--net", "magic"}, "invalid --net"},
 		{[]string{"status", "--data-dir", dir}, "agent is not running"},
 		{[]string{"nodes", "--data-dir", t.TempDir()}, "agent is not running"},
+		{[]string{"nodes", "--consistent", "--data-dir", t.TempDir()}, "agent is not running"},
+		{[]string{"status", "--consistent", "--data-dir", dir}, "agent is not running"},
 		{[]string{"join", "--data-dir", t.TempDir(), "--name", "b", "--token", "nope", "127.0.0.1:1"}, "malformed join token"},
 		{[]string{"join", "--data-dir", t.TempDir(), "--name", "b", "--token", "x"}, "exactly one member address"},
 		{[]string{"run", "--data-dir", t.TempDir()}, "not initialised"},
@@ -54,5 +58,17 @@ func TestFlagsFromEnvironment(t *testing.T) {
 	}
 	if !strings.Contains(out, "node from-env") || !strings.Contains(out, dir) {
 		t.Fatalf("init did not take its flags from the environment: %s", out)
+	}
+}
+
+// `--consistent` reads through the leader; on a one-node cluster it leads.
+func TestConsistentFlag(t *testing.T) {
+	c := agenttest.Start(t, 1)
+	name := c.Agent(0).Name()
+	for _, args := range [][]string{{"nodes", "--consistent"}, {"status", "--consistent"}, {"nodes", "--consistent", "--json"}} {
+		out, err := run(append(args, "--data-dir", c.Dirs()[0])...)
+		if err != nil || !strings.Contains(out, name) {
+			t.Errorf("%v: %v\n%s", args, err, out)
+		}
 	}
 }
