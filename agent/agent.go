@@ -15,7 +15,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -24,6 +23,7 @@ import (
 	"golang.zx2c4.com/wireguard/conn"
 
 	"github.com/runos/runos-agent/cloudlink"
+	"github.com/runos/runos-agent/datadir"
 	"github.com/runos/runos-agent/gossip"
 	"github.com/runos/runos-agent/health"
 	"github.com/runos/runos-agent/leader"
@@ -107,7 +107,7 @@ type Tuning struct {
 // Agent is one running node.
 type Agent struct {
 	dir    string
-	cfg    *NodeConfig
+	cfg    *datadir.NodeConfig
 	log    *slog.Logger
 	tuning Tuning
 	mode   mesh.Mode
@@ -177,7 +177,7 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 	if deps.Now == nil {
 		deps.Now = time.Now
 	}
-	nc, err := LoadNodeConfig(cfg.DataDir)
+	nc, err := datadir.Load(cfg.DataDir)
 	if err != nil {
 		return nil, err
 	}
@@ -202,36 +202,11 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 		pathEvents:    make(chan nat.PathEvent, 64),
 		candidateHint: make(chan struct{}, 1),
 	}
-	keyText, err := os.ReadFile(filepath.Join(a.dir, fileWGKey))
+	keys, err := datadir.LoadKeys(a.dir, nc)
 	if err != nil {
 		return nil, err
 	}
-	if a.wgKey, err = mesh.ParseKey(strings.TrimSpace(string(keyText))); err != nil {
-		return nil, fmt.Errorf("%s: %w", fileWGKey, err)
-	}
-	if a.nodeCert, err = os.ReadFile(filepath.Join(a.dir, fileNodeCert)); err != nil {
-		return nil, err
-	}
-	if a.nodeKey, err = os.ReadFile(filepath.Join(a.dir, fileNodeKey)); err != nil {
-		return nil, err
-	}
-	dataKeyText, err := os.ReadFile(filepath.Join(a.dir, fileDataKey))
-	if err != nil {
-		return nil, err
-	}
-	if a.dataKey, err = seal.ParseKey(string(dataKeyText)); err != nil {
-		return nil, fmt.Errorf("%s: %w", fileDataKey, err)
-	}
-	caPEM, err := os.ReadFile(filepath.Join(a.dir, fileCACert))
-	if err != nil {
-		return nil, err
-	}
-	if a.caCert, err = pki.ParseCert(caPEM); err != nil {
-		return nil, fmt.Errorf("%s: %w", fileCACert, err)
-	}
-	if got := pki.Fingerprint(a.caCert); got != nc.CAFingerprint {
-		return nil, fmt.Errorf("%s does not match the cluster this data dir belongs to (fingerprint %s, want %s)", fileCACert, got, nc.CAFingerprint)
-	}
+	a.wgKey, a.nodeCert, a.nodeKey, a.caCert, a.dataKey = keys.WG, keys.NodeCert, keys.NodeKey, keys.CACert, keys.DataKey
 	return a, nil
 }
 
@@ -264,7 +239,7 @@ func (a *Agent) raftTiming() raftstore.Timing {
 func (a *Agent) Name() string { return a.cfg.Name }
 
 // NodeConfig returns the node's identity from its data dir.
-func (a *Agent) NodeConfig() NodeConfig { return *a.cfg }
+func (a *Agent) NodeConfig() datadir.NodeConfig { return *a.cfg }
 
 // Net is the overlay this node dials and listens on.
 func (a *Agent) Net() mesh.Net { return a.dev.Net() }
@@ -319,7 +294,7 @@ func (a *Agent) start(ctx context.Context) error {
 	if a.peers, err = a.newPeers(); err != nil {
 		return err
 	}
-	if saved, err := loadPeers(a.dir); err != nil {
+	if saved, err := datadir.LoadPeers(a.dir); err != nil {
 		a.log.Warn("ignoring saved peers", "err", err)
 	} else if err := a.peers.Apply(a.members(saved)); err != nil {
 		return err
@@ -340,7 +315,7 @@ func (a *Agent) start(ctx context.Context) error {
 
 	timing := a.raftTiming()
 	store, err := raftstore.New(raftstore.Config{
-		Dir:               filepath.Join(a.dir, dirRaft),
+		Dir:               filepath.Join(a.dir, datadir.DirRaft),
 		NodeID:            a.cfg.NodeID,
 		Addr:              netip.AddrPortFrom(a.cfg.MeshIP, RaftPort),
 		Net:               a.dev.Net(),

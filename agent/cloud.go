@@ -7,10 +7,9 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/runos/runos-agent/api"
 	"github.com/runos/runos-agent/cloudlink"
+	"github.com/runos/runos-agent/datadir"
 	"github.com/runos/runos-agent/raftstore"
 )
 
@@ -38,7 +37,7 @@ func (a *Agent) startCloudLink(ctx context.Context) error {
 		Version:    Version,
 		BackoffMax: a.tuning.CloudBackoffMax,
 		JoinToken: func(id, secret string) (string, string) {
-			tok := joinToken{CAFingerprint: a.cfg.CAFingerprint, ID: id, Secret: secret}.String()
+			tok := datadir.Token{CAFingerprint: a.cfg.CAFingerprint, ID: id, Secret: secret}.String()
 			return tok, fmt.Sprintf("runos-agent join --data-dir /var/lib/runos-agent --name NODE_NAME --token %s %s", tok, a.cfg.Endpoints[0])
 		},
 	}, a.log)
@@ -182,32 +181,4 @@ func (a *Agent) CloudDisconnect(ctx context.Context) (*api.CloudStatus, error) {
 	}
 	a.waitApplied(ctx, res.Index)
 	return a.CloudStatus(), nil
-}
-
-var cloudLinkStates = []string{cloudlink.StateOff, cloudlink.StateStandby, cloudlink.StateConnecting, cloudlink.StateConnected, cloudlink.StateBackoff}
-
-var (
-	descCloudState = prometheus.NewDesc("runos_cloud_link_state",
-		"1 for the cloud link's current state on this node, 0 for the others (only the leader connects).", []string{"state"}, nil)
-	descCloudPending = prometheus.NewDesc("runos_cloud_outbox_pending",
-		"State changes the cloud has not acknowledged yet.", nil, nil)
-	descCloudBytes = prometheus.NewDesc("runos_cloud_link_bytes_total",
-		"Bytes on the wire (TLS included) of this node's cloud sessions since it started.", []string{"direction"}, nil)
-)
-
-func cloudDescs() []*prometheus.Desc {
-	return []*prometheus.Desc{descCloudState, descCloudPending, descCloudBytes}
-}
-
-func (a *Agent) collectCloud(ch chan<- prometheus.Metric) {
-	if a.cloud == nil {
-		return
-	}
-	s := a.CloudStatus()
-	for _, st := range cloudLinkStates {
-		ch <- prometheus.MustNewConstMetric(descCloudState, prometheus.GaugeValue, b2f(st == s.State), st)
-	}
-	ch <- prometheus.MustNewConstMetric(descCloudPending, prometheus.GaugeValue, float64(s.Pending))
-	ch <- prometheus.MustNewConstMetric(descCloudBytes, prometheus.CounterValue, float64(s.BytesSent), "sent")
-	ch <- prometheus.MustNewConstMetric(descCloudBytes, prometheus.CounterValue, float64(s.BytesReceived), "received")
 }

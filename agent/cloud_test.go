@@ -15,6 +15,7 @@ import (
 	"github.com/runos/runos-agent/cloud"
 	"github.com/runos/runos-agent/cloudlink"
 	"github.com/runos/runos-agent/cloudproto"
+	"github.com/runos/runos-agent/datadir"
 	"github.com/runos/runos-agent/pki"
 	"github.com/runos/runos-agent/raftstore"
 )
@@ -306,10 +307,14 @@ func TestCloudDownLosesNothing(t *testing.T) {
 		t.Fatalf("status while the cloud is down: %+v", s)
 	}
 	// Metrics say the same.
-	ms := httptest.NewServer(c.leader().metricsHandler())
+	mh, err := c.leader().metricsHandler()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ms := httptest.NewServer(mh)
 	defer ms.Close()
 	eventually(t, "metrics show the link down with a backlog", func() error {
-		s, err := scrapeMetrics(ms.URL)
+		s, err := scrapeMetrics(ms.URL + "/metrics")
 		if err != nil {
 			return err
 		}
@@ -395,7 +400,7 @@ func TestCloudCommandOnceAcrossLeaderChange(t *testing.T) {
 	if err := json.Unmarshal(rec.Result.Data, &tok); err != nil {
 		t.Fatal(err)
 	}
-	parsed, err := parseJoinToken(tok.Token)
+	parsed, err := datadir.ParseToken(tok.Token)
 	if err != nil {
 		t.Fatal(err)
 	}

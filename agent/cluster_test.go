@@ -11,7 +11,6 @@ import (
 	"net"
 	"os"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -19,6 +18,8 @@ import (
 	"golang.zx2c4.com/wireguard/conn"
 
 	"github.com/runos/runos-agent/api"
+	"github.com/runos/runos-agent/datadir"
+	"github.com/runos/runos-agent/nat/bindtest"
 	"github.com/runos/runos-agent/raftstore"
 )
 
@@ -67,21 +68,7 @@ type cluster struct {
 	// agents and dirs alias dc.Agents and dc.Dirs (re-read after addNode).
 	agents []*Agent // nil while stopped
 	dirs   []string
-	binds  map[int]*cutBind // each node's underlay of its current start
-}
-
-// cutBind is a node's real UDP socket that can be cut: it then sends
-// nothing, so a node closed after the cut never gets its goodbye out.
-type cutBind struct {
-	conn.Bind
-	cut atomic.Bool
-}
-
-func (b *cutBind) Send(bufs [][]byte, ep conn.Endpoint) error {
-	if b.cut.Load() {
-		return nil
-	}
-	return b.Bind.Send(bufs, ep)
+	binds  map[int]*bindtest.Cuttable // each node's underlay of its current start
 }
 
 func newCluster(t testing.TB, n int) *cluster {
@@ -91,7 +78,7 @@ func newCluster(t testing.TB, n int) *cluster {
 
 func newClusterTuned(t testing.TB, n int, tuning Tuning) *cluster {
 	t.Helper()
-	c := &cluster{tb: t, binds: map[int]*cutBind{}}
+	c := &cluster{tb: t, binds: map[int]*bindtest.Cuttable{}}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	dc, err := StartDev(ctx, DevOptions{Nodes: n, Dir: t.TempDir(), Tuning: tuning, Node: c.place}, testLogger(t))
@@ -111,13 +98,13 @@ func (c *cluster) place(i int) DevNode {
 
 // deps are node i's dependencies for one start: a fresh, uncut socket.
 func (c *cluster) deps(i int) Deps {
-	b := &cutBind{Bind: conn.NewStdNetBind()}
+	b := bindtest.NewCuttable(conn.NewStdNetBind())
 	c.binds[i] = b
 	return Deps{Log: testLogger(c.tb), Underlay: b}
 }
 
 // cut silences node i's socket; stopping it then is a crash.
-func (c *cluster) cut(i int) { c.binds[i].cut.Store(true) }
+func (c *cluster) cut(i int) { c.binds[i].Cut() }
 
 // waitVoters waits until the leader has chosen the voter set for n live nodes.
 func (c *cluster) waitVoters(n int) {
@@ -250,7 +237,7 @@ func TestWriteOnFollowerIsForwarded(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	parsed, _ := parseJoinToken(tok.Token)
+	parsed, _ := datadir.ParseToken(tok.Token)
 	l := c.leader()
 	st, _ := l.store.State()
 	if _, ok := st.Tokens[parsed.ID]; !ok {
@@ -276,7 +263,7 @@ func TestWholeClusterRestart(t *testing.T) {
 		c.start(i)
 	}
 	c.waitFormed(3)
-	parsed, _ := parseJoinToken(tok.Token)
+	parsed, _ := datadir.ParseToken(tok.Token)
 	for _, a := range c.running() {
 		eventually(t, "state intact on "+a.Name(), func() error {
 			st, _ := a.store.State()
@@ -305,16 +292,16 @@ func TestJoinRejectsBadTokens(t *testing.T) {
 		t.Fatal(err)
 	}
 	time.Sleep(5 * time.Millisecond)
-	parsed, _ := parseJoinToken(good.Token)
-	wrongSecret := joinToken{CAFingerprint: parsed.CAFingerprint, ID: parsed.ID, Secret: strings.Repeat("0", 32)}.String()
-	otherCluster := joinToken{CAFingerprint: strings.Repeat("1", 64), ID: parsed.ID, Secret: parsed.Secret}.String()
+	parsed, _ := datadir.ParseToken(good.Token)
+	wrongSecret := datadir.Token{CAFingerprint: parsed.CAFingerprint, ID: parsed.ID, Secret: strings.Repeat("0", 32)}.String()
+	otherCluster := datadir.Token{CAFingerprint: strings.Repeat("1", 64), ID: parsed.ID, Secret: parsed.Secret}.String()
 	member := a.cfg.Endpoints[0]
 	join := func(name, token string) error {
 		port, err := FreePort()
 		if err != nil {
 			t.Fatal(err)
 		}
-		_, err = Join(ctx, JoinOptions{NodeOptions: NodeOptions{
+		_, err = Join(ctx, JoinOptions{NodeOptions: datadir.NodeOptions{
 			DataDir: t.TempDir() + "/" + name, Name: name, Net: "userspace", ListenPort: port,
 			Advertise: []string{fmt.Sprintf("127.0.0.1:%d", port)},
 		}, Token: token, Member: member})
@@ -452,8 +439,8 @@ func TestJoinEndpointSurvivesGarbage(t *testing.T) {
 	defer cancel()
 	for name, req := range map[string]joinRequest{
 		"oversized": {Token: strings.Repeat("x", 2*maxJoinBody)},
-		"bad csr":   {Token: mustToken(t, a), Name: "evil", NodeID: randomHex(8), PublicKey: a.wgKey.PublicKey().String(), CSR: []byte("not a csr")},
-		"bad key":   {Token: mustToken(t, a), Name: "evil", NodeID: randomHex(8), PublicKey: "short"},
+		"bad csr":   {Token: mustToken(t, a), Name: "evil", NodeID: datadir.NewNodeID(), PublicKey: a.wgKey.PublicKey().String(), CSR: []byte("not a csr")},
+		"bad key":   {Token: mustToken(t, a), Name: "evil", NodeID: datadir.NewNodeID(), PublicKey: "short"},
 	} {
 		if _, err := postJoin(ctx, member, a.cfg.CAFingerprint, req); err == nil {
 			t.Errorf("%s: join accepted", name)
@@ -466,7 +453,7 @@ func TestJoinEndpointSurvivesGarbage(t *testing.T) {
 	}
 	// The endpoint still admits a proper join.
 	port, _ := FreePort()
-	if _, err := Join(ctx, JoinOptions{NodeOptions: NodeOptions{
+	if _, err := Join(ctx, JoinOptions{NodeOptions: datadir.NodeOptions{
 		DataDir: t.TempDir(), Name: "good", Net: "userspace", ListenPort: port,
 		Advertise: []string{fmt.Sprintf("127.0.0.1:%d", port)},
 	}, Token: mustToken(t, a), Member: member}); err != nil {
@@ -485,31 +472,19 @@ func mustToken(t *testing.T, a *Agent) string {
 	return tok.Token
 }
 
-func TestInitRefusesInitialisedDir(t *testing.T) {
+func TestJoinRefusesInitialisedDir(t *testing.T) {
 	dir := t.TempDir()
-	opts := NodeOptions{DataDir: dir, Name: "a", Net: "userspace", Advertise: []string{"127.0.0.1:1"}}
-	if _, err := Init(opts); err != nil {
+	opts := datadir.NodeOptions{DataDir: dir, Name: "a", Net: "userspace", Advertise: []string{"127.0.0.1:1"}}
+	if _, err := datadir.Init(opts, Version); err != nil {
 		t.Fatal(err)
 	}
-	before, _ := os.ReadFile(dir + "/" + fileConfig)
-	if _, err := Init(opts); err == nil || !strings.Contains(err.Error(), "already initialised") {
-		t.Fatalf("second init: err = %v", err)
-	}
-	if _, err := Join(context.Background(), JoinOptions{NodeOptions: opts, Token: joinToken{CAFingerprint: strings.Repeat("a", 64), ID: randomHex(6), Secret: randomHex(16)}.String(), Member: "127.0.0.1:1"}); err == nil || !strings.Contains(err.Error(), "already initialised") {
+	before, _ := os.ReadFile(dir + "/" + datadir.FileConfig)
+	if _, err := Join(context.Background(), JoinOptions{NodeOptions: opts, Token: datadir.NewToken(strings.Repeat("a", 64)).String(), Member: "127.0.0.1:1"}); err == nil || !strings.Contains(err.Error(), "already initialised") {
 		t.Fatalf("join into an initialised dir: err = %v", err)
 	}
-	after, _ := os.ReadFile(dir + "/" + fileConfig)
+	after, _ := os.ReadFile(dir + "/" + datadir.FileConfig)
 	if string(before) != string(after) {
-		t.Fatal("a refused init changed the data dir")
-	}
-	for _, f := range []string{fileWGKey, fileNodeKey, fileConfig} {
-		fi, err := os.Stat(dir + "/" + f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if fi.Mode().Perm()&0o077 != 0 {
-			t.Errorf("%s has mode %v, want no group/other access", f, fi.Mode().Perm())
-		}
+		t.Fatal("a refused join changed the data dir")
 	}
 }
 

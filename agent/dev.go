@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 
 	"github.com/runos/runos-agent/api"
+	"github.com/runos/runos-agent/datadir"
 )
 
 // DevOptions configure an in-process development cluster.
@@ -66,7 +67,7 @@ func StartDev(ctx context.Context, opts DevOptions, log *slog.Logger) (*DevClust
 		dir := filepath.Join(opts.Dir, fmt.Sprintf("node%d", i))
 		dc.Dirs = append(dc.Dirs, dir)
 		dc.Agents = append(dc.Agents, nil)
-		_, err := LoadNodeConfig(dir)
+		_, err := datadir.Load(dir)
 		fresh := err != nil
 		if fresh {
 			var member *Agent
@@ -114,12 +115,12 @@ func (dc *DevCluster) create(ctx context.Context, i int, member *Agent) error {
 			return err
 		}
 	}
-	no := NodeOptions{
+	no := datadir.NodeOptions{
 		DataDir: dc.Dirs[i], Name: fmt.Sprintf("node%d", i), Net: "userspace", ListenPort: port,
 		Advertise: []string{netip.AddrPortFrom(host, uint16(port)).String()},
 	}
 	if member == nil {
-		cfg, err := Init(no)
+		cfg, err := datadir.Init(no, Version)
 		if err == nil {
 			dc.AdminPassword = cfg.AdminPassword
 		}

@@ -14,16 +14,14 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/runos/runos-agent/datadir"
 	"github.com/runos/runos-agent/mesh"
 	"github.com/runos/runos-agent/pki"
 	"github.com/runos/runos-agent/raftstore"
 	"github.com/runos/runos-agent/seal"
 )
 
-const (
-	nodeCertValidity = 10 * 365 * 24 * time.Hour
-	maxJoinBody      = 64 << 10
-)
+const maxJoinBody = 64 << 10
 
 // joinRequest is what a joiner sends to a member's underlay TCP port.
 type joinRequest struct {
@@ -62,7 +60,7 @@ func (a *Agent) handleJoin(w http.ResponseWriter, r *http.Request) {
 		httpError(w, http.StatusBadRequest, fmt.Errorf("malformed join request: %w", err))
 		return
 	}
-	tok, err := parseJoinToken(req.Token)
+	tok, err := datadir.ParseToken(req.Token)
 	if err != nil {
 		httpError(w, http.StatusForbidden, err)
 		return
@@ -71,11 +69,11 @@ func (a *Agent) handleJoin(w http.ResponseWriter, r *http.Request) {
 		httpError(w, http.StatusForbidden, errors.New("join token belongs to another cluster"))
 		return
 	}
-	if !nameRE.MatchString(req.Name) {
+	if !datadir.ValidName(req.Name) {
 		httpError(w, http.StatusBadRequest, fmt.Errorf("invalid node name %q", req.Name))
 		return
 	}
-	if !isHex(req.NodeID, 16) {
+	if !datadir.ValidNodeID(req.NodeID) {
 		httpError(w, http.StatusBadRequest, errors.New("invalid node id"))
 		return
 	}
@@ -99,7 +97,7 @@ func (a *Agent) handleJoin(w http.ResponseWriter, r *http.Request) {
 		httpError(w, http.StatusServiceUnavailable, errors.New("this member has no cluster state yet; try again"))
 		return
 	}
-	certPEM, serial, err := ca.SignCSR(req.CSR, req.Name, nil, nodeCertValidity)
+	certPEM, serial, err := ca.SignCSR(req.CSR, req.Name, nil, datadir.NodeCertValidity)
 	if err != nil {
 		httpError(w, http.StatusBadRequest, fmt.Errorf("bad certificate request: %w", err))
 		return
@@ -142,35 +140,35 @@ func (a *Agent) handleJoin(w http.ResponseWriter, r *http.Request) {
 
 // JoinOptions are the flags of `runos-agent join`.
 type JoinOptions struct {
-	NodeOptions
+	datadir.NodeOptions
 	Token  string
 	Member string // HOST:PORT of any member's underlay TCP join endpoint
 }
 
 // Join admits this machine to a cluster through any member and writes the
 // data dir `run` needs. Nothing is written unless the member accepted.
-func Join(ctx context.Context, opts JoinOptions) (*NodeConfig, error) {
-	if err := opts.validate(); err != nil {
+func Join(ctx context.Context, opts JoinOptions) (*datadir.NodeConfig, error) {
+	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
-	tok, err := parseJoinToken(opts.Token)
+	tok, err := datadir.ParseToken(opts.Token)
 	if err != nil {
 		return nil, err
 	}
 	member := opts.Member
 	if _, _, err := net.SplitHostPort(member); err != nil {
-		member = net.JoinHostPort(member, fmt.Sprint(DefaultListenPort))
+		member = net.JoinHostPort(member, fmt.Sprint(datadir.DefaultListenPort))
 	}
-	if err := checkFresh(opts.DataDir); err != nil {
+	if err := datadir.CheckFresh(opts.DataDir); err != nil {
 		return nil, err
 	}
-	creds, err := newCredentials(opts.Name)
+	creds, err := datadir.NewCredentials(opts.Name)
 	if err != nil {
 		return nil, err
 	}
-	wgKey, nodeKeyPEM, csr := creds.wgKey, creds.nodeKeyPEM, creds.csr
+	wgKey, nodeKeyPEM, csr := creds.WGKey, creds.NodeKeyPEM, creds.CSR
 	req := joinRequest{
-		Token: opts.Token, Name: opts.Name, NodeID: randomHex(8),
+		Token: opts.Token, Name: opts.Name, NodeID: datadir.NewNodeID(),
 		PublicKey: wgKey.PublicKey().String(), CSR: csr, Endpoints: opts.Advertise, Version: Version,
 	}
 	resp, err := postJoin(ctx, member, tok.CAFingerprint, req)
@@ -184,7 +182,7 @@ func Join(ctx context.Context, opts JoinOptions) (*NodeConfig, error) {
 	if _, err := seal.ParseKey(resp.DataKey); err != nil {
 		return nil, errors.New("member sent no valid cluster data key")
 	}
-	cfg := &NodeConfig{
+	cfg := &datadir.NodeConfig{
 		ClusterID: resp.ClusterID, NodeID: resp.Node.ID, Name: opts.Name, Net: opts.Net,
 		ListenPort: opts.ListenPort, Endpoints: opts.Advertise,
 		MeshIP: resp.Node.MeshIP, PodCIDR: resp.Node.PodCIDR, CAFingerprint: tok.CAFingerprint,
@@ -194,18 +192,18 @@ func Join(ctx context.Context, opts JoinOptions) (*NodeConfig, error) {
 		return nil, err
 	}
 	for name, data := range map[string][]byte{
-		fileWGKey: []byte(wgKey.String() + "\n"), fileNodeKey: nodeKeyPEM,
-		fileNodeCert: resp.CertPEM, fileCACert: resp.CACertPEM,
-		fileDataKey: []byte(resp.DataKey + "\n"),
+		datadir.FileWGKey: []byte(wgKey.String() + "\n"), datadir.FileNodeKey: nodeKeyPEM,
+		datadir.FileNodeCert: resp.CertPEM, datadir.FileCACert: resp.CACertPEM,
+		datadir.FileDataKey: []byte(resp.DataKey + "\n"),
 	} {
-		if err := writeFileAtomic(filepath.Join(opts.DataDir, name), data, 0o600); err != nil {
+		if err := datadir.WriteFileAtomic(filepath.Join(opts.DataDir, name), data, 0o600); err != nil {
 			return nil, err
 		}
 	}
-	if err := savePeers(opts.DataDir, append(resp.Peers, resp.Node)); err != nil {
+	if err := datadir.SavePeers(opts.DataDir, append(resp.Peers, resp.Node)); err != nil {
 		return nil, err
 	}
-	if err := writeJSON(filepath.Join(opts.DataDir, fileConfig), cfg, 0o600); err != nil {
+	if err := datadir.WriteJSON(filepath.Join(opts.DataDir, datadir.FileConfig), cfg, 0o600); err != nil {
 		return nil, err
 	}
 	return cfg, nil

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/runos/runos-agent/api"
+	"github.com/runos/runos-agent/datadir"
 	"github.com/runos/runos-agent/nat"
 	"github.com/runos/runos-agent/pki"
 	"github.com/runos/runos-agent/raftstore"
@@ -274,7 +275,7 @@ func (a *Agent) CreateToken(ctx context.Context, req api.TokenRequest) (*api.Tok
 	if req.Uses < 0 || req.Uses > 1000 {
 		return nil, fmt.Errorf("%w: uses must be between 1 and 1000", errBadRequest)
 	}
-	tok := newJoinToken(a.cfg.CAFingerprint)
+	tok := datadir.NewToken(a.cfg.CAFingerprint)
 	ctx, cancel := context.WithTimeout(ctx, writeTimeout)
 	defer cancel()
 	// Right after `run`, the first leader may not have applied the

@@ -10,6 +10,7 @@ import (
 	"reflect"
 	"time"
 
+	"github.com/runos/runos-agent/datadir"
 	"github.com/runos/runos-agent/mesh"
 	"github.com/runos/runos-agent/nat"
 	"github.com/runos/runos-agent/raftstore"
@@ -23,7 +24,7 @@ func (a *Agent) knownNodes() []*raftstore.Node {
 	if _, ok := st.Nodes[a.cfg.NodeID]; ok {
 		return st.SortedNodes()
 	}
-	saved, _ := loadPeers(a.dir)
+	saved, _ := datadir.LoadPeers(a.dir)
 	return saved
 }
 
@@ -43,7 +44,7 @@ func (a *Agent) newPeers() (*mesh.Reconciler, error) {
 		// Saved so a restart brings WireGuard up without a leader.
 		Save: func() error {
 			st, _ := a.store.State()
-			return savePeers(a.dir, st.SortedNodes())
+			return datadir.SavePeers(a.dir, st.SortedNodes())
 		},
 		Now: a.now,
 	}, a.log)
@@ -84,13 +85,13 @@ func (a *Agent) setUnderlayPeers(members []mesh.Member) error {
 // bootstrap is a leader task: the first leader applies the bootstrap
 // command that init left in init.json, once.
 func (a *Agent) bootstrap(ctx context.Context) error {
-	initPath := filepath.Join(a.dir, fileInit)
+	initPath := filepath.Join(a.dir, datadir.FileInit)
 	for {
 		if st, _ := a.store.State(); st.ClusterID != "" {
 			return nil
 		}
 		var cmd raftstore.Command
-		err := readJSON(initPath, &cmd)
+		err := datadir.ReadJSON(initPath, &cmd)
 		if err == nil {
 			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			var res *raftstore.Result
@@ -119,7 +120,7 @@ func (a *Agent) bootstrap(ctx context.Context) error {
 // node's own record (candidate endpoints with the STUN-reflexive address,
 // relay offer, version) current in the state.
 func (a *Agent) selfLoop(ctx context.Context) {
-	initPath := filepath.Join(a.dir, fileInit)
+	initPath := filepath.Join(a.dir, datadir.FileInit)
 	var lastRefresh time.Time
 	for {
 		select {

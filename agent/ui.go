@@ -13,52 +13,13 @@ import (
 	"time"
 
 	"github.com/runos/runos-agent/api"
+	"github.com/runos/runos-agent/datadir"
 	"github.com/runos/runos-agent/raftstore"
 	"github.com/runos/runos-agent/seal"
 	"github.com/runos/runos-agent/ui"
 )
 
 // The web UI (issue 7).
-
-// fileUIInit holds init's admin credential command (hash and sealed session
-// key, never the password) until the cluster has applied it.
-const fileUIInit = "ui-init.json"
-
-// sealUISessionKey is the seal purpose of the UI session key in the state.
-const sealUISessionKey = "ui-session-key"
-
-// newUICredential makes a fresh admin password and the ui_set_admin command
-// that stores its hash and a new session key.
-func newUICredential(dataKey seal.Key, ifUnset bool) (password string, cmd *raftstore.Command, err error) {
-	if password, err = ui.NewPassword(); err != nil {
-		return "", nil, err
-	}
-	hash, err := ui.HashPassword(password)
-	if err != nil {
-		return "", nil, err
-	}
-	key, err := ui.NewSessionKey()
-	if err != nil {
-		return "", nil, err
-	}
-	sealed, err := seal.Seal(dataKey, sealUISessionKey, key)
-	if err != nil {
-		return "", nil, err
-	}
-	return password, &raftstore.Command{
-		ID: "ui-admin-" + randomHex(8), Time: time.Now().UTC(), Op: raftstore.OpUISetAdmin,
-		UI: &raftstore.UICmd{AdminHash: hash, SessionKey: sealed, IfUnset: ifUnset},
-	}, nil
-}
-
-// writeUIInit prepares init's admin credential for the first leader.
-func writeUIInit(dir string, dataKey seal.Key) (string, error) {
-	password, cmd, err := newUICredential(dataKey, true)
-	if err != nil {
-		return "", err
-	}
-	return password, writeJSON(filepath.Join(dir, fileUIInit), cmd, 0o600)
-}
 
 // startUI serves the web UI (and, behind its sign-in, the local API) on
 // loopback TCP, and applies init's admin credential once the cluster exists.
@@ -94,9 +55,9 @@ func (a *Agent) UIURL() string { return a.uiURL }
 // uiInitLoop applies ui-init.json after the bootstrap (any node holding
 // it may: writes are forwarded to the leader) and then deletes it.
 func (a *Agent) uiInitLoop(ctx context.Context) {
-	path := filepath.Join(a.dir, fileUIInit)
+	path := filepath.Join(a.dir, datadir.FileUIInit)
 	var cmd raftstore.Command
-	if err := readJSON(path, &cmd); err != nil {
+	if err := datadir.ReadJSON(path, &cmd); err != nil {
 		if !errors.Is(err, fs.ErrNotExist) {
 			a.log.Error("cannot read the UI admin credential", "file", path, "err", err)
 		}
@@ -145,7 +106,7 @@ func (u *uiAuthority) Credential() (ui.Credential, error) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if st.UI.SessionKey != u.sealed {
-		key, err := seal.Open(u.a.dataKey, sealUISessionKey, st.UI.SessionKey)
+		key, err := seal.Open(u.a.dataKey, datadir.UISessionKeyPurpose, st.UI.SessionKey)
 		if err != nil {
 			return ui.Credential{}, fmt.Errorf("ui session key: %w", err)
 		}
@@ -171,7 +132,7 @@ func (a *Agent) ResetUIPassword(ctx context.Context) (*api.UIPassword, error) {
 	if err := a.WaitReady(ctx); err != nil {
 		return nil, err
 	}
-	password, cmd, err := newUICredential(a.dataKey, false)
+	password, cmd, err := datadir.NewUICredential(a.dataKey, false)
 	if err != nil {
 		return nil, err
 	}
@@ -183,7 +144,7 @@ func (a *Agent) ResetUIPassword(ctx context.Context) (*api.UIPassword, error) {
 		return nil, err
 	}
 	// A credential still waiting in ui-init.json must not come back later.
-	os.Remove(filepath.Join(a.dir, fileUIInit))
+	os.Remove(filepath.Join(a.dir, datadir.FileUIInit))
 	return &api.UIPassword{User: ui.AdminUser, Password: password}, nil
 }
 

@@ -25,9 +25,11 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+	"golang.zx2c4.com/wireguard/conn"
 
 	"github.com/runos/runos-agent/agent"
 	"github.com/runos/runos-agent/api"
+	"github.com/runos/runos-agent/nat/bindtest"
 )
 
 // safety bounds a harness step that waits for the cluster (start, join,
@@ -99,9 +101,10 @@ func Eventually(t testing.TB, what string, cond func() error) {
 type Option func(*options)
 
 type options struct {
-	tuning  agent.Tuning
-	ui      bool
-	metrics bool
+	tuning   agent.Tuning
+	ui       bool
+	metrics  bool
+	loopback bool
 }
 
 // WithTuning runs the nodes with t instead of FastTuning.
@@ -114,12 +117,24 @@ func WithUI() Option { return func(o *options) { o.ui = true } }
 // (Agent.MetricsURL).
 func WithMetrics() Option { return func(o *options) { o.metrics = true } }
 
+// WithLoopbackSockets runs the nodes on real UDP sockets on loopback
+// instead of natlab. Partition, Isolate and Heal are then unavailable; Crash
+// still works (the socket is cut before the node closes). For tests that
+// carry heavy traffic next to a browser under the race detector: natlab's
+// in-process delivery synchronises every datagram between the sender's and
+// the receiver's goroutines, which the race detector makes costly enough to
+// starve Raft's lease at test timings.
+func WithLoopbackSockets() Option { return func(o *options) { o.loopback = true } }
+
 // Cluster is an in-process cluster whose nodes can be stopped, restarted
 // from their data dirs, crashed, partitioned and healed.
 type Cluster struct {
 	t   testing.TB
 	dc  *agent.DevCluster
-	net *network
+	net *network // nil with WithLoopbackSockets
+	// sockets are the nodes' real sockets of their current start (only
+	// with WithLoopbackSockets); driven from the test goroutine.
+	sockets map[int]*bindtest.Cuttable
 }
 
 // Start creates an n-node cluster in a temporary dir and waits until it is
@@ -132,6 +147,9 @@ func Start(t testing.TB, n int, opts ...Option) *Cluster {
 		opt(&o)
 	}
 	c := &Cluster{t: t, net: newNetwork()}
+	if o.loopback {
+		c.net, c.sockets = nil, map[int]*bindtest.Cuttable{}
+	}
 	do := agent.DevOptions{Nodes: n, Dir: t.TempDir(), Tuning: o.tuning, Node: c.place}
 	if o.ui {
 		do.UIListen = "127.0.0.1:0"
@@ -152,9 +170,21 @@ func Start(t testing.TB, n int, opts ...Option) *Cluster {
 	return c
 }
 
-// place puts node i on its natlab host; a new Bind for every start.
+// place puts node i on its natlab host (or a real loopback socket); a new
+// Bind for every start.
 func (c *Cluster) place(i int) agent.DevNode {
+	if c.net == nil {
+		b := bindtest.NewCuttable(conn.NewStdNetBind())
+		c.sockets[i] = b
+		return agent.DevNode{Addr: addr(i), Deps: agent.Deps{Underlay: b}}
+	}
 	return agent.DevNode{Addr: addr(i), Deps: agent.Deps{Underlay: c.net.host(i).Bind()}}
+}
+
+func (c *Cluster) needNatlab(what string) {
+	if c.net == nil {
+		c.t.Fatalf("agenttest: %s needs natlab (not WithLoopbackSockets)", what)
+	}
 }
 
 // Len is the number of nodes the cluster was given, running or not.
@@ -224,7 +254,11 @@ func (c *Cluster) Stop(i int) {
 // from heartbeat ages and gossip. It stays cut off until Restart.
 func (c *Cluster) Crash(i int) {
 	c.t.Helper()
-	c.net.setCut(i, true)
+	if c.net == nil {
+		c.sockets[i].Cut()
+	} else {
+		c.net.setCut(i, true)
+	}
 	c.Stop(i)
 }
 
@@ -233,7 +267,9 @@ func (c *Cluster) Crash(i int) {
 func (c *Cluster) Restart(i int) {
 	c.t.Helper()
 	c.Stop(i)
-	c.net.setCut(i, false)
+	if c.net != nil {
+		c.net.setCut(i, false)
+	}
 	if _, err := c.dc.StartNode(context.Background(), i); err != nil {
 		c.t.Fatalf("restart node%d: %v", i, err)
 	}
@@ -241,13 +277,21 @@ func (c *Cluster) Restart(i int) {
 
 // Partition cuts nodes off from all others: datagrams between them still
 // flow, datagrams across the cut are dropped. Each call makes a new side.
-func (c *Cluster) Partition(nodes ...int) { c.net.partition(nodes) }
+func (c *Cluster) Partition(nodes ...int) {
+	c.t.Helper()
+	c.needNatlab("Partition")
+	c.net.partition(nodes)
+}
 
 // Isolate cuts node i off from every other node.
 func (c *Cluster) Isolate(i int) { c.Partition(i) }
 
 // Heal removes every partition. Crashed nodes stay down.
-func (c *Cluster) Heal() { c.net.heal() }
+func (c *Cluster) Heal() {
+	c.t.Helper()
+	c.needNatlab("Heal")
+	c.net.heal()
+}
 
 // Join adds a node: a fresh data dir joined through a running member with a
 // token, as `runos-agent join` does, then started. It returns its index

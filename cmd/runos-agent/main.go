@@ -20,6 +20,7 @@ import (
 
 	"github.com/runos/runos-agent/agent"
 	"github.com/runos/runos-agent/api"
+	"github.com/runos/runos-agent/datadir"
 	"github.com/runos/runos-agent/nat"
 )
 
@@ -41,15 +42,15 @@ func nodeFlags() []cli.Flag {
 		dataDirFlag(),
 		&cli.StringFlag{Name: "name", Required: true, EnvVars: []string{"RUNOS_NAME"}, Usage: "node name (a DNS label, unique in the cluster)"},
 		&cli.StringFlag{Name: "net", Value: "auto", EnvVars: []string{"RUNOS_NET"}, Usage: "overlay: kernel (TUN wg0, needs root), userspace (no privileges) or auto"},
-		&cli.IntFlag{Name: "listen-port", Value: agent.DefaultListenPort, EnvVars: []string{"RUNOS_LISTEN_PORT"}, Usage: "underlay port: UDP for WireGuard, TCP for joins"},
+		&cli.IntFlag{Name: "listen-port", Value: datadir.DefaultListenPort, EnvVars: []string{"RUNOS_LISTEN_PORT"}, Usage: "underlay port: UDP for WireGuard, TCP for joins"},
 		&cli.StringSliceFlag{Name: "advertise", EnvVars: []string{"RUNOS_ADVERTISE"}, Usage: "HOST[:PORT] peers reach this node at (repeatable; default: interface addresses)"},
 		&cli.StringFlag{Name: "relay", Value: "auto", EnvVars: []string{"RUNOS_RELAY"}, Usage: "relay for members that cannot reach each other: auto (when publicly reachable), on, off"},
 		&cli.StringSliceFlag{Name: "stun", EnvVars: []string{"RUNOS_STUN"}, Usage: "extra STUN server HOST:PORT (repeatable); members are STUN servers already, there is no public default"},
 	}
 }
 
-func nodeOptions(c *cli.Context) agent.NodeOptions {
-	return agent.NodeOptions{
+func nodeOptions(c *cli.Context) datadir.NodeOptions {
+	return datadir.NodeOptions{
 		DataDir: c.String("data-dir"), Name: c.String("name"), Net: c.String("net"),
 		ListenPort: c.Int("listen-port"), Advertise: c.StringSlice("advertise"),
 		Relay: c.String("relay"), STUN: c.StringSlice("stun"),
@@ -80,7 +81,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 				Usage: "create a new cluster with this machine as its first node",
 				Flags: nodeFlags(),
 				Action: func(c *cli.Context) error {
-					cfg, err := agent.Init(nodeOptions(c))
+					cfg, err := datadir.Init(nodeOptions(c), agent.Version)
 					if err != nil {
 						return err
 					}
@@ -424,7 +425,7 @@ func formatEvent(e api.Event) string {
 }
 
 // printPrepared tells the user what init or join left in the data dir.
-func printPrepared(w io.Writer, verb string, cfg *agent.NodeConfig, dir string) {
+func printPrepared(w io.Writer, verb string, cfg *datadir.NodeConfig, dir string) {
 	fmt.Fprintf(w, "%s cluster %s: node %s, mesh IP %s, pod CIDR %s\nstart it with: runos-agent run --data-dir %s\n",
 		verb, cfg.ClusterID, cfg.Name, cfg.MeshIP, cfg.PodCIDR, dir)
 }

@@ -28,7 +28,7 @@ func TestMain(m *testing.M) {
 // ports, once every node holds the UI credential init made.
 func uiCluster(t *testing.T) *agenttest.Cluster {
 	t.Helper()
-	c := agenttest.Start(t, 3, agenttest.WithUI())
+	c := agenttest.Start(t, 3, agenttest.WithUI(), agenttest.WithLoopbackSockets())
 	if c.AdminPassword() == "" {
 		t.Fatal("init returned no admin password")
 	}

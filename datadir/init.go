@@ -1,4 +1,4 @@
-package agent
+package datadir
 
 import (
 	"fmt"
@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"time"
 
 	"github.com/runos/runos-agent/mesh"
 	"github.com/runos/runos-agent/pki"
@@ -17,6 +18,9 @@ import (
 
 // DefaultListenPort is the underlay port: UDP for WireGuard, TCP for joins.
 const DefaultListenPort = 51820
+
+// NodeCertValidity is how long the cluster CA signs a node certificate for.
+const NodeCertValidity = 10 * 365 * 24 * time.Hour
 
 // NodeOptions are what init and join share.
 type NodeOptions struct {
@@ -35,11 +39,16 @@ type NodeOptions struct {
 
 var nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
 
-func (o *NodeOptions) validate() error {
+// ValidName reports whether name is a valid node name (a DNS label).
+func ValidName(name string) bool { return nameRE.MatchString(name) }
+
+// Validate checks the options and fills in defaults, including the
+// advertised endpoints (host:port) when none were given.
+func (o *NodeOptions) Validate() error {
 	if o.DataDir == "" {
 		return fmt.Errorf("--data-dir is required")
 	}
-	if !nameRE.MatchString(o.Name) {
+	if !ValidName(o.Name) {
 		return fmt.Errorf("invalid node name %q: use lowercase letters, digits and '-' (a DNS label)", o.Name)
 	}
 	switch o.Net {
@@ -112,30 +121,31 @@ func advertisedEndpoints(adv []string, port int) ([]string, error) {
 }
 
 // Init creates a new cluster in opts.DataDir with this node as its first
-// member and sole Raft voter. `run` then brings it up.
-func Init(opts NodeOptions) (*NodeConfig, error) {
-	if err := opts.validate(); err != nil {
+// member and sole Raft voter; version is the agent's, recorded in the
+// node's record. `run` then brings it up.
+func Init(opts NodeOptions, version string) (*NodeConfig, error) {
+	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
-	if err := checkFresh(opts.DataDir); err != nil {
+	if err := CheckFresh(opts.DataDir); err != nil {
 		return nil, err
 	}
 	clusterID := randomHex(8)
-	nodeID := randomHex(8)
+	nodeID := NewNodeID()
 	ca, err := pki.NewCA(clusterID)
 	if err != nil {
 		return nil, err
 	}
-	creds, err := newCredentials(opts.Name)
+	creds, err := NewCredentials(opts.Name)
 	if err != nil {
 		return nil, err
 	}
-	wgKey, nodeKeyPEM := creds.wgKey, creds.nodeKeyPEM
+	wgKey, nodeKeyPEM := creds.WGKey, creds.NodeKeyPEM
 	dataKey, err := seal.NewKey()
 	if err != nil {
 		return nil, err
 	}
-	certPEM, serial, err := ca.SignCSR(creds.csr, opts.Name, nil, nodeCertValidity)
+	certPEM, serial, err := ca.SignCSR(creds.CSR, opts.Name, nil, NodeCertValidity)
 	if err != nil {
 		return nil, err
 	}
@@ -162,7 +172,7 @@ func Init(opts NodeOptions) (*NodeConfig, error) {
 			Node: raftstore.Node{
 				ID: nodeID, Name: opts.Name, PublicKey: wgKey.PublicKey().String(),
 				MeshIP: cfg.MeshIP, PodCIDR: cfg.PodCIDR, Endpoints: opts.Advertise,
-				CertSerial: serial, Version: Version,
+				CertSerial: serial, Version: version,
 			},
 		},
 	}
@@ -170,48 +180,50 @@ func Init(opts NodeOptions) (*NodeConfig, error) {
 		return nil, err
 	}
 	raftAddr := netip.AddrPortFrom(cfg.MeshIP, raftstore.DefaultPort)
-	if err := raftstore.Bootstrap(filepath.Join(opts.DataDir, dirRaft), nodeID, raftAddr); err != nil {
+	if err := raftstore.Bootstrap(filepath.Join(opts.DataDir, DirRaft), nodeID, raftAddr); err != nil {
 		return nil, fmt.Errorf("bootstrap raft: %w", err)
 	}
 	files := []struct {
 		name string
 		data []byte
 	}{
-		{fileWGKey, []byte(wgKey.String() + "\n")},
-		{fileNodeKey, nodeKeyPEM},
-		{fileNodeCert, certPEM},
-		{fileCACert, ca.CertPEM},
-		{fileDataKey, []byte(dataKey.String() + "\n")},
+		{FileWGKey, []byte(wgKey.String() + "\n")},
+		{FileNodeKey, nodeKeyPEM},
+		{FileNodeCert, certPEM},
+		{FileCACert, ca.CertPEM},
+		{FileDataKey, []byte(dataKey.String() + "\n")},
 	}
 	for _, f := range files {
-		if err := writeFileAtomic(filepath.Join(opts.DataDir, f.name), f.data, 0o600); err != nil {
+		if err := WriteFileAtomic(filepath.Join(opts.DataDir, f.name), f.data, 0o600); err != nil {
 			return nil, err
 		}
 	}
-	if err := writeJSON(filepath.Join(opts.DataDir, fileInit), bootstrap, 0o600); err != nil {
+	if err := WriteJSON(filepath.Join(opts.DataDir, FileInit), bootstrap, 0o600); err != nil {
 		return nil, err
 	}
-	// The UI's admin credential follows the bootstrap into Raft (ui.go).
+	// The UI's admin credential follows the bootstrap into Raft (the
+	// agent applies ui-init.json once the cluster exists).
 	adminPassword, err := writeUIInit(opts.DataDir, dataKey)
 	if err != nil {
 		return nil, err
 	}
-	if err := writeJSON(filepath.Join(opts.DataDir, fileConfig), cfg, 0o600); err != nil {
+	if err := WriteJSON(filepath.Join(opts.DataDir, FileConfig), cfg, 0o600); err != nil {
 		return nil, err
 	}
 	cfg.AdminPassword = adminPassword
 	return cfg, nil
 }
 
-// credentials are what a new node generates for itself: its WireGuard key,
+// Credentials are what a new node generates for itself: its WireGuard key,
 // its TLS key and a CSR for the cluster CA to sign.
-type credentials struct {
-	wgKey      mesh.Key
-	nodeKeyPEM []byte
-	csr        []byte
+type Credentials struct {
+	WGKey      mesh.Key
+	NodeKeyPEM []byte
+	CSR        []byte // PEM
 }
 
-func newCredentials(name string) (*credentials, error) {
+// NewCredentials generates a node's keys and a CSR for the name.
+func NewCredentials(name string) (*Credentials, error) {
 	wgKey, err := mesh.GeneratePrivateKey()
 	if err != nil {
 		return nil, err
@@ -224,5 +236,5 @@ func newCredentials(name string) (*credentials, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &credentials{wgKey: wgKey, nodeKeyPEM: nodeKeyPEM, csr: csr}, nil
+	return &Credentials{WGKey: wgKey, NodeKeyPEM: nodeKeyPEM, CSR: csr}, nil
 }

@@ -1,4 +1,4 @@
-package agent
+package datadir
 
 import (
 	"strings"
@@ -7,8 +7,8 @@ import (
 
 func TestJoinTokenRoundTrip(t *testing.T) {
 	fp := strings.Repeat("ab", 32)
-	tok := newJoinToken(fp)
-	got, err := parseJoinToken(tok.String())
+	tok := NewToken(fp)
+	got, err := ParseToken(tok.String())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -18,15 +18,15 @@ func TestJoinTokenRoundTrip(t *testing.T) {
 }
 
 func FuzzParseJoinToken(f *testing.F) {
-	f.Add(newJoinToken(strings.Repeat("0", 64)).String())
+	f.Add(NewToken(strings.Repeat("0", 64)).String())
 	f.Add("RO1::.")
 	f.Add("garbage")
 	f.Fuzz(func(t *testing.T, s string) {
-		tok, err := parseJoinToken(s)
+		tok, err := ParseToken(s)
 		if err != nil {
 			return
 		}
-		again, err := parseJoinToken(tok.String())
+		again, err := ParseToken(tok.String())
 		if err != nil || again != tok {
 			t.Fatalf("round trip of %q failed: %v", s, err)
 		}

@@ -1,4 +1,11 @@
-package agent
+// Package datadir owns a node's data dir: its layout (the file names
+// below), the node's identity in config.json (NodeConfig, Load), how files
+// are written (atomically, readable by the owner only), the peer list saved
+// for restarts, creating a cluster from scratch (Init), the join token
+// format, and loading the node's keys and certificates for the agent. It
+// does no networking: joining an existing cluster is the join flow's, which
+// writes its results here with the same helpers.
+package datadir
 
 import (
 	"encoding/json"
@@ -15,15 +22,18 @@ import (
 // Files in a data dir. config.json is written last by init and join, so its
 // presence means "initialised".
 const (
-	fileConfig   = "config.json"
-	fileWGKey    = "wg.key"
-	fileNodeKey  = "node.key"
-	fileNodeCert = "node.crt"
-	fileCACert   = "ca.crt"
-	fileDataKey  = "data.key" // seals secrets kept in the Raft state
-	filePeers    = "peers.json"
-	fileInit     = "init.json" // the bootstrap command until the first leader applies it
-	dirRaft      = "raft"
+	FileConfig   = "config.json"
+	FileWGKey    = "wg.key"
+	FileNodeKey  = "node.key"
+	FileNodeCert = "node.crt"
+	FileCACert   = "ca.crt"
+	FileDataKey  = "data.key" // seals secrets kept in the Raft state
+	FilePeers    = "peers.json"
+	FileInit     = "init.json" // the bootstrap command until the first leader applies it
+	// FileUIInit holds init's admin credential command (hash and sealed
+	// session key, never the password) until the cluster has applied it.
+	FileUIInit = "ui-init.json"
+	DirRaft    = "raft"
 )
 
 // NodeConfig is what init or join leave in the data dir for run.
@@ -50,9 +60,9 @@ type NodeConfig struct {
 // ErrNotInitialised means the data dir has no config.json.
 var ErrNotInitialised = errors.New("data dir is not initialised (run `runos-agent init` or `runos-agent join` first)")
 
-// LoadNodeConfig reads dir/config.json.
-func LoadNodeConfig(dir string) (*NodeConfig, error) {
-	b, err := os.ReadFile(filepath.Join(dir, fileConfig))
+// Load reads dir/config.json.
+func Load(dir string) (*NodeConfig, error) {
+	b, err := os.ReadFile(filepath.Join(dir, FileConfig))
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("%s: %w", dir, ErrNotInitialised)
 	}
@@ -61,32 +71,32 @@ func LoadNodeConfig(dir string) (*NodeConfig, error) {
 	}
 	var c NodeConfig
 	if err := json.Unmarshal(b, &c); err != nil {
-		return nil, fmt.Errorf("%s: corrupt %s: %w", dir, fileConfig, err)
+		return nil, fmt.Errorf("%s: corrupt %s: %w", dir, FileConfig, err)
 	}
 	if c.ClusterID == "" || c.NodeID == "" || !c.MeshIP.IsValid() {
-		return nil, fmt.Errorf("%s: incomplete %s", dir, fileConfig)
+		return nil, fmt.Errorf("%s: incomplete %s", dir, FileConfig)
 	}
 	return &c, nil
 }
 
-// checkFresh refuses a data dir that already belongs to a node.
-func checkFresh(dir string) error {
-	c, err := LoadNodeConfig(dir)
+// CheckFresh refuses a data dir that already belongs to a node.
+func CheckFresh(dir string) error {
+	c, err := Load(dir)
 	if err == nil {
 		return fmt.Errorf("data dir %s is already initialised for node %q of cluster %s; use another --data-dir or remove it", dir, c.Name, c.ClusterID)
 	}
 	if !errors.Is(err, ErrNotInitialised) {
 		return err
 	}
-	if _, err := os.Stat(filepath.Join(dir, dirRaft)); err == nil {
+	if _, err := os.Stat(filepath.Join(dir, DirRaft)); err == nil {
 		return fmt.Errorf("data dir %s holds Raft data but no config.json; refusing to overwrite it", dir)
 	}
 	return nil
 }
 
-// writeFileAtomic writes via a temp file and rename, so a crash never leaves
-// a half-written file behind.
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+// WriteFileAtomic writes via a temp file and rename, so a crash never
+// leaves a half-written file behind.
+func WriteFileAtomic(path string, data []byte, mode os.FileMode) error {
 	tmp := path + ".tmp"
 	if err := os.WriteFile(tmp, data, mode); err != nil {
 		return err
@@ -99,12 +109,22 @@ func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
 	return os.Rename(tmp, path)
 }
 
-func writeJSON(path string, v any, mode os.FileMode) error {
+// WriteJSON writes v as indented JSON with WriteFileAtomic.
+func WriteJSON(path string, v any, mode os.FileMode) error {
 	b, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(path, append(b, '\n'), mode)
+	return WriteFileAtomic(path, append(b, '\n'), mode)
+}
+
+// ReadJSON decodes the JSON file at path into v.
+func ReadJSON(path string, v any) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	return json.Unmarshal(b, v)
 }
 
 // savedPeers is the last peer list the node knew, so a restart (even of the
@@ -113,8 +133,9 @@ type savedPeers struct {
 	Nodes []*raftstore.Node `json:"nodes"`
 }
 
-func loadPeers(dir string) ([]*raftstore.Node, error) {
-	b, err := os.ReadFile(filepath.Join(dir, filePeers))
+// LoadPeers reads the saved peer list; a dir without one has none.
+func LoadPeers(dir string) ([]*raftstore.Node, error) {
+	b, err := os.ReadFile(filepath.Join(dir, FilePeers))
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
@@ -123,19 +144,12 @@ func loadPeers(dir string) ([]*raftstore.Node, error) {
 	}
 	var p savedPeers
 	if err := json.Unmarshal(b, &p); err != nil {
-		return nil, fmt.Errorf("corrupt %s: %w", filePeers, err)
+		return nil, fmt.Errorf("corrupt %s: %w", FilePeers, err)
 	}
 	return p.Nodes, nil
 }
 
-func savePeers(dir string, nodes []*raftstore.Node) error {
-	return writeJSON(filepath.Join(dir, filePeers), savedPeers{Nodes: nodes}, 0o600)
-}
-
-func readJSON(path string, v any) error {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return err
-	}
-	return json.Unmarshal(b, v)
+// SavePeers replaces the saved peer list.
+func SavePeers(dir string, nodes []*raftstore.Node) error {
+	return WriteJSON(filepath.Join(dir, FilePeers), savedPeers{Nodes: nodes}, 0o600)
 }
