@@ -47,6 +47,11 @@ const (
 	NodeAPIPort = 7948
 )
 
+// writeTimeout is how long a write from the CLI, UI or a joiner may wait:
+// long enough to ride out a leader failover (up to 24 s with production
+// Raft timing, see raftstore.TimingFor).
+const writeTimeout = 40 * time.Second
+
 // Config is how the daemon is run; everything about the node itself comes
 // from the data dir.
 type Config struct {
@@ -144,8 +149,8 @@ type Agent struct {
 	wg        sync.WaitGroup
 	closers   []func() error // in reverse start order
 
-	// hint wakes the peer reconciler (gossip saw a change).
-	hint chan struct{}
+	// peers keeps WireGuard's peers equal to the cluster (peers.go).
+	peers *mesh.Reconciler
 
 	pathEvents chan nat.PathEvent
 	// candidateHint asks selfLoop to republish candidates now.
@@ -198,7 +203,6 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 		uiListen: cfg.UIListen,
 
 		metricsListen: cfg.MetricsListen,
-		hint:          make(chan struct{}, 1),
 		pathEvents:    make(chan nat.PathEvent, 64),
 		candidateHint: make(chan struct{}, 1),
 	}
@@ -228,6 +232,11 @@ func resolveMode(net string) (mesh.Mode, error) {
 		return mesh.ModeUserspace, nil
 	}
 	return "", fmt.Errorf("invalid net mode %q: want auto, kernel or userspace", net)
+}
+
+// raftTiming is production Raft timing, or the tests' short timers.
+func (a *Agent) raftTiming() raftstore.Timing {
+	return raftstore.TimingFor(a.tuning.RaftHeartbeat, a.tuning.RaftElection, a.heartbeatInterval())
 }
 
 // Name is the node's name.
@@ -266,7 +275,7 @@ func (a *Agent) start(ctx context.Context) error {
 	bind, err := nat.New(nat.Config{
 		PrivateKey:   a.wgKey,
 		Underlay:     a.underlay,
-		Relay:        offersRelay(a.cfg.Relay, parseEndpoints(a.cfg.Endpoints), netip.AddrPort{}),
+		Relay:        nat.OffersRelay(a.cfg.Relay, nat.ParseEndpoints(a.cfg.Endpoints), netip.AddrPort{}),
 		OnPathChange: a.onPathChange,
 	}, a.log.With("component", "nat"))
 	if err != nil {
@@ -286,9 +295,12 @@ func (a *Agent) start(ctx context.Context) error {
 	}
 	a.bind, a.dev = bind, dev
 	a.closers = append(a.closers, dev.Close)
+	if a.peers, err = a.newPeers(); err != nil {
+		return err
+	}
 	if saved, err := datadir.LoadPeers(a.dir); err != nil {
 		a.log.Warn("ignoring saved peers", "err", err)
-	} else if err := a.applyPeers(saved); err != nil {
+	} else if err := a.peers.Apply(a.members(saved)); err != nil {
 		return err
 	}
 
@@ -308,6 +320,7 @@ func (a *Agent) start(ctx context.Context) error {
 		return err
 	}
 
+	timing := a.raftTiming()
 	store, err := raftstore.New(raftstore.Config{
 		Dir:               filepath.Join(a.dir, datadir.DirRaft),
 		NodeID:            a.cfg.NodeID,
@@ -317,12 +330,12 @@ func (a *Agent) start(ctx context.Context) error {
 		Alive:             a.nodeUp,
 		DeadVoterGrace:    a.tuning.DeadVoterGrace,
 		ReconcileInterval: a.tuning.ReconcileInterval,
-		HeartbeatTimeout:  a.raftHeartbeat(),
-		ElectionTimeout:   a.raftElection(),
-		CommitTimeout:     a.raftCommitTimeout(),
-		QuietFresh:        a.raftQuietFresh(),
+		HeartbeatTimeout:  timing.HeartbeatTimeout,
+		ElectionTimeout:   timing.ElectionTimeout,
+		CommitTimeout:     timing.CommitTimeout,
+		QuietFresh:        timing.QuietFresh,
 
-		SoloHeartbeatTimeout: a.raftSolo(),
+		SoloHeartbeatTimeout: timing.SoloHeartbeatTimeout,
 	}, a.log)
 	if err != nil {
 		return err
@@ -365,7 +378,7 @@ func (a *Agent) start(ctx context.Context) error {
 	if err := a.startCloudLink(ctx); err != nil {
 		return err
 	}
-	a.goLoop(ctx, a.peerLoop)
+	a.goLoop(ctx, a.peers.Run)
 	a.goLoop(ctx, a.selfLoop)
 	a.goLoop(ctx, a.gossipRejoinLoop)
 	a.goLoop(ctx, a.pathEventLoop)
@@ -379,6 +392,7 @@ func (a *Agent) start(ctx context.Context) error {
 			{Name: "voters", Run: store.ManageVoters},
 			{Name: "health-events", Run: a.health.RunEvents},
 			{Name: "workloads", Run: a.reconciler.Run},
+			{Name: "cloud-session", Run: a.cloud.RunSession},
 		},
 	}, a.log)
 	if err != nil {

@@ -11,15 +11,15 @@ import (
 	"github.com/runos/runos-agent/raftstore"
 )
 
-// The cloud link (issue 5). Every node runs a cloudlink.Link; only the one
-// on the Raft leader holds a session. Nothing local waits for it.
+// The cloud link (issue 5). Every node runs a cloudlink.Link; the leader
+// loop runs its session (RunSession) while this node leads, so only the
+// leader holds one. Nothing local waits for it.
 
 // cloudHost is what the link sees of the agent.
 type cloudHost struct{ a *Agent }
 
 var _ cloudlink.Host = cloudHost{}
 
-func (h cloudHost) IsLeader() bool                    { return h.a.store.IsLeader() }
 func (h cloudHost) State() (*raftstore.State, uint64) { return h.a.store.State() }
 func (h cloudHost) Changed() <-chan struct{}          { return h.a.store.Changed() }
 func (h cloudHost) Nodes() []api.Node                 { return h.a.Nodes().Nodes }
@@ -48,9 +48,10 @@ func (a *Agent) startCloudLink(ctx context.Context) error {
 	return nil
 }
 
-// CloudStatus reports the cloud link honestly: the link's own state on the
-// leader; on a follower, standby with the leader named, and the shared
-// cursor from the state.
+// CloudStatus reports the cloud link honestly: the link's own state
+// (connecting, connected or backoff only while its session runs, i.e.
+// while this node leads; standby otherwise), the leader named, and the
+// shared cursor from the state.
 func (a *Agent) CloudStatus() *api.CloudStatus {
 	st, idx := a.store.State()
 	ls := a.cloud.Status()
@@ -71,12 +72,9 @@ func (a *Agent) CloudStatus() *api.CloudStatus {
 	}
 	out.Registered, out.URL, out.CloudClusterID, out.RegisteredAt = true, reg.URL, reg.CloudClusterID, reg.RegisteredAt
 	if out.State == cloudlink.StateOff {
-		// The registration was applied a moment ago and the link has
-		// not woken up yet (it does within 250 ms).
+		// The link read a newer state, without the registration (a
+		// disconnect a moment ago); the link reports a fresh one itself.
 		out.State, out.Since = cloudlink.StateStandby, reg.RegisteredAt
-		if a.store.IsLeader() {
-			out.State = cloudlink.StateConnecting
-		}
 	}
 	cursor := st.Cloud.AckIndex
 	if ls.State == cloudlink.StateConnected && ls.Cursor > cursor {

@@ -88,9 +88,8 @@ func (a *Agent) wake() {
 	if a.store != nil {
 		a.store.Hint()
 	}
-	select {
-	case a.hint <- struct{}{}:
-	default:
+	if a.peers != nil {
+		a.peers.Wake()
 	}
 }
 

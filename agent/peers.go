@@ -16,9 +16,6 @@ import (
 	"github.com/runos/runos-agent/raftstore"
 )
 
-// persistentKeepalive holds NAT mappings open and keeps handshakes fresh.
-const persistentKeepalive = 25 * time.Second
-
 // knownNodes is the cluster as this node knows it: the Raft state once that
 // includes this node, otherwise (still catching up) the peer list saved on
 // disk at join or at the last change.
@@ -31,131 +28,58 @@ func (a *Agent) knownNodes() []*raftstore.Node {
 	return saved
 }
 
-// peersFrom turns node records into WireGuard peers (every node but this one).
-func (a *Agent) peersFrom(nodes []*raftstore.Node) []mesh.Peer {
-	var out []mesh.Peer
+// newPeers builds the peer reconciler over this node's Raft state. It is
+// built before the store (Start applies the saved peers first, so Raft can
+// reach the others); its hooks read the store and health when it runs.
+func (a *Agent) newPeers() (*mesh.Reconciler, error) {
+	return mesh.NewReconciler(mesh.ReconcilerConfig{
+		Device:   a.dev,
+		View:     a.peerView,
+		Changed:  func() <-chan struct{} { return a.store.Changed() },
+		Endpoint: func(k mesh.Key) netip.AddrPort { return nat.PeerAddrPort(k) },
+		Underlay: a.setUnderlayPeers,
+		// A node's latest heartbeat may announce candidates its record
+		// does not have yet (a remapped NAT).
+		Candidates: func(name string) []string { return a.health.Candidates(name) },
+		// Saved so a restart brings WireGuard up without a leader.
+		Save: func() error {
+			st, _ := a.store.State()
+			return datadir.SavePeers(a.dir, st.SortedNodes())
+		},
+		Now: a.now,
+	}, a.log)
+}
+
+func (a *Agent) peerView() mesh.View {
+	st, _ := a.store.State()
+	_, self := st.Nodes[a.cfg.NodeID]
+	return mesh.View{Self: self, Members: a.members(st.SortedNodes())}
+}
+
+// members turns node records into mesh members (every node but this one).
+func (a *Agent) members(nodes []*raftstore.Node) []mesh.Member {
+	var out []mesh.Member
 	for _, n := range nodes {
 		if n.ID == a.cfg.NodeID {
 			continue
 		}
-		key, err := mesh.ParseKey(n.PublicKey)
-		if err != nil {
-			a.log.Warn("node has a bad public key", "node", n.Name, "err", err)
-			continue
-		}
-		p := mesh.Peer{
-			PublicKey: key,
-			// The Bind picks the underlay path per packet; WireGuard sees
-			// one stable identity endpoint per peer.
-			Endpoint:            nat.PeerAddrPort(key),
-			AllowedIPs:          []netip.Prefix{netip.PrefixFrom(n.MeshIP, 32)},
-			PersistentKeepalive: persistentKeepalive,
-		}
-		if n.PodCIDR.IsValid() {
-			p.AllowedIPs = append(p.AllowedIPs, n.PodCIDR)
-		}
-		out = append(out, p)
+		out = append(out, mesh.Member{ID: n.ID, Name: n.Name, PublicKey: n.PublicKey, Address: n.MeshIP,
+			Routed: n.PodCIDR, Endpoints: n.Endpoints, Relay: n.Relay})
 	}
 	return out
 }
 
-// applyPeers makes the Bind and WireGuard agree with nodes: candidates to
-// the Bind first, so the identity endpoints resolve to paths.
-func (a *Agent) applyPeers(nodes []*raftstore.Node) error {
-	var others []*raftstore.Node
-	for _, n := range nodes {
-		if n.ID != a.cfg.NodeID {
-			others = append(others, n)
+// setUnderlayPeers gives the Bind the members and their candidates.
+func (a *Agent) setUnderlayPeers(members []mesh.Member) error {
+	out := make([]nat.PeerInfo, 0, len(members))
+	for _, m := range members {
+		key, err := mesh.ParseKey(m.PublicKey)
+		if err != nil {
+			continue // the reconciler logs it
 		}
+		out = append(out, nat.PeerInfo{PublicKey: key, Candidates: nat.ParseEndpoints(m.Endpoints), Relay: m.Relay})
 	}
-	if err := a.bind.SetPeers(natPeers(others)); err != nil {
-		return err
-	}
-	return a.dev.SetPeers(a.peersFrom(others))
-}
-
-// peerLoop keeps WireGuard's peers equal to the cluster's nodes: when the
-// state changes (a join, a removal), on gossip hints, and on a timer. It also
-// saves the node list, so a restart brings WireGuard up without a leader.
-func (a *Agent) peerLoop(ctx context.Context) {
-	var last []*raftstore.Node
-	// seenSelf: this replica's state has included this node. Until then it
-	// is still replaying history (a fresh joiner), and a prefix of history
-	// lacks nodes that joined later, the leader perhaps: their peers must
-	// stay, or replication could never reach this node.
-	seenSelf := false
-	removed := false
-	// A removed node's peer lingers for removalGrace, so the entry that
-	// removes it still reaches it (it then drops everyone itself).
-	lingering := map[string]lingeringNode{}
-	for {
-		changed := a.store.Changed()
-		st, _ := a.store.State()
-		now := a.now()
-		_, present := st.Nodes[a.cfg.NodeID]
-		seenSelf = seenSelf || present
-		var nodes []*raftstore.Node
-		switch {
-		case present:
-			nodes = st.SortedNodes()
-			for _, n := range last {
-				if _, ok := st.Nodes[n.ID]; !ok {
-					if _, ok := lingering[n.ID]; !ok {
-						lingering[n.ID] = lingeringNode{node: n, until: now.Add(removalGrace)}
-					}
-				}
-			}
-			for id, l := range lingering {
-				if _, back := st.Nodes[id]; back || now.After(l.until) {
-					delete(lingering, id)
-					continue
-				}
-				nodes = append(nodes, l.node)
-			}
-		case seenSelf:
-			if !removed {
-				a.log.Error("this node has been removed from the cluster; dropping all peers")
-				removed = true
-			}
-			nodes = []*raftstore.Node{}
-		default:
-			nodes = last
-		}
-		if nodes != nil {
-			nodes = a.withGossipCandidates(nodes)
-		}
-		if nodes != nil && !reflect.DeepEqual(nodes, last) {
-			if err := a.applyPeers(nodes); err != nil {
-				a.log.Warn("set wireguard peers", "err", err)
-			} else {
-				last = nodes
-				if present {
-					if err := datadir.SavePeers(a.dir, st.SortedNodes()); err != nil {
-						a.log.Warn("save peers", "err", err)
-					}
-				}
-			}
-		}
-		wait := 10 * time.Second
-		for _, l := range lingering {
-			wait = min(wait, time.Until(l.until)+10*time.Millisecond)
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-changed:
-		case <-a.hint:
-		case <-time.After(wait):
-		}
-	}
-}
-
-// removalGrace matches raftstore's default RemovalGrace.
-const removalGrace = 3 * time.Second
-
-type lingeringNode struct {
-	node  *raftstore.Node
-	until time.Time
+	return a.bind.SetPeers(out)
 }
 
 // bootstrap is a leader task: the first leader applies the bootstrap
@@ -219,7 +143,7 @@ func (a *Agent) selfLoop(ctx context.Context) {
 			continue
 		}
 		lastRefresh = time.Now()
-		eps, relay := a.candidates(ctx)
+		eps, relay := a.bind.Candidates(ctx, a.cfg.Endpoints, a.cfg.Relay, a.stunServers(nil))
 		a.setOwnCandidates(eps)
 		if me.Version == Version && reflect.DeepEqual(me.Endpoints, eps) && me.Relay == relay {
 			continue

@@ -23,7 +23,7 @@ func TestIdleRaftIsQuietButAlive(t *testing.T) {
 	tuning.RaftElection = time.Second
 	c := newClusterTuned(t, 3, tuning)
 	for _, a := range c.agents {
-		if a.raftQuietFresh() == 0 {
+		if a.raftTiming().QuietFresh == 0 {
 			t.Fatal("quiet Raft not enabled")
 		}
 	}

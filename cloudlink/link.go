@@ -36,9 +36,9 @@ import (
 
 // Host is what the link needs from the agent: the Raft replica and the
 // health view. It is an interface so tests can drive the link without an
-// agent (the agent package must not be imported here).
+// agent (the agent package must not be imported here). Leadership is not
+// part of it: the leader loop runs RunSession while this node leads.
 type Host interface {
-	IsLeader() bool
 	State() (*raftstore.State, uint64)
 	Changed() <-chan struct{}
 	// Apply commits a command through the leader, retrying with the same
@@ -100,7 +100,9 @@ type Status struct {
 	BytesReceived uint64 `json:"bytes_received"`
 }
 
-// Link holds the cluster's session to the cloud while this node leads.
+// Link holds the cluster's session to the cloud while this node leads:
+// Start runs what outlives a session (commands being applied, the idle
+// status), RunSession the session itself.
 type Link struct {
 	cfg   Config
 	log   *slog.Logger
@@ -108,6 +110,14 @@ type Link struct {
 
 	mu     sync.Mutex
 	status Status // guarded by mu
+	// running: RunSession runs, and only then may the state be
+	// connecting, connected or backoff. Guarded by mu.
+	running bool
+	closed  bool // guarded by mu; no RunSession starts after Close
+	// ctx lives from Start to Close: commands and ack writes run on it, so
+	// a leadership change mid-apply still completes them. Set once by
+	// Start (under mu).
+	ctx context.Context
 
 	sent, recv atomic.Uint64 // bytes on the wire (TLS included)
 	// handling are command IDs being applied now; guarded by mu.
@@ -122,7 +132,7 @@ type Link struct {
 
 	startOnce sync.Once
 	closeOnce sync.Once
-	cancel    context.CancelFunc
+	cancel    context.CancelFunc // guarded by mu
 	wg        sync.WaitGroup
 }
 
@@ -167,23 +177,31 @@ func New(cfg Config, log *slog.Logger) (*Link, error) {
 	return l, nil
 }
 
-// Start runs the link until Close.
+// Start runs the link's background work until Close; RunSession needs it.
 func (l *Link) Start(ctx context.Context) {
 	l.startOnce.Do(func() {
-		ctx, l.cancel = context.WithCancel(ctx)
+		l.mu.Lock()
+		l.ctx, l.cancel = context.WithCancel(ctx)
+		ctx = l.ctx
+		l.mu.Unlock()
 		l.wg.Add(1)
 		go func() {
 			defer l.wg.Done()
-			l.run(ctx)
+			l.idle(ctx)
 		}()
 	})
 }
 
-// Close stops the link and waits for its goroutines. Idempotent.
+// Close stops the link, ends a running session and waits for both.
+// Idempotent.
 func (l *Link) Close() error {
 	l.closeOnce.Do(func() {
-		if l.cancel != nil {
-			l.cancel()
+		l.mu.Lock()
+		l.closed = true
+		cancel := l.cancel
+		l.mu.Unlock()
+		if cancel != nil {
+			cancel()
 		}
 		l.wg.Wait()
 	})
@@ -195,6 +213,15 @@ func (l *Link) Status() Status {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	s := l.status
+	if s.State == StateOff {
+		if reg := l.registration(); reg != nil {
+			// Registered a moment ago: the link wakes at the state change.
+			s.State, s.Since = StateStandby, reg.RegisteredAt
+			if l.running {
+				s.State = StateConnecting
+			}
+		}
+	}
 	s.BytesSent, s.BytesReceived = l.sent.Load(), l.recv.Load()
 	return s
 }
@@ -202,6 +229,10 @@ func (l *Link) Status() Status {
 func (l *Link) setState(state string, next time.Time, lastErr error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.setStateLocked(state, next, lastErr)
+}
+
+func (l *Link) setStateLocked(state string, next time.Time, lastErr error) {
 	if l.status.State != state {
 		l.status.State, l.status.Since = state, time.Now()
 	}
@@ -213,17 +244,32 @@ func (l *Link) setState(state string, next time.Time, lastErr error) {
 	}
 }
 
-// wanted returns the registration to connect with, if this node should
-// hold the session now.
-func (l *Link) wanted() (*raftstore.CloudRegistration, string) {
-	reg := l.registration()
-	if reg == nil {
-		return nil, StateOff
+// setIdleLocked sets the state a link without a session reports: standby,
+// or not registered. Lock order: mu, then regMu.
+func (l *Link) setIdleLocked() {
+	state := StateOff
+	if l.registration() != nil {
+		state = StateStandby
 	}
-	if !l.cfg.Host.IsLeader() {
-		return nil, StateStandby
+	l.setStateLocked(state, time.Time{}, nil)
+}
+
+// idle keeps the state of a link without a session current as the
+// registration comes and goes.
+func (l *Link) idle(ctx context.Context) {
+	for {
+		changed := l.cfg.Host.Changed()
+		l.mu.Lock()
+		if !l.running {
+			l.setIdleLocked()
+		}
+		l.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return
+		case <-changed:
+		}
 	}
-	return reg, ""
 }
 
 // registration is the state's cloud registration, read again only after
@@ -251,16 +297,48 @@ func regKey(r *raftstore.CloudRegistration) string {
 	return fmt.Sprintf("%s/%d", r.CloudClusterID, r.Index)
 }
 
-// errStepDown ends a session because this node no longer leads or the
-// registration changed: reconnect (or stand by) at once, no backoff.
+// errStepDown ends a session because the registration changed: reconnect
+// (or wait for one) at once, no backoff.
 var errStepDown = errors.New("cloudlink: step down")
 
-func (l *Link) run(ctx context.Context) {
+// RunSession holds the cluster's one session to the cloud until ctx ends
+// (or the link closes), reconnecting with backoff, and then returns nil. It
+// is a leader task: the leader loop runs it exactly while this node leads,
+// and the link reports connecting, connected or backoff only meanwhile.
+// Start must have been called; one RunSession runs at a time.
+func (l *Link) RunSession(ctx context.Context) error {
+	l.mu.Lock()
+	switch {
+	case l.ctx == nil:
+		l.mu.Unlock()
+		return errors.New("cloudlink: RunSession before Start")
+	case l.closed:
+		l.mu.Unlock()
+		return nil
+	case l.running:
+		l.mu.Unlock()
+		return errors.New("cloudlink: a session is already running")
+	}
+	l.running = true
+	l.wg.Add(1)
+	lctx := l.ctx
+	l.mu.Unlock()
+	ctx, cancel := context.WithCancel(ctx)
+	stop := context.AfterFunc(lctx, cancel)
+	defer func() {
+		stop()
+		cancel()
+		l.mu.Lock()
+		l.running = false
+		l.setIdleLocked()
+		l.mu.Unlock()
+		l.wg.Done()
+	}()
 	attempt := 0
 	for ctx.Err() == nil {
-		reg, why := l.wanted()
+		reg := l.registration()
 		if reg == nil {
-			l.setState(why, time.Time{}, nil)
+			l.setState(StateOff, time.Time{}, nil)
 			attempt = 0
 			l.waitChange(ctx, time.Hour, "")
 			continue
@@ -270,9 +348,9 @@ func (l *Link) run(ctx context.Context) {
 		l.status.Attempt = attempt + 1
 		l.mu.Unlock()
 		t0 := time.Now()
-		err := l.session(ctx, reg)
+		err := l.session(ctx, lctx, reg)
 		if ctx.Err() != nil {
-			return
+			return nil
 		}
 		if time.Since(t0) >= l.cfg.StableAfter {
 			attempt = 0
@@ -286,6 +364,7 @@ func (l *Link) run(ctx context.Context) {
 		l.setState(StateBackoff, time.Now().Add(delay), err)
 		l.waitChange(ctx, delay, regKey(reg))
 	}
+	return nil
 }
 
 // backoff is full jitter over an exponential ceiling: uniform in
@@ -298,26 +377,22 @@ func (l *Link) backoff(attempt int) time.Duration {
 	return max(time.Millisecond, time.Duration(rand.Int64N(int64(ceil)+1)))
 }
 
-// waitChange sleeps for d, waking early when whether or with what this
-// node should connect changes (a new registration, leadership).
+// waitChange sleeps for d, waking early when the registration is no longer
+// the one key names ("": none).
 func (l *Link) waitChange(ctx context.Context, d time.Duration, key string) {
 	timer := time.NewTimer(d)
 	defer timer.Stop()
-	tick := time.NewTicker(250 * time.Millisecond)
-	defer tick.Stop()
-	_, why0 := l.wanted()
 	for {
+		changed := l.cfg.Host.Changed()
+		if regKey(l.registration()) != key {
+			return
+		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-timer.C:
 			return
-		case <-tick.C:
-		case <-l.cfg.Host.Changed():
-		}
-		reg, why := l.wanted()
-		if why != why0 || (reg != nil && key != "" && regKey(reg) != key) || (reg != nil && key == "") {
-			return
+		case <-changed:
 		}
 	}
 }
@@ -404,7 +479,9 @@ const (
 	maxBatchBytes = 1 << 20
 )
 
-func (l *Link) session(ctx context.Context, reg *raftstore.CloudRegistration) error {
+// session runs one session on ctx (this leadership); what must outlive it
+// (command applies, ack writes) runs on the link's own context.
+func (l *Link) session(ctx, lctx context.Context, reg *raftstore.CloudRegistration) error {
 	conn, br, err := l.dial(ctx, reg)
 	if err != nil {
 		return err
@@ -471,8 +548,6 @@ func (l *Link) session(ctx context.Context, reg *raftstore.CloudRegistration) er
 	defer health.Stop()
 	ping := time.NewTicker(l.cfg.PingInterval)
 	defer ping.Stop()
-	lead := time.NewTicker(250 * time.Millisecond)
-	defer lead.Stop()
 	ackTick := time.NewTicker(l.cfg.AckEvery)
 	defer ackTick.Stop()
 
@@ -553,6 +628,10 @@ func (l *Link) session(ctx context.Context, reg *raftstore.CloudRegistration) er
 	for {
 		select {
 		case <-ctx.Done():
+			// No longer leading (or closing): the next leader resumes from
+			// the cursor, so write it down.
+			l.persistAck(lctx, cursor, &persisted, &acking, &l.wg)
+			l.log.Info("cloud session handed over", "reason", "no longer leader")
 			return ctx.Err()
 		case err := <-readErr:
 			if errors.Is(err, io.EOF) {
@@ -560,6 +639,11 @@ func (l *Link) session(ctx context.Context, reg *raftstore.CloudRegistration) er
 			}
 			return fmt.Errorf("cloud session: %w", err)
 		case <-l.cfg.Host.Changed():
+			if regKey(l.registration()) != regKey(reg) {
+				l.persistAck(lctx, cursor, &persisted, &acking, &l.wg)
+				l.log.Info("cloud session handed over", "reason", "registration changed")
+				return errStepDown
+			}
 			if err := sendMore(); err != nil {
 				return err
 			}
@@ -578,7 +662,7 @@ func (l *Link) session(ctx context.Context, reg *raftstore.CloudRegistration) er
 				}
 			case cloudproto.MsgCommand:
 				if m.Command != nil {
-					l.handle(ctx, *m.Command, results)
+					l.handle(lctx, *m.Command, results)
 				}
 			case cloudproto.MsgPing:
 				if err := write(&cloudproto.Msg{Type: cloudproto.MsgPong}); err != nil {
@@ -608,14 +692,8 @@ func (l *Link) session(ctx context.Context, reg *raftstore.CloudRegistration) er
 			if err := write(&cloudproto.Msg{Type: cloudproto.MsgPing}); err != nil {
 				return err
 			}
-		case <-lead.C:
-			if reg2, _ := l.wanted(); reg2 == nil || regKey(reg2) != regKey(reg) {
-				l.persistAck(ctx, cursor, &persisted, &acking, &l.wg)
-				l.log.Info("cloud session handed over", "reason", "no longer leader or registration changed")
-				return errStepDown
-			}
 		case <-ackTick.C:
-			l.persistAck(ctx, cursor, &persisted, &acking, &l.wg)
+			l.persistAck(lctx, cursor, &persisted, &acking, &l.wg)
 		}
 	}
 }

@@ -2,61 +2,83 @@ package cloudlink_test
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/hashicorp/raft"
-
 	"github.com/runos/runos-agent/api"
 	"github.com/runos/runos-agent/cloud"
 	"github.com/runos/runos-agent/cloudlink"
+	"github.com/runos/runos-agent/leader"
 	"github.com/runos/runos-agent/raftstore"
+	"github.com/runos/runos-agent/raftstore/raftstoretest"
 	"github.com/runos/runos-agent/seal"
 )
 
-// fsmHost is the link's seam filled with a real FSM applied in-process: a
-// one-node "cluster" whose leadership the test switches.
-type fsmHost struct {
-	fsm    *raftstore.FSM
-	mu     sync.Mutex
-	idx    uint64 // guarded by mu
-	leader atomic.Bool
+// fsmHost is the link's seam over raftstoretest's in-memory store (the real
+// FSM, always the leader of its one-node cluster); every node is healthy.
+type fsmHost struct{ *raftstoretest.Store }
+
+// newHost returns a host over a bootstrapped state: cluster c1, node n1.
+func newHost(t *testing.T) *fsmHost {
+	t.Helper()
+	s, err := raftstoretest.NewBootstrapped("c1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &fsmHost{s}
 }
 
-func (h *fsmHost) IsLeader() bool                    { return h.leader.Load() }
-func (h *fsmHost) State() (*raftstore.State, uint64) { return h.fsm.State() }
-func (h *fsmHost) Changed() <-chan struct{}          { return h.fsm.Changed() }
-func (h *fsmHost) Apply(_ context.Context, cmd *raftstore.Command) (*raftstore.Result, error) {
-	if cmd.ID == "" {
-		cmd.ID = raftstore.NewCommandID()
-	}
-	if cmd.Time.IsZero() {
-		cmd.Time = time.Now().UTC()
-	}
-	b, err := json.Marshal(cmd)
-	if err != nil {
-		return nil, err
-	}
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.idx++
-	return h.fsm.Apply(&raft.Log{Index: h.idx, Data: b}).(*raftstore.Result), nil
-}
 func (h *fsmHost) Nodes() []api.Node {
-	st, _ := h.fsm.State()
+	st, _ := h.State()
 	var out []api.Node
 	for _, n := range st.SortedNodes() {
 		out = append(out, api.Node{ID: n.ID, Name: n.Name, MeshIP: n.MeshIP.String(), Health: api.Healthy, LastHeartbeatSeconds: 0.5})
 	}
 	return out
+}
+
+// leadership runs a link's session as the agent does: a task of a
+// leader.Loop, whose leadership the test switches.
+type leadership struct {
+	changes chan bool
+	leading atomic.Bool
+}
+
+// runSessionWhileLeading starts a leader loop for l, leading or not; the
+// loop stops at the end of the test, before the link (closed by the
+// caller's earlier cleanup or defer).
+func runSessionWhileLeading(t *testing.T, l *cloudlink.Link, leading bool) *leadership {
+	t.Helper()
+	ld := &leadership{changes: make(chan bool, 1)}
+	ld.leading.Store(leading)
+	loop, err := leader.New(leader.Config{
+		Changes:  ld.changes,
+		IsLeader: ld.leading.Load,
+		Tasks:    []leader.Task{{Name: "cloud-session", Run: l.RunSession}},
+	}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	loop.Start(context.Background())
+	t.Cleanup(func() { loop.Close() })
+	return ld
+}
+
+// set reports a leadership change (the latest value wins, as raft's
+// LeaderCh).
+func (ld *leadership) set(leading bool) {
+	ld.leading.Store(leading)
+	select {
+	case <-ld.changes:
+	default:
+	}
+	ld.changes <- leading
 }
 
 func eventually(t *testing.T, what string, cond func() error) {
@@ -85,13 +107,8 @@ func TestLinkLeaderOnlyBackoffAndResume(t *testing.T) {
 	addr := srv.Addr()
 	defer func() { srv.Close() }()
 
-	h := &fsmHost{fsm: raftstore.NewFSM()}
+	h := newHost(t)
 	ctx := context.Background()
-	if res, _ := h.Apply(ctx, &raftstore.Command{Op: raftstore.OpBootstrap, Bootstrap: &raftstore.BootstrapCmd{
-		ClusterID: "c1", Node: raftstore.Node{ID: "n1", Name: "n1", PublicKey: "k", MeshIP: raftstore.FirstMeshIP(), PodCIDR: raftstore.FirstPodCIDR()},
-	}}); res.Error() != nil {
-		t.Fatal(res.Err)
-	}
 	key, _ := seal.NewKey()
 	tok, _ := srv.CreateToken("x", time.Hour)
 	reg, err := cloudlink.Register(ctx, srv.URL(), tok.Token, "c1", key)
@@ -104,7 +121,8 @@ func TestLinkLeaderOnlyBackoffAndResume(t *testing.T) {
 		t.Fatal(err)
 	}
 	l.Start(ctx)
-	defer l.Close()
+	t.Cleanup(func() { l.Close() })
+	lead := runSessionWhileLeading(t, l, false)
 	if s := l.Status(); s.State != cloudlink.StateOff {
 		t.Fatalf("before registration: %+v", s)
 	}
@@ -119,7 +137,7 @@ func TestLinkLeaderOnlyBackoffAndResume(t *testing.T) {
 	if _, ok := srv.ClusterConnected("x"); ok {
 		t.Fatal("a follower connected")
 	}
-	h.leader.Store(true)
+	lead.set(true)
 	synced := func(what string) {
 		t.Helper()
 		eventually(t, what, func() error {
@@ -145,14 +163,14 @@ func TestLinkLeaderOnlyBackoffAndResume(t *testing.T) {
 		t.Fatalf("%d events mirrored, want 51", n)
 	}
 
-	h.leader.Store(false)
+	lead.set(false)
 	eventually(t, "session handed over", func() error {
 		if _, ok := srv.ClusterConnected("x"); ok || l.Status().State != cloudlink.StateStandby {
 			return errors.New("still connected")
 		}
 		return nil
 	})
-	h.leader.Store(true)
+	lead.set(true)
 	synced("reconnects as leader")
 
 	// The cloud goes away: backoff, honest status, changes queue.
@@ -219,4 +237,75 @@ func TestLinkLeaderOnlyBackoffAndResume(t *testing.T) {
 		t.Fatal(err2)
 	}
 	backoffWith("fingerprint mismatch")
+}
+
+// The link reports connecting, connected or backoff exactly while its
+// session task runs, standby (or not registered) at once when it returns.
+func TestStatusFollowsTheSessionTask(t *testing.T) {
+	h := newHost(t)
+	key, _ := seal.NewKey()
+	l, err := cloudlink.New(cloudlink.Config{Host: h, DataKey: key, NodeName: "n1", BackoffMin: 10 * time.Millisecond, BackoffMax: 50 * time.Millisecond,
+		JoinToken: func(id, secret string) (string, string) { return id + "." + secret, "" }}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.RunSession(context.Background()); err == nil {
+		t.Fatal("RunSession before Start succeeded")
+	}
+	l.Start(context.Background())
+	t.Cleanup(func() { l.Close() })
+	if s := l.Status(); s.State != cloudlink.StateOff {
+		t.Fatalf("not registered, no session: %+v", s)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- l.RunSession(ctx) }()
+	// A registration whose key does not open: every attempt fails before
+	// any traffic, and the session backs off.
+	if res, _ := h.Apply(ctx, &raftstore.Command{Op: raftstore.OpCloudRegister, Cloud: &raftstore.CloudCmd{Register: &raftstore.CloudRegistration{
+		URL: "https://127.0.0.1:9", CloudClusterID: "x", CAFingerprint: "f", ClientCertPEM: []byte("c"), ClientKeySealed: "not sealed",
+	}}}); res.Error() != nil {
+		t.Fatal(res.Err)
+	}
+	eventually(t, "backoff while the session runs", func() error {
+		if s := l.Status(); s.State != cloudlink.StateBackoff && s.State != cloudlink.StateConnecting || !strings.Contains(s.LastError, "cloud client key") {
+			return fmt.Errorf("%+v", s)
+		}
+		return nil
+	})
+	if err := l.RunSession(context.Background()); err == nil {
+		t.Fatal("a second session ran")
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("RunSession: %v", err)
+	}
+	if s := l.Status(); s.State != cloudlink.StateStandby {
+		t.Fatalf("right after the session task returned: %+v", s)
+	}
+	if res, _ := h.Apply(context.Background(), &raftstore.Command{Op: raftstore.OpCloudDisconnect, Cloud: &raftstore.CloudCmd{}}); res.Error() != nil {
+		t.Fatal(res.Err)
+	}
+	eventually(t, "not registered", func() error {
+		if s := l.Status(); s.State != cloudlink.StateOff {
+			return fmt.Errorf("%+v", s)
+		}
+		return nil
+	})
+	// Close ends a running session.
+	go func() { done <- l.RunSession(context.Background()) }()
+	over, end := context.WithCancel(context.Background())
+	end()
+	eventually(t, "session running", func() error {
+		// With a context already done, a RunSession that gets to run
+		// returns at once.
+		if err := l.RunSession(over); err == nil || !strings.Contains(err.Error(), "already running") {
+			return fmt.Errorf("second RunSession: %v", err)
+		}
+		return nil
+	})
+	l.Close()
+	if err := <-done; err != nil {
+		t.Fatalf("RunSession after Close: %v", err)
+	}
 }

@@ -75,7 +75,6 @@ func TestDeployPreparedOncePerCommandID(t *testing.T) {
 
 type nopHost struct{}
 
-func (nopHost) IsLeader() bool                    { return false }
 func (nopHost) State() (*raftstore.State, uint64) { return &raftstore.State{}, 0 }
 func (nopHost) Changed() <-chan struct{}          { return nil }
 func (nopHost) Apply(context.Context, *raftstore.Command) (*raftstore.Result, error) {

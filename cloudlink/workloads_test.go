@@ -32,14 +32,8 @@ func linkedCluster(t *testing.T) (*cloud.Server, *fsmHost, seal.Key) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { srv.Close() })
-	h := &fsmHost{fsm: raftstore.NewFSM()}
-	h.leader.Store(true)
+	h := newHost(t)
 	ctx := context.Background()
-	if res, _ := h.Apply(ctx, &raftstore.Command{Op: raftstore.OpBootstrap, Bootstrap: &raftstore.BootstrapCmd{
-		ClusterID: "c1", Node: raftstore.Node{ID: "n1", Name: "n1", PublicKey: "k", MeshIP: raftstore.FirstMeshIP(), PodCIDR: raftstore.FirstPodCIDR()},
-	}}); res.Error() != nil {
-		t.Fatal(res.Err)
-	}
 	key, _ := seal.NewKey()
 	tok, _ := srv.CreateToken("x", time.Hour)
 	reg, err := cloudlink.Register(ctx, srv.URL(), tok.Token, "c1", key)
@@ -54,6 +48,7 @@ func linkedCluster(t *testing.T) (*cloud.Server, *fsmHost, seal.Key) {
 	}
 	l.Start(ctx)
 	t.Cleanup(func() { l.Close() })
+	runSessionWhileLeading(t, l, true)
 	eventually(t, "connected", func() error {
 		if _, ok := srv.ClusterConnected("x"); !ok {
 			return errors.New("not connected")

@@ -72,6 +72,31 @@ type PathEvent struct {
 	Old, New PathInfo
 }
 
+// LostDirect reports whether the peer left a direct path. That often means
+// this node's NAT remapped or its address changed: its candidates are
+// worth re-learning now.
+func (ev PathEvent) LostDirect() bool {
+	return ev.Old.Kind == PathDirect && ev.New.Kind != PathDirect
+}
+
+// Notable reports whether the kind of path or the relay changed, not just
+// an address within the same kind: what the cluster's event log records.
+func (ev PathEvent) Notable() bool {
+	return ev.Old.Kind != ev.New.Kind || ev.Old.Via != ev.New.Via
+}
+
+// Describe is the path for people, naming the relay through nameOf:
+// "direct ADDR", "via NAME" or "unreachable".
+func (p PathInfo) Describe(nameOf func(key [32]byte) string) string {
+	switch p.Kind {
+	case PathDirect:
+		return "direct " + p.Addr.String()
+	case PathRelay:
+		return "via " + nameOf(p.Via)
+	}
+	return "unreachable"
+}
+
 func shortKey(k [32]byte) string { return base64.StdEncoding.EncodeToString(k[:])[:8] }
 
 // peer is one member. Immutable fields first; then atomics read by the

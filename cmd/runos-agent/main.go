@@ -21,6 +21,7 @@ import (
 	"github.com/runos/runos-agent/agent"
 	"github.com/runos/runos-agent/api"
 	"github.com/runos/runos-agent/datadir"
+	"github.com/runos/runos-agent/nat"
 )
 
 const defaultDataDir = "/var/lib/runos-agent"
@@ -231,7 +232,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 						if lerr != nil {
 							return lerr
 						}
-						n, err = agent.StandaloneNetcheck(c.Context, c.StringSlice("stun"), log)
+						n, err = nat.StandaloneNetcheck(c.Context, c.StringSlice("stun"), log)
 					}
 					if err != nil {
 						return err

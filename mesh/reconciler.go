@@ -1,0 +1,273 @@
+package mesh
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"maps"
+	"net/netip"
+	"reflect"
+	"slices"
+	"time"
+)
+
+// PersistentKeepalive is every member peer's keepalive: it holds NAT
+// mappings open and keeps handshakes fresh.
+const PersistentKeepalive = 25 * time.Second
+
+// Reconciler defaults.
+const (
+	DefaultRemovalGrace      = 3 * time.Second // raftstore's default RemovalGrace
+	DefaultReconcileInterval = 10 * time.Second
+)
+
+// Member is another node of the cluster as the peer reconciler sees it.
+type Member struct {
+	// ID is the member's stable identity: a member that leaves the view
+	// lingers under it for RemovalGrace.
+	ID   string
+	Name string // what ReconcilerConfig.Candidates is asked with
+	// PublicKey is the member's WireGuard key in wg(8)'s base64 form, as
+	// recorded; a member whose key does not parse gets no peer (logged).
+	PublicKey string
+	Address   netip.Addr   // the member's mesh IP: its /32 is routed to it
+	Routed    netip.Prefix // optional: a prefix behind the member (its pod /24)
+	// Endpoints are the member's underlay candidates (host:port), for the
+	// underlay's path finding (ReconcilerConfig.Underlay). WireGuard sees
+	// one identity endpoint per peer (ReconcilerConfig.Endpoint).
+	Endpoints []string
+	Relay     bool // the member offers to relay between members
+}
+
+// View is the cluster as the reconciler's source knows it now.
+type View struct {
+	// Members are the other nodes.
+	Members []Member
+	// Self: the view includes this node. Until a view has, the source is
+	// still replaying history (a fresh joiner), and a prefix of history
+	// lacks nodes that joined later, the leader perhaps: the reconciler
+	// then leaves the peers alone, or replication could never reach this
+	// node. Once a view has included it, a view without it means this node
+	// was removed: every peer goes.
+	Self bool
+}
+
+// PeerSetter is the device side of reconciliation; *Device implements it.
+type PeerSetter interface {
+	SetPeers(peers []Peer) error
+}
+
+var _ PeerSetter = (*Device)(nil)
+
+// ReconcilerConfig configures a Reconciler.
+type ReconcilerConfig struct {
+	Device PeerSetter // required
+	// View reports the cluster now. Required.
+	View func() View
+	// Changed returns a channel closed at the next change of what View
+	// reports. Required.
+	Changed func() <-chan struct{}
+	// Endpoint is the WireGuard endpoint for a peer's key (the underlay
+	// Bind's identity endpoint, which picks the path per packet); nil: none
+	// (the peer roams in).
+	Endpoint func(Key) netip.AddrPort
+	// Underlay, if set, is given the members (and their candidates) before
+	// WireGuard is, so that the identity endpoints resolve to paths by the
+	// time WireGuard sends. An error fails the apply; the next wake retries.
+	Underlay func([]Member) error
+	// Candidates, if set, returns endpoints the named member announced out
+	// of band (gossip) since its record was written: they are tried at once
+	// rather than after the record is updated (which needs a quorum).
+	Candidates func(name string) []string
+	// Save, if set, persists the cluster after a view that includes this
+	// node was applied, so that a restart brings WireGuard up without a
+	// leader.
+	Save func() error
+	// RemovalGrace is how long a member that left the view keeps its peer,
+	// so that the entry that removes it still reaches it (it then drops
+	// everyone itself). Default DefaultRemovalGrace.
+	RemovalGrace time.Duration
+	// Interval is how often the view is re-checked without a change or a
+	// Wake. Default DefaultReconcileInterval.
+	Interval time.Duration
+	// Now is the clock lingering is measured on; default time.Now.
+	Now func() time.Time
+}
+
+// Reconciler keeps the device's peers equal to the cluster's members: when
+// the view changes (a join, a removal), when woken (gossip hints), and on a
+// timer.
+type Reconciler struct {
+	cfg  ReconcilerConfig
+	log  *slog.Logger
+	wake chan struct{} // cap 1
+}
+
+// NewReconciler returns a reconciler; Run runs it.
+func NewReconciler(cfg ReconcilerConfig, log *slog.Logger) (*Reconciler, error) {
+	switch {
+	case cfg.Device == nil:
+		return nil, errors.New("mesh: reconciler: Device is required")
+	case cfg.View == nil || cfg.Changed == nil:
+		return nil, errors.New("mesh: reconciler: View and Changed are required")
+	case log == nil:
+		return nil, errors.New("mesh: reconciler: logger is required")
+	}
+	if cfg.RemovalGrace <= 0 {
+		cfg.RemovalGrace = DefaultRemovalGrace
+	}
+	if cfg.Interval <= 0 {
+		cfg.Interval = DefaultReconcileInterval
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	return &Reconciler{cfg: cfg, log: log, wake: make(chan struct{}, 1)}, nil
+}
+
+// Wake makes Run re-check the view now. It never blocks.
+func (r *Reconciler) Wake() {
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Apply makes the underlay and the device agree with members once, outside
+// Run: a node brings WireGuard up with the peers it saved before its Raft
+// state is readable.
+func (r *Reconciler) Apply(members []Member) error {
+	if r.cfg.Underlay != nil {
+		if err := r.cfg.Underlay(members); err != nil {
+			return err
+		}
+	}
+	return r.cfg.Device.SetPeers(r.peers(members))
+}
+
+// peers turns members into WireGuard peers.
+func (r *Reconciler) peers(members []Member) []Peer {
+	var out []Peer
+	for _, m := range members {
+		key, err := ParseKey(m.PublicKey)
+		if err != nil {
+			r.log.Warn("node has a bad public key", "node", m.Name, "err", err)
+			continue
+		}
+		p := Peer{
+			PublicKey:           key,
+			AllowedIPs:          []netip.Prefix{netip.PrefixFrom(m.Address, 32)},
+			PersistentKeepalive: PersistentKeepalive,
+		}
+		if r.cfg.Endpoint != nil {
+			p.Endpoint = r.cfg.Endpoint(key)
+		}
+		if m.Routed.IsValid() {
+			p.AllowedIPs = append(p.AllowedIPs, m.Routed)
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
+type lingering struct {
+	member Member
+	until  time.Time
+}
+
+// Run reconciles until ctx ends.
+func (r *Reconciler) Run(ctx context.Context) {
+	var last []Member
+	seenSelf, removed := false, false
+	linger := map[string]lingering{}
+	for {
+		changed := r.cfg.Changed()
+		v := r.cfg.View()
+		now := r.cfg.Now()
+		seenSelf = seenSelf || v.Self
+		var members []Member
+		switch {
+		case v.Self:
+			members = slices.Clone(v.Members)
+			if members == nil {
+				members = []Member{}
+			}
+			in := make(map[string]bool, len(v.Members))
+			for _, m := range v.Members {
+				in[m.ID] = true
+			}
+			for _, m := range last {
+				if _, ok := linger[m.ID]; !ok && !in[m.ID] {
+					linger[m.ID] = lingering{member: m, until: now.Add(r.cfg.RemovalGrace)}
+				}
+			}
+			for _, id := range slices.Sorted(maps.Keys(linger)) {
+				if l := linger[id]; in[id] || now.After(l.until) {
+					delete(linger, id)
+				} else {
+					members = append(members, l.member)
+				}
+			}
+		case seenSelf:
+			if !removed {
+				r.log.Error("this node has been removed from the cluster; dropping all peers")
+				removed = true
+			}
+			members = []Member{}
+		default:
+			members = last
+		}
+		if members != nil {
+			members = r.withCandidates(members)
+		}
+		if members != nil && !reflect.DeepEqual(members, last) {
+			if err := r.Apply(members); err != nil {
+				r.log.Warn("set wireguard peers", "err", err)
+			} else {
+				last = members
+				if v.Self && r.cfg.Save != nil {
+					if err := r.cfg.Save(); err != nil {
+						r.log.Warn("save peers", "err", err)
+					}
+				}
+			}
+		}
+		wait := r.cfg.Interval
+		for _, l := range linger {
+			wait = min(wait, l.until.Sub(now)+10*time.Millisecond)
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-changed:
+		case <-r.wake:
+		case <-t.C:
+		}
+		t.Stop()
+	}
+}
+
+// withCandidates adds to each member's endpoints the ones it announced out
+// of band, so a remapped NAT is tried at once.
+func (r *Reconciler) withCandidates(members []Member) []Member {
+	if r.cfg.Candidates == nil {
+		return members
+	}
+	out := make([]Member, len(members))
+	for i, m := range members {
+		out[i] = m
+		cands := r.cfg.Candidates(m.Name)
+		if len(cands) == 0 {
+			continue
+		}
+		out[i].Endpoints = slices.Clone(m.Endpoints)
+		for _, ep := range cands {
+			if !slices.Contains(out[i].Endpoints, ep) {
+				out[i].Endpoints = append(out[i].Endpoints, ep)
+			}
+		}
+	}
+	return out
+}
