@@ -86,7 +86,7 @@ type Deps struct {
 	Now func() time.Time
 }
 
-// Tuning holds timers tests shorten.
+// Tuning holds the timers tests shorten; zero values keep production defaults.
 type Tuning struct {
 	RaftHeartbeat     time.Duration
 	RaftElection      time.Duration
@@ -104,6 +104,26 @@ type Tuning struct {
 	// WorkloadInterval is how often the workload reconciler re-reads
 	// status from Kubernetes (default 10 s).
 	WorkloadInterval time.Duration
+}
+
+// FastTuning shortens every timer that decides how fast a cluster forms and
+// reacts (Raft elections, heartbeats, health thresholds, reconcilers), so a
+// crash goes degraded then offline in seconds: in-process test clusters
+// (agent/agenttest and this package's own tests) and demos.
+func FastTuning() Tuning {
+	return Tuning{
+		RaftHeartbeat:     300 * time.Millisecond,
+		RaftElection:      300 * time.Millisecond,
+		DeadVoterGrace:    2 * time.Second,
+		ReconcileInterval: 200 * time.Millisecond,
+		GossipFast:        true,
+		HeartbeatInterval: 200 * time.Millisecond,
+		HealthyWithin:     time.Second,
+		OfflineAfter:      4 * time.Second,
+		HealthDwell:       300 * time.Millisecond,
+		CloudBackoffMax:   2 * time.Second,
+		WorkloadInterval:  time.Second,
+	}
 }
 
 // Agent is one running node.

@@ -14,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
 	"golang.zx2c4.com/wireguard/conn"
 
 	"github.com/runos/runos-agent/api"
@@ -24,33 +23,9 @@ import (
 	"github.com/runos/runos-agent/raftstore"
 )
 
-func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m,
-		// hashicorp/go-metrics runs a process-wide sink goroutine.
-		goleak.IgnoreTopFunction("github.com/hashicorp/go-metrics.(*InmemSignal).run"),
-		goleak.IgnoreTopFunction("github.com/armon/go-metrics.(*InmemSignal).run"),
-		goleak.IgnoreAnyFunction("github.com/hashicorp/go-metrics.NewInmemSink"),
-		// memberlist's Shutdown does not wait for a probe in flight: it
-		// ends by itself when its ack timer fires, which memberlist scales
-		// up to 9x the probe interval after the failed probes of a test
-		// that stopped nodes — longer than goleak waits.
-		goleak.IgnoreTopFunction("github.com/hashicorp/memberlist.(*Memberlist).probeNode"),
-	)
-}
-
-var fastTuning = Tuning{
-	RaftHeartbeat:     300 * time.Millisecond,
-	RaftElection:      300 * time.Millisecond,
-	DeadVoterGrace:    2 * time.Second,
-	ReconcileInterval: 200 * time.Millisecond,
-	GossipFast:        true,
-	HeartbeatInterval: 200 * time.Millisecond,
-	HealthyWithin:     time.Second,
-	OfflineAfter:      4 * time.Second,
-	HealthDwell:       300 * time.Millisecond,
-	CloudBackoffMax:   2 * time.Second,
-	WorkloadInterval:  time.Second,
-}
+// fastTuning is every test cluster's timing (TestMain, with goroutine leak
+// checks, is in main_ext_test.go: it uses agenttest's options).
+var fastTuning = FastTuning()
 
 func testLogger(t testing.TB) *slog.Logger {
 	if os.Getenv("RUNOS_TEST_LOG") != "" {

@@ -37,24 +37,9 @@ import (
 // Eventually); it catches a hung test, it measures nothing.
 const safety = 2 * time.Minute
 
-// FastTuning shortens every timer that decides how fast a cluster forms and
-// reacts (Raft elections, heartbeats, health thresholds, reconcilers), so a
-// test sees a crash go degraded then offline in seconds.
-func FastTuning() agent.Tuning {
-	return agent.Tuning{
-		RaftHeartbeat:     300 * time.Millisecond,
-		RaftElection:      300 * time.Millisecond,
-		DeadVoterGrace:    2 * time.Second,
-		ReconcileInterval: 200 * time.Millisecond,
-		GossipFast:        true,
-		HeartbeatInterval: 200 * time.Millisecond,
-		HealthyWithin:     time.Second,
-		OfflineAfter:      4 * time.Second,
-		HealthDwell:       300 * time.Millisecond,
-		CloudBackoffMax:   2 * time.Second,
-		WorkloadInterval:  time.Second,
-	}
-}
+// FastTuning is agent.FastTuning: timers short enough that a test sees a
+// crash go degraded then offline in seconds.
+func FastTuning() agent.Tuning { return agent.FastTuning() }
 
 // LeakOptions are the goroutines goleak must ignore in a test package that
 // runs agents (goleak.VerifyTestMain(m, agenttest.LeakOptions()...)):
