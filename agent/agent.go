@@ -17,7 +17,6 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/memberlist"
@@ -28,6 +27,7 @@ import (
 	"github.com/runos/runos-agent/gossip"
 	"github.com/runos/runos-agent/health"
 	"github.com/runos/runos-agent/httpapi"
+	"github.com/runos/runos-agent/kube"
 	"github.com/runos/runos-agent/leader"
 	"github.com/runos/runos-agent/mesh"
 	"github.com/runos/runos-agent/nat"
@@ -84,6 +84,13 @@ type Deps struct {
 	// lingers); nil: time.Now. Durations measured for logs and pings, and
 	// WireGuard handshake ages (wireguard-go's clock), stay on the real one.
 	Now func() time.Time
+	// NewKubeExecutor builds the Kubernetes client for a kubeconfig (nil:
+	// kube.New).
+	NewKubeExecutor func(kubeconfig []byte) (*kube.Executor, error)
+	// AfterWorkloadApply, when set, runs after the reconciler applied an
+	// instance's objects and before it writes the status: tests kill a
+	// leader exactly there.
+	AfterWorkloadApply func(ctx context.Context, osid string)
 }
 
 // Tuning holds the timers tests shorten; zero values keep production defaults.
@@ -135,7 +142,11 @@ type Agent struct {
 	mode   mesh.Mode
 	// underlay is Deps.Underlay until Start gives it to the nat.Bind.
 	underlay conn.Bind
-	now      func() time.Time
+	// kubeExec and afterApply are Deps.NewKubeExecutor and
+	// Deps.AfterWorkloadApply, handed to the workload reconciler.
+	kubeExec   func(kubeconfig []byte) (*kube.Executor, error)
+	afterApply func(ctx context.Context, osid string)
+	now        func() time.Time
 
 	wgKey    mesh.Key
 	nodeCert []byte
@@ -184,9 +195,6 @@ type Agent struct {
 	// applies them while this node leads (workloads.go).
 	workloads  *workload.Ops
 	reconciler *workload.Reconciler
-	// afterWorkloadApply is the reconciler's AfterApply hook, settable
-	// while the agent runs (tests kill a leader mid-deploy).
-	afterWorkloadApply atomic.Pointer[func(ctx context.Context, osid string)]
 }
 
 // New loads the data dir. It fails on a dir that init or join did not
@@ -220,7 +228,10 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 		mode:     mode,
 		underlay: deps.Underlay,
 		now:      deps.Now,
-		uiListen: cfg.UIListen,
+
+		kubeExec:   deps.NewKubeExecutor,
+		afterApply: deps.AfterWorkloadApply,
+		uiListen:   cfg.UIListen,
 
 		metricsListen: cfg.MetricsListen,
 		pathEvents:    make(chan nat.PathEvent, 64),

@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -45,6 +46,9 @@ type cluster struct {
 	agents []*Agent // nil while stopped
 	dirs   []string
 	binds  map[int]*bindtest.Cuttable // each node's underlay of its current start
+	// afterApply is every node's Deps.AfterWorkloadApply, set by a test
+	// while the cluster runs.
+	afterApply atomic.Pointer[func(ctx context.Context, osid string)]
 }
 
 func newCluster(t testing.TB, n int) *cluster {
@@ -76,7 +80,11 @@ func (c *cluster) place(i int) DevNode {
 func (c *cluster) deps(i int) Deps {
 	b := bindtest.NewCuttable(conn.NewStdNetBind())
 	c.binds[i] = b
-	return Deps{Log: testLogger(c.tb), Underlay: b}
+	return Deps{Log: testLogger(c.tb), Underlay: b, AfterWorkloadApply: func(ctx context.Context, osid string) {
+		if f := c.afterApply.Load(); f != nil {
+			(*f)(ctx, osid)
+		}
+	}}
 }
 
 // cut silences node i's socket; stopping it then is a crash.

@@ -18,18 +18,18 @@ import (
 // The reconciler's Close is registered here; it runs after the leader loop
 // (registered later, closed earlier) has stopped the reconciler.
 func (a *Agent) newWorkloads(log *slog.Logger) error {
-	rec, err := workload.NewReconciler(workload.ReconcilerConfig{
-		Store:    a.store,
-		DataKey:  a.dataKey,
-		Interval: a.tuning.WorkloadInterval,
-		NewExecutor: func(kubeconfig []byte) (*kube.Executor, error) {
+	newExec := a.kubeExec
+	if newExec == nil {
+		newExec = func(kubeconfig []byte) (*kube.Executor, error) {
 			return kube.New(kube.Config{Kubeconfig: kubeconfig}, log.With("component", "kube"))
-		},
-		AfterApply: func(ctx context.Context, osid string) {
-			if f := a.afterWorkloadApply.Load(); f != nil {
-				(*f)(ctx, osid)
-			}
-		},
+		}
+	}
+	rec, err := workload.NewReconciler(workload.ReconcilerConfig{
+		Store:       a.store,
+		DataKey:     a.dataKey,
+		Interval:    a.tuning.WorkloadInterval,
+		NewExecutor: newExec,
+		AfterApply:  a.afterApply,
 	}, log)
 	if err != nil {
 		return err

@@ -111,15 +111,13 @@ func TestServiceLeaderKilledMidDeploy(t *testing.T) {
 	hit := make(chan string, 1)
 	var armed atomic.Bool
 	armed.Store(true)
-	for _, a := range e.c.agents {
-		f := func(ctx context.Context, osid string) {
-			if armed.CompareAndSwap(true, false) {
-				hit <- osid
-				<-ctx.Done() // the agent is being closed
-			}
+	arm := func(ctx context.Context, osid string) {
+		if armed.CompareAndSwap(true, false) {
+			hit <- osid
+			<-ctx.Done() // the agent is being closed
 		}
-		a.afterWorkloadApply.Store(&f)
 	}
+	e.c.afterApply.Store(&arm)
 	leader := slices.Index(e.c.agents, e.c.leader())
 	s, err := e.client(leader).DeployService(ctx, api.ServiceRequest{Service: "postgres"})
 	if err != nil {
