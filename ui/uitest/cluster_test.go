@@ -28,7 +28,13 @@ func TestMain(m *testing.M) {
 // ports, once every node holds the UI credential init made.
 func uiCluster(t *testing.T) *agenttest.Cluster {
 	t.Helper()
-	c := agenttest.Start(t, 3, agenttest.WithUI(), agenttest.WithLoopbackSockets())
+	// Raft at 2 s instead of agenttest's 300 ms: these tests pick the
+	// leader's page once and drive it for a minute while other test
+	// packages load both cores; a spurious election would move the cloud
+	// session away from the page under test. Health timers stay fast.
+	tuning := agenttest.FastTuning()
+	tuning.RaftHeartbeat, tuning.RaftElection = 2*time.Second, 2*time.Second
+	c := agenttest.Start(t, 3, agenttest.WithUI(), agenttest.WithLoopbackSockets(), agenttest.WithTuning(tuning))
 	if c.AdminPassword() == "" {
 		t.Fatal("init returned no admin password")
 	}
