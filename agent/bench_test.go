@@ -105,7 +105,7 @@ func BenchmarkRaftWrites(b *testing.B) {
 
 func benchRaftWrites(b *testing.B, tuning Tuning) {
 	c := newClusterTuned(b, 3, tuning)
-	if q := c.leader().raftTiming().QuietFresh > 0; q != (tuning.RaftHeartbeat == 0) {
+	if q := c.waitLeader().raftTiming().QuietFresh > 0; q != (tuning.RaftHeartbeat == 0) {
 		b.Fatalf("quiet Raft %v with this timing", q)
 	}
 	for _, via := range []string{"leader", "follower"} {

@@ -235,7 +235,7 @@ func TestCloudRegisterShowsNodesAndHealth(t *testing.T) {
 		if len(cs) != 1 || cs[0].Connected {
 			return fmt.Errorf("clusters: %+v", cs)
 		}
-		if s := c.leader().CloudStatus(); s.State != cloudlink.StateOff {
+		if s := c.waitLeader().CloudStatus(); s.State != cloudlink.StateOff {
 			return fmt.Errorf("leader state %s", s.State)
 		}
 		return nil
@@ -262,7 +262,7 @@ func TestCloudDownLosesNothing(t *testing.T) {
 
 	tc.stop()
 	eventually(t, "leader notices the cloud is gone", func() error {
-		if s := c.leader().CloudStatus(); s.State != cloudlink.StateBackoff || s.LastError == "" || s.NextRetry.IsZero() {
+		if s := c.waitLeader().CloudStatus(); s.State != cloudlink.StateBackoff || s.LastError == "" || s.NextRetry.IsZero() {
 			return fmt.Errorf("status %+v", s)
 		}
 		return nil
@@ -278,16 +278,16 @@ func TestCloudDownLosesNothing(t *testing.T) {
 	if _, err := c.follower().DeployService(ctx, api.ServiceRequest{Service: "redis"}); err != nil {
 		t.Fatal(err)
 	}
-	gone, err := c.leader().DeployService(ctx, api.ServiceRequest{Service: "postgres"})
+	gone, err := c.waitLeader().DeployService(ctx, api.ServiceRequest{Service: "postgres"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := c.leader().DeleteWorkload(ctx, gone.OSID, false); err != nil {
+	if err := c.waitLeader().DeleteWorkload(ctx, gone.OSID, false); err != nil {
 		t.Fatal(err)
 	}
 	c.addNode(c.follower())
 	victim := c.follower().Name()
-	if err := c.leader().RemoveNode(ctx, victim); err != nil {
+	if err := c.waitLeader().RemoveNode(ctx, victim); err != nil {
 		t.Fatal(err)
 	}
 	for i, a := range c.agents {
@@ -303,11 +303,11 @@ func TestCloudDownLosesNothing(t *testing.T) {
 		}
 	}
 	c.waitFormed(3)
-	if s := c.leader().CloudStatus(); s.Pending == 0 || s.State == cloudlink.StateConnected {
+	if s := c.waitLeader().CloudStatus(); s.Pending == 0 || s.State == cloudlink.StateConnected {
 		t.Fatalf("status while the cloud is down: %+v", s)
 	}
 	// Metrics say the same.
-	mh, err := c.leader().metricsHandler()
+	mh, err := c.waitLeader().metricsHandler()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -346,7 +346,7 @@ func TestCloudDownLosesNothing(t *testing.T) {
 	if m.Cluster.Resyncs != first.Cluster.Resyncs {
 		t.Errorf("resyncs %d -> %d: the cursor was not resumed", first.Cluster.Resyncs, m.Cluster.Resyncs)
 	}
-	st, _ := c.leader().store.State()
+	st, _ := c.waitLeader().store.State()
 	got := map[uint64]bool{}
 	for _, i := range m.Changes {
 		got[i] = true
@@ -367,7 +367,7 @@ func TestCloudCommandOnceAcrossLeaderChange(t *testing.T) {
 	tc := startCloud(t)
 	id := connectCloud(t, tc, c.agents[0], "lab")
 	waitMirror(t, c, tc, id)
-	st0, _ := c.leader().store.State()
+	st0, _ := c.waitLeader().store.State()
 
 	args, _ := json.Marshal(cloudproto.CreateTokenArgs{TTL: "1h"})
 	rec, err := tc.srv.SendCommand(id, "create_token", args)
@@ -450,7 +450,7 @@ func TestCloudCommandOnceAcrossLeaderChange(t *testing.T) {
 	if rm.State != cloud.CmdDone {
 		t.Fatalf("remove failed: %+v", rm.Result)
 	}
-	st, _ = c.leader().store.State()
+	st, _ = c.waitLeader().store.State()
 	if st.NodeByName(victim) != nil {
 		t.Fatal("node still there")
 	}
@@ -547,7 +547,7 @@ func TestCloudDeployServiceCommand(t *testing.T) {
 		})
 	}
 	// The mirror lists it with the status the cluster shows.
-	local := c.leader().Services("")[0]
+	local := c.waitLeader().Services("")[0]
 	eventually(t, "mirror lists the instance with its status", func() error {
 		list, err := tc.srv.Services(id, "")
 		if err != nil {
@@ -570,7 +570,7 @@ func TestCloudDeployServiceCommand(t *testing.T) {
 		}
 		return nil
 	})
-	if n := len(c.leader().Services("")); n != 1 {
+	if n := len(c.waitLeader().Services("")); n != 1 {
 		t.Fatalf("%d instances after a replay", n)
 	}
 	// A bad deploy is a clear command error.
@@ -582,7 +582,7 @@ func TestCloudDeployServiceCommand(t *testing.T) {
 		t.Fatalf("delete failed: %+v", r.Result)
 	}
 	eventually(t, "gone from the cluster and the mirror", func() error {
-		if n := len(c.leader().Services("")); n != 0 {
+		if n := len(c.waitLeader().Services("")); n != 0 {
 			return fmt.Errorf("cluster has %d instances", n)
 		}
 		list, err := tc.srv.Services(id, "")

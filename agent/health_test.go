@@ -29,11 +29,11 @@ func TestCrashedNodeGoesDegradedThenOffline(t *testing.T) {
 	// Start from a settled history: a slow start (the race detector) may
 	// have recorded a blip that is still being undone.
 	eventually(t, name+" recorded healthy", func() error {
-		st, _ := c.leader().store.State()
+		st, _ := c.waitLeader().store.State()
 		if h, ok := health.LastRecorded(st)[name]; ok && h != api.Healthy {
 			return fmt.Errorf("recorded %s", h)
 		}
-		if h := c.leader().health.Of(st.NodeByName(name)).Health; h != api.Healthy {
+		if h := c.waitLeader().health.Of(st.NodeByName(name)).Health; h != api.Healthy {
 			return fmt.Errorf("seen %s", h)
 		}
 		return nil
