@@ -121,14 +121,7 @@ func (l *local) nodeRoutes(mux *http.ServeMux) {
 		p, err := l.b.Ping(r.Context(), r.URL.Query().Get("node"), seq)
 		respond(w, p, err)
 	})
-	mux.HandleFunc("POST /v1/tokens", func(w http.ResponseWriter, r *http.Request) {
-		var req api.TokenRequest
-		if !decodeBody(w, r, &req, 1<<16) {
-			return
-		}
-		tok, err := l.b.CreateToken(r.Context(), req)
-		respond(w, tok, err)
-	})
+	mux.HandleFunc("POST /v1/tokens", withBody(1<<16, l.b.CreateToken))
 	mux.HandleFunc("DELETE /v1/nodes/{name}", func(w http.ResponseWriter, r *http.Request) {
 		respond(w, nil, l.b.RemoveNode(r.Context(), r.PathValue("name")))
 	})
@@ -206,14 +199,7 @@ func (l *local) cloudRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /v1/cloud", func(w http.ResponseWriter, r *http.Request) {
 		WriteJSON(w, http.StatusOK, l.b.CloudStatus())
 	})
-	mux.HandleFunc("POST /v1/cloud/connect", func(w http.ResponseWriter, r *http.Request) {
-		var req api.CloudConnectRequest
-		if !decodeBody(w, r, &req, 1<<16) {
-			return
-		}
-		s, err := l.b.CloudConnect(r.Context(), req)
-		respond(w, s, err)
-	})
+	mux.HandleFunc("POST /v1/cloud/connect", withBody(1<<16, l.b.CloudConnect))
 	mux.HandleFunc("POST /v1/cloud/disconnect", func(w http.ResponseWriter, r *http.Request) {
 		s, err := l.b.CloudDisconnect(r.Context())
 		respond(w, s, err)
@@ -237,28 +223,16 @@ func (l *local) workloadRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /v1/kube", func(w http.ResponseWriter, r *http.Request) {
 		WriteJSON(w, http.StatusOK, l.wl.Kube())
 	})
-	mux.HandleFunc("PUT /v1/kube", func(w http.ResponseWriter, r *http.Request) {
-		var req api.KubeSetRequest
-		if !decodeBody(w, r, &req, 1<<20) {
-			return
-		}
-		k, err := l.wl.SetKube(r.Context(), []byte(req.Kubeconfig))
-		respond(w, k, err)
-	})
+	mux.HandleFunc("PUT /v1/kube", withBody(1<<20, func(ctx context.Context, req api.KubeSetRequest) (*api.Kube, error) {
+		return l.wl.SetKube(ctx, []byte(req.Kubeconfig))
+	}))
 	mux.HandleFunc("GET /v1/catalog", func(w http.ResponseWriter, r *http.Request) {
 		WriteJSON(w, http.StatusOK, l.catalog)
 	})
 	mux.HandleFunc("GET /v1/services", func(w http.ResponseWriter, r *http.Request) {
 		WriteJSON(w, http.StatusOK, l.wl.Services(r.URL.Query().Get("type")))
 	})
-	mux.HandleFunc("POST /v1/services", func(w http.ResponseWriter, r *http.Request) {
-		var req api.ServiceRequest
-		if !decodeBody(w, r, &req, 1<<16) {
-			return
-		}
-		s, err := l.wl.DeployService(r.Context(), req)
-		respond(w, s, err)
-	})
+	mux.HandleFunc("POST /v1/services", withBody(1<<16, l.wl.DeployService))
 	mux.HandleFunc("GET /v1/services/{osid}", func(w http.ResponseWriter, r *http.Request) {
 		reveal := r.URL.Query().Get("reveal")
 		s, err := l.wl.ServiceInfo(r.PathValue("osid"), reveal == "1" || reveal == "true")
@@ -270,14 +244,7 @@ func (l *local) workloadRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /v1/apps", func(w http.ResponseWriter, r *http.Request) {
 		WriteJSON(w, http.StatusOK, l.wl.Apps())
 	})
-	mux.HandleFunc("POST /v1/apps", func(w http.ResponseWriter, r *http.Request) {
-		var req api.AppRequest
-		if !decodeBody(w, r, &req, 1<<16) {
-			return
-		}
-		app, err := l.wl.DeployApp(r.Context(), req)
-		respond(w, app, err)
-	})
+	mux.HandleFunc("POST /v1/apps", withBody(1<<16, l.wl.DeployApp))
 	mux.HandleFunc("GET /v1/apps/{osid}", func(w http.ResponseWriter, r *http.Request) {
 		app, err := l.wl.AppInfo(r.PathValue("osid"))
 		respond(w, app, err)
@@ -285,6 +252,19 @@ func (l *local) workloadRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("DELETE /v1/apps/{osid}", func(w http.ResponseWriter, r *http.Request) {
 		respond(w, nil, l.wl.DeleteApp(r.Context(), r.PathValue("osid")))
 	})
+}
+
+// withBody serves an operation that takes a JSON body of at most limit
+// bytes and answers with its result (respond).
+func withBody[Req, Res any](limit int64, op func(context.Context, Req) (Res, error)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		var req Req
+		if !decodeBody(w, r, &req, limit) {
+			return
+		}
+		res, err := op(r.Context(), req)
+		respond(w, res, err)
+	}
 }
 
 // respond answers an operation: its error, 204 when it returns nothing,
