@@ -8,6 +8,7 @@ import (
 	"github.com/runos/runos-agent/api"
 	"github.com/runos/runos-agent/cloudlink"
 	"github.com/runos/runos-agent/datadir"
+	"github.com/runos/runos-agent/httpapi"
 	"github.com/runos/runos-agent/raftstore"
 )
 
@@ -93,7 +94,7 @@ func (a *Agent) CloudStatus() *api.CloudStatus {
 // Raft, so whichever node leads (now or later) holds the session.
 func (a *Agent) CloudConnect(ctx context.Context, req api.CloudConnectRequest) (*api.CloudStatus, error) {
 	if req.URL == "" || req.Token == "" {
-		return nil, fmt.Errorf("%w: url and token are required", errBadRequest)
+		return nil, fmt.Errorf("%w: url and token are required", httpapi.ErrBadRequest)
 	}
 	ctx, cancel := context.WithTimeout(ctx, 45*time.Second)
 	defer cancel()
@@ -101,11 +102,11 @@ func (a *Agent) CloudConnect(ctx context.Context, req api.CloudConnectRequest) (
 		return nil, err
 	}
 	if st, _ := a.store.State(); st.Cloud.Registration != nil {
-		return nil, fmt.Errorf("%w: already connected to %s (run `runos-agent cloud disconnect` first)", errBadRequest, st.Cloud.Registration.URL)
+		return nil, fmt.Errorf("%w: already connected to %s (run `runos-agent cloud disconnect` first)", httpapi.ErrBadRequest, st.Cloud.Registration.URL)
 	}
 	reg, err := cloudlink.Register(ctx, req.URL, req.Token, a.cfg.ClusterID, a.dataKey)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", errBadRequest, err)
+		return nil, fmt.Errorf("%w: %w", httpapi.ErrBadRequest, err)
 	}
 	res, err := a.store.Apply(ctx, &raftstore.Command{Op: raftstore.OpCloudRegister, Cloud: &raftstore.CloudCmd{Register: reg}})
 	if err == nil {
@@ -141,7 +142,7 @@ func (a *Agent) CloudDisconnect(ctx context.Context) (*api.CloudStatus, error) {
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
 	if st, _ := a.store.State(); st.Cloud.Registration == nil {
-		return nil, fmt.Errorf("%w: not connected to a cloud", errBadRequest)
+		return nil, fmt.Errorf("%w: not connected to a cloud", httpapi.ErrBadRequest)
 	}
 	res, err := a.store.Apply(ctx, &raftstore.Command{Op: raftstore.OpCloudDisconnect, Cloud: &raftstore.CloudCmd{}})
 	if err == nil {

@@ -54,9 +54,6 @@ var (
 	_ httpapi.Workloads = (*workload.Ops)(nil)
 )
 
-// errBadRequest marks an operation's refusal of its arguments (400).
-var errBadRequest = httpapi.ErrBadRequest
-
 // Changed is closed at the next change of this node's state.
 func (a *Agent) Changed() <-chan struct{} { return a.store.Changed() }
 
@@ -179,7 +176,7 @@ func (a *Agent) CreateToken(ctx context.Context, req api.TokenRequest) (*api.Tok
 	if req.TTL != "" {
 		d, err := time.ParseDuration(req.TTL)
 		if err != nil || d <= 0 {
-			return nil, fmt.Errorf("%w: invalid ttl %q", errBadRequest, req.TTL)
+			return nil, fmt.Errorf("%w: invalid ttl %q", httpapi.ErrBadRequest, req.TTL)
 		}
 		ttl = d
 	}
@@ -187,7 +184,7 @@ func (a *Agent) CreateToken(ctx context.Context, req api.TokenRequest) (*api.Tok
 		req.Uses = 1
 	}
 	if req.Uses < 0 || req.Uses > 1000 {
-		return nil, fmt.Errorf("%w: uses must be between 1 and 1000", errBadRequest)
+		return nil, fmt.Errorf("%w: uses must be between 1 and 1000", httpapi.ErrBadRequest)
 	}
 	tok := datadir.NewToken(a.cfg.CAFingerprint)
 	ctx, cancel := context.WithTimeout(ctx, writeTimeout)

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/runos/runos-agent/api"
+	"github.com/runos/runos-agent/httpapi"
 	"github.com/runos/runos-agent/mesh"
 	"github.com/runos/runos-agent/nat"
 	"github.com/runos/runos-agent/raftstore"
@@ -108,7 +109,7 @@ func (a *Agent) Ping(ctx context.Context, name string, seq int) (*api.PingResult
 		return nil, fmt.Errorf("%w: no node named %q", raftstore.ErrNoSuchNode, name)
 	}
 	if target.ID == a.cfg.NodeID {
-		return nil, fmt.Errorf("%w: %s is this node", errBadRequest, name)
+		return nil, fmt.Errorf("%w: %s is this node", httpapi.ErrBadRequest, name)
 	}
 	key, err := mesh.ParseKey(target.PublicKey)
 	if err != nil {
