@@ -521,3 +521,8 @@ func (a *Agent) WaitReady(ctx context.Context) error {
 		}
 	}
 }
+
+// dataKeys are the cluster data keys this node holds, newest first: the
+// first seals, any of them opens. Keys derived from them (seal.Derive)
+// key gossip and heartbeats.
+func (a *Agent) dataKeys() []seal.Key { return []seal.Key{a.dataKey} }

@@ -6,7 +6,9 @@
 package seal
 
 import (
+	"crypto/hkdf"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -88,4 +90,16 @@ func Open(k Key, purpose, sealed string) ([]byte, error) {
 		return nil, ErrOpen
 	}
 	return pt, nil
+}
+
+// Derive returns a key for one purpose ("memberlist", "heartbeat") derived
+// from the data key with HKDF-SHA256. Channels keyed this way change with
+// the data key, so a rotation (node removal) re-keys them too, and one
+// derived key reveals neither the data key nor its siblings.
+func Derive(k Key, purpose string) Key {
+	out, err := hkdf.Key(sha256.New, k[:], nil, "runos-agent "+purpose, len(Key{}))
+	if err != nil {
+		panic("seal: hkdf: " + err.Error()) // only for lengths sha256 cannot reach
+	}
+	return Key(out)
 }

@@ -54,3 +54,18 @@ func FuzzOpen(f *testing.F) {
 		Open(k, "p", in) // must not panic
 	})
 }
+
+func TestDeriveSeparatesPurposes(t *testing.T) {
+	k, _ := NewKey()
+	a, b := Derive(k, "memberlist"), Derive(k, "heartbeat")
+	if a == b || a == k || a.IsZero() {
+		t.Fatal("derived keys must differ per purpose and from the data key")
+	}
+	if Derive(k, "memberlist") != a {
+		t.Fatal("Derive is not deterministic")
+	}
+	k2, _ := NewKey()
+	if Derive(k2, "memberlist") == a {
+		t.Fatal("a new data key must give a new derived key")
+	}
+}
