@@ -101,11 +101,16 @@ func TestMeshAttacks(t *testing.T) {
 	}
 
 	t.Run("gossip/no-key", func(t *testing.T) {
-		tr, err := gossip.NewTransport(gossip.TransportConfig{Net: a.Net(), BindAddr: a.cfg.MeshIP, Port: 0}, nil)
+		tr, err := gossip.NewTransport(gossip.TransportConfig{Net: a.Net(), BindAddr: a.cfg.MeshIP, Port: 0, Sources: raftstore.MemberSources()}, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
-		mc := gossip.MemberlistConfig("evil", tr, nil)
+		mc, err := gossip.MemberlistConfig("evil", tr, [][]byte{make([]byte, 32)}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// No keyring: what a process without the cluster key sends.
+		mc.Keyring, mc.GossipVerifyIncoming, mc.GossipVerifyOutgoing = nil, false, false
 		mc.ProbeInterval, mc.GossipInterval = time.Hour, time.Hour
 		ml, err := memberlist.Create(mc)
 		if err != nil {
