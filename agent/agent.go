@@ -510,6 +510,11 @@ func (a *Agent) allowPeerCert(leaf *x509.Certificate) error {
 		return errors.New("this node's cluster state is not open yet")
 	}
 	st, _ := store.State()
+	return memberCert(st, leaf)
+}
+
+// memberCert is allowPeerCert's rule on a given state.
+func memberCert(st *raftstore.State, leaf *x509.Certificate) error {
 	if st.ClusterID == "" {
 		return nil
 	}

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -25,6 +26,7 @@ import (
 	"github.com/runos/runos-agent/mesh"
 	"github.com/runos/runos-agent/pki"
 	"github.com/runos/runos-agent/raftstore"
+	"github.com/runos/runos-agent/seal"
 )
 
 // The attacks of issue 12 on the mesh's control plane, by a process that is
@@ -221,4 +223,112 @@ func (d *dialOnlyStream) Accept() (net.Conn, error) { <-d.done; return nil, net.
 func (d *dialOnlyStream) Close() error              { d.once.Do(func() { close(d.done) }); return nil }
 func (d *dialOnlyStream) Addr() net.Addr {
 	return &net.TCPAddr{IP: net.IPv4(172, 24, 0, 99), Port: 7947}
+}
+
+// memberCert: the recorded fingerprint decides; a record without one (a
+// cluster made before they were recorded) falls back to the serial; a node
+// not in the state, or a replica without state, as documented.
+func TestMemberCert(t *testing.T) {
+	ca, err := pki.NewCA("c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	issue := func(name string) *x509.Certificate {
+		key, _, err := pki.NewKey()
+		if err != nil {
+			t.Fatal(err)
+		}
+		csr, err := pki.NewCSR(key, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		certPEM, _, err := ca.SignCSR(csr, name, nil, time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := pki.ParseCert(certPEM)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	pinned, legacy, removed := issue("pinned"), issue("legacy"), issue("removed")
+	forgedPinned := mustParse(t, mintWithSerial(t, ca, "pinned", pki.SerialOf(pinned)).Certificate[0])
+	forgedLegacy := mustParse(t, mintWithSerial(t, ca, "legacy", pki.SerialOf(legacy)).Certificate[0])
+	st := raftstore.NewState()
+	st.ClusterID = "c"
+	st.Nodes["1"] = &raftstore.Node{ID: "1", Name: "pinned", CertSerial: pki.SerialOf(pinned), CertFingerprint: pki.Fingerprint(pinned)}
+	st.Nodes["2"] = &raftstore.Node{ID: "2", Name: "legacy", CertSerial: pki.SerialOf(legacy)}
+
+	for _, tc := range []struct {
+		name string
+		leaf *x509.Certificate
+		ok   bool
+	}{
+		{"recorded fingerprint", pinned, true},
+		{"minted with a pinned member's serial", forgedPinned, false},
+		{"legacy record, its serial", legacy, true},
+		// The weakness fingerprints close, left open only until the node
+		// backfills its record.
+		{"legacy record, minted with its serial", forgedLegacy, true},
+		{"no such node", removed, false},
+		{"another member's certificate under this name", mustParse(t, mintWithSerial(t, ca, "legacy", pki.SerialOf(pinned)).Certificate[0]), false},
+	} {
+		if err := memberCert(st, tc.leaf); (err == nil) != tc.ok {
+			t.Errorf("%s: err = %v, want ok %v", tc.name, err, tc.ok)
+		}
+	}
+	if err := memberCert(raftstore.NewState(), removed); err != nil {
+		t.Errorf("a replica without state refused a CA-signed certificate: %v", err)
+	}
+}
+
+// rekeyGossip as the data key rotation uses it: both members take the new
+// key as primary and keep the old, then drop the old; they keep gossiping
+// throughout, and a stranger with only the old key is refused at the end.
+func TestRekeyGossip(t *testing.T) {
+	c := newCluster(t, 2)
+	old := c.agents[0].dataKeys()[0]
+	next, err := seal.NewKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, keys := range [][]seal.Key{{next, old}, {next}} {
+		for _, a := range c.agents {
+			if err := a.rekeyGossip(keys); err != nil {
+				t.Fatal(err)
+			}
+			got := a.gossipKeys.GetKeys()
+			if len(got) != len(keys) || !bytes.Equal(a.gossipKeys.GetPrimaryKey(), gossipKeys(keys)[0]) {
+				t.Fatalf("%s keyring holds %d keys, primary new %v", a.Name(), len(got), bytes.Equal(a.gossipKeys.GetPrimaryKey(), gossipKeys(keys)[0]))
+			}
+		}
+		// A full state exchange under the new keyring.
+		a, b := c.agents[0], c.agents[1]
+		if n, err := a.ml.Join([]string{netip.AddrPortFrom(b.cfg.MeshIP, GossipPort).String()}); err != nil || n != 1 {
+			t.Fatalf("push/pull after rekey: %d, %v", n, err)
+		}
+	}
+	a := c.agents[0]
+	tr, err := gossip.NewTransport(gossip.TransportConfig{Net: a.Net(), BindAddr: a.cfg.MeshIP, Port: 0, Sources: raftstore.MemberSources()}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mc, err := gossip.MemberlistConfig("removed", tr, gossipKeys([]seal.Key{old}), nil)
+	if err != nil {
+		tr.Shutdown()
+		t.Fatal(err)
+	}
+	ml, err := memberlist.Create(mc)
+	if err != nil {
+		tr.Shutdown()
+		t.Fatal(err)
+	}
+	defer ml.Shutdown()
+	if n, err := ml.Join([]string{netip.AddrPortFrom(a.cfg.MeshIP, GossipPort).String()}); err == nil || n != 0 {
+		t.Fatalf("a node with only the old key joined: %d, %v", n, err)
+	}
+	if err := a.rekeyGossip(nil); err == nil {
+		t.Fatal("rekey to no keys succeeded")
+	}
 }

@@ -42,9 +42,11 @@ func startRaftCluster(tb testing.TB, n int, newStream func(i int) *StreamLayer, 
 	for i := range n {
 		conf := raft.DefaultConfig()
 		conf.LocalID = servers[i].ID
-		conf.HeartbeatTimeout = 200 * time.Millisecond
-		conf.ElectionTimeout = 200 * time.Millisecond
-		conf.LeaderLeaseTimeout = 100 * time.Millisecond
+		// Long enough that a loaded machine (benchmarks share it) does
+		// not depose the leader mid-run.
+		conf.HeartbeatTimeout = time.Second
+		conf.ElectionTimeout = time.Second
+		conf.LeaderLeaseTimeout = 500 * time.Millisecond
 		conf.CommitTimeout = 5 * time.Millisecond
 		conf.Logger = hclog.NewNullLogger()
 		var logs raft.LogStore
