@@ -2,6 +2,8 @@ package raftstore
 
 import (
 	"errors"
+	"net"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -47,5 +49,30 @@ func TestCertFingerprintJoinAndBackfill(t *testing.T) {
 	bad.Join.CertFingerprint = strings.Repeat("A", 64) // uppercase is not what pki writes
 	if err := s.apply(8, bad).Error(); !errors.Is(err, ErrMalformedCmd) {
 		t.Fatalf("join with a malformed fingerprint: %v", err)
+	}
+}
+
+// Raft, gossip and the node API serve the mesh, never the pod network or
+// wg1 (user access), whose addresses share the wg0 routes.
+func TestMemberSources(t *testing.T) {
+	src := MemberSources()
+	for addr, want := range map[string]bool{
+		"172.24.0.1":        true,
+		"172.24.199.255":    true,
+		"::ffff:172.24.0.9": true,
+		"172.24.200.1":      false, // wg1
+		"172.24.207.255":    false,
+		"172.24.208.0":      true,
+		"172.25.3.7":        false, // a pod
+		"127.0.0.1":         false,
+		"10.96.0.1":         false,
+		"fd00::1":           false,
+	} {
+		if got := src.Contains(netip.MustParseAddr(addr)); got != want {
+			t.Errorf("%s: %v, want %v", addr, got, want)
+		}
+	}
+	if src.ContainsAddr(nil) || !src.ContainsAddr(&net.TCPAddr{IP: net.IPv4(172, 24, 0, 2), Port: 1}) || src.ContainsAddr(&net.UDPAddr{IP: net.IPv4(172, 25, 0, 2), Port: 1}) {
+		t.Error("ContainsAddr disagrees with Contains")
 	}
 }
