@@ -26,8 +26,8 @@ import (
 // Admit is the member side of a join (the join endpoint's httpapi.Joiner):
 // it checks the request, signs the CSR, then commits "consume token +
 // allocate addresses + add node" as one Raft command. A certificate signed
-// for a join that then fails is harmless: its serial is in no node record,
-// so every member refuses it.
+// for a join that then fails is harmless: its fingerprint is in no node
+// record, so every member refuses it.
 func (a *Agent) Admit(ctx context.Context, req *api.JoinRequest) (*api.JoinResponse, error) {
 	forbidden := func(err error) error { return httpapi.Classify(err, httpapi.ErrForbidden) }
 	invalid := func(err error) error { return httpapi.Classify(err, httpapi.ErrBadRequest) }
@@ -64,6 +64,10 @@ func (a *Agent) Admit(ctx context.Context, req *api.JoinRequest) (*api.JoinRespo
 	if err != nil {
 		return nil, invalid(fmt.Errorf("bad certificate request: %w", err))
 	}
+	fingerprint, err := pki.FingerprintPEM(certPEM)
+	if err != nil {
+		return nil, err
+	}
 	ctx, cancel := context.WithTimeout(ctx, writeTimeout)
 	defer cancel()
 	res, err := a.store.Apply(ctx, &raftstore.Command{
@@ -71,7 +75,7 @@ func (a *Agent) Admit(ctx context.Context, req *api.JoinRequest) (*api.JoinRespo
 		Join: &raftstore.JoinCmd{
 			TokenID: tok.ID, SecretHash: pki.HashSecret(tok.Secret),
 			NodeID: req.NodeID, Name: req.Name, PublicKey: req.PublicKey,
-			Endpoints: req.Endpoints, CertSerial: serial, Version: req.Version,
+			Endpoints: req.Endpoints, CertSerial: serial, CertFingerprint: fingerprint, Version: req.Version,
 		},
 	})
 	if err != nil {
@@ -146,7 +150,8 @@ func Join(ctx context.Context, opts JoinOptions) (*datadir.NodeConfig, error) {
 		return nil, err
 	}
 	cert, err := pki.ParseCert(resp.CertPEM)
-	if err != nil || resp.Node == nil || resp.Node.CertSerial != pki.SerialOf(cert) {
+	if err != nil || resp.Node == nil || resp.Node.CertSerial != pki.SerialOf(cert) ||
+		(resp.Node.CertFingerprint != "" && resp.Node.CertFingerprint != pki.Fingerprint(cert)) {
 		return nil, errors.New("member sent an inconsistent join response")
 	}
 	if _, err := seal.ParseKey(resp.DataKey); err != nil {

@@ -145,12 +145,19 @@ func (a *Agent) selfLoop(ctx context.Context) {
 		lastRefresh = time.Now()
 		eps, relay := a.bind.Candidates(ctx, a.cfg.Endpoints, a.cfg.Relay, a.stunServers(nil))
 		a.setOwnCandidates(eps)
-		if me.Version == Version && reflect.DeepEqual(me.Endpoints, eps) && me.Relay == relay {
+		// A record from before fingerprints were recorded gets this
+		// node's own: until then peers can tell its certificate only by
+		// serial (allowPeerCert).
+		var fingerprint string
+		if me.CertFingerprint == "" {
+			fingerprint = a.certFingerprint
+		}
+		if me.Version == Version && reflect.DeepEqual(me.Endpoints, eps) && me.Relay == relay && fingerprint == "" {
 			continue
 		}
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		res, err := a.store.Apply(cctx, &raftstore.Command{Op: raftstore.OpUpdateNode, UpdateNode: &raftstore.UpdateNodeCmd{
-			NodeID: a.cfg.NodeID, Endpoints: eps, Version: Version, Relay: &relay,
+			NodeID: a.cfg.NodeID, Endpoints: eps, Version: Version, Relay: &relay, CertFingerprint: fingerprint,
 		}})
 		cancel()
 		if err == nil {

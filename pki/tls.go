@@ -143,6 +143,60 @@ func MutualConfig(certPEM, keyPEM []byte, ca *x509.Certificate, allow func(leaf 
 	return server, client, nil
 }
 
+// AddressedConfig is MutualConfig for transports that dial members by
+// mesh address rather than by name (Raft's stream layer). The server side is
+// MutualConfig's. The client verifies the server's chain against ca as the
+// standard verifier would, and then allow, but checks no name: node
+// certificates name the node, not its mesh IP, and allow (wired to the
+// cluster state) already ties the certificate to a current member.
+// Every handshake, resumed ones included, is verified.
+func AddressedConfig(certPEM, keyPEM []byte, ca *x509.Certificate, allow func(leaf *x509.Certificate) error) (server, client *tls.Config, err error) {
+	server, client, err = MutualConfig(certPEM, keyPEM, ca, allow)
+	if err != nil {
+		return nil, nil, err
+	}
+	roots := client.RootCAs
+	client.RootCAs = nil
+	// The standard verifier insists on a name; VerifyConnection below does
+	// the whole verification instead.
+	client.InsecureSkipVerify = true
+	client.VerifyConnection = func(cs tls.ConnectionState) error {
+		if len(cs.PeerCertificates) == 0 {
+			return errors.New("pki: peer presented no certificate")
+		}
+		leaf := cs.PeerCertificates[0]
+		inter := x509.NewCertPool()
+		for _, c := range cs.PeerCertificates[1:] {
+			inter.AddCert(c)
+		}
+		if _, err := leaf.Verify(x509.VerifyOptions{
+			Roots:         roots,
+			Intermediates: inter,
+			KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		}); err != nil {
+			return fmt.Errorf("pki: peer certificate %q does not verify against the cluster CA: %w", leaf.Subject.CommonName, err)
+		}
+		if allow == nil {
+			return nil
+		}
+		if err := allow(leaf); err != nil {
+			return fmt.Errorf("pki: peer certificate %q (serial %s) refused: %w", leaf.Subject.CommonName, SerialOf(leaf), err)
+		}
+		return nil
+	}
+	return server, client, nil
+}
+
+// FingerprintPEM is Fingerprint of the first certificate in certPEM: what
+// the cluster state records for a node's certificate.
+func FingerprintPEM(certPEM []byte) (string, error) {
+	c, err := ParseCert(certPEM)
+	if err != nil {
+		return "", fmt.Errorf("pki: %w", err)
+	}
+	return Fingerprint(c), nil
+}
+
 // loadCert builds the certificate chain a node presents: its leaf, then the
 // CA. It checks that the leaf was signed by ca, so that a node whose data dir
 // holds a certificate from another cluster fails at startup rather than at

@@ -59,8 +59,13 @@ type Node struct {
 	Relay      bool              `json:"relay,omitempty"`     // offers relaying to other members
 	Labels     map[string]string `json:"labels,omitempty"`
 	CertSerial string            `json:"cert_serial"`
-	Version    string            `json:"version,omitempty"`
-	JoinedAt   time.Time         `json:"joined_at"`
+	// CertFingerprint is the SHA-256 of the node certificate's DER
+	// (pki.Fingerprint): a member's certificate is that exact certificate,
+	// not any the CA signed with its serial. Empty in records made before
+	// it existed; the node then fills it in itself (UpdateNodeCmd).
+	CertFingerprint string    `json:"cert_fingerprint,omitempty"`
+	Version         string    `json:"version,omitempty"`
+	JoinedAt        time.Time `json:"joined_at"`
 }
 
 // Token is a join token. Only the hash of its secret is stored, so the Raft
@@ -160,6 +165,20 @@ func (s *State) NodeByName(name string) *Node {
 	return nil
 }
 
+// validFingerprint reports whether s is a certificate fingerprint as
+// pki.Fingerprint writes it: 64 lowercase hex digits.
+func validFingerprint(s string) bool {
+	if len(s) != 64 {
+		return false
+	}
+	for _, r := range s {
+		if (r < '0' || r > '9') && (r < 'a' || r > 'f') {
+			return false
+		}
+	}
+	return true
+}
+
 // NodeBySerial finds the node holding the certificate with this serial.
 func (s *State) NodeBySerial(serial string) *Node {
 	for _, n := range s.Nodes {
@@ -255,7 +274,10 @@ type JoinCmd struct {
 	Endpoints  []string `json:"endpoints"`
 	Relay      bool     `json:"relay,omitempty"`
 	CertSerial string   `json:"cert_serial"`
-	Version    string   `json:"version"`
+	// CertFingerprint is pki.Fingerprint of the certificate signed for
+	// the joiner (optional: members of older versions do not send it).
+	CertFingerprint string `json:"cert_fingerprint,omitempty"`
+	Version         string `json:"version"`
 }
 
 // RemoveNodeCmd removes a node by name.
@@ -269,6 +291,10 @@ type UpdateNodeCmd struct {
 	Endpoints []string `json:"endpoints,omitempty"`
 	Version   string   `json:"version,omitempty"`
 	Relay     *bool    `json:"relay,omitempty"`
+	// CertFingerprint backfills the record's fingerprint when it has none
+	// (a node of a cluster made before fingerprints were recorded); a
+	// recorded fingerprint is never replaced.
+	CertFingerprint string `json:"cert_fingerprint,omitempty"`
 }
 
 // Result is what applying a command produced.
@@ -405,7 +431,7 @@ func (s *State) applyOp(cmd *Command, res *Result) error {
 
 	case OpUpdateNode:
 		c := cmd.UpdateNode
-		if c == nil {
+		if c == nil || (c.CertFingerprint != "" && !validFingerprint(c.CertFingerprint)) {
 			return ErrMalformedCmd
 		}
 		n, ok := s.Nodes[c.NodeID]
@@ -420,6 +446,9 @@ func (s *State) applyOp(cmd *Command, res *Result) error {
 		}
 		if c.Relay != nil {
 			n.Relay = *c.Relay
+		}
+		if c.CertFingerprint != "" && n.CertFingerprint == "" {
+			n.CertFingerprint = c.CertFingerprint
 		}
 		res.Node = n.clone()
 		return nil
@@ -438,6 +467,9 @@ func (s *State) applyOp(cmd *Command, res *Result) error {
 func (s *State) applyJoin(cmd *Command, res *Result) error {
 	c := cmd.Join
 	if c == nil || c.NodeID == "" || c.Name == "" || c.PublicKey == "" || c.CertSerial == "" {
+		return ErrMalformedCmd
+	}
+	if c.CertFingerprint != "" && !validFingerprint(c.CertFingerprint) {
 		return ErrMalformedCmd
 	}
 	t, ok := s.Tokens[c.TokenID]
@@ -483,6 +515,8 @@ func (s *State) applyJoin(cmd *Command, res *Result) error {
 		CertSerial: c.CertSerial,
 		Version:    c.Version,
 		JoinedAt:   cmd.Time,
+
+		CertFingerprint: c.CertFingerprint,
 	}
 	s.Nodes[n.ID] = n
 	s.expireTokens(cmd.Time)
