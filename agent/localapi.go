@@ -3,6 +3,7 @@ package agent
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -172,7 +173,9 @@ func (a *Agent) Events(after uint64) *api.EventsResponse {
 // CreateToken stores a new join token and returns it with the command that
 // uses it.
 func (a *Agent) CreateToken(ctx context.Context, req api.TokenRequest) (*api.Token, error) {
-	ttl := time.Hour
+	st, _ := a.store.State()
+	policy := st.EffectiveTokenPolicy()
+	ttl := min(time.Hour, policy.MaxTTL)
 	if req.TTL != "" {
 		d, err := time.ParseDuration(req.TTL)
 		if err != nil || d <= 0 {
@@ -183,8 +186,13 @@ func (a *Agent) CreateToken(ctx context.Context, req api.TokenRequest) (*api.Tok
 	if req.Uses == 0 {
 		req.Uses = 1
 	}
-	if req.Uses < 0 || req.Uses > 1000 {
-		return nil, fmt.Errorf("%w: uses must be between 1 and 1000", httpapi.ErrBadRequest)
+	if req.Uses < 0 {
+		return nil, fmt.Errorf("%w: uses must be at least 1", httpapi.ErrBadRequest)
+	}
+	// The FSM enforces the policy for every proposer; refusing here too
+	// gives the user the reason as a 400 rather than a failed write.
+	if err := policy.Allow(ttl, req.Uses); err != nil {
+		return nil, fmt.Errorf("%w: %w (change it with `runos-agent token policy`)", httpapi.ErrBadRequest, err)
 	}
 	tok := datadir.NewToken(a.cfg.CAFingerprint)
 	ctx, cancel := context.WithTimeout(ctx, writeTimeout)
@@ -202,6 +210,9 @@ func (a *Agent) CreateToken(ctx context.Context, req api.TokenRequest) (*api.Tok
 		return nil, err
 	}
 	if err := res.Error(); err != nil {
+		if errors.Is(err, raftstore.ErrTokenPolicy) {
+			return nil, fmt.Errorf("%w: %w", httpapi.ErrBadRequest, err)
+		}
 		return nil, err
 	}
 	member := a.cfg.Endpoints[0]
