@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/runos/runos-agent/api"
@@ -37,6 +38,9 @@ func (a *Agent) Admit(ctx context.Context, req *api.JoinRequest) (*api.JoinRespo
 	}
 	if tok.CAFingerprint != a.cfg.CAFingerprint {
 		return nil, forbidden(errors.New("join token belongs to another cluster"))
+	}
+	if err := a.checkJoinToken(ctx, tok); err != nil {
+		return nil, forbidden(err)
 	}
 	if !datadir.ValidName(req.Name) {
 		return nil, invalid(fmt.Errorf("invalid node name %q", req.Name))
@@ -193,7 +197,7 @@ func postJoin(ctx context.Context, member, caFingerprint string, req api.JoinReq
 	client := &http.Client{
 		Timeout: writeTimeout + 10*time.Second,
 		Transport: &http.Transport{
-			TLSClientConfig:     pki.PinnedClientConfig(caFingerprint),
+			TLSClientConfig:     pki.JoinClientConfig(caFingerprint),
 			TLSHandshakeTimeout: 10 * time.Second,
 			ForceAttemptHTTP2:   false,
 		},
@@ -209,6 +213,12 @@ func postJoin(ctx context.Context, member, caFingerprint string, req api.JoinReq
 		var terr *tls.CertificateVerificationError
 		if errors.As(err, &terr) {
 			return nil, fmt.Errorf("join %s: %w", member, terr.Err)
+		}
+		if strings.Contains(err.Error(), "unrecognized name") {
+			// The join endpoint answers only to the server name derived
+			// from its CA's fingerprint (pki.JoinServerName).
+			return nil, fmt.Errorf("join %s: %w: the member serves no cluster with CA fingerprint %s (is the token for another cluster?)",
+				member, pki.ErrFingerprintMismatch, caFingerprint)
 		}
 		return nil, fmt.Errorf("join %s: %w", member, err)
 	}

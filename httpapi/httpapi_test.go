@@ -194,7 +194,7 @@ func TestJoinHandler(t *testing.T) {
 		{"POST", "/v1/join", `{"name":"b"}`, Classify(errors.New("not committed"), ErrUnavailable), 503, "not committed", true},
 	} {
 		j := &fakeJoiner{err: tc.err}
-		h, err := NewJoinHandler(j)
+		h, err := NewJoinHandler(j, JoinLimits{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -284,7 +284,7 @@ func TestConstructorsRejectMissingBackends(t *testing.T) {
 	if _, err := NewLocalHandler(LocalConfig{Local: f}); err == nil {
 		t.Error("NewLocalHandler without Workloads")
 	}
-	if _, err := NewJoinHandler(nil); err == nil {
+	if _, err := NewJoinHandler(nil, JoinLimits{}); err == nil {
 		t.Error("NewJoinHandler without a Joiner")
 	}
 	if _, err := NewNodeHandler(nil); err == nil {
