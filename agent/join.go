@@ -19,6 +19,7 @@ import (
 	"github.com/runos/runos-agent/datadir"
 	"github.com/runos/runos-agent/httpapi"
 	"github.com/runos/runos-agent/mesh"
+	"github.com/runos/runos-agent/nat"
 	"github.com/runos/runos-agent/pki"
 	"github.com/runos/runos-agent/raftstore"
 	"github.com/runos/runos-agent/seal"
@@ -54,10 +55,8 @@ func (a *Agent) Admit(ctx context.Context, req *api.JoinRequest) (*api.JoinRespo
 	if len(req.Endpoints) > 16 {
 		return nil, invalid(errors.New("too many endpoints"))
 	}
-	for _, ep := range req.Endpoints {
-		if _, _, err := net.SplitHostPort(ep); err != nil {
-			return nil, invalid(fmt.Errorf("invalid endpoint %q", ep))
-		}
+	if _, bad := nat.PolicyFor(a.cfg.Endpoints).FilterStrings(req.Endpoints); len(bad) > 0 {
+		return nil, invalid(fmt.Errorf("invalid endpoint %w", bad[0]))
 	}
 	st, _ := a.store.State()
 	ca, err := pki.ParseCA(st.CACertPEM, st.CAKeyPEM)
