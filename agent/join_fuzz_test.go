@@ -59,7 +59,9 @@ func FuzzJoinHandler(f *testing.F) {
 		if after := a.store.Status().CommitIndex; after != before {
 			t.Fatalf("a refused join wrote to Raft (index %d -> %d); answer %d %s", before, after, rec.Code, rec.Body)
 		}
-		if names := func(s string) bool { return !bytes.Contains(body, []byte(s)) && bytes.Contains(rec.Body.Bytes(), []byte(s)) }; names(a.Name()) || names(a.cfg.ClusterID) {
+		if names := func(s string) bool {
+			return !bytes.Contains(body, []byte(s)) && bytes.Contains(rec.Body.Bytes(), []byte(s))
+		}; names(a.Name()) || names(a.cfg.ClusterID) {
 			t.Fatalf("the answer names the node or the cluster: %s", rec.Body)
 		}
 	})
