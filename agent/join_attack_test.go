@@ -134,4 +134,17 @@ func TestAttackLocalAPITokenBeyondPolicy(t *testing.T) {
 	if _, err := a.CreateToken(ctx, api.TokenRequest{TTL: "24h", Uses: 10}); err != nil {
 		t.Errorf("token at the policy's limits: %v", err)
 	}
+	// `runos-agent token policy`: read, refuse out of bounds, change.
+	if p, err := a.SetTokenPolicy(ctx, api.TokenPolicy{}); err != nil || p.MaxTTL != "24h0m0s" || p.MaxUses != 10 {
+		t.Errorf("policy = %+v, %v", p, err)
+	}
+	if _, err := a.SetTokenPolicy(ctx, api.TokenPolicy{MaxTTL: "87600h"}); !errors.Is(err, httpapi.ErrBadRequest) {
+		t.Errorf("a ten-year policy: err = %v, want a 400", err)
+	}
+	if p, err := a.SetTokenPolicy(ctx, api.TokenPolicy{MaxTTL: "72h"}); err != nil || p.MaxTTL != "72h0m0s" || p.MaxUses != 10 {
+		t.Fatalf("set policy = %+v, %v", p, err)
+	}
+	if _, err := a.CreateToken(ctx, api.TokenRequest{TTL: "48h"}); err != nil {
+		t.Errorf("48 h token under a 72 h policy: %v", err)
+	}
 }

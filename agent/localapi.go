@@ -224,6 +224,41 @@ func (a *Agent) CreateToken(ctx context.Context, req api.TokenRequest) (*api.Tok
 	}, nil
 }
 
+// SetTokenPolicy changes the cluster's join-token policy; empty fields
+// keep their value, so an empty request reads it.
+func (a *Agent) SetTokenPolicy(ctx context.Context, req api.TokenPolicy) (*api.TokenPolicy, error) {
+	ctx, cancel := context.WithTimeout(ctx, writeTimeout)
+	defer cancel()
+	if err := a.WaitReady(ctx); err != nil {
+		return nil, err
+	}
+	st, _ := a.store.State()
+	p := st.EffectiveTokenPolicy()
+	if req.MaxTTL != "" || req.MaxUses != 0 {
+		if req.MaxTTL != "" {
+			d, err := time.ParseDuration(req.MaxTTL)
+			if err != nil || d <= 0 {
+				return nil, fmt.Errorf("%w: invalid max ttl %q", httpapi.ErrBadRequest, req.MaxTTL)
+			}
+			p.MaxTTL = d
+		}
+		if req.MaxUses != 0 {
+			p.MaxUses = req.MaxUses
+		}
+		if err := p.Validate(); err != nil {
+			return nil, fmt.Errorf("%w: %w", httpapi.ErrBadRequest, err)
+		}
+		res, err := a.store.Apply(ctx, &raftstore.Command{Op: raftstore.OpSetTokenPolicy, TokenPolicy: &p})
+		if err == nil {
+			err = res.Error()
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	return &api.TokenPolicy{MaxTTL: p.MaxTTL.String(), MaxUses: p.MaxUses}, nil
+}
+
 // RemoveNode deletes a node from the cluster. Every member drops its
 // WireGuard peer and refuses its certificate once the removal is applied.
 func (a *Agent) RemoveNode(ctx context.Context, name string) error {

@@ -88,6 +88,10 @@ func (f *fakeLocal) ConsistentRead(ctx context.Context) error {
 	_, f.deadline = ctx.Deadline()
 	return f.consistentErr
 }
+func (f *fakeLocal) SetTokenPolicy(context.Context, api.TokenPolicy) (*api.TokenPolicy, error) {
+	return &api.TokenPolicy{}, nil
+}
+
 func (f *fakeLocal) ResetUIPassword(context.Context) (*api.UIPassword, error) {
 	return &api.UIPassword{User: "admin"}, nil
 }
