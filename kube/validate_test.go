@@ -68,6 +68,8 @@ func TestKubeconfigUsers(t *testing.T) {
 	}{
 		{"    auth-provider:\n      name: oidc\n      config:\n        idp-issuer-url: https://example.invalid\n", false},
 		{"    exec:\n      apiVersion: client.authentication.k8s.io/v1\n      command: /bin/true\n", false},
+		{"    tokenFile: /etc/shadow\n", false},
+		{"    client-certificate: /etc/ssl/private/x.pem\n    client-key: /etc/ssl/private/x.key\n", false},
 		{"    token: abc\n", true},
 		{"    username: a\n    password: b\n", true},
 		{"    {}\n", true},
