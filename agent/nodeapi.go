@@ -43,7 +43,7 @@ func (a *Agent) startNodeAPI() error {
 // WireGuard UDP port). TLS with this node's certificate: the joiner pins the
 // CA fingerprint from its token.
 func (a *Agent) startJoinEndpoint() error {
-	h, err := httpapi.NewJoinHandler(a)
+	h, err := httpapi.NewJoinHandler(a, httpapi.JoinLimits{})
 	if err != nil {
 		return err
 	}

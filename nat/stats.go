@@ -32,6 +32,10 @@ type Stats struct {
 	TxProbes       uint64
 	TxPongs        uint64
 	STUNResponses  uint64
+
+	// Left out of SetPeers as invalid (one bad entry never blocks the rest).
+	SkippedPeers      uint64
+	SkippedCandidates uint64
 }
 
 type counters struct {
@@ -40,6 +44,7 @@ type counters struct {
 	dropRateLimited, dropNoPath, dropNotRelay                       atomic.Uint64
 	relayedPackets, relayedBytes, txRelayPackets, txProbes, txPongs atomic.Uint64
 	stunResponses                                                   atomic.Uint64
+	skippedPeers, skippedCandidates                                 atomic.Uint64
 }
 
 func (c *counters) snapshot() Stats {
@@ -51,6 +56,7 @@ func (c *counters) snapshot() Stats {
 		RelayedPackets: c.relayedPackets.Load(), RelayedBytes: c.relayedBytes.Load(),
 		TxRelayPackets: c.txRelayPackets.Load(), TxProbes: c.txProbes.Load(), TxPongs: c.txPongs.Load(),
 		STUNResponses: c.stunResponses.Load(),
+		SkippedPeers:  c.skippedPeers.Load(), SkippedCandidates: c.skippedCandidates.Load(),
 	}
 }
 

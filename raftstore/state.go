@@ -88,6 +88,9 @@ type State struct {
 	CAKeyPEM []byte            `json:"ca_key_pem"`
 	Nodes    map[string]*Node  `json:"nodes"`  // by ID
 	Tokens   map[string]*Token `json:"tokens"` // by ID
+	// TokenPolicy bounds new tokens (policy.go); nil is the default. It is
+	// replaced, never mutated, so copies may share it.
+	TokenPolicy *TokenPolicy `json:"token_policy,omitempty"`
 	// Events is the cluster's recent history, oldest first, bounded.
 	Events []Event `json:"events"`
 	// Cloud is the cloud link's registration and sync cursor (cloud.go).
@@ -123,6 +126,8 @@ func (s *State) View() *State {
 		Cloud:     s.Cloud.clone(),
 		Workloads: s.Workloads.clone(),
 		UI:        s.UI.clone(),
+
+		TokenPolicy: s.TokenPolicy,
 	}
 	for id, n := range s.Nodes {
 		c.Nodes[id] = n.clone()
@@ -209,6 +214,7 @@ type Command struct {
 	RemoveNode  *RemoveNodeCmd  `json:"remove_node,omitempty"`
 	Event       *Event          `json:"event,omitempty"`
 	UpdateNode  *UpdateNodeCmd  `json:"update_node,omitempty"`
+	TokenPolicy *TokenPolicy    `json:"token_policy,omitempty"` // OpSetTokenPolicy (policy.go)
 
 	// Ops with the prefixes cloud_, workload_ and ui_ carry their payload
 	// here and are applied by cloud.go, workloads.go and ui.go.
@@ -314,7 +320,7 @@ func (r *Result) Error() error {
 	}
 	for _, e := range []error{ErrTokenInvalid, ErrTokenExpired, ErrTokenUsed, ErrNameTaken, ErrKeyTaken,
 		ErrNoSuchNode, ErrNotBootstrap, ErrBootstrapped, ErrAddressSpace, ErrUnknownOp, ErrMalformedCmd,
-		ErrNoSuchWorkload, ErrWorkloadExists, ErrWorkloadInUse, ErrAppNameTaken} {
+		ErrTokenPolicy, ErrNoSuchWorkload, ErrWorkloadExists, ErrWorkloadInUse, ErrAppNameTaken} {
 		if r.Err == e.Error() {
 			return e
 		}
@@ -401,6 +407,9 @@ func (s *State) applyOp(cmd *Command, res *Result) error {
 		if _, ok := s.Tokens[c.Token.ID]; ok {
 			return fmt.Errorf("token %s: %w", c.Token.ID, errAlreadyExists)
 		}
+		if err := s.checkTokenPolicy(cmd.Time, &c.Token); err != nil {
+			return err
+		}
 		t := c.Token
 		t.CreatedAt = cmd.Time
 		s.Tokens[t.ID] = &t
@@ -409,6 +418,9 @@ func (s *State) applyOp(cmd *Command, res *Result) error {
 
 	case OpJoin:
 		return s.applyJoin(cmd, res)
+
+	case OpSetTokenPolicy:
+		return s.applySetTokenPolicy(cmd)
 
 	case OpEvent:
 		if cmd.Event == nil || cmd.Event.Kind == "" {

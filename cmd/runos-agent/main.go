@@ -159,6 +159,30 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 						fmt.Fprintf(stdout, "token (expires %s, %d use(s)):\n  %s\n\non the new machine run:\n  %s\n", tok.ExpiresAt.Local().Format(time.RFC3339), tok.Uses, tok.Token, tok.JoinCommand)
 						return nil
 					},
+				}, {
+					Name:  "policy",
+					Usage: "show or change the cluster's bounds on join tokens (every token, local or from the cloud)",
+					Flags: []cli.Flag{
+						dataDirFlag(),
+						&cli.DurationFlag{Name: "max-ttl", Usage: "longest lifetime a token may have (default policy 24h)"},
+						&cli.IntFlag{Name: "max-uses", Usage: "most joins one token may admit (default policy 10)"},
+						&cli.BoolFlag{Name: "json", Usage: "print JSON"},
+					},
+					Action: func(c *cli.Context) error {
+						req := api.TokenPolicy{MaxUses: c.Int("max-uses")}
+						if c.IsSet("max-ttl") {
+							req.MaxTTL = c.Duration("max-ttl").String()
+						}
+						p, err := client(c).SetTokenPolicy(c.Context, req)
+						if err != nil {
+							return err
+						}
+						if c.Bool("json") {
+							return printJSON(stdout, p)
+						}
+						fmt.Fprintf(stdout, "join tokens: at most %s, at most %d use(s)\n", p.MaxTTL, p.MaxUses)
+						return nil
+					},
 				}},
 			},
 			{
