@@ -31,6 +31,7 @@ import (
 	"github.com/runos/runos-agent/kube"
 	"github.com/runos/runos-agent/leader"
 	"github.com/runos/runos-agent/mesh"
+	"github.com/runos/runos-agent/metrics"
 	"github.com/runos/runos-agent/nat"
 	"github.com/runos/runos-agent/pki"
 	"github.com/runos/runos-agent/raftstore"
@@ -65,6 +66,10 @@ type Config struct {
 	UIListen string
 	// MetricsListen is where Prometheus metrics are served ("" : off).
 	MetricsListen string
+	// PprofListen serves Go's profiler on a listener of its own ("" : off,
+	// the default). It must be loopback (a port, or a loopback address
+	// and port): the profiler has no authentication.
+	PprofListen string
 	// Tuning shortens timers for tests; zero values keep production defaults.
 	Tuning Tuning
 }
@@ -184,6 +189,8 @@ type Agent struct {
 
 	metricsListen string
 	metricsURL    string
+	pprofListen   string // checked loopback by New
+	pprofURL      string
 
 	startOnce sync.Once
 	closeOnce sync.Once
@@ -231,6 +238,12 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
+	var pprofListen string
+	if cfg.PprofListen != "" {
+		if pprofListen, err = metrics.PprofAddr(cfg.PprofListen); err != nil {
+			return nil, err
+		}
+	}
 	a := &Agent{
 		dir:      cfg.DataDir,
 		cfg:      nc,
@@ -245,6 +258,7 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 		uiListen:   cfg.UIListen,
 
 		metricsListen: cfg.MetricsListen,
+		pprofListen:   pprofListen,
 		pathEvents:    make(chan nat.PathEvent, 64),
 		candidateHint: make(chan struct{}, 1),
 	}
@@ -427,6 +441,9 @@ func (a *Agent) start(ctx context.Context) error {
 		return err
 	}
 	if err := a.startMetrics(); err != nil {
+		return err
+	}
+	if err := a.startPprof(); err != nil {
 		return err
 	}
 	store.Start(ctx)
