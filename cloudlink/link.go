@@ -58,9 +58,9 @@ type Kind struct {
 
 // Config configures a Link.
 type Config struct {
-	Host     Host     // required
+	Host     Host        // required
 	DataKey  seal.Sealer // required: opens the client key, derives token secrets (current key); a *seal.Keyring follows rotations
-	NodeName string   // required
+	NodeName string      // required
 	Version  string
 	// JoinToken formats a join token from its ID and secret and the join
 	// command that uses it (the agent's format). Required.

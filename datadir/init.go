@@ -172,8 +172,8 @@ func Init(opts NodeOptions, version string) (*NodeConfig, error) {
 		ID: "bootstrap-" + clusterID,
 		Op: raftstore.OpBootstrap,
 		Bootstrap: &raftstore.BootstrapCmd{
-			ClusterID: clusterID,
-			CACertPEM: ca.CertPEM,
+			ClusterID:   clusterID,
+			CACertPEM:   ca.CertPEM,
 			CAKeySealed: caKeySealed,
 			Node: raftstore.Node{
 				ID: nodeID, Name: opts.Name, PublicKey: wgKey.PublicKey().String(),

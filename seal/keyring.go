@@ -29,7 +29,9 @@ var (
 func (k Key) Current() Key { return k }
 
 // Seal implements Sealer.
-func (k Key) Seal(purpose string, plaintext []byte) (string, error) { return Seal(k, purpose, plaintext) }
+func (k Key) Seal(purpose string, plaintext []byte) (string, error) {
+	return Seal(k, purpose, plaintext)
+}
 
 // Open implements Sealer.
 func (k Key) Open(purpose, sealed string) ([]byte, error) { return Open(k, purpose, sealed) }

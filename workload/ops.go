@@ -22,7 +22,7 @@ const userTimeout = 15 * time.Second
 
 // OpsConfig configures Ops.
 type OpsConfig struct {
-	Store   Store    // required
+	Store   Store       // required
 	DataKey seal.Sealer // required: seals credentials and the kubeconfig; a *seal.Keyring follows rotations
 	// Reconciler, when set, is asked for the Kubernetes API's last error
 	// (Kube reports it).

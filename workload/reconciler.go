@@ -28,7 +28,7 @@ const statusTimeout = 10 * time.Second
 
 // ReconcilerConfig configures a Reconciler.
 type ReconcilerConfig struct {
-	Store   Store    // required
+	Store   Store       // required
 	DataKey seal.Sealer // required: opens the kubeconfig and credentials; a *seal.Keyring follows rotations
 	// Interval is how often status is read from Kubernetes (default
 	// DefaultInterval); retries back off from Interval/20 to 3×Interval.
