@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -245,4 +246,68 @@ func TestRemoveLeaderProductionTiming(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	t.Logf("leader removal: RemoveNode returned after %v, all agree and a write committed after %v", removed, time.Since(t0))
+}
+
+// A node that was down during a rotation unwraps its copy from the state
+// when it comes back; a node joining after it gets the current key.
+func TestOfflineNodeCatchesUpWithRotation(t *testing.T) {
+	c := newCluster(t, 4)
+	l := c.waitLeader()
+	// Down: the non-voter (the voters keep quorum); removed: a voter.
+	var down, gone *Agent
+	nonvoters := l.store.Status().NonVoters
+	for _, a := range c.running() {
+		switch {
+		case a == l:
+		case slices.Contains(nonvoters, a.cfg.NodeID):
+			down = a
+		case gone == nil:
+			gone = a
+		}
+	}
+	if down == nil || gone == nil {
+		t.Fatalf("no non-voter among 4 nodes (%v)", nonvoters)
+	}
+	downIdx := indexOf(c.agents, down)
+	c.stop(downIdx)
+	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
+	defer cancel()
+	if err := c.waitLeader().RemoveNode(ctx, gone.Name()); err != nil {
+		t.Fatal(err)
+	}
+	st, _ := c.waitLeader().store.State()
+	if st.Keys.CurrentEpoch() != 2 {
+		t.Fatalf("epoch %d after the removal, want 2", st.Keys.CurrentEpoch())
+	}
+	c.start(downIdx)
+	back := c.agents[downIdx]
+	eventually(t, "the restarted node adopts epoch 2", func() error {
+		if e := back.keys.Epoch(); e != 2 {
+			return fmt.Errorf("epoch %d", e)
+		}
+		return nil
+	})
+	onDisk := keysInDir(t, c.dirs[downIdx])
+	if onDisk[0] != back.keys.Current() {
+		t.Fatal("the adopted key is not persisted first in data.key")
+	}
+	c.addNode(c.waitLeader())
+	joiner := c.agents[len(c.agents)-1]
+	if joiner.keys.Epoch() != 2 {
+		t.Fatalf("joiner holds epoch %d, want 2", joiner.keys.Epoch())
+	}
+	for _, a := range []*Agent{back, joiner} {
+		eventually(t, a.Name()+" opens the state", func() error {
+			st, _ := a.store.State()
+			for purpose, v := range sealedValues(st) {
+				if !opensWithAny(a.dataKeys(), purpose, v) {
+					return fmt.Errorf("cannot open %s", purpose)
+				}
+			}
+			if _, err := a.clusterCA(st); err != nil {
+				return err
+			}
+			return nil
+		})
+	}
 }
