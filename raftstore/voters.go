@@ -213,19 +213,6 @@ func (s *Store) reconcileMembership(now time.Time) error {
 		s.log.Debug("membership plan", "up", upNow, "add", p.add, "remove", p.remove, "promote", p.promote, "demote", p.demote)
 	}
 	const timeout = 10 * time.Second
-	if _, stillNode := nodes[self]; !stillNode && (slices.Contains(p.demote, self) || slices.Contains(p.remove, self)) {
-		// This leader's node was removed. Demoting itself would step it
-		// down and leave the cluster to an election with full timeouts
-		// (about 13 s in production); a transfer hands leadership to the
-		// most up-to-date voter at once, and the new leader demotes and
-		// removes this server.
-		s.log.Info("this node was removed: transferring leadership")
-		if err := s.raft.LeadershipTransfer().Error(); err == nil {
-			return nil
-		} else {
-			s.log.Warn("leadership transfer failed; stepping down by demotion", "err", err)
-		}
-	}
 	for _, id := range p.remove {
 		s.log.Info("removing server of a removed node", "node_id", id)
 		if err := s.raft.RemoveServer(id, 0, timeout).Error(); err != nil {
