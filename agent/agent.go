@@ -158,7 +158,12 @@ type Agent struct {
 	nodeCert []byte
 	nodeKey  []byte
 	caCert   *x509.Certificate
-	dataKey  seal.Key // seals secrets kept in the Raft state
+	// keys is the cluster data keyring: seals secrets kept in the Raft
+	// state. A rotation adds an epoch in place (rotate.go), so every
+	// component handed it follows without restart.
+	keys *seal.Keyring
+	// adoptMu serialises adoptKeys (the key loop, Admit, RemoveNode).
+	adoptMu sync.Mutex
 	// certFingerprint is pki.Fingerprint of nodeCert, as the node's record
 	// in the state should hold it.
 	certFingerprint string
@@ -266,7 +271,7 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	a.wgKey, a.nodeCert, a.nodeKey, a.caCert, a.dataKey = keys.WG, keys.NodeCert, keys.NodeKey, keys.CACert, keys.DataKey
+	a.wgKey, a.nodeCert, a.nodeKey, a.caCert, a.keys = keys.WG, keys.NodeCert, keys.NodeKey, keys.CACert, keys.DataKeys
 	if a.certFingerprint, err = pki.FingerprintPEM(a.nodeCert); err != nil {
 		return nil, fmt.Errorf("node certificate: %w", err)
 	}
@@ -454,6 +459,7 @@ func (a *Agent) start(ctx context.Context) error {
 	a.goLoop(ctx, a.selfLoop)
 	a.goLoop(ctx, a.gossipRejoinLoop)
 	a.goLoop(ctx, a.pathEventLoop)
+	a.goLoop(ctx, a.keyLoop)
 	a.health.Start(ctx)
 	a.closers = append(a.closers, a.health.Close)
 	lead, err := leader.New(leader.Config{
@@ -462,6 +468,7 @@ func (a *Agent) start(ctx context.Context) error {
 		Tasks: []leader.Task{
 			{Name: "bootstrap", Run: a.bootstrap},
 			{Name: "voters", Run: store.ManageVoters},
+			{Name: "keys", Run: a.rotateKeys},
 			{Name: "health-events", Run: a.health.RunEvents},
 			{Name: "workloads", Run: a.reconciler.Run},
 			{Name: "cloud-session", Run: a.cloud.RunSession},
@@ -586,8 +593,3 @@ func (a *Agent) WaitReady(ctx context.Context) error {
 		}
 	}
 }
-
-// dataKeys are the cluster data keys this node holds, newest first: the
-// first seals, any of them opens. Keys derived from them (seal.Derive)
-// key gossip and heartbeats.
-func (a *Agent) dataKeys() []seal.Key { return []seal.Key{a.dataKey} }

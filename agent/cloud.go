@@ -31,7 +31,7 @@ func (h cloudHost) Apply(ctx context.Context, cmd *raftstore.Command) (*raftstor
 func (a *Agent) startCloudLink(ctx context.Context) error {
 	l, err := cloudlink.New(cloudlink.Config{
 		Host:       cloudHost{a},
-		DataKey:    a.dataKey,
+		DataKey:    a.keys,
 		NodeName:   a.cfg.Name,
 		Version:    Version,
 		BackoffMax: a.tuning.CloudBackoffMax,
@@ -104,7 +104,7 @@ func (a *Agent) CloudConnect(ctx context.Context, req api.CloudConnectRequest) (
 	if st, _ := a.store.State(); st.Cloud.Registration != nil {
 		return nil, fmt.Errorf("%w: already connected to %s (run `runos-agent cloud disconnect` first)", httpapi.ErrBadRequest, st.Cloud.Registration.URL)
 	}
-	reg, err := cloudlink.Register(ctx, req.URL, req.Token, a.cfg.ClusterID, a.dataKey)
+	reg, err := cloudlink.Register(ctx, req.URL, req.Token, a.cfg.ClusterID, a.keys)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", httpapi.ErrBadRequest, err)
 	}

@@ -59,9 +59,9 @@ func (a *Agent) Admit(ctx context.Context, req *api.JoinRequest) (*api.JoinRespo
 		return nil, invalid(fmt.Errorf("invalid endpoint %w", bad[0]))
 	}
 	st, _ := a.store.State()
-	ca, err := pki.ParseCA(st.CACertPEM, st.CAKeyPEM)
+	ca, err := a.clusterCA(st)
 	if err != nil {
-		return nil, httpapi.Classify(errors.New("this member has no cluster state yet; try again"), httpapi.ErrUnavailable)
+		return nil, httpapi.Classify(fmt.Errorf("this member cannot sign yet (%w); try again", err), httpapi.ErrUnavailable)
 	}
 	certPEM, serial, err := ca.SignCSR(req.CSR, req.Name, nil, datadir.NodeCertValidity)
 	if err != nil {
@@ -90,8 +90,16 @@ func (a *Agent) Admit(ctx context.Context, req *api.JoinRequest) (*api.JoinRespo
 		return nil, forbidden(err)
 	}
 	a.log.Info("node joined", "name", req.Name, "mesh_ip", res.Node.MeshIP, "pod_cidr", res.Node.PodCIDR)
-	peers := []*api.NodeRecord{}
+	// The joiner gets the key of the epoch its join applied in (only the
+	// current one): a rotation after it wraps the next key for it.
+	if err := a.adoptKeys(); err != nil {
+		a.log.Warn("admit: data key", "err", err)
+	}
 	st, _ = a.store.State()
+	if a.keys.Epoch() < st.Keys.CurrentEpoch() {
+		return nil, httpapi.Classify(errors.New("this member has not caught up with the cluster data key; try again"), httpapi.ErrUnavailable)
+	}
+	peers := []*api.NodeRecord{}
 	for _, n := range st.SortedNodes() {
 		if n.ID != res.Node.ID {
 			peers = append(peers, nodeRecord(n))
@@ -99,8 +107,22 @@ func (a *Agent) Admit(ctx context.Context, req *api.JoinRequest) (*api.JoinRespo
 	}
 	return &api.JoinResponse{
 		ClusterID: st.ClusterID, Node: nodeRecord(res.Node), CertPEM: certPEM, CACertPEM: st.CACertPEM, Peers: peers,
-		DataKey: a.dataKey.String(),
+		DataKey: a.keys.Current().String(), DataKeyEpoch: a.keys.Epoch(),
 	}, nil
+}
+
+// clusterCA is the cluster CA with its private key, opened with the data
+// key (or read in the clear from a state an older version wrote, until the
+// leader seals it).
+func (a *Agent) clusterCA(st *raftstore.State) (*pki.CA, error) {
+	keyPEM := st.CAKeyPEM
+	if st.CAKeySealed != "" {
+		var err error
+		if keyPEM, err = a.keys.Open(raftstore.CAKeyPurpose, st.CAKeySealed); err != nil {
+			return nil, fmt.Errorf("open the CA key: %w", err)
+		}
+	}
+	return pki.ParseCA(st.CACertPEM, keyPEM)
 }
 
 // nodeRecord and stateNode convert between the state's node record and its
@@ -157,8 +179,14 @@ func Join(ctx context.Context, opts JoinOptions) (*datadir.NodeConfig, error) {
 		(resp.Node.CertFingerprint != "" && resp.Node.CertFingerprint != pki.Fingerprint(cert)) {
 		return nil, errors.New("member sent an inconsistent join response")
 	}
-	if _, err := seal.ParseKey(resp.DataKey); err != nil {
+	dataKey, err := seal.ParseKey(resp.DataKey)
+	if err != nil {
 		return nil, errors.New("member sent no valid cluster data key")
+	}
+	// Members before key epochs send none: their key is epoch 1.
+	keyring, err := seal.NewKeyring(seal.EpochKey{Epoch: max(resp.DataKeyEpoch, 1), Key: dataKey})
+	if err != nil {
+		return nil, err
 	}
 	cfg := &datadir.NodeConfig{
 		ClusterID: resp.ClusterID, NodeID: resp.Node.ID, Name: opts.Name, Net: opts.Net,
@@ -172,7 +200,7 @@ func Join(ctx context.Context, opts JoinOptions) (*datadir.NodeConfig, error) {
 	for name, data := range map[string][]byte{
 		datadir.FileWGKey: []byte(wgKey.String() + "\n"), datadir.FileNodeKey: nodeKeyPEM,
 		datadir.FileNodeCert: resp.CertPEM, datadir.FileCACert: resp.CACertPEM,
-		datadir.FileDataKey: []byte(resp.DataKey + "\n"),
+		datadir.FileDataKey: keyring.Marshal(),
 	} {
 		if err := datadir.WriteFileAtomic(filepath.Join(opts.DataDir, name), data, 0o600); err != nil {
 			return nil, err

@@ -274,5 +274,10 @@ func (a *Agent) RemoveNode(ctx context.Context, name string) error {
 	if err := res.Error(); err != nil {
 		return fmt.Errorf("node %q: %w", name, err)
 	}
+	// Removal is a rotation: return once the new data key is in use, so
+	// nothing the caller seals next is readable by the removed node.
+	if name != a.cfg.Name {
+		a.waitRotated(ctx, res.Index)
+	}
 	return nil
 }

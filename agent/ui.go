@@ -14,7 +14,6 @@ import (
 	"github.com/runos/runos-agent/api"
 	"github.com/runos/runos-agent/datadir"
 	"github.com/runos/runos-agent/raftstore"
-	"github.com/runos/runos-agent/seal"
 	"github.com/runos/runos-agent/ui"
 )
 
@@ -105,7 +104,7 @@ func (u *uiAuthority) Credential() (ui.Credential, error) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if st.UI.SessionKey != u.sealed {
-		key, err := seal.Open(u.a.dataKey, datadir.UISessionKeyPurpose, st.UI.SessionKey)
+		key, err := u.a.keys.Open(datadir.UISessionKeyPurpose, st.UI.SessionKey)
 		if err != nil {
 			return ui.Credential{}, fmt.Errorf("ui session key: %w", err)
 		}
@@ -131,7 +130,7 @@ func (a *Agent) ResetUIPassword(ctx context.Context) (*api.UIPassword, error) {
 	if err := a.WaitReady(ctx); err != nil {
 		return nil, err
 	}
-	password, cmd, err := datadir.NewUICredential(a.dataKey, false)
+	password, cmd, err := datadir.NewUICredential(a.keys, false)
 	if err != nil {
 		return nil, err
 	}

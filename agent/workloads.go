@@ -26,7 +26,7 @@ func (a *Agent) newWorkloads(log *slog.Logger) error {
 	}
 	rec, err := workload.NewReconciler(workload.ReconcilerConfig{
 		Store:       a.store,
-		DataKey:     a.dataKey,
+		DataKey:     a.keys,
 		Interval:    a.tuning.WorkloadInterval,
 		NewExecutor: newExec,
 		AfterApply:  a.afterApply,
@@ -34,7 +34,7 @@ func (a *Agent) newWorkloads(log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	ops, err := workload.NewOps(workload.OpsConfig{Store: a.store, DataKey: a.dataKey, Reconciler: rec})
+	ops, err := workload.NewOps(workload.OpsConfig{Store: a.store, DataKey: a.keys, Reconciler: rec})
 	if err != nil {
 		return err
 	}

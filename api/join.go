@@ -30,6 +30,8 @@ type JoinResponse struct {
 	CACertPEM []byte        `json:"ca_cert_pem"`
 	Peers     []*NodeRecord `json:"peers"`
 	DataKey   string        `json:"data_key"` // seal.Key; the TLS session is pinned to the cluster CA
+	// DataKeyEpoch is DataKey's epoch (0 from members before epochs: 1).
+	DataKeyEpoch uint64 `json:"data_key_epoch,omitempty"`
 }
 
 // NodeRecord is a node as the cluster state records it (the JSON of

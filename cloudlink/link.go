@@ -58,9 +58,9 @@ type Kind struct {
 
 // Config configures a Link.
 type Config struct {
-	Host     Host     // required
-	DataKey  seal.Key // required: opens the client key, derives token secrets
-	NodeName string   // required
+	Host     Host        // required
+	DataKey  seal.Sealer // required: opens the client key, derives token secrets (current key); a *seal.Keyring follows rotations
+	NodeName string      // required
 	Version  string
 	// JoinToken formats a join token from its ID and secret and the join
 	// command that uses it (the agent's format). Required.
@@ -141,7 +141,7 @@ func New(cfg Config, log *slog.Logger) (*Link, error) {
 	switch {
 	case cfg.Host == nil:
 		return nil, errors.New("cloudlink: Host is required")
-	case cfg.DataKey.IsZero():
+	case cfg.DataKey == nil || cfg.DataKey.Current().IsZero():
 		return nil, errors.New("cloudlink: DataKey is required")
 	case cfg.NodeName == "":
 		return nil, errors.New("cloudlink: NodeName is required")
@@ -418,7 +418,7 @@ func (c countingConn) Write(p []byte) (int, error) {
 // cluster's client certificate, then an HTTP/1.1 Upgrade to the link
 // protocol on the same port as registration.
 func (l *Link) dial(ctx context.Context, reg *raftstore.CloudRegistration) (net.Conn, *bufio.Reader, error) {
-	keyPEM, err := seal.Open(l.cfg.DataKey, raftstore.CloudKeyPurpose, reg.ClientKeySealed)
+	keyPEM, err := l.cfg.DataKey.Open(raftstore.CloudKeyPurpose, reg.ClientKeySealed)
 	if err != nil {
 		return nil, nil, fmt.Errorf("open cloud client key: %w", err)
 	}
@@ -905,7 +905,10 @@ func (l *Link) apply(ctx context.Context, c cloudproto.Command) *cloudproto.CmdR
 // same token, so a retry or replay reports the token that was stored, and
 // the secret itself is never stored anywhere.
 func (l *Link) tokenSecret(cmdID string) (id, secret string) {
-	m := hmac.New(sha256.New, l.cfg.DataKey[:])
+	// The current key: a node removed since (holding only older keys)
+	// cannot derive the secret of a token created after its removal.
+	key := l.cfg.DataKey.Current()
+	m := hmac.New(sha256.New, key[:])
 	m.Write([]byte("runos cloud join token\x00" + cmdID))
 	sum := m.Sum(nil)
 	return hex.EncodeToString(sum[:6]), hex.EncodeToString(sum[6:22])

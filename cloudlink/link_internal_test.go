@@ -37,3 +37,25 @@ func TestBackoffFullJitterWithinCeiling(t *testing.T) {
 }
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// Attack (unit level): a node removed at a rotation keeps the old data key;
+// the secret of a token the cloud creates after the rotation must not be
+// derivable from it, and the link must follow the rotation without restart.
+func TestTokenSecretFollowsRotation(t *testing.T) {
+	k1, _ := seal.NewKey()
+	ring, _ := seal.NewKeyring(seal.EpochKey{Epoch: 1, Key: k1})
+	l := &Link{cfg: Config{DataKey: ring}}
+	removed := &Link{cfg: Config{DataKey: k1}} // what the removed node can compute
+	id1, s1 := l.tokenSecret("cmd")
+	if id2, s2 := removed.tokenSecret("cmd"); id1 != id2 || s1 != s2 {
+		t.Fatal("before the rotation the derivation differs")
+	}
+	k2, _ := seal.NewKey()
+	if err := ring.Add(seal.EpochKey{Epoch: 2, Key: k2}); err != nil {
+		t.Fatal(err)
+	}
+	id, s := l.tokenSecret("cmd-after")
+	if rid, rs := removed.tokenSecret("cmd-after"); rid == id || rs == s {
+		t.Fatal("the removed node derives a token created after the rotation")
+	}
+}

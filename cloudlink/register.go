@@ -37,7 +37,7 @@ func NormalizeURL(u string) (string, error) {
 // certificate bound to the cluster's cloud ID. The server is verified by the
 // CA fingerprint the token carries. The client key comes back sealed with
 // dataKey, ready to be proposed to Raft.
-func Register(ctx context.Context, cloudURL, token, clusterID string, dataKey seal.Key) (*raftstore.CloudRegistration, error) {
+func Register(ctx context.Context, cloudURL, token, clusterID string, dataKey seal.Sealer) (*raftstore.CloudRegistration, error) {
 	u, err := NormalizeURL(cloudURL)
 	if err != nil {
 		return nil, err
@@ -46,7 +46,7 @@ func Register(ctx context.Context, cloudURL, token, clusterID string, dataKey se
 	if err != nil {
 		return nil, err
 	}
-	if clusterID == "" || dataKey.IsZero() {
+	if clusterID == "" || dataKey == nil || dataKey.Current().IsZero() {
 		return nil, errors.New("cloudlink: cluster ID and data key are required")
 	}
 	key, keyPEM, err := pki.NewKey()
@@ -91,7 +91,7 @@ func Register(ctx context.Context, cloudURL, token, clusterID string, dataKey se
 	if _, err := tls.X509KeyPair([]byte(rr.ClientCertPEM), keyPEM); err != nil {
 		return nil, fmt.Errorf("cloud answered a certificate that does not match our key: %w", err)
 	}
-	sealed, err := seal.Seal(dataKey, raftstore.CloudKeyPurpose, keyPEM)
+	sealed, err := dataKey.Seal(raftstore.CloudKeyPurpose, keyPEM)
 	if err != nil {
 		return nil, err
 	}

@@ -57,7 +57,8 @@ func workloadChange(st *raftstore.State, ch *cloudproto.Change, osid string) {
 // cmdRand is the random stream of command cmdID for purpose: ChaCha8
 // seeded by an HMAC of the command ID under the cluster data key.
 func (l *Link) cmdRand(purpose, cmdID string) io.Reader {
-	m := hmac.New(sha256.New, l.cfg.DataKey[:])
+	key := l.cfg.DataKey.Current()
+	m := hmac.New(sha256.New, key[:])
 	m.Write([]byte("runos cloud " + purpose + "\x00" + cmdID))
 	var seed [32]byte
 	copy(seed[:], m.Sum(nil))

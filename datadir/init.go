@@ -153,6 +153,12 @@ func Init(opts NodeOptions, version string) (*NodeConfig, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The CA key enters Raft sealed: the log, snapshots and backups never
+	// hold it in the clear.
+	caKeySealed, err := seal.Seal(dataKey, raftstore.CAKeyPurpose, ca.KeyPEM)
+	if err != nil {
+		return nil, err
+	}
 	cfg := &NodeConfig{
 		ClusterID:     clusterID,
 		NodeID:        nodeID,
@@ -170,9 +176,9 @@ func Init(opts NodeOptions, version string) (*NodeConfig, error) {
 		ID: "bootstrap-" + clusterID,
 		Op: raftstore.OpBootstrap,
 		Bootstrap: &raftstore.BootstrapCmd{
-			ClusterID: clusterID,
-			CACertPEM: ca.CertPEM,
-			CAKeyPEM:  ca.KeyPEM,
+			ClusterID:   clusterID,
+			CACertPEM:   ca.CertPEM,
+			CAKeySealed: caKeySealed,
 			Node: raftstore.Node{
 				ID: nodeID, Name: opts.Name, PublicKey: wgKey.PublicKey().String(),
 				MeshIP: cfg.MeshIP, PodCIDR: cfg.PodCIDR, Endpoints: opts.Advertise,
@@ -195,7 +201,7 @@ func Init(opts NodeOptions, version string) (*NodeConfig, error) {
 		{FileNodeKey, nodeKeyPEM},
 		{FileNodeCert, certPEM},
 		{FileCACert, ca.CertPEM},
-		{FileDataKey, []byte(dataKey.String() + "\n")},
+		{FileDataKey, firstKeyring(dataKey).Marshal()},
 	}
 	for _, f := range files {
 		if err := WriteFileAtomic(filepath.Join(opts.DataDir, f.name), f.data, 0o600); err != nil {

@@ -18,7 +18,9 @@ type Keys struct {
 	NodeCert []byte   // PEM, signed by the cluster CA
 	NodeKey  []byte   // PEM
 	CACert   *x509.Certificate
-	DataKey  seal.Key // seals secrets kept in the Raft state
+	// DataKeys is the cluster data keyring: seals secrets kept in the
+	// Raft state; a rotation (node removal) adds an epoch (SaveDataKeys).
+	DataKeys *seal.Keyring
 }
 
 // LoadKeys reads the node's keys and certificates from dir. It fails when
@@ -43,7 +45,7 @@ func LoadKeys(dir string, cfg *NodeConfig) (*Keys, error) {
 	if err != nil {
 		return nil, err
 	}
-	if k.DataKey, err = seal.ParseKey(string(dataKeyText)); err != nil {
+	if k.DataKeys, err = seal.ParseKeyring(string(dataKeyText)); err != nil {
 		return nil, fmt.Errorf("%s: %w", FileDataKey, err)
 	}
 	caPEM, err := os.ReadFile(filepath.Join(dir, FileCACert))
@@ -57,4 +59,19 @@ func LoadKeys(dir string, cfg *NodeConfig) (*Keys, error) {
 		return nil, fmt.Errorf("%s does not match the cluster this data dir belongs to (fingerprint %s, want %s)", FileCACert, got, cfg.CAFingerprint)
 	}
 	return &k, nil
+}
+
+// SaveDataKeys writes the keyring to the data dir (atomically, 0600): a
+// crash leaves the old file or the new one, never half of either.
+func SaveDataKeys(dir string, r *seal.Keyring) error {
+	return WriteFileAtomic(filepath.Join(dir, FileDataKey), r.Marshal(), 0o600)
+}
+
+// firstKeyring is the keyring of a new cluster: its first key, epoch 1.
+func firstKeyring(k seal.Key) *seal.Keyring {
+	r, err := seal.NewKeyring(seal.EpochKey{Epoch: 1, Key: k})
+	if err != nil {
+		panic(err) // k is fresh and non-zero
+	}
+	return r
 }

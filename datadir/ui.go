@@ -11,12 +11,12 @@ import (
 
 // UISessionKeyPurpose is the seal purpose of the UI session key in the
 // cluster state.
-const UISessionKeyPurpose = "ui-session-key"
+const UISessionKeyPurpose = raftstore.UISessionKeyPurpose
 
 // NewUICredential makes a fresh admin password for the web UI and the
 // ui_set_admin command that stores its hash and a new session key. Init
 // leaves one in ui-init.json; the agent makes one for a password reset.
-func NewUICredential(dataKey seal.Key, ifUnset bool) (password string, cmd *raftstore.Command, err error) {
+func NewUICredential(keys seal.Sealer, ifUnset bool) (password string, cmd *raftstore.Command, err error) {
 	if password, err = ui.NewPassword(); err != nil {
 		return "", nil, err
 	}
@@ -28,7 +28,7 @@ func NewUICredential(dataKey seal.Key, ifUnset bool) (password string, cmd *raft
 	if err != nil {
 		return "", nil, err
 	}
-	sealed, err := seal.Seal(dataKey, UISessionKeyPurpose, key)
+	sealed, err := keys.Seal(UISessionKeyPurpose, key)
 	if err != nil {
 		return "", nil, err
 	}

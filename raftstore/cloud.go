@@ -42,6 +42,11 @@ var (
 type CloudState struct {
 	// Registration is nil while the cluster is not connected to a cloud.
 	Registration *CloudRegistration `json:"registration,omitempty"`
+	// RotateCredential is set by a data key rotation (node removal) while
+	// registered: whoever held the old data key could open the client key,
+	// so the cloud session must re-issue the client credential and clear
+	// this flag when the new one is stored.
+	RotateCredential bool `json:"rotate_credential,omitempty"`
 	// AckIndex is the highest Raft index of a change the cloud confirmed
 	// (persisted lazily: the cloud's own cursor is authoritative on
 	// reconnect; this one feeds `cloud status` and survives leader change).

@@ -83,11 +83,18 @@ type Token struct {
 type State struct {
 	ClusterID string `json:"cluster_id"`
 	CACertPEM []byte `json:"ca_cert_pem"`
-	// CAKeyPEM is replicated so any member can admit a joiner; it lives
-	// only in the Raft data on members' disks (like Consul's built-in CA).
-	CAKeyPEM []byte            `json:"ca_key_pem"`
-	Nodes    map[string]*Node  `json:"nodes"`  // by ID
-	Tokens   map[string]*Token `json:"tokens"` // by ID
+	// CAKeySealed is the CA private key (PEM) sealed with the data key
+	// (purpose CAKeyPurpose): replicated so any member can admit a
+	// joiner, yet no Raft log, snapshot or backup holds it in the clear.
+	CAKeySealed string `json:"ca_key_sealed,omitempty"`
+	// CAKeyPEM is the plaintext CA key of states from before sealing; the
+	// first leader after an upgrade seals it (OpSealCAKey) and it is empty
+	// from then on.
+	CAKeyPEM []byte `json:"ca_key_pem,omitempty"`
+	// Keys is the data key's epoch and its wrapped copies (keys.go).
+	Keys   KeyState          `json:"keys"`
+	Nodes  map[string]*Node  `json:"nodes"`  // by ID
+	Tokens map[string]*Token `json:"tokens"` // by ID
 	// TokenPolicy bounds new tokens (policy.go); nil is the default. It is
 	// replaced, never mutated, so copies may share it.
 	TokenPolicy *TokenPolicy `json:"token_policy,omitempty"`
@@ -116,16 +123,18 @@ func NewState() *State {
 // every reconcile, TLS handshake and API request.
 func (s *State) View() *State {
 	c := &State{
-		ClusterID: s.ClusterID,
-		CACertPEM: slices.Clone(s.CACertPEM),
-		CAKeyPEM:  slices.Clone(s.CAKeyPEM),
-		Nodes:     make(map[string]*Node, len(s.Nodes)),
-		Tokens:    make(map[string]*Token, len(s.Tokens)),
-		Events:    slices.Clone(s.Events),
-		Results:   map[string]*Result{},
-		Cloud:     s.Cloud.clone(),
-		Workloads: s.Workloads.clone(),
-		UI:        s.UI.clone(),
+		ClusterID:   s.ClusterID,
+		CACertPEM:   slices.Clone(s.CACertPEM),
+		CAKeyPEM:    slices.Clone(s.CAKeyPEM),
+		CAKeySealed: s.CAKeySealed,
+		Keys:        s.Keys.clone(),
+		Nodes:       make(map[string]*Node, len(s.Nodes)),
+		Tokens:      make(map[string]*Token, len(s.Tokens)),
+		Events:      slices.Clone(s.Events),
+		Results:     map[string]*Result{},
+		Cloud:       s.Cloud.clone(),
+		Workloads:   s.Workloads.clone(),
+		UI:          s.UI.clone(),
 
 		TokenPolicy: s.TokenPolicy,
 	}
@@ -215,6 +224,8 @@ type Command struct {
 	Event       *Event          `json:"event,omitempty"`
 	UpdateNode  *UpdateNodeCmd  `json:"update_node,omitempty"`
 	TokenPolicy *TokenPolicy    `json:"token_policy,omitempty"` // OpSetTokenPolicy (policy.go)
+	RotateKeys  *RotateKeysCmd  `json:"rotate_keys,omitempty"`
+	SealCAKey   *SealCAKeyCmd   `json:"seal_ca_key,omitempty"`
 
 	// Ops with the prefixes cloud_, workload_ and ui_ carry their payload
 	// here and are applied by cloud.go, workloads.go and ui.go.
@@ -260,8 +271,10 @@ type Event struct {
 type BootstrapCmd struct {
 	ClusterID string `json:"cluster_id"`
 	CACertPEM []byte `json:"ca_cert_pem"`
-	CAKeyPEM  []byte `json:"ca_key_pem"`
-	Node      Node   `json:"node"` // MeshIP and PodCIDR as chosen by init
+	CAKeyPEM  []byte `json:"ca_key_pem,omitempty"` // plaintext: init before sealing
+	// CAKeySealed is the CA key sealed with the first data key.
+	CAKeySealed string `json:"ca_key_sealed,omitempty"`
+	Node        Node   `json:"node"` // MeshIP and PodCIDR as chosen by init
 }
 
 // CreateTokenCmd stores a new join token.
@@ -320,7 +333,7 @@ func (r *Result) Error() error {
 	}
 	for _, e := range []error{ErrTokenInvalid, ErrTokenExpired, ErrTokenUsed, ErrNameTaken, ErrKeyTaken,
 		ErrNoSuchNode, ErrNotBootstrap, ErrBootstrapped, ErrAddressSpace, ErrUnknownOp, ErrMalformedCmd,
-		ErrTokenPolicy, ErrNoSuchWorkload, ErrWorkloadExists, ErrWorkloadInUse, ErrAppNameTaken} {
+		ErrTokenPolicy, ErrNoSuchWorkload, ErrWorkloadExists, ErrWorkloadInUse, ErrAppNameTaken, ErrRotationStale} {
 		if r.Err == e.Error() {
 			return e
 		}
@@ -393,6 +406,7 @@ func (s *State) applyOp(cmd *Command, res *Result) error {
 		s.ClusterID = c.ClusterID
 		s.CACertPEM = slices.Clone(c.CACertPEM)
 		s.CAKeyPEM = slices.Clone(c.CAKeyPEM)
+		s.CAKeySealed = c.CAKeySealed
 		n := c.Node.clone()
 		n.JoinedAt = cmd.Time
 		s.Nodes[n.ID] = n
@@ -438,8 +452,16 @@ func (s *State) applyOp(cmd *Command, res *Result) error {
 			return ErrNoSuchNode
 		}
 		delete(s.Nodes, n.ID)
+		// Removal is a rotation: the removed node holds the data key.
+		s.Keys.RotatePending = true
 		res.Node = n
 		return nil
+
+	case OpRotateKeys:
+		return s.applyRotateKeys(cmd)
+
+	case OpSealCAKey:
+		return s.applySealCAKey(cmd)
 
 	case OpUpdateNode:
 		c := cmd.UpdateNode

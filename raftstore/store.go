@@ -479,6 +479,9 @@ func (s *Store) ApplyLocal(ctx context.Context, cmd *Command) (*Result, error) {
 	if cmd.Op == OpReadIndex {
 		return s.readIndex(timeout)
 	}
+	if s.removesSelf(cmd) && s.handOver() {
+		return nil, ErrNotLeader // the caller retries at the new leader (handover.go)
+	}
 	b, err := json.Marshal(cmd)
 	if err != nil {
 		return nil, err

@@ -22,8 +22,8 @@ const userTimeout = 15 * time.Second
 
 // OpsConfig configures Ops.
 type OpsConfig struct {
-	Store   Store    // required
-	DataKey seal.Key // required: seals credentials and the kubeconfig
+	Store   Store       // required
+	DataKey seal.Sealer // required: seals credentials and the kubeconfig; a *seal.Keyring follows rotations
 	// Reconciler, when set, is asked for the Kubernetes API's last error
 	// (Kube reports it).
 	Reconciler *Reconciler
@@ -41,7 +41,7 @@ func NewOps(cfg OpsConfig) (*Ops, error) {
 	if cfg.Store == nil {
 		return nil, errors.New("workload: Store is required")
 	}
-	if cfg.DataKey.IsZero() {
+	if cfg.DataKey == nil || cfg.DataKey.Current().IsZero() {
 		return nil, errors.New("workload: DataKey is required")
 	}
 	return &Ops{cfg: cfg}, nil
@@ -73,7 +73,7 @@ func (o *Ops) SetKube(ctx context.Context, kubeconfig []byte) (*api.Kube, error)
 	if err != nil {
 		return nil, invalid(err)
 	}
-	sealed, err := seal.Seal(o.cfg.DataKey, raftstore.KubeconfigPurpose, kubeconfig)
+	sealed, err := o.cfg.DataKey.Seal(raftstore.KubeconfigPurpose, kubeconfig)
 	if err != nil {
 		return nil, err
 	}

@@ -28,8 +28,8 @@ const statusTimeout = 10 * time.Second
 
 // ReconcilerConfig configures a Reconciler.
 type ReconcilerConfig struct {
-	Store   Store    // required
-	DataKey seal.Key // required: opens the kubeconfig and credentials
+	Store   Store       // required
+	DataKey seal.Sealer // required: opens the kubeconfig and credentials; a *seal.Keyring follows rotations
 	// Interval is how often status is read from Kubernetes (default
 	// DefaultInterval); retries back off from Interval/20 to 3×Interval.
 	Interval time.Duration
@@ -77,7 +77,7 @@ func NewReconciler(cfg ReconcilerConfig, log *slog.Logger) (*Reconciler, error) 
 	if cfg.Store == nil {
 		return nil, errors.New("workload: Store is required")
 	}
-	if cfg.DataKey.IsZero() {
+	if cfg.DataKey == nil || cfg.DataKey.Current().IsZero() {
 		return nil, errors.New("workload: DataKey is required")
 	}
 	if log == nil {
@@ -157,7 +157,7 @@ func (w *Reconciler) executor(k *raftstore.KubeTarget) (*kube.Executor, error) {
 	if w.exec != nil && w.execGen == k.Generation {
 		return w.exec, nil
 	}
-	kc, err := seal.Open(w.cfg.DataKey, raftstore.KubeconfigPurpose, k.Kubeconfig)
+	kc, err := w.cfg.DataKey.Open(raftstore.KubeconfigPurpose, k.Kubeconfig)
 	if err != nil {
 		return nil, fmt.Errorf("kubeconfig: %w", err)
 	}

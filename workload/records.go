@@ -36,7 +36,7 @@ func catalogNames() string {
 // picks the OSID (before the credentials are drawn from rnd); the
 // credentials are sealed with key. Errors the request causes are
 // ErrInvalid.
-func NewServiceRecord(key seal.Key, rnd io.Reader, drawOSID func(service string) (string, error), req api.ServiceRequest) (*raftstore.ServiceRecord, error) {
+func NewServiceRecord(key seal.Sealer, rnd io.Reader, drawOSID func(service string) (string, error), req api.ServiceRequest) (*raftstore.ServiceRecord, error) {
 	if _, ok := templates.Lookup(req.Service); !ok {
 		return nil, invalid(fmt.Errorf("unknown service %q (one of: %s)", req.Service, catalogNames()))
 	}
@@ -62,7 +62,7 @@ func NewServiceRecord(key seal.Key, rnd io.Reader, drawOSID func(service string)
 		return nil, invalid(err)
 	}
 	credJSON, _ := json.Marshal(creds)
-	sealed, err := seal.Seal(key, raftstore.CredentialsPurpose(osid), credJSON)
+	sealed, err := key.Seal(raftstore.CredentialsPurpose(osid), credJSON)
 	if err != nil {
 		return nil, err
 	}
@@ -70,9 +70,9 @@ func NewServiceRecord(key seal.Key, rnd io.Reader, drawOSID func(service string)
 }
 
 // OpenInstance opens a record's credentials into a templates.Instance.
-func OpenInstance(key seal.Key, r *raftstore.ServiceRecord) (templates.Instance, error) {
+func OpenInstance(key seal.Sealer, r *raftstore.ServiceRecord) (templates.Instance, error) {
 	inst := templates.Instance{OSID: r.OSID, Service: r.Service, Tier: r.Tier, Set: maps.Clone(r.Set)}
-	b, err := seal.Open(key, raftstore.CredentialsPurpose(r.OSID), r.Credentials)
+	b, err := key.Open(raftstore.CredentialsPurpose(r.OSID), r.Credentials)
 	if err != nil {
 		return inst, fmt.Errorf("%s credentials: %w", r.OSID, err)
 	}
@@ -85,7 +85,7 @@ func OpenInstance(key seal.Key, r *raftstore.ServiceRecord) (templates.Instance,
 // BuildApp resolves an app's --use instances (each must be present) into
 // the templates.App the reconciler renders. A missing instance is
 // ErrInvalid.
-func BuildApp(key seal.Key, osid, name, image string, port int, env map[string]string, uses []string, services map[string]*raftstore.ServiceRecord) (templates.App, error) {
+func BuildApp(key seal.Sealer, osid, name, image string, port int, env map[string]string, uses []string, services map[string]*raftstore.ServiceRecord) (templates.App, error) {
 	app := templates.App{OSID: osid, Name: name, Image: image, Port: port, Env: maps.Clone(env)}
 	for _, u := range uses {
 		s, ok := services[u]
@@ -114,7 +114,7 @@ func CheckApp(req api.AppRequest) error {
 // under osid. It also returns the rendered objects (for InjectedEnv).
 // Errors the request causes are ErrInvalid. That the name is free is
 // checked by Apply (raftstore.ErrAppNameTaken).
-func NewAppRecord(key seal.Key, osid string, req api.AppRequest, services map[string]*raftstore.ServiceRecord) (*raftstore.AppRecord, []*unstructured.Unstructured, error) {
+func NewAppRecord(key seal.Sealer, osid string, req api.AppRequest, services map[string]*raftstore.ServiceRecord) (*raftstore.AppRecord, []*unstructured.Unstructured, error) {
 	if err := CheckApp(req); err != nil {
 		return nil, nil, err
 	}
