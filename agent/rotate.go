@@ -186,6 +186,9 @@ func (a *Agent) adoptKeys() error {
 func (a *Agent) keyLoop(ctx context.Context) {
 	var lastErr string
 	var dropOld <-chan time.Time
+	if len(a.keys.Keys()) > 1 {
+		dropOld = time.After(gossipKeyGrace) // a restart reads both keys
+	}
 	for {
 		changed := a.store.Changed()
 		before := a.keys.Epoch()
