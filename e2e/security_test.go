@@ -241,8 +241,11 @@ func dataKey(dir string) (seal.Key, error) {
 	if err != nil {
 		return seal.Key{}, err
 	}
-	line, _, _ := strings.Cut(strings.TrimSpace(string(b)), "\n")
-	return seal.ParseKey(line)
+	ring, err := seal.ParseKeyring(string(b))
+	if err != nil {
+		return seal.Key{}, err
+	}
+	return ring.Current(), nil
 }
 
 // nodeAPIProbe forwards a join-token creation to the node API as a member
