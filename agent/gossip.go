@@ -22,6 +22,7 @@ func (a *Agent) startGossip() error {
 		return fmt.Errorf("gossip: %w", err)
 	}
 	a.transport = t
+	a.routeBeats(t)
 	mc := gossip.MemberlistConfig(a.cfg.Name, t, a.log)
 	mc.Events = &gossipEvents{a: a}
 	mc.Delegate = a.health
