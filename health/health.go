@@ -213,5 +213,5 @@ func (m *Monitor) Close() error {
 // show it offline at once rather than after the heartbeat ages run out. A
 // crash sends none.
 func (m *Monitor) Goodbye() {
-	m.sendToMembers(heartbeat{Name: m.cfg.Name, ID: m.cfg.NodeID, Bye: true})
+	m.sendToMembers(heartbeat{Name: m.cfg.Name, ID: m.cfg.NodeID, Seq: m.sendStamp(), Bye: true})
 }

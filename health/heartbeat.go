@@ -14,18 +14,18 @@ import (
 // its wire form: the optional parts travel only when they changed (or in
 // every fullBeatEvery-th beat); a receiver keeps the last value of each.
 type heartbeat struct {
-	Name    string
-	ID      string // node ID, the Raft server ID
-	Seq     uint64
-	Term    uint64 // the sender's Raft term
-	Leader  bool   // the sender leads that term
+	Name   string
+	ID     string // node ID, the Raft server ID
+	Seq    uint64
+	Term   uint64 // the sender's Raft term
+	Leader bool   // the sender leads that term
 	// NoLeader: the sender does not lead and follows no leader (see
 	// beatNoLeader).
 	NoLeader bool
-	Version string
-	Host    hostinfo.Snapshot
-	MeshRx  uint64
-	MeshTx  uint64
+	Version  string
+	Host     hostinfo.Snapshot
+	MeshRx   uint64
+	MeshTx   uint64
 	// Cands are the sender's current underlay candidates (advertised plus
 	// STUN-reflexive): gossip spreads a changed address within one
 	// heartbeat, even while Raft has no quorum to record it.
@@ -97,7 +97,7 @@ func (m *Monitor) heartbeatLoop(ctx context.Context) {
 
 // sendState is what the heartbeat loop remembers between beats.
 type sendState struct {
-	seq  uint64 // beats sent: every fullBeatEvery-th is full
+	seq  uint64    // beats sent: every fullBeatEvery-th is full
 	sent heartbeat // Host and Cands as last sent
 }
 
@@ -109,7 +109,7 @@ func (m *Monitor) beat(s *sendState) {
 	hb := heartbeat{
 		Name: m.cfg.Name, ID: m.cfg.NodeID, Seq: m.sendStamp(), Term: term, Leader: leader,
 		NoLeader: !leader && !m.deps.Store.KnowsLeader(),
-		Version: m.cfg.Version, Host: m.deps.Host.Sample(), has: beatParts,
+		Version:  m.cfg.Version, Host: m.deps.Host.Sample(), has: beatParts,
 	}
 	if m.deps.Candidates != nil {
 		hb.Cands = m.deps.Candidates()
