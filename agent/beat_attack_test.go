@@ -98,7 +98,7 @@ func forgeries(t testing.TB, member *Agent, name, id string, seq, term uint64, l
 	}
 	out := [][]byte{memberlistUserMsg(beat)}
 	for _, k := range []seal.Key{own, member.dataKeys()[0]} {
-		f, err := health.SealFrame(k, beat)
+		f, err := health.SealFrame(k, member.cfg.MeshIP, seq, beat)
 		if err != nil {
 			t.Fatal(err)
 		}

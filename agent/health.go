@@ -20,6 +20,7 @@ func (a *Agent) newHealth() (*health.Monitor, error) {
 	return health.New(health.Config{
 		Name:              a.cfg.Name,
 		NodeID:            a.cfg.NodeID,
+		MeshIP:            a.cfg.MeshIP,
 		Version:           Version,
 		HeartbeatInterval: a.tuning.HeartbeatInterval,
 		HealthyWithin:     a.tuning.HealthyWithin,

@@ -14,33 +14,37 @@ import (
 )
 
 func TestFrameSealOpen(t *testing.T) {
-	beat := encodeBeat(nil, &heartbeat{Name: "b", Seq: 9, Term: 2})
-	f, err := SealFrame(testKey, beat)
+	beat := encodeBeat(nil, &heartbeat{Name: "b", Term: 2})
+	src := nodeB.MeshIP
+	f, err := SealFrame(testKey, src, 1<<40, beat)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if f[0] != FramePrefix || len(f) != len(beat)+frameOverhead || bytes.Contains(f, []byte("b\x09")) {
+	if f[0] != FramePrefix || len(f) != len(beat)+1+6+16 || bytes.Contains(f, []byte("\x01b")) {
 		t.Fatalf("frame %x", f)
 	}
 	hk := seal.Derive(testKey, keyPurpose)
 	other := seal.Derive(seal.Key{9}, keyPurpose)
-	if got, err := openFrame([]seal.Key{other, hk}, f); err != nil || !bytes.Equal(got, beat) {
-		t.Fatalf("open with the second key: %x, %v", got, err)
+	if stamp, got, err := openFrame([]seal.Key{other, hk}, src, f); err != nil || !bytes.Equal(got, beat) || stamp != 1<<40 {
+		t.Fatalf("open with the second key: %d %x, %v", stamp, got, err)
 	}
-	if _, err := openFrame([]seal.Key{other}, f); err == nil {
+	if _, _, err := openFrame([]seal.Key{hk}, nodeC.MeshIP, f); err == nil {
+		t.Error("opened as coming from another address")
+	}
+	if _, _, err := openFrame([]seal.Key{other}, src, f); err == nil {
 		t.Error("opened under another key")
 	}
-	if _, err := openFrame([]seal.Key{testKey}, f); err == nil {
+	if _, _, err := openFrame([]seal.Key{testKey}, src, f); err == nil {
 		t.Error("opened under the data key itself (not the derived one)")
 	}
 	for i := range f {
 		g := bytes.Clone(f)
 		g[i] ^= 1
-		if _, err := openFrame([]seal.Key{hk}, g); err == nil {
+		if _, _, err := openFrame([]seal.Key{hk}, src, g); err == nil {
 			t.Errorf("opened with byte %d flipped", i)
 		}
 	}
-	if _, err := openFrame([]seal.Key{hk}, f[:len(f)-1]); err == nil {
+	if _, _, err := openFrame([]seal.Key{hk}, src, f[:len(f)-1]); err == nil {
 		t.Error("opened cut")
 	}
 }
@@ -73,7 +77,7 @@ func TestHandleFrameBindsBeatsToTheirSender(t *testing.T) {
 
 	// Not sealed, or not under our key: dropped.
 	m.NotifyMsg(encodeBeat(nil, st(nodeB, 7)))
-	f, _ := SealFrame(seal.Key{9}, encodeBeat(nil, st(nodeB, 8)))
+	f, _ := SealFrame(seal.Key{9}, nodeB.MeshIP, uint64(epoch.UnixMilli())+8, encodeBeat(nil, st(nodeB, 8)))
 	m.HandleFrame(f, netip.AddrPortFrom(nodeB.MeshIP, 7946))
 	m.HandleFrame([]byte{FramePrefix, 1, 2}, netip.AddrPortFrom(nodeB.MeshIP, 7946))
 	if d := drops(); d[DropUnsealed] != 1 || d[DropOpen] != 2 {
@@ -118,7 +122,7 @@ func TestRestartedSenderIsHeardAndByeIsBound(t *testing.T) {
 	clock := h.clock
 	var frames [][]byte
 	newSender := func() *Monitor {
-		s, err := New(Config{Name: nodeB.Name, NodeID: nodeB.ID, Now: clock.Now}, Deps{
+		s, err := New(Config{Name: nodeB.Name, NodeID: nodeB.ID, MeshIP: nodeB.MeshIP, Now: clock.Now}, Deps{
 			Store: newFakeStore(self, nodeB), Host: &fakeHost{}, DataKeys: testKeys,
 			Send: func(_ *memberlist.Node, msg []byte) error { frames = append(frames, msg); return nil },
 			Log:  slog.New(slog.DiscardHandler),
@@ -159,19 +163,20 @@ func TestRestartedSenderIsHeardAndByeIsBound(t *testing.T) {
 
 func FuzzOpenFrame(f *testing.F) {
 	hk := seal.Derive(testKey, keyPurpose)
-	good, _ := SealFrame(testKey, encodeBeat(nil, &heartbeat{Name: "n", Seq: 3, Term: 2, Cands: []string{"1.2.3.4:5"}, has: beatParts}))
+	beat := encodeBeat(nil, &heartbeat{Name: "n", Term: 2, Cands: []string{"1.2.3.4:5"}, has: beatParts})
+	good, _ := SealFrame(testKey, nodeB.MeshIP, 3, beat)
 	f.Add(good)
 	f.Add([]byte{FramePrefix})
-	f.Add(append([]byte{FramePrefix}, make([]byte, frameOverhead)...))
+	f.Add(append([]byte{FramePrefix, 0xff, 0xff}, make([]byte, 20)...))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		body, err := openFrame([]seal.Key{hk}, b)
+		stamp, body, err := openFrame([]seal.Key{hk}, nodeB.MeshIP, b)
 		if err != nil {
 			return
 		}
-		// Only frames sealed under the key open; what is inside still goes
-		// through the beat decoder's checks.
-		if _, err := decodeBeat(body); err != nil && bytes.Equal(b, good) {
-			t.Fatalf("the good frame's beat does not decode: %v", err)
+		// Only frames sealed under the key open, and they are what was
+		// sealed.
+		if !bytes.Equal(b, good) || stamp != 3 || !bytes.Equal(body, beat) {
+			t.Fatalf("opened a frame never sealed: %x", b)
 		}
 	})
 }
@@ -180,9 +185,12 @@ func FuzzOpenFrame(f *testing.F) {
 // sealed or not, the receiver never panics and never hands Raft a beat
 // that is not bound to its sender.
 func FuzzHandleFrame(f *testing.F) {
-	good, _ := SealFrame(testKey, encodeBeat(nil, &heartbeat{Name: "b", ID: "id-b", Seq: uint64(epoch.UnixMilli()) + 1, Term: 7, has: beatID}))
+	beat := encodeBeat(nil, &heartbeat{Name: "b", ID: "id-b", Term: 7, has: beatID})
+	good, _ := SealFrame(testKey, nodeB.MeshIP, uint64(epoch.UnixMilli())+1, beat)
+	forged, _ := SealFrame(testKey, nodeC.MeshIP, uint64(epoch.UnixMilli())+1, beat)
 	f.Add(good, []byte{172, 24, 0, 2})
 	f.Add(good, []byte{172, 24, 0, 3})
+	f.Add(forged, []byte{172, 24, 0, 3})
 	f.Add([]byte{FramePrefix, 0}, []byte{1, 2, 3, 4})
 	f.Fuzz(func(t *testing.T, frame, ip []byte) {
 		h := newHarness(t)

@@ -17,6 +17,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -43,8 +44,11 @@ const (
 // Config is this node's identity and the health timers. Zero durations
 // keep the defaults above; tests shorten them.
 type Config struct {
-	Name    string // this node's name; required
-	NodeID  string // this node's ID (its Raft server ID); required
+	Name   string // this node's name; required
+	NodeID string // this node's ID (its Raft server ID); required
+	// MeshIP is this node's mesh IP, where its beats come from (the gossip
+	// socket's address); required. Beats are sealed for it.
+	MeshIP  netip.Addr
 	Version string // the agent version heartbeats carry
 
 	HeartbeatInterval time.Duration
@@ -148,8 +152,8 @@ var (
 // created with it as delegate); Start sends this node's.
 func New(cfg Config, deps Deps) (*Monitor, error) {
 	switch {
-	case cfg.Name == "" || cfg.NodeID == "":
-		return nil, errors.New("health: Name and NodeID are required")
+	case cfg.Name == "" || cfg.NodeID == "" || !cfg.MeshIP.IsValid():
+		return nil, errors.New("health: Name, NodeID and MeshIP are required")
 	case deps.Store == nil || deps.Host == nil || deps.Send == nil || deps.DataKeys == nil:
 		return nil, errors.New("health: Store, Host, Send and DataKeys are required")
 	case deps.Log == nil:

@@ -150,7 +150,9 @@ func (m *Monitor) sendToMembers(hb heartbeat) {
 		m.log.Warn("heartbeat not sent: no data key")
 		return
 	}
-	msg, err := sealWith(m.keys.derive(keys[:1])[0], encodeBeat(nil, &hb))
+	stamp := hb.Seq
+	hb.Seq = 0 // the frame carries it
+	msg, err := sealWith(m.keys.derive(keys[:1])[0], m.cfg.MeshIP, stamp, encodeBeat(nil, &hb))
 	if err != nil {
 		m.log.Warn("heartbeat not sealed", "err", err)
 		return

@@ -149,14 +149,14 @@ func newHarness(t *testing.T) *harness {
 		host:  &fakeHost{hostinfo.Snapshot{CPUPercent: 3, MemTotalBytes: 8 << 30, MemUsedBytes: 1 << 30}},
 	}
 	m, err := New(Config{
-		Name: self.Name, NodeID: self.ID, Version: "v-test",
+		Name: self.Name, NodeID: self.ID, MeshIP: self.MeshIP, Version: "v-test",
 		HeartbeatInterval: 500 * time.Millisecond, // events tick every 100 ms
 		Now:               h.clock.Now,
 	}, Deps{
 		Store: h.store,
 		Host:  h.host,
 		Send: func(to *memberlist.Node, msg []byte) error {
-			body, err := openFrame([]seal.Key{seal.Derive(testKey, "heartbeat")}, msg)
+			stamp, body, err := openFrame([]seal.Key{seal.Derive(testKey, "heartbeat")}, self.MeshIP, msg)
 			if err != nil {
 				t.Errorf("sent a frame that does not open: %v", err)
 			}
@@ -164,6 +164,7 @@ func newHarness(t *testing.T) *harness {
 			if err != nil {
 				t.Errorf("sent an undecodable beat: %v", err)
 			}
+			hb.Seq = stamp
 			h.mu.Lock()
 			defer h.mu.Unlock()
 			h.sent = append(h.sent, sent{to: to.Name + "@" + to.Address(), hb: hb, len: len(msg)})
@@ -197,7 +198,7 @@ func (h *harness) beatFrom(n *raftstore.Node, seq uint64, has uint64) {
 
 // deliver seals hb and hands it to the Monitor as coming from ip.
 func (h *harness) deliver(hb *heartbeat, ip netip.Addr) {
-	f, err := SealFrame(testKey, encodeBeat(nil, hb))
+	f, err := SealFrame(testKey, ip, hb.Seq, encodeBeat(nil, hb))
 	if err != nil {
 		panic(err)
 	}
@@ -206,19 +207,20 @@ func (h *harness) deliver(hb *heartbeat, ip netip.Addr) {
 
 func TestNewRejectsMissingFields(t *testing.T) {
 	ok := Deps{Store: newFakeStore(), Host: &fakeHost{}, Send: func(*memberlist.Node, []byte) error { return nil }, DataKeys: testKeys, Log: slog.New(slog.DiscardHandler)}
-	if _, err := New(Config{Name: "a", NodeID: "id-a"}, ok); err != nil {
+	if _, err := New(Config{Name: "a", NodeID: "id-a", MeshIP: self.MeshIP}, ok); err != nil {
 		t.Fatalf("complete config refused: %v", err)
 	}
 	for name, f := range map[string]func(*Config, *Deps){
 		"name":  func(c *Config, _ *Deps) { c.Name = "" },
 		"id":    func(c *Config, _ *Deps) { c.NodeID = "" },
+		"ip":    func(c *Config, _ *Deps) { c.MeshIP = netip.Addr{} },
 		"store": func(_ *Config, d *Deps) { d.Store = nil },
 		"host":  func(_ *Config, d *Deps) { d.Host = nil },
 		"send":  func(_ *Config, d *Deps) { d.Send = nil },
 		"keys":  func(_ *Config, d *Deps) { d.DataKeys = nil },
 		"log":   func(_ *Config, d *Deps) { d.Log = nil },
 	} {
-		c, d := Config{Name: "a", NodeID: "id-a"}, ok
+		c, d := Config{Name: "a", NodeID: "id-a", MeshIP: self.MeshIP}, ok
 		f(&c, &d)
 		if _, err := New(c, d); err == nil {
 			t.Errorf("missing %s accepted", name)
@@ -342,7 +344,7 @@ func TestSenderSendsToMembersCopies(t *testing.T) {
 	// Idle: nothing moved, so only the liveness part travels.
 	m.beat(&s)
 	got = h.takeSent()
-	if len(got) != 2 || got[0].hb.has != 0 || got[0].len > 16+frameOverhead {
+	if len(got) != 2 || got[0].hb.has != 0 || got[0].len > 16+maxFrameOverhead {
 		t.Errorf("idle beat: %+v", got)
 	}
 	// Host metrics past the deadband ride along.

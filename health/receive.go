@@ -55,7 +55,8 @@ func (m *Monitor) sendStamp() uint64 {
 // (the gossip transport hands it every datagram starting with
 // FramePrefix). It is safe for concurrent use.
 func (m *Monitor) HandleFrame(frame []byte, from netip.AddrPort) {
-	body, err := openFrame(m.keys.derive(m.deps.DataKeys()), frame)
+	src := from.Addr().Unmap()
+	stamp, body, err := openFrame(m.keys.derive(m.deps.DataKeys()), src, frame)
 	if err != nil {
 		m.drop(DropOpen, "", from)
 		return
@@ -65,7 +66,8 @@ func (m *Monitor) HandleFrame(frame []byte, from netip.AddrPort) {
 		m.drop(DropMalformed, "", from)
 		return
 	}
-	id, known, reason := m.bind(&hb, from.Addr().Unmap())
+	hb.Seq = stamp
+	id, known, reason := m.bind(&hb, src)
 	if reason != "" {
 		m.drop(reason, hb.Name, from)
 		return
