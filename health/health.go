@@ -1,6 +1,7 @@
 // Package health owns node health: the heartbeat every agent sends every
 // member as a sealed datagram on the gossip port (its binary wire format in
-// beatwire.go, the seal in frame.go, the sender binding in receive.go), the receiver that keeps the last beat of every node, the
+// beatwire.go, the seal in frame.go, the binding to its sender in
+// receive.go), the receiver that keeps the last beat of every node, the
 // classifier that turns a beat's age and gossip's view into healthy
 // (< 10 s), degraded (10–30 s) or offline (> 30 s), and the recorder that
 // turns transitions into Raft events while this node leads. Ages are read

@@ -10,8 +10,8 @@ import (
 )
 
 // heartbeat is what every agent sends every member every interval, as a
-// sealed datagram on the gossip port inside WireGuard (frame.go). beatwire.go has
-// its wire form: the optional parts travel only when they changed (or in
+// sealed datagram on the gossip port inside WireGuard (frame.go).
+// beatwire.go has its wire form: the optional parts travel only when they changed (or in
 // every fullBeatEvery-th beat); a receiver keeps the last value of each.
 type heartbeat struct {
 	Name   string
