@@ -28,6 +28,7 @@ func (a *Agent) startGossip() error {
 		return fmt.Errorf("gossip: %w", err)
 	}
 	a.transport = t
+	a.routeBeats(t)
 	mc, err := gossip.MemberlistConfig(a.cfg.Name, t, gossipKeys(a.dataKeys()), a.log)
 	if err != nil {
 		t.Shutdown()

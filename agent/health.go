@@ -5,17 +5,22 @@ import (
 
 	"github.com/hashicorp/memberlist"
 
+	"github.com/runos/runos-agent/gossip"
 	"github.com/runos/runos-agent/health"
 	"github.com/runos/runos-agent/hostinfo"
 )
 
 // newHealth builds the heartbeat sender and receiver. It needs the store
-// and the device; memberlist, created after it (it is memberlist's
-// delegate), is reached through a.ml only when a heartbeat is sent.
+// and the device; the gossip transport, created after it, is reached
+// through a.transport only when a heartbeat is sent. Heartbeats are sealed
+// datagrams of their own on the gossip socket (routeBeats), not memberlist
+// messages: memberlist gives no sender address, and the receiver binds
+// every beat to the mesh IP of the node it names.
 func (a *Agent) newHealth() (*health.Monitor, error) {
 	return health.New(health.Config{
 		Name:              a.cfg.Name,
 		NodeID:            a.cfg.NodeID,
+		MeshIP:            a.cfg.MeshIP,
 		Version:           Version,
 		HeartbeatInterval: a.tuning.HeartbeatInterval,
 		HealthyWithin:     a.tuning.HealthyWithin,
@@ -27,8 +32,10 @@ func (a *Agent) newHealth() (*health.Monitor, error) {
 		Store: a.store,
 		Host:  hostinfo.NewSampler(a.dir),
 		Send: func(to *memberlist.Node, msg []byte) error {
-			return a.ml.SendBestEffort(to, msg)
+			_, err := a.transport.WriteToAddress(msg, memberlist.Address{Addr: to.Address(), Name: to.Name})
+			return err
 		},
+		DataKeys: a.dataKeys,
 		MeshBytes: func() (rx, tx uint64, err error) {
 			stats, err := a.dev.Stats()
 			for _, p := range stats {
@@ -41,6 +48,12 @@ func (a *Agent) newHealth() (*health.Monitor, error) {
 		OnCandidates: a.wake,
 		Log:          a.log.With("component", "health"),
 	})
+}
+
+// routeBeats hands the sealed heartbeats arriving on the gossip socket to
+// health, with their source address.
+func (a *Agent) routeBeats(t *gossip.Transport) {
+	t.HandlePrefix(health.FramePrefix, a.health.HandleFrame)
 }
 
 func (a *Agent) heartbeatInterval() time.Duration {

@@ -83,9 +83,10 @@ func detectOnce(b *testing.B) (degraded, offline time.Duration) {
 
 // meterRules count, in a node's namespace, the underlay (UDP 51820, both
 // directions) and the traffic inside wg0 by what it is for. An IP packet's
-// length is counted (no link-layer header). Our heartbeats are memberlist
-// user messages: type byte 8, first in the datagram or after memberlist's
-// 5-byte CRC header (type 12).
+// length is counted (no link-layer header). Our heartbeats are sealed
+// datagrams on the gossip port starting with 0xB7 (health.FramePrefix);
+// before that they were memberlist user messages: type byte 8, first in
+// the datagram or after memberlist's 5-byte CRC header (type 12).
 const meterRules = `table inet runos_meter {
 	counter underlay_in {}
 	counter underlay_out {}
@@ -112,6 +113,7 @@ const meterRules = `table inet runos_meter {
 		oifname "wg0" jump classify
 	}
 	chain classify {
+		udp dport 7946 @th,64,8 0xb7 counter name "heartbeat" return
 		udp dport 7946 @th,64,8 8 counter name "heartbeat" return
 		udp dport 7946 @th,64,8 12 @th,104,8 8 counter name "heartbeat" return
 		udp dport 7946 counter name "gossip_udp" return

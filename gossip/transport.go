@@ -82,6 +82,9 @@ type Transport struct {
 	done         chan struct{} // closed by Shutdown
 	shutdownOnce sync.Once
 	wg           sync.WaitGroup
+	// prefixed routes datagrams by their first byte to a handler instead
+	// of memberlist (HandlePrefix).
+	prefixed atomic.Pointer[prefixRoute]
 	// writing is held (read side) by every packet write, and taken by
 	// Shutdown: memberlist's Shutdown does not wait for its own gossip
 	// goroutines, so a write may still be in flight, and once Shutdown
@@ -332,6 +335,28 @@ func (t *Transport) acceptLoop() {
 	}
 }
 
+// PacketHandler receives a datagram and its source address. b is only
+// valid during the call.
+type PacketHandler func(b []byte, from netip.AddrPort)
+
+type prefixRoute struct {
+	first byte
+	h     PacketHandler
+}
+
+// HandlePrefix sends every datagram whose first byte is first to h (on
+// the read goroutine, with the source address) instead of memberlist,
+// which never starts a packet with a byte of 0x80 and above other than its
+// label header (244). Heartbeats ride the gossip socket this way. A later
+// call replaces the route; a nil h removes it.
+func (t *Transport) HandlePrefix(first byte, h PacketHandler) {
+	if h == nil {
+		t.prefixed.Store(nil)
+		return
+	}
+	t.prefixed.Store(&prefixRoute{first: first, h: h})
+}
+
 // readLoop hands incoming UDP packets to memberlist.
 func (t *Transport) readLoop() {
 	defer t.wg.Done()
@@ -364,6 +389,12 @@ func (t *Transport) readLoop() {
 		if n < 1 {
 			// memberlist needs at least the message type byte.
 			t.log.Debug("gossip: empty packet", "from", from)
+			continue
+		}
+		if r := t.prefixed.Load(); r != nil && buf[0] == r.first {
+			if ap, ok := from.(*net.UDPAddr); ok {
+				r.h(buf[:n], ap.AddrPort())
+			}
 			continue
 		}
 		p := &memberlist.Packet{Buf: append([]byte(nil), buf[:n]...), From: from, Timestamp: ts}

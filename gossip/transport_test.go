@@ -293,3 +293,40 @@ func TestTransportShutdownWaitsForWrites(t *testing.T) {
 	default:
 	}
 }
+
+// Datagrams starting with a registered byte go to its handler with their
+// source address; everything else still reaches memberlist.
+func TestTransportHandlePrefix(t *testing.T) {
+	a, b := newTestTransport(t), newTestTransport(t)
+	type got struct {
+		b    string
+		from netip.AddrPort
+	}
+	ch := make(chan got, 4)
+	b.HandlePrefix(0xB7, func(p []byte, from netip.AddrPort) { ch <- got{string(p), from} })
+	if _, err := a.WriteToAddress([]byte("\xb7beat"), memberlist.Address{Addr: b.Addr().String()}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.WriteToAddress([]byte("\x08user"), memberlist.Address{Addr: b.Addr().String()}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case g := <-ch:
+		if g.b != "\xb7beat" || g.from != a.Addr() {
+			t.Errorf("handler got %q from %s, want from %s", g.b, g.from, a.Addr())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("prefixed datagram not handled")
+	}
+	select {
+	case p := <-b.PacketCh():
+		if string(p.Buf) != "\x08user" {
+			t.Errorf("memberlist got %q", p.Buf)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("other datagram did not reach memberlist")
+	}
+	if len(ch) != 0 {
+		t.Error("the other datagram reached the handler")
+	}
+}

@@ -10,6 +10,9 @@ import (
 
 // Heartbeats on the wire.
 //
+// Sealed and bound to the sender (frame.go, receive.go); this is the
+// plaintext inside.
+//
 // Every node sends every other node a heartbeat every 5 s, so on a 5-node
 // cluster a node sends and receives 96 heartbeats a minute. WireGuard and
 // the inner IP/UDP headers already cost ~90 bytes a packet, so the payload
@@ -21,7 +24,7 @@ import (
 //	magic 'H', version 1
 //	flags   uvarint  (beatLeader, beatBye, beatHost, ...)
 //	name    string   (uvarint length + bytes)
-//	seq     uvarint
+//	seq     uvarint  (the send stamp, see sendStamp)
 //	term    uvarint  (the sender's Raft term)
 //	[id]      string                 if beatID
 //	[host]    9 uvarints, see below  if beatHost
@@ -46,6 +49,10 @@ const (
 	beatVersionF
 	beatCands
 	beatID
+	// beatNoLeader: the sender follows no leader in its term (it just
+	// started, or lost its leader); the leader then stops answering its
+	// idle Raft traffic locally, so it hears the leader over the wire.
+	beatNoLeader
 )
 
 var errBeat = errors.New("malformed heartbeat")
@@ -59,6 +66,9 @@ func encodeBeat(dst []byte, hb *heartbeat) []byte {
 	}
 	if hb.Bye {
 		flags |= beatBye
+	}
+	if hb.NoLeader {
+		flags |= beatNoLeader
 	}
 	dst = append(dst, beatMagic, beatVersion)
 	dst = binary.AppendUvarint(dst, flags)
@@ -104,8 +114,8 @@ func decodeBeat(b []byte) (heartbeat, error) {
 	}
 	r := beatReader{b: b[2:]}
 	flags := r.uvarint()
-	hb.has = flags &^ (beatLeader | beatBye)
-	hb.Leader, hb.Bye = flags&beatLeader != 0, flags&beatBye != 0
+	hb.has = flags &^ (beatLeader | beatBye | beatNoLeader)
+	hb.Leader, hb.Bye, hb.NoLeader = flags&beatLeader != 0, flags&beatBye != 0, flags&beatNoLeader != 0
 	hb.Name = r.str()
 	hb.Seq = r.uvarint()
 	hb.Term = r.uvarint()

@@ -1,22 +1,24 @@
 // Package health owns node health: the heartbeat every agent sends every
-// member over memberlist's best-effort messages (its binary wire format in
-// beatwire.go), the receiver that keeps the last beat of every node, the
+// member as a sealed datagram on the gossip port (its binary wire format in
+// beatwire.go, the seal in frame.go, the binding to its sender in
+// receive.go), the receiver that keeps the last beat of every node, the
 // classifier that turns a beat's age and gossip's view into healthy
 // (< 10 s), degraded (10–30 s) or offline (> 30 s), and the recorder that
 // turns transitions into Raft events while this node leads. Ages are read
 // from this node's own clock (Config.Now), so clock skew between machines
 // does not matter and tests need not sleep.
 //
-// A Monitor is the memberlist Delegate (it receives beats) and
-// EventDelegate (it keeps copies of the members it sends to); it hands
-// Raft's part of each beat to the store (ObserveBeat), which is how Raft's
-// idle traffic rides the health plane.
+// A Monitor receives beats from the gossip transport (HandleFrame) and is
+// memberlist's EventDelegate (it keeps copies of the members it sends to);
+// it hands Raft's part of each bound beat to the store (ObserveBeat),
+// which is how Raft's idle traffic rides the health plane.
 package health
 
 import (
 	"context"
 	"errors"
 	"log/slog"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -25,6 +27,7 @@ import (
 
 	"github.com/runos/runos-agent/hostinfo"
 	"github.com/runos/runos-agent/raftstore"
+	"github.com/runos/runos-agent/seal"
 )
 
 // Health thresholds from the RunOS design: a heartbeat every 5 s; healthy
@@ -42,8 +45,11 @@ const (
 // Config is this node's identity and the health timers. Zero durations
 // keep the defaults above; tests shorten them.
 type Config struct {
-	Name    string // this node's name; required
-	NodeID  string // this node's ID (its Raft server ID); required
+	Name   string // this node's name; required
+	NodeID string // this node's ID (its Raft server ID); required
+	// MeshIP is this node's mesh IP, where its beats come from (the gossip
+	// socket's address); required. Beats are sealed for it.
+	MeshIP  netip.Addr
 	Version string // the agent version heartbeats carry
 
 	HeartbeatInterval time.Duration
@@ -69,8 +75,11 @@ type Store interface {
 	RecordEvent(ctx context.Context, e raftstore.Event) error
 	// Beat is Raft's part of this node's heartbeat.
 	Beat() (term uint64, leader bool)
-	// ObserveBeat takes Raft's part of another node's heartbeat.
-	ObserveBeat(nodeID string, term uint64, leader bool)
+	// KnowsLeader reports whether Raft follows a leader (or leads).
+	KnowsLeader() bool
+	// ObserveBeat takes Raft's part of another node's heartbeat, once
+	// the beat is bound to that node.
+	ObserveBeat(nodeID string, term uint64, leader, noLeader bool)
 }
 
 var _ Store = (*raftstore.Store)(nil)
@@ -86,10 +95,14 @@ var _ HostSampler = (*hostinfo.Sampler)(nil)
 type Deps struct {
 	Store Store       // required
 	Host  HostSampler // required
-	// Send sends one datagram to a member, as memberlist's SendBestEffort
-	// (which is what production passes). to is a copy owned by the
+	// Send sends one datagram (a sealed frame) to a member's gossip
+	// address from this node's gossip socket. to is a copy owned by the
 	// Monitor, never a node memberlist is updating. Required.
 	Send func(to *memberlist.Node, msg []byte) error
+	// DataKeys are the cluster data keys this node holds, newest first:
+	// beats are sealed with the first, opened with any. Called for every
+	// beat, so a rotation takes effect at once. Required.
+	DataKeys func() []seal.Key
 	// MeshBytes is the overlay's total bytes received and sent, carried in
 	// heartbeats; nil or an error leaves them out.
 	MeshBytes func() (rx, tx uint64, err error)
@@ -116,6 +129,14 @@ type Monitor struct {
 	// fullBeat asks the next heartbeat to carry every part (a member
 	// joined and knows nothing of this node yet).
 	fullBeat atomic.Bool
+	// stamp is the last send stamp (sendStamp).
+	stamp atomic.Uint64
+
+	keys   derivedKeys
+	idents identIndex
+	replay replayGuard
+	dropMu sync.Mutex
+	drops  map[string]uint64 // by reason; guarded by dropMu
 
 	startOnce sync.Once
 	closeOnce sync.Once
@@ -132,10 +153,10 @@ var (
 // created with it as delegate); Start sends this node's.
 func New(cfg Config, deps Deps) (*Monitor, error) {
 	switch {
-	case cfg.Name == "" || cfg.NodeID == "":
-		return nil, errors.New("health: Name and NodeID are required")
-	case deps.Store == nil || deps.Host == nil || deps.Send == nil:
-		return nil, errors.New("health: Store, Host and Send are required")
+	case cfg.Name == "" || cfg.NodeID == "" || !cfg.MeshIP.IsValid():
+		return nil, errors.New("health: Name, NodeID and MeshIP are required")
+	case deps.Store == nil || deps.Host == nil || deps.Send == nil || deps.DataKeys == nil:
+		return nil, errors.New("health: Store, Host, Send and DataKeys are required")
 	case deps.Log == nil:
 		return nil, errors.New("health: logger is required")
 	}
@@ -197,5 +218,5 @@ func (m *Monitor) Close() error {
 // show it offline at once rather than after the heartbeat ages run out. A
 // crash sends none.
 func (m *Monitor) Goodbye() {
-	m.sendToMembers(heartbeat{Name: m.cfg.Name, ID: m.cfg.NodeID, Bye: true})
+	m.sendToMembers(heartbeat{Name: m.cfg.Name, ID: m.cfg.NodeID, Seq: m.sendStamp(), Bye: true})
 }

@@ -9,20 +9,23 @@ import (
 	"github.com/runos/runos-agent/hostinfo"
 )
 
-// heartbeat is what every agent sends every member every interval, over
-// memberlist's best-effort (UDP) messages inside WireGuard. beatwire.go has
-// its wire form: the optional parts travel only when they changed (or in
+// heartbeat is what every agent sends every member every interval, as a
+// sealed datagram on the gossip port inside WireGuard (frame.go).
+// beatwire.go has its wire form: the optional parts travel only when they changed (or in
 // every fullBeatEvery-th beat); a receiver keeps the last value of each.
 type heartbeat struct {
-	Name    string
-	ID      string // node ID, the Raft server ID
-	Seq     uint64
-	Term    uint64 // the sender's Raft term
-	Leader  bool   // the sender leads that term
-	Version string
-	Host    hostinfo.Snapshot
-	MeshRx  uint64
-	MeshTx  uint64
+	Name   string
+	ID     string // node ID, the Raft server ID
+	Seq    uint64
+	Term   uint64 // the sender's Raft term
+	Leader bool   // the sender leads that term
+	// NoLeader: the sender does not lead and follows no leader (see
+	// beatNoLeader).
+	NoLeader bool
+	Version  string
+	Host     hostinfo.Snapshot
+	MeshRx   uint64
+	MeshTx   uint64
 	// Cands are the sender's current underlay candidates (advertised plus
 	// STUN-reflexive): gossip spreads a changed address within one
 	// heartbeat, even while Raft has no quorum to record it.
@@ -94,7 +97,7 @@ func (m *Monitor) heartbeatLoop(ctx context.Context) {
 
 // sendState is what the heartbeat loop remembers between beats.
 type sendState struct {
-	seq  uint64
+	seq  uint64    // beats sent: every fullBeatEvery-th is full
 	sent heartbeat // Host and Cands as last sent
 }
 
@@ -104,8 +107,9 @@ func (m *Monitor) beat(s *sendState) {
 	s.seq++
 	term, leader := m.deps.Store.Beat()
 	hb := heartbeat{
-		Name: m.cfg.Name, ID: m.cfg.NodeID, Seq: s.seq, Term: term, Leader: leader,
-		Version: m.cfg.Version, Host: m.deps.Host.Sample(), has: beatParts,
+		Name: m.cfg.Name, ID: m.cfg.NodeID, Seq: m.sendStamp(), Term: term, Leader: leader,
+		NoLeader: !leader && !m.deps.Store.KnowsLeader(),
+		Version:  m.cfg.Version, Host: m.deps.Host.Sample(), has: beatParts,
 	}
 	if m.deps.Candidates != nil {
 		hb.Cands = m.deps.Candidates()
@@ -135,12 +139,24 @@ func (m *Monitor) beat(s *sendState) {
 	m.sendToMembers(wire)
 }
 
-// sendToMembers sends hb to every member but this node. It sends to the
-// Monitor's own copies of memberlist's nodes: the *Node that Members()
-// returns is memberlist's live record, whose address and protocol versions
-// its alive handling rewrites without a lock we could take.
+// sendToMembers seals hb once and sends it to every member but this node.
+// It sends to the Monitor's own copies of memberlist's nodes: the *Node
+// that Members() returns is memberlist's live record, whose address and
+// protocol versions its alive handling rewrites without a lock we could
+// take.
 func (m *Monitor) sendToMembers(hb heartbeat) {
-	msg := encodeBeat(nil, &hb)
+	keys := m.deps.DataKeys()
+	if len(keys) == 0 {
+		m.log.Warn("heartbeat not sent: no data key")
+		return
+	}
+	stamp := hb.Seq
+	hb.Seq = 0 // the frame carries it
+	msg, err := sealWith(m.keys.derive(keys[:1])[0], m.cfg.MeshIP, stamp, encodeBeat(nil, &hb))
+	if err != nil {
+		m.log.Warn("heartbeat not sealed", "err", err)
+		return
+	}
 	for _, n := range m.members.others(m.cfg.Name) {
 		if err := m.deps.Send(&n, msg); err != nil {
 			m.log.Debug("heartbeat not sent", "to", n.Name, "err", err)

@@ -17,6 +17,7 @@ import (
 	"github.com/runos/runos-agent/api"
 	"github.com/runos/runos-agent/hostinfo"
 	"github.com/runos/runos-agent/raftstore"
+	"github.com/runos/runos-agent/seal"
 )
 
 // fakeClock is a clock tests move by hand.
@@ -84,12 +85,26 @@ func (s *fakeStore) events() []raftstore.Event {
 }
 
 func (s *fakeStore) Beat() (uint64, bool) { return 7, true }
+func (s *fakeStore) KnowsLeader() bool    { return true }
 
-func (s *fakeStore) ObserveBeat(id string, term uint64, leader bool) {
+func (s *fakeStore) ObserveBeat(id string, term uint64, leader, noLeader bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.observed = append(s.observed, fmt.Sprintf("%s/%d/%v", id, term, leader))
 }
+
+func (s *fakeStore) takeObserved() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := s.observed
+	s.observed = nil
+	return out
+}
+
+// testKey is the data key of every test Monitor.
+var testKey = seal.Key{1, 2, 3}
+
+func testKeys() []seal.Key { return []seal.Key{testKey} }
 
 type fakeHost struct{ snap hostinfo.Snapshot }
 
@@ -129,28 +144,34 @@ var (
 func newHarness(t *testing.T) *harness {
 	t.Helper()
 	h := &harness{
-		clock: &fakeClock{t: time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)},
+		clock: &fakeClock{t: epoch},
 		store: newFakeStore(self, nodeB, nodeC),
 		host:  &fakeHost{hostinfo.Snapshot{CPUPercent: 3, MemTotalBytes: 8 << 30, MemUsedBytes: 1 << 30}},
 	}
 	m, err := New(Config{
-		Name: self.Name, NodeID: self.ID, Version: "v-test",
+		Name: self.Name, NodeID: self.ID, MeshIP: self.MeshIP, Version: "v-test",
 		HeartbeatInterval: 500 * time.Millisecond, // events tick every 100 ms
 		Now:               h.clock.Now,
 	}, Deps{
 		Store: h.store,
 		Host:  h.host,
 		Send: func(to *memberlist.Node, msg []byte) error {
-			hb, err := decodeBeat(msg)
+			stamp, body, err := openFrame([]seal.Key{seal.Derive(testKey, "heartbeat")}, self.MeshIP, msg)
+			if err != nil {
+				t.Errorf("sent a frame that does not open: %v", err)
+			}
+			hb, err := decodeBeat(body)
 			if err != nil {
 				t.Errorf("sent an undecodable beat: %v", err)
 			}
+			hb.Seq = stamp
 			h.mu.Lock()
 			defer h.mu.Unlock()
 			h.sent = append(h.sent, sent{to: to.Name + "@" + to.Address(), hb: hb, len: len(msg)})
 			return nil
 		},
 		Candidates: func() []string { return []string{"198.18.0.1:51820"} },
+		DataKeys:   testKeys,
 		Log:        slog.New(slog.DiscardHandler),
 	})
 	if err != nil {
@@ -164,27 +185,42 @@ func member(n *raftstore.Node) *memberlist.Node {
 	return &memberlist.Node{Name: n.Name, Addr: net.IP(n.MeshIP.AsSlice()), Port: 7946, PMax: 5}
 }
 
-// beatFrom delivers a heartbeat from n as memberlist would.
+// epoch is the test clock's start; beats' send stamps count from it.
+var epoch = time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+
+// beatFrom delivers a heartbeat from n, sealed, from n's mesh IP. seq
+// counts milliseconds from epoch (beats carry their send stamp).
 func (h *harness) beatFrom(n *raftstore.Node, seq uint64, has uint64) {
-	hb := heartbeat{Name: n.Name, ID: n.ID, Seq: seq, Term: 7, Version: "v-" + n.Name,
+	hb := heartbeat{Name: n.Name, ID: n.ID, Seq: uint64(epoch.UnixMilli()) + seq, Term: 7, Version: "v-" + n.Name,
 		Host: hostinfo.Snapshot{MemTotalBytes: 4 << 30}, Cands: []string{n.Name + ":51820"}, has: has}
-	h.m.NotifyMsg(encodeBeat(nil, &hb))
+	h.deliver(&hb, n.MeshIP)
+}
+
+// deliver seals hb and hands it to the Monitor as coming from ip.
+func (h *harness) deliver(hb *heartbeat, ip netip.Addr) {
+	f, err := SealFrame(testKey, ip, hb.Seq, encodeBeat(nil, hb))
+	if err != nil {
+		panic(err)
+	}
+	h.m.HandleFrame(f, netip.AddrPortFrom(ip, 7946))
 }
 
 func TestNewRejectsMissingFields(t *testing.T) {
-	ok := Deps{Store: newFakeStore(), Host: &fakeHost{}, Send: func(*memberlist.Node, []byte) error { return nil }, Log: slog.New(slog.DiscardHandler)}
-	if _, err := New(Config{Name: "a", NodeID: "id-a"}, ok); err != nil {
+	ok := Deps{Store: newFakeStore(), Host: &fakeHost{}, Send: func(*memberlist.Node, []byte) error { return nil }, DataKeys: testKeys, Log: slog.New(slog.DiscardHandler)}
+	if _, err := New(Config{Name: "a", NodeID: "id-a", MeshIP: self.MeshIP}, ok); err != nil {
 		t.Fatalf("complete config refused: %v", err)
 	}
 	for name, f := range map[string]func(*Config, *Deps){
 		"name":  func(c *Config, _ *Deps) { c.Name = "" },
 		"id":    func(c *Config, _ *Deps) { c.NodeID = "" },
+		"ip":    func(c *Config, _ *Deps) { c.MeshIP = netip.Addr{} },
 		"store": func(_ *Config, d *Deps) { d.Store = nil },
 		"host":  func(_ *Config, d *Deps) { d.Host = nil },
 		"send":  func(_ *Config, d *Deps) { d.Send = nil },
+		"keys":  func(_ *Config, d *Deps) { d.DataKeys = nil },
 		"log":   func(_ *Config, d *Deps) { d.Log = nil },
 	} {
-		c, d := Config{Name: "a", NodeID: "id-a"}, ok
+		c, d := Config{Name: "a", NodeID: "id-a", MeshIP: self.MeshIP}, ok
 		f(&c, &d)
 		if _, err := New(c, d); err == nil {
 			t.Errorf("missing %s accepted", name)
@@ -228,7 +264,7 @@ func TestClassifierAgesOnTheClock(t *testing.T) {
 	if s := m.Of(nodeB); s.Health != api.Healthy || s.Version != "v-b" || s.Age != 0 {
 		t.Errorf("b after a tiny beat: %+v", s)
 	}
-	// A datagram reordered behind it changes nothing.
+	// A datagram reordered behind it (or replayed) changes nothing.
 	h.clock.Advance(time.Second)
 	h.beatFrom(nodeB, 1, 0)
 	if s := m.Of(nodeB); s.Age != time.Second {
@@ -261,8 +297,8 @@ func TestClassifierAgesOnTheClock(t *testing.T) {
 	if s := m.Of(nodeB); s.Health != api.Healthy {
 		t.Errorf("b back: %+v", s)
 	}
-	bye := heartbeat{Name: "b", Bye: true}
-	m.NotifyMsg(encodeBeat(nil, &bye))
+	bye := heartbeat{Name: "b", Bye: true, Seq: uint64(epoch.UnixMilli()) + 4}
+	h.deliver(&bye, nodeB.MeshIP)
 	m.NotifyLeave(member(nodeB))
 	if s := m.Of(nodeB); s.Health != api.Offline || s.Reason != "left the cluster gracefully" {
 		t.Errorf("b left: %+v", s)
@@ -275,11 +311,9 @@ func TestClassifierAgesOnTheClock(t *testing.T) {
 		t.Errorf("new node: %+v", s)
 	}
 
-	// Raft's part of every (non-goodbye) beat went to the store.
-	h.store.mu.Lock()
-	defer h.store.mu.Unlock()
-	if len(h.store.observed) != 4 || h.store.observed[0] != "id-b/7/false" {
-		t.Errorf("observed beats: %v", h.store.observed)
+	// Raft's part of every accepted (non-goodbye) beat went to the store.
+	if got := h.store.takeObserved(); len(got) != 3 || got[0] != "id-b/7/false" {
+		t.Errorf("observed beats: %v", got)
 	}
 }
 
@@ -310,7 +344,7 @@ func TestSenderSendsToMembersCopies(t *testing.T) {
 	// Idle: nothing moved, so only the liveness part travels.
 	m.beat(&s)
 	got = h.takeSent()
-	if len(got) != 2 || got[0].hb.has != 0 || got[0].len > 16 {
+	if len(got) != 2 || got[0].hb.has != 0 || got[0].len > 16+maxFrameOverhead {
 		t.Errorf("idle beat: %+v", got)
 	}
 	// Host metrics past the deadband ride along.
@@ -333,8 +367,8 @@ func TestSenderSendsToMembersCopies(t *testing.T) {
 	m.beat(&s)
 	m.beat(&s)
 	h.takeSent()
-	m.beat(&s) // seq 7
-	if got = h.takeSent(); got[0].hb.Seq != 7 || got[0].hb.has != beatParts {
+	m.beat(&s) // the seventh
+	if got = h.takeSent(); got[0].hb.Seq != uint64(epoch.UnixMilli())+6 || got[0].hb.has != beatParts {
 		t.Errorf("seventh beat: %+v", got[0].hb)
 	}
 

@@ -2,6 +2,7 @@ package health
 
 import (
 	"maps"
+	"net/netip"
 	"slices"
 	"sync"
 	"time"
@@ -139,24 +140,11 @@ func (s *members) others(self string) []memberlist.Node {
 	return out
 }
 
-// NotifyMsg receives a heartbeat (memberlist.Delegate).
-func (m *Monitor) NotifyMsg(b []byte) {
-	hb, err := decodeBeat(b)
-	if err != nil {
-		m.log.Debug("dropping gossip message", "err", err, "len", len(b))
-		return
-	}
-	if hb.Bye {
-		m.members.sayBye(hb.Name)
-		return
-	}
-	prev, _ := m.beats.get(hb.Name)
-	rec := m.beats.put(m.now(), hb)
-	m.deps.Store.ObserveBeat(rec.hb.ID, rec.hb.Term, rec.hb.Leader)
-	if !slices.Equal(prev.hb.Cands, rec.hb.Cands) && m.deps.OnCandidates != nil {
-		m.deps.OnCandidates() // the peer reconciler hands them to the Bind
-	}
-}
+// NotifyMsg (memberlist.Delegate) receives memberlist user messages,
+// which is how heartbeats travelled before they were sealed and bound to
+// their sender: whatever comes this way is dropped (and counted), so a
+// forged one reaches nothing.
+func (m *Monitor) NotifyMsg(b []byte) { m.drop(DropUnsealed, "", netip.AddrPort{}) }
 
 // Memberlist's own state exchange carries nothing of ours.
 

@@ -29,6 +29,12 @@ import (
 //   - Follower side: a health heartbeat from the leader becomes a Raft
 //     heartbeat handed to Raft's heartbeat handler, as if it had come over
 //     the network, so followers keep their leader while the wire is quiet.
+//     Only a beat that repeats what Raft knows is handed over: from the
+//     leader Raft already follows, in Raft's current term (the store checks
+//     it, Store.ObserveBeat). A beat never raises the term or installs a
+//     leader, so a follower that has no leader (it just restarted) says so
+//     in its beats, and the leader then sends it Raft's heartbeats over the
+//     wire until it follows again.
 //
 // Safety does not depend on any of this: heartbeats carry no entries and no
 // commit index, and every write still needs real acknowledgements from a
@@ -54,9 +60,18 @@ type quietTransport struct {
 	suppressed, sent uint64
 }
 
+// maxBeatTermAhead bounds how far above our term a beat's term may be
+// and still be recorded: Raft terms move one election at a time, so a
+// peer a little ahead is real (it saw an election we have not), and one
+// far ahead is a lie.
+const maxBeatTermAhead = 2
+
 type quietPeer struct {
 	beatAt time.Time // last health heartbeat from the peer
 	term   uint64    // the Raft term it reported then
+	// leaderless: the peer said it follows no leader; its idle traffic
+	// then goes over the wire so that it hears one.
+	leaderless bool
 	// The last entry-less AppendEntries of each kind the peer accepted over
 	// the wire, with its answer. Raft interleaves two kinds: heartbeats
 	// (no previous entry, no commit index) and commit refreshes.
@@ -96,24 +111,31 @@ func (q *quietTransport) peer(id raft.ServerID) *quietPeer {
 }
 
 // observeBeat records a health heartbeat from server id, which reported
-// term. A beat from a node that says it leads becomes a Raft heartbeat.
-func (q *quietTransport) observeBeat(id raft.ServerID, addr raft.ServerAddress, term uint64, leader bool) {
+// term (ours is ourTerm) and whether it follows no leader. A non-empty
+// leaderAddr says the store checked that id is the leader Raft follows in
+// ourTerm, at that address: the beat then becomes a Raft heartbeat.
+func (q *quietTransport) observeBeat(id raft.ServerID, leaderAddr raft.ServerAddress, term, ourTerm uint64, leaderless bool) {
+	if term > ourTerm && term-ourTerm > maxBeatTermAhead {
+		return
+	}
 	q.mu.Lock()
 	p := q.peer(id)
-	p.beatAt, p.term = q.now(), term
+	p.beatAt, p.term, p.leaderless = q.now(), term, leaderless
 	hb := q.heartbeat
 	q.mu.Unlock()
-	if !leader || hb == nil || addr == "" || term == 0 {
+	if leaderAddr == "" || hb == nil || term != ourTerm || term == 0 {
 		return
 	}
 	// The shape NetworkTransport recognises as a heartbeat, so Raft treats
-	// it exactly like one off the wire: adopt the term, note the leader,
-	// reset the election timer.
+	// it exactly like one off the wire: it resets the election timer. The
+	// term and leader are the ones Raft already has, so nothing else
+	// changes; should Raft have moved on meanwhile, it refuses the older
+	// term.
 	hb(raft.RPC{
 		Command: &raft.AppendEntriesRequest{
-			RPCHeader: raft.RPCHeader{ProtocolVersion: raft.ProtocolVersionMax, ID: []byte(id), Addr: []byte(addr)},
+			RPCHeader: raft.RPCHeader{ProtocolVersion: raft.ProtocolVersionMax, ID: []byte(id), Addr: []byte(leaderAddr)},
 			Term:      term,
-			Leader:    []byte(addr),
+			Leader:    []byte(leaderAddr),
 		},
 		RespChan: make(chan raft.RPCResponse, 1),
 	})
@@ -153,12 +175,13 @@ func (q *quietTransport) AppendEntries(id raft.ServerID, target raft.ServerAddre
 }
 
 // repeats reports whether args would only repeat what p last accepted of
-// its kind, and p's health heartbeat says it is alive and in args' term.
+// its kind, and p's health heartbeat says it is alive, in args' term and
+// following a leader.
 func (q *quietTransport) repeats(p *quietPeer, args *raft.AppendEntriesRequest) bool {
 	l := p.kind(args).req
 	return l != nil && l.Term == args.Term && l.PrevLogEntry == args.PrevLogEntry && l.PrevLogTerm == args.PrevLogTerm &&
 		l.LeaderCommitIndex == args.LeaderCommitIndex &&
-		p.term == args.Term && !p.beatAt.IsZero() && q.now().Sub(p.beatAt) < q.fresh
+		p.term == args.Term && !p.leaderless && !p.beatAt.IsZero() && q.now().Sub(p.beatAt) < q.fresh
 }
 
 func (q *quietTransport) stats() (suppressed, sent uint64) {

@@ -367,31 +367,49 @@ func (s *Store) Beat() (term uint64, leader bool) {
 	return s.raft.CurrentTerm(), s.raft.State() == raft.Leader
 }
 
+// KnowsLeader reports whether this node leads or follows a known leader.
+func (s *Store) KnowsLeader() bool {
+	_, id := s.raft.LeaderWithID()
+	return id != ""
+}
+
 // ObserveBeat takes Raft's part of a health heartbeat from node nodeID (see
 // quietTransport). It does nothing unless Config.QuietFresh is set.
-func (s *Store) ObserveBeat(nodeID string, term uint64, leader bool) {
+//
+// The caller has bound the beat to nodeID (sealed, from its mesh IP), but a
+// beat is still only a claim, so it never drives Raft: it is handed to
+// Raft's heartbeat handler only when it repeats what Raft already knows
+// (the sender leads our current term and is a voter), where it does
+// nothing but keep the election timer quiet. It can never raise the term
+// or install a leader; those come over Raft's own wire. Everything else
+// only feeds the quiet transport's freshness bookkeeping.
+func (s *Store) ObserveBeat(nodeID string, term uint64, leader, noLeader bool) {
 	if s.quiet == nil || nodeID == "" || nodeID == s.cfg.NodeID {
 		return
 	}
+	id := raft.ServerID(nodeID)
+	cur := s.raft.CurrentTerm()
 	var addr raft.ServerAddress
-	if leader {
-		addr = s.serverAddr(raft.ServerID(nodeID))
+	if leader && term == cur && term != 0 {
+		if la, lid := s.raft.LeaderWithID(); lid == id && s.isVoter(id) {
+			addr = la
+		}
 	}
-	s.quiet.observeBeat(raft.ServerID(nodeID), addr, term, leader)
+	s.quiet.observeBeat(id, addr, term, cur, noLeader)
 }
 
-// serverAddr is a server's address in the latest Raft configuration.
-func (s *Store) serverAddr(id raft.ServerID) raft.ServerAddress {
+// isVoter reports whether id is a voter in the latest Raft configuration.
+func (s *Store) isVoter(id raft.ServerID) bool {
 	f := s.raft.GetConfiguration()
 	if f.Error() != nil {
-		return ""
+		return false
 	}
 	for _, srv := range f.Configuration().Servers {
 		if srv.ID == id {
-			return srv.Address
+			return srv.Suffrage == raft.Voter
 		}
 	}
-	return ""
+	return false
 }
 
 // QuietStats counts the empty AppendEntries answered locally and those sent.
