@@ -19,6 +19,7 @@ const (
 	OpCloudDisconnect = "cloud_disconnect" // forget the registration
 	OpCloudAck        = "cloud_ack"        // the cloud acknowledged changes up to an index
 	OpCloudExec       = "cloud_exec"       // apply a command the cloud sent, once per cloud command ID
+	OpCloudRotate     = "cloud_rotate"     // ask the leader to re-issue the cloud client credential
 )
 
 // changeWindow bounds the change log. A cloud that fell further behind (a
@@ -58,6 +59,9 @@ type CloudState struct {
 	// first, bounded by cloudDoneWindow. Like Changes, entries are never
 	// modified once appended, so views share them.
 	Done []CloudDone `json:"done,omitempty"`
+	// RotateCredential asks the leader to re-issue the cloud client
+	// credential over its session (a removed node may hold the old one).
+	RotateCredential bool `json:"rotate_credential"`
 }
 
 // CloudDone is one applied cloud command.
@@ -94,6 +98,8 @@ type CloudRegistration struct {
 	// Index is the Raft index the registration was applied at; changes
 	// before it predate the link and travel in the first full resync.
 	Index uint64 `json:"index"`
+	// Allow is what the cloud may do: read, deploy (""), admin.
+	Allow string `json:"allow,omitempty"`
 }
 
 // CloudKeyPurpose is the seal purpose of the cloud client key.
