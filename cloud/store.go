@@ -103,6 +103,11 @@ type clusterRec struct {
 	Name           string    `json:"name"`
 	AgentClusterID string    `json:"agent_cluster_id,omitempty"`
 	CertSerial     string    `json:"cert_serial,omitempty"`
+	// CertFingerprint is the SHA-256 of the one client certificate
+	// accepted (the newest: a re-issue or re-registration replaces it).
+	// Empty in records from before it was kept: the serial decides.
+	CertFingerprint string    `json:"cert_fingerprint,omitempty"`
+	CertIssuedAt    time.Time `json:"cert_issued_at,omitzero"`
 	Revoked        bool      `json:"revoked,omitempty"`
 	RegisteredAt   time.Time `json:"registered_at,omitzero"`
 	LastSeen       time.Time `json:"last_seen,omitzero"`
@@ -113,6 +118,15 @@ type clusterRec struct {
 	DuplicatesIgnored uint64 `json:"duplicates_ignored"`
 	Resyncs           uint64 `json:"resyncs"`
 	NextCommand       uint64 `json:"next_command"`
+}
+
+// currentCert reports whether a client certificate (fingerprint and
+// serial) is the cluster's newest.
+func (c *clusterRec) currentCert(fp, serial string) bool {
+	if c.CertFingerprint != "" {
+		return c.CertFingerprint == fp
+	}
+	return c.CertSerial != "" && c.CertSerial == serial
 }
 
 func mirrorName(id string) []byte { return []byte("m/" + id) }

@@ -12,6 +12,7 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -54,7 +55,19 @@ type Host interface {
 type Kind struct {
 	Prepare func(c cloudproto.Command) (*raftstore.Command, error)
 	Result  func(c cloudproto.Command, data json.RawMessage) (json.RawMessage, error)
+	// Allow is the level the cloud needs for it (raftstore.CloudAllow*;
+	// "" : admin).
+	Allow string
 }
+
+// The token policy for join tokens the cloud creates (issue 12): a
+// compromised cloud mints nothing long-lived or reusable.
+// TODO(join): read the cluster's token policy from the state once it
+// exists; these are its defaults.
+const (
+	CloudTokenMaxTTL  = 24 * time.Hour
+	CloudTokenMaxUses = 10
+)
 
 // Config configures a Link.
 type Config struct {
@@ -120,6 +133,9 @@ type Link struct {
 	ctx context.Context
 
 	sent, recv atomic.Uint64 // bytes on the wire (TLS included)
+	// persisting: a re-issued credential is being written to Raft; no
+	// new re-issue starts meanwhile.
+	persisting atomic.Bool
 	// handling are command IDs being applied now; guarded by mu.
 	handling map[string]bool
 
@@ -163,15 +179,19 @@ func New(cfg Config, log *slog.Logger) (*Link, error) {
 	def(&cfg.AckEvery, 2*time.Second)
 	l := &Link{cfg: cfg, log: log.With("component", "cloudlink"), handling: map[string]bool{}}
 	l.status = Status{State: StateOff, Since: time.Now()}
+	const admin, deploy = raftstore.CloudAllowAdmin, raftstore.CloudAllowDeploy
 	l.kinds = map[string]Kind{
-		"create_token":   {Prepare: l.prepareToken, Result: l.tokenResult},
-		"remove_node":    {Prepare: prepareRemove, Result: func(cloudproto.Command, json.RawMessage) (json.RawMessage, error) { return nil, nil }},
-		"deploy_service": {Prepare: l.prepareService, Result: l.serviceResult},
-		"delete_service": {Prepare: prepareDelete("delete_service", raftstore.OpWorkloadServiceDelete), Result: deleteResult},
-		"deploy_app":     {Prepare: l.prepareApp, Result: l.appResult},
-		"delete_app":     {Prepare: prepareDelete("delete_app", raftstore.OpWorkloadAppDelete), Result: deleteResult},
+		"create_token":   {Prepare: l.prepareToken, Result: l.tokenResult, Allow: admin},
+		"remove_node":    {Prepare: prepareRemove, Result: func(cloudproto.Command, json.RawMessage) (json.RawMessage, error) { return nil, nil }, Allow: admin},
+		"deploy_service": {Prepare: l.prepareService, Result: l.serviceResult, Allow: deploy},
+		"delete_service": {Prepare: prepareDelete("delete_service", raftstore.OpWorkloadServiceDelete), Result: deleteResult, Allow: deploy},
+		"deploy_app":     {Prepare: l.prepareApp, Result: l.appResult, Allow: deploy},
+		"delete_app":     {Prepare: prepareDelete("delete_app", raftstore.OpWorkloadAppDelete), Result: deleteResult, Allow: deploy},
 	}
 	for k, v := range cfg.Kinds {
+		if v.Allow == "" {
+			v.Allow = admin
+		}
 		l.kinds[k] = v
 	}
 	return l, nil
@@ -290,11 +310,14 @@ func (l *Link) registration() *raftstore.CloudRegistration {
 	return l.reg
 }
 
+// regKey names a registration and its credential: a re-issued
+// certificate is a new key too, so the session reconnects with it.
 func regKey(r *raftstore.CloudRegistration) string {
 	if r == nil {
 		return ""
 	}
-	return fmt.Sprintf("%s/%d", r.CloudClusterID, r.Index)
+	sum := sha256.Sum256(r.ClientCertPEM)
+	return fmt.Sprintf("%s/%d/%x", r.CloudClusterID, r.Index, sum[:8])
 }
 
 // errStepDown ends a session because the registration changed: reconnect
@@ -619,10 +642,38 @@ func (l *Link) session(ctx, lctx context.Context, reg *raftstore.CloudRegistrati
 	}
 	healthCheck := time.NewTicker(time.Second)
 	defer healthCheck.Stop()
+	// A pending rotation: one CSR at a time; a refused one is asked again
+	// at a later health tick.
+	var (
+		reissueKey []byte // the key of the CSR sent; nil: none awaited
+		reissueAt  time.Time
+	)
+	maybeReissue := func() error {
+		if reissueKey != nil || l.persisting.Load() || time.Since(reissueAt) < l.cfg.HealthInterval {
+			return nil
+		}
+		if st, _ := l.cfg.Host.State(); !st.Cloud.RotateCredential {
+			return nil
+		}
+		key, keyPEM, err := pki.NewKey()
+		if err != nil {
+			return err
+		}
+		csr, err := pki.NewCSR(key, "runos-cluster")
+		if err != nil {
+			return err
+		}
+		reissueKey, reissueAt = keyPEM, time.Now()
+		l.log.Info("re-issuing the cloud client credential")
+		return write(&cloudproto.Msg{Type: cloudproto.MsgReissue, Reissue: &cloudproto.Reissue{CSR: string(csr)}})
+	}
 	if err := sendHealth(l.cfg.Host.Nodes()); err != nil {
 		return err
 	}
 	if err := sendMore(); err != nil {
+		return err
+	}
+	if err := maybeReissue(); err != nil {
 		return err
 	}
 	for {
@@ -647,6 +698,9 @@ func (l *Link) session(ctx, lctx context.Context, reg *raftstore.CloudRegistrati
 			if err := sendMore(); err != nil {
 				return err
 			}
+			if err := maybeReissue(); err != nil {
+				return err
+			}
 		case m := <-in:
 			switch m.Type {
 			case cloudproto.MsgAck:
@@ -668,6 +722,12 @@ func (l *Link) session(ctx, lctx context.Context, reg *raftstore.CloudRegistrati
 				if err := write(&cloudproto.Msg{Type: cloudproto.MsgPong}); err != nil {
 					return err
 				}
+			case cloudproto.MsgReissued:
+				keyPEM := reissueKey
+				reissueKey = nil
+				if err := l.reissued(lctx, reg, keyPEM, m.Reissue); err != nil {
+					l.log.Warn("cloud credential not re-issued", "err", err)
+				}
 			case cloudproto.MsgPong:
 			case cloudproto.MsgError:
 				return fmt.Errorf("cloud ended the session: %s", m.Error)
@@ -680,6 +740,9 @@ func (l *Link) session(ctx, lctx context.Context, reg *raftstore.CloudRegistrati
 			}
 		case <-health.C:
 			if err := sendHealth(l.cfg.Host.Nodes()); err != nil {
+				return err
+			}
+			if err := maybeReissue(); err != nil {
 				return err
 			}
 		case <-healthCheck.C:
@@ -696,6 +759,77 @@ func (l *Link) session(ctx, lctx context.Context, reg *raftstore.CloudRegistrati
 			l.persistAck(lctx, cursor, &persisted, &acking, &l.wg)
 		}
 	}
+}
+
+// reissued checks the cloud's answer to a re-issue (a certificate of the
+// cloud CA, for this cluster, for the key of the CSR) and writes it to
+// Raft, sealed, in one command that also clears the pending rotation. The
+// cloud accepts only the new certificate from now on, so the write
+// outlives the session (and a leadership change: Apply forwards and
+// retries with the same ID until the link closes). The registration's
+// change then moves the session onto the new certificate.
+func (l *Link) reissued(ctx context.Context, reg *raftstore.CloudRegistration, keyPEM []byte, r *cloudproto.Reissue) error {
+	switch {
+	case keyPEM == nil:
+		return errors.New("the cloud sent a certificate nobody asked for")
+	case r == nil:
+		return fmt.Errorf("%w: reissued without body", cloudproto.ErrMalformed)
+	case r.Error != "":
+		return fmt.Errorf("the cloud refused: %s", r.Error)
+	}
+	if err := checkClientCert(reg, []byte(r.CertPEM), keyPEM); err != nil {
+		return fmt.Errorf("the cloud answered an unusable certificate: %w", err)
+	}
+	sealed, err := seal.Seal(l.cfg.DataKey, raftstore.CloudKeyPurpose, keyPEM)
+	if err != nil {
+		return err
+	}
+	next := *reg
+	next.ClientCertPEM, next.ClientKeySealed = []byte(r.CertPEM), sealed
+	sum := sha256.Sum256(next.ClientCertPEM)
+	cmd := &raftstore.Command{ID: "cloud-reissue-" + hex.EncodeToString(sum[:8]), Op: raftstore.OpCloudReissue, Cloud: &raftstore.CloudCmd{Register: &next}}
+	l.persisting.Store(true)
+	l.wg.Add(1)
+	go func() {
+		defer l.wg.Done()
+		defer l.persisting.Store(false)
+		res, err := l.cfg.Host.Apply(ctx, cmd)
+		if err == nil {
+			err = res.Error()
+		}
+		if err != nil {
+			l.log.Error("re-issued cloud credential not stored; reconnect with a new registration token if the session stays refused", "err", err)
+			return
+		}
+		l.log.Info("cloud client credential re-issued", "index", res.Index)
+	}()
+	return nil
+}
+
+// checkClientCert checks a client certificate from the cloud: signed by
+// the registration's cloud CA for client auth, naming the cloud cluster,
+// for keyPEM.
+func checkClientCert(reg *raftstore.CloudRegistration, certPEM, keyPEM []byte) error {
+	if _, err := tls.X509KeyPair(certPEM, keyPEM); err != nil {
+		return err
+	}
+	cert, err := pki.ParseCert(certPEM)
+	if err != nil {
+		return err
+	}
+	ca, err := pki.ParseCert(reg.CACertPEM)
+	if err != nil {
+		return fmt.Errorf("registration's cloud CA: %w", err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(ca)
+	if _, err := cert.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+		return err
+	}
+	if cert.Subject.CommonName != reg.CloudClusterID {
+		return fmt.Errorf("certificate names %q, not cloud cluster %s", cert.Subject.CommonName, reg.CloudClusterID)
+	}
+	return nil
 }
 
 // healthSig summarises what a health report says beyond ages and gauges.
@@ -851,14 +985,6 @@ func (l *Link) handle(ctx context.Context, c cloudproto.Command, results chan<- 
 func (l *Link) apply(ctx context.Context, c cloudproto.Command) *cloudproto.CmdResult {
 	out := &cloudproto.CmdResult{ID: c.ID}
 	kind, ok := l.kinds[c.Kind]
-	if c.ID == "" || !ok {
-		out.Error = fmt.Sprintf("unknown command kind %q", c.Kind)
-		if c.ID == "" {
-			out.Error = "command without an ID"
-		}
-		l.log.Warn("refusing cloud command", "id", c.ID, "err", out.Error)
-		return out
-	}
 	finish := func(errText string, data json.RawMessage, index uint64, replayed bool) *cloudproto.CmdResult {
 		out.Error, out.Index, out.Replayed = errText, index, replayed
 		if errText == "" {
@@ -870,24 +996,43 @@ func (l *Link) apply(ctx context.Context, c cloudproto.Command) *cloudproto.CmdR
 		}
 		return out
 	}
-	if st, _ := l.cfg.Host.State(); st.Cloud.Result(c.ID) != nil {
-		prev := st.Cloud.Result(c.ID)
+	st, _ := l.cfg.Host.State()
+	if prev := st.Cloud.Result(c.ID); c.ID != "" && prev != nil {
 		l.log.Warn("refusing replayed cloud command: applied before", "id", c.ID, "index", prev.Index)
 		return finish(prev.Err, prev.Data, prev.Index, true)
 	}
-	inner, err := kind.Prepare(c)
-	if err != nil {
-		out.Error = err.Error()
-		return out
+	var inner *raftstore.Command
+	var refused error
+	switch {
+	case c.ID == "":
+		refused = errors.New("command without an ID")
+	case !ok:
+		refused = fmt.Errorf("unknown command kind %q", c.Kind)
+	case st.Cloud.Registration == nil:
+		refused = errors.New("not connected to a cloud")
+	case !raftstore.CloudAllows(st.Cloud.Registration.Allow, kind.Allow):
+		refused = raftstore.CloudLevelError(c.Kind, st.Cloud.Registration.Allow, kind.Allow)
+	default:
+		inner, refused = kind.Prepare(c)
+	}
+	cmd := &raftstore.Command{Op: raftstore.OpCloudExec, Cloud: &raftstore.CloudCmd{CommandID: c.ID, Kind: c.Kind, Inner: inner}}
+	if c.ID != "" {
+		cmd.ID = "cloud-" + c.ID
+	}
+	if refused != nil {
+		// Refused, and recorded so: the event names it, and a resend
+		// gets the same answer.
+		l.log.Warn("refusing cloud command", "id", c.ID, "kind", c.Kind, "err", refused)
+		cmd.Cloud.Inner, cmd.Cloud.Refused = nil, refused.Error()
+		out.Error = refused.Error()
 	}
 	actx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	res, err := l.cfg.Host.Apply(actx, &raftstore.Command{
-		ID: "cloud-" + c.ID, Op: raftstore.OpCloudExec,
-		Cloud: &raftstore.CloudCmd{CommandID: c.ID, Inner: inner},
-	})
+	res, err := l.cfg.Host.Apply(actx, cmd)
 	if err != nil {
-		out.Error = err.Error()
+		if refused == nil {
+			out.Error = err.Error()
+		}
 		return out
 	}
 	if strings.Contains(res.Err, raftstore.ErrCloudReplay.Error()) {
@@ -895,6 +1040,10 @@ func (l *Link) apply(ctx context.Context, c cloudproto.Command) *cloudproto.CmdR
 		if prev := st.Cloud.Result(c.ID); prev != nil {
 			return finish(prev.Err, prev.Data, prev.Index, true)
 		}
+	}
+	if refused != nil {
+		out.Index = res.Index
+		return out
 	}
 	l.log.Info("applied cloud command", "id", c.ID, "kind", c.Kind, "index", res.Index, "err", res.Err)
 	return finish(res.Err, res.Data, res.Index, false)
@@ -926,11 +1075,14 @@ func (l *Link) prepareToken(c cloudproto.Command) (*raftstore.Command, error) {
 		}
 		ttl = d
 	}
+	if ttl > CloudTokenMaxTTL {
+		return nil, fmt.Errorf("create_token: ttl %s is beyond the token policy (at most %s)", ttl, CloudTokenMaxTTL)
+	}
 	if a.Uses == 0 {
 		a.Uses = 1
 	}
-	if a.Uses < 0 || a.Uses > 1000 {
-		return nil, errors.New("create_token: uses must be between 1 and 1000")
+	if a.Uses < 0 || a.Uses > CloudTokenMaxUses {
+		return nil, fmt.Errorf("create_token: uses %d is beyond the token policy (at most %d)", a.Uses, CloudTokenMaxUses)
 	}
 	if c.CreatedAt.IsZero() {
 		return nil, errors.New("create_token: command has no created_at")
