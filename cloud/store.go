@@ -99,18 +99,18 @@ type regToken struct {
 
 // clusterRec is a cluster as the cloud knows it.
 type clusterRec struct {
-	ID             string    `json:"id"`
-	Name           string    `json:"name"`
-	AgentClusterID string    `json:"agent_cluster_id,omitempty"`
-	CertSerial     string    `json:"cert_serial,omitempty"`
+	ID             string `json:"id"`
+	Name           string `json:"name"`
+	AgentClusterID string `json:"agent_cluster_id,omitempty"`
+	CertSerial     string `json:"cert_serial,omitempty"`
 	// CertFingerprint is the SHA-256 of the one client certificate
 	// accepted (the newest: a re-issue or re-registration replaces it).
 	// Empty in records from before it was kept: the serial decides.
 	CertFingerprint string    `json:"cert_fingerprint,omitempty"`
 	CertIssuedAt    time.Time `json:"cert_issued_at,omitzero"`
-	Revoked        bool      `json:"revoked,omitempty"`
-	RegisteredAt   time.Time `json:"registered_at,omitzero"`
-	LastSeen       time.Time `json:"last_seen,omitzero"`
+	Revoked         bool      `json:"revoked,omitempty"`
+	RegisteredAt    time.Time `json:"registered_at,omitzero"`
+	LastSeen        time.Time `json:"last_seen,omitzero"`
 	// Cursor is the Raft index through which the mirror holds every change.
 	Cursor uint64 `json:"cursor"`
 	// ChangesApplied and DuplicatesIgnored count outbox entries.
