@@ -138,13 +138,13 @@ func waitMirror(tb testing.TB, c *cluster, tc *testCloud, id string) *cloud.Mirr
 		if !slices.Equal(want, got) {
 			return fmt.Errorf("workloads: mirror %v, cluster %v", got, want)
 		}
-		mev := map[uint64]string{}
+		mev := map[string]bool{}
 		for _, e := range m.Events {
-			mev[e.Seq] = e.Kind + "/" + e.Node
+			mev[fmt.Sprintf("%d/%s/%s", e.Seq, e.Kind, e.Node)] = true
 		}
 		for _, e := range st.Events {
-			if mev[e.Seq] != e.Kind+"/"+e.Node {
-				return fmt.Errorf("event %d %s/%s: mirror has %q", e.Seq, e.Kind, e.Node, mev[e.Seq])
+			if !mev[fmt.Sprintf("%d/%s/%s", e.Seq, e.Kind, e.Node)] {
+				return fmt.Errorf("event %d %s/%s: not in the mirror", e.Seq, e.Kind, e.Node)
 			}
 		}
 		return nil
@@ -369,7 +369,29 @@ func TestCloudCommandOnceAcrossLeaderChange(t *testing.T) {
 	waitMirror(t, c, tc, id)
 	st0, _ := c.waitLeader().store.State()
 
+	// Connected with the default (deploy): join tokens need admin, which
+	// only a local caller grants.
 	args, _ := json.Marshal(cloudproto.CreateTokenArgs{TTL: "1h"})
+	refused, err := tc.srv.SendCommand(id, "create_token", args)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "refusal answered", func() error {
+		r, _ := tc.srv.Command(id, refused.ID)
+		if r.State != cloud.CmdFailed || !strings.Contains(r.Result.Error, "--allow admin") {
+			return fmt.Errorf("%s %+v", r.State, r.Result)
+		}
+		return nil
+	})
+	if s := c.agents[1].CloudStatus(); s.Allow != raftstore.CloudAllowDeploy {
+		t.Fatalf("status allow %q, want deploy", s.Allow)
+	}
+	if _, err := c.agents[1].CloudAllow(context.Background(), api.CloudAllowRequest{Allow: "root"}); err == nil {
+		t.Fatal("unknown level accepted")
+	}
+	if s, err := c.agents[1].CloudAllow(context.Background(), api.CloudAllowRequest{Allow: raftstore.CloudAllowAdmin}); err != nil || s.Allow != raftstore.CloudAllowAdmin {
+		t.Fatalf("cloud allow admin: %+v %v", s, err)
+	}
 	rec, err := tc.srv.SendCommand(id, "create_token", args)
 	if err != nil {
 		t.Fatal(err)

@@ -87,6 +87,13 @@ func u64(v uint64) []byte {
 	return b[:]
 }
 
+// eventKey orders a mirror's events by index, then by their order at that
+// index: one command can record several (a cloud command that removed a
+// node: node_removed and cloud_command).
+func eventKey(seq uint64, n int) []byte {
+	return binary.BigEndian.AppendUint32(u64(seq), uint32(n))
+}
+
 // regToken is a registration token as stored.
 type regToken struct {
 	ID         string    `json:"id"`
@@ -239,10 +246,16 @@ func (s *store) applySnapshot(id string, snap *cloudproto.Snapshot) error {
 				return err
 			}
 		}
+		var prev uint64
+		n := 0
 		for _, e := range snap.Events {
-			if err := putJSON(m.Bucket(bEvents), u64(e.Seq), e); err != nil {
+			if e.Seq != prev {
+				prev, n = e.Seq, 0
+			}
+			if err := putJSON(m.Bucket(bEvents), eventKey(e.Seq, n), e); err != nil {
 				return err
 			}
+			n++
 		}
 		for _, w := range snap.Services {
 			if err := putJSON(m.Bucket(bServices), []byte(w.OSID), w); err != nil {
@@ -305,8 +318,8 @@ func (s *store) applyChanges(id string, changes []cloudproto.Change) (uint64, er
 			if err := applyWorkload(m, ch); err != nil {
 				return err
 			}
-			for _, e := range ch.Events {
-				if err := putJSON(events, u64(e.Seq), e); err != nil {
+			for i, e := range ch.Events {
+				if err := putJSON(events, eventKey(e.Seq, i), e); err != nil {
 					return err
 				}
 			}
