@@ -27,6 +27,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/runos/runos-agent/api"
 	"github.com/runos/runos-agent/cloudproto"
@@ -1003,9 +1005,14 @@ func (l *Link) apply(ctx context.Context, c cloudproto.Command) *cloudproto.CmdR
 	}
 	var inner *raftstore.Command
 	var refused error
+	recID := c.ID
 	switch {
 	case c.ID == "":
 		refused = errors.New("command without an ID")
+	case !validCommandID(c.ID):
+		// Recorded without it: an ID that does not survive the Raft
+		// log's JSON as it is would never match its record.
+		refused, recID = errors.New("malformed command ID"), ""
 	case !ok:
 		refused = fmt.Errorf("unknown command kind %q", c.Kind)
 	case st.Cloud.Registration == nil:
@@ -1015,9 +1022,9 @@ func (l *Link) apply(ctx context.Context, c cloudproto.Command) *cloudproto.CmdR
 	default:
 		inner, refused = kind.Prepare(c)
 	}
-	cmd := &raftstore.Command{Op: raftstore.OpCloudExec, Cloud: &raftstore.CloudCmd{CommandID: c.ID, Kind: c.Kind, Inner: inner}}
-	if c.ID != "" {
-		cmd.ID = "cloud-" + c.ID
+	cmd := &raftstore.Command{Op: raftstore.OpCloudExec, Cloud: &raftstore.CloudCmd{CommandID: recID, Kind: c.Kind, Inner: inner}}
+	if recID != "" {
+		cmd.ID = "cloud-" + recID
 	}
 	if refused != nil {
 		// Refused, and recorded so: the event names it, and a resend
@@ -1047,6 +1054,19 @@ func (l *Link) apply(ctx context.Context, c cloudproto.Command) *cloudproto.CmdR
 	}
 	l.log.Info("applied cloud command", "id", c.ID, "kind", c.Kind, "index", res.Index, "err", res.Err)
 	return finish(res.Err, res.Data, res.Index, false)
+}
+
+// validCommandID: 1 to 128 printable UTF-8 characters.
+func validCommandID(id string) bool {
+	if id == "" || len(id) > 128 || !utf8.ValidString(id) {
+		return false
+	}
+	for _, r := range id {
+		if !unicode.IsPrint(r) {
+			return false
+		}
+	}
+	return true
 }
 
 // tokenSecret derives a cloud-created join token's ID and secret from the
