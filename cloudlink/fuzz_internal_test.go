@@ -35,6 +35,7 @@ func FuzzCommand(f *testing.F) {
 	f.Add(uint8(3), "cmd-6", []byte(`{"osid":"redis-aaaaa"}`), uint8(0))
 	f.Add(uint8(4), "cmd-7", []byte(`{"name":"web","image":"nginx"}`), uint8(1))
 	f.Add(uint8(6), "", []byte(`null`), uint8(2))
+	f.Add(uint8(0), "cmd-8", []byte(`{"ttl":"`+strings.Repeat("9", 5000)+`"}`), uint8(2))
 	key, _ := seal.NewKey()
 	levels := []string{raftstore.CloudAllowRead, raftstore.CloudAllowDeploy, raftstore.CloudAllowAdmin}
 	f.Fuzz(func(t *testing.T, k uint8, id string, args []byte, level uint8) {
@@ -74,6 +75,11 @@ func FuzzCommand(f *testing.F) {
 			}
 		} else if id != "" && out.Error == "" {
 			t.Fatalf("malformed command ID %q accepted", id)
+		}
+		for _, e := range st.Events {
+			if len(e.Detail) > 1024 {
+				t.Fatalf("event of %d bytes recorded", len(e.Detail))
+			}
 		}
 		need := map[string]string{"create_token": "admin", "remove_node": "admin"}[kind]
 		if need == "" {

@@ -1005,7 +1005,11 @@ func (l *Link) apply(ctx context.Context, c cloudproto.Command) *cloudproto.CmdR
 	}
 	var inner *raftstore.Command
 	var refused error
-	recID := c.ID
+	recID, kindName := c.ID, c.Kind
+	if !ok && (len(kindName) > 64 || !validCommandID(kindName)) {
+		// What is recorded in Raft stays small whatever the cloud sends.
+		kindName = "(malformed)"
+	}
 	switch {
 	case c.ID == "":
 		refused = errors.New("command without an ID")
@@ -1014,7 +1018,7 @@ func (l *Link) apply(ctx context.Context, c cloudproto.Command) *cloudproto.CmdR
 		// log's JSON as it is would never match its record.
 		refused, recID = errors.New("malformed command ID"), ""
 	case !ok:
-		refused = fmt.Errorf("unknown command kind %q", c.Kind)
+		refused = fmt.Errorf("unknown command kind %q", kindName)
 	case st.Cloud.Registration == nil:
 		refused = errors.New("not connected to a cloud")
 	case !raftstore.CloudAllows(st.Cloud.Registration.Allow, kind.Allow):
@@ -1022,16 +1026,20 @@ func (l *Link) apply(ctx context.Context, c cloudproto.Command) *cloudproto.CmdR
 	default:
 		inner, refused = kind.Prepare(c)
 	}
-	cmd := &raftstore.Command{Op: raftstore.OpCloudExec, Cloud: &raftstore.CloudCmd{CommandID: recID, Kind: c.Kind, Inner: inner}}
+	cmd := &raftstore.Command{Op: raftstore.OpCloudExec, Cloud: &raftstore.CloudCmd{CommandID: recID, Kind: kindName, Inner: inner}}
 	if recID != "" {
 		cmd.ID = "cloud-" + recID
 	}
 	if refused != nil {
 		// Refused, and recorded so: the event names it, and a resend
 		// gets the same answer.
-		l.log.Warn("refusing cloud command", "id", c.ID, "kind", c.Kind, "err", refused)
-		cmd.Cloud.Inner, cmd.Cloud.Refused = nil, refused.Error()
-		out.Error = refused.Error()
+		reason := refused.Error()
+		if len(reason) > maxReason {
+			reason = strings.ToValidUTF8(reason[:maxReason], "") + "…"
+		}
+		l.log.Warn("refusing cloud command", "id", recID, "kind", kindName, "err", reason)
+		cmd.Cloud.Inner, cmd.Cloud.Refused = nil, reason
+		out.Error = reason
 	}
 	actx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
@@ -1055,6 +1063,10 @@ func (l *Link) apply(ctx context.Context, c cloudproto.Command) *cloudproto.CmdR
 	l.log.Info("applied cloud command", "id", c.ID, "kind", c.Kind, "index", res.Index, "err", res.Err)
 	return finish(res.Err, res.Data, res.Index, false)
 }
+
+// maxReason bounds a refusal as recorded in Raft (it may quote the
+// cloud's arguments).
+const maxReason = 512
 
 // validCommandID: 1 to 128 printable UTF-8 characters.
 func validCommandID(id string) bool {
@@ -1125,7 +1137,7 @@ func (l *Link) tokenResult(c cloudproto.Command, _ json.RawMessage) (json.RawMes
 
 func prepareRemove(c cloudproto.Command) (*raftstore.Command, error) {
 	var a cloudproto.RemoveNodeArgs
-	if err := json.Unmarshal(c.Args, &a); err != nil || a.Name == "" {
+	if err := json.Unmarshal(c.Args, &a); err != nil || a.Name == "" || len(a.Name) > 253 {
 		return nil, errors.New("remove_node: args must name the node ({\"name\": ...})")
 	}
 	return &raftstore.Command{Op: raftstore.OpRemoveNode, RemoveNode: &raftstore.RemoveNodeCmd{Name: a.Name}}, nil

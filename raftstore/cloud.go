@@ -341,15 +341,23 @@ func (s *State) applyCloudExec(cmd *Command, res *Result) error {
 	}
 	outcome := fmt.Sprintf("executed at index %d", res.Index)
 	if err != nil {
-		outcome = "refused: " + err.Error()
+		// Bounded: an error may quote what the cloud sent.
+		text := err.Error()
+		if len(text) > 512 {
+			text = strings.ToValidUTF8(text[:512], "") + "…"
+		}
+		outcome = "refused: " + text
 		if c.Inner != nil && c.Refused == "" && !errors.Is(err, ErrCloudNotAllowed) {
-			outcome = "failed: " + err.Error()
+			outcome = "failed: " + text
 		}
 		// apply() sends no change for a failed command; this one carries
 		// its event to the cloud's mirror.
 		s.appendChange(res.Index, OpCloudExec, c.CommandID)
 	}
-	s.record(res.Index, cmd.Time, Event{Kind: EventCloudCommand, Detail: fmt.Sprintf("cloud command %s (%s) %s", orNone(c.CommandID), orNone(kind), outcome)})
+	if len(kind) > 64 {
+		kind = kind[:64]
+	}
+	s.record(res.Index, cmd.Time, Event{Kind: EventCloudCommand, Detail: fmt.Sprintf("cloud command %s (%s) %s", orNone(c.CommandID), orNone(strings.ToValidUTF8(kind, "")), outcome)})
 	if c.CommandID != "" {
 		// A failed or refused command is remembered too: its failure is
 		// its result.
