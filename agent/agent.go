@@ -17,6 +17,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/memberlist"
@@ -30,6 +31,7 @@ import (
 	"github.com/runos/runos-agent/kube"
 	"github.com/runos/runos-agent/leader"
 	"github.com/runos/runos-agent/mesh"
+	"github.com/runos/runos-agent/metrics"
 	"github.com/runos/runos-agent/nat"
 	"github.com/runos/runos-agent/pki"
 	"github.com/runos/runos-agent/raftstore"
@@ -64,6 +66,10 @@ type Config struct {
 	UIListen string
 	// MetricsListen is where Prometheus metrics are served ("" : off).
 	MetricsListen string
+	// PprofListen serves Go's profiler on a listener of its own ("" : off,
+	// the default). It must be loopback (a port, or a loopback address
+	// and port): the profiler has no authentication.
+	PprofListen string
 	// Tuning shortens timers for tests; zero values keep production defaults.
 	Tuning Tuning
 }
@@ -153,6 +159,9 @@ type Agent struct {
 	nodeKey  []byte
 	caCert   *x509.Certificate
 	dataKey  seal.Key // seals secrets kept in the Raft state
+	// certFingerprint is pki.Fingerprint of nodeCert, as the node's record
+	// in the state should hold it.
+	certFingerprint string
 
 	cloud *cloudlink.Link // the cloud link (cloud.go)
 
@@ -163,8 +172,15 @@ type Agent struct {
 	store      *raftstore.Store
 	mtlsServer *tls.Config
 	mtlsClient *tls.Config
-	forwarder  *http.Client
-	nodeClient *httpapi.NodeClient // forwards writes to the leader, through forwarder
+	// gossipKeys is memberlist's keyring (rekeyGossip).
+	gossipKeys *memberlist.Keyring
+	// certStore is store for allowPeerCert, which Raft's handshakes call
+	// from inside raftstore.New, before store is set.
+	certStore atomic.Pointer[raftstore.Store]
+	forwarder *http.Client
+	// nodeAPIListener counts connections refused for their source.
+	nodeAPIListener *mesh.SourceListener
+	nodeClient      *httpapi.NodeClient // forwards writes to the leader, through forwarder
 
 	servers  []*http.Server
 	localAPI http.Handler
@@ -173,6 +189,8 @@ type Agent struct {
 
 	metricsListen string
 	metricsURL    string
+	pprofListen   string // checked loopback by New
+	pprofURL      string
 
 	startOnce sync.Once
 	closeOnce sync.Once
@@ -220,6 +238,12 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
+	var pprofListen string
+	if cfg.PprofListen != "" {
+		if pprofListen, err = metrics.PprofAddr(cfg.PprofListen); err != nil {
+			return nil, err
+		}
+	}
 	a := &Agent{
 		dir:      cfg.DataDir,
 		cfg:      nc,
@@ -234,6 +258,7 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 		uiListen:   cfg.UIListen,
 
 		metricsListen: cfg.MetricsListen,
+		pprofListen:   pprofListen,
 		pathEvents:    make(chan nat.PathEvent, 64),
 		candidateHint: make(chan struct{}, 1),
 	}
@@ -242,6 +267,9 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 		return nil, err
 	}
 	a.wgKey, a.nodeCert, a.nodeKey, a.caCert, a.dataKey = keys.WG, keys.NodeCert, keys.NodeKey, keys.CACert, keys.DataKey
+	if a.certFingerprint, err = pki.FingerprintPEM(a.nodeCert); err != nil {
+		return nil, fmt.Errorf("node certificate: %w", err)
+	}
 	return a, nil
 }
 
@@ -339,6 +367,12 @@ func (a *Agent) start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// Raft dials members by mesh address, which node certificates do not
+	// carry: allowPeerCert is the identity check there.
+	raftServer, raftClient, err := pki.AddressedConfig(a.nodeCert, a.nodeKey, a.caCert, a.allowPeerCert)
+	if err != nil {
+		return err
+	}
 	a.mtlsServer, a.mtlsClient = mtlsServer, mtlsClient
 	a.forwarder = &http.Client{Transport: &http.Transport{
 		DialContext:         a.dialNode,
@@ -357,6 +391,9 @@ func (a *Agent) start(ctx context.Context) error {
 		NodeID:            a.cfg.NodeID,
 		Addr:              netip.AddrPortFrom(a.cfg.MeshIP, RaftPort),
 		Net:               a.dev.Net(),
+		ServerTLS:         raftServer,
+		ClientTLS:         raftClient,
+		Sources:           raftstore.MemberSources(),
 		Forward:           a.forward,
 		Alive:             a.nodeUp,
 		DeadVoterGrace:    a.tuning.DeadVoterGrace,
@@ -372,6 +409,7 @@ func (a *Agent) start(ctx context.Context) error {
 		return err
 	}
 	a.store = store
+	a.certStore.Store(store)
 	a.closers = append(a.closers, store.Close)
 	if st, _ := store.State(); st.ClusterID != "" && st.ClusterID != a.cfg.ClusterID {
 		return fmt.Errorf("data dir holds state of cluster %s but belongs to cluster %s", st.ClusterID, a.cfg.ClusterID)
@@ -403,6 +441,9 @@ func (a *Agent) start(ctx context.Context) error {
 		return err
 	}
 	if err := a.startMetrics(); err != nil {
+		return err
+	}
+	if err := a.startPprof(); err != nil {
 		return err
 	}
 	store.Start(ctx)
@@ -472,16 +513,40 @@ func (a *Agent) Close() error {
 	return errors.Join(errs...)
 }
 
-// allowPeerCert accepts a node certificate only while its serial belongs to
-// a node in the cluster state, so a removed node is refused everywhere.
-// Before this replica has any state (a fresh joiner catching up), any
-// certificate the cluster CA signed passes.
+// allowPeerCert accepts a node certificate (on Raft and the node API, as
+// client and as server) only if it is the very certificate recorded for the
+// node it names: its fingerprint, not its serial, since whoever holds the CA
+// key (every raft.db has it) can sign a certificate with any serial. A
+// record from before fingerprints were recorded falls back to its serial
+// until its node backfills the fingerprint (selfLoop). A removed node has no
+// record and is refused everywhere. Before this replica has any state (a
+// fresh joiner catching up), any certificate the cluster CA signed passes.
 func (a *Agent) allowPeerCert(leaf *x509.Certificate) error {
-	st, _ := a.store.State()
+	store := a.certStore.Load()
+	if store == nil {
+		return errors.New("this node's cluster state is not open yet")
+	}
+	st, _ := store.State()
+	return memberCert(st, leaf)
+}
+
+// memberCert is allowPeerCert's rule on a given state.
+func memberCert(st *raftstore.State, leaf *x509.Certificate) error {
 	if st.ClusterID == "" {
 		return nil
 	}
-	if st.NodeBySerial(pki.SerialOf(leaf)) == nil {
+	name := leaf.Subject.CommonName
+	n := st.NodeByName(name)
+	if n == nil {
+		return fmt.Errorf("certificate names %q, no node of this cluster", name)
+	}
+	if n.CertFingerprint != "" {
+		if pki.Fingerprint(leaf) != n.CertFingerprint {
+			return fmt.Errorf("certificate %s is not the one recorded for node %s", pki.Fingerprint(leaf), name)
+		}
+		return nil
+	}
+	if pki.SerialOf(leaf) != n.CertSerial {
 		return fmt.Errorf("certificate %s belongs to no node of this cluster", pki.SerialOf(leaf))
 	}
 	return nil

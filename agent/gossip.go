@@ -1,15 +1,20 @@
 package agent
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/hashicorp/memberlist"
 
 	"github.com/runos/runos-agent/api"
 	"github.com/runos/runos-agent/gossip"
+	"github.com/runos/runos-agent/raftstore"
+	"github.com/runos/runos-agent/seal"
 )
 
 func (a *Agent) startGossip() error {
@@ -17,12 +22,18 @@ func (a *Agent) startGossip() error {
 		Net:      a.dev.Net(),
 		BindAddr: a.cfg.MeshIP,
 		Port:     GossipPort,
+		Sources:  raftstore.MemberSources(),
 	}, a.log)
 	if err != nil {
 		return fmt.Errorf("gossip: %w", err)
 	}
 	a.transport = t
-	mc := gossip.MemberlistConfig(a.cfg.Name, t, a.log)
+	mc, err := gossip.MemberlistConfig(a.cfg.Name, t, gossipKeys(a.dataKeys()), a.log)
+	if err != nil {
+		t.Shutdown()
+		return fmt.Errorf("gossip: %w", err)
+	}
+	a.gossipKeys = mc.Keyring
 	mc.Events = &gossipEvents{a: a}
 	mc.Delegate = a.health
 	// Heartbeat ages are the failure detector (degraded after 10 s,
@@ -59,6 +70,49 @@ func (a *Agent) startGossip() error {
 		ml.Leave(time.Second)
 		return ml.Shutdown()
 	})
+	return nil
+}
+
+// gossipKeys are memberlist's keys for the cluster data keys, in their
+// order: the first encrypts, any decrypts.
+func gossipKeys(dataKeys []seal.Key) [][]byte {
+	out := make([][]byte, 0, len(dataKeys))
+	for _, k := range dataKeys {
+		g := seal.Derive(k, "memberlist")
+		out = append(out, g[:])
+	}
+	return out
+}
+
+// rekeyGossip installs the memberlist keys for dataKeys (newest first, as
+// dataKeys returns them) in the running memberlist: the first becomes the
+// key this node encrypts with, the others still open what members not yet
+// rotated send, and keys for data keys no longer listed are dropped. The
+// data key rotation calls it on every node once the new key is known, and
+// again without the old key when every member has it.
+func (a *Agent) rekeyGossip(keys []seal.Key) error {
+	if len(keys) == 0 {
+		return errors.New("gossip: rekey: no keys")
+	}
+	if a.gossipKeys == nil {
+		return errors.New("gossip: rekey: gossip is not running")
+	}
+	want := gossipKeys(keys)
+	for _, k := range want {
+		if err := a.gossipKeys.AddKey(k); err != nil {
+			return fmt.Errorf("gossip: rekey: %w", err)
+		}
+	}
+	if err := a.gossipKeys.UseKey(want[0]); err != nil {
+		return fmt.Errorf("gossip: rekey: %w", err)
+	}
+	for _, have := range a.gossipKeys.GetKeys() {
+		if !slices.ContainsFunc(want, func(k []byte) bool { return bytes.Equal(k, have) }) {
+			if err := a.gossipKeys.RemoveKey(have); err != nil {
+				return fmt.Errorf("gossip: rekey: %w", err)
+			}
+		}
+	}
 	return nil
 }
 

@@ -12,12 +12,14 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/runos/runos-agent/api"
 	"github.com/runos/runos-agent/datadir"
 	"github.com/runos/runos-agent/httpapi"
 	"github.com/runos/runos-agent/mesh"
+	"github.com/runos/runos-agent/nat"
 	"github.com/runos/runos-agent/pki"
 	"github.com/runos/runos-agent/raftstore"
 	"github.com/runos/runos-agent/seal"
@@ -26,8 +28,8 @@ import (
 // Admit is the member side of a join (the join endpoint's httpapi.Joiner):
 // it checks the request, signs the CSR, then commits "consume token +
 // allocate addresses + add node" as one Raft command. A certificate signed
-// for a join that then fails is harmless: its serial is in no node record,
-// so every member refuses it.
+// for a join that then fails is harmless: its fingerprint is in no node
+// record, so every member refuses it.
 func (a *Agent) Admit(ctx context.Context, req *api.JoinRequest) (*api.JoinResponse, error) {
 	forbidden := func(err error) error { return httpapi.Classify(err, httpapi.ErrForbidden) }
 	invalid := func(err error) error { return httpapi.Classify(err, httpapi.ErrBadRequest) }
@@ -37,6 +39,9 @@ func (a *Agent) Admit(ctx context.Context, req *api.JoinRequest) (*api.JoinRespo
 	}
 	if tok.CAFingerprint != a.cfg.CAFingerprint {
 		return nil, forbidden(errors.New("join token belongs to another cluster"))
+	}
+	if err := a.checkJoinToken(ctx, tok); err != nil {
+		return nil, forbidden(err)
 	}
 	if !datadir.ValidName(req.Name) {
 		return nil, invalid(fmt.Errorf("invalid node name %q", req.Name))
@@ -50,10 +55,8 @@ func (a *Agent) Admit(ctx context.Context, req *api.JoinRequest) (*api.JoinRespo
 	if len(req.Endpoints) > 16 {
 		return nil, invalid(errors.New("too many endpoints"))
 	}
-	for _, ep := range req.Endpoints {
-		if _, _, err := net.SplitHostPort(ep); err != nil {
-			return nil, invalid(fmt.Errorf("invalid endpoint %q", ep))
-		}
+	if _, bad := nat.PolicyFor(a.cfg.Endpoints).FilterStrings(req.Endpoints); len(bad) > 0 {
+		return nil, invalid(fmt.Errorf("invalid endpoint %w", bad[0]))
 	}
 	st, _ := a.store.State()
 	ca, err := pki.ParseCA(st.CACertPEM, st.CAKeyPEM)
@@ -64,6 +67,10 @@ func (a *Agent) Admit(ctx context.Context, req *api.JoinRequest) (*api.JoinRespo
 	if err != nil {
 		return nil, invalid(fmt.Errorf("bad certificate request: %w", err))
 	}
+	fingerprint, err := pki.FingerprintPEM(certPEM)
+	if err != nil {
+		return nil, err
+	}
 	ctx, cancel := context.WithTimeout(ctx, writeTimeout)
 	defer cancel()
 	res, err := a.store.Apply(ctx, &raftstore.Command{
@@ -71,7 +78,7 @@ func (a *Agent) Admit(ctx context.Context, req *api.JoinRequest) (*api.JoinRespo
 		Join: &raftstore.JoinCmd{
 			TokenID: tok.ID, SecretHash: pki.HashSecret(tok.Secret),
 			NodeID: req.NodeID, Name: req.Name, PublicKey: req.PublicKey,
-			Endpoints: req.Endpoints, CertSerial: serial, Version: req.Version,
+			Endpoints: req.Endpoints, CertSerial: serial, CertFingerprint: fingerprint, Version: req.Version,
 		},
 	})
 	if err != nil {
@@ -146,7 +153,8 @@ func Join(ctx context.Context, opts JoinOptions) (*datadir.NodeConfig, error) {
 		return nil, err
 	}
 	cert, err := pki.ParseCert(resp.CertPEM)
-	if err != nil || resp.Node == nil || resp.Node.CertSerial != pki.SerialOf(cert) {
+	if err != nil || resp.Node == nil || resp.Node.CertSerial != pki.SerialOf(cert) ||
+		(resp.Node.CertFingerprint != "" && resp.Node.CertFingerprint != pki.Fingerprint(cert)) {
 		return nil, errors.New("member sent an inconsistent join response")
 	}
 	if _, err := seal.ParseKey(resp.DataKey); err != nil {
@@ -193,7 +201,7 @@ func postJoin(ctx context.Context, member, caFingerprint string, req api.JoinReq
 	client := &http.Client{
 		Timeout: writeTimeout + 10*time.Second,
 		Transport: &http.Transport{
-			TLSClientConfig:     pki.PinnedClientConfig(caFingerprint),
+			TLSClientConfig:     pki.JoinClientConfig(caFingerprint),
 			TLSHandshakeTimeout: 10 * time.Second,
 			ForceAttemptHTTP2:   false,
 		},
@@ -209,6 +217,12 @@ func postJoin(ctx context.Context, member, caFingerprint string, req api.JoinReq
 		var terr *tls.CertificateVerificationError
 		if errors.As(err, &terr) {
 			return nil, fmt.Errorf("join %s: %w", member, terr.Err)
+		}
+		if strings.Contains(err.Error(), "unrecognized name") {
+			// The join endpoint answers only to the server name derived
+			// from its CA's fingerprint (pki.JoinServerName).
+			return nil, fmt.Errorf("join %s: %w: the member serves no cluster with CA fingerprint %s (is the token for another cluster?)",
+				member, pki.ErrFingerprintMismatch, caFingerprint)
 		}
 		return nil, fmt.Errorf("join %s: %w", member, err)
 	}

@@ -3,6 +3,7 @@ package agent
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -172,7 +173,9 @@ func (a *Agent) Events(after uint64) *api.EventsResponse {
 // CreateToken stores a new join token and returns it with the command that
 // uses it.
 func (a *Agent) CreateToken(ctx context.Context, req api.TokenRequest) (*api.Token, error) {
-	ttl := time.Hour
+	st, _ := a.store.State()
+	policy := st.EffectiveTokenPolicy()
+	ttl := min(time.Hour, policy.MaxTTL)
 	if req.TTL != "" {
 		d, err := time.ParseDuration(req.TTL)
 		if err != nil || d <= 0 {
@@ -183,8 +186,13 @@ func (a *Agent) CreateToken(ctx context.Context, req api.TokenRequest) (*api.Tok
 	if req.Uses == 0 {
 		req.Uses = 1
 	}
-	if req.Uses < 0 || req.Uses > 1000 {
-		return nil, fmt.Errorf("%w: uses must be between 1 and 1000", httpapi.ErrBadRequest)
+	if req.Uses < 0 {
+		return nil, fmt.Errorf("%w: uses must be at least 1", httpapi.ErrBadRequest)
+	}
+	// The FSM enforces the policy for every proposer; refusing here too
+	// gives the user the reason as a 400 rather than a failed write.
+	if err := policy.Allow(ttl, req.Uses); err != nil {
+		return nil, fmt.Errorf("%w: %w (change it with `runos-agent token policy`)", httpapi.ErrBadRequest, err)
 	}
 	tok := datadir.NewToken(a.cfg.CAFingerprint)
 	ctx, cancel := context.WithTimeout(ctx, writeTimeout)
@@ -202,6 +210,9 @@ func (a *Agent) CreateToken(ctx context.Context, req api.TokenRequest) (*api.Tok
 		return nil, err
 	}
 	if err := res.Error(); err != nil {
+		if errors.Is(err, raftstore.ErrTokenPolicy) {
+			return nil, fmt.Errorf("%w: %w", httpapi.ErrBadRequest, err)
+		}
 		return nil, err
 	}
 	member := a.cfg.Endpoints[0]
@@ -211,6 +222,41 @@ func (a *Agent) CreateToken(ctx context.Context, req api.TokenRequest) (*api.Tok
 		Uses:        req.Uses,
 		JoinCommand: fmt.Sprintf("runos-agent join --data-dir /var/lib/runos-agent --name NODE_NAME --token %s %s", tok, member),
 	}, nil
+}
+
+// SetTokenPolicy changes the cluster's join-token policy; empty fields
+// keep their value, so an empty request reads it.
+func (a *Agent) SetTokenPolicy(ctx context.Context, req api.TokenPolicy) (*api.TokenPolicy, error) {
+	ctx, cancel := context.WithTimeout(ctx, writeTimeout)
+	defer cancel()
+	if err := a.WaitReady(ctx); err != nil {
+		return nil, err
+	}
+	st, _ := a.store.State()
+	p := st.EffectiveTokenPolicy()
+	if req.MaxTTL != "" || req.MaxUses != 0 {
+		if req.MaxTTL != "" {
+			d, err := time.ParseDuration(req.MaxTTL)
+			if err != nil || d <= 0 {
+				return nil, fmt.Errorf("%w: invalid max ttl %q", httpapi.ErrBadRequest, req.MaxTTL)
+			}
+			p.MaxTTL = d
+		}
+		if req.MaxUses != 0 {
+			p.MaxUses = req.MaxUses
+		}
+		if err := p.Validate(); err != nil {
+			return nil, fmt.Errorf("%w: %w", httpapi.ErrBadRequest, err)
+		}
+		res, err := a.store.Apply(ctx, &raftstore.Command{Op: raftstore.OpSetTokenPolicy, TokenPolicy: &p})
+		if err == nil {
+			err = res.Error()
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	return &api.TokenPolicy{MaxTTL: p.MaxTTL.String(), MaxUses: p.MaxUses}, nil
 }
 
 // RemoveNode deletes a node from the cluster. Every member drops its

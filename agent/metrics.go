@@ -30,8 +30,7 @@ func (a *Agent) startMetrics() error {
 	return nil
 }
 
-// metricsHandler serves /metrics (and the profiler) from the node's
-// components.
+// metricsHandler serves /metrics from the node's components.
 func (a *Agent) metricsHandler() (http.Handler, error) {
 	return metrics.NewHandler(metrics.Config{
 		Node: a.cfg.Name, Cluster: a.cfg.ClusterID, Version: Version,
@@ -48,3 +47,27 @@ func (a *Agent) metricsHandler() (http.Handler, error) {
 
 // MetricsURL is where metrics are served, or "" when off.
 func (a *Agent) MetricsURL() string { return a.metricsURL }
+
+// startPprof serves Go's profiler when PprofListen is set, on its own
+// loopback listener (New refused any other address): it has no
+// authentication, so it is never on the metrics listener.
+func (a *Agent) startPprof() error {
+	if a.pprofListen == "" {
+		return nil
+	}
+	ln, err := net.Listen("tcp", a.pprofListen)
+	if err != nil {
+		return fmt.Errorf("pprof: %w", err)
+	}
+	if ip, ok := ln.Addr().(*net.TCPAddr); !ok || !ip.IP.IsLoopback() {
+		ln.Close()
+		return fmt.Errorf("pprof: listening on %s, which is not loopback", ln.Addr())
+	}
+	a.pprofURL = "http://" + ln.Addr().String() + "/debug/pprof/"
+	a.serve(ln, metrics.PprofHandler(), "pprof")
+	a.log.Info("profiler listening (loopback only)", "url", a.pprofURL)
+	return nil
+}
+
+// PprofURL is where the profiler is served, or "" when off.
+func (a *Agent) PprofURL() string { return a.pprofURL }

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 
 	"github.com/runos/runos-agent/httpapi"
+	"github.com/runos/runos-agent/mesh"
 	"github.com/runos/runos-agent/pki"
 	"github.com/runos/runos-agent/raftstore"
 )
@@ -31,7 +32,10 @@ func (a *Agent) startNodeAPI() error {
 	if err != nil {
 		return fmt.Errorf("node api: %w", err)
 	}
-	a.serve(tls.NewListener(ln, a.mtlsServer), h, "node-api")
+	// Members only: other sources (pods, wg1) never reach TLS, and the
+	// rest must present their own recorded certificate (allowPeerCert).
+	a.nodeAPIListener = mesh.FilterListener(ln, raftstore.MemberSources())
+	a.serve(tls.NewListener(a.nodeAPIListener, a.mtlsServer), h, "node-api")
 	return nil
 }
 
@@ -39,7 +43,7 @@ func (a *Agent) startNodeAPI() error {
 // WireGuard UDP port). TLS with this node's certificate: the joiner pins the
 // CA fingerprint from its token.
 func (a *Agent) startJoinEndpoint() error {
-	h, err := httpapi.NewJoinHandler(a)
+	h, err := httpapi.NewJoinHandler(a, httpapi.JoinLimits{})
 	if err != nil {
 		return err
 	}

@@ -40,7 +40,11 @@ func (a *Agent) newPeers() (*mesh.Reconciler, error) {
 		Underlay: a.setUnderlayPeers,
 		// A node's latest heartbeat may announce candidates its record
 		// does not have yet (a remapped NAT).
-		Candidates: func(name string) []string { return a.health.Candidates(name) },
+		// Gossiped candidates are checked like recorded ones.
+		Candidates: func(name string) []string {
+			ok, _ := nat.PolicyFor(a.cfg.Endpoints).FilterStrings(a.health.Candidates(name))
+			return ok
+		},
 		// Saved so a restart brings WireGuard up without a leader.
 		Save: func() error {
 			st, _ := a.store.State()
@@ -69,15 +73,23 @@ func (a *Agent) members(nodes []*raftstore.Node) []mesh.Member {
 	return out
 }
 
-// setUnderlayPeers gives the Bind the members and their candidates.
+// setUnderlayPeers gives the Bind the members and their candidates, less
+// the candidates this node's policy refuses (nat.PolicyFor): a member
+// cannot point the others at their own loopback, or anywhere no packet
+// goes.
 func (a *Agent) setUnderlayPeers(members []mesh.Member) error {
+	policy := nat.PolicyFor(a.cfg.Endpoints)
 	out := make([]nat.PeerInfo, 0, len(members))
 	for _, m := range members {
 		key, err := mesh.ParseKey(m.PublicKey)
 		if err != nil {
 			continue // the reconciler logs it
 		}
-		out = append(out, nat.PeerInfo{PublicKey: key, Candidates: nat.ParseEndpoints(m.Endpoints), Relay: m.Relay})
+		cands, bad := policy.Filter(nat.ParseEndpoints(m.Endpoints))
+		if len(bad) > 0 {
+			a.log.Debug("ignoring bad candidates", "node", m.Name, "err", errors.Join(bad...))
+		}
+		out = append(out, nat.PeerInfo{PublicKey: key, Candidates: cands, Relay: m.Relay})
 	}
 	return a.bind.SetPeers(out)
 }
@@ -145,12 +157,19 @@ func (a *Agent) selfLoop(ctx context.Context) {
 		lastRefresh = time.Now()
 		eps, relay := a.bind.Candidates(ctx, a.cfg.Endpoints, a.cfg.Relay, a.stunServers(nil))
 		a.setOwnCandidates(eps)
-		if me.Version == Version && reflect.DeepEqual(me.Endpoints, eps) && me.Relay == relay {
+		// A record from before fingerprints were recorded gets this
+		// node's own: until then peers can tell its certificate only by
+		// serial (allowPeerCert).
+		var fingerprint string
+		if me.CertFingerprint == "" {
+			fingerprint = a.certFingerprint
+		}
+		if me.Version == Version && reflect.DeepEqual(me.Endpoints, eps) && me.Relay == relay && fingerprint == "" {
 			continue
 		}
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		res, err := a.store.Apply(cctx, &raftstore.Command{Op: raftstore.OpUpdateNode, UpdateNode: &raftstore.UpdateNodeCmd{
-			NodeID: a.cfg.NodeID, Endpoints: eps, Version: Version, Relay: &relay,
+			NodeID: a.cfg.NodeID, Endpoints: eps, Version: Version, Relay: &relay, CertFingerprint: fingerprint,
 		}})
 		cancel()
 		if err == nil {

@@ -44,6 +44,8 @@ type NodeRecord struct {
 	Relay      bool              `json:"relay,omitempty"`
 	Labels     map[string]string `json:"labels,omitempty"`
 	CertSerial string            `json:"cert_serial"`
-	Version    string            `json:"version,omitempty"`
-	JoinedAt   time.Time         `json:"joined_at"`
+	// CertFingerprint is the SHA-256 of the node certificate's DER.
+	CertFingerprint string    `json:"cert_fingerprint,omitempty"`
+	Version         string    `json:"version,omitempty"`
+	JoinedAt        time.Time `json:"joined_at"`
 }

@@ -149,6 +149,10 @@ func Init(opts NodeOptions, version string) (*NodeConfig, error) {
 	if err != nil {
 		return nil, err
 	}
+	fingerprint, err := pki.FingerprintPEM(certPEM)
+	if err != nil {
+		return nil, err
+	}
 	cfg := &NodeConfig{
 		ClusterID:     clusterID,
 		NodeID:        nodeID,
@@ -172,7 +176,7 @@ func Init(opts NodeOptions, version string) (*NodeConfig, error) {
 			Node: raftstore.Node{
 				ID: nodeID, Name: opts.Name, PublicKey: wgKey.PublicKey().String(),
 				MeshIP: cfg.MeshIP, PodCIDR: cfg.PodCIDR, Endpoints: opts.Advertise,
-				CertSerial: serial, Version: version,
+				CertSerial: serial, CertFingerprint: fingerprint, Version: version,
 			},
 		},
 	}

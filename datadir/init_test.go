@@ -1,12 +1,14 @@
 package datadir
 
 import (
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/runos/runos-agent/pki"
 	"github.com/runos/runos-agent/raftstore"
 )
 
@@ -113,5 +115,33 @@ func TestSavedPeersRoundTrip(t *testing.T) {
 	}
 	if _, err := LoadPeers(dir); err == nil {
 		t.Fatal("corrupt peers.json accepted")
+	}
+}
+
+// The bootstrap command records the fingerprint of the first node's
+// certificate: peers accept that exact certificate, not any with its serial.
+func TestInitRecordsCertFingerprint(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := Init(NodeOptions{DataDir: dir, Name: "a", Advertise: []string{"127.0.0.1"}}, "test"); err != nil {
+		t.Fatal(err)
+	}
+	raw, err := os.ReadFile(filepath.Join(dir, FileInit))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cmd raftstore.Command
+	if err := json.Unmarshal(raw, &cmd); err != nil {
+		t.Fatal(err)
+	}
+	certPEM, err := os.ReadFile(filepath.Join(dir, FileNodeCert))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := pki.FingerprintPEM(certPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cmd.Bootstrap.Node.CertFingerprint; got != want {
+		t.Fatalf("bootstrap records fingerprint %q, want %q", got, want)
 	}
 }

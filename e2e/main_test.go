@@ -110,7 +110,10 @@ func TestHelperEcho(t *testing.T) {
 	case "echo-client":
 		err = echoClient(os.Getenv("DIAL"), os.Getenv("MSG"))
 	default:
-		err = fmt.Errorf("unknown helper role %q", role)
+		var ok bool
+		if ok, err = attackRole(role); !ok {
+			err = fmt.Errorf("unknown helper role %q", role)
+		}
 	}
 	if err != nil {
 		fmt.Println("ERROR", err)

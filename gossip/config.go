@@ -2,6 +2,8 @@ package gossip
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"log"
 	"log/slog"
 	"strings"
@@ -14,18 +16,31 @@ import (
 const meshMTU = 1420
 
 // MemberlistConfig returns memberlist's LAN defaults set up to run on t:
-// the node name, the transport and its address, and memberlist's logging
-// routed to log. t must not be nil. The caller may adjust it (delegates, timings) before
-// memberlist.Create.
+// the node name, the transport and its address, the keyring, and
+// memberlist's logging routed to log. t must not be nil. keys are the
+// gossip keys (32 bytes each, AES-256-GCM), the first of them primary: it
+// encrypts what this node sends, and any of them opens what it receives.
+// The caller may adjust the config (delegates, timings) before
+// memberlist.Create, and rotate keys later through its Keyring.
 //
 // What differs from DefaultLANConfig and why:
 //   - UDPBufferSize fits one gossip packet in one mesh packet. The default
 //     of 1400 plus IP and UDP headers exceeds the mesh MTU of 1420, so
 //     every full packet would be fragmented inside the tunnel, and a lost
 //     fragment loses the whole packet.
-//   - No SecretKey: WireGuard already encrypts and authenticates every
-//     packet, and only cluster members are WireGuard peers.
-func MemberlistConfig(name string, t *Transport, log *slog.Logger) *memberlist.Config {
+//   - Every packet and stream is encrypted and authenticated with the
+//     keyring, both ways (GossipVerifyIncoming/Outgoing): WireGuard
+//     authenticates the peer that sent a packet into the tunnel, but in
+//     kernel mode any local process or pod reaches the mesh IP from inside
+//     the node, and one alive message would make it a member.
+func MemberlistConfig(name string, t *Transport, keys [][]byte, log *slog.Logger) (*memberlist.Config, error) {
+	if len(keys) == 0 {
+		return nil, errors.New("gossip: a memberlist key is required")
+	}
+	keyring, err := memberlist.NewKeyring(keys[1:], keys[0])
+	if err != nil {
+		return nil, fmt.Errorf("gossip: keyring: %w", err)
+	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -42,11 +57,15 @@ func MemberlistConfig(name string, t *Transport, log *slog.Logger) *memberlist.C
 	if addr.Addr().Is6() {
 		headers = 40 + 8
 	}
-	c.UDPBufferSize = meshMTU - headers
+	c.UDPBufferSize = meshMTU - headers // memberlist subtracts encryption's overhead itself
+
+	c.Keyring = keyring
+	c.GossipVerifyIncoming = true
+	c.GossipVerifyOutgoing = true
 
 	c.LogOutput = nil // memberlist refuses both LogOutput and Logger
 	c.Logger = NewStdLogger(log.With("component", "memberlist"))
-	return c
+	return c, nil
 }
 
 // NewStdLogger returns a *log.Logger for libraries such as memberlist that

@@ -1,6 +1,7 @@
 package gossip
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"sync"
@@ -74,16 +75,40 @@ type member struct {
 	t    *Transport
 	ml   *memberlist.Memberlist
 	ev   *recorder
+	kr   *memberlist.Keyring // the keyring memberlist encrypts with (nil: none)
 }
+
+// testKey is the cluster's gossip key in these tests.
+var testKey = bytes.Repeat([]byte{7}, 32)
 
 func startMember(t *testing.T, name string) *member {
 	t.Helper()
-	tr, err := NewTransport(TransportConfig{Net: mesh.NewHostNet(loopback), BindAddr: loopback}, nil)
+	return startMemberKeyed(t, name, testKey)
+}
+
+// startMemberKeyed starts a member whose keyring holds key; a nil key
+// starts one with no keyring at all, as a stranger's would be.
+func startMemberKeyed(t *testing.T, name string, key []byte) *member {
+	t.Helper()
+	tr, err := NewTransport(TransportConfig{Net: mesh.NewHostNet(loopback), BindAddr: loopback, Sources: loopbackSources}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	log := testLogger(t).With("node", name)
-	cfg := MemberlistConfig(name, tr, log)
+	cfg, err := MemberlistConfig(name, tr, [][]byte{bytes.Repeat([]byte{1}, 32)}, log)
+	if err != nil {
+		tr.Shutdown()
+		t.Fatal(err)
+	}
+	cfg.Keyring = nil
+	cfg.GossipVerifyIncoming, cfg.GossipVerifyOutgoing = false, false
+	if key != nil {
+		cfg, err = MemberlistConfig(name, tr, [][]byte{key}, log)
+		if err != nil {
+			tr.Shutdown()
+			t.Fatal(err)
+		}
+	}
 	// Loopback timings so that failure detection takes a second, not ten.
 	cfg.ProbeInterval = 100 * time.Millisecond
 	cfg.ProbeTimeout = 50 * time.Millisecond
@@ -97,7 +122,7 @@ func startMember(t *testing.T, name string) *member {
 		tr.Shutdown() // Create does not own the transport until it succeeds
 		t.Fatal(err)
 	}
-	return &member{name: name, t: tr, ml: ml, ev: ev}
+	return &member{name: name, t: tr, ml: ml, ev: ev, kr: cfg.Keyring}
 }
 
 // waitFor polls cond until it holds or ctx ends.
@@ -172,5 +197,60 @@ func TestMemberlistOverMesh(t *testing.T) {
 	}
 	waitFor(ctx, t, "node-1 to be detected dead", func() bool {
 		return a.ev.is(b.name, left) && hasMembers(a.ml, a.name)
+	})
+}
+
+// A node without the cluster's gossip key, or with another key, cannot
+// join, and the members never list it.
+func TestMemberlistRefusesStrangers(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	a := startMember(t, "member")
+	defer a.ml.Shutdown()
+	for _, tc := range []struct {
+		name string
+		key  []byte
+	}{
+		{"no-key", nil},
+		{"wrong-key", bytes.Repeat([]byte{9}, 32)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := startMemberKeyed(t, "stranger-"+tc.name, tc.key)
+			defer m.ml.Shutdown()
+			if n, err := m.ml.Join([]string{a.t.Addr().String()}); err == nil || n != 0 {
+				t.Errorf("stranger joined: %d contacted, err %v", n, err)
+			}
+			if !hasMembers(a.ml, "member") {
+				t.Errorf("member lists %v", a.ml.Members())
+			}
+		})
+	}
+}
+
+// A key rotation: members holding both keys talk to members on either.
+func TestMemberlistKeyringRotation(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	newKey := bytes.Repeat([]byte{8}, 32)
+	a := startMember(t, "old")
+	defer a.ml.Shutdown()
+	b := startMemberKeyed(t, "new", newKey)
+	defer b.ml.Shutdown()
+	if _, err := b.ml.Join([]string{a.t.Addr().String()}); err == nil {
+		t.Fatal("joined across different keys")
+	}
+	// b learns the old key as a secondary: it now opens a's messages,
+	// and a opens b's once a learns the new one.
+	if err := b.kr.AddKey(testKey); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.kr.AddKey(newKey); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.ml.Join([]string{a.t.Addr().String()}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(ctx, t, "both members to see each other", func() bool {
+		return hasMembers(a.ml, "old", "new") && hasMembers(b.ml, "old", "new")
 	})
 }

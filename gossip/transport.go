@@ -16,6 +16,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/memberlist"
@@ -55,6 +56,10 @@ type TransportConfig struct {
 	// Port is the TCP and UDP port, DefaultPort in production. 0 picks a
 	// free port (tests); Addr reports it.
 	Port int
+	// Sources are the peer addresses served (the mesh less wg1 in
+	// production); streams and packets from elsewhere are dropped and
+	// counted (Dropped). Required.
+	Sources mesh.Sources
 }
 
 // Transport is a memberlist.NodeAwareTransport on a mesh.Net: packets go
@@ -65,8 +70,11 @@ type Transport struct {
 	log  *slog.Logger
 	net  mesh.Net
 	addr netip.AddrPort // bound address, port resolved
-	ln   net.Listener
+	ln   *mesh.SourceListener
 	pc   net.PacketConn
+	src  mesh.Sources
+
+	droppedPackets atomic.Uint64 // from outside src
 
 	packetCh chan *memberlist.Packet
 	streamCh chan net.Conn
@@ -104,6 +112,9 @@ func NewTransport(cfg TransportConfig, log *slog.Logger) (*Transport, error) {
 	if cfg.Port < 0 || cfg.Port > 65535 {
 		return nil, fmt.Errorf("gossip: transport: port %d out of range", cfg.Port)
 	}
+	if cfg.Sources.IsZero() {
+		return nil, errors.New("gossip: transport: Sources is required")
+	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -127,8 +138,9 @@ func NewTransport(cfg TransportConfig, log *slog.Logger) (*Transport, error) {
 		log:      log,
 		net:      cfg.Net,
 		addr:     netip.AddrPortFrom(bind, port),
-		ln:       ln,
+		ln:       mesh.FilterListener(ln, cfg.Sources),
 		pc:       pc,
+		src:      cfg.Sources,
 		packetCh: make(chan *memberlist.Packet),
 		streamCh: make(chan net.Conn),
 		done:     make(chan struct{}),
@@ -168,6 +180,9 @@ func listen(n mesh.Net, bind netip.Addr, port uint16) (net.Listener, net.PacketC
 	}
 	return nil, nil, 0, err
 }
+
+// Dropped is how many streams and packets came from outside Sources.
+func (t *Transport) Dropped() uint64 { return t.ln.Dropped() + t.droppedPackets.Load() }
 
 // Addr is the address the transport listens on, with the port resolved if
 // Port was 0.
@@ -342,6 +357,10 @@ func (t *Transport) readLoop() {
 			continue
 		}
 		delay = 0
+		if !t.src.ContainsAddr(from) {
+			t.droppedPackets.Add(1)
+			continue
+		}
 		if n < 1 {
 			// memberlist needs at least the message type byte.
 			t.log.Debug("gossip: empty packet", "from", from)

@@ -22,6 +22,10 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 var loopback = netip.MustParseAddr("127.0.0.1")
 
+// loopbackSources admits 127.0.0.1 only, so a sender on another loopback
+// address stands for a pod or a wg1 client.
+var loopbackSources = mesh.Sources{Allow: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}}
+
 // testLogger sends slog output to the test log.
 func testLogger(t testing.TB) *slog.Logger {
 	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -37,7 +41,7 @@ func (w tWriter) Write(p []byte) (int, error) {
 
 func newTestTransport(t *testing.T) *Transport {
 	t.Helper()
-	tr, err := NewTransport(TransportConfig{Net: mesh.NewHostNet(loopback), BindAddr: loopback}, testLogger(t))
+	tr, err := NewTransport(TransportConfig{Net: mesh.NewHostNet(loopback), BindAddr: loopback, Sources: loopbackSources}, testLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -57,6 +61,7 @@ func TestNewTransportRejects(t *testing.T) {
 		{"unspecified bind address", TransportConfig{Net: hn, BindAddr: netip.IPv4Unspecified()}, "not advertisable"},
 		{"negative port", TransportConfig{Net: hn, BindAddr: loopback, Port: -1}, "out of range"},
 		{"port too large", TransportConfig{Net: hn, BindAddr: loopback, Port: 65536}, "out of range"},
+		{"no sources", TransportConfig{Net: hn, BindAddr: loopback}, "Sources is required"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tr, err := NewTransport(tc.cfg, nil)
@@ -73,7 +78,7 @@ func TestNewTransportRejects(t *testing.T) {
 
 func TestTransportFixedPortInUse(t *testing.T) {
 	a := newTestTransport(t)
-	_, err := NewTransport(TransportConfig{Net: mesh.NewHostNet(loopback), BindAddr: loopback, Port: int(a.Addr().Port())}, nil)
+	_, err := NewTransport(TransportConfig{Net: mesh.NewHostNet(loopback), BindAddr: loopback, Port: int(a.Addr().Port()), Sources: loopbackSources}, nil)
 	if err == nil {
 		t.Fatal("second transport on the same port succeeded")
 	}
@@ -256,7 +261,7 @@ func (c *gatedConn) WriteTo(b []byte, addr net.Addr) (int, error) {
 // under the transport may be torn down as soon as Shutdown returns.
 func TestTransportShutdownWaitsForWrites(t *testing.T) {
 	g := &gatedNet{Net: mesh.NewHostNet(loopback), entered: make(chan struct{}, 1), gate: make(chan struct{})}
-	tr, err := NewTransport(TransportConfig{Net: g, BindAddr: loopback}, testLogger(t))
+	tr, err := NewTransport(TransportConfig{Net: g, BindAddr: loopback, Sources: loopbackSources}, testLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}

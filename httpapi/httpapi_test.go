@@ -88,6 +88,10 @@ func (f *fakeLocal) ConsistentRead(ctx context.Context) error {
 	_, f.deadline = ctx.Deadline()
 	return f.consistentErr
 }
+func (f *fakeLocal) SetTokenPolicy(context.Context, api.TokenPolicy) (*api.TokenPolicy, error) {
+	return &api.TokenPolicy{}, nil
+}
+
 func (f *fakeLocal) ResetUIPassword(context.Context) (*api.UIPassword, error) {
 	return &api.UIPassword{User: "admin"}, nil
 }
@@ -194,7 +198,7 @@ func TestJoinHandler(t *testing.T) {
 		{"POST", "/v1/join", `{"name":"b"}`, Classify(errors.New("not committed"), ErrUnavailable), 503, "not committed", true},
 	} {
 		j := &fakeJoiner{err: tc.err}
-		h, err := NewJoinHandler(j)
+		h, err := NewJoinHandler(j, JoinLimits{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -284,7 +288,7 @@ func TestConstructorsRejectMissingBackends(t *testing.T) {
 	if _, err := NewLocalHandler(LocalConfig{Local: f}); err == nil {
 		t.Error("NewLocalHandler without Workloads")
 	}
-	if _, err := NewJoinHandler(nil); err == nil {
+	if _, err := NewJoinHandler(nil, JoinLimits{}); err == nil {
 		t.Error("NewJoinHandler without a Joiner")
 	}
 	if _, err := NewNodeHandler(nil); err == nil {

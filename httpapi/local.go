@@ -30,6 +30,7 @@ type Local interface {
 	ConsistentRead(ctx context.Context) error
 
 	CreateToken(ctx context.Context, req api.TokenRequest) (*api.Token, error)
+	SetTokenPolicy(ctx context.Context, req api.TokenPolicy) (*api.TokenPolicy, error)
 	RemoveNode(ctx context.Context, name string) error
 	Netcheck(ctx context.Context, stun []string) (*api.Netcheck, error)
 	Ping(ctx context.Context, node string, seq int) (*api.PingResult, error)
@@ -123,6 +124,7 @@ func (l *local) nodeRoutes(mux *http.ServeMux) {
 		respond(w, p, err)
 	})
 	mux.HandleFunc("POST /v1/tokens", withBody(1<<16, l.b.CreateToken))
+	mux.HandleFunc("POST /v1/tokens/policy", withBody(1<<16, l.b.SetTokenPolicy))
 	mux.HandleFunc("DELETE /v1/nodes/{name}", func(w http.ResponseWriter, r *http.Request) {
 		respond(w, nil, l.b.RemoveNode(r.Context(), r.PathValue("name")))
 	})

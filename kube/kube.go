@@ -99,8 +99,12 @@ func New(cfg Config, log *slog.Logger) (*Executor, error) {
 	return e, nil
 }
 
-// RESTConfig parses a kubeconfig, with a clear error for bad input.
+// RESTConfig parses a kubeconfig, with a clear error for bad input. It
+// refuses unsafe kubeconfigs (Validate).
 func RESTConfig(kubeconfig []byte) (*rest.Config, error) {
+	if err := Validate(kubeconfig); err != nil {
+		return nil, err
+	}
 	cc, err := clientcmd.NewClientConfigFromBytes(kubeconfig)
 	if err != nil {
 		return nil, fmt.Errorf("invalid kubeconfig: %w", err)

@@ -3,11 +3,13 @@ package mesh
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"maps"
 	"net/netip"
 	"reflect"
 	"slices"
+	"sync/atomic"
 	"time"
 )
 
@@ -98,9 +100,10 @@ type ReconcilerConfig struct {
 // the view changes (a join, a removal), when woken (gossip hints), and on a
 // timer.
 type Reconciler struct {
-	cfg  ReconcilerConfig
-	log  *slog.Logger
-	wake chan struct{} // cap 1
+	cfg     ReconcilerConfig
+	log     *slog.Logger
+	wake    chan struct{} // cap 1
+	skipped atomic.Uint64 // members left out of a peer list as invalid
 }
 
 // NewReconciler returns a reconciler; Run runs it.
@@ -135,35 +138,64 @@ func (r *Reconciler) Wake() {
 
 // Apply makes the underlay and the device agree with members once, outside
 // Run: a node brings WireGuard up with the peers it saved before its Raft
-// state is readable.
+// state is readable. An underlay failure does not keep the device from
+// being set (a removal must take effect whatever else is wrong); both
+// errors are returned, so Run tries again.
 func (r *Reconciler) Apply(members []Member) error {
+	var uerr error
 	if r.cfg.Underlay != nil {
-		if err := r.cfg.Underlay(members); err != nil {
-			return err
+		if uerr = r.cfg.Underlay(members); uerr != nil {
+			uerr = fmt.Errorf("underlay: %w", uerr)
 		}
 	}
-	return r.cfg.Device.SetPeers(r.peers(members))
+	return errors.Join(uerr, r.cfg.Device.SetPeers(r.peers(members)))
 }
 
-// peers turns members into WireGuard peers.
+// Skipped is how many members were left out of peer lists as invalid
+// (bad or duplicate key, no mesh address, an address another claims).
+func (r *Reconciler) Skipped() uint64 { return r.skipped.Load() }
+
+// peers turns members into WireGuard peers. A member that cannot be a
+// peer, or that would make the device refuse the whole list (a duplicate
+// key or allowed IP), is left out, logged and counted: one bad record
+// never blocks the others.
 func (r *Reconciler) peers(members []Member) []Peer {
 	var out []Peer
+	keys := map[Key]string{}
+	owner := map[netip.Prefix]string{}
+	skip := func(m Member, why string, args ...any) {
+		r.skipped.Add(1)
+		r.log.Warn("node left out of the wireguard peers: "+why, append([]any{"node", m.Name}, args...)...)
+	}
 	for _, m := range members {
 		key, err := ParseKey(m.PublicKey)
-		if err != nil {
-			r.log.Warn("node has a bad public key", "node", m.Name, "err", err)
+		if err != nil || key.IsZero() {
+			skip(m, "bad public key", "err", err)
 			continue
 		}
-		p := Peer{
-			PublicKey:           key,
-			AllowedIPs:          []netip.Prefix{netip.PrefixFrom(m.Address, 32)},
-			PersistentKeepalive: PersistentKeepalive,
+		if other, dup := keys[key]; dup {
+			skip(m, "public key of another node", "other", other)
+			continue
 		}
+		if !m.Address.IsValid() || !m.Address.Is4() && !m.Address.Is6() {
+			skip(m, "no mesh address")
+			continue
+		}
+		prefixes := []netip.Prefix{netip.PrefixFrom(m.Address, m.Address.BitLen())}
+		if m.Routed.IsValid() {
+			prefixes = append(prefixes, m.Routed.Masked())
+		}
+		if claimed := slices.IndexFunc(prefixes, func(p netip.Prefix) bool { _, ok := owner[p]; return ok }); claimed >= 0 {
+			skip(m, "address claimed by another node", "prefix", prefixes[claimed], "other", owner[prefixes[claimed]])
+			continue
+		}
+		keys[key] = m.Name
+		for _, p := range prefixes {
+			owner[p] = m.Name
+		}
+		p := Peer{PublicKey: key, AllowedIPs: prefixes, PersistentKeepalive: PersistentKeepalive}
 		if r.cfg.Endpoint != nil {
 			p.Endpoint = r.cfg.Endpoint(key)
-		}
-		if m.Routed.IsValid() {
-			p.AllowedIPs = append(p.AllowedIPs, m.Routed)
 		}
 		out = append(out, p)
 	}

@@ -348,7 +348,9 @@ func TestReconcilerRetriesAFailedApply(t *testing.T) {
 	rg.src.mu.Unlock()
 	rg.src.set(true, a)
 	rg.settle()
-	rg.wantPeers()
+	// The device is set all the same (a removal must not wait for the
+	// underlay); the apply counts as failed: not saved, and retried.
+	rg.wantPeers(ip(2))
 	if _, saves := rg.src.calls(); saves != 1 {
 		t.Fatalf("%d saves: a failed apply must not be saved", saves)
 	}
@@ -364,7 +366,7 @@ func TestReconcilerSkipsABadKey(t *testing.T) {
 	b.PublicKey = "not a key"
 	rg := newRig(t, true, a, b)
 	rg.wantPeers(ip(2))
-	if n := rg.logs.count("node has a bad public key"); n != 1 {
+	if n := rg.logs.count("bad public key"); n != 1 {
 		t.Fatalf("bad key logged %d times", n)
 	}
 }
@@ -391,4 +393,24 @@ func TestReconcilerApplyOnce(t *testing.T) {
 	if _, err := NewReconciler(ReconcilerConfig{View: src.View, Changed: src.Changed}, slog.New(slog.DiscardHandler)); err == nil {
 		t.Fatal("no Device accepted")
 	}
+}
+
+// Attack: one member's record makes the whole peer list unusable (a key
+// or an address that another member has, which the device would refuse as
+// a whole). That member is left out and counted; the others are applied,
+// and a later change (a removal) still takes effect.
+func TestReconcilerOneBadMemberBlocksNothing(t *testing.T) {
+	a, b, c, d := member(t, 2), member(t, 3), member(t, 4), member(t, 5)
+	c.PublicKey = a.PublicKey // a duplicate key
+	d.Address = b.Address     // an address another claims
+	rg := newRig(t, true, a, b, c, d)
+	rg.wantPeers(ip(2), ip(3))
+	if n := rg.r.Skipped(); n < 2 {
+		t.Fatalf("skipped %d, want the two bad members counted", n)
+	}
+	// a is removed: once its grace is over, c's key is its own.
+	rg.src.set(true, b, c, d)
+	rg.src.advance(DefaultRemovalGrace + time.Second)
+	rg.settle()
+	rg.wantPeers(ip(3), ip(4))
 }

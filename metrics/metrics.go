@@ -1,5 +1,6 @@
-// Package metrics is a node's Prometheus exposition and Go's profiler on
-// the opt-in metrics listener. It owns the metric names, labels and help
+// Package metrics is a node's Prometheus exposition on the opt-in metrics
+// listener, and Go's profiler on a listener of its own (--pprof, loopback
+// only). It owns the metric names, labels and help
 // texts (documented in README.md). Every gauge is read from the node's
 // components at scrape time, through the small interfaces below; only the
 // Raft commit latency histogram is fed as writes happen. Each node has a
@@ -11,8 +12,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/pprof"
+	"net/netip"
+	"strconv"
 	"time"
 
 	"github.com/hashicorp/memberlist"
@@ -65,10 +69,10 @@ type Config struct {
 	Cloud func() *api.CloudStatus
 }
 
-// NewHandler serves GET /metrics from a registry of the node's own, and
-// Go's profiler under /debug/pprof/: how the footprint numbers in the
-// README were investigated, and what an operator sends us. Scrape errors
-// go to log.
+// NewHandler serves GET /metrics from a registry of the node's own. Scrape
+// errors go to log. The profiler is not here: a metrics listener is often
+// opened to a scraper on the network, and profiles and traces can be
+// requested without any credential (see PprofHandler).
 func NewHandler(cfg Config, log *slog.Logger) (http.Handler, error) {
 	if cfg.Store == nil || cfg.Health == nil || cfg.Device == nil {
 		return nil, errors.New("metrics: Store, Health and Device are required")
@@ -92,10 +96,48 @@ func NewHandler(cfg Config, log *slog.Logger) (http.Handler, error) {
 	)
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slogPromLogger{log}}))
-	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
-	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	return mux, nil
+}
+
+// PprofHandler serves Go's profiler under /debug/pprof/: how the footprint
+// numbers in the README were investigated, and what an operator sends us.
+// It has no authentication (a heap profile holds whatever the heap holds,
+// keys included), so serve it only on an address PprofAddr accepted.
+func PprofHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	return mux
+}
+
+// PprofAddr turns a --pprof value into the address to listen on: a port
+// ("6060", meaning 127.0.0.1:6060) or a loopback IP and port
+// ("127.0.0.1:6060", "[::1]:6060", "localhost:6060"). Anything else,
+// including a missing host (":6060" is every interface), is refused: only
+// local users should reach the profiler, and with the UI's rules they
+// already can read far less.
+func PprofAddr(v string) (string, error) {
+	if p, err := strconv.ParseUint(v, 10, 16); err == nil {
+		return netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), uint16(p)).String(), nil
+	}
+	host, port, err := net.SplitHostPort(v)
+	if err != nil {
+		return "", fmt.Errorf("--pprof %q: want a port or a loopback address and port, such as 127.0.0.1:6060", v)
+	}
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return "", fmt.Errorf("--pprof %q: bad port %q", v, port)
+	}
+	if host == "localhost" {
+		host = "127.0.0.1"
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil || !ip.Unmap().IsLoopback() || ip.Zone() != "" {
+		return "", fmt.Errorf("--pprof %q: the profiler has no authentication and listens on loopback only (127.0.0.1 or ::1), not %q", v, host)
+	}
+	return net.JoinHostPort(ip.Unmap().String(), port), nil
 }
 
 type slogPromLogger struct{ log *slog.Logger }

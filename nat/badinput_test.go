@@ -42,14 +42,15 @@ func TestBadInput(t *testing.T) {
 	// Spoofed: a's id, wrong key.
 	sock.WriteTo(appendFrame(nil, &frame{Type: frameRelay, A: peerID(a.pub), B: peerID(b.pub), Payload: []byte{4, 0, 0, 0}}, newMACKey([32]byte{1})), to)
 	sock.WriteTo(appendFrame(nil, &frame{Type: frameProbe, A: peerID(a.pub)}, newMACKey([32]byte{1})), to)
-	// A flood of valid probes (a's key leaked, or a replayed probe).
+	// A flood of valid, freshly stamped probes (a's key leaked): the
+	// rate limit holds. Replays of one probe are TestProbeReplay's.
 	for i := 0; i < 500; i++ {
-		sock.WriteTo(appendFrame(nil, &frame{Type: frameProbe, A: peerID(a.pub), TxID: [12]byte{byte(i), byte(i >> 8)}}, newMACKey(aKey)), to)
+		sock.WriteTo(appendFrame(nil, stamped(frame{Type: frameProbe, A: peerID(a.pub), TxID: [12]byte{byte(i), byte(i >> 8)}}, time.Now()), newMACKey(aKey)), to)
 	}
 	// Garbage, a truncated frame, and a frame of an unknown type.
 	sock.WriteTo([]byte("GET / HTTP/1.1\r\n\r\n"), to)
-	sock.WriteTo([]byte{'r', 'n', 1, frameProbe, 1, 2}, to)
-	sock.WriteTo([]byte{'r', 'n', 1, 99, 1, 2, 3, 4}, to)
+	sock.WriteTo([]byte{'r', 'n', frameVersion, frameProbe, 1, 2}, to)
+	sock.WriteTo([]byte{'r', 'n', frameVersion, 99, 1, 2, 3, 4}, to)
 
 	waitFor(t, 5*time.Second, "drops counted", func() bool {
 		s := r.bind.Stats()

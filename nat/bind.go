@@ -166,6 +166,11 @@ type Bind struct {
 	stunMu sync.Mutex
 	stunTx map[[txIDLen]byte]chan stunMsg
 
+	// guardMu guards guards (and their contents); a leaf lock, taken
+	// with or without mu.
+	guardMu sync.Mutex
+	guards  map[*peer]*replayGuard // per current peer, made on first frame
+
 	relayBufs sync.Pool // of *relayBatch
 }
 

@@ -156,3 +156,53 @@ func TestPathEventHelpers(t *testing.T) {
 		}
 	}
 }
+
+func TestCandidatePolicy(t *testing.T) {
+	strict := CandidatePolicy{}
+	loop := CandidatePolicy{AllowLoopback: true}
+	v6 := CandidatePolicy{AllowIPv6: true}
+	for _, tc := range []struct {
+		ap     string
+		policy CandidatePolicy
+		ok     bool
+	}{
+		{"203.0.113.7:51820", strict, true},
+		{"192.168.1.2:51820", strict, true},
+		{"[::ffff:192.168.1.2]:51820", strict, true},
+		{"0.0.0.0:9", loop, false},
+		{"0.1.2.3:9", loop, false},
+		{"[::]:9", anyCandidate, false},
+		{"224.0.0.1:51820", anyCandidate, false},
+		{"239.1.2.3:51820", anyCandidate, false},
+		{"[ff02::1]:51820", anyCandidate, false},
+		{"255.255.255.255:51820", anyCandidate, false},
+		{"192.168.1.2:0", anyCandidate, false},
+		{"[fe80::1]:51820", anyCandidate, false},
+		{"127.0.0.1:51820", strict, false},
+		{"127.0.0.5:51820", loop, true},
+		{"[::1]:51820", v6, false},
+		{"[2001:db8::1]:51820", strict, false},
+		{"[2001:db8::1]:51820", v6, true},
+	} {
+		err := tc.policy.Check(netip.MustParseAddrPort(tc.ap))
+		if tc.ok != (err == nil) {
+			t.Errorf("%s with %+v: err = %v, want ok=%v", tc.ap, tc.policy, err, tc.ok)
+		}
+	}
+	if p := PolicyFor([]string{"127.0.0.3:51820"}); !p.AllowLoopback || p.AllowIPv6 {
+		t.Errorf("loopback node: %+v", p)
+	}
+	if p := PolicyFor([]string{"127.0.0.3:51820", "192.168.1.2:51820"}); p.AllowLoopback {
+		t.Errorf("a node with a LAN address accepts loopback: %+v", p)
+	}
+	if p := PolicyFor(nil); p.AllowLoopback {
+		t.Errorf("a node without endpoints accepts loopback: %+v", p)
+	}
+	if p := PolicyFor([]string{"[2001:db8::2]:51820"}); !p.AllowIPv6 {
+		t.Errorf("IPv6 node: %+v", p)
+	}
+	ok, bad := CandidatePolicy{}.FilterStrings([]string{"0.0.0.0:9", "node.example:51820", "203.0.113.7:51820", "junk", "h:0"})
+	if len(ok) != 2 || len(bad) != 3 {
+		t.Errorf("FilterStrings: ok %v, bad %v", ok, bad)
+	}
+}

@@ -44,8 +44,9 @@ func TestClassify(t *testing.T) {
 		{"stun top bits set", stunTopBits, ClassUnknown},
 		{"stun no cookie", stunNoCookie, ClassUnknown},
 		{"probe frame", probe, ClassFrame},
-		{"frame header only", []byte{'r', 'n', 1, 9}, ClassFrame},
-		{"frame wrong version", []byte{'r', 'n', 2, 1}, ClassUnknown},
+		{"frame header only", []byte{'r', 'n', 2, 9}, ClassFrame},
+		{"frame wrong version", []byte{'r', 'n', 3, 1}, ClassUnknown},
+		{"version 1 frame (no replay stamp)", []byte{'r', 'n', 1, 1}, ClassUnknown},
 		{"text", []byte("hello world"), ClassUnknown},
 	} {
 		if got := Classify(tc.b); got != tc.want {

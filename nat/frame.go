@@ -17,10 +17,11 @@ import (
 const (
 	frameMagic0    = 'r'
 	frameMagic1    = 'n'
-	frameVersion   = 1
+	frameVersion   = 2 // 2: control frames carry a timestamp and nonce (see replay.go)
 	frameHeaderLen = 4
 	idLen          = 8
 	txIDLen        = 12
+	stampLen       = 16 // timestamp (8, sender's clock, unix ns) + nonce (8)
 	macLen         = 16
 	addrLen        = 18 // 16-byte IPv6 (IPv4 mapped) + port
 
@@ -32,8 +33,10 @@ const (
 
 	maxFrameAddrs = 8
 
-	probeLen = frameHeaderLen + idLen + txIDLen + macLen
-	pongLen  = frameHeaderLen + idLen + txIDLen + addrLen + macLen
+	ctlHdrLen = frameHeaderLen + idLen + stampLen // header, sender id, stamp
+	probeLen  = ctlHdrLen + txIDLen + macLen
+	pongLen   = ctlHdrLen + txIDLen + addrLen + macLen
+	addrsMin  = ctlHdrLen + 1 + macLen
 	// RelayOverhead is how many bytes a relayed WireGuard packet grows by.
 	RelayOverhead = frameHeaderLen + 2*idLen + macLen
 	relayHdrLen   = frameHeaderLen + 2*idLen
@@ -48,14 +51,18 @@ var (
 
 // frame is a parsed frame. Its fields' meaning depends on Type:
 //
-//	probe, pong: A = sender
-//	relay:       A = source, B = destination
-//	relayed:     A = relay,  B = source
+//	probe, pong, addrs: A = sender
+//	relay:              A = source, B = destination
+//	relayed:            A = relay,  B = source
 //
-// Payload aliases the parsed buffer.
+// TS and Nonce are the control frames' (probe, pong, addrs) freshness stamp,
+// under the MAC: the sender's clock and a random number. Payload aliases the
+// parsed buffer.
 type frame struct {
 	Type     byte
 	A, B     uint64
+	TS       int64  // control frames only
+	Nonce    uint64 // control frames only
 	TxID     [txIDLen]byte
 	Observed netip.AddrPort   // pong only
 	Payload  []byte           // relay and relayed only
@@ -75,29 +82,36 @@ func parseFrame(b []byte) (frame, error) {
 	f.Type = b[3]
 	body := b[frameHeaderLen:]
 	switch f.Type {
+	case frameProbe, framePong, frameAddrs:
+		if len(b) < ctlHdrLen+macLen {
+			return f, errFrameLen
+		}
+		f.A = binary.BigEndian.Uint64(body)
+		f.TS = int64(binary.BigEndian.Uint64(body[idLen:]))
+		f.Nonce = binary.BigEndian.Uint64(body[idLen+8:])
+		body = b[ctlHdrLen:]
+	}
+	switch f.Type {
 	case frameProbe:
 		if len(b) != probeLen {
 			return f, errFrameLen
 		}
-		f.A = binary.BigEndian.Uint64(body)
-		copy(f.TxID[:], body[idLen:])
+		copy(f.TxID[:], body)
 	case framePong:
 		if len(b) != pongLen {
 			return f, errFrameLen
 		}
-		f.A = binary.BigEndian.Uint64(body)
-		copy(f.TxID[:], body[idLen:])
-		f.Observed = parseAddr(body[idLen+txIDLen:])
+		copy(f.TxID[:], body)
+		f.Observed = parseAddr(body[txIDLen:])
 	case frameAddrs:
-		if len(b) < frameHeaderLen+idLen+1+macLen {
+		if len(b) < addrsMin {
 			return f, errFrameLen
 		}
-		f.A = binary.BigEndian.Uint64(body)
-		n := int(body[idLen])
-		if n > maxFrameAddrs || len(b) != frameHeaderLen+idLen+1+n*addrLen+macLen {
+		n := int(body[0])
+		if n > maxFrameAddrs || len(b) != addrsMin+n*addrLen {
 			return f, errFrameLen
 		}
-		a := body[idLen+1:]
+		a := body[1:]
 		for i := 0; i < n; i++ {
 			f.Addrs = append(f.Addrs, parseAddr(a[i*addrLen:]))
 		}
@@ -119,6 +133,11 @@ func appendFrame(dst []byte, f *frame, k *macKey) []byte {
 	start := len(dst)
 	dst = append(dst, frameMagic0, frameMagic1, frameVersion, f.Type)
 	dst = binary.BigEndian.AppendUint64(dst, f.A)
+	switch f.Type {
+	case frameProbe, framePong, frameAddrs:
+		dst = binary.BigEndian.AppendUint64(dst, uint64(f.TS))
+		dst = binary.BigEndian.AppendUint64(dst, f.Nonce)
+	}
 	switch f.Type {
 	case frameProbe:
 		dst = append(dst, f.TxID[:]...)

@@ -78,6 +78,18 @@ func TestLoopbackScenarios(t *testing.T) {
 	if len(kinds) < 4 || kinds[len(kinds)-1] != PathDirect {
 		t.Fatalf("a's events for b: %v", kinds)
 	}
+	noGenuineDropped(t, nodes...)
+}
+
+// noGenuineDropped checks that the replay guard took no member's own
+// frames for replays: every frame in these scenarios is genuine.
+func noGenuineDropped(t *testing.T, nodes ...*tnode) {
+	t.Helper()
+	for _, n := range nodes {
+		if s := n.bind.Stats(); s.DropReplay != 0 || s.DropStale != 0 {
+			t.Errorf("%s dropped genuine frames: %d as replays, %d as stale", n.name, s.DropReplay, s.DropStale)
+		}
+	}
 }
 
 // TestLoopbackDirect is scenario (a) on its own: two nodes that reach each
@@ -95,4 +107,5 @@ func TestLoopbackDirect(t *testing.T) {
 	if st := a.bind.Stats(); st.RxWireGuard == 0 || st.TxProbes == 0 || st.RxFrames == 0 {
 		t.Fatalf("stats %+v", st)
 	}
+	noGenuineDropped(t, a, b)
 }

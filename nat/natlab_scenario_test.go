@@ -210,6 +210,7 @@ func TestNatlabUpgradeAndFailover(t *testing.T) {
 	waitPath(t, b, a, "direct", isDirect)
 	t.Logf("relay -> direct upgrade after the block lifted: %v", time.Since(start))
 	mustEcho(t, a, b)
+	noGenuineDropped(t, nodes...)
 }
 
 // TestNatlabMappingChange: a's router forgets its mappings; the path
@@ -227,4 +228,5 @@ func TestNatlabMappingChange(t *testing.T) {
 	waitPath(t, b, a, "direct at a's new mapping", func(p PathInfo) bool { return p.Kind == PathDirect && p.Addr != before.Addr })
 	mustEcho(t, a, b)
 	mustEcho(t, b, a)
+	noGenuineDropped(t, nodes...)
 }

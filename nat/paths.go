@@ -116,6 +116,7 @@ func (b *Bind) step(now time.Time, out *outbox) {
 	if rebuild {
 		b.rebuildAddrsLocked()
 	}
+	b.pruneGuardsLocked()
 	// WireGuard traffic arriving on a direct path proves it as well as a
 	// pong would: a path in use needs no keepalive probes (the heartbeats
 	// every member sends every few seconds keep every path in use), which
@@ -207,7 +208,7 @@ func (b *Bind) probeDirectLocked(p *peer, c *cand, now time.Time, out *outbox) {
 	tx := newTxID()
 	b.pending[tx] = &pendingProbe{peer: p, addr: c.addr, sent: now}
 	c.lastProbe = now
-	out.add(c.addr, appendFrame(make([]byte, 0, probeLen), &frame{Type: frameProbe, A: b.id, TxID: tx}, p.key))
+	out.add(c.addr, appendFrame(make([]byte, 0, probeLen), stamped(frame{Type: frameProbe, A: b.id, TxID: tx}, now), p.key))
 	b.stats.txProbes.Add(1)
 }
 
@@ -226,7 +227,7 @@ func (b *Bind) probeViaLocked(p, rp *peer, now time.Time, out *outbox) {
 		p.vias[rp.id] = v
 	}
 	v.lastProbe = now
-	inner := appendFrame(make([]byte, 0, probeLen), &frame{Type: frameProbe, A: b.id, TxID: tx}, p.key)
+	inner := appendFrame(make([]byte, 0, probeLen), stamped(frame{Type: frameProbe, A: b.id, TxID: tx}, now), p.key)
 	out.add(rr.addr, appendFrame(make([]byte, 0, probeLen+RelayOverhead), &frame{Type: frameRelay, A: b.id, B: p.id, Payload: inner}, rp.key))
 	b.stats.txProbes.Add(1)
 }
@@ -249,7 +250,7 @@ func (b *Bind) callMeMaybeLocked(p *peer, r *route, out *outbox) {
 	if len(addrs) == 0 {
 		return
 	}
-	inner := appendFrame(nil, &frame{Type: frameAddrs, A: b.id, Addrs: addrs}, p.key)
+	inner := appendFrame(nil, stamped(frame{Type: frameAddrs, A: b.id, Addrs: addrs}, time.Now()), p.key)
 	out.add(rr.addr, appendFrame(nil, &frame{Type: frameRelay, A: b.id, B: p.id, Payload: inner}, r.via.key))
 }
 
@@ -383,13 +384,18 @@ func putID(b []byte, id uint64) {
 func (b *Bind) handleControl(p *peer, f *frame, src netip.AddrPort, rl *peer) {
 	now := time.Now()
 	var out outbox
+	// Freshness before the rate limit: replays must not spend the peer's
+	// budget. Pongs are checked against the probe they answer instead.
+	if f.Type != framePong && !b.freshness(p, f, now) {
+		return
+	}
 	switch f.Type {
 	case frameProbe:
 		if !p.probeLimit.allow(now, 1) {
 			b.stats.dropRateLimited.Add(1)
 			return
 		}
-		pong := &frame{Type: framePong, A: b.id, TxID: f.TxID, Observed: src}
+		pong := stamped(frame{Type: framePong, A: b.id, TxID: f.TxID, Observed: src}, now)
 		b.mu.Lock()
 		if rl == nil {
 			pkt := appendFrame(make([]byte, 0, pongLen), pong, p.key)
@@ -424,6 +430,7 @@ func (b *Bind) handleControl(p *peer, f *frame, src netip.AddrPort, rl *peer) {
 			return // late, duplicate, or not for the path it claims
 		}
 		delete(b.pending, f.TxID)
+		b.anchorClock(p, f, now)
 		rtt := now.Sub(pp.sent)
 		if rl == nil {
 			c := p.cands[pp.addr]

@@ -185,6 +185,13 @@ func isLAN(a netip.Addr) bool {
 // SetPeers makes the Bind's members exactly peers (this node's own key is
 // skipped). Members are who may probe, answer and relay; the Bind probes
 // new or changed members right away. Unchanged members keep their paths.
+//
+// One bad entry never holds up the others: a member without a key, listed
+// twice or clashing in id is left out, and a candidate no packet could go
+// to (CandidatePolicy.Check without the caller's loopback and family
+// rules) is dropped from its member; each is logged and counted
+// (Stats.SkippedPeers, SkippedCandidates). The error is for the Bind's own
+// failures, of which there are none today.
 func (b *Bind) SetPeers(peers []PeerInfo) error {
 	type want struct {
 		info PeerInfo
@@ -192,29 +199,44 @@ func (b *Bind) SetPeers(peers []PeerInfo) error {
 	}
 	wants := make(map[[32]byte]want, len(peers))
 	ids := map[uint64][32]byte{b.id: b.pub}
+	skipPeer := func(msg string, args ...any) {
+		b.stats.skippedPeers.Add(1)
+		b.log.Warn("nat: skipping peer: "+msg, args...)
+	}
 	for i, pi := range peers {
 		if pi.PublicKey == b.pub {
 			continue
 		}
 		if pi.PublicKey == ([32]byte{}) {
-			return fmt.Errorf("nat: peer %d: public key is missing", i)
+			skipPeer("public key is missing", "index", i)
+			continue
 		}
 		if _, dup := wants[pi.PublicKey]; dup {
-			return fmt.Errorf("nat: peer %s listed twice", shortKey(pi.PublicKey))
+			// Both go: which of the two is right is unknown.
+			delete(wants, pi.PublicKey)
+			skipPeer("listed twice", "peer", shortKey(pi.PublicKey))
+			continue
 		}
 		id := peerID(pi.PublicKey)
 		if other, clash := ids[id]; clash {
-			return fmt.Errorf("nat: peers %s and %s share an id", shortKey(other), shortKey(pi.PublicKey))
+			skipPeer("shares an id with another", "peer", shortKey(pi.PublicKey), "other", shortKey(other))
+			continue
 		}
 		ids[id] = pi.PublicKey
+		cands := make([]netip.AddrPort, 0, len(pi.Candidates))
 		for _, c := range pi.Candidates {
-			if !c.IsValid() || c.Port() == 0 || c.Addr().IsUnspecified() {
-				return fmt.Errorf("nat: peer %s: bad candidate %s", shortKey(pi.PublicKey), c)
+			if err := anyCandidate.Check(c); err != nil {
+				b.stats.skippedCandidates.Add(1)
+				b.log.Warn("nat: skipping candidate", "peer", shortKey(pi.PublicKey), "err", err)
+				continue
 			}
+			cands = append(cands, c)
 		}
+		pi.Candidates = cands
 		k, err := pairKey(b.priv, b.pub, pi.PublicKey)
 		if err != nil {
-			return fmt.Errorf("nat: peer %s: %w", shortKey(pi.PublicKey), err)
+			skipPeer("no pairwise key", "peer", shortKey(pi.PublicKey), "err", err)
+			continue
 		}
 		wants[pi.PublicKey] = want{pi, k}
 	}

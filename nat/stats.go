@@ -22,6 +22,8 @@ type Stats struct {
 	DropRateLimited uint64 // over a per-peer probe or relay budget, or the STUN responder's
 	DropNoPath      uint64 // no path to the destination (sending, or relaying onward)
 	DropNotRelay    uint64 // a relay frame to a node not offering relaying, or "relayed" by a non-relay
+	DropReplay      uint64 // a member's control frame whose nonce was already seen: a replay
+	DropStale       uint64 // a member's control frame older than ReplayWindow on its clock: a replay, or a peer clock jump
 
 	// Relaying done by this node for others.
 	RelayedPackets uint64
@@ -32,14 +34,20 @@ type Stats struct {
 	TxProbes       uint64
 	TxPongs        uint64
 	STUNResponses  uint64
+
+	// Left out of SetPeers as invalid (one bad entry never blocks the rest).
+	SkippedPeers      uint64
+	SkippedCandidates uint64
 }
 
 type counters struct {
 	rxWireGuard, rxSTUN, rxFrames, rxRelayedWG                      atomic.Uint64
 	dropUnknown, dropMalformed, dropBadMAC, dropNonMember           atomic.Uint64
 	dropRateLimited, dropNoPath, dropNotRelay                       atomic.Uint64
+	dropReplay, dropStale                                           atomic.Uint64
 	relayedPackets, relayedBytes, txRelayPackets, txProbes, txPongs atomic.Uint64
 	stunResponses                                                   atomic.Uint64
+	skippedPeers, skippedCandidates                                 atomic.Uint64
 }
 
 func (c *counters) snapshot() Stats {
@@ -47,10 +55,11 @@ func (c *counters) snapshot() Stats {
 		RxWireGuard: c.rxWireGuard.Load(), RxSTUN: c.rxSTUN.Load(), RxFrames: c.rxFrames.Load(), RxRelayedWG: c.rxRelayedWG.Load(),
 		DropUnknown: c.dropUnknown.Load(), DropMalformed: c.dropMalformed.Load(), DropBadMAC: c.dropBadMAC.Load(),
 		DropNonMember: c.dropNonMember.Load(), DropRateLimited: c.dropRateLimited.Load(), DropNoPath: c.dropNoPath.Load(),
-		DropNotRelay:   c.dropNotRelay.Load(),
+		DropNotRelay: c.dropNotRelay.Load(), DropReplay: c.dropReplay.Load(), DropStale: c.dropStale.Load(),
 		RelayedPackets: c.relayedPackets.Load(), RelayedBytes: c.relayedBytes.Load(),
 		TxRelayPackets: c.txRelayPackets.Load(), TxProbes: c.txProbes.Load(), TxPongs: c.txPongs.Load(),
 		STUNResponses: c.stunResponses.Load(),
+		SkippedPeers:  c.skippedPeers.Load(), SkippedCandidates: c.skippedCandidates.Load(),
 	}
 }
 

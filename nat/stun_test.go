@@ -151,15 +151,24 @@ func TestNewRejects(t *testing.T) {
 		t.Fatal(err)
 	}
 	self := b.PublicKey()
-	if err := b.SetPeers([]PeerInfo{{PublicKey: [32]byte{}}}); err == nil {
-		t.Error("zero peer key accepted")
-	}
+	// Bad entries are skipped and counted; the good ones still apply.
 	other := publicKey(testKey(t, 5))
-	if err := b.SetPeers([]PeerInfo{{PublicKey: other}, {PublicKey: other}}); err == nil {
-		t.Error("duplicate peer accepted")
+	third := publicKey(testKey(t, 6))
+	if err := b.SetPeers([]PeerInfo{{PublicKey: [32]byte{}}, {PublicKey: third}}); err != nil || len(b.Paths()) != 1 {
+		t.Errorf("zero peer key: err %v, %d peers, want the other one", err, len(b.Paths()))
 	}
-	if err := b.SetPeers([]PeerInfo{{PublicKey: other, Candidates: []netip.AddrPort{netip.MustParseAddrPort("1.2.3.4:0")}}}); err == nil {
-		t.Error("port 0 candidate accepted")
+	if err := b.SetPeers([]PeerInfo{{PublicKey: other}, {PublicKey: other}, {PublicKey: third}}); err != nil || len(b.Paths()) != 1 {
+		t.Errorf("duplicate peer: err %v, %d peers, want only the unique one", err, len(b.Paths()))
+	}
+	if err := b.SetPeers([]PeerInfo{{PublicKey: other, Candidates: []netip.AddrPort{netip.MustParseAddrPort("1.2.3.4:0"),
+		netip.MustParseAddrPort("0.0.0.0:9"), netip.MustParseAddrPort("224.0.0.1:9"), netip.MustParseAddrPort("1.2.3.4:9")}}}); err != nil {
+		t.Errorf("bad candidates: %v", err)
+	}
+	b.mu.Lock()
+	n := len(b.peers[other].cands)
+	b.mu.Unlock()
+	if st := b.Stats(); n != 1 || st.SkippedPeers != 2 || st.SkippedCandidates != 3 {
+		t.Errorf("%d candidates kept, stats %+v; want 1 kept, 2 peers and 3 candidates skipped", n, st)
 	}
 	if err := b.SetPeers([]PeerInfo{{PublicKey: self}, {PublicKey: other}}); err != nil {
 		t.Errorf("own key in the list: %v", err)

@@ -1,6 +1,8 @@
 package pki
 
 import (
+	"crypto/sha256"
+	"crypto/subtle"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
@@ -79,20 +81,61 @@ func isFingerprint(s string) bool {
 	return err == nil && len(b) == 32
 }
 
+// JoinServerName is the TLS server name (SNI) a joiner sends to the join
+// endpoint: derived from the cluster CA's fingerprint, so only a client
+// that holds the fingerprint (from a join command) can name it, and the
+// name itself does not reveal the fingerprint. It is "" for a malformed
+// fingerprint.
+func JoinServerName(caFingerprint string) string {
+	fp := normalizeFingerprint(caFingerprint)
+	if !isFingerprint(fp) {
+		return ""
+	}
+	sum := sha256.Sum256([]byte("runos join sni\x00" + fp))
+	return hex.EncodeToString(sum[:16]) + ".join.runos"
+}
+
+// JoinClientConfig is PinnedClientConfig naming the join endpoint by
+// JoinServerName, as ServerConfig requires.
+func JoinClientConfig(caFingerprint string) *tls.Config {
+	c := PinnedClientConfig(caFingerprint)
+	c.ServerName = JoinServerName(caFingerprint)
+	return c
+}
+
 // ServerConfig is the TLS config of the join endpoint. It presents the
 // node's certificate followed by the CA certificate, so that a joiner holding
 // only the CA fingerprint (PinnedClientConfig) finds the CA in the chain. It
 // asks for no client certificate: joiners have none yet, and the join token
 // authenticates them.
+//
+// Those certificates name the node and the cluster, which a stranger
+// scanning the port must not learn: a handshake that does not name
+// JoinServerName of ca's fingerprint (JoinClientConfig does) finds no
+// certificate and fails with an "unrecognized name" alert, before any
+// certificate is sent.
 func ServerConfig(certPEM, keyPEM []byte, ca *x509.Certificate) (*tls.Config, error) {
 	cert, err := loadCert(certPEM, keyPEM, ca)
 	if err != nil {
 		return nil, err
 	}
-	return &tls.Config{
+	full := &tls.Config{
 		MinVersion:   tls.VersionTLS13,
 		Certificates: []tls.Certificate{cert},
 		ClientAuth:   tls.NoClientCert,
+	}
+	want := []byte(JoinServerName(Fingerprint(ca)))
+	// No certificate at all: crypto/tls answers the handshake with the
+	// unrecognized_name alert, which old joiners (no SNI) report as such.
+	stranger := &tls.Config{MinVersion: tls.VersionTLS13}
+	return &tls.Config{
+		MinVersion: tls.VersionTLS13,
+		GetConfigForClient: func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+			if subtle.ConstantTimeCompare([]byte(hello.ServerName), want) == 1 {
+				return full, nil
+			}
+			return stranger, nil
+		},
 	}, nil
 }
 
@@ -141,6 +184,60 @@ func MutualConfig(certPEM, keyPEM []byte, ca *x509.Certificate, allow func(leaf 
 		VerifyConnection: verify,
 	}
 	return server, client, nil
+}
+
+// AddressedConfig is MutualConfig for transports that dial members by
+// mesh address rather than by name (Raft's stream layer). The server side is
+// MutualConfig's. The client verifies the server's chain against ca as the
+// standard verifier would, and then allow, but checks no name: node
+// certificates name the node, not its mesh IP, and allow (wired to the
+// cluster state) already ties the certificate to a current member.
+// Every handshake, resumed ones included, is verified.
+func AddressedConfig(certPEM, keyPEM []byte, ca *x509.Certificate, allow func(leaf *x509.Certificate) error) (server, client *tls.Config, err error) {
+	server, client, err = MutualConfig(certPEM, keyPEM, ca, allow)
+	if err != nil {
+		return nil, nil, err
+	}
+	roots := client.RootCAs
+	client.RootCAs = nil
+	// The standard verifier insists on a name; VerifyConnection below does
+	// the whole verification instead.
+	client.InsecureSkipVerify = true
+	client.VerifyConnection = func(cs tls.ConnectionState) error {
+		if len(cs.PeerCertificates) == 0 {
+			return errors.New("pki: peer presented no certificate")
+		}
+		leaf := cs.PeerCertificates[0]
+		inter := x509.NewCertPool()
+		for _, c := range cs.PeerCertificates[1:] {
+			inter.AddCert(c)
+		}
+		if _, err := leaf.Verify(x509.VerifyOptions{
+			Roots:         roots,
+			Intermediates: inter,
+			KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		}); err != nil {
+			return fmt.Errorf("pki: peer certificate %q does not verify against the cluster CA: %w", leaf.Subject.CommonName, err)
+		}
+		if allow == nil {
+			return nil
+		}
+		if err := allow(leaf); err != nil {
+			return fmt.Errorf("pki: peer certificate %q (serial %s) refused: %w", leaf.Subject.CommonName, SerialOf(leaf), err)
+		}
+		return nil
+	}
+	return server, client, nil
+}
+
+// FingerprintPEM is Fingerprint of the first certificate in certPEM: what
+// the cluster state records for a node's certificate.
+func FingerprintPEM(certPEM []byte) (string, error) {
+	c, err := ParseCert(certPEM)
+	if err != nil {
+		return "", fmt.Errorf("pki: %w", err)
+	}
+	return Fingerprint(c), nil
 }
 
 // loadCert builds the certificate chain a node presents: its leaf, then the

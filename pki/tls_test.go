@@ -126,8 +126,14 @@ func TestPinnedClientConfig(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			// The joiner dials an underlay address no certificate names:
-			// host names must not matter.
-			res := handshake(t, tc.server, PinnedClientConfig(tc.pin), "203.0.113.9")
+			// host names must not matter. It names the server by the SNI
+			// the join endpoint requires (TestJoinServerNameGate); an
+			// impostor's server would accept any.
+			sni := JoinServerName(fp)
+			if tc.server == otherCA {
+				sni = JoinServerName(Fingerprint(wrong.Cert))
+			}
+			res := handshake(t, tc.server, PinnedClientConfig(tc.pin), sni)
 			if tc.wantErr == "" {
 				if res.clientErr != nil || res.serverErr != nil {
 					t.Fatalf("client: %v; server: %v", res.clientErr, res.serverErr)
@@ -328,5 +334,35 @@ func TestMutualConfigResumption(t *testing.T) {
 	res := handshake(t, server, client, meshIP.String())
 	if res.serverErr == nil || !strings.Contains(res.serverErr.Error(), "node removed") || res.clientErr == nil {
 		t.Fatalf("after removal: server %v, client %v; want both to fail", res.serverErr, res.clientErr)
+	}
+}
+
+// The join endpoint shows its certificates (the node's name, the cluster
+// ID) only to a client that names JoinServerName of the CA fingerprint:
+// others get the unrecognized_name alert and no certificate.
+func TestJoinServerNameGate(t *testing.T) {
+	ca := newTestCA(t, "right")
+	certPEM, keyPEM := issue(t, ca, "member-1", meshIP)
+	server, err := ServerConfig(certPEM, keyPEM, ca.Cert)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fp := Fingerprint(ca.Cert)
+	if n := JoinServerName(colonize(strings.ToUpper(fp))); n != JoinServerName(fp) || n == "" || strings.Contains(n, fp[:16]) {
+		t.Fatalf("JoinServerName = %q", n)
+	}
+	if JoinServerName("abc") != "" {
+		t.Fatal("a malformed fingerprint has a server name")
+	}
+	for _, sni := range []string{"", "203.0.113.9", "member-1", JoinServerName(Fingerprint(newTestCA(t, "other").Cert))} {
+		insecure := &tls.Config{MinVersion: tls.VersionTLS13, InsecureSkipVerify: true}
+		res := handshake(t, server, insecure, sni)
+		if res.clientErr == nil || !strings.Contains(res.clientErr.Error(), "unrecognized name") || res.clientPeer != "" {
+			t.Errorf("SNI %q: client err = %v, saw %q; want an unrecognized name alert and no certificate", sni, res.clientErr, res.clientPeer)
+		}
+	}
+	res := handshake(t, server, JoinClientConfig(fp), JoinServerName(fp))
+	if res.clientErr != nil || res.serverErr != nil || res.clientPeer != "member-1" {
+		t.Fatalf("join client: %v / %v, saw %q", res.clientErr, res.serverErr, res.clientPeer)
 	}
 }

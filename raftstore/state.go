@@ -59,8 +59,13 @@ type Node struct {
 	Relay      bool              `json:"relay,omitempty"`     // offers relaying to other members
 	Labels     map[string]string `json:"labels,omitempty"`
 	CertSerial string            `json:"cert_serial"`
-	Version    string            `json:"version,omitempty"`
-	JoinedAt   time.Time         `json:"joined_at"`
+	// CertFingerprint is the SHA-256 of the node certificate's DER
+	// (pki.Fingerprint): a member's certificate is that exact certificate,
+	// not any the CA signed with its serial. Empty in records made before
+	// it existed; the node then fills it in itself (UpdateNodeCmd).
+	CertFingerprint string    `json:"cert_fingerprint,omitempty"`
+	Version         string    `json:"version,omitempty"`
+	JoinedAt        time.Time `json:"joined_at"`
 }
 
 // Token is a join token. Only the hash of its secret is stored, so the Raft
@@ -83,6 +88,9 @@ type State struct {
 	CAKeyPEM []byte            `json:"ca_key_pem"`
 	Nodes    map[string]*Node  `json:"nodes"`  // by ID
 	Tokens   map[string]*Token `json:"tokens"` // by ID
+	// TokenPolicy bounds new tokens (policy.go); nil is the default. It is
+	// replaced, never mutated, so copies may share it.
+	TokenPolicy *TokenPolicy `json:"token_policy,omitempty"`
 	// Events is the cluster's recent history, oldest first, bounded.
 	Events []Event `json:"events"`
 	// Cloud is the cloud link's registration and sync cursor (cloud.go).
@@ -118,6 +126,8 @@ func (s *State) View() *State {
 		Cloud:     s.Cloud.clone(),
 		Workloads: s.Workloads.clone(),
 		UI:        s.UI.clone(),
+
+		TokenPolicy: s.TokenPolicy,
 	}
 	for id, n := range s.Nodes {
 		c.Nodes[id] = n.clone()
@@ -160,6 +170,20 @@ func (s *State) NodeByName(name string) *Node {
 	return nil
 }
 
+// validFingerprint reports whether s is a certificate fingerprint as
+// pki.Fingerprint writes it: 64 lowercase hex digits.
+func validFingerprint(s string) bool {
+	if len(s) != 64 {
+		return false
+	}
+	for _, r := range s {
+		if (r < '0' || r > '9') && (r < 'a' || r > 'f') {
+			return false
+		}
+	}
+	return true
+}
+
 // NodeBySerial finds the node holding the certificate with this serial.
 func (s *State) NodeBySerial(serial string) *Node {
 	for _, n := range s.Nodes {
@@ -190,6 +214,7 @@ type Command struct {
 	RemoveNode  *RemoveNodeCmd  `json:"remove_node,omitempty"`
 	Event       *Event          `json:"event,omitempty"`
 	UpdateNode  *UpdateNodeCmd  `json:"update_node,omitempty"`
+	TokenPolicy *TokenPolicy    `json:"token_policy,omitempty"` // OpSetTokenPolicy (policy.go)
 
 	// Ops with the prefixes cloud_, workload_ and ui_ carry their payload
 	// here and are applied by cloud.go, workloads.go and ui.go.
@@ -255,7 +280,10 @@ type JoinCmd struct {
 	Endpoints  []string `json:"endpoints"`
 	Relay      bool     `json:"relay,omitempty"`
 	CertSerial string   `json:"cert_serial"`
-	Version    string   `json:"version"`
+	// CertFingerprint is pki.Fingerprint of the certificate signed for
+	// the joiner (optional: members of older versions do not send it).
+	CertFingerprint string `json:"cert_fingerprint,omitempty"`
+	Version         string `json:"version"`
 }
 
 // RemoveNodeCmd removes a node by name.
@@ -269,6 +297,10 @@ type UpdateNodeCmd struct {
 	Endpoints []string `json:"endpoints,omitempty"`
 	Version   string   `json:"version,omitempty"`
 	Relay     *bool    `json:"relay,omitempty"`
+	// CertFingerprint backfills the record's fingerprint when it has none
+	// (a node of a cluster made before fingerprints were recorded); a
+	// recorded fingerprint is never replaced.
+	CertFingerprint string `json:"cert_fingerprint,omitempty"`
 }
 
 // Result is what applying a command produced.
@@ -288,7 +320,7 @@ func (r *Result) Error() error {
 	}
 	for _, e := range []error{ErrTokenInvalid, ErrTokenExpired, ErrTokenUsed, ErrNameTaken, ErrKeyTaken,
 		ErrNoSuchNode, ErrNotBootstrap, ErrBootstrapped, ErrAddressSpace, ErrUnknownOp, ErrMalformedCmd,
-		ErrNoSuchWorkload, ErrWorkloadExists, ErrWorkloadInUse, ErrAppNameTaken} {
+		ErrTokenPolicy, ErrNoSuchWorkload, ErrWorkloadExists, ErrWorkloadInUse, ErrAppNameTaken} {
 		if r.Err == e.Error() {
 			return e
 		}
@@ -375,6 +407,9 @@ func (s *State) applyOp(cmd *Command, res *Result) error {
 		if _, ok := s.Tokens[c.Token.ID]; ok {
 			return fmt.Errorf("token %s: %w", c.Token.ID, errAlreadyExists)
 		}
+		if err := s.checkTokenPolicy(cmd.Time, &c.Token); err != nil {
+			return err
+		}
 		t := c.Token
 		t.CreatedAt = cmd.Time
 		s.Tokens[t.ID] = &t
@@ -383,6 +418,9 @@ func (s *State) applyOp(cmd *Command, res *Result) error {
 
 	case OpJoin:
 		return s.applyJoin(cmd, res)
+
+	case OpSetTokenPolicy:
+		return s.applySetTokenPolicy(cmd)
 
 	case OpEvent:
 		if cmd.Event == nil || cmd.Event.Kind == "" {
@@ -405,7 +443,7 @@ func (s *State) applyOp(cmd *Command, res *Result) error {
 
 	case OpUpdateNode:
 		c := cmd.UpdateNode
-		if c == nil {
+		if c == nil || (c.CertFingerprint != "" && !validFingerprint(c.CertFingerprint)) {
 			return ErrMalformedCmd
 		}
 		n, ok := s.Nodes[c.NodeID]
@@ -420,6 +458,9 @@ func (s *State) applyOp(cmd *Command, res *Result) error {
 		}
 		if c.Relay != nil {
 			n.Relay = *c.Relay
+		}
+		if c.CertFingerprint != "" && n.CertFingerprint == "" {
+			n.CertFingerprint = c.CertFingerprint
 		}
 		res.Node = n.clone()
 		return nil
@@ -438,6 +479,9 @@ func (s *State) applyOp(cmd *Command, res *Result) error {
 func (s *State) applyJoin(cmd *Command, res *Result) error {
 	c := cmd.Join
 	if c == nil || c.NodeID == "" || c.Name == "" || c.PublicKey == "" || c.CertSerial == "" {
+		return ErrMalformedCmd
+	}
+	if c.CertFingerprint != "" && !validFingerprint(c.CertFingerprint) {
 		return ErrMalformedCmd
 	}
 	t, ok := s.Tokens[c.TokenID]
@@ -483,6 +527,8 @@ func (s *State) applyJoin(cmd *Command, res *Result) error {
 		CertSerial: c.CertSerial,
 		Version:    c.Version,
 		JoinedAt:   cmd.Time,
+
+		CertFingerprint: c.CertFingerprint,
 	}
 	s.Nodes[n.ID] = n
 	s.expireTokens(cmd.Time)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -37,6 +38,13 @@ type Config struct {
 	NodeID string         // required: this node's ID (the Raft server ID)
 	Addr   netip.AddrPort // required: this node's Raft address on the mesh
 	Net    mesh.Net       // required: the overlay Raft talks over
+	// ServerTLS and ClientTLS are required: Raft's connections are mutual
+	// TLS, and these configs decide who is a member (the agent builds
+	// them with pki.AddressedConfig; see StreamConfig).
+	ServerTLS *tls.Config
+	ClientTLS *tls.Config
+	// Sources are the peer addresses Raft serves (default: MemberSources).
+	Sources mesh.Sources
 	// Forward is required: followers hand writes to the leader through it.
 	Forward ForwardFunc
 	// Alive reports whether a node is up (gossip's view). Required; the
@@ -138,10 +146,15 @@ func New(cfg Config, log *slog.Logger) (*Store, error) {
 		return nil, errors.New("raftstore: Addr is required")
 	case cfg.Net == nil:
 		return nil, errors.New("raftstore: Net is required")
+	case cfg.ServerTLS == nil || cfg.ClientTLS == nil:
+		return nil, errors.New("raftstore: ServerTLS and ClientTLS are required")
 	case cfg.Forward == nil:
 		return nil, errors.New("raftstore: Forward is required")
 	case cfg.Alive == nil:
 		return nil, errors.New("raftstore: Alive is required")
+	}
+	if cfg.Sources.IsZero() {
+		cfg.Sources = MemberSources()
 	}
 	if cfg.MaxVoters <= 0 {
 		cfg.MaxVoters = 5
@@ -177,7 +190,10 @@ func New(cfg Config, log *slog.Logger) (*Store, error) {
 		bolt.Close()
 		return nil, err
 	}
-	stream, err := NewStreamLayer(cfg.Net, cfg.Addr)
+	stream, err := NewStreamLayer(StreamConfig{
+		Net: cfg.Net, Addr: cfg.Addr, Sources: cfg.Sources,
+		ServerTLS: cfg.ServerTLS, ClientTLS: cfg.ClientTLS,
+	})
 	if err != nil {
 		bolt.Close()
 		return nil, err

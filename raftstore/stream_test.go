@@ -2,6 +2,7 @@ package raftstore
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -20,11 +21,23 @@ import (
 
 var streamLoopback = netip.MustParseAddr("127.0.0.1")
 
+// streamSources admits 127.0.0.1 only: a client on another loopback
+// address stands for a pod or a wg1 client.
+var streamSources = mesh.Sources{Allow: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}}
+
 // newTestStreamLayer listens on a free loopback port through a HostNet, the
-// kernel-mode mesh.Net.
+// kernel-mode mesh.Net, speaking plain TCP.
 func newTestStreamLayer(t *testing.T) *StreamLayer {
 	t.Helper()
-	s, err := NewStreamLayer(mesh.NewHostNet(streamLoopback), netip.AddrPortFrom(streamLoopback, 0))
+	return newTestStreamLayerTLS(t, nil, nil)
+}
+
+func newTestStreamLayerTLS(t testing.TB, server, client *tls.Config) *StreamLayer {
+	t.Helper()
+	s, err := NewStreamLayer(StreamConfig{
+		Net: mesh.NewHostNet(streamLoopback), Addr: netip.AddrPortFrom(streamLoopback, 0), Sources: streamSources,
+		ServerTLS: server, ClientTLS: client,
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -40,17 +53,20 @@ func streamLeakCheck(t *testing.T) {
 
 func TestNewStreamLayerRejects(t *testing.T) {
 	hn := mesh.NewHostNet(streamLoopback)
+	free := netip.AddrPortFrom(streamLoopback, 0)
 	for _, tc := range []struct {
 		name string
-		net  mesh.Net
-		addr netip.AddrPort
+		cfg  StreamConfig
 	}{
-		{"nil net", nil, netip.AddrPortFrom(streamLoopback, 0)},
-		{"no address", hn, netip.AddrPort{}},
-		{"unspecified address", hn, netip.MustParseAddrPort("0.0.0.0:0")},
+		{"nil net", StreamConfig{Addr: free, Sources: streamSources}},
+		{"no address", StreamConfig{Net: hn, Sources: streamSources}},
+		{"unspecified address", StreamConfig{Net: hn, Addr: netip.MustParseAddrPort("0.0.0.0:0"), Sources: streamSources}},
+		{"no sources", StreamConfig{Net: hn, Addr: free}},
+		{"server TLS alone", StreamConfig{Net: hn, Addr: free, Sources: streamSources, ServerTLS: &tls.Config{}}},
+		{"client TLS alone", StreamConfig{Net: hn, Addr: free, Sources: streamSources, ClientTLS: &tls.Config{}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if s, err := NewStreamLayer(tc.net, tc.addr); err == nil {
+			if s, err := NewStreamLayer(tc.cfg); err == nil {
 				s.Close()
 				t.Fatal("NewStreamLayer succeeded")
 			}

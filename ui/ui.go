@@ -78,6 +78,13 @@ type Config struct {
 	ClientEvery time.Duration
 	GlobalBurst int
 	GlobalEvery time.Duration
+	// Per-user limit: past UserFreeFailures recent failures for a user
+	// name (forgiven one per UserForgive), each attempt for it is held
+	// from 250 ms doubling up to UserMaxDelay before it is checked. It
+	// never refuses. Defaults 5, 2 s, 1 min.
+	UserFreeFailures int
+	UserMaxDelay     time.Duration
+	UserForgive      time.Duration
 }
 
 // Server is the UI's HTTP handler.
@@ -90,6 +97,11 @@ type Server struct {
 	files  fs.FS
 	client *limiter
 	global *limiter
+	users  *penalty
+	known  *knownGood
+	// sleep holds an attempt for the per-user delay; false if the client
+	// went away meanwhile. Tests replace it.
+	sleep func(ctx context.Context, d time.Duration) bool
 	// hashing bounds concurrent argon2 runs (64 MiB each).
 	hashing chan struct{}
 	now     func() time.Time
@@ -127,6 +139,15 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 	if cfg.GlobalEvery <= 0 {
 		cfg.GlobalEvery = 2 * time.Second
 	}
+	if cfg.UserFreeFailures <= 0 {
+		cfg.UserFreeFailures = 5
+	}
+	if cfg.UserMaxDelay <= 0 {
+		cfg.UserMaxDelay = 2 * time.Second
+	}
+	if cfg.UserForgive <= 0 {
+		cfg.UserForgive = time.Minute
+	}
 	switch cfg.Mode {
 	case "":
 		cfg.Mode = "agent"
@@ -142,10 +163,17 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	known, err := newKnownGood()
+	if err != nil {
+		return nil, err
+	}
 	s := &Server{
 		cfg: cfg, log: log, mux: http.NewServeMux(), index: index, login: login, files: Assets(),
 		client:  newLimiter(cfg.ClientBurst, cfg.ClientEvery, 4096),
 		global:  newLimiter(cfg.GlobalBurst, cfg.GlobalEvery, 1),
+		users:   newPenalty(cfg.UserFreeFailures, 250*time.Millisecond, cfg.UserMaxDelay, cfg.UserForgive),
+		known:   known,
+		sleep:   sleepCtx,
 		hashing: make(chan struct{}, 2),
 		now:     time.Now,
 		cookie:  cookiePrefix,
@@ -428,43 +456,56 @@ func (s *Server) handleLogin(w http.ResponseWriter, r *http.Request) {
 		jsonError(w, http.StatusUnsupportedMediaType, "send the sign-in as application/json")
 		return
 	}
-	now := s.now()
-	client := clientKey(r)
-	if ok, wait := s.client.allow(client, now); !ok {
-		s.tooMany(w, wait, fmt.Sprintf("too many sign-in attempts from %s", client))
-		return
-	}
-	if ok, wait := s.global.allow("", now); !ok {
-		s.tooMany(w, wait, "too many sign-in attempts on this node")
-		return
-	}
 	var req LoginRequest
 	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4096)).Decode(&req); err != nil {
 		jsonError(w, http.StatusBadRequest, "malformed sign-in request")
 		return
 	}
+	client := clientKey(r)
+	// The per-user delay comes first and holds every attempt past the
+	// free failures, the admin's too: never a refusal (see penalty).
+	if d := s.users.delay(req.Username, s.now()); d > 0 && !s.sleep(r.Context(), d) {
+		return
+	}
+	now := s.now()
 	cred, err := s.cfg.Auth.Credential()
 	if err != nil {
 		jsonError(w, http.StatusServiceUnavailable, err.Error())
 		return
 	}
-	select {
-	case s.hashing <- struct{}{}:
-	case <-r.Context().Done():
-		return
+	// The per-IP and node-wide budgets bound argon2 runs. The password
+	// this process already verified needs no argon2, so it gets in when
+	// they are spent: whoever spent them (every local user shares
+	// 127.0.0.1 with the admin) does not lock the admin out. A guess while
+	// they are spent is still a guess, held by the per-user delay above.
+	if req.Username != AdminUser || !s.known.match(cred.PasswordHash, req.Password) {
+		if ok, wait := s.client.allow(client, now); !ok {
+			s.users.fail(req.Username, now)
+			s.tooMany(w, wait, fmt.Sprintf("too many sign-in attempts from %s", client))
+			return
+		}
+		if ok, wait := s.global.allow("", now); !ok {
+			s.users.fail(req.Username, now)
+			s.tooMany(w, wait, "too many sign-in attempts on this node")
+			return
+		}
+		ok, err := s.verify(r.Context(), cred.PasswordHash, req.Password)
+		if err != nil {
+			if r.Context().Err() == nil {
+				s.log.Error("ui: stored admin hash", "err", err)
+				jsonError(w, http.StatusInternalServerError, "the stored admin credential is unreadable: reset it with `runos-agent ui reset-password`")
+			}
+			return
+		}
+		if !ok || req.Username != AdminUser {
+			s.users.fail(req.Username, now)
+			s.log.Info("ui: failed sign-in", "client", client)
+			jsonError(w, http.StatusUnauthorized, "wrong user name or password")
+			return
+		}
+		s.known.remember(cred.PasswordHash, req.Password)
 	}
-	ok, err := VerifyPassword(cred.PasswordHash, req.Password)
-	<-s.hashing
-	if err != nil {
-		s.log.Error("ui: stored admin hash", "err", err)
-		jsonError(w, http.StatusInternalServerError, "the stored admin credential is unreadable: reset it with `runos-agent ui reset-password`")
-		return
-	}
-	if !ok || req.Username != AdminUser {
-		s.log.Info("ui: failed sign-in", "client", client)
-		jsonError(w, http.StatusUnauthorized, "wrong user name or password")
-		return
-	}
+	s.users.succeed(req.Username)
 	sess, err := newSession(s.cfg.SessionTTL, now)
 	if err != nil {
 		jsonError(w, http.StatusInternalServerError, err.Error())
@@ -477,6 +518,28 @@ func (s *Server) handleLogin(w http.ResponseWriter, r *http.Request) {
 	})
 	s.log.Info("ui: signed in", "client", client)
 	writeJSON(w, SessionInfo{User: AdminUser, CSRFToken: sess.csrfToken(cred.SessionKey), ExpiresAt: sess.Expires, Node: s.cfg.Node})
+}
+
+// verify runs argon2 for one attempt, at most two at a time (64 MiB each).
+func (s *Server) verify(ctx context.Context, hash, password string) (bool, error) {
+	select {
+	case s.hashing <- struct{}{}:
+	case <-ctx.Done():
+		return false, ctx.Err()
+	}
+	defer func() { <-s.hashing }()
+	return VerifyPassword(hash, password)
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
 }
 
 func (s *Server) tooMany(w http.ResponseWriter, wait time.Duration, what string) {

@@ -82,6 +82,7 @@ type fixture struct {
 	mu    sync.Mutex
 	calls []string // guarded by mu; what reached the API
 	clock time.Time
+	held  []time.Duration // guarded by mu; per-user delays, recorded instead of slept
 }
 
 func newFixture(t testing.TB, cfg Config) *fixture {
@@ -108,6 +109,12 @@ func newFixture(t testing.TB, cfg Config) *fixture {
 		f.mu.Lock()
 		defer f.mu.Unlock()
 		return f.clock
+	}
+	f.srv.sleep = func(ctx context.Context, d time.Duration) bool {
+		f.mu.Lock()
+		f.held = append(f.held, d)
+		f.mu.Unlock()
+		return true
 	}
 	f.http = httptest.NewServer(f.srv)
 	t.Cleanup(f.http.Close)
@@ -489,9 +496,17 @@ func TestLoginRateLimits(t *testing.T) {
 	if w := attempt("10.0.0.3:1000", "wrong"); w.Code != 401 {
 		t.Fatalf("third client: %d", w.Code)
 	}
-	w = attempt("10.0.0.4:1000", testPassword)
+	w = attempt("10.0.0.4:1000", "wrong")
 	if w.Code != 429 || !strings.Contains(w.Body.String(), "too many sign-in attempts on this node") {
 		t.Fatalf("global limit: %d %s", w.Code, w.Body)
+	}
+	// The password this node has verified (for 10.0.0.2) gets in over
+	// the spent budgets: whoever spent them cannot lock the admin out.
+	if w := attempt("10.0.0.4:1001", testPassword); w.Code != 200 {
+		t.Fatalf("known password over the global limit: %d %s", w.Code, w.Body)
+	}
+	if w := attempt("10.0.0.1:1002", testPassword); w.Code != 200 {
+		t.Fatalf("known password over the client limit: %d %s", w.Code, w.Body)
 	}
 	// Buckets refill with time.
 	f.advance(10 * time.Second)

@@ -161,6 +161,12 @@ func (w *Reconciler) executor(k *raftstore.KubeTarget) (*kube.Executor, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kubeconfig: %w", err)
 	}
+	// SetKube refuses unsafe kubeconfigs; one stored by another path (an
+	// older version, a direct Raft write) must still never reach client-go,
+	// whatever NewExecutor is.
+	if err := kube.Validate(kc); err != nil {
+		return nil, err
+	}
 	e, err := w.cfg.NewExecutor(kc)
 	if err != nil {
 		return nil, err

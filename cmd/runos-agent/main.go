@@ -117,6 +117,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 					&cli.StringFlag{Name: "net", EnvVars: []string{"RUNOS_NET"}, Usage: "override the data dir's overlay mode"},
 					uiFlag(),
 					&cli.StringFlag{Name: "metrics-listen", EnvVars: []string{"RUNOS_METRICS_LISTEN"}, Usage: "serve Prometheus metrics at ADDR/metrics (off by default)"},
+					&cli.StringFlag{Name: "pprof", EnvVars: []string{"RUNOS_PPROF"}, Usage: "serve Go's profiler at ADDR/debug/pprof/: a port or a loopback address and port, e.g. 127.0.0.1:6060 (off by default; no authentication, so loopback only)"},
 				},
 				Action: func(c *cli.Context) error {
 					log, err := newLogger(c, stderr)
@@ -125,7 +126,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 					}
 					ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
 					defer stop()
-					a, err := agent.New(agent.Config{DataDir: c.String("data-dir"), Net: c.String("net"), UIListen: c.String("ui-listen"), MetricsListen: c.String("metrics-listen")}, agent.Deps{Log: log})
+					a, err := agent.New(agent.Config{DataDir: c.String("data-dir"), Net: c.String("net"), UIListen: c.String("ui-listen"), MetricsListen: c.String("metrics-listen"), PprofListen: c.String("pprof")}, agent.Deps{Log: log})
 					if err != nil {
 						return err
 					}
@@ -157,6 +158,30 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 							return printJSON(stdout, tok)
 						}
 						fmt.Fprintf(stdout, "token (expires %s, %d use(s)):\n  %s\n\non the new machine run:\n  %s\n", tok.ExpiresAt.Local().Format(time.RFC3339), tok.Uses, tok.Token, tok.JoinCommand)
+						return nil
+					},
+				}, {
+					Name:  "policy",
+					Usage: "show or change the cluster's bounds on join tokens (every token, local or from the cloud)",
+					Flags: []cli.Flag{
+						dataDirFlag(),
+						&cli.DurationFlag{Name: "max-ttl", Usage: "longest lifetime a token may have (default policy 24h)"},
+						&cli.IntFlag{Name: "max-uses", Usage: "most joins one token may admit (default policy 10)"},
+						&cli.BoolFlag{Name: "json", Usage: "print JSON"},
+					},
+					Action: func(c *cli.Context) error {
+						req := api.TokenPolicy{MaxUses: c.Int("max-uses")}
+						if c.IsSet("max-ttl") {
+							req.MaxTTL = c.Duration("max-ttl").String()
+						}
+						p, err := client(c).SetTokenPolicy(c.Context, req)
+						if err != nil {
+							return err
+						}
+						if c.Bool("json") {
+							return printJSON(stdout, p)
+						}
+						fmt.Fprintf(stdout, "join tokens: at most %s, at most %d use(s)\n", p.MaxTTL, p.MaxUses)
 						return nil
 					},
 				}},

@@ -34,6 +34,9 @@ func TestCLIErrors(t *testing.T) {
 		{[]string{"join", "--data-dir", t.TempDir(), "--name", "b", "--token", "x"}, "exactly one member address"},
 		{[]string{"run", "--data-dir", t.TempDir()}, "not initialised"},
 		{[]string{"--log-level", "loud", "run", "--data-dir", dir}, "invalid --log-level"},
+		{[]string{"run", "--data-dir", dir, "--pprof", "0.0.0.0:6060"}, "loopback only"},
+		{[]string{"run", "--data-dir", dir, "--pprof", ":6060"}, "--pprof"},
+		{[]string{"run", "--data-dir", dir, "--pprof", "10.1.2.3:6060"}, "loopback only"},
 	}
 	for _, tc := range cases {
 		_, err := run(tc.args...)
