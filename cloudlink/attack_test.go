@@ -103,7 +103,7 @@ func TestAttackCloudTokenPolicy(t *testing.T) {
 		{Uses: 11},
 	} {
 		rec := runCommand(t, srv, "create_token", a)
-		if rec.State != cloud.CmdFailed || !strings.Contains(rec.Result.Error, "at most") {
+		if rec.State != cloud.CmdFailed || !strings.Contains(rec.Result.Error, "token policy") {
 			t.Errorf("create_token %+v: %s %+v, want refused by the token policy", a, rec.State, rec.Result)
 		}
 	}

@@ -91,7 +91,7 @@ func FuzzCommand(f *testing.F) {
 			t.Fatalf("%s at level %s changed the cluster (error %q)", kind, allow, out.Error)
 		}
 		for _, tk := range st.Tokens {
-			if tk.UsesLeft > CloudTokenMaxUses || tk.ExpiresAt.After(now.Add(CloudTokenMaxTTL)) {
+			if tk.UsesLeft > raftstore.DefaultTokenMaxUses || tk.ExpiresAt.After(now.Add(raftstore.DefaultTokenMaxTTL)) {
 				t.Fatalf("token beyond the policy: %+v", tk)
 			}
 		}

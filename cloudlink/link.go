@@ -62,14 +62,6 @@ type Kind struct {
 	Allow string
 }
 
-// The token policy for join tokens the cloud creates (issue 12): a
-// compromised cloud mints nothing long-lived or reusable.
-// TODO(join): read the cluster's token policy from the state once it
-// exists; these are its defaults.
-const (
-	CloudTokenMaxTTL  = 24 * time.Hour
-	CloudTokenMaxUses = 10
-)
 
 // Config configures a Link.
 type Config struct {
@@ -1092,41 +1084,56 @@ func (l *Link) tokenSecret(cmdID string) (id, secret string) {
 	return hex.EncodeToString(sum[:6]), hex.EncodeToString(sum[6:22])
 }
 
-func (l *Link) prepareToken(c cloudproto.Command) (*raftstore.Command, error) {
+// tokenCmd builds a cloud-created join token from the command: the same
+// command always yields the same token.
+func (l *Link) tokenCmd(c cloudproto.Command) (*raftstore.Command, time.Duration, error) {
 	var a cloudproto.CreateTokenArgs
 	if len(c.Args) > 0 {
 		if err := json.Unmarshal(c.Args, &a); err != nil {
-			return nil, fmt.Errorf("create_token: malformed args: %w", err)
+			return nil, 0, fmt.Errorf("create_token: malformed args: %w", err)
 		}
 	}
 	ttl := time.Hour
 	if a.TTL != "" {
 		d, err := time.ParseDuration(a.TTL)
 		if err != nil || d <= 0 {
-			return nil, fmt.Errorf("create_token: invalid ttl %q", a.TTL)
+			return nil, 0, fmt.Errorf("create_token: invalid ttl %q", a.TTL)
 		}
 		ttl = d
-	}
-	if ttl > CloudTokenMaxTTL {
-		return nil, fmt.Errorf("create_token: ttl %s is beyond the token policy (at most %s)", ttl, CloudTokenMaxTTL)
 	}
 	if a.Uses == 0 {
 		a.Uses = 1
 	}
-	if a.Uses < 0 || a.Uses > CloudTokenMaxUses {
-		return nil, fmt.Errorf("create_token: uses %d is beyond the token policy (at most %d)", a.Uses, CloudTokenMaxUses)
+	if a.Uses < 0 {
+		return nil, 0, fmt.Errorf("create_token: invalid uses %d", a.Uses)
 	}
 	if c.CreatedAt.IsZero() {
-		return nil, errors.New("create_token: command has no created_at")
+		return nil, 0, errors.New("create_token: command has no created_at")
 	}
 	id, secret := l.tokenSecret(c.ID)
 	return &raftstore.Command{Op: raftstore.OpCreateToken, CreateToken: &raftstore.CreateTokenCmd{Token: raftstore.Token{
 		ID: id, SecretHash: pki.HashSecret(secret), ExpiresAt: c.CreatedAt.Add(ttl).UTC(), UsesLeft: a.Uses,
-	}}}, nil
+	}}}, ttl, nil
+}
+
+// prepareToken refuses a token beyond the cluster's token policy (24 h and
+// 10 uses unless changed locally) before it reaches Raft, where the FSM
+// checks it again: a compromised cloud mints nothing long-lived or widely
+// reusable.
+func (l *Link) prepareToken(c cloudproto.Command) (*raftstore.Command, error) {
+	cmd, ttl, err := l.tokenCmd(c)
+	if err != nil {
+		return nil, err
+	}
+	st, _ := l.cfg.Host.State()
+	if err := st.EffectiveTokenPolicy().Allow(ttl, cmd.CreateToken.Token.UsesLeft); err != nil {
+		return nil, fmt.Errorf("create_token: %w", err)
+	}
+	return cmd, nil
 }
 
 func (l *Link) tokenResult(c cloudproto.Command, _ json.RawMessage) (json.RawMessage, error) {
-	inner, err := l.prepareToken(c)
+	inner, _, err := l.tokenCmd(c)
 	if err != nil {
 		return nil, err
 	}
