@@ -62,7 +62,6 @@ type Kind struct {
 	Allow string
 }
 
-
 // Config configures a Link.
 type Config struct {
 	Host     Host     // required
