@@ -72,6 +72,10 @@ func (a *Agent) CloudStatus() *api.CloudStatus {
 		return out
 	}
 	out.Registered, out.URL, out.CloudClusterID, out.RegisteredAt = true, reg.URL, reg.CloudClusterID, reg.RegisteredAt
+	out.Allow, out.RotatePending = reg.Allow, st.Cloud.RotateCredential
+	if out.Allow == "" {
+		out.Allow = raftstore.CloudAllowDeploy // registered before levels existed
+	}
 	if out.State == cloudlink.StateOff {
 		// The link read a newer state, without the registration (a
 		// disconnect a moment ago); the link reports a fresh one itself.
@@ -96,6 +100,10 @@ func (a *Agent) CloudConnect(ctx context.Context, req api.CloudConnectRequest) (
 	if req.URL == "" || req.Token == "" {
 		return nil, fmt.Errorf("%w: url and token are required", httpapi.ErrBadRequest)
 	}
+	allow, err := raftstore.ParseCloudAllow(req.Allow)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", httpapi.ErrBadRequest, err)
+	}
 	ctx, cancel := context.WithTimeout(ctx, 45*time.Second)
 	defer cancel()
 	if err := a.WaitReady(ctx); err != nil {
@@ -108,6 +116,7 @@ func (a *Agent) CloudConnect(ctx context.Context, req api.CloudConnectRequest) (
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", httpapi.ErrBadRequest, err)
 	}
+	reg.Allow = allow
 	res, err := a.store.Apply(ctx, &raftstore.Command{Op: raftstore.OpCloudRegister, Cloud: &raftstore.CloudCmd{Register: reg}})
 	if err == nil {
 		err = res.Error()
@@ -115,7 +124,7 @@ func (a *Agent) CloudConnect(ctx context.Context, req api.CloudConnectRequest) (
 	if err != nil {
 		return nil, err
 	}
-	a.log.Info("registered with the cloud", "url", reg.URL, "cloud_cluster", reg.CloudClusterID)
+	a.log.Info("registered with the cloud", "url", reg.URL, "cloud_cluster", reg.CloudClusterID, "allow", allow)
 	a.waitApplied(ctx, res.Index)
 	return a.CloudStatus(), nil
 }
@@ -151,6 +160,33 @@ func (a *Agent) CloudDisconnect(ctx context.Context) (*api.CloudStatus, error) {
 	if err != nil {
 		return nil, err
 	}
+	a.waitApplied(ctx, res.Index)
+	return a.CloudStatus(), nil
+}
+
+// CloudAllow changes what the cloud may do. Only a local caller can: the
+// op is not one a cloud command may carry.
+func (a *Agent) CloudAllow(ctx context.Context, req api.CloudAllowRequest) (*api.CloudStatus, error) {
+	if req.Allow == "" {
+		return nil, fmt.Errorf("%w: allow is required (read, deploy or admin)", httpapi.ErrBadRequest)
+	}
+	allow, err := raftstore.ParseCloudAllow(req.Allow)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", httpapi.ErrBadRequest, err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	if st, _ := a.store.State(); st.Cloud.Registration == nil {
+		return nil, fmt.Errorf("%w: not connected to a cloud", httpapi.ErrBadRequest)
+	}
+	res, err := a.store.Apply(ctx, &raftstore.Command{Op: raftstore.OpCloudAllow, Cloud: &raftstore.CloudCmd{Allow: allow}})
+	if err == nil {
+		err = res.Error()
+	}
+	if err != nil {
+		return nil, err
+	}
+	a.log.Info("cloud permission changed", "allow", allow)
 	a.waitApplied(ctx, res.Index)
 	return a.CloudStatus(), nil
 }

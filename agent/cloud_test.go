@@ -1,10 +1,14 @@
 package agent
 
 import (
+	"bufio"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"net/http/httptest"
 	"slices"
 	"strings"
@@ -18,6 +22,7 @@ import (
 	"github.com/runos/runos-agent/datadir"
 	"github.com/runos/runos-agent/pki"
 	"github.com/runos/runos-agent/raftstore"
+	"github.com/runos/runos-agent/seal"
 )
 
 // testCloud is a real runos-cloud server on 127.0.0.1 that can be stopped
@@ -138,13 +143,13 @@ func waitMirror(tb testing.TB, c *cluster, tc *testCloud, id string) *cloud.Mirr
 		if !slices.Equal(want, got) {
 			return fmt.Errorf("workloads: mirror %v, cluster %v", got, want)
 		}
-		mev := map[uint64]string{}
+		mev := map[string]bool{}
 		for _, e := range m.Events {
-			mev[e.Seq] = e.Kind + "/" + e.Node
+			mev[fmt.Sprintf("%d/%s/%s", e.Seq, e.Kind, e.Node)] = true
 		}
 		for _, e := range st.Events {
-			if mev[e.Seq] != e.Kind+"/"+e.Node {
-				return fmt.Errorf("event %d %s/%s: mirror has %q", e.Seq, e.Kind, e.Node, mev[e.Seq])
+			if !mev[fmt.Sprintf("%d/%s/%s", e.Seq, e.Kind, e.Node)] {
+				return fmt.Errorf("event %d %s/%s: not in the mirror", e.Seq, e.Kind, e.Node)
 			}
 		}
 		return nil
@@ -369,7 +374,29 @@ func TestCloudCommandOnceAcrossLeaderChange(t *testing.T) {
 	waitMirror(t, c, tc, id)
 	st0, _ := c.waitLeader().store.State()
 
+	// Connected with the default (deploy): join tokens need admin, which
+	// only a local caller grants.
 	args, _ := json.Marshal(cloudproto.CreateTokenArgs{TTL: "1h"})
+	refused, err := tc.srv.SendCommand(id, "create_token", args)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "refusal answered", func() error {
+		r, _ := tc.srv.Command(id, refused.ID)
+		if r.State != cloud.CmdFailed || !strings.Contains(r.Result.Error, "--allow admin") {
+			return fmt.Errorf("%s %+v", r.State, r.Result)
+		}
+		return nil
+	})
+	if s := c.agents[1].CloudStatus(); s.Allow != raftstore.CloudAllowDeploy {
+		t.Fatalf("status allow %q, want deploy", s.Allow)
+	}
+	if _, err := c.agents[1].CloudAllow(context.Background(), api.CloudAllowRequest{Allow: "root"}); err == nil {
+		t.Fatal("unknown level accepted")
+	}
+	if s, err := c.agents[1].CloudAllow(context.Background(), api.CloudAllowRequest{Allow: raftstore.CloudAllowAdmin}); err != nil || s.Allow != raftstore.CloudAllowAdmin {
+		t.Fatalf("cloud allow admin: %+v %v", s, err)
+	}
 	rec, err := tc.srv.SendCommand(id, "create_token", args)
 	if err != nil {
 		t.Fatal(err)
@@ -595,4 +622,75 @@ func TestCloudDeployServiceCommand(t *testing.T) {
 		return nil
 	})
 	waitMirror(t, c, tc, id)
+}
+
+// A credential re-issue (what a node removal asks for): the leader renews
+// the cloud client certificate over its session and reconnects with it;
+// a session with the old one (a removed node's copy) is refused and the
+// cluster's session stays.
+func TestCloudCredentialReissue(t *testing.T) {
+	c := newCluster(t, 3)
+	tc := startCloud(t)
+	id := connectCloud(t, tc, c.agents[0], "lab")
+	waitMirror(t, c, tc, id)
+	l := c.waitLeader()
+	st, _ := l.store.State()
+	old := *st.Cloud.Registration
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if res, err := c.agents[1].store.Apply(ctx, &raftstore.Command{Op: raftstore.OpCloudRotate, Cloud: &raftstore.CloudCmd{}}); err != nil || res.Error() != nil {
+		t.Fatal(err, res.Error())
+	}
+	eventually(t, "credential re-issued on every node, session up", func() error {
+		for _, a := range c.agents {
+			st, _ := a.store.State()
+			if st.Cloud.RotateCredential || slices.Equal(st.Cloud.Registration.ClientCertPEM, old.ClientCertPEM) {
+				return fmt.Errorf("%s: rotation pending %v", a.Name(), st.Cloud.RotateCredential)
+			}
+		}
+		if s := l.CloudStatus(); s.State != cloudlink.StateConnected {
+			return fmt.Errorf("leader's link %s", s.State)
+		}
+		return nil
+	})
+	holder, ok := tc.srv.ClusterConnected(id)
+	err := oldCertSession(t, tc, &old, l)
+	if err == nil || !strings.Contains(err.Error(), "replaced") {
+		t.Fatalf("session with the old certificate: %v, want refused", err)
+	}
+	if now, ok2 := tc.srv.ClusterConnected(id); !ok || !ok2 || now != holder {
+		t.Fatalf("cluster session %q/%v, before %q/%v", now, ok2, holder, ok)
+	}
+	waitMirror(t, c, tc, id)
+}
+
+// oldCertSession tries to open a session with reg's certificate and returns
+// the cloud's refusal (nil: upgraded).
+func oldCertSession(t *testing.T, tc *testCloud, reg *raftstore.CloudRegistration, a *Agent) error {
+	keyPEM, err := seal.Open(a.dataKey, raftstore.CloudKeyPurpose, reg.ClientKeySealed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := tls.X509KeyPair(reg.ClientCertPEM, keyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := pki.PinnedClientConfig(reg.CAFingerprint)
+	cfg.Certificates = []tls.Certificate{cert}
+	conn, err := tls.Dial("tcp", tc.srv.Addr(), cfg)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	io.WriteString(conn, "GET "+cloudproto.LinkPath+" HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: "+cloudproto.LinkProtocol+"\r\n\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		b, _ := io.ReadAll(resp.Body)
+		return fmt.Errorf("%s: %s", resp.Status, b)
+	}
+	return nil
 }

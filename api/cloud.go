@@ -12,6 +12,12 @@ type CloudStatus struct {
 	URL            string    `json:"url,omitempty"`
 	CloudClusterID string    `json:"cloud_cluster_id,omitempty"`
 	RegisteredAt   time.Time `json:"registered_at,omitzero"`
+	// Allow is what the cloud may do: read (the mirror only), deploy
+	// (workloads) or admin (also join tokens and node removal).
+	Allow string `json:"allow,omitempty"`
+	// RotatePending: the cloud client credential is to be re-issued by
+	// the leader's session (after a node removal).
+	RotatePending bool `json:"rotate_pending,omitempty"`
 	// State: not_registered|standby|connecting|connected|backoff. Only
 	// the Raft leader holds the session; the others are standby.
 	State     string    `json:"state"`
@@ -33,6 +39,13 @@ type CloudStatus struct {
 type CloudConnectRequest struct {
 	URL   string `json:"url"`
 	Token string `json:"token"`
+	// Allow: read, deploy ("", the default) or admin.
+	Allow string `json:"allow,omitempty"`
+}
+
+// CloudAllowRequest is POST /v1/cloud/allow: change what the cloud may do.
+type CloudAllowRequest struct {
+	Allow string `json:"allow"`
 }
 
 // CloudStatus fetches the cloud link's status.
@@ -51,4 +64,10 @@ func (c *Client) CloudConnect(ctx context.Context, req CloudConnectRequest) (*Cl
 func (c *Client) CloudDisconnect(ctx context.Context) (*CloudStatus, error) {
 	var s CloudStatus
 	return &s, c.do(ctx, http.MethodPost, "/v1/cloud/disconnect", struct{}{}, &s)
+}
+
+// CloudAllow changes what the cloud may do (read, deploy or admin).
+func (c *Client) CloudAllow(ctx context.Context, allow string) (*CloudStatus, error) {
+	var s CloudStatus
+	return &s, c.do(ctx, http.MethodPost, "/v1/cloud/allow", CloudAllowRequest{Allow: allow}, &s)
 }

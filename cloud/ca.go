@@ -73,21 +73,21 @@ func (s *Server) Fingerprint() string { return pki.Fingerprint(s.ca.Cert) }
 
 // signClient issues a cluster's client certificate from its CSR. Only the
 // CSR's key is used: the name is the cloud cluster ID.
-func (s *Server) signClient(csrPEM []byte, clusterID string) (certPEM []byte, serial string, err error) {
+func (s *Server) signClient(csrPEM []byte, clusterID string) (certPEM []byte, serial, fingerprint string, err error) {
 	block, _ := pem.Decode(csrPEM)
 	if block == nil {
-		return nil, "", errors.New("CSR: no PEM block")
+		return nil, "", "", errors.New("CSR: no PEM block")
 	}
 	csr, err := x509.ParseCertificateRequest(block.Bytes)
 	if err != nil {
-		return nil, "", fmt.Errorf("CSR: %w", err)
+		return nil, "", "", fmt.Errorf("CSR: %w", err)
 	}
 	if err := csr.CheckSignature(); err != nil {
-		return nil, "", fmt.Errorf("CSR: bad signature: %w", err)
+		return nil, "", "", fmt.Errorf("CSR: bad signature: %w", err)
 	}
 	sn, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
 	if err != nil {
-		return nil, "", err
+		return nil, "", "", err
 	}
 	now := time.Now()
 	notAfter := now.Add(clientCertValidity)
@@ -105,8 +105,8 @@ func (s *Server) signClient(csrPEM []byte, clusterID string) (certPEM []byte, se
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, s.ca.Cert, csr.PublicKey, s.ca.Key)
 	if err != nil {
-		return nil, "", err
+		return nil, "", "", err
 	}
 	cert, _ := x509.ParseCertificate(der)
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pki.SerialOf(cert), nil
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pki.SerialOf(cert), pki.Fingerprint(cert), nil
 }

@@ -353,7 +353,7 @@ func (s *Server) register(req cloudproto.RegisterRequest) (*cloudproto.RegisterR
 		if c.Revoked {
 			return fmt.Errorf("cluster %s is revoked", c.Name)
 		}
-		cert, serial, err := s.signClient([]byte(req.CSR), c.ID)
+		cert, serial, fp, err := s.signClient([]byte(req.CSR), c.ID)
 		if err != nil {
 			return err
 		}
@@ -367,6 +367,7 @@ func (s *Server) register(req cloudproto.RegisterRequest) (*cloudproto.RegisterR
 			return err
 		}
 		c.AgentClusterID, c.CertSerial, c.RegisteredAt, c.Cursor = req.ClusterID, serial, time.Now().UTC(), 0
+		c.CertFingerprint, c.CertIssuedAt = fp, c.RegisteredAt
 		c.ChangesApplied, c.DuplicatesIgnored, c.Resyncs = 0, 0, 0
 		if err := s.store.putCluster(tx, c); err != nil {
 			return err

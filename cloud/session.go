@@ -25,6 +25,10 @@ type session struct {
 	conn      net.Conn
 	br        *bufio.Reader
 	leader    string
+	// serial and certFP name the client certificate the session proved
+	// (a re-issue over the session moves them to the new one). Guarded
+	// by s.mu.
+	serial, certFP string
 
 	mu        sync.Mutex // guards writes to conn
 	closeOnce sync.Once
@@ -76,8 +80,8 @@ func (s *Server) handleLink(w http.ResponseWriter, r *http.Request) {
 		err = fmt.Errorf("client certificate names %q, which is not a cluster ID", certCluster)
 	case c.Revoked:
 		err = fmt.Errorf("cluster %s is revoked", c.Name)
-	case c.CertSerial != pki.SerialOf(leaf):
-		err = fmt.Errorf("client certificate %s of cluster %s was replaced by a later registration", pki.SerialOf(leaf), c.Name)
+	case !c.currentCert(pki.Fingerprint(leaf), pki.SerialOf(leaf)):
+		err = fmt.Errorf("client certificate %s of cluster %s was replaced by a later registration or re-issue", pki.SerialOf(leaf), c.Name)
 	}
 	if err != nil {
 		s.log.Warn("cloud session refused", "remote", r.RemoteAddr, "err", err)
@@ -94,7 +98,7 @@ func (s *Server) handleLink(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	io.WriteString(conn, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: "+cloudproto.LinkProtocol+"\r\n\r\n")
-	ss := &session{s: s, clusterID: c.ID, conn: conn, br: brw.Reader}
+	ss := &session{s: s, clusterID: c.ID, conn: conn, br: brw.Reader, serial: pki.SerialOf(leaf), certFP: pki.Fingerprint(leaf)}
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -149,9 +153,18 @@ func (ss *session) run() {
 		ss.fail(fmt.Errorf("cluster %s registered as agent cluster %s, hello says %s", c.Name, c.AgentClusterID, m.Hello.ClusterID))
 		return
 	}
-	ss.leader = m.Hello.Node
-	// The newest session wins: a new leader replaces the old one's.
+	// The newest session wins (a new leader replaces the old one's), but
+	// only with the newest certificate: checked again here, under the
+	// lock a re-issue holds, so a certificate replaced since the upgrade
+	// (a removed node's copy) never displaces the current session.
 	s.mu.Lock()
+	cur, err := s.store.findCluster(ss.clusterID)
+	if err != nil || !cur.currentCert(ss.certFP, ss.serial) || cur.Revoked {
+		s.mu.Unlock()
+		ss.fail(fmt.Errorf("client certificate %s of cluster %s was replaced by a later registration or re-issue", ss.serial, c.Name))
+		return
+	}
+	ss.leader = m.Hello.Node
 	old := s.sessions[ss.clusterID]
 	s.sessions[ss.clusterID] = ss
 	s.mu.Unlock()
@@ -226,6 +239,18 @@ func (ss *session) handle(m *cloudproto.Msg) error {
 			s.log.Warn("result for an unknown command", "cluster", ss.clusterID, "err", err)
 		}
 		return nil
+	case cloudproto.MsgReissue:
+		if m.Reissue == nil {
+			return fmt.Errorf("%w: reissue without body", cloudproto.ErrMalformed)
+		}
+		out := &cloudproto.Reissue{}
+		if cert, err := s.reissue(ss, m.Reissue.CSR); err != nil {
+			s.log.Warn("client certificate not re-issued", "cluster", ss.clusterID, "err", err)
+			out.Error = err.Error()
+		} else {
+			out.CertPEM = string(cert)
+		}
+		return ss.write(&cloudproto.Msg{Type: cloudproto.MsgReissued, Reissue: out})
 	case cloudproto.MsgPing:
 		return ss.write(&cloudproto.Msg{Type: cloudproto.MsgPong})
 	case cloudproto.MsgPong:
@@ -234,6 +259,52 @@ func (ss *session) handle(m *cloudproto.Msg) error {
 		return fmt.Errorf("cluster reported: %s", m.Error)
 	}
 	return fmt.Errorf("%w: unexpected frame type %q", cloudproto.ErrMalformed, m.Type)
+}
+
+// reissue signs a new client certificate for the cluster of the current
+// session ss and makes it the only one accepted: sessions with the old one
+// (a removed node's copy) are refused from now on, and any still open
+// besides ss end. Only the session that holds the cluster, with the newest
+// certificate, may ask; the check and the switch happen under s.mu, which
+// a session taking over holds too.
+func (s *Server) reissue(ss *session, csr string) ([]byte, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.sessions[ss.clusterID] != ss {
+		return nil, errors.New("only the cluster's current session may re-issue its certificate")
+	}
+	var certPEM []byte
+	var serial, fp string
+	err := s.store.db.Update(func(tx *bolt.Tx) error {
+		c, ok := s.store.cluster(tx, ss.clusterID)
+		switch {
+		case !ok:
+			return errNoCluster
+		case c.Revoked:
+			return fmt.Errorf("cluster %s is revoked", c.Name)
+		case !c.currentCert(ss.certFP, ss.serial):
+			return errors.New("this session's certificate is no longer the cluster's newest")
+		}
+		var err error
+		if certPEM, serial, fp, err = s.signClient([]byte(csr), c.ID); err != nil {
+			return err
+		}
+		c.CertSerial, c.CertFingerprint, c.CertIssuedAt = serial, fp, time.Now().UTC()
+		return s.store.putCluster(tx, c)
+	})
+	if err != nil {
+		return nil, err
+	}
+	// The session asked with the new certificate's key (the CSR's
+	// signature): it holds the new credential now.
+	ss.serial, ss.certFP = serial, fp
+	for o := range s.live {
+		if o != ss && o.clusterID == ss.clusterID {
+			o.close()
+		}
+	}
+	s.log.Info("client certificate re-issued", "cluster", ss.clusterID, "serial", serial)
+	return certPEM, nil
 }
 
 func (s *Server) connected(id string) (leader string, ok bool) {

@@ -87,6 +87,13 @@ func u64(v uint64) []byte {
 	return b[:]
 }
 
+// eventKey orders a mirror's events by index, then by their order at that
+// index: one command can record several (a cloud command that removed a
+// node: node_removed and cloud_command).
+func eventKey(seq uint64, n int) []byte {
+	return binary.BigEndian.AppendUint32(u64(seq), uint32(n))
+}
+
 // regToken is a registration token as stored.
 type regToken struct {
 	ID         string    `json:"id"`
@@ -99,13 +106,18 @@ type regToken struct {
 
 // clusterRec is a cluster as the cloud knows it.
 type clusterRec struct {
-	ID             string    `json:"id"`
-	Name           string    `json:"name"`
-	AgentClusterID string    `json:"agent_cluster_id,omitempty"`
-	CertSerial     string    `json:"cert_serial,omitempty"`
-	Revoked        bool      `json:"revoked,omitempty"`
-	RegisteredAt   time.Time `json:"registered_at,omitzero"`
-	LastSeen       time.Time `json:"last_seen,omitzero"`
+	ID             string `json:"id"`
+	Name           string `json:"name"`
+	AgentClusterID string `json:"agent_cluster_id,omitempty"`
+	CertSerial     string `json:"cert_serial,omitempty"`
+	// CertFingerprint is the SHA-256 of the one client certificate
+	// accepted (the newest: a re-issue or re-registration replaces it).
+	// Empty in records from before it was kept: the serial decides.
+	CertFingerprint string    `json:"cert_fingerprint,omitempty"`
+	CertIssuedAt    time.Time `json:"cert_issued_at,omitzero"`
+	Revoked         bool      `json:"revoked,omitempty"`
+	RegisteredAt    time.Time `json:"registered_at,omitzero"`
+	LastSeen        time.Time `json:"last_seen,omitzero"`
 	// Cursor is the Raft index through which the mirror holds every change.
 	Cursor uint64 `json:"cursor"`
 	// ChangesApplied and DuplicatesIgnored count outbox entries.
@@ -113,6 +125,15 @@ type clusterRec struct {
 	DuplicatesIgnored uint64 `json:"duplicates_ignored"`
 	Resyncs           uint64 `json:"resyncs"`
 	NextCommand       uint64 `json:"next_command"`
+}
+
+// currentCert reports whether a client certificate (fingerprint and
+// serial) is the cluster's newest.
+func (c *clusterRec) currentCert(fp, serial string) bool {
+	if c.CertFingerprint != "" {
+		return c.CertFingerprint == fp
+	}
+	return c.CertSerial != "" && c.CertSerial == serial
 }
 
 func mirrorName(id string) []byte { return []byte("m/" + id) }
@@ -225,10 +246,16 @@ func (s *store) applySnapshot(id string, snap *cloudproto.Snapshot) error {
 				return err
 			}
 		}
+		var prev uint64
+		n := 0
 		for _, e := range snap.Events {
-			if err := putJSON(m.Bucket(bEvents), u64(e.Seq), e); err != nil {
+			if e.Seq != prev {
+				prev, n = e.Seq, 0
+			}
+			if err := putJSON(m.Bucket(bEvents), eventKey(e.Seq, n), e); err != nil {
 				return err
 			}
+			n++
 		}
 		for _, w := range snap.Services {
 			if err := putJSON(m.Bucket(bServices), []byte(w.OSID), w); err != nil {
@@ -291,8 +318,8 @@ func (s *store) applyChanges(id string, changes []cloudproto.Change) (uint64, er
 			if err := applyWorkload(m, ch); err != nil {
 				return err
 			}
-			for _, e := range ch.Events {
-				if err := putJSON(events, u64(e.Seq), e); err != nil {
+			for i, e := range ch.Events {
+				if err := putJSON(events, eventKey(e.Seq, i), e); err != nil {
 					return err
 				}
 			}

@@ -12,6 +12,7 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -26,6 +27,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/runos/runos-agent/api"
 	"github.com/runos/runos-agent/cloudproto"
@@ -54,6 +57,9 @@ type Host interface {
 type Kind struct {
 	Prepare func(c cloudproto.Command) (*raftstore.Command, error)
 	Result  func(c cloudproto.Command, data json.RawMessage) (json.RawMessage, error)
+	// Allow is the level the cloud needs for it (raftstore.CloudAllow*;
+	// "" : admin).
+	Allow string
 }
 
 // Config configures a Link.
@@ -120,6 +126,9 @@ type Link struct {
 	ctx context.Context
 
 	sent, recv atomic.Uint64 // bytes on the wire (TLS included)
+	// persisting: a re-issued credential is being written to Raft; no
+	// new re-issue starts meanwhile.
+	persisting atomic.Bool
 	// handling are command IDs being applied now; guarded by mu.
 	handling map[string]bool
 
@@ -163,15 +172,19 @@ func New(cfg Config, log *slog.Logger) (*Link, error) {
 	def(&cfg.AckEvery, 2*time.Second)
 	l := &Link{cfg: cfg, log: log.With("component", "cloudlink"), handling: map[string]bool{}}
 	l.status = Status{State: StateOff, Since: time.Now()}
+	const admin, deploy = raftstore.CloudAllowAdmin, raftstore.CloudAllowDeploy
 	l.kinds = map[string]Kind{
-		"create_token":   {Prepare: l.prepareToken, Result: l.tokenResult},
-		"remove_node":    {Prepare: prepareRemove, Result: func(cloudproto.Command, json.RawMessage) (json.RawMessage, error) { return nil, nil }},
-		"deploy_service": {Prepare: l.prepareService, Result: l.serviceResult},
-		"delete_service": {Prepare: prepareDelete("delete_service", raftstore.OpWorkloadServiceDelete), Result: deleteResult},
-		"deploy_app":     {Prepare: l.prepareApp, Result: l.appResult},
-		"delete_app":     {Prepare: prepareDelete("delete_app", raftstore.OpWorkloadAppDelete), Result: deleteResult},
+		"create_token":   {Prepare: l.prepareToken, Result: l.tokenResult, Allow: admin},
+		"remove_node":    {Prepare: prepareRemove, Result: func(cloudproto.Command, json.RawMessage) (json.RawMessage, error) { return nil, nil }, Allow: admin},
+		"deploy_service": {Prepare: l.prepareService, Result: l.serviceResult, Allow: deploy},
+		"delete_service": {Prepare: prepareDelete("delete_service", raftstore.OpWorkloadServiceDelete), Result: deleteResult, Allow: deploy},
+		"deploy_app":     {Prepare: l.prepareApp, Result: l.appResult, Allow: deploy},
+		"delete_app":     {Prepare: prepareDelete("delete_app", raftstore.OpWorkloadAppDelete), Result: deleteResult, Allow: deploy},
 	}
 	for k, v := range cfg.Kinds {
+		if v.Allow == "" {
+			v.Allow = admin
+		}
 		l.kinds[k] = v
 	}
 	return l, nil
@@ -290,11 +303,14 @@ func (l *Link) registration() *raftstore.CloudRegistration {
 	return l.reg
 }
 
+// regKey names a registration and its credential: a re-issued
+// certificate is a new key too, so the session reconnects with it.
 func regKey(r *raftstore.CloudRegistration) string {
 	if r == nil {
 		return ""
 	}
-	return fmt.Sprintf("%s/%d", r.CloudClusterID, r.Index)
+	sum := sha256.Sum256(r.ClientCertPEM)
+	return fmt.Sprintf("%s/%d/%x", r.CloudClusterID, r.Index, sum[:8])
 }
 
 // errStepDown ends a session because the registration changed: reconnect
@@ -619,10 +635,38 @@ func (l *Link) session(ctx, lctx context.Context, reg *raftstore.CloudRegistrati
 	}
 	healthCheck := time.NewTicker(time.Second)
 	defer healthCheck.Stop()
+	// A pending rotation: one CSR at a time; a refused one is asked again
+	// at a later health tick.
+	var (
+		reissueKey []byte // the key of the CSR sent; nil: none awaited
+		reissueAt  time.Time
+	)
+	maybeReissue := func() error {
+		if reissueKey != nil || l.persisting.Load() || time.Since(reissueAt) < l.cfg.HealthInterval {
+			return nil
+		}
+		if st, _ := l.cfg.Host.State(); !st.Cloud.RotateCredential {
+			return nil
+		}
+		key, keyPEM, err := pki.NewKey()
+		if err != nil {
+			return err
+		}
+		csr, err := pki.NewCSR(key, "runos-cluster")
+		if err != nil {
+			return err
+		}
+		reissueKey, reissueAt = keyPEM, time.Now()
+		l.log.Info("re-issuing the cloud client credential")
+		return write(&cloudproto.Msg{Type: cloudproto.MsgReissue, Reissue: &cloudproto.Reissue{CSR: string(csr)}})
+	}
 	if err := sendHealth(l.cfg.Host.Nodes()); err != nil {
 		return err
 	}
 	if err := sendMore(); err != nil {
+		return err
+	}
+	if err := maybeReissue(); err != nil {
 		return err
 	}
 	for {
@@ -647,6 +691,9 @@ func (l *Link) session(ctx, lctx context.Context, reg *raftstore.CloudRegistrati
 			if err := sendMore(); err != nil {
 				return err
 			}
+			if err := maybeReissue(); err != nil {
+				return err
+			}
 		case m := <-in:
 			switch m.Type {
 			case cloudproto.MsgAck:
@@ -668,6 +715,12 @@ func (l *Link) session(ctx, lctx context.Context, reg *raftstore.CloudRegistrati
 				if err := write(&cloudproto.Msg{Type: cloudproto.MsgPong}); err != nil {
 					return err
 				}
+			case cloudproto.MsgReissued:
+				keyPEM := reissueKey
+				reissueKey = nil
+				if err := l.reissued(lctx, reg, keyPEM, m.Reissue); err != nil {
+					l.log.Warn("cloud credential not re-issued", "err", err)
+				}
 			case cloudproto.MsgPong:
 			case cloudproto.MsgError:
 				return fmt.Errorf("cloud ended the session: %s", m.Error)
@@ -680,6 +733,9 @@ func (l *Link) session(ctx, lctx context.Context, reg *raftstore.CloudRegistrati
 			}
 		case <-health.C:
 			if err := sendHealth(l.cfg.Host.Nodes()); err != nil {
+				return err
+			}
+			if err := maybeReissue(); err != nil {
 				return err
 			}
 		case <-healthCheck.C:
@@ -696,6 +752,77 @@ func (l *Link) session(ctx, lctx context.Context, reg *raftstore.CloudRegistrati
 			l.persistAck(lctx, cursor, &persisted, &acking, &l.wg)
 		}
 	}
+}
+
+// reissued checks the cloud's answer to a re-issue (a certificate of the
+// cloud CA, for this cluster, for the key of the CSR) and writes it to
+// Raft, sealed, in one command that also clears the pending rotation. The
+// cloud accepts only the new certificate from now on, so the write
+// outlives the session (and a leadership change: Apply forwards and
+// retries with the same ID until the link closes). The registration's
+// change then moves the session onto the new certificate.
+func (l *Link) reissued(ctx context.Context, reg *raftstore.CloudRegistration, keyPEM []byte, r *cloudproto.Reissue) error {
+	switch {
+	case keyPEM == nil:
+		return errors.New("the cloud sent a certificate nobody asked for")
+	case r == nil:
+		return fmt.Errorf("%w: reissued without body", cloudproto.ErrMalformed)
+	case r.Error != "":
+		return fmt.Errorf("the cloud refused: %s", r.Error)
+	}
+	if err := checkClientCert(reg, []byte(r.CertPEM), keyPEM); err != nil {
+		return fmt.Errorf("the cloud answered an unusable certificate: %w", err)
+	}
+	sealed, err := seal.Seal(l.cfg.DataKey, raftstore.CloudKeyPurpose, keyPEM)
+	if err != nil {
+		return err
+	}
+	next := *reg
+	next.ClientCertPEM, next.ClientKeySealed = []byte(r.CertPEM), sealed
+	sum := sha256.Sum256(next.ClientCertPEM)
+	cmd := &raftstore.Command{ID: "cloud-reissue-" + hex.EncodeToString(sum[:8]), Op: raftstore.OpCloudReissue, Cloud: &raftstore.CloudCmd{Register: &next}}
+	l.persisting.Store(true)
+	l.wg.Add(1)
+	go func() {
+		defer l.wg.Done()
+		defer l.persisting.Store(false)
+		res, err := l.cfg.Host.Apply(ctx, cmd)
+		if err == nil {
+			err = res.Error()
+		}
+		if err != nil {
+			l.log.Error("re-issued cloud credential not stored; reconnect with a new registration token if the session stays refused", "err", err)
+			return
+		}
+		l.log.Info("cloud client credential re-issued", "index", res.Index)
+	}()
+	return nil
+}
+
+// checkClientCert checks a client certificate from the cloud: signed by
+// the registration's cloud CA for client auth, naming the cloud cluster,
+// for keyPEM.
+func checkClientCert(reg *raftstore.CloudRegistration, certPEM, keyPEM []byte) error {
+	if _, err := tls.X509KeyPair(certPEM, keyPEM); err != nil {
+		return err
+	}
+	cert, err := pki.ParseCert(certPEM)
+	if err != nil {
+		return err
+	}
+	ca, err := pki.ParseCert(reg.CACertPEM)
+	if err != nil {
+		return fmt.Errorf("registration's cloud CA: %w", err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(ca)
+	if _, err := cert.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+		return err
+	}
+	if cert.Subject.CommonName != reg.CloudClusterID {
+		return fmt.Errorf("certificate names %q, not cloud cluster %s", cert.Subject.CommonName, reg.CloudClusterID)
+	}
+	return nil
 }
 
 // healthSig summarises what a health report says beyond ages and gauges.
@@ -851,14 +978,6 @@ func (l *Link) handle(ctx context.Context, c cloudproto.Command, results chan<- 
 func (l *Link) apply(ctx context.Context, c cloudproto.Command) *cloudproto.CmdResult {
 	out := &cloudproto.CmdResult{ID: c.ID}
 	kind, ok := l.kinds[c.Kind]
-	if c.ID == "" || !ok {
-		out.Error = fmt.Sprintf("unknown command kind %q", c.Kind)
-		if c.ID == "" {
-			out.Error = "command without an ID"
-		}
-		l.log.Warn("refusing cloud command", "id", c.ID, "err", out.Error)
-		return out
-	}
 	finish := func(errText string, data json.RawMessage, index uint64, replayed bool) *cloudproto.CmdResult {
 		out.Error, out.Index, out.Replayed = errText, index, replayed
 		if errText == "" {
@@ -870,24 +989,56 @@ func (l *Link) apply(ctx context.Context, c cloudproto.Command) *cloudproto.CmdR
 		}
 		return out
 	}
-	if st, _ := l.cfg.Host.State(); st.Cloud.Result(c.ID) != nil {
-		prev := st.Cloud.Result(c.ID)
+	st, _ := l.cfg.Host.State()
+	if prev := st.Cloud.Result(c.ID); c.ID != "" && prev != nil {
 		l.log.Warn("refusing replayed cloud command: applied before", "id", c.ID, "index", prev.Index)
 		return finish(prev.Err, prev.Data, prev.Index, true)
 	}
-	inner, err := kind.Prepare(c)
-	if err != nil {
-		out.Error = err.Error()
-		return out
+	var inner *raftstore.Command
+	var refused error
+	recID, kindName := c.ID, c.Kind
+	if !ok && (len(kindName) > 64 || !validCommandID(kindName)) {
+		// What is recorded in Raft stays small whatever the cloud sends.
+		kindName = "(malformed)"
+	}
+	switch {
+	case c.ID == "":
+		refused = errors.New("command without an ID")
+	case !validCommandID(c.ID):
+		// Recorded without it: an ID that does not survive the Raft
+		// log's JSON as it is would never match its record.
+		refused, recID = errors.New("malformed command ID"), ""
+	case !ok:
+		refused = fmt.Errorf("unknown command kind %q", kindName)
+	case st.Cloud.Registration == nil:
+		refused = errors.New("not connected to a cloud")
+	case !raftstore.CloudAllows(st.Cloud.Registration.Allow, kind.Allow):
+		refused = raftstore.CloudLevelError(c.Kind, st.Cloud.Registration.Allow, kind.Allow)
+	default:
+		inner, refused = kind.Prepare(c)
+	}
+	cmd := &raftstore.Command{Op: raftstore.OpCloudExec, Cloud: &raftstore.CloudCmd{CommandID: recID, Kind: kindName, Inner: inner}}
+	if recID != "" {
+		cmd.ID = "cloud-" + recID
+	}
+	if refused != nil {
+		// Refused, and recorded so: the event names it, and a resend
+		// gets the same answer.
+		reason := refused.Error()
+		if len(reason) > maxReason {
+			reason = strings.ToValidUTF8(reason[:maxReason], "") + "…"
+		}
+		l.log.Warn("refusing cloud command", "id", recID, "kind", kindName, "err", reason)
+		cmd.Cloud.Inner, cmd.Cloud.Refused = nil, reason
+		out.Error = reason
 	}
 	actx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	res, err := l.cfg.Host.Apply(actx, &raftstore.Command{
-		ID: "cloud-" + c.ID, Op: raftstore.OpCloudExec,
-		Cloud: &raftstore.CloudCmd{CommandID: c.ID, Inner: inner},
-	})
+	res, err := l.cfg.Host.Apply(actx, cmd)
 	if err != nil {
-		out.Error = err.Error()
+		if refused == nil {
+			out.Error = err.Error()
+		}
 		return out
 	}
 	if strings.Contains(res.Err, raftstore.ErrCloudReplay.Error()) {
@@ -896,8 +1047,29 @@ func (l *Link) apply(ctx context.Context, c cloudproto.Command) *cloudproto.CmdR
 			return finish(prev.Err, prev.Data, prev.Index, true)
 		}
 	}
+	if refused != nil {
+		out.Index = res.Index
+		return out
+	}
 	l.log.Info("applied cloud command", "id", c.ID, "kind", c.Kind, "index", res.Index, "err", res.Err)
 	return finish(res.Err, res.Data, res.Index, false)
+}
+
+// maxReason bounds a refusal as recorded in Raft (it may quote the
+// cloud's arguments).
+const maxReason = 512
+
+// validCommandID: 1 to 128 printable UTF-8 characters.
+func validCommandID(id string) bool {
+	if id == "" || len(id) > 128 || !utf8.ValidString(id) {
+		return false
+	}
+	for _, r := range id {
+		if !unicode.IsPrint(r) {
+			return false
+		}
+	}
+	return true
 }
 
 // tokenSecret derives a cloud-created join token's ID and secret from the
@@ -914,38 +1086,56 @@ func (l *Link) tokenSecret(cmdID string) (id, secret string) {
 	return hex.EncodeToString(sum[:6]), hex.EncodeToString(sum[6:22])
 }
 
-func (l *Link) prepareToken(c cloudproto.Command) (*raftstore.Command, error) {
+// tokenCmd builds a cloud-created join token from the command: the same
+// command always yields the same token.
+func (l *Link) tokenCmd(c cloudproto.Command) (*raftstore.Command, time.Duration, error) {
 	var a cloudproto.CreateTokenArgs
 	if len(c.Args) > 0 {
 		if err := json.Unmarshal(c.Args, &a); err != nil {
-			return nil, fmt.Errorf("create_token: malformed args: %w", err)
+			return nil, 0, fmt.Errorf("create_token: malformed args: %w", err)
 		}
 	}
 	ttl := time.Hour
 	if a.TTL != "" {
 		d, err := time.ParseDuration(a.TTL)
 		if err != nil || d <= 0 {
-			return nil, fmt.Errorf("create_token: invalid ttl %q", a.TTL)
+			return nil, 0, fmt.Errorf("create_token: invalid ttl %q", a.TTL)
 		}
 		ttl = d
 	}
 	if a.Uses == 0 {
 		a.Uses = 1
 	}
-	if a.Uses < 0 || a.Uses > 1000 {
-		return nil, errors.New("create_token: uses must be between 1 and 1000")
+	if a.Uses < 0 {
+		return nil, 0, fmt.Errorf("create_token: invalid uses %d", a.Uses)
 	}
 	if c.CreatedAt.IsZero() {
-		return nil, errors.New("create_token: command has no created_at")
+		return nil, 0, errors.New("create_token: command has no created_at")
 	}
 	id, secret := l.tokenSecret(c.ID)
 	return &raftstore.Command{Op: raftstore.OpCreateToken, CreateToken: &raftstore.CreateTokenCmd{Token: raftstore.Token{
 		ID: id, SecretHash: pki.HashSecret(secret), ExpiresAt: c.CreatedAt.Add(ttl).UTC(), UsesLeft: a.Uses,
-	}}}, nil
+	}}}, ttl, nil
+}
+
+// prepareToken refuses a token beyond the cluster's token policy (24 h and
+// 10 uses unless changed locally) before it reaches Raft, where the FSM
+// checks it again: a compromised cloud mints nothing long-lived or widely
+// reusable.
+func (l *Link) prepareToken(c cloudproto.Command) (*raftstore.Command, error) {
+	cmd, ttl, err := l.tokenCmd(c)
+	if err != nil {
+		return nil, err
+	}
+	st, _ := l.cfg.Host.State()
+	if err := st.EffectiveTokenPolicy().Allow(ttl, cmd.CreateToken.Token.UsesLeft); err != nil {
+		return nil, fmt.Errorf("create_token: %w", err)
+	}
+	return cmd, nil
 }
 
 func (l *Link) tokenResult(c cloudproto.Command, _ json.RawMessage) (json.RawMessage, error) {
-	inner, err := l.prepareToken(c)
+	inner, _, err := l.tokenCmd(c)
 	if err != nil {
 		return nil, err
 	}
@@ -956,7 +1146,7 @@ func (l *Link) tokenResult(c cloudproto.Command, _ json.RawMessage) (json.RawMes
 
 func prepareRemove(c cloudproto.Command) (*raftstore.Command, error) {
 	var a cloudproto.RemoveNodeArgs
-	if err := json.Unmarshal(c.Args, &a); err != nil || a.Name == "" {
+	if err := json.Unmarshal(c.Args, &a); err != nil || a.Name == "" || len(a.Name) > 253 {
 		return nil, errors.New("remove_node: args must name the node ({\"name\": ...})")
 	}
 	return &raftstore.Command{Op: raftstore.OpRemoveNode, RemoveNode: &raftstore.RemoveNodeCmd{Name: a.Name}}, nil

@@ -23,6 +23,13 @@ import (
 // over TLS on 127.0.0.1, its link connected.
 func linkedCluster(t *testing.T) (*cloud.Server, *fsmHost, seal.Key) {
 	t.Helper()
+	return linkedClusterAllow(t, "")
+}
+
+// linkedClusterAllow is linkedCluster with the cloud's power chosen at
+// connect ("": the default, deploy).
+func linkedClusterAllow(t *testing.T, allow string) (*cloud.Server, *fsmHost, seal.Key) {
+	t.Helper()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	srv, err := cloud.New(cloud.Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0"}, log)
 	if err != nil {
@@ -40,6 +47,7 @@ func linkedCluster(t *testing.T) (*cloud.Server, *fsmHost, seal.Key) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	reg.Allow = allow
 	h.Apply(ctx, &raftstore.Command{Op: raftstore.OpCloudRegister, Cloud: &raftstore.CloudCmd{Register: reg}})
 	l, err := cloudlink.New(cloudlink.Config{Host: h, DataKey: key, NodeName: "n1", BackoffMax: 300 * time.Millisecond,
 		JoinToken: func(id, secret string) (string, string) { return id + "." + secret, "" }}, log)

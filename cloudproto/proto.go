@@ -35,6 +35,12 @@ const (
 	MsgPing     = "ping"     // either way; answered by pong
 	MsgPong     = "pong"
 	MsgError    = "error" // either way, then the sender closes
+	// MsgReissue (agent -> cloud) asks for a new client certificate for
+	// the CSR's key; MsgReissued answers with it. From then on the cloud
+	// accepts only the new certificate: a removed node's copy of the old
+	// one opens nothing.
+	MsgReissue  = "reissue"
+	MsgReissued = "reissued"
 )
 
 // Msg is one frame: a 4-byte big-endian length, then this as JSON.
@@ -47,7 +53,16 @@ type Msg struct {
 	Health   *Health    `json:"health,omitempty"`
 	Command  *Command   `json:"command,omitempty"`
 	Result   *CmdResult `json:"result,omitempty"`
+	Reissue  *Reissue   `json:"reissue,omitempty"`
 	Error    string     `json:"error,omitempty"`
+}
+
+// Reissue is the body of MsgReissue (CSR) and MsgReissued (CertPEM, or
+// Error: the old certificate stays the current one).
+type Reissue struct {
+	CSR     string `json:"csr,omitempty"`
+	CertPEM string `json:"cert_pem,omitempty"`
+	Error   string `json:"error,omitempty"`
 }
 
 // Hello opens a session.

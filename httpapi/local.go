@@ -38,6 +38,7 @@ type Local interface {
 	CloudStatus() *api.CloudStatus
 	CloudConnect(ctx context.Context, req api.CloudConnectRequest) (*api.CloudStatus, error)
 	CloudDisconnect(ctx context.Context) (*api.CloudStatus, error)
+	CloudAllow(ctx context.Context, req api.CloudAllowRequest) (*api.CloudStatus, error)
 
 	ResetUIPassword(ctx context.Context) (*api.UIPassword, error)
 }
@@ -202,6 +203,7 @@ func (l *local) cloudRoutes(mux *http.ServeMux) {
 		WriteJSON(w, http.StatusOK, l.b.CloudStatus())
 	})
 	mux.HandleFunc("POST /v1/cloud/connect", withBody(1<<16, l.b.CloudConnect))
+	mux.HandleFunc("POST /v1/cloud/allow", withBody(1<<10, l.b.CloudAllow))
 	mux.HandleFunc("POST /v1/cloud/disconnect", func(w http.ResponseWriter, r *http.Request) {
 		s, err := l.b.CloudDisconnect(r.Context())
 		respond(w, s, err)

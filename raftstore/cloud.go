@@ -19,7 +19,55 @@ const (
 	OpCloudDisconnect = "cloud_disconnect" // forget the registration
 	OpCloudAck        = "cloud_ack"        // the cloud acknowledged changes up to an index
 	OpCloudExec       = "cloud_exec"       // apply a command the cloud sent, once per cloud command ID
+	OpCloudRotate     = "cloud_rotate"     // ask the leader to re-issue the cloud client credential
+	OpCloudReissue    = "cloud_reissue"    // the re-issued credential: new certificate and sealed key
+	OpCloudAllow      = "cloud_allow"      // change what the cloud may do (never from the cloud)
 )
+
+// What the cloud may do, chosen at `cloud connect` and changed only
+// locally (cloud_allow is not a cloud_exec op).
+const (
+	CloudAllowRead   = "read"   // the mirror only: no command runs
+	CloudAllowDeploy = "deploy" // workload commands (the default)
+	CloudAllowAdmin  = "admin"  // also join tokens and node removal
+)
+
+// EventCloudCommand records every cloud command executed or refused, with
+// its command ID and kind.
+const EventCloudCommand = "cloud_command"
+
+var cloudAllowRank = map[string]int{CloudAllowRead: 0, CloudAllowDeploy: 1, "": 1, CloudAllowAdmin: 2}
+
+// ParseCloudAllow checks a level; "" is the default, deploy.
+func ParseCloudAllow(s string) (string, error) {
+	if s == "" {
+		return CloudAllowDeploy, nil
+	}
+	if _, ok := cloudAllowRank[s]; !ok {
+		return "", fmt.Errorf("unknown cloud permission %q (read, deploy or admin)", s)
+	}
+	return s, nil
+}
+
+// CloudAllows reports whether a cloud allowed have may do what needs
+// need. An unknown level allows nothing.
+func CloudAllows(have, need string) bool {
+	h, ok1 := cloudAllowRank[have]
+	n, ok2 := cloudAllowRank[need]
+	return ok1 && ok2 && need != CloudAllowRead && h >= n
+}
+
+// CloudOpAllow is the level a cloud command's inner op needs ("" : none
+// is enough, the op is never the cloud's).
+func CloudOpAllow(op string) string {
+	switch op {
+	case OpCreateToken, OpRemoveNode:
+		return CloudAllowAdmin
+	case OpWorkloadServiceCreate, OpWorkloadServiceDelete, OpWorkloadAppCreate, OpWorkloadAppDelete:
+		return CloudAllowDeploy
+	}
+	return ""
+}
 
 // changeWindow bounds the change log. A cloud that fell further behind (a
 // cursor older than the oldest entry kept) gets a full resync instead. It
@@ -34,8 +82,9 @@ const cloudDoneWindow = 10000
 
 // Errors of cloud ops.
 var (
-	ErrCloudReplay     = errors.New("cloud command was already applied")
-	ErrCloudNotAllowed = errors.New("operation is not allowed from the cloud")
+	ErrCloudReplay        = errors.New("cloud command was already applied")
+	ErrCloudNotAllowed    = errors.New("operation is not allowed from the cloud")
+	errCloudNotRegistered = errors.New("not connected to a cloud")
 )
 
 // CloudState is the cluster's cloud registration and sync cursor.
@@ -63,6 +112,9 @@ type CloudState struct {
 	// first, bounded by cloudDoneWindow. Like Changes, entries are never
 	// modified once appended, so views share them.
 	Done []CloudDone `json:"done,omitempty"`
+	// RotateCredential asks the leader to re-issue the cloud client
+	// credential over its session (a removed node may hold the old one).
+	RotateCredential bool `json:"rotate_credential"`
 }
 
 // CloudDone is one applied cloud command.
@@ -99,6 +151,8 @@ type CloudRegistration struct {
 	// Index is the Raft index the registration was applied at; changes
 	// before it predate the link and travel in the first full resync.
 	Index uint64 `json:"index"`
+	// Allow is what the cloud may do: read, deploy (""), admin.
+	Allow string `json:"allow,omitempty"`
 }
 
 // CloudKeyPurpose is the seal purpose of the cloud client key.
@@ -165,6 +219,14 @@ type CloudCmd struct {
 	// (create_token, remove_node, ...), applied at most once per CommandID.
 	CommandID string   `json:"command_id,omitempty"`
 	Inner     *Command `json:"inner,omitempty"`
+	// Kind is the cloud command's kind (create_token, ...), for its event.
+	Kind string `json:"kind,omitempty"`
+	// Refused, for cloud_exec without Inner: the leader refused the
+	// command (permission, policy, bad arguments); the reason is its
+	// result, remembered like any other.
+	Refused string `json:"refused,omitempty"`
+	// Allow for cloud_allow.
+	Allow string `json:"allow,omitempty"`
 }
 
 // cloudExecOps are the ops a cloud command may carry: the console's writes.
@@ -185,16 +247,59 @@ func (s *State) applyCloud(cmd *Command, res *Result) error {
 		if r == nil || r.URL == "" || r.CloudClusterID == "" || len(r.ClientCertPEM) == 0 || r.ClientKeySealed == "" || r.CAFingerprint == "" {
 			return ErrMalformedCmd
 		}
+		allow, err := ParseCloudAllow(r.Allow)
+		if err != nil {
+			return err
+		}
 		reg := *r
 		reg.RegisteredAt = cmd.Time
 		reg.Index = res.Index
+		reg.Allow = allow
 		cs.Registration = &reg
-		// A new registration starts a new mirror: nothing acked there.
+		// A new registration starts a new mirror: nothing acked there;
+		// its certificate is new.
 		cs.AckIndex, cs.AckTime = 0, time.Time{}
+		cs.RotateCredential = false
 		return nil
 	case OpCloudDisconnect:
 		cs.Registration = nil
 		cs.AckIndex, cs.AckTime = 0, time.Time{}
+		cs.RotateCredential = false
+		return nil
+	case OpCloudAllow:
+		if cs.Registration == nil {
+			return errCloudNotRegistered
+		}
+		allow, err := ParseCloudAllow(c.Allow)
+		if err != nil {
+			return err
+		}
+		reg := *cs.Registration // views share the old one until clone
+		reg.Allow = allow
+		cs.Registration = &reg
+		return nil
+	case OpCloudRotate:
+		if cs.Registration == nil {
+			return errCloudNotRegistered
+		}
+		cs.RotateCredential = true
+		return nil
+	case OpCloudReissue:
+		r, cur := c.Register, cs.Registration
+		switch {
+		case cur == nil:
+			return errCloudNotRegistered
+		case r == nil || len(r.ClientCertPEM) == 0 || r.ClientKeySealed == "":
+			return ErrMalformedCmd
+		case r.CloudClusterID != cur.CloudClusterID || r.Index != cur.Index:
+			// Disconnected or registered anew meanwhile: the credential
+			// belongs to a registration that is gone.
+			return errors.New("cloud registration changed while its credential was re-issued")
+		}
+		reg := *cur
+		reg.ClientCertPEM, reg.ClientKeySealed = slices.Clone(r.ClientCertPEM), r.ClientKeySealed
+		cs.Registration = &reg
+		cs.RotateCredential = false
 		return nil
 	case OpCloudAck:
 		if c.AckIndex > cs.AckIndex {
@@ -210,36 +315,95 @@ func (s *State) applyCloud(cmd *Command, res *Result) error {
 func (s *State) applyCloudExec(cmd *Command, res *Result) error {
 	c := cmd.Cloud
 	cs := &s.Cloud
-	if c.CommandID == "" || c.Inner == nil {
+	if c.Refused == "" && (c.CommandID == "" || c.Inner == nil) {
 		return ErrMalformedCmd
 	}
-	if prev := cs.Result(c.CommandID); prev != nil {
+	if prev := cs.Result(c.CommandID); c.CommandID != "" && prev != nil {
 		res.Data = prev.Data
 		return fmt.Errorf("command %s at index %d: %w", c.CommandID, prev.Index, ErrCloudReplay)
 	}
-	inner := c.Inner
-	if !cloudExecOps[inner.Op] {
-		return fmt.Errorf("%q: %w", inner.Op, ErrCloudNotAllowed)
+	kind := c.Kind
+	if kind == "" && c.Inner != nil {
+		kind = c.Inner.Op
 	}
-	inner.Time = cmd.Time
-	err := s.applyOp(inner, res)
-	r := &CloudCmdResult{Index: res.Index, Data: res.Data}
-	if err != nil {
-		r.Err = err.Error()
-	} else {
-		// The events apply() records for these ops when they come
-		// directly.
-		switch inner.Op {
-		case OpRemoveNode:
+	var err error
+	switch inner := c.Inner; {
+	case c.Refused != "":
+		err = errors.New(c.Refused)
+	case !cloudExecOps[inner.Op]:
+		err = fmt.Errorf("%q: %w", inner.Op, ErrCloudNotAllowed)
+	case !CloudAllows(s.cloudAllow(), CloudOpAllow(inner.Op)):
+		// The leader checks this before proposing; the FSM holds the
+		// line for a leader that did not (or a level changed between).
+		err = CloudLevelError(kind, s.cloudAllow(), CloudOpAllow(inner.Op))
+	default:
+		inner.Time = cmd.Time
+		err = s.applyOp(inner, res)
+		if err == nil && inner.Op == OpRemoveNode {
+			// The event apply() records for the op when it comes directly.
 			s.record(res.Index, cmd.Time, Event{Kind: EventNodeRemoved, Node: res.Node.Name, Detail: "by cloud command"})
 		}
 	}
-	// A failed command is remembered too: its failure is its result.
-	cs.Done = append(cs.Done, CloudDone{ID: c.CommandID, Result: *r})
-	if over := len(cs.Done) - cloudDoneWindow; over > 0 {
-		cs.Done = cs.Done[over:] // reslice: views may share the front
+	outcome := fmt.Sprintf("executed at index %d", res.Index)
+	if err != nil {
+		// Bounded: an error may quote what the cloud sent.
+		text := err.Error()
+		if len(text) > 512 {
+			text = strings.ToValidUTF8(text[:512], "") + "…"
+		}
+		outcome = "refused: " + text
+		if c.Inner != nil && c.Refused == "" && !errors.Is(err, ErrCloudNotAllowed) {
+			outcome = "failed: " + text
+		}
+		// apply() sends no change for a failed command; this one carries
+		// its event to the cloud's mirror.
+		s.appendChange(res.Index, OpCloudExec, c.CommandID)
+	}
+	if len(kind) > 64 {
+		kind = kind[:64]
+	}
+	s.record(res.Index, cmd.Time, Event{Kind: EventCloudCommand, Detail: fmt.Sprintf("cloud command %s (%s) %s", orNone(c.CommandID), orNone(strings.ToValidUTF8(kind, "")), outcome)})
+	if c.CommandID != "" {
+		// A failed or refused command is remembered too: its failure is
+		// its result.
+		r := &CloudCmdResult{Index: res.Index, Data: res.Data}
+		if err != nil {
+			r.Err = err.Error()
+		}
+		cs.Done = append(cs.Done, CloudDone{ID: c.CommandID, Result: *r})
+		if over := len(cs.Done) - cloudDoneWindow; over > 0 {
+			cs.Done = cs.Done[over:] // reslice: views may share the front
+		}
 	}
 	return err
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "(none)"
+	}
+	return s
+}
+
+// cloudAllow is the registered cloud's level ("" : not registered, or
+// registered before levels existed: deploy).
+func (s *State) cloudAllow() string {
+	if r := s.Cloud.Registration; r != nil {
+		return r.Allow
+	}
+	return ""
+}
+
+// CloudLevelError is the refusal of a command beyond the cloud's level.
+func CloudLevelError(kind, have, need string) error {
+	if have == "" {
+		have = CloudAllowDeploy
+	}
+	if need == "" {
+		return fmt.Errorf("%s: %w", kind, ErrCloudNotAllowed)
+	}
+	return fmt.Errorf("%s needs the cloud connected with --allow %s (it has %s; change it locally with `runos-agent cloud allow %s`): %w",
+		kind, need, have, need, ErrCloudNotAllowed)
 }
 
 // recordChange is called after every command that changed the state, with
@@ -248,7 +412,7 @@ func (s *State) applyCloudExec(cmd *Command, res *Result) error {
 // (register, ack, disconnect) is not a change, or acks would feed the
 // outbox forever.
 func (s *State) recordChange(index uint64, cmd *Command, res *Result) {
-	op, subject := cmd.Op, ""
+	op, subject, viaCloud := cmd.Op, "", cmd.Op == OpCloudExec
 	if strings.HasPrefix(op, "cloud_") {
 		if op != OpCloudExec || cmd.Cloud == nil || cmd.Cloud.Inner == nil {
 			return
@@ -281,9 +445,19 @@ func (s *State) recordChange(index uint64, cmd *Command, res *Result) {
 			}
 		}
 		if !workloadChanged(res) {
+			if viaCloud {
+				// A cloud command that changed nothing still has its
+				// event for the mirror.
+				s.appendChange(index, OpCloudExec, "")
+			}
 			return
 		}
 	}
+	s.appendChange(index, op, subject)
+}
+
+// appendChange adds one outbox entry.
+func (s *State) appendChange(index uint64, op, subject string) {
 	cs := &s.Cloud
 	// Appending never touches entries a view can see; dropping the oldest
 	// reslices (the array is reclaimed when append next reallocates).

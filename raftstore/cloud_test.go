@@ -51,6 +51,8 @@ func execCmd(cmdID string, inner *Command) *Command {
 
 func TestCloudExecOnceAndReplayRefused(t *testing.T) {
 	s := bootstrapped(t)
+	s.Cloud.Registration = testReg()
+	s.Cloud.Registration.Allow = CloudAllowAdmin
 	tok := &Command{Op: OpCreateToken, CreateToken: &CreateTokenCmd{Token: Token{ID: "ct", SecretHash: "h", ExpiresAt: t0.Add(time.Hour), UsesLeft: 1}}}
 	if res := s.apply(3, execCmd("c1", tok)); res.Error() != nil {
 		t.Fatal(res.Err)
@@ -86,15 +88,18 @@ func TestCloudExecOnceAndReplayRefused(t *testing.T) {
 	if res := s.apply(100002, nested); !strings.Contains(res.Err, ErrCloudNotAllowed.Error()) {
 		t.Fatalf("nested exec: %q", res.Err)
 	}
-	// A failed command is remembered as failed, and not recorded as a change.
+	// A failed command is remembered as failed; its only change is the
+	// one that carries its event to the mirror.
 	rm := &Command{Op: OpRemoveNode, RemoveNode: &RemoveNodeCmd{Name: "nope"}}
-	before := len(s.Cloud.Changes)
 	res = s.apply(100003, execCmd("c5", rm))
 	if res.Error() == nil || s.Cloud.Result("c5") == nil || s.Cloud.Result("c5").Err == "" {
 		t.Fatalf("failed remove: %+v %+v", res, s.Cloud.Result("c5"))
 	}
-	if len(s.Cloud.Changes) != before {
-		t.Fatal("a failed command became a change")
+	if last := s.Cloud.Changes[len(s.Cloud.Changes)-1]; last.Op != OpCloudExec || last.Index != 100003 {
+		t.Fatalf("failed command's change = %+v", last)
+	}
+	if e := s.Events[len(s.Events)-1]; e.Kind != EventCloudCommand || !strings.Contains(e.Detail, "c5 (remove_node) failed: ") {
+		t.Fatalf("failed command's event = %+v", e)
 	}
 	// Remove through the cloud records the event and the change.
 	res = s.apply(100004, execCmd("c6", &Command{Op: OpRemoveNode, RemoveNode: &RemoveNodeCmd{Name: "alpha"}}))
@@ -105,8 +110,95 @@ func TestCloudExecOnceAndReplayRefused(t *testing.T) {
 	if last.Op != OpRemoveNode || last.Subject != "n1" || last.Index != 100004 {
 		t.Fatalf("last change = %+v", last)
 	}
-	if e := s.Events[len(s.Events)-1]; e.Kind != EventNodeRemoved || e.Seq != 100004 {
+	if e := s.Events[len(s.Events)-2]; e.Kind != EventNodeRemoved || e.Seq != 100004 {
+		t.Fatalf("removal event = %+v", e)
+	}
+	if e := s.Events[len(s.Events)-1]; e.Kind != EventCloudCommand || e.Seq != 100004 || e.Detail != "cloud command c6 (remove_node) executed at index 100004" {
 		t.Fatalf("last event = %+v", e)
+	}
+}
+
+// The cloud's level is the FSM's to enforce as well: a leader that
+// proposes a command beyond it gets a refusal, remembered and recorded.
+func TestCloudExecLevels(t *testing.T) {
+	s := bootstrapped(t)
+	tok := func() *Command {
+		return &Command{Op: OpCreateToken, CreateToken: &CreateTokenCmd{Token: Token{ID: "ct", SecretHash: "h", ExpiresAt: t0.Add(time.Hour), UsesLeft: 1}}}
+	}
+	del := func() *Command {
+		return &Command{Op: OpWorkloadServiceDelete, Workload: &WorkloadCmd{OSID: "redis-aaaaa"}}
+	}
+	if res := s.apply(3, &Command{ID: "r", Time: t0, Op: OpCloudRegister, Cloud: &CloudCmd{Register: testReg()}}); res.Error() != nil || s.Cloud.Registration.Allow != CloudAllowDeploy {
+		t.Fatalf("default level: %v %q", res.Err, s.Cloud.Registration.Allow)
+	}
+	tokens := len(s.Tokens)
+	if res := s.apply(4, execCmd("a", tok())); !strings.Contains(res.Err, "--allow admin") || len(s.Tokens) != tokens {
+		t.Fatalf("create_token at deploy: %q", res.Err)
+	}
+	if r := s.Cloud.Result("a"); r == nil || !strings.Contains(r.Err, "admin") {
+		t.Fatalf("refusal not remembered: %+v", r)
+	}
+	if e := s.Events[len(s.Events)-1]; e.Kind != EventCloudCommand || !strings.Contains(e.Detail, "a (create_token) refused") {
+		t.Fatalf("refusal event = %+v", e)
+	}
+	if res := s.apply(5, execCmd("b", del())); strings.Contains(res.Err, ErrCloudNotAllowed.Error()) || !strings.Contains(res.Err, "no such service") {
+		t.Fatalf("workload at deploy: %v", res.Err)
+	}
+	// The level changes locally, never through the cloud.
+	if res := s.apply(6, execCmd("c", &Command{Op: OpCloudAllow, Cloud: &CloudCmd{Allow: CloudAllowAdmin}})); !strings.Contains(res.Err, ErrCloudNotAllowed.Error()) {
+		t.Fatalf("cloud_allow from the cloud: %q", res.Err)
+	}
+	if res := s.apply(7, &Command{ID: "l1", Time: t0, Op: OpCloudAllow, Cloud: &CloudCmd{Allow: "root"}}); res.Error() == nil {
+		t.Fatal("unknown level accepted")
+	}
+	s.apply(8, &Command{ID: "l2", Time: t0, Op: OpCloudAllow, Cloud: &CloudCmd{Allow: CloudAllowRead}})
+	if res := s.apply(9, execCmd("d", del())); !strings.Contains(res.Err, "--allow deploy") {
+		t.Fatalf("workload at read: %q", res.Err)
+	}
+	s.apply(10, &Command{ID: "l3", Time: t0, Op: OpCloudAllow, Cloud: &CloudCmd{Allow: CloudAllowAdmin}})
+	if res := s.apply(11, execCmd("e", tok())); res.Error() != nil || len(s.Tokens) != tokens+1 {
+		t.Fatalf("create_token at admin: %q", res.Err)
+	}
+	// A command the leader refused: its reason is the result, with an event.
+	res := s.apply(12, &Command{ID: "cloud-f", Time: t0, Op: OpCloudExec, Cloud: &CloudCmd{CommandID: "f", Kind: "format_disk", Refused: `unknown command kind "format_disk"`}})
+	if res.Err != `unknown command kind "format_disk"` || s.Cloud.Result("f") == nil {
+		t.Fatalf("refused by the leader: %+v", res)
+	}
+	if e := s.Events[len(s.Events)-1]; !strings.Contains(e.Detail, "f (format_disk) refused: unknown command kind") {
+		t.Fatalf("event = %+v", e)
+	}
+}
+
+func TestCloudRotateAndReissue(t *testing.T) {
+	s := bootstrapped(t)
+	if res := s.apply(3, &Command{ID: "x", Time: t0, Op: OpCloudRotate, Cloud: &CloudCmd{}}); res.Error() == nil {
+		t.Fatal("rotation without a registration")
+	}
+	s.apply(4, &Command{ID: "r", Time: t0, Op: OpCloudRegister, Cloud: &CloudCmd{Register: testReg()}})
+	s.apply(5, &Command{ID: "rot", Time: t0, Op: OpCloudRotate, Cloud: &CloudCmd{}})
+	if !s.Cloud.RotateCredential {
+		t.Fatal("rotation not pending")
+	}
+	v := s.View()
+	stale := *s.Cloud.Registration
+	stale.Index = 1 // a registration that is gone
+	stale.ClientCertPEM, stale.ClientKeySealed = []byte("cert2"), "sealed1:y"
+	if res := s.apply(6, &Command{ID: "i1", Time: t0, Op: OpCloudReissue, Cloud: &CloudCmd{Register: &stale}}); res.Error() == nil {
+		t.Fatal("a credential for another registration was stored")
+	}
+	next := stale
+	next.Index = s.Cloud.Registration.Index
+	if res := s.apply(7, &Command{ID: "i2", Time: t0, Op: OpCloudReissue, Cloud: &CloudCmd{Register: &next}}); res.Error() != nil {
+		t.Fatal(res.Err)
+	}
+	if r := s.Cloud.Registration; string(r.ClientCertPEM) != "cert2" || r.ClientKeySealed != "sealed1:y" || s.Cloud.RotateCredential || r.URL != testReg().URL {
+		t.Fatalf("after reissue: %+v pending %v", r, s.Cloud.RotateCredential)
+	}
+	if string(v.Cloud.Registration.ClientCertPEM) != "cert" || !v.Cloud.RotateCredential {
+		t.Fatal("a view saw the reissue")
+	}
+	if res := s.apply(8, execCmd("z", &Command{Op: OpCloudRotate, Cloud: &CloudCmd{}})); !strings.Contains(res.Err, ErrCloudNotAllowed.Error()) {
+		t.Fatalf("rotation from the cloud: %q", res.Err)
 	}
 }
 

@@ -23,16 +23,40 @@ func cloudCommands() []*cli.Command {
 				Flags: []cli.Flag{
 					dataDirFlag(),
 					&cli.StringFlag{Name: "token", Required: true, EnvVars: []string{"RUNOS_CLOUD_TOKEN"}, Usage: "registration token from `runos-cloud token create`"},
+					allowFlag(),
 				},
 				Action: func(c *cli.Context) error {
 					if c.NArg() != 1 {
 						return errors.New("cloud connect needs exactly one URL (https://HOST:PORT)")
 					}
-					s, err := client(c).CloudConnect(c.Context, api.CloudConnectRequest{URL: c.Args().First(), Token: c.String("token")})
+					if err := checkAllow(c.String("allow")); err != nil {
+						return err
+					}
+					s, err := client(c).CloudConnect(c.Context, api.CloudConnectRequest{URL: c.Args().First(), Token: c.String("token"), Allow: c.String("allow")})
 					if err != nil {
 						return err
 					}
-					fmt.Fprintf(c.App.Writer, "registered with %s as cloud cluster %s\n", s.URL, s.CloudClusterID)
+					fmt.Fprintf(c.App.Writer, "registered with %s as cloud cluster %s; the cloud may %s\n", s.URL, s.CloudClusterID, allowWords(s.Allow))
+					return nil
+				},
+			},
+			{
+				Name:      "allow",
+				Usage:     "change what the cloud may do: read (the mirror only), deploy (workloads) or admin (also join tokens and node removal)",
+				ArgsUsage: "read|deploy|admin",
+				Flags:     []cli.Flag{dataDirFlag()},
+				Action: func(c *cli.Context) error {
+					if c.NArg() != 1 {
+						return errors.New("cloud allow needs exactly one level: read, deploy or admin")
+					}
+					if err := checkAllow(c.Args().First()); err != nil {
+						return err
+					}
+					s, err := client(c).CloudAllow(c.Context, c.Args().First())
+					if err != nil {
+						return err
+					}
+					fmt.Fprintf(c.App.Writer, "the cloud may %s\n", allowWords(s.Allow))
 					return nil
 				},
 			},
@@ -68,6 +92,30 @@ func cloudCommands() []*cli.Command {
 	}}
 }
 
+func allowFlag() cli.Flag {
+	return &cli.StringFlag{Name: "allow", Value: "deploy", Usage: "what the cloud may do: read (the mirror only), deploy (workloads) or admin (also join tokens and node removal)"}
+}
+
+func checkAllow(allow string) error {
+	switch allow {
+	case "read", "deploy", "admin":
+		return nil
+	}
+	return fmt.Errorf("unknown cloud permission %q: read, deploy or admin", allow)
+}
+
+func allowWords(allow string) string {
+	switch allow {
+	case "read":
+		return "read (the mirror only; no command runs)"
+	case "deploy":
+		return "deploy (services and apps)"
+	case "admin":
+		return "admin (services and apps, join tokens, node removal)"
+	}
+	return allow
+}
+
 func printCloudStatus(w io.Writer, s *api.CloudStatus) {
 	if !s.Registered {
 		fmt.Fprintln(w, "not connected to a cloud (runos-agent cloud connect --token TOKEN URL)")
@@ -80,6 +128,10 @@ func printCloudStatus(w io.Writer, s *api.CloudStatus) {
 		return time.Since(t).Round(time.Second).String() + " ago"
 	}
 	fmt.Fprintf(w, "cloud:       %s (cluster %s)\n", s.URL, s.CloudClusterID)
+	fmt.Fprintf(w, "allowed:     %s\n", allowWords(s.Allow))
+	if s.RotatePending {
+		fmt.Fprintln(w, "credential:  re-issue pending (the leader's session renews it)")
+	}
 	state := s.State
 	if s.State == "standby" {
 		state += fmt.Sprintf(" (the leader, %s, holds the session)", orDash(s.Holder))

@@ -59,7 +59,7 @@ func TestCLINodesVisibleAfterConnect(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	t0 := time.Now()
-	if _, err := api.NewClient(c.Dirs()[1]).CloudConnect(ctx, api.CloudConnectRequest{URL: srv.URL(), Token: tok.Token}); err != nil {
+	if _, err := api.NewClient(c.Dirs()[1]).CloudConnect(ctx, api.CloudConnectRequest{URL: srv.URL(), Token: tok.Token, Allow: "admin"}); err != nil {
 		t.Fatal(err)
 	}
 	for {

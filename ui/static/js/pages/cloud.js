@@ -13,6 +13,13 @@ const STATE = {
   revoked: ['revoked', 'offline'],
 };
 
+// What each level lets the cloud do (runos-agent cloud connect --allow).
+const ALLOW = {
+  read: 'read: the mirror only, no command runs',
+  deploy: 'deploy: services and apps',
+  admin: 'admin: services and apps, join tokens, node removal',
+};
+
 // cloudTile is the overview's summary of the link: [value, sub, tile class].
 export function cloudTile(c) {
   if (!c) return ['unknown', 'cannot read the link status', ''];
@@ -40,6 +47,8 @@ function statusCard(c) {
       ['State', h('span', {}, statusBadge(label, cls), ' ', c.state === 'standby' && c.holder ? h('span', {class: 'muted'}, 'only the leader (' + c.holder + ') holds the session; this node takes over if it becomes leader') : null)],
       ['Cloud', h('span', {class: 'mono', id: 'cloud-url'}, c.url)],
       c.cloud_cluster_id ? ['Cloud cluster ID', h('span', {class: 'mono'}, c.cloud_cluster_id)] : null,
+      c.allow ? ['Cloud may', h('span', {id: 'cloud-allow'}, ALLOW[c.allow] || c.allow, h('span', {class: 'muted'}, ' · changed only here, with runos-agent cloud allow read|deploy|admin'))] : null,
+      c.rotate_pending ? ['Credential', h('span', {class: 'muted', id: 'cloud-rotate'}, 're-issue pending: the leader\'s session renews it')] : null,
       ['Since', c.since ? fmtTime(c.since) + ' (' + fmtSince(c.since) + ')' : '–'],
       c.next_retry ? ['Next retry', h('span', {id: 'cloud-retry'}, fmtTime(c.next_retry) + ' (' + fmtIn(c.next_retry) + ')')] : null,
       ['Pending changes', h('span', {id: 'cloud-pending'}, String(c.pending), c.pending ? h('span', {class: 'muted'}, ' not yet acknowledged; they stay queued in Raft until the cloud has them') : h('span', {class: 'muted'}, ' · the cloud has everything'))],
