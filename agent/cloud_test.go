@@ -22,7 +22,6 @@ import (
 	"github.com/runos/runos-agent/datadir"
 	"github.com/runos/runos-agent/pki"
 	"github.com/runos/runos-agent/raftstore"
-	"github.com/runos/runos-agent/seal"
 )
 
 // testCloud is a real runos-cloud server on 127.0.0.1 that can be stopped
@@ -667,7 +666,7 @@ func TestCloudCredentialReissue(t *testing.T) {
 // oldCertSession tries to open a session with reg's certificate and returns
 // the cloud's refusal (nil: upgraded).
 func oldCertSession(t *testing.T, tc *testCloud, reg *raftstore.CloudRegistration, a *Agent) error {
-	keyPEM, err := seal.Open(a.dataKey, raftstore.CloudKeyPurpose, reg.ClientKeySealed)
+	keyPEM, err := a.keys.Open(raftstore.CloudKeyPurpose, reg.ClientKeySealed)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -773,7 +773,7 @@ func (l *Link) reissued(ctx context.Context, reg *raftstore.CloudRegistration, k
 	if err := checkClientCert(reg, []byte(r.CertPEM), keyPEM); err != nil {
 		return fmt.Errorf("the cloud answered an unusable certificate: %w", err)
 	}
-	sealed, err := seal.Seal(l.cfg.DataKey, raftstore.CloudKeyPurpose, keyPEM)
+	sealed, err := l.cfg.DataKey.Seal(raftstore.CloudKeyPurpose, keyPEM)
 	if err != nil {
 		return err
 	}

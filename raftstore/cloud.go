@@ -112,9 +112,6 @@ type CloudState struct {
 	// first, bounded by cloudDoneWindow. Like Changes, entries are never
 	// modified once appended, so views share them.
 	Done []CloudDone `json:"done,omitempty"`
-	// RotateCredential asks the leader to re-issue the cloud client
-	// credential over its session (a removed node may hold the old one).
-	RotateCredential bool `json:"rotate_credential"`
 }
 
 // CloudDone is one applied cloud command.
