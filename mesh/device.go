@@ -14,7 +14,8 @@ import (
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/tun"
-	"golang.zx2c4.com/wireguard/tun/netstack"
+
+	"github.com/runos/runos-agent/mesh/internal/netstack"
 )
 
 // Mode selects how the overlay reaches the node's programs.
@@ -332,9 +333,8 @@ func (d *Device) Close() error {
 		}
 		// Down first: it closes the underlay socket and stops every peer's
 		// goroutines, so nothing feeds packets into the netstack while
-		// Close tears it down. wireguard-go's netstack TUN can panic
-		// ("send on closed channel") if a packet is in flight as it
-		// closes; quiescing traffic first makes that window far smaller.
+		// Close tears it down. (Upstream's netstack TUN could panic with a
+		// packet in flight at Close; mesh/internal/netstack is fixed.)
 		if err := d.wg.Down(); err != nil {
 			d.log.Debug("mesh device down before close", "err", err)
 		}

@@ -7,7 +7,7 @@ import (
 	"net/netip"
 	"strconv"
 
-	"golang.zx2c4.com/wireguard/tun/netstack"
+	"github.com/runos/runos-agent/mesh/internal/netstack"
 )
 
 // stackNet is the overlay in userspace mode: a gVisor netstack that owns
