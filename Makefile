@@ -57,8 +57,9 @@ e2e: test-deps build
 bench: test-deps kube-bin build
 	$(GO) test -run '^$$' -bench . -benchtime 1x -count 1 ./agent/
 	$(GO) test -run '^$$' -bench . -benchtime 2s -count 1 ./mesh/
-	$(GO) test -run '^$$' -bench 'RecordChange' -count 1 ./raftstore/
+	$(GO) test -run '^$$' -bench 'RecordChange|RaftTransport' -count 1 ./raftstore/
 	$(GO) test -run '^$$' -bench . -benchtime 1s -count 1 ./ui/
+	$(GO) test -run '^$$' -bench 'ReplayGuard' -count 1 ./nat/
 	$(GO) test -run '^$$' -bench 'ConsoleRead|ConsoleServices' -benchtime 1s -count 1 ./cloud/
 	RUNOS_AGENT_BIN=$(BIN)/runos-agent $(GO) test -run '^$$' -bench . -benchtime 1x -count 1 ./e2e/...
 
