@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"slices"
 	"testing"
 	"time"
 
@@ -53,6 +54,17 @@ func TestAttackBadEndpointBlocksNoPeerChange(t *testing.T) {
 	if n, _ := l.store.Node(liar.cfg.NodeID); len(n.Endpoints) != 3 {
 		t.Skipf("the liar republished its endpoints before it stopped: %v", n.Endpoints)
 	}
+	// With the liar down, removing the victim leaves one of three voters:
+	// no quorum (a removed node stops acking at once), so the removal's
+	// key rotation, which RemoveNode waits for, would never commit. Let the
+	// leader demote the stopped liar first (DeadVoterGrace), as it would
+	// any node down for good.
+	eventually(t, "the stopped liar no longer votes", func() error {
+		if slices.Contains(c.waitLeader().store.Status().Voters, liar.cfg.NodeID) {
+			return errors.New("still a voter")
+		}
+		return nil
+	})
 	if err := c.waitLeader().RemoveNode(ctx, victim.Name()); err != nil {
 		t.Fatal(err)
 	}
