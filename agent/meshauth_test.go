@@ -38,7 +38,7 @@ func TestMeshAttacks(t *testing.T) {
 	a := c.waitLeader()
 	st, _ := a.store.State()
 	me := st.Nodes[a.cfg.NodeID]
-	ca, err := pki.ParseCA(st.CACertPEM, st.CAKeyPEM)
+	ca, err := a.clusterCA(st) // unsealed with the data key the attacker holds too
 	if err != nil {
 		t.Fatal(err)
 	}

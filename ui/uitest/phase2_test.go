@@ -395,8 +395,17 @@ func TestBrowserCloudServicesApps(t *testing.T) {
 	b.run("console nodes", chromedp.Navigate(console+"clusters/"+tok.ClusterID+"/#/nodes"))
 	b.waitJS("three healthy nodes from the mirror", `document.querySelectorAll('tr.node-row.healthy').length === 3`)
 	b.screenshot("console-nodes")
+	// Join tokens are admin: connected with the default (deploy), the
+	// cluster refuses the cloud's command and the page says so.
 	b.run("console token", chromedp.Navigate(console+"clusters/"+tok.ClusterID+"/#/tokens"), chromedp.WaitVisible(chromedp.CSS("#token-create")),
 		chromedp.Click(chromedp.CSS("#token-create")))
+	b.waitJS("token command refused under deploy", `document.querySelector('#token-result .error')?.textContent.includes('refused')`)
+	b.screenshot("console-token-refused")
+	// Only the cluster side raises what the cloud may do.
+	if _, err := leader.CloudAllow(context.Background(), api.CloudAllowRequest{Allow: "admin"}); err != nil {
+		t.Fatal(err)
+	}
+	b.run("console token as admin", chromedp.Click(chromedp.CSS("#token-create")))
 	b.waitJS("join command through a cloud command", `document.getElementById('join-command')?.textContent.includes('runos-agent join')`)
 	b.screenshot("console-tokens")
 	b.run("console cloud", chromedp.Navigate(console+"clusters/"+tok.ClusterID+"/#/cloud"))
