@@ -28,10 +28,11 @@ run: build
 test-deps:
 	@bash scripts/test-deps.sh
 
-# kube-apiserver and kube-controller-manager built from the k8s.io/kubernetes
-# module, once, into ${RUNOS_CACHE:-~/.cache/runos-test}/kube-<version>/bin
-# (several minutes the first time; skipped when present). Tests against a
-# real API server skip without them, or fail where RUNOS_KUBE_REQUIRED=1.
+# kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy
+# and kubectl built from the k8s.io/kubernetes module, once, into
+# ${RUNOS_CACHE:-~/.cache/runos-test}/kube-<version>/bin (several minutes the
+# first time; skipped when all are present). Tests against a real API server
+# or real nodes skip without them, or fail where RUNOS_KUBE_REQUIRED=1.
 kube-bin:
 	@bash scripts/build-kube.sh >/dev/null
 

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver and kube-controller-manager from the k8s.io/kubernetes
-# Go module (not a prebuilt download) for the tests in kube/ and agent/ that
-# need a real API server. The build happens in a throwaway module in a cache
-# directory outside the repository, once: when both binaries exist the script
-# exits at once. Prints the directory holding the binaries.
+# Builds the Kubernetes binaries (kube-apiserver, kube-controller-manager,
+# kube-scheduler, kubelet, kube-proxy, kubectl) from the k8s.io/kubernetes Go
+# module (not a prebuilt download) for the tests that need a real API server
+# or real nodes (kube/, agent/, kubehost/, e2e/). The build happens in a
+# throwaway module in a cache directory outside the repository, once: when all
+# the binaries exist the script exits at once. Prints the directory holding
+# the binaries.
 #
 # k8s.io/kubernetes is not meant to be used as a module: its go.mod requires
 # every staging module (k8s.io/api, k8s.io/apiserver, ...) at v0.0.0 and
@@ -18,8 +20,18 @@ CACHE=${RUNOS_CACHE:-$HOME/.cache/runos-test}
 DIR=$CACHE/kube-$K8S_VERSION
 BIN=$DIR/bin
 GO=${GO:-go}
+CMDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl)
 
-if [[ -x $BIN/kube-apiserver && -x $BIN/kube-controller-manager ]]; then
+# A cache from an older version of this script holds only some of the
+# binaries; any one missing rebuilds them all (one go build shares the work).
+built() {
+	local c
+	for c in "${CMDS[@]}"; do
+		[[ -x $BIN/$c ]] || return 1
+	done
+}
+
+if built; then
 	echo "$BIN"
 	exit 0
 fi
@@ -29,12 +41,12 @@ cd "$DIR/src"
 # Only one build at a time (make test from two shells).
 exec 9>"$DIR/.lock"
 flock 9
-if [[ -x $BIN/kube-apiserver && -x $BIN/kube-controller-manager ]]; then
+if built; then
 	echo "$BIN"
 	exit 0
 fi
 
-echo "build-kube: building kube-apiserver and kube-controller-manager $K8S_VERSION in $DIR (takes several minutes, once)" >&2
+echo "build-kube: building ${CMDS[*]} $K8S_VERSION in $DIR (takes several minutes, once)" >&2
 export GOFLAGS=-mod=mod GOTOOLCHAIN=local CGO_ENABLED=0
 gomod=$($GO mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",\{0,1\}$/\1/p')
 if [[ -z $gomod || ! -f $gomod ]]; then
@@ -64,9 +76,14 @@ minor=${minor%%.*}
 ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor"
 tmp=$(mktemp -d "$DIR/out.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
-$GO build -trimpath -ldflags "$ldflags" -o "$tmp/" \
-	k8s.io/kubernetes/cmd/kube-apiserver \
-	k8s.io/kubernetes/cmd/kube-controller-manager >&2
-mv "$tmp/kube-apiserver" "$tmp/kube-controller-manager" "$BIN/"
+pkgs=()
+for c in "${CMDS[@]}"; do
+	pkgs+=("k8s.io/kubernetes/cmd/$c")
+done
+# One invocation: the packages they share compile once.
+$GO build -trimpath -ldflags "$ldflags" -o "$tmp/" "${pkgs[@]}" >&2
+for c in "${CMDS[@]}"; do
+	mv "$tmp/$c" "$BIN/"
+done
 echo "build-kube: done" >&2
 echo "$BIN"

@@ -7,6 +7,12 @@ set -euo pipefail
 # ip, ping, nft, conntrack, iperf3, sysctl, wg (the wireguard-go reference benchmark);
 # etcd for the real kube-apiserver of kube/kubetest (built by scripts/build-kube.sh).
 packages=(iproute2 iputils-ping nftables conntrack iperf3 procps wireguard-tools etcd-server)
+# Kubernetes nodes in kubehost/ and e2e/: containerd (with ctr and the runc
+# shim) runs the pods through runc; the CNI plugins (/usr/lib/cni) wire pods to
+# the node's bridge; busybox-static is the only binary in the hand-written
+# images (kubehost/ociimage: the pause and busybox images, as nothing can be
+# pulled here); kube-proxy and kubelet program iptables.
+packages+=(containerd runc containernetworking-plugins busybox-static iptables)
 # Headless browser for the web UI tests (ui/uitest, driven with chromedp).
 packages+=(chromium)
 
