@@ -46,6 +46,10 @@ func TestHelperProcess(t *testing.T) {
 		if d, err = time.ParseDuration(os.Getenv("TIMEOUT")); err == nil {
 			err = punch(os.Getenv("LOCAL"), os.Getenv("PEER"), d)
 		}
+	case "kube-standin":
+		err = kubeStandin(os.Getenv("NODE"), os.Getenv("STATE"), os.Getenv("MNTDIR"), os.Getenv("SYSCTLS") == "1")
+	case "kube-crash":
+		err = kubeCrash(t, os.Getenv("MNTDIR"))
 	default:
 		err = fmt.Errorf("unknown helper role %q", role)
 	}

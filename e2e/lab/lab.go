@@ -86,7 +86,7 @@ func New(t testing.TB) *Lab {
 	}
 	// Registered first, so it runs after every other cleanup of this lab.
 	t.Cleanup(func() {
-		if left := namespacesWithPrefix(l.prefix); len(left) > 0 {
+		if left := append(namespacesWithPrefix(l.prefix), kubeLeftovers(l.prefix)...); len(left) > 0 {
 			t.Errorf("lab: namespaces left after cleanup: %v", left)
 		}
 	})
@@ -218,17 +218,29 @@ func namespacesWithPrefix(prefix string) []string {
 	return out
 }
 
-// Leftovers lists the lab namespaces owned by this process. After all tests
-// have cleaned up it must be empty (check it in TestMain).
+// Leftovers lists the lab namespaces owned by this process, and the cgroups
+// and directories of its kube nodes. After all tests have cleaned up it must
+// be empty (check it in TestMain).
 func Leftovers() []string {
-	return namespacesWithPrefix(fmt.Sprintf("%s%d-", nsPrefix, os.Getpid()))
+	prefix := fmt.Sprintf("%s%d-", nsPrefix, os.Getpid())
+	return append(namespacesWithPrefix(prefix), kubeLeftovers(prefix)...)
 }
 
 // Sweep deletes lab namespaces whose owning process (the pid in the name) is
-// gone, killing anything still running inside them. It leaves namespaces of
-// live processes alone, so parallel test runs are safe.
+// gone, killing anything still running inside them, and what their kube
+// nodes left: processes (daemons and pods included), cgroups, directories.
+// It leaves those of live processes alone, so parallel test runs are safe.
 func Sweep() error {
 	var errs []error
+	for _, n := range kubeNodeNames() {
+		m := labNS.FindStringSubmatch(n)
+		if pid, err := strconv.Atoi(m[1]); err != nil || pidAlive(pid) {
+			continue
+		}
+		if err := sweepKubeNode(n); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	for _, n := range namespaces() {
 		m := labNS.FindStringSubmatch(n)
 		if m == nil {

@@ -30,20 +30,30 @@ const tailLines = 40
 // whole on cleanup.
 func (n *node) Start(t testing.TB, name string, args ...string) *Proc {
 	t.Helper()
+	return startProc(t, name, n.name, exec.Command("ip", append([]string{"netns", "exec", n.ns}, args...)...))
+}
+
+// startProc starts cmd with its output in a log file and registers its
+// killing with t; where names the lab object it runs in. cmd.SysProcAttr may
+// carry a cgroup to start in.
+func startProc(t testing.TB, name, where string, cmd *exec.Cmd) *Proc {
+	t.Helper()
 	logPath := filepath.Join(t.TempDir(), name+".log")
 	f, err := os.Create(logPath)
 	if err != nil {
 		t.Fatalf("lab: %v", err)
 	}
-	cmd := exec.Command("ip", append([]string{"netns", "exec", n.ns}, args...)...)
 	cmd.Stdout, cmd.Stderr = f, f
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
 	// Pdeathsig covers a test binary that dies without running cleanups
 	// (best effort: it fires when the starting thread exits); Sweep covers
 	// the rest.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	cmd.SysProcAttr.Setpgid, cmd.SysProcAttr.Pdeathsig = true, syscall.SIGKILL
 	if err := cmd.Start(); err != nil {
 		f.Close()
-		t.Fatalf("lab: start %s in %s: %v", name, n.name, err)
+		t.Fatalf("lab: start %s in %s: %v", name, where, err)
 	}
 	f.Close() // the child holds its own copy
 	p := &Proc{name: name, cmd: cmd, log: logPath, done: make(chan struct{})}
@@ -55,14 +65,14 @@ func (n *node) Start(t testing.TB, name string, args ...string) *Proc {
 		_ = p.Kill()
 		<-p.done
 		if t.Failed() {
-			t.Logf("lab: last lines of %s (%s on %s, %v):\n%s", p.log, name, n.name, p.err, p.Tail(tailLines))
+			t.Logf("lab: last lines of %s (%s on %s, %v):\n%s", p.log, name, where, p.err, p.Tail(tailLines))
 		}
 	})
 	return p
 }
 
-// Pid is the process id (`ip netns exec` execs the command, so it is the
-// command's own pid).
+// Pid is the process id (`ip netns exec` and nsenter exec the command, so it
+// is the command's own pid).
 func (p *Proc) Pid() int { return p.cmd.Process.Pid }
 
 // Signal sends sig to the process group.

@@ -104,6 +104,9 @@ type Host struct {
 	node
 	seg  *Segment
 	addr netip.Addr
+
+	kubeMu sync.Mutex
+	kube   *kubeNode // set by the first StartKubeNode
 }
 
 // Host creates a namespace plugged into seg with the segment's next address
