@@ -192,7 +192,9 @@ func (c *Client) Close() error {
 	return nil
 }
 
-// List returns the current members.
+// List returns the members as the answering member knows them. etcd 3.4
+// serves this from its local copy, not through a quorum read: right after
+// a change made through another member it can lag for a moment.
 func (c *Client) List(ctx context.Context) ([]Member, error) {
 	var resp struct {
 		Members []jsonMember `json:"members"`

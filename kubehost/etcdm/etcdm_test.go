@@ -359,13 +359,22 @@ func TestAddPromoteRemove(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+	// The remove may have gone through m2; m1 applies it a moment later
+	// (etcd 3.4's member list is the answering member's local view).
 	c.SetEndpoints([]string{m1.clientURL})
-	ms, err = c.List(testCtx(t, 30*time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(ms) != 1 || ms[0].ID != m1ID {
-		t.Fatalf("after remove: %+v", ms)
+	deadline = time.Now().Add(30 * time.Second)
+	for {
+		ms, err = c.List(testCtx(t, 30*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(ms) == 1 && ms[0].ID == m1ID {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after remove: %+v", ms)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 	if err := c.Remove(testCtx(t, 30*time.Second), added.ID); !errors.Is(err, ErrMemberNotFound) {
 		t.Fatalf("second remove: %v, want ErrMemberNotFound", err)
