@@ -14,6 +14,7 @@ import (
 // fuzzSeeds are well-formed commands of every family, for the fuzzer to
 // mutate into malformed ones.
 func fuzzSeeds() []*Command {
+	boot := EtcdMember{NodeID: "n1", MemberID: 7, Phase: EtcdBootstrap}
 	node := Node{ID: "n9", Name: "zeta", PublicKey: "k9", MeshIP: netip.MustParseAddr("172.24.0.9"), PodCIDR: netip.MustParsePrefix("172.25.9.0/24"), CertSerial: "s9"}
 	return []*Command{
 		{ID: "b2", Time: t0, Op: OpBootstrap, Bootstrap: &BootstrapCmd{ClusterID: "c2", Node: node}},
@@ -30,6 +31,11 @@ func fuzzSeeds() []*Command {
 		{ID: "c", Time: t0, Op: OpCloudRegister, Cloud: &CloudCmd{}},
 		{ID: "c2", Time: t0, Op: OpCloudExec, Cloud: &CloudCmd{}},
 		{ID: "ui", Time: t0, Op: OpUISetAdmin, UI: &UICmd{}},
+		enableCmd("ke", kubeState()),
+		{ID: "ke2", Time: t0, Op: OpKubeEnable, Kube: &KubeCmd{State: &KubeState{Version: "v", Etcd: []EtcdMember{{NodeID: "n2", Phase: EtcdLearner}}}}},
+		etcdCmd("kx", kubeFuzzIndex, boot, EtcdMember{NodeID: "n1", Phase: EtcdVoter}),
+		etcdCmd("kx2", kubeFuzzIndex, boot),
+		kcmd("kd", OpKubeDisable, nil),
 		{ID: "x", Time: t0, Op: "nosuch"},
 		{},
 	}
@@ -47,19 +53,23 @@ func FuzzFSMApply(f *testing.F) {
 	f.Add([]byte(`{"op":"join","join":null}`))
 	f.Add([]byte(`{"op":"create_token","create_token":{"token":{"id":"z","secret_hash":"h","uses_left":-5}}}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		for _, fresh := range []bool{true, false} {
+		for _, setup := range []func() *State{NewState, func() *State { return bootstrapped(t) }, func() *State { return kubeEnabled(t) }} {
 			fsm := NewFSM()
-			if !fresh {
-				fsm.state = bootstrapped(t)
+			fsm.state = setup()
+			// A command ID the setup used (a retry) answers as then.
+			var cmd Command
+			decoded := json.Unmarshal(data, &cmd) == nil
+			want := uint64(10)
+			if r, ok := fsm.state.Results[cmd.ID]; decoded && cmd.ID != "" && ok {
+				want = r.Index
 			}
 			res, ok := fsm.Apply(&raft.Log{Index: 10, Data: data}).(*Result)
-			if !ok || res == nil || res.Index != 10 {
+			if !ok || res == nil || res.Index != want {
 				t.Fatalf("Apply answered %#v", res)
 			}
 			checkInvariants(t, fsm.state)
 			// A repeated command ID changes nothing.
-			var cmd Command
-			if json.Unmarshal(data, &cmd) == nil && cmd.ID != "" {
+			if decoded && cmd.ID != "" {
 				before, _ := json.Marshal(fsm.state)
 				again := fsm.Apply(&raft.Log{Index: 11, Data: data}).(*Result)
 				after, _ := json.Marshal(fsm.state)
@@ -69,6 +79,19 @@ func FuzzFSMApply(f *testing.F) {
 			}
 		}
 	})
+}
+
+// kubeFuzzIndex is where kubeEnabled enables managed Kubernetes: its
+// KubeState.Generation.
+const kubeFuzzIndex = 5
+
+// kubeEnabled is bootstrapped() with managed Kubernetes on.
+func kubeEnabled(t *testing.T) *State {
+	s := bootstrapped(t)
+	if err := s.apply(kubeFuzzIndex, enableCmd("kube-on", kubeState())).Error(); err != nil {
+		t.Fatal(err)
+	}
+	return s
 }
 
 func checkInvariants(t *testing.T, s *State) {
@@ -98,6 +121,27 @@ func checkInvariants(t *testing.T, s *State) {
 		}
 		if tok.UsesLeft > MaxTokenMaxUses || tok.ExpiresAt.Sub(tok.CreatedAt) > MaxTokenMaxTTL+tokenClockSlack {
 			t.Fatalf("token %q beyond any policy: %+v", id, tok)
+		}
+	}
+	if w := s.Workloads.Kube; w != nil && w.Managed && s.Kube == nil {
+		t.Fatal("the workloads target a managed cluster that is off")
+	}
+	if k := s.Kube; k != nil {
+		if k.Generation == 0 || k.Version == "" || k.CAKeySealed == "" || k.EtcdCAKeySealed == "" || k.SAKeySealed == "" || len(k.Etcd) == 0 {
+			t.Fatalf("kube state %+v", k)
+		}
+		seen, bootstrap := map[string]bool{}, 0
+		for _, m := range k.Etcd {
+			if seen[m.NodeID] || (m.Phase != EtcdBootstrap && m.Phase != EtcdLearner && m.Phase != EtcdVoter) {
+				t.Fatalf("etcd membership %+v", k.Etcd)
+			}
+			seen[m.NodeID] = true
+			if m.Phase == EtcdBootstrap {
+				bootstrap++
+			}
+		}
+		if bootstrap > 1 {
+			t.Fatalf("%d bootstrap members", bootstrap)
 		}
 	}
 	if len(s.Events) > eventWindow || len(s.Applied) > appliedWindow || len(s.Results) != len(s.Applied) {

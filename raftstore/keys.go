@@ -29,7 +29,7 @@ const (
 )
 
 // Seal purposes of the state's sealed values (with CloudKeyPurpose,
-// KubeconfigPurpose and CredentialsPurpose).
+// KubeconfigPurpose, CredentialsPurpose and the Kube*Purpose of kube.go).
 const (
 	CAKeyPurpose        = "ca/key"
 	UISessionKeyPurpose = "ui-session-key"
@@ -90,7 +90,7 @@ type SealedRef struct {
 
 // SealedValues returns every sealed value of the state, keyed by a name
 // that RotateKeysCmd.Resealed uses: "ca", "ui", "cloud", "kube",
-// "service/<osid>".
+// "service/<osid>", "kube/ca", "kube/etcd-ca", "kube/sa".
 func (s *State) SealedValues() map[string]SealedRef {
 	out := map[string]SealedRef{}
 	for name, p := range s.sealedFields() {
@@ -124,6 +124,11 @@ func (s *State) sealedFields() map[string]sealedField {
 	}
 	for osid, r := range s.Workloads.Services {
 		add("service/"+osid, CredentialsPurpose(osid), &r.Credentials)
+	}
+	if k := s.Kube; k != nil {
+		add("kube/ca", KubeCAKeyPurpose, &k.CAKeySealed)
+		add("kube/etcd-ca", KubeEtcdCAKeyPurpose, &k.EtcdCAKeySealed)
+		add("kube/sa", KubeSAKeyPurpose, &k.SAKeySealed)
 	}
 	return out
 }
@@ -161,6 +166,10 @@ func (s *State) applyRotateKeys(cmd *Command) error {
 		}
 	}
 	// Checked in full above: from here on nothing fails halfway.
+	if s.Kube != nil {
+		s.Kube = s.Kube.clone() // replaced, never mutated in place
+		fields = s.sealedFields()
+	}
 	for name, f := range fields {
 		*f.value = c.Resealed[name].New
 	}

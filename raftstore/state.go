@@ -106,6 +106,9 @@ type State struct {
 	Workloads Workloads `json:"workloads"`
 	// UI holds the web UI's admin credential (ui.go).
 	UI UIState `json:"ui"`
+	// Kube is managed Kubernetes, nil when off (kube.go). It is replaced,
+	// never mutated in place.
+	Kube *KubeState `json:"kube,omitempty"`
 	// Applied remembers recent command IDs, oldest first, for idempotency.
 	Applied []string `json:"applied"`
 	// Results of the remembered commands, so a retried command answers as
@@ -135,6 +138,7 @@ func (s *State) View() *State {
 		Cloud:       s.Cloud.clone(),
 		Workloads:   s.Workloads.clone(),
 		UI:          s.UI.clone(),
+		Kube:        s.Kube.clone(),
 
 		TokenPolicy: s.TokenPolicy,
 	}
@@ -227,11 +231,13 @@ type Command struct {
 	RotateKeys  *RotateKeysCmd  `json:"rotate_keys,omitempty"`
 	SealCAKey   *SealCAKeyCmd   `json:"seal_ca_key,omitempty"`
 
-	// Ops with the prefixes cloud_, workload_ and ui_ carry their payload
-	// here and are applied by cloud.go, workloads.go and ui.go.
+	// Ops with the prefixes cloud_, workload_, ui_ and kube_ carry their
+	// payload here and are applied by cloud.go, workloads.go, ui.go and
+	// kube.go.
 	Cloud    *CloudCmd    `json:"cloud,omitempty"`
 	Workload *WorkloadCmd `json:"workload,omitempty"`
 	UI       *UICmd       `json:"ui,omitempty"`
+	Kube     *KubeCmd     `json:"kube,omitempty"`
 }
 
 // Command ops.
@@ -333,7 +339,8 @@ func (r *Result) Error() error {
 	}
 	for _, e := range []error{ErrTokenInvalid, ErrTokenExpired, ErrTokenUsed, ErrNameTaken, ErrKeyTaken,
 		ErrNoSuchNode, ErrNotBootstrap, ErrBootstrapped, ErrAddressSpace, ErrUnknownOp, ErrMalformedCmd,
-		ErrTokenPolicy, ErrNoSuchWorkload, ErrWorkloadExists, ErrWorkloadInUse, ErrAppNameTaken, ErrRotationStale} {
+		ErrTokenPolicy, ErrNoSuchWorkload, ErrWorkloadExists, ErrWorkloadInUse, ErrAppNameTaken, ErrRotationStale,
+		ErrKubeEnabled, ErrKubeNotEnabled, ErrWorkloadsExist, ErrStale} {
 		if r.Err == e.Error() {
 			return e
 		}
@@ -452,6 +459,8 @@ func (s *State) applyOp(cmd *Command, res *Result) error {
 			return ErrNoSuchNode
 		}
 		delete(s.Nodes, n.ID)
+		// Kube.Etcd keeps the node's member: the leader removes it from
+		// etcd before it commits the list without it (kube.go).
 		// Removal is a rotation: the removed node holds the data key.
 		s.Keys.RotatePending = true
 		res.Node = n
@@ -494,6 +503,8 @@ func (s *State) applyOp(cmd *Command, res *Result) error {
 		return s.applyWorkload(cmd, res)
 	case strings.HasPrefix(cmd.Op, "ui_"):
 		return s.applyUI(cmd, res)
+	case strings.HasPrefix(cmd.Op, "kube_"):
+		return s.applyKube(cmd, res)
 	}
 	return ErrUnknownOp
 }

@@ -77,9 +77,13 @@ type KubeTarget struct {
 	// Server is the API server URL, for display.
 	Server string    `json:"server"`
 	SetAt  time.Time `json:"set_at"`
-	// Generation counts kube_set commands; reconcilers rebuild their
-	// client when it changes.
+	// Generation counts kube_set and kube_enable commands; reconcilers
+	// rebuild their client when it changes.
 	Generation int64 `json:"generation"`
+	// Managed: the target is the cluster's own Kubernetes, set by
+	// kube_enable and dropped by kube_disable (kube.go); kube_set never
+	// sets it.
+	Managed bool `json:"managed,omitempty"`
 }
 
 // KubeconfigPurpose is the seal purpose of KubeTarget.Kubeconfig.
@@ -214,7 +218,7 @@ func (s *State) applyWorkload(cmd *Command, res *Result) error {
 			return ErrMalformedCmd
 		}
 		k := *c.Kube
-		k.SetAt = cmd.Time
+		k.SetAt, k.Managed = cmd.Time, false
 		k.Generation = 1
 		if w.Kube != nil {
 			k.Generation = w.Kube.Generation + 1

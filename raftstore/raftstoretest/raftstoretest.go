@@ -76,3 +76,26 @@ func (s *Store) Apply(_ context.Context, cmd *raftstore.Command) (*raftstore.Res
 	s.index++
 	return s.fsm.Apply(&raft.Log{Index: s.index, Type: raft.LogCommand, Data: b}).(*raftstore.Result), nil
 }
+
+// EnableKube is raftstore.Store.EnableKube.
+func (s *Store) EnableKube(ctx context.Context, k *raftstore.KubeState, kubeconfigSealed, server string) error {
+	return s.applyErr(ctx, raftstore.KubeEnableCommand(k, kubeconfigSealed, server))
+}
+
+// DisableKube is raftstore.Store.DisableKube.
+func (s *Store) DisableKube(ctx context.Context) error {
+	return s.applyErr(ctx, raftstore.KubeDisableCommand())
+}
+
+// SetKubeEtcd is raftstore.Store.SetKubeEtcd.
+func (s *Store) SetKubeEtcd(ctx context.Context, generation uint64, members []raftstore.EtcdMember) error {
+	return s.applyErr(ctx, raftstore.KubeEtcdCommand(generation, members))
+}
+
+func (s *Store) applyErr(ctx context.Context, cmd *raftstore.Command) error {
+	res, err := s.Apply(ctx, cmd)
+	if err != nil {
+		return err
+	}
+	return res.Error()
+}

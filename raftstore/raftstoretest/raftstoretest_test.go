@@ -5,6 +5,7 @@ import (
 	"errors"
 	"testing"
 
+	"github.com/runos/runos-agent/pki"
 	"github.com/runos/runos-agent/raftstore"
 	"github.com/runos/runos-agent/raftstore/raftstoretest"
 )
@@ -55,5 +56,55 @@ func TestStoreAppliesThroughTheFSM(t *testing.T) {
 	}
 	if st, _ := s.State(); len(st.Workloads.Services) != 1 || !st.Workloads.Services["redis-abcde"].CreatedAt.Equal(cmd.Time) {
 		t.Fatalf("services %v", st.Workloads.Services)
+	}
+}
+
+// kubeWriter is what a kube reconciler needs: the real store and the fake
+// both have it.
+type kubeWriter interface {
+	EnableKube(ctx context.Context, k *raftstore.KubeState, kubeconfigSealed, server string) error
+	DisableKube(ctx context.Context) error
+	SetKubeEtcd(ctx context.Context, generation uint64, members []raftstore.EtcdMember) error
+}
+
+var (
+	_ kubeWriter = (*raftstore.Store)(nil)
+	_ kubeWriter = (*raftstoretest.Store)(nil)
+)
+
+func TestStoreKubeHelpers(t *testing.T) {
+	ctx := context.Background()
+	s, err := raftstoretest.NewBootstrapped("c1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	kca, err := pki.NewCA("kube")
+	if err != nil {
+		t.Fatal(err)
+	}
+	eca, err := pki.NewCA("etcd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := &raftstore.KubeState{
+		Version: raftstore.DefaultKubeVersion, ServiceCIDR: raftstore.DefaultServiceCIDR, ClusterDomain: raftstore.DefaultClusterDomain,
+		CACertPEM: kca.CertPEM, CAKeySealed: "a", EtcdCACertPEM: eca.CertPEM, EtcdCAKeySealed: "b", SAKeySealed: "c",
+		Etcd: []raftstore.EtcdMember{{NodeID: "n1", Phase: raftstore.EtcdBootstrap}},
+	}
+	if err := s.EnableKube(ctx, k, "kubeconfig", ""); err != nil {
+		t.Fatal(err)
+	}
+	st, _ := s.State()
+	if err := s.SetKubeEtcd(ctx, st.Kube.Generation+1, st.Kube.Etcd); !errors.Is(err, raftstore.ErrStale) {
+		t.Fatalf("stale: %v", err)
+	}
+	if err := s.SetKubeEtcd(ctx, st.Kube.Generation, []raftstore.EtcdMember{{NodeID: "n1", MemberID: 9, Phase: raftstore.EtcdBootstrap}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DisableKube(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := s.State(); st.Kube != nil || st.Workloads.Kube != nil {
+		t.Fatalf("after disable: %+v %+v", st.Kube, st.Workloads.Kube)
 	}
 }
