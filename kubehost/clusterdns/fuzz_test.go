@@ -1,0 +1,153 @@
+package clusterdns_test
+
+import (
+	"net"
+	"slices"
+	"testing"
+
+	"github.com/miekg/dns"
+
+	"github.com/runos/runos-agent/kubehost/clusterdns"
+	"github.com/runos/runos-agent/kubehost/clusterdns/dnstest"
+)
+
+// recorder is a dns.ResponseWriter that keeps what the handler wrote.
+type recorder struct {
+	remote net.Addr
+	msgs   []*dns.Msg
+}
+
+func (r *recorder) LocalAddr() net.Addr         { return &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 53} }
+func (r *recorder) RemoteAddr() net.Addr        { return r.remote }
+func (r *recorder) WriteMsg(m *dns.Msg) error   { r.msgs = append(r.msgs, m); return nil }
+func (r *recorder) Write(b []byte) (int, error) { return len(b), nil }
+func (r *recorder) Close() error                { return nil }
+func (r *recorder) TsigStatus() error           { return nil }
+func (r *recorder) TsigTimersOnly(bool)         {}
+func (r *recorder) Hijack()                     {}
+
+func fuzzSeeds() [][]byte {
+	var out [][]byte
+	add := func(m *dns.Msg) {
+		b, err := m.Pack()
+		if err != nil {
+			panic(err)
+		}
+		out = append(out, b)
+	}
+	for _, name := range []string{
+		"web.default.svc.cluster.local.", "pg.db.svc.cluster.local.", "empty.db.svc.cluster.local.",
+		"cluster.local.", "svc.cluster.local.", "default.svc.cluster.local.", "nope.svc.cluster.local.",
+		"a.b.c.d.svc.cluster.local.", "example.com.", ".", `we\.b.default.svc.cluster.local.`,
+	} {
+		for _, qt := range []uint16{dns.TypeA, dns.TypeAAAA, dns.TypeANY, dns.TypeSOA, dns.TypeSRV, dns.TypeAXFR} {
+			m := new(dns.Msg)
+			m.SetQuestion(name, qt)
+			add(m)
+			m.SetEdns0(1232, true)
+			add(m)
+		}
+	}
+	m := new(dns.Msg)
+	m.SetQuestion("web.default.svc.cluster.local.", dns.TypeA)
+	m.Question[0].Qclass = dns.ClassCHAOS
+	add(m)
+	m = new(dns.Msg)
+	m.SetQuestion("web.default.svc.cluster.local.", dns.TypeA)
+	m.SetEdns0(1232, false)
+	m.IsEdns0().SetVersion(1)
+	add(m)
+	m = new(dns.Msg)
+	m.SetNotify("cluster.local.")
+	add(m)
+	m = new(dns.Msg)
+	m.Id = 7
+	add(m) // no question
+	return out
+}
+
+// FuzzHandle feeds arbitrary packed messages to the handler, from an
+// allowed and a refused source, over UDP and TCP: it never panics, always
+// answers, and the answer packs within the client's size limit, matches
+// the query and only carries records for the name asked.
+func FuzzHandle(f *testing.F) {
+	for _, s := range fuzzSeeds() {
+		f.Add(s)
+	}
+	l := dnstest.NewLookup()
+	l.Set("default", "web", ips("10.96.0.10", "fd00::10")...)
+	l.Set("db", "pg", ips("172.25.1.7", "172.25.2.9")...)
+	l.Set("db", "empty")
+	s, err := clusterdns.New(clusterdns.Config{
+		Listen: []string{"127.0.0.1:0"}, Lookup: l, Allow: loopback, ResolvConf: emptyResolvConf(f),
+	}, logger())
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Cleanup(func() { s.Close() })
+	okRcodes := []int{dns.RcodeSuccess, dns.RcodeNameError, dns.RcodeServerFailure, dns.RcodeRefused,
+		dns.RcodeNotImplemented, dns.RcodeFormatError, dns.RcodeBadVers}
+
+	f.Fuzz(func(t *testing.T, data []byte) {
+		req := new(dns.Msg)
+		if req.Unpack(data) != nil {
+			return // the server drops what does not unpack
+		}
+		for _, c := range []struct {
+			src     net.Addr
+			refused bool
+		}{
+			{&net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 4000}, false},
+			{&net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 4000}, false},
+			{&net.UDPAddr{IP: net.IPv4(192, 0, 2, 1), Port: 4000}, true},
+		} {
+			src := c.src
+			w := &recorder{remote: src}
+			s.ServeDNS(w, req.Copy())
+			if len(w.msgs) != 1 {
+				t.Fatalf("%d answers written", len(w.msgs))
+			}
+			resp := w.msgs[0]
+			b, err := resp.Pack()
+			if err != nil {
+				t.Fatalf("answer does not pack: %v\n%v", err, resp)
+			}
+			limit := dns.MaxMsgSize
+			if _, udp := src.(*net.UDPAddr); udp {
+				limit = dns.MinMsgSize
+				if opt := req.IsEdns0(); opt != nil {
+					limit = max(limit, int(opt.UDPSize()))
+				}
+			}
+			if len(b) > limit {
+				t.Fatalf("answer of %d bytes over a %d byte limit", len(b), limit)
+			}
+			back := new(dns.Msg)
+			if err := back.Unpack(b); err != nil {
+				t.Fatalf("answer does not unpack: %v", err)
+			}
+			if !resp.Response || resp.Id != req.Id || resp.Opcode != req.Opcode {
+				t.Fatalf("header does not match the query: %v", resp)
+			}
+			if !slices.Contains(okRcodes, resp.Rcode) {
+				t.Fatalf("rcode %d", resp.Rcode)
+			}
+			if c.refused {
+				if resp.Rcode != dns.RcodeRefused || len(resp.Answer)+len(resp.Ns) != 0 {
+					t.Fatalf("refused source got %v", resp)
+				}
+				continue
+			}
+			if len(req.Question) > 0 {
+				if len(resp.Question) != 1 || resp.Question[0] != req.Question[0] {
+					t.Fatalf("question %v, asked %v", resp.Question, req.Question)
+				}
+				for _, rr := range resp.Answer {
+					if rr.Header().Name != req.Question[0].Name {
+						t.Fatalf("answer for %q to a question for %q", rr.Header().Name, req.Question[0].Name)
+					}
+				}
+			}
+		}
+	})
+}
