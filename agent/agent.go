@@ -29,6 +29,7 @@ import (
 	"github.com/runos/runos-agent/health"
 	"github.com/runos/runos-agent/httpapi"
 	"github.com/runos/runos-agent/kube"
+	"github.com/runos/runos-agent/kubehost"
 	"github.com/runos/runos-agent/leader"
 	"github.com/runos/runos-agent/mesh"
 	"github.com/runos/runos-agent/metrics"
@@ -70,6 +71,9 @@ type Config struct {
 	// the default). It must be loopback (a port, or a loopback address
 	// and port): the profiler has no authentication.
 	PprofListen string
+	// KubeBinDir holds the Kubernetes binaries managed Kubernetes runs
+	// (kubelet, kube-apiserver, ...; "" : DefaultKubeBinDir).
+	KubeBinDir string
 	// Tuning shortens timers for tests; zero values keep production defaults.
 	Tuning Tuning
 }
@@ -218,6 +222,12 @@ type Agent struct {
 	// applies them while this node leads (workloads.go).
 	workloads  *workload.Ops
 	reconciler *workload.Reconciler
+
+	// Managed Kubernetes (kube.go): kubeHost runs this node's components
+	// (nil in userspace mode, where it cannot).
+	kubeBinDir string
+	kubeHost   *kubehost.Host
+	kube       kubeState
 }
 
 // New loads the data dir. It fails on a dir that init or join did not
@@ -261,6 +271,7 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 		kubeExec:   deps.NewKubeExecutor,
 		afterApply: deps.AfterWorkloadApply,
 		uiListen:   cfg.UIListen,
+		kubeBinDir: cfg.KubeBinDir,
 
 		metricsListen: cfg.MetricsListen,
 		pprofListen:   pprofListen,
@@ -426,6 +437,9 @@ func (a *Agent) start(ctx context.Context) error {
 	if err := a.newWorkloads(a.log); err != nil {
 		return err
 	}
+	if err := a.newKubeHost(); err != nil {
+		return err
+	}
 
 	if err := a.startGossip(); err != nil {
 		return err
@@ -460,6 +474,7 @@ func (a *Agent) start(ctx context.Context) error {
 	a.goLoop(ctx, a.gossipRejoinLoop)
 	a.goLoop(ctx, a.pathEventLoop)
 	a.goLoop(ctx, a.keyLoop)
+	a.goLoop(ctx, a.kubeLoop)
 	a.health.Start(ctx)
 	a.closers = append(a.closers, a.health.Close)
 	lead, err := leader.New(leader.Config{
@@ -472,6 +487,7 @@ func (a *Agent) start(ctx context.Context) error {
 			{Name: "health-events", Run: a.health.RunEvents},
 			{Name: "workloads", Run: a.reconciler.Run},
 			{Name: "cloud-session", Run: a.cloud.RunSession},
+			{Name: "kube", Run: a.manageKube},
 		},
 	}, a.log)
 	if err != nil {

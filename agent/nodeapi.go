@@ -24,7 +24,7 @@ var (
 )
 
 func (a *Agent) startNodeAPI() error {
-	h, err := httpapi.NewNodeHandler(a.store)
+	h, err := httpapi.NewNodeHandler(a.store, a)
 	if err != nil {
 		return err
 	}

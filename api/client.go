@@ -56,6 +56,12 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	if err != nil {
 		return err
 	}
+	return c.doRequest(req, out)
+}
+
+// doRequest sends req to the agent and decodes its JSON answer into out
+// (nil: ignored).
+func (c *Client) doRequest(req *http.Request, out any) error {
 	resp, err := c.http.Do(req)
 	if err != nil {
 		if _, serr := os.Stat(c.socket); errors.Is(serr, os.ErrNotExist) || errors.Is(err, syscall.ECONNREFUSED) {

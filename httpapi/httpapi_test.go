@@ -232,7 +232,7 @@ func TestNodeHandler(t *testing.T) {
 		{string(good), errors.New("leadership lost while committing log"), 503},
 		{string(good), fmt.Errorf("apply: %w", context.DeadlineExceeded), 503},
 	} {
-		h, _ := NewNodeHandler(fakeNode{tc.err})
+		h, _ := NewNodeHandler(fakeNode{tc.err}, nil)
 		if rec := serve(t, h, "POST", "/v1/raft/apply", tc.body); rec.Code != tc.code {
 			t.Errorf("%s with %v: %d %s, want %d", tc.body, tc.err, rec.Code, rec.Body, tc.code)
 		}
@@ -249,7 +249,7 @@ func TestNodeClient(t *testing.T) {
 		{nil, ""},
 		{raftstore.ErrNotLeader, `leader 127.0.0.1: 421 Misdirected Request: {"error":"not the raft leader"}`},
 	} {
-		h, _ := NewNodeHandler(fakeNode{tc.err})
+		h, _ := NewNodeHandler(fakeNode{tc.err}, nil)
 		srv := httptest.NewTLSServer(h)
 		c, err := NewNodeClient(srv.Client(), 1)
 		if err != nil {
@@ -291,7 +291,7 @@ func TestConstructorsRejectMissingBackends(t *testing.T) {
 	if _, err := NewJoinHandler(nil, JoinLimits{}); err == nil {
 		t.Error("NewJoinHandler without a Joiner")
 	}
-	if _, err := NewNodeHandler(nil); err == nil {
+	if _, err := NewNodeHandler(nil, nil); err == nil {
 		t.Error("NewNodeHandler without a Node")
 	}
 }

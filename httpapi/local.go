@@ -64,6 +64,8 @@ type LocalConfig struct {
 	Workloads Workloads // required
 	// Catalog is what GET /v1/catalog lists: the deployable services.
 	Catalog []api.CatalogService
+	// Kube serves managed Kubernetes (nil: its routes are absent).
+	Kube ManagedKube
 }
 
 // ConsistentReadTimeout bounds the wait of a ?consistent=1 read for the
@@ -85,6 +87,9 @@ func NewLocalHandler(cfg LocalConfig) (http.Handler, error) {
 	l.cloudRoutes(mux)
 	l.workloadRoutes(mux)
 	l.uiRoutes(mux)
+	if cfg.Kube != nil {
+		kubeRoutes(mux, cfg.Kube)
+	}
 	return mux, nil
 }
 

@@ -25,12 +25,16 @@ type Node interface {
 	ApplyLocal(ctx context.Context, cmd *raftstore.Command) (*raftstore.Result, error)
 }
 
-// NewNodeHandler returns the node API.
-func NewNodeHandler(n Node) (http.Handler, error) {
+// NewNodeHandler returns the node API; k (nil: absent) serves this node's
+// Kubernetes components to other members.
+func NewNodeHandler(n Node, k KubeNode) (http.Handler, error) {
 	if n == nil {
 		return nil, errors.New("httpapi: a Node is required")
 	}
 	mux := http.NewServeMux()
+	if k != nil {
+		kubeNodeRoutes(mux, k)
+	}
 	mux.HandleFunc("POST /v1/raft/apply", func(w http.ResponseWriter, r *http.Request) {
 		var cmd raftstore.Command
 		if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxCommand)).Decode(&cmd); err != nil {

@@ -25,7 +25,7 @@ func kubeCommands() []*cli.Command {
 		{
 			Name:  "kube",
 			Usage: "the Kubernetes cluster services and apps are deployed to",
-			Subcommands: []*cli.Command{
+			Subcommands: append(managedKubeCommands(),
 				leaf(&cli.Command{
 					Name:  "set",
 					Usage: "store a kubeconfig (sealed in the cluster state; whichever node leads applies with it)",
@@ -68,7 +68,7 @@ func kubeCommands() []*cli.Command {
 					}
 					return nil
 				}),
-			},
+			),
 		},
 		{
 			Name:  "services",

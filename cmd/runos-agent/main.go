@@ -118,6 +118,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 					uiFlag(),
 					&cli.StringFlag{Name: "metrics-listen", EnvVars: []string{"RUNOS_METRICS_LISTEN"}, Usage: "serve Prometheus metrics at ADDR/metrics (off by default)"},
 					&cli.StringFlag{Name: "pprof", EnvVars: []string{"RUNOS_PPROF"}, Usage: "serve Go's profiler at ADDR/debug/pprof/: a port or a loopback address and port, e.g. 127.0.0.1:6060 (off by default; no authentication, so loopback only)"},
+					&cli.StringFlag{Name: "kube-bin-dir", EnvVars: []string{"RUNOS_KUBE_BIN_DIR"}, Value: agent.DefaultKubeBinDir, Usage: "`DIR` holding kubelet, kube-apiserver, kube-controller-manager, kube-scheduler and kube-proxy for managed Kubernetes"},
 				},
 				Action: func(c *cli.Context) error {
 					log, err := newLogger(c, stderr)
@@ -126,7 +127,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 					}
 					ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
 					defer stop()
-					a, err := agent.New(agent.Config{DataDir: c.String("data-dir"), Net: c.String("net"), UIListen: c.String("ui-listen"), MetricsListen: c.String("metrics-listen"), PprofListen: c.String("pprof")}, agent.Deps{Log: log})
+					a, err := agent.New(agent.Config{DataDir: c.String("data-dir"), Net: c.String("net"), UIListen: c.String("ui-listen"), MetricsListen: c.String("metrics-listen"), PprofListen: c.String("pprof"), KubeBinDir: c.String("kube-bin-dir")}, agent.Deps{Log: log})
 					if err != nil {
 						return err
 					}

@@ -1,0 +1,42 @@
+package e2e
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/runos/runos-agent/e2e/lab"
+	"github.com/runos/runos-agent/kubehost/ociimage"
+)
+
+// busyboxImageTar writes a docker-archive image of Debian's static busybox
+// (applets as symlinks: sh, httpd, wget, ping, timeout, ...) to a temp file
+// and returns its path, for `runos-agent kube import`. Pods set their own
+// command. It skips without busybox-static, or fails where the lab is
+// required.
+func busyboxImageTar(t testing.TB, ref string) string {
+	t.Helper()
+	if _, err := os.Stat("/bin/busybox"); err != nil {
+		if lab.Required() {
+			t.Fatalf("/bin/busybox missing (Debian busybox-static; scripts/test-deps.sh): %v", err)
+		}
+		t.Skipf("/bin/busybox missing (Debian busybox-static): %v", err)
+	}
+	img, err := ociimage.Busybox(ref, "/bin/busybox")
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "busybox.tar")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ociimage.Write(f, img); err != nil {
+		f.Close()
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
