@@ -2,6 +2,7 @@ package agent
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -126,29 +127,63 @@ func (a *Agent) manageEtcd(ctx context.Context, client **etcdm.Client, st *rafts
 		return commit("promoted " + n.Name)
 	}
 
-	// 2. Members whose node no longer votes in Raft (removed, demoted)
-	// leave etcd first, then the state.
-	for i, m := range members {
-		n, exists := st.Nodes[m.NodeID]
-		if exists && slices.Contains(voters, m.NodeID) {
+	// 2. Members that should not be there leave etcd, one per round:
+	// first those of nodes the state no longer has (a removed node, a
+	// learner whose add was never recorded), then those of nodes that no
+	// longer vote in Raft. Dead members go first so that removing a live
+	// one never leaves etcd without a quorum.
+	wanted := map[string]bool{} // peer URLs of members that should stay
+	peerOf := map[string]string{}
+	for _, n := range st.Nodes {
+		peerOf[etcdPeerURL(n.MeshIP)] = n.ID
+	}
+	for _, m := range members {
+		if n, ok := st.Nodes[m.NodeID]; ok && slices.Contains(voters, m.NodeID) {
+			wanted[etcdPeerURL(n.MeshIP)] = true
+		}
+	}
+	var orphan, demoted *etcdm.Member
+	for i := range live {
+		lm := &live[i]
+		keep, known := false, false
+		for _, u := range lm.PeerURLs {
+			keep = keep || wanted[u]
+			_, ok := peerOf[u]
+			known = known || ok
+		}
+		switch {
+		case keep:
+		case !known && orphan == nil:
+			orphan = lm
+		case known && demoted == nil:
+			demoted = lm
+		}
+	}
+	if victim := cmp.Or(orphan, demoted); victim != nil && len(live) > 1 {
+		if err := etcd.Remove(ctx, victim.ID); err != nil && !errors.Is(err, etcdm.ErrMemberNotFound) {
+			return fmt.Errorf("remove etcd member %x (%s): %w", victim.ID, victim.Name, err)
+		}
+		a.log.Info("etcd membership", "change", "removed member", "member", victim.Name, "peer", victim.PeerURLs)
+	}
+	// The state keeps only members of voting nodes that etcd still has
+	// (or that are about to start: learners not yet listed by name).
+	kept := members[:0:0]
+	for _, m := range members {
+		n, ok := st.Nodes[m.NodeID]
+		if ok && slices.Contains(voters, m.NodeID) {
+			kept = append(kept, m)
 			continue
 		}
-		if voting(m) && countVoting(members) == 1 {
-			continue // never remove the last member
-		}
-		if exists {
-			if lm, ok := byPeer[etcdPeerURL(n.MeshIP)]; ok {
-				if err := etcd.Remove(ctx, lm.ID); err != nil {
-					return fmt.Errorf("remove %s: %w", n.Name, err)
-				}
-			}
-		} else if m.MemberID != 0 {
-			if err := etcd.Remove(ctx, m.MemberID); err != nil && !errors.Is(err, etcdm.ErrMemberNotFound) {
-				return fmt.Errorf("remove member %x: %w", m.MemberID, err)
+		if ok {
+			if _, inEtcd := byPeer[etcdPeerURL(n.MeshIP)]; inEtcd && (demoted == nil || !slices.Contains(demoted.PeerURLs, etcdPeerURL(n.MeshIP))) {
+				kept = append(kept, m) // still a member; removed in a later round
+				continue
 			}
 		}
-		members = slices.Delete(members, i, i+1)
-		return commit("removed the member of node " + m.NodeID)
+	}
+	if len(kept) != len(members) && countVoting(kept) > 0 {
+		members = kept
+		return commit("dropped the members of nodes that no longer vote")
 	}
 
 	// 3. One learner at a time for a voter without a member.

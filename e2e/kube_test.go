@@ -259,7 +259,7 @@ func (kc *kubeCluster) fetchKubeconfig(n *agentNode) {
 	if err != nil {
 		kc.fatalf("%v", err)
 	}
-	if !strings.Contains(out, "server: https://127.0.0.1:6444") {
+	if !strings.Contains(out, "https://127.0.0.1:6444") {
 		kc.fatalf("%s: admin kubeconfig does not point at the local balancer https://127.0.0.1:6444:\n%s", n.name, out)
 	}
 	path := filepath.Join(kc.tmp, n.host.Name()+".kubeconfig")
@@ -529,9 +529,12 @@ func TestKubeManaged(t *testing.T) {
 	if err := os.WriteFile(podsFile, []byte(manifest.String()), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if out, err := kc.kubectl(n1, "apply", "-f", podsFile); err != nil {
-		kc.fatalf("%v: %s", err, out)
-	}
+	// The controller manager creates the default service account moments
+	// after the API answers; until then pods are refused.
+	kc.eventually(60*time.Second, "pods accepted", func() error {
+		_, err := kc.kubectl(n1, "apply", "-f", podsFile)
+		return err
+	})
 	var podIP map[string]netip.Addr
 	kc.eventually(2*time.Minute, "a pod Running on every node", func() error {
 		podIP, err = kc.podsRunning(n1, podOn)

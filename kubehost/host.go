@@ -352,6 +352,9 @@ func (h *Host) reconcile(ctx context.Context, spec *Spec) {
 			h.stop(name)
 		}
 	}
+	if spec.Etcd == nil {
+		h.retireEtcdData()
+	}
 	for _, name := range startOrder {
 		w, ok := want[name]
 		if !ok {
@@ -441,6 +444,24 @@ func (h *Host) ensure(ctx context.Context, name string, w want) {
 		return
 	}
 	h.procs[name] = &running{proc: proc, key: key}
+}
+
+// retireEtcdData moves the data of an etcd member this node no longer has
+// aside: the cluster removed the member, and a member started later on
+// this node (as a new learner) must not find the old member's identity.
+// One generation is kept, for disaster recovery by hand.
+func (h *Host) retireEtcdData() {
+	dir := h.p.etcdData()
+	if _, err := os.Stat(dir); err != nil {
+		return
+	}
+	old := dir + ".removed"
+	os.RemoveAll(old)
+	if err := os.Rename(dir, old); err != nil {
+		h.log.Warn("retiring the data of a removed etcd member", "err", err)
+		return
+	}
+	h.log.Info("etcd member removed from this node; its data moved aside", "path", old)
 }
 
 // identity hashes what a component is: binary, arguments, config files.
