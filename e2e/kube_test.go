@@ -28,12 +28,17 @@ import (
 const (
 	kubeVersion = "v1.34.4"
 	imageRef    = "runos.local/busybox:e2e"
+	appImageRef = "runos.local/web:e2e"
 	httpPort    = 8080
 )
 
 // The CLI's JSON from the documented contract (see cluster_test.go for why
 // it is declared here).
 type kubeStatusJSON struct {
+	Etcd []struct {
+		Node  string `json:"node"`
+		Phase string `json:"phase"`
+	} `json:"etcd"`
 	Managed  bool   `json:"managed"`
 	Version  string `json:"version"`
 	APIError string `json:"api_error"`
@@ -439,12 +444,40 @@ func TestKubeManaged(t *testing.T) {
 	n1.initCluster()
 	kc.startKube(n1)
 	n2.join(n1)
-	n3.join(n1)
 	kc.startKube(n2)
+	kc.eventually(90*time.Second, "two-node mesh forms", func() error {
+		return kc.formed(all[:2], nil, nil)
+	})
+
+	// Enable: the CLI returns once the change is committed; the nodes
+	// then start their components.
+	enabled := time.Now()
+	if out, err := n1.cli("kube", "enable", "--data-dir", n1.dir); err != nil {
+		kc.fatalf("%v", err)
+	} else if !strings.Contains(out, kubeVersion) {
+		kc.fatalf("kube enable said %q", out)
+	}
+	kc.eventually(4*time.Minute, "kube status: 2 nodes Ready, all components running", func() error {
+		return kc.allReady(n1, all[:2])
+	})
+	t.Logf("Kubernetes ready on 2 nodes %v after kube enable", time.Since(enabled).Round(time.Second))
+
+	// A node joining a managed cluster becomes a Kubernetes node by
+	// itself; as the third Raft voter it gets an etcd member too (added
+	// as a learner, promoted once caught up).
+	n3.join(n1)
+	joined := time.Now()
 	kc.startKube(n3)
 	kc.eventually(90*time.Second, "three-node mesh forms", func() error {
 		return kc.formed(all, nil, kc.names(all))
 	})
+	kc.eventually(4*time.Minute, "kube status: 3 nodes Ready, 3 voting etcd members", func() error {
+		if err := kc.allReady(n1, all); err != nil {
+			return err
+		}
+		return kc.etcdVoters(n1, all)
+	})
+	t.Logf("the joined node Ready and etcd at 3 members %v after join", time.Since(joined).Round(time.Second))
 	mesh := map[string]netip.Addr{}
 	podNet := map[string]netip.Prefix{}
 	for _, n := range all {
@@ -455,19 +488,6 @@ func TestKubeManaged(t *testing.T) {
 		mesh[n.name] = netip.MustParseAddr(st.MeshIP)
 		podNet[n.name] = netip.MustParsePrefix(st.PodCIDR)
 	}
-
-	// Enable: the CLI returns once the change is committed; the nodes
-	// then start their components.
-	enabled := time.Now()
-	if out, err := n1.cli("kube", "enable", "--data-dir", n1.dir); err != nil {
-		kc.fatalf("%v", err)
-	} else if !strings.Contains(out, kubeVersion) {
-		kc.fatalf("kube enable said %q", out)
-	}
-	kc.eventually(4*time.Minute, "kube status: 3 nodes Ready, all components running", func() error {
-		return kc.allReady(n1, all)
-	})
-	t.Logf("Kubernetes ready on 3 nodes %v after kube enable", time.Since(enabled).Round(time.Second))
 	for _, n := range all {
 		kc.fetchKubeconfig(n)
 	}
@@ -604,6 +624,52 @@ func TestKubeManaged(t *testing.T) {
 		return nil
 	})
 
+	// Apps and services target the managed cluster by themselves: an app
+	// of a locally imported image runs; a service's objects are applied.
+	appImage := busyboxImageTar(t, appImageRef, "sh", "-c", fmt.Sprintf("mkdir -p /www && echo app > /www/index.html && exec httpd -f -p %d -h /www", httpPort))
+	if out, err := n2.cli("kube", "import", "--data-dir", n2.dir, appImage); err != nil {
+		kc.fatalf("%v: %s", err, out)
+	}
+	var app struct {
+		OSID string `json:"osid"`
+	}
+	if err := n2.cliJSON(&app, "apps", "deploy", "web", "--image", appImageRef, "--port", fmt.Sprint(httpPort), "--json", "--data-dir", n2.dir); err != nil {
+		kc.fatalf("%v", err)
+	}
+	kc.eventually(2*time.Minute, "app "+app.OSID+" ready", func() error { return kc.appReady(n3, app.OSID) })
+	var svc struct {
+		OSID string `json:"osid"`
+	}
+	if err := n3.cliJSON(&svc, "services", "deploy", "redis", "--json", "--data-dir", n3.dir); err != nil {
+		kc.fatalf("%v", err)
+	}
+	kc.eventually(2*time.Minute, "service "+svc.OSID+" applied", func() error {
+		out, err := kc.kubectl(n1, "get", "statefulsets,deployments", "-n", svc.OSID, "-o", "name")
+		if err != nil || strings.TrimSpace(out) == "" {
+			return fmt.Errorf("no workload objects in namespace %s: %v %s", svc.OSID, err, out)
+		}
+		return nil
+	})
+
+	// Restarting every agent (kill -9 of the agent alone) restarts no
+	// container: the components run on and the new agents adopt them.
+	containers := kc.containerIDs(n1, pods)
+	for _, n := range all {
+		n.kill()
+	}
+	for _, n := range all {
+		kc.startKube(n)
+	}
+	kc.eventually(90*time.Second, "mesh formed again after agent restarts", func() error {
+		return kc.formed(all, nil, kc.names(all))
+	})
+	kc.eventually(2*time.Minute, "kube status ready after agent restarts", func() error {
+		return kc.allReady(n1, all)
+	})
+	if after := kc.containerIDs(n1, pods); !maps.Equal(after, containers) {
+		kc.fatalf("containers changed across agent restarts:\nbefore %v\nafter  %v", containers, after)
+	}
+
 	// Power cut of the Raft leader's node: agent, components, pods.
 	leader := kc.leader(all)
 	survivors := others(all, leader)
@@ -635,10 +701,10 @@ func TestKubeManaged(t *testing.T) {
 		}
 	}
 
-	// Restart every agent: the crashed node boots again; the others are
-	// killed (their components run on and are adopted) and started.
+	// Whole-cluster power cut: the survivors lose power too, then every
+	// node boots; Kubernetes comes back with its objects and pods.
 	for _, n := range survivors {
-		n.kill()
+		kc.crash(n)
 	}
 	for _, n := range all {
 		kc.startKube(n)
@@ -653,6 +719,7 @@ func TestKubeManaged(t *testing.T) {
 		podIP, err = kc.podsRunning(via, podOn)
 		return err
 	})
+	kc.eventually(2*time.Minute, "the app ready again after the power cut", func() error { return kc.appReady(via, app.OSID) })
 	kc.eventually(60*time.Second, "p1 reaches the web Service after the restarts", func() error {
 		body, err := kc.fetch(via, "p1", "http://web.default.svc.cluster.local:80/")
 		if err != nil || body != "p3" {
@@ -691,4 +758,82 @@ func TestKubeManaged(t *testing.T) {
 	kc.eventually(60*time.Second, "kube status lists the remaining nodes", func() error {
 		return kc.allReady(lead, rest)
 	})
+	kc.eventually(60*time.Second, "the removed node's etcd member gone", func() error {
+		st, err := kc.kubeStatus(lead)
+		if err != nil {
+			return err
+		}
+		for _, m := range st.Etcd {
+			if m.Node == victim.name {
+				return fmt.Errorf("etcd still lists %s (%s)", victim.name, m.Phase)
+			}
+		}
+		return nil
+	})
+}
+
+// etcdVoters is nil once kube status lists a voting etcd member (bootstrap
+// or voter) on each of want and no other.
+func (kc *kubeCluster) etcdVoters(via *agentNode, want []*agentNode) error {
+	st, err := kc.kubeStatus(via)
+	if err != nil {
+		return err
+	}
+	var got []string
+	for _, m := range st.Etcd {
+		if m.Phase != "bootstrap" && m.Phase != "voter" {
+			return fmt.Errorf("etcd member on %s is a %s", m.Node, m.Phase)
+		}
+		got = append(got, m.Node)
+	}
+	slices.Sort(got)
+	if w := kc.names(want); !slices.Equal(got, w) {
+		return fmt.Errorf("etcd members on %v, want %v", got, w)
+	}
+	return nil
+}
+
+// appReady is nil once the app reports every replica ready.
+func (kc *kubeCluster) appReady(via *agentNode, osid string) error {
+	var a struct {
+		Status string `json:"status"`
+		Reason string `json:"reason"`
+		Ready  int    `json:"ready"`
+		Total  int    `json:"total"`
+	}
+	if err := via.cliJSON(&a, "apps", "show", osid, "--json", "--data-dir", via.dir); err != nil {
+		return err
+	}
+	if a.Status != "ready" || a.Total == 0 || a.Ready != a.Total {
+		return fmt.Errorf("app %s: %s (%s), %d/%d ready", osid, a.Status, a.Reason, a.Ready, a.Total)
+	}
+	return nil
+}
+
+// containerIDs maps each pod to its container's ID and restart count.
+func (kc *kubeCluster) containerIDs(via *agentNode, pods []string) map[string]string {
+	kc.t.Helper()
+	var list struct {
+		Items []struct {
+			Metadata struct {
+				Name string `json:"name"`
+			} `json:"metadata"`
+			Status struct {
+				ContainerStatuses []struct {
+					ContainerID  string `json:"containerID"`
+					RestartCount int    `json:"restartCount"`
+				} `json:"containerStatuses"`
+			} `json:"status"`
+		} `json:"items"`
+	}
+	if err := kc.kubectlJSON(via, &list, append([]string{"get", "pods"}, pods...)...); err != nil {
+		kc.fatalf("%v", err)
+	}
+	out := map[string]string{}
+	for _, p := range list.Items {
+		for _, c := range p.Status.ContainerStatuses {
+			out[p.Metadata.Name] = fmt.Sprintf("%s restarts=%d", c.ContainerID, c.RestartCount)
+		}
+	}
+	return out
 }

@@ -11,10 +11,10 @@ import (
 
 // busyboxImageTar writes a docker-archive image of Debian's static busybox
 // (applets as symlinks: sh, httpd, wget, ping, timeout, ...) to a temp file
-// and returns its path, for `runos-agent kube import`. Pods set their own
-// command. It skips without busybox-static, or fails where the lab is
+// and returns its path, for `runos-agent kube import`. cmd is the
+// image's command (default sh); pods may set their own. It skips without busybox-static, or fails where the lab is
 // required.
-func busyboxImageTar(t testing.TB, ref string) string {
+func busyboxImageTar(t testing.TB, ref string, cmd ...string) string {
 	t.Helper()
 	if _, err := os.Stat("/bin/busybox"); err != nil {
 		if lab.Required() {
@@ -22,7 +22,7 @@ func busyboxImageTar(t testing.TB, ref string) string {
 		}
 		t.Skipf("/bin/busybox missing (Debian busybox-static): %v", err)
 	}
-	img, err := ociimage.Busybox(ref, "/bin/busybox")
+	img, err := ociimage.Busybox(ref, "/bin/busybox", cmd...)
 	if err != nil {
 		t.Fatal(err)
 	}
