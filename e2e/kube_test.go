@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"net/netip"
@@ -624,6 +625,42 @@ func TestKubeManaged(t *testing.T) {
 		return nil
 	})
 
+	// Nothing answers without a credential on the ports pods and local
+	// users reach: kubelet, API server, etcd (curl from a node, as a local
+	// user without certificates would).
+	for _, probe := range []struct{ what, url, want string }{
+		{"kubelet", fmt.Sprintf("https://%s:10250/pods", mesh[n2.name]), "401"},
+		{"kube-apiserver", fmt.Sprintf("https://%s:6443/version", mesh[n1.name]), "401"},
+		{"kube-apiserver through the balancer", "https://127.0.0.1:6444/api/v1/secrets", "401"},
+	} {
+		out, err := n1.host.Run("curl", "-sk", "-m", "10", "-o", "/dev/null", "-w", "%{http_code}", probe.url)
+		if err != nil || out != probe.want {
+			kc.fatalf("%s without a credential: HTTP %q (%v), want %s", probe.what, out, err, probe.want)
+		}
+	}
+	if out, err := n1.host.Run("curl", "-sk", "-m", "10", fmt.Sprintf("https://%s:2379/version", mesh[n2.name])); err == nil {
+		kc.fatalf("etcd answered a client without a certificate: %s", out)
+	}
+
+	// Pods reach the world outside the cluster (here a LAN host that is no
+	// member) with their node's address.
+	outside := kc.lab.Host("www", kc.lan)
+	wwwDir := filepath.Join(kc.tmp, "www")
+	if err := os.MkdirAll(wwwDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(wwwDir, "index.html"), []byte("outside\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	outside.Start(t, "www", "busybox", "httpd", "-f", "-p", "8081", "-h", wwwDir)
+	kc.eventually(30*time.Second, "p1 fetches from a host outside the cluster", func() error {
+		body, err := kc.fetch(n1, "p1", fmt.Sprintf("http://%s:8081/", outside.Addr()))
+		if err != nil || body != "outside" {
+			return fmt.Errorf("got %q, %v", body, err)
+		}
+		return nil
+	})
+
 	// Apps and services target the managed cluster by themselves: an app
 	// of a locally imported image runs; a service's objects are applied.
 	appImage := busyboxImageTar(t, appImageRef, "sh", "-c", fmt.Sprintf("mkdir -p /www && echo app > /www/index.html && exec httpd -f -p %d -h /www", httpPort))
@@ -766,6 +803,48 @@ func TestKubeManaged(t *testing.T) {
 		for _, m := range st.Etcd {
 			if m.Node == victim.name {
 				return fmt.Errorf("etcd still lists %s (%s)", victim.name, m.Phase)
+			}
+		}
+		return nil
+	})
+
+	// Disable is refused while workloads exist; once they are gone it
+	// stops every component on every node.
+	if _, err := lead.cli("kube", "disable", "--data-dir", lead.dir); err == nil {
+		kc.fatalf("kube disable accepted while an app and a service exist")
+	}
+	var pids []int
+	st, err := kc.kubeStatus(lead)
+	if err != nil {
+		kc.fatalf("%v", err)
+	}
+	for _, n := range st.Nodes {
+		for _, comp := range n.Components {
+			if comp.PID > 0 {
+				pids = append(pids, comp.PID)
+			}
+		}
+	}
+	for _, del := range [][]string{{"apps", "delete", app.OSID}, {"services", "delete", svc.OSID}} {
+		if out, err := lead.cli(append(del, "--data-dir", lead.dir)...); err != nil {
+			kc.fatalf("%v: %s", err, out)
+		}
+	}
+	kc.eventually(2*time.Minute, "kube disable accepted once the workloads are gone", func() error {
+		_, err := lead.cli("kube", "disable", "--data-dir", lead.dir)
+		return err
+	})
+	kc.eventually(60*time.Second, "every component stopped", func() error {
+		st, err := kc.kubeStatus(lead)
+		if err != nil {
+			return err
+		}
+		if st.Managed {
+			return errors.New("kube status still says managed")
+		}
+		for _, pid := range pids {
+			if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil && !strings.Contains(string(b), ") Z ") {
+				return fmt.Errorf("component pid %d still runs", pid)
 			}
 		}
 		return nil

@@ -264,6 +264,9 @@ func apiServerArgs(p paths, s *Spec) []string {
 		"--authorization-mode=Node,RBAC",
 		"--enable-admission-plugins=NodeRestriction",
 		"--allow-privileged=true",
+		// Pods and local users reach the mesh IP: no request without a
+		// credential gets anywhere, not even /version.
+		"--anonymous-auth=false",
 		"--profiling=false",
 		"--v=1",
 	}

@@ -141,6 +141,8 @@ type Host struct {
 	lookup  *clusterdns.KubeLookup
 	dnsErr  error
 	pauseOK int // containerd pid the pause image was imported into
+	// egressFor is the pod range the egress masquerade is installed for.
+	egressFor netip.Prefix
 	// versions caches each binary's reported version by path and mtime.
 	versions map[string]binVersion
 
@@ -323,9 +325,11 @@ func (h *Host) stop(name string) {
 // component (Status) and retried on the next round.
 func (h *Host) reconcile(ctx context.Context, spec *Spec) {
 	if spec == nil {
-		if len(h.procs) > 0 || h.lb != nil {
+		if len(h.procs) > 0 || h.lb != nil || h.egressFor.IsValid() {
 			h.log.Info("managed Kubernetes off: stopping components")
 			h.stopAll()
+			removeEgress()
+			h.egressFor = netip.Prefix{}
 		}
 		h.setPreflight(nil)
 		return
@@ -345,6 +349,14 @@ func (h *Host) reconcile(ctx context.Context, spec *Spec) {
 		h.log.Warn("preparing cgroups", "err", err)
 	}
 	h.ensureBalancer(ctx, spec)
+	if h.egressFor != spec.PodCIDR {
+		keep := []netip.Prefix{spec.PodPrefix, netip.MustParsePrefix("172.24.0.0/16")}
+		if err := ensureEgress(ctx, spec.PodCIDR, keep); err != nil {
+			h.log.Warn("pod egress rules", "err", err)
+		} else {
+			h.egressFor = spec.PodCIDR
+		}
+	}
 
 	want := h.wanted(spec)
 	for _, name := range slices.Backward(startOrder) {

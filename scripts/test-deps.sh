@@ -15,6 +15,8 @@ packages=(iproute2 iputils-ping nftables conntrack iperf3 procps wireguard-tools
 packages+=(containerd runc containernetworking-plugins busybox-static iptables)
 # Headless browser for the web UI tests (ui/uitest, driven with chromedp).
 packages+=(chromium)
+# curl: the managed-Kubernetes e2e probes kubelet, API server and etcd without credentials.
+packages+=(curl)
 
 missing=()
 for p in "${packages[@]}"; do
