@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -378,19 +379,32 @@ func (a *Agent) ImportImageHere(ctx context.Context, archive io.Reader) error {
 	if a.kubeHost == nil {
 		return httpapi.Classify(errKubeNeedsKernel, httpapi.ErrBadRequest)
 	}
-	f, err := os.CreateTemp(filepath.Join(a.dir, "kube"), "import-*.tar")
+	path, err := a.receiveArchive(archive)
 	if err != nil {
 		return err
 	}
-	defer os.Remove(f.Name())
+	defer os.Remove(path)
+	return a.kubeHost.ImportFile(ctx, path)
+}
+
+// receiveArchive stores an uploaded image archive in the data dir (not
+// /tmp: archives are large, and the data dir is where the space is meant
+// to be); the caller removes it.
+func (a *Agent) receiveArchive(archive io.Reader) (string, error) {
+	f, err := os.CreateTemp(filepath.Join(a.dir, "kube"), "import-*.tar")
+	if err != nil {
+		return "", err
+	}
 	if _, err := io.Copy(f, archive); err != nil {
 		f.Close()
-		return httpapi.Classify(fmt.Errorf("receiving the image archive: %w", err), httpapi.ErrBadRequest)
+		os.Remove(f.Name())
+		return "", httpapi.Classify(fmt.Errorf("receiving the image archive: %w", err), httpapi.ErrBadRequest)
 	}
 	if err := f.Close(); err != nil {
-		return err
+		os.Remove(f.Name())
+		return "", err
 	}
-	return a.kubeHost.ImportFile(ctx, f.Name())
+	return f.Name(), nil
 }
 
 // ImportImage loads an image archive into every node's containerd: here
@@ -403,18 +417,11 @@ func (a *Agent) ImportImage(ctx context.Context, archive io.Reader) (*api.KubeIm
 	if st.Kube == nil {
 		return nil, httpapi.Classify(errors.New("managed Kubernetes is not enabled (runos-agent kube enable)"), httpapi.ErrBadRequest)
 	}
-	f, err := os.CreateTemp(filepath.Join(a.dir, "kube"), "import-*.tar")
+	path, err := a.receiveArchive(archive)
 	if err != nil {
 		return nil, err
 	}
-	defer os.Remove(f.Name())
-	if _, err := io.Copy(f, archive); err != nil {
-		f.Close()
-		return nil, httpapi.Classify(fmt.Errorf("receiving the image archive: %w", err), httpapi.ErrBadRequest)
-	}
-	if err := f.Close(); err != nil {
-		return nil, err
-	}
+	defer os.Remove(path)
 	res := &api.KubeImportResult{}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
@@ -424,10 +431,10 @@ func (a *Agent) ImportImage(ctx context.Context, archive io.Reader) (*api.KubeIm
 			defer wg.Done()
 			var err error
 			if n.ID == a.cfg.NodeID {
-				err = a.kubeHost.ImportFile(ctx, f.Name())
+				err = a.kubeHost.ImportFile(ctx, path)
 			} else {
 				var body *os.File
-				if body, err = os.Open(f.Name()); err == nil {
+				if body, err = os.Open(path); err == nil {
 					err = a.nodeClient.ImportImage(ctx, n.Name, body)
 					body.Close()
 				}
@@ -442,18 +449,8 @@ func (a *Agent) ImportImage(ctx context.Context, archive io.Reader) (*api.KubeIm
 		}()
 	}
 	wg.Wait()
-	slices.SortFunc(res.Nodes, func(x, y api.KubeImportNode) int { return cmpString(x.Name, y.Name) })
+	slices.SortFunc(res.Nodes, func(x, y api.KubeImportNode) int { return strings.Compare(x.Name, y.Name) })
 	return res, nil
-}
-
-func cmpString(x, y string) int {
-	switch {
-	case x < y:
-		return -1
-	case x > y:
-		return 1
-	}
-	return 0
 }
 
 // KubeStatus asks every node for its components (in parallel, briefly)
@@ -507,7 +504,7 @@ func (a *Agent) KubeStatus(ctx context.Context) (*api.KubeStatus, error) {
 		}()
 	}
 	wg.Wait()
-	slices.SortFunc(out.Nodes, func(x, y api.KubeNodeStatus) int { return cmpString(x.Name, y.Name) })
+	slices.SortFunc(out.Nodes, func(x, y api.KubeNodeStatus) int { return strings.Compare(x.Name, y.Name) })
 	return out, nil
 }
 

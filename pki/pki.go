@@ -64,18 +64,24 @@ func NewCA(clusterID string) (*CA, error) {
 	if clusterID == "" {
 		return nil, errors.New("pki: cluster ID is required")
 	}
+	return NewCAWithSubject(pkix.Name{CommonName: "runos cluster " + clusterID, Organization: []string{"runos"}})
+}
+
+// NewCAWithSubject creates a self-signed CA with the given subject, valid
+// for ten years (the cluster CA, and managed Kubernetes' CAs in kubehost/kpki).
+func NewCAWithSubject(subject pkix.Name) (*CA, error) {
 	key, keyPEM, err := NewKey()
 	if err != nil {
 		return nil, err
 	}
-	serial, err := randomSerial()
+	serial, err := RandomSerial()
 	if err != nil {
 		return nil, err
 	}
 	now := time.Now()
 	tmpl := &x509.Certificate{
 		SerialNumber:          serial,
-		Subject:               pkix.Name{CommonName: "runos cluster " + clusterID, Organization: []string{"runos"}},
+		Subject:               subject,
 		NotBefore:             now.Add(-clockSkew),
 		NotAfter:              now.Add(caValidity),
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
@@ -117,7 +123,7 @@ func ParseCA(certPEM, keyPEM []byte) (*CA, error) {
 	if err != nil {
 		return nil, fmt.Errorf("pki: CA key: %w", err)
 	}
-	if !publicKeysEqual(cert.PublicKey, key.Public()) {
+	if !PublicKeysEqual(cert.PublicKey, key.Public()) {
 		return nil, errors.New("pki: CA key does not match CA certificate")
 	}
 	return &CA{
@@ -274,7 +280,7 @@ func (ca *CA) SignCSR(csrPEM []byte, nodeName string, ips []netip.Addr, validity
 		return nil, "", fmt.Errorf("pki: sign CSR: %w", err)
 	}
 
-	sn, err := randomSerial()
+	sn, err := RandomSerial()
 	if err != nil {
 		return nil, "", err
 	}
@@ -305,11 +311,11 @@ func (ca *CA) SignCSR(csrPEM []byte, nodeName string, ips []netip.Addr, validity
 	return pem.EncodeToMemory(&pem.Block{Type: pemCert, Bytes: der}), formatSerial(sn), nil
 }
 
-// randomSerial returns a random positive 128-bit serial number. Serials must
+// RandomSerial returns a random positive 128-bit serial number. Serials must
 // be unique per CA and are how the cluster state names a certificate, so
 // they come from crypto/rand rather than a counter that several members
 // would have to agree on.
-func randomSerial() (*big.Int, error) {
+func RandomSerial() (*big.Int, error) {
 	limit := new(big.Int).Lsh(big.NewInt(1), 128)
 	for {
 		n, err := rand.Int(rand.Reader, limit)
@@ -371,7 +377,8 @@ func checkPublicKey(pub any) error {
 	return nil
 }
 
-func publicKeysEqual(a, b crypto.PublicKey) bool {
+// PublicKeysEqual reports whether a and b are the same public key.
+func PublicKeysEqual(a, b crypto.PublicKey) bool {
 	ea, ok := a.(interface{ Equal(crypto.PublicKey) bool })
 	return ok && ea.Equal(b)
 }

@@ -11,22 +11,20 @@
 package kpki
 
 import (
-	"bytes"
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"math/big"
 	"net"
 	"net/netip"
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/runos/runos-agent/pki"
 )
 
 const (
@@ -81,42 +79,11 @@ func NewCA(commonName string) (*CA, error) {
 	if commonName == "" {
 		return nil, errors.New("kpki: CA common name is required")
 	}
-	key, keyPEM, err := newKey()
+	ca, err := pki.NewCAWithSubject(pkix.Name{CommonName: commonName})
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("kpki: %w", err)
 	}
-	serial, err := randomSerial()
-	if err != nil {
-		return nil, err
-	}
-	now := time.Now()
-	tmpl := &x509.Certificate{
-		SerialNumber:          serial,
-		Subject:               pkix.Name{CommonName: commonName},
-		NotBefore:             now.Add(-clockSkew),
-		NotAfter:              now.Add(caValidity),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-		// The CA signs leaves directly; a leaf that somehow claims IsCA
-		// still cannot mint certificates that verify.
-		MaxPathLen:     0,
-		MaxPathLenZero: true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	if err != nil {
-		return nil, fmt.Errorf("kpki: create CA certificate: %w", err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		return nil, fmt.Errorf("kpki: parse new CA certificate: %w", err)
-	}
-	return &CA{
-		Cert:    cert,
-		Key:     key,
-		CertPEM: pem.EncodeToMemory(&pem.Block{Type: pemCert, Bytes: der}),
-		KeyPEM:  keyPEM,
-	}, nil
+	return &CA{Cert: ca.Cert, Key: ca.Key, CertPEM: ca.CertPEM, KeyPEM: ca.KeyPEM}, nil
 }
 
 // ParseCA loads a CA from PEM, as NewCA made it (the key unsealed from the
@@ -124,21 +91,11 @@ func NewCA(commonName string) (*CA, error) {
 // the certificate's, so a mix-up of the two CAs' keys fails here rather than
 // as unverifiable certificates later.
 func ParseCA(certPEM, keyPEM []byte) (*CA, error) {
-	cert, err := parseCert(certPEM)
+	ca, err := pki.ParseCA(certPEM, keyPEM)
 	if err != nil {
-		return nil, fmt.Errorf("kpki: CA certificate: %w", err)
+		return nil, fmt.Errorf("kpki: %w", err)
 	}
-	if !cert.IsCA || !cert.BasicConstraintsValid {
-		return nil, fmt.Errorf("kpki: certificate %q is not a CA", cert.Subject.CommonName)
-	}
-	key, err := parseKey(keyPEM)
-	if err != nil {
-		return nil, fmt.Errorf("kpki: CA key: %w", err)
-	}
-	if !publicKeysEqual(cert.PublicKey, key.Public()) {
-		return nil, fmt.Errorf("kpki: CA key does not match CA certificate %q", cert.Subject.CommonName)
-	}
-	return &CA{Cert: cert, Key: key, CertPEM: bytes.Clone(certPEM), KeyPEM: bytes.Clone(keyPEM)}, nil
+	return &CA{Cert: ca.Cert, Key: ca.Key, CertPEM: ca.CertPEM, KeyPEM: ca.KeyPEM}, nil
 }
 
 // NewServiceAccountKey makes the key kube-apiserver signs service-account
@@ -146,7 +103,7 @@ func ParseCA(certPEM, keyPEM []byte) (*CA, error) {
 // half (--service-account-key-file, PKIX), which every control-plane node
 // must share so a token issued by one apiserver is accepted by all.
 func NewServiceAccountKey() (keyPEM, pubPEM []byte, err error) {
-	key, keyPEM, err := newKey()
+	key, keyPEM, err := pki.NewKey()
 	if err != nil {
 		return nil, nil, err
 	}
@@ -160,7 +117,7 @@ func NewServiceAccountKey() (keyPEM, pubPEM []byte, err error) {
 // ServiceAccountPublic derives the PKIX public key PEM from a
 // service-account private key, so only the private key needs storing.
 func ServiceAccountPublic(keyPEM []byte) ([]byte, error) {
-	key, err := parseKey(keyPEM)
+	key, err := pki.ParseKey(keyPEM)
 	if err != nil {
 		return nil, fmt.Errorf("kpki: service-account key: %w", err)
 	}
@@ -219,11 +176,11 @@ func (ca *CA) Issue(r Request) (certPEM, keyPEM []byte, err error) {
 		eku = append(eku, x509.ExtKeyUsageClientAuth)
 	}
 
-	key, keyPEM, err := newKey()
+	key, keyPEM, err := pki.NewKey()
 	if err != nil {
 		return nil, nil, err
 	}
-	serial, err := randomSerial()
+	serial, err := pki.RandomSerial()
 	if err != nil {
 		return nil, nil, err
 	}
@@ -261,7 +218,7 @@ func NeedsReissue(certPEM []byte, ca *x509.Certificate, r Request) bool {
 	if ca == nil {
 		return true
 	}
-	cert, err := parseCert(certPEM)
+	cert, err := pki.ParseCert(certPEM)
 	if err != nil {
 		return true
 	}
@@ -435,17 +392,6 @@ func sameSet(a, b []string) bool {
 	return true
 }
 
-func newKey() (*ecdsa.PrivateKey, []byte, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, nil, fmt.Errorf("kpki: generate key: %w", err)
-	}
-	der, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		return nil, nil, fmt.Errorf("kpki: marshal key: %w", err)
-	}
-	return key, pem.EncodeToMemory(&pem.Block{Type: pemKey, Bytes: der}), nil
-}
 
 func marshalPublic(pub crypto.PublicKey) ([]byte, error) {
 	der, err := x509.MarshalPKIXPublicKey(pub)
@@ -455,62 +401,6 @@ func marshalPublic(pub crypto.PublicKey) ([]byte, error) {
 	return pem.EncodeToMemory(&pem.Block{Type: pemPublic, Bytes: der}), nil
 }
 
-// parseKey accepts PKCS #8 (what this package writes) and SEC 1 ("EC
-// PRIVATE KEY", what openssl and older kubeadm write).
-func parseKey(pemBytes []byte) (crypto.Signer, error) {
-	block, _ := pem.Decode(pemBytes)
-	if block == nil {
-		return nil, errors.New("no PEM block found")
-	}
-	var (
-		k   any
-		err error
-	)
-	switch block.Type {
-	case pemKey:
-		k, err = x509.ParsePKCS8PrivateKey(block.Bytes)
-	case "EC PRIVATE KEY":
-		k, err = x509.ParseECPrivateKey(block.Bytes)
-	default:
-		return nil, fmt.Errorf("unexpected PEM block type %q", block.Type)
-	}
-	if err != nil {
-		return nil, err
-	}
-	s, ok := k.(crypto.Signer)
-	if !ok {
-		return nil, fmt.Errorf("%T cannot sign", k)
-	}
-	return s, nil
-}
 
-func parseCert(pemBytes []byte) (*x509.Certificate, error) {
-	block, _ := pem.Decode(pemBytes)
-	if block == nil {
-		return nil, errors.New("no PEM block found")
-	}
-	if block.Type != pemCert {
-		return nil, fmt.Errorf("unexpected PEM block type %q", block.Type)
-	}
-	return x509.ParseCertificate(block.Bytes)
-}
 
-// randomSerial returns a random positive 128-bit serial: unique per CA
-// without a counter the issuing nodes would have to agree on.
-func randomSerial() (*big.Int, error) {
-	limit := new(big.Int).Lsh(big.NewInt(1), 128)
-	for {
-		n, err := rand.Int(rand.Reader, limit)
-		if err != nil {
-			return nil, fmt.Errorf("kpki: serial: %w", err)
-		}
-		if n.Sign() > 0 {
-			return n, nil
-		}
-	}
-}
 
-func publicKeysEqual(a, b crypto.PublicKey) bool {
-	ea, ok := a.(interface{ Equal(crypto.PublicKey) bool })
-	return ok && ea.Equal(b)
-}
