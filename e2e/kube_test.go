@@ -166,7 +166,7 @@ type kubeCluster struct {
 // newKubeCluster creates n kube-node Hosts on a LAN. Agent names are the
 // hosts' KubeNodeName (unique on the machine: the kubelet's cgroupRoot is
 // /runos/<name>, and the lab cleans up by that name).
-func newKubeCluster(t *testing.T, subnet string, n int) *kubeCluster {
+func newKubeCluster(t testing.TB, subnet string, n int) *kubeCluster {
 	t.Helper()
 	binDir := kubeBinDir(t)
 	c := &cluster{t: t, lab: lab.New(t)}

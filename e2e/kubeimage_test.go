@@ -16,6 +16,13 @@ import (
 // required.
 func busyboxImageTar(t testing.TB, ref string, cmd ...string) string {
 	t.Helper()
+	return imageTar(t, busyboxImage(t, ref))
+}
+
+// busyboxImage is the busybox image with cmd as its command (busybox's `sh`
+// when empty), for callers that add files before writing it with imageTar.
+func busyboxImage(t testing.TB, ref string, cmd ...string) ociimage.Image {
+	t.Helper()
 	if _, err := os.Stat("/bin/busybox"); err != nil {
 		if lab.Required() {
 			t.Fatalf("/bin/busybox missing (Debian busybox-static; scripts/test-deps.sh): %v", err)
@@ -26,7 +33,14 @@ func busyboxImageTar(t testing.TB, ref string, cmd ...string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	path := filepath.Join(t.TempDir(), "busybox.tar")
+	return img
+}
+
+// imageTar writes img as a docker-archive tar in a temp dir and returns
+// its path.
+func imageTar(t testing.TB, img ociimage.Image) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "image.tar")
 	f, err := os.Create(path)
 	if err != nil {
 		t.Fatal(err)

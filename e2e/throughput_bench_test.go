@@ -99,9 +99,22 @@ func BenchmarkWGThroughput(b *testing.B) {
 func iperf(b *testing.B, c *cluster, h *lab.Host, to netip.Addr) float64 {
 	b.Helper()
 	out, err := h.Run("iperf3", "-c", to.String(), "-t", fmt.Sprint(iperfSeconds), "-J")
+	bps, _, err := iperfResult(out, err)
+	if err != nil {
+		c.fatalf("iperf3 from %s to %v: %v", h.Name(), to, err)
+	}
+	mbps := bps / 1e6
+	b.Logf("iperf3 %s -> %v: %.0f Mbit/s", h.Name(), to, mbps)
+	return mbps
+}
+
+// iperfResult reads the JSON report of an iperf3 client (-J), run with
+// error runErr: what the receiver got, in bits/s and bytes.
+func iperfResult(out string, runErr error) (bitsPerSecond float64, bytes uint64, err error) {
 	var res struct {
 		End struct {
 			SumReceived struct {
+				Bytes         uint64  `json:"bytes"`
 				BitsPerSecond float64 `json:"bits_per_second"`
 			} `json:"sum_received"`
 		} `json:"end"`
@@ -112,12 +125,11 @@ func iperf(b *testing.B, c *cluster, h *lab.Host, to netip.Addr) float64 {
 	if i := strings.Index(js, "{"); i >= 0 {
 		js = js[i:]
 	}
-	if jerr := json.Unmarshal([]byte(js), &res); jerr != nil || err != nil || res.Error != "" || res.End.SumReceived.BitsPerSecond <= 0 {
-		c.fatalf("iperf3 from %s to %v: %v %v %s: %q", h.Name(), to, err, jerr, res.Error, out)
+	jerr := json.Unmarshal([]byte(js), &res)
+	if jerr != nil || runErr != nil || res.Error != "" || res.End.SumReceived.BitsPerSecond <= 0 {
+		return 0, 0, fmt.Errorf("%v %v %s: %q", runErr, jerr, res.Error, out)
 	}
-	mbps := res.End.SumReceived.BitsPerSecond / 1e6
-	b.Logf("iperf3 %s -> %v: %.0f Mbit/s", h.Name(), to, mbps)
-	return mbps
+	return res.End.SumReceived.BitsPerSecond, res.End.SumReceived.Bytes, nil
 }
 
 // wgGoThroughput brings up the reference wireguard-go between x and y
