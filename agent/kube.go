@@ -195,7 +195,7 @@ func (a *Agent) EnableKube(ctx context.Context, req api.KubeEnableRequest) (*api
 	st, _ := a.store.State()
 	if ks := st.Kube; ks != nil {
 		if ks.Version != version {
-			return nil, httpapi.Classify(fmt.Errorf("managed Kubernetes is already enabled at %s", ks.Version), httpapi.ErrBadRequest)
+			return nil, fmt.Errorf("%w at %s; changing the version (to %s) is not supported", raftstore.ErrKubeEnabled, ks.Version, version)
 		}
 		return a.KubeStatus(ctx)
 	}

@@ -75,6 +75,9 @@ type cluster struct {
 	nodes []*agentNode
 
 	dumpOnce sync.Once
+	// dumpMore, if set, adds to dump what a kind of cluster knows more
+	// about (kubeCluster: Kubernetes).
+	dumpMore func()
 }
 
 // agentNode is one node: its namespace, its data dir and its current `run`.
@@ -145,6 +148,9 @@ func (c *cluster) dump() {
 			for i, p := range procs {
 				c.t.Logf("node %s: run #%d (%s) log tail:\n%s", n.name, i+1, p.LogPath(), p.Tail(60))
 			}
+		}
+		if c.dumpMore != nil {
+			c.dumpMore()
 		}
 	})
 }

@@ -158,9 +158,12 @@ func lastLines(s string, n int) string {
 // Kubernetes.
 type kubeCluster struct {
 	*cluster
-	binDir  string
-	tmp     string
-	kubecfg map[string]string // node name -> admin kubeconfig file
+	binDir string
+	// agentBinDir, if set, is the agents' --kube-bin-dir instead of
+	// binDir (kubectl still comes from binDir).
+	agentBinDir string
+	tmp         string
+	kubecfg     map[string]string // node name -> admin kubeconfig file
 }
 
 // newKubeCluster creates n kube-node Hosts on a LAN. Agent names are the
@@ -179,11 +182,13 @@ func newKubeCluster(t testing.TB, subnet string, n int) *kubeCluster {
 		c.nodes = append(c.nodes, &agentNode{c: c, name: name, host: h, dir: filepath.Join(dirs, name)})
 	}
 	kc := &kubeCluster{cluster: c, binDir: binDir, tmp: t.TempDir(), kubecfg: map[string]string{}}
-	// Registered after the lab's cleanups, so it runs before them: while
-	// the nodes still run.
+	// fatalf dumps while the agents run; a failure that did not go
+	// through it dumps at cleanup, when the agents (killed by their own
+	// cleanups, which run first) can no longer answer but logs remain.
+	c.dumpMore = kc.dumpKube
 	t.Cleanup(func() {
 		if t.Failed() {
-			kc.dumpKube()
+			c.dump()
 		}
 	})
 	return kc
@@ -198,8 +203,12 @@ func (kc *kubeCluster) startKube(n *agentNode) {
 		n.mu.Unlock()
 		kc.t.Fatalf("%s is already running", n.name)
 	}
+	bin := kc.binDir
+	if kc.agentBinDir != "" {
+		bin = kc.agentBinDir
+	}
 	p := n.host.StartKubeNode(kc.t, fmt.Sprintf("agent-%s-%d", n.host.Name(), len(n.procs)+1),
-		kc.bin, "run", "--data-dir", n.dir, "--net", "kernel", "--kube-bin-dir", kc.binDir)
+		kc.bin, "run", "--data-dir", n.dir, "--net", "kernel", "--kube-bin-dir", bin)
 	n.proc = p
 	n.procs = append(n.procs, p)
 	n.mu.Unlock()

@@ -68,6 +68,11 @@ func StatusFor(err error) int {
 		return http.StatusNotFound
 	case errors.Is(err, raftstore.ErrNameTaken), errors.Is(err, raftstore.ErrKeyTaken):
 		return http.StatusConflict
+	case errors.Is(err, raftstore.ErrKubeEnabled), errors.Is(err, raftstore.ErrKubeNotEnabled),
+		errors.Is(err, raftstore.ErrWorkloadsExist):
+		// Managed Kubernetes is on (off) already, or in use: the request
+		// clashes with the state, the agent is fine.
+		return http.StatusConflict
 	case errors.Is(err, raftstore.ErrNotLeader):
 		// The forwarder retries at whichever node leads now.
 		return http.StatusMisdirectedRequest

@@ -135,10 +135,13 @@ type Host struct {
 	preflightErr error
 
 	// Owned by the loop goroutine.
-	procs   map[string]*running
-	lb      *apilb.Balancer
-	dns     *clusterdns.Server
-	lookup  *clusterdns.KubeLookup
+	procs  map[string]*running
+	lb     *apilb.Balancer
+	dns    *clusterdns.Server
+	lookup *clusterdns.KubeLookup
+	// lbErr and dnsErr are why the balancer or the DNS server is not
+	// serving (e.g. its address is taken); retried every round.
+	lbErr   error
 	dnsErr  error
 	pauseOK int // containerd pid the pause image was imported into
 	// egressFor is the pod range the egress masquerade is installed for.
@@ -298,6 +301,7 @@ func (h *Host) stopAll() {
 }
 
 func (h *Host) stopServed() {
+	h.lbErr, h.dnsErr = nil, nil
 	if h.dns != nil {
 		h.dns.Close()
 		h.dns = nil
@@ -383,7 +387,7 @@ func (h *Host) reconcile(ctx context.Context, spec *Spec) {
 	for name, r := range h.procs {
 		st[name] = ComponentStatus{Status: r.proc.Status(), Version: versions[name]}
 	}
-	st[APIBalancer] = h.servedStatus(APIBalancer, h.lb != nil, nil)
+	st[APIBalancer] = h.servedStatus(APIBalancer, h.lb != nil, h.lbErr)
 	st[ClusterDNS] = h.servedStatus(ClusterDNS, h.dns != nil, h.dnsErr)
 	h.mu.Lock()
 	h.status = st
@@ -566,13 +570,19 @@ func (h *Host) ensureBalancer(ctx context.Context, s *Spec) {
 	if h.lb == nil {
 		lb, err := apilb.New(apilb.Config{Listen: h.cfg.APIListen, Backends: backends}, h.log.With("component", APIBalancer))
 		if err == nil {
-			err = lb.Start(ctx)
+			if err = lb.Start(ctx); err != nil {
+				lb.Close()
+			}
 		}
 		if err != nil {
-			h.log.Warn("API balancer", "err", err)
+			// Retried every round: log a new reason only.
+			if h.lbErr == nil || h.lbErr.Error() != err.Error() {
+				h.log.Warn("API balancer", "err", err)
+			}
+			h.lbErr = err
 			return
 		}
-		h.lb = lb
+		h.lb, h.lbErr = lb, nil
 		return
 	}
 	h.lb.SetBackends(backends)
