@@ -228,6 +228,7 @@ type Agent struct {
 	kubeBinDir string
 	kubeHost   *kubehost.Host
 	kube       kubeState
+	kubeReady  kubeReadyCache // this node's Node readiness for /metrics
 }
 
 // New loads the data dir. It fails on a dir that init or join did not

@@ -475,6 +475,8 @@ func (a *Agent) KubeStatus(ctx context.Context) (*api.KubeStatus, error) {
 	ready, apiErr := a.kubeNodesReady(ctx, ks)
 	if apiErr != nil {
 		out.APIError = apiErr.Error()
+	} else if self, ok := st.Nodes[a.cfg.NodeID]; ok {
+		a.kubeReady.set(ready[self.Name], a.now())
 	}
 	var mu sync.Mutex
 	var wg sync.WaitGroup

@@ -1,12 +1,17 @@
 package agent
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"net/http"
+	"net/url"
+	"sync"
+	"time"
 
 	"github.com/runos/runos-agent/api"
 	"github.com/runos/runos-agent/metrics"
+	"github.com/runos/runos-agent/raftstore"
 )
 
 // startMetrics serves Prometheus metrics at /metrics when MetricsListen is
@@ -42,7 +47,69 @@ func (a *Agent) metricsHandler() (http.Handler, error) {
 			}
 			return a.CloudStatus()
 		},
+		Kube: a.kubeMetrics,
 	}, a.log)
+}
+
+// kubeReadyEvery bounds how often a scrape reads this node's Node from the
+// API: Prometheus may scrape every second, kubelet updates it every 10 s.
+const kubeReadyEvery = 10 * time.Second
+
+// kubeReadyCache is this node's Node readiness for /metrics.
+type kubeReadyCache struct {
+	// mu is held while the Node is read, so concurrent scrapes wait for
+	// one read instead of each sending their own.
+	mu    sync.Mutex
+	at    time.Time // guarded by mu; when ready was learnt (zero: never)
+	ready bool      // guarded by mu
+}
+
+func (c *kubeReadyCache) set(ready bool, at time.Time) {
+	if !c.mu.TryLock() {
+		return // a scrape is reading the Node: its answer is as fresh
+	}
+	c.ready, c.at = ready, at
+	c.mu.Unlock()
+}
+
+// kubeMetrics is managed Kubernetes on this node for /metrics (nil where
+// it does not run).
+func (a *Agent) kubeMetrics() *metrics.KubeNode {
+	if a.kubeHost == nil {
+		return nil
+	}
+	st, _ := a.store.State()
+	self, ok := st.Nodes[a.cfg.NodeID]
+	if st.Kube == nil || !ok {
+		return nil
+	}
+	return &metrics.KubeNode{Components: a.KubeComponents().Components, Ready: a.kubeNodeReady(st.Kube, self.Name)}
+}
+
+// kubeNodeReady reports whether the Node name is Ready, from the cache
+// while it is younger than kubeReadyEvery (KubeStatus refreshes it too);
+// a failed read counts as not Ready until the next one.
+func (a *Agent) kubeNodeReady(ks *raftstore.KubeState, name string) bool {
+	c := &a.kubeReady
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.at.IsZero() && a.now().Sub(c.at) < kubeReadyEvery {
+		return c.ready
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	c.ready, c.at = false, a.now()
+	hc, host, err := a.kubeHTTP(ks)
+	if err != nil {
+		return false
+	}
+	var n kubeNode
+	if err := kubeDo(ctx, hc, http.MethodGet, host+"/api/v1/nodes/"+url.PathEscape(name), "", nil, &n); err != nil {
+		a.log.Debug("reading this node's Kubernetes Node for metrics", "err", err)
+		return false
+	}
+	c.ready = n.ready()
+	return c.ready
 }
 
 // MetricsURL is where metrics are served, or "" when off.

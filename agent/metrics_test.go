@@ -183,6 +183,12 @@ func TestMetricsEndpointScrapedAndParsed(t *testing.T) {
 			if _, ok := s.value("process_resident_memory_bytes"); !ok {
 				errs = append(errs, errors.New("no process metrics"))
 			}
+			// Userspace mode: managed Kubernetes cannot run here.
+			for _, k := range []string{"runos_kube_component_up", "runos_kube_component_restarts_total", "runos_kube_node_ready"} {
+				if _, ok := s[k]; ok {
+					errs = append(errs, fmt.Errorf("%s: %s without managed Kubernetes", a.Name(), k))
+				}
+			}
 		}
 		if leaders != 1 {
 			errs = append(errs, fmt.Errorf("%v nodes report raft state leader", leaders))

@@ -208,7 +208,7 @@ func (kc *kubeCluster) startKube(n *agentNode) {
 		bin = kc.agentBinDir
 	}
 	p := n.host.StartKubeNode(kc.t, fmt.Sprintf("agent-%s-%d", n.host.Name(), len(n.procs)+1),
-		kc.bin, "run", "--data-dir", n.dir, "--net", "kernel", "--kube-bin-dir", bin)
+		kc.bin, "run", "--data-dir", n.dir, "--net", "kernel", "--kube-bin-dir", bin, "--metrics-listen", kubeMetricsAddr)
 	n.proc = p
 	n.procs = append(n.procs, p)
 	n.mu.Unlock()
@@ -282,6 +282,44 @@ func (kc *kubeCluster) fetchKubeconfig(n *agentNode) {
 		kc.fatalf("%v", err)
 	}
 	kc.kubecfg[n.name] = path
+}
+
+// kubeMetricsAddr is where every kube node serves /metrics (each on the
+// loopback of its own network namespace).
+const kubeMetricsAddr = "127.0.0.1:9464"
+
+// metricsReady is nil once n's /metrics shows its Kubernetes Node Ready
+// and every component up (the node-wide ones at least), each with a
+// restart counter.
+func (kc *kubeCluster) metricsReady(n *agentNode) error {
+	out, err := n.host.KubeRun("curl", "-sSf", "--max-time", "10", "http://"+kubeMetricsAddr+"/metrics")
+	if err != nil {
+		return err
+	}
+	samples := map[string]string{}
+	for line := range strings.Lines(out) {
+		if k, v, ok := strings.Cut(strings.TrimSpace(line), " "); ok && strings.HasPrefix(k, "runos_kube_") {
+			samples[k] = v
+		}
+	}
+	if v := samples["runos_kube_node_ready"]; v != "1" {
+		return fmt.Errorf("%s: runos_kube_node_ready %q, want 1", n.name, v)
+	}
+	for _, c := range []string{"containerd", "kubelet", "kube-proxy", "api-balancer", "cluster-dns"} {
+		up := fmt.Sprintf(`runos_kube_component_up{component=%q}`, c)
+		if v := samples[up]; v != "1" {
+			return fmt.Errorf("%s: %s %q, want 1", n.name, up, v)
+		}
+		if _, ok := samples[fmt.Sprintf(`runos_kube_component_restarts_total{component=%q}`, c)]; !ok {
+			return fmt.Errorf("%s: no restart counter for %s", n.name, c)
+		}
+	}
+	for k, v := range samples {
+		if strings.HasPrefix(k, "runos_kube_component_up{") && v != "1" {
+			return fmt.Errorf("%s: %s %s", n.name, k, v)
+		}
+	}
+	return nil
 }
 
 // allReady is nil once `kube status` on via reports managed Kubernetes
@@ -440,7 +478,8 @@ func (kc *kubeCluster) dumpKube() {
 }
 
 // TestKubeManaged: `kube enable` on a three-node kernel-mode cluster gives
-// a working Kubernetes: Nodes Ready on their mesh IPs and pod /24s, pods on
+// a working Kubernetes: Nodes Ready on their mesh IPs and pod /24s (also
+// on every node's /metrics, with its components up), pods on
 // every node reaching each other across wg0, a ClusterIP Service by its DNS
 // name; the API and the other nodes' pods survive a power cut of the Raft
 // leader's node; pods come back after every agent restarts; a removed node
@@ -497,6 +536,11 @@ func TestKubeManaged(t *testing.T) {
 		}
 		mesh[n.name] = netip.MustParseAddr(st.MeshIP)
 		podNet[n.name] = netip.MustParsePrefix(st.PodCIDR)
+	}
+	for _, n := range all {
+		kc.eventually(60*time.Second, n.name+"'s metrics: Node Ready, components up", func() error {
+			return kc.metricsReady(n)
+		})
 	}
 	for _, n := range all {
 		kc.fetchKubeconfig(n)

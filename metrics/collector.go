@@ -55,6 +55,13 @@ var (
 		"State changes the cloud has not acknowledged yet.", nil, nil)
 	descCloudBytes = prometheus.NewDesc("runos_cloud_link_bytes_total",
 		"Bytes on the wire (TLS included) of this node's cloud sessions since it started.", []string{"direction"}, nil)
+
+	descKubeUp = prometheus.NewDesc("runos_kube_component_up",
+		"1 if the managed Kubernetes component runs on this node, 0 if it is down (only where managed Kubernetes runs).", []string{"component"}, nil)
+	descKubeRestarts = prometheus.NewDesc("runos_kube_component_restarts_total",
+		"Times the agent restarted the component after it exited (resets when the agent restarts or the component is reconfigured).", []string{"component"}, nil)
+	descKubeReady = prometheus.NewDesc("runos_kube_node_ready",
+		"1 if this node's Kubernetes Node is Ready, else 0 (read from the API at most every 10 s).", nil, nil)
 )
 
 var healthStates = []string{api.Healthy, api.Degraded, api.Offline}
@@ -76,6 +83,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 		descGossipMembers, descWGPeers, descPeerRx, descPeerTx, descPeerHandshake,
 		descBeatAge, descNodeHealth, descHealthCounts, descEvents,
 		descCloudState, descCloudPending, descCloudBytes,
+		descKubeUp, descKubeRestarts, descKubeReady,
 	} {
 		ch <- d
 	}
@@ -88,6 +96,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	gauge(descInfo, 1, cfg.Node, cfg.Cluster, cfg.Version)
 	c.collectCloud(ch)
+	c.collectKube(ch)
 
 	// Raft.
 	rs := cfg.Store.Status()
@@ -197,6 +206,21 @@ func (c *collector) collectCloud(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descCloudPending, prometheus.GaugeValue, float64(s.Pending))
 	ch <- prometheus.MustNewConstMetric(descCloudBytes, prometheus.CounterValue, float64(s.BytesSent), "sent")
 	ch <- prometheus.MustNewConstMetric(descCloudBytes, prometheus.CounterValue, float64(s.BytesReceived), "received")
+}
+
+func (c *collector) collectKube(ch chan<- prometheus.Metric) {
+	if c.cfg.Kube == nil {
+		return
+	}
+	k := c.cfg.Kube()
+	if k == nil {
+		return
+	}
+	for _, comp := range k.Components {
+		ch <- prometheus.MustNewConstMetric(descKubeUp, prometheus.GaugeValue, b2f(comp.Running), comp.Name)
+		ch <- prometheus.MustNewConstMetric(descKubeRestarts, prometheus.CounterValue, float64(comp.Restarts), comp.Name)
+	}
+	ch <- prometheus.MustNewConstMetric(descKubeReady, prometheus.GaugeValue, b2f(k.Ready))
 }
 
 func memberStateName(s memberlist.NodeStateType) string {

@@ -67,6 +67,19 @@ type Config struct {
 	// Cloud reports the cloud link at scrape time; nil, or a nil result
 	// (the link is not up yet), leaves the cloud metrics out.
 	Cloud func() *api.CloudStatus
+	// Kube reports managed Kubernetes on this node at scrape time; nil, or
+	// a nil result (Kubernetes is not managed here), leaves the
+	// runos_kube_* metrics out.
+	Kube func() *KubeNode
+}
+
+// KubeNode is this node's share of managed Kubernetes.
+type KubeNode struct {
+	// Components are the processes (and agent-served parts) the node runs.
+	Components []api.KubeComponent
+	// Ready is the Ready condition of this node's Kubernetes Node, as last
+	// read (false when it could not be read).
+	Ready bool
 }
 
 // NewHandler serves GET /metrics from a registry of the node's own. Scrape

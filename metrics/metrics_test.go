@@ -108,6 +108,7 @@ func TestMetricsFromComponents(t *testing.T) {
 	}, Events: []raftstore.Event{{Seq: 1, Kind: raftstore.EventNodeJoined}, {Seq: 2, Kind: raftstore.EventNodeJoined}}}
 	store := &fakeStore{st: st}
 	var cloud *api.CloudStatus
+	var kube *KubeNode
 	h, err := NewHandler(Config{
 		Node: "a", Cluster: "cl", Version: "v1",
 		Store: store,
@@ -121,6 +122,7 @@ func TestMetricsFromComponents(t *testing.T) {
 			{PublicKey: kc},
 		},
 		Cloud: func() *api.CloudStatus { return cloud },
+		Kube:  func() *KubeNode { return kube },
 	}, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
@@ -168,10 +170,21 @@ func TestMetricsFromComponents(t *testing.T) {
 	if _, ok := s["process_resident_memory_bytes"]; !ok {
 		t.Error("no process metrics")
 	}
+	for _, name := range []string{"runos_kube_component_up", "runos_kube_component_restarts_total", "runos_kube_node_ready"} {
+		if _, ok := s[name]; ok {
+			t.Errorf("%s where Kubernetes is not managed", name)
+		}
+	}
 
 	// Events count once each; the cloud link shows up once it exists.
 	st.Events = append(st.Events, raftstore.Event{Seq: 3, Kind: raftstore.EventNodeJoined})
 	cloud = &api.CloudStatus{State: cloudlink.StateBackoff, Pending: 4, BytesSent: 9}
+	// Managed Kubernetes starts on the node: one component crash-looping.
+	kube = &KubeNode{Ready: true, Components: []api.KubeComponent{
+		{Name: "containerd", Running: true, PID: 10},
+		{Name: "kubelet", Running: false, Restarts: 5, LastError: "exit status 1: bad flag"},
+		{Name: "cluster-dns", Running: true},
+	}}
 	s = scrape(t, h)
 	for _, w := range []struct {
 		name   string
@@ -183,10 +196,43 @@ func TestMetricsFromComponents(t *testing.T) {
 		{"runos_cloud_link_state", 0, []string{"state", cloudlink.StateConnected}},
 		{"runos_cloud_outbox_pending", 4, nil},
 		{"runos_cloud_link_bytes_total", 9, []string{"direction", "sent"}},
+		{"runos_kube_component_up", 1, []string{"component", "containerd"}},
+		{"runos_kube_component_up", 0, []string{"component", "kubelet"}},
+		{"runos_kube_component_up", 1, []string{"component", "cluster-dns"}},
+		{"runos_kube_component_restarts_total", 5, []string{"component", "kubelet"}},
+		{"runos_kube_component_restarts_total", 0, []string{"component", "containerd"}},
+		{"runos_kube_node_ready", 1, nil},
 	} {
 		if got, ok := value(s, w.name, w.labels...); !ok || got != w.want {
 			t.Errorf("%s%v = %v (present %v), want %v", w.name, w.labels, got, ok, w.want)
 		}
+	}
+	for name, typ := range map[string]dto.MetricType{
+		"runos_kube_component_up":             dto.MetricType_GAUGE,
+		"runos_kube_component_restarts_total": dto.MetricType_COUNTER,
+		"runos_kube_node_ready":               dto.MetricType_GAUGE,
+	} {
+		if mf := s[name]; mf.GetType() != typ {
+			t.Errorf("%s is a %v, want a %v", name, mf.GetType(), typ)
+		}
+	}
+	if n := len(s["runos_kube_component_up"].GetMetric()); n != 3 {
+		t.Errorf("%d runos_kube_component_up series for 3 components", n)
+	}
+	for _, m := range s["runos_kube_component_up"].GetMetric() {
+		if len(m.GetLabel()) != 1 || m.GetLabel()[0].GetName() != "component" {
+			t.Errorf("runos_kube_component_up labels %v, want only component", m.GetLabel())
+		}
+	}
+
+	// The Node is no longer Ready; Kubernetes turned off drops the metrics.
+	kube.Ready = false
+	if got, ok := value(scrape(t, h), "runos_kube_node_ready"); !ok || got != 0 {
+		t.Errorf("runos_kube_node_ready = %v (present %v) for a NotReady Node", got, ok)
+	}
+	kube = nil
+	if _, ok := scrape(t, h)["runos_kube_component_up"]; ok {
+		t.Error("runos_kube_component_up after managed Kubernetes stopped")
 	}
 }
 

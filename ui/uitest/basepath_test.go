@@ -63,6 +63,10 @@ func TestBrowserUnderBasePath(t *testing.T) {
 
 	b.run("nodes", chromedp.Navigate(base+"#/nodes"))
 	b.waitJS("three healthy nodes", `document.querySelectorAll('tr.node-row.healthy').length === 3`)
+	// The mirror cannot ask nodes for their Kubernetes components.
+	if n := eval[int](b, `document.querySelectorAll('th.kube, td.kube').length`); n != 0 {
+		t.Errorf("the cloud console shows %d Kubernetes cells", n)
+	}
 	if who := eval[string](b, `document.getElementById('who').textContent`); who != "operator" {
 		t.Errorf("signed-in user shown as %q", who)
 	}
@@ -76,6 +80,12 @@ func TestBrowserUnderBasePath(t *testing.T) {
 	b.waitJS("mesh with unmeasured links", `document.querySelectorAll('svg .mesh-node').length === 3 && document.querySelectorAll('svg .link.unknown').length === 3`)
 	b.run("node", chromedp.Navigate(base+"#/nodes/node2"))
 	b.waitJS("node page", `document.body.innerText.includes('Paths are measured by each node')`)
+	if eval[bool](b, `document.getElementById('kube-node') !== null`) {
+		t.Error("the cloud console's node page has a Kubernetes card")
+	}
+	if txt := eval[string](b, `document.getElementById('main').innerText`); strings.Contains(txt, "null") || strings.Contains(txt, "undefined") {
+		t.Errorf("the cloud console's node page shows a missing value: %q", txt)
+	}
 	b.run("token", chromedp.Navigate(base+"#/tokens"), chromedp.WaitVisible(chromedp.CSS("#token-create")), chromedp.Click(chromedp.CSS("#token-create")))
 	b.waitJS("join command", `document.getElementById('join-command')?.textContent.includes('runos-agent join')`)
 

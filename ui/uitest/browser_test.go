@@ -250,6 +250,9 @@ func TestBrowser(t *testing.T) {
 	}
 	b.waitJS("three healthy nodes", `document.querySelectorAll('tr.node-row.healthy').length === 3 && document.querySelectorAll('tr.node-row .meter').length > 0`)
 	b.screenshot("nodes")
+	// The agents do not run Kubernetes here (userspace mode): the column
+	// says so for every node.
+	b.waitJS("Kubernetes column: not managed", `document.querySelector('th.kube')?.textContent === 'Kubernetes' && [...document.querySelectorAll('tr.node-row td.kube')].filter((td) => td.dataset.kube === 'none' && td.textContent === '–').length === 3`)
 
 	b.run("overview", chromedp.Navigate(base+"#/"))
 	b.waitJS("overview counts", `document.querySelector('.count.healthy')?.textContent === '3' && document.querySelectorAll('.tile').length === 5`)
@@ -260,6 +263,7 @@ func TestBrowser(t *testing.T) {
 
 	b.run("node detail", chromedp.Navigate(base+"#/nodes/node0"))
 	b.waitJS("peers with direct paths", `document.querySelectorAll('.peers-table tbody tr').length === 2 && document.querySelectorAll('.peers-table .path.direct').length === 2`)
+	b.waitJS("Kubernetes not managed", `document.getElementById('kube-not-managed')?.textContent.includes('runos-agent kube enable')`)
 	b.screenshot("node-detail")
 	b.run("other node", chromedp.Navigate(base+"#/nodes/node1"))
 	b.waitJS("path from node0 to node1", `document.body.innerText.includes('Path from node0') && document.querySelector('.path.direct') !== null`)

@@ -1,5 +1,45 @@
-import {registerPage, h, api, link, badge, meter, pct, fmtBytes, fmtAge, fmtAgo, fmtRTT, fmtTime, errorBox, confirmAction} from '../core.js';
+import {registerPage, h, api, link, badge, meter, pct, fmtBytes, fmtAge, fmtAgo, fmtRTT, fmtSince, fmtTime, errorBox, confirmAction, statusBadge, config} from '../core.js';
 import {eventLine} from './events.js';
+
+// Managed Kubernetes (GET v1/kube/status). The answer asks every node for
+// its components, so the pages share one, refreshed at most every
+// KUBE_EVERY_MS instead of on every live refresh. The cloud console's
+// mirror has no node to ask: there the pages leave Kubernetes out.
+const KUBE_EVERY_MS = 5000;
+const kube = {data: null, error: null, at: 0, pending: null};
+const kubeShown = config.mode !== 'cloud';
+
+// refreshKube fetches the status if it is stale and then calls after();
+// nothing when the cached one is fresh.
+function refreshKube(ctx, after) {
+  if (!kubeShown) return;
+  if (!kube.pending) {
+    if (kube.at && Date.now() - kube.at < KUBE_EVERY_MS) return;
+    kube.pending = api('v1/kube/status').then((d) => { kube.data = d; kube.error = null; },
+      (e) => { kube.error = e; }).finally(() => { kube.at = Date.now(); kube.pending = null; });
+  }
+  kube.pending.then(() => { if (!ctx.signal.aborted) after(); });
+}
+
+function kubeNode(name) {
+  return kube.data && kube.data.managed ? kube.data.nodes.find((x) => x.name === name) : undefined;
+}
+
+function kubeReady(ns) {
+  return ns && ns.ready ? h('span', {class: 'badge healthy'}, 'Ready') : h('span', {class: 'badge offline'}, 'NotReady');
+}
+
+// kubeCell is a node's Kubernetes column: Ready, NotReady, or – where the
+// agents do not run Kubernetes.
+function kubeCell(n) {
+  const k = kube.data;
+  if (!k) {
+    return h('td', {class: 'kube muted', dataset: {kube: kube.error ? 'unknown' : 'loading'}, title: kube.error ? kube.error.message : undefined}, kube.error ? '?' : '…');
+  }
+  if (!k.managed) return h('td', {class: 'kube muted hide-sm', dataset: {kube: 'none'}, title: 'Kubernetes is not managed by the agents'}, '–');
+  const ns = kubeNode(n.name);
+  return h('td', {class: 'kube', dataset: {kube: ns && ns.ready ? 'ready' : 'notready'}, title: (ns && ns.error) || k.api_error || undefined}, kubeReady(ns));
+}
 
 function role(n) {
   return h('span', {class: 'role ' + n.raft_role}, n.raft_role);
@@ -21,19 +61,28 @@ registerPage({
   mount(el, ctx) {
     const tbody = h('tbody');
     const summary = h('span', {class: 'muted'});
+    const kubeHead = kubeShown ? h('th', {class: 'kube'}, 'Kubernetes') : null;
     el.append(
       h('div', {class: 'page-head'}, h('h1', {}, 'Nodes'), summary),
       h('div', {class: 'table-wrap'}, h('table', {class: 'grid nodes-table'},
         h('thead', {}, h('tr', {},
           h('th', {}, 'Node'), h('th', {}, 'Health'), h('th', {class: 'num'}, 'Heartbeat'),
           h('th', {}, 'CPU'), h('th', {class: 'hide-sm'}, 'Memory'), h('th', {class: 'hide-sm'}, 'Disk'),
-          h('th', {}, 'Role'), h('th', {class: 'hide-sm'}, 'Mesh IP'), h('th', {class: 'hide-sm'}, 'Version'))),
+          h('th', {}, 'Role'), kubeHead, h('th', {class: 'hide-sm'}, 'Mesh IP'), h('th', {class: 'hide-sm'}, 'Version'))),
         tbody)));
+    let last = null;
     ctx.subscribe((st) => {
+      last = st;
+      render(st);
+      refreshKube(ctx, () => render(last));
+    });
+    function render(st) {
       if (!st.nodes) {
-        if (st.error) tbody.replaceChildren(h('tr', {}, h('td', {colspan: 9}, errorBox(st.error))));
+        if (st.error) tbody.replaceChildren(h('tr', {}, h('td', {colspan: kubeShown ? 10 : 9}, errorBox(st.error))));
         return;
       }
+      // Not managed: the column only says so, and a phone has no room for that.
+      if (kubeHead) kubeHead.classList.toggle('hide-sm', !!kube.data && !kube.data.managed);
       const me = st.status && st.status.name;
       summary.textContent = st.nodes.nodes.length + ' nodes · state index ' + st.nodes.index;
       tbody.replaceChildren(...st.nodes.nodes.map((n) => {
@@ -46,15 +95,50 @@ registerPage({
           h('td', {class: 'num'}, fmtAge(n.last_heartbeat_seconds)),
           h('td', {}, u.cpu), h('td', {class: 'hide-sm'}, u.mem), h('td', {class: 'hide-sm'}, u.disk),
           h('td', {}, role(n)),
+          kubeShown ? kubeCell(n) : null,
           h('td', {class: 'mono hide-sm'}, n.mesh_ip),
           h('td', {class: 'mono hide-sm'}, n.version || '–'));
       }));
-    });
+    }
   },
 });
 
 function kv(pairs) {
   return h('dl', {class: 'kv'}, pairs.filter(Boolean).map(([k, v]) => [h('dt', {}, k), h('dd', {}, v)]));
+}
+
+// showKube fills the node page's Kubernetes card: the node's readiness and
+// its components as the node reports them.
+function showKube(card, name) {
+  const title = h('h2', {}, 'Kubernetes');
+  const k = kube.data;
+  if (!k) {
+    card.replaceChildren(title, kube.error ? errorBox(kube.error) : h('p', {class: 'muted'}, 'Loading…'));
+    return;
+  }
+  if (!k.managed) {
+    card.replaceChildren(title, h('p', {class: 'muted', id: 'kube-not-managed'}, 'Kubernetes is not managed by the agents. ',
+      h('code', {}, 'runos-agent kube enable'), ' runs it on every node.'));
+    return;
+  }
+  const ns = kubeNode(name);
+  title.append(' ', kubeReady(ns), k.version ? h('span', {class: 'small muted sub'}, k.version) : null);
+  const comps = (ns && ns.components) || [];
+  card.replaceChildren(...[title,
+    k.api_error ? h('p', {class: 'muted small', id: 'kube-api-error'}, 'Node readiness unknown: ', k.api_error) : null,
+    ns && ns.error ? h('p', {class: 'error', id: 'kube-node-error'}, ns.error) : null,
+    !ns ? h('p', {class: 'muted'}, 'This node is not in the Kubernetes status yet.') : null,
+    comps.length ? h('div', {class: 'table-wrap'}, h('table', {class: 'grid kube-components'},
+      h('thead', {}, h('tr', {}, h('th', {}, 'Component'), h('th', {}, 'State'), h('th', {class: 'hide-sm'}, 'Version'),
+        h('th', {class: 'num'}, 'Restarts'), h('th', {class: 'num hide-sm'}, 'Up'), h('th', {}, 'Last error'))),
+      h('tbody', {}, comps.map((c) => h('tr', {class: c.running ? 'kube-comp' : 'kube-comp bad-row', dataset: {component: c.name}},
+        h('td', {class: 'mono'}, c.name, c.pid ? h('div', {class: 'muted small'}, 'pid ' + c.pid) : null),
+        h('td', {}, statusBadge(c.running ? 'running' : 'down', c.running ? 'healthy' : 'offline')),
+        h('td', {class: 'mono hide-sm'}, c.version || '–'),
+        h('td', {class: 'num'}, String(c.restarts)),
+        h('td', {class: 'num hide-sm'}, c.running && c.since ? fmtSince(c.since).replace(/ ago$/, '') : '–'),
+        h('td', {class: 'last-error small'}, c.last_error || h('span', {class: 'muted'}, '–'))))))) :
+      ns ? h('p', {class: 'muted'}, 'No components run on this node.') : null].filter(Boolean));
 }
 
 function pathCell(p) {
@@ -72,9 +156,15 @@ registerPage({
     // Built once, outside the live-refreshed body, so a pending
     // confirmation survives refreshes.
     const actions = h('div', {class: 'head-actions'});
+    // Filled as the shared Kubernetes status arrives, kept across refreshes.
+    const kubeCard = kubeShown ? h('div', {class: 'card wide', id: 'kube-node'}, h('h2', {}, 'Kubernetes'), h('p', {class: 'muted'}, 'Loading…')) : null;
     el.append(h('p', {class: 'crumbs'}, link('nodes', 'Nodes'), ' / '), h('div', {class: 'page-head'}, h('h1', {}, name), actions), body);
     let actionsFor = '';
     ctx.subscribe((st) => {
+      if (kubeShown) {
+        showKube(kubeCard, name);
+        refreshKube(ctx, () => showKube(kubeCard, name));
+      }
       if (!st.nodes) {
         if (st.error) body.replaceChildren(errorBox(st.error));
         return;
@@ -154,7 +244,7 @@ registerPage({
       const evs = st.events.filter((e) => e.node === name).slice(-10).reverse();
       const history = h('div', {class: 'card wide'}, h('h2', {}, 'History'),
         evs.length ? h('ul', {class: 'events compact'}, evs.map((e) => h('li', {}, eventLine(e)))) : h('p', {class: 'muted'}, 'No events about this node.'));
-      body.replaceChildren(h('div', {class: 'columns'}, info, res), peers, history);
+      body.replaceChildren(...[h('div', {class: 'columns'}, info, res), kubeCard, peers, history].filter(Boolean));
     });
   },
 });
