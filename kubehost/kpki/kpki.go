@@ -392,7 +392,6 @@ func sameSet(a, b []string) bool {
 	return true
 }
 
-
 func marshalPublic(pub crypto.PublicKey) ([]byte, error) {
 	der, err := x509.MarshalPKIXPublicKey(pub)
 	if err != nil {
@@ -400,7 +399,3 @@ func marshalPublic(pub crypto.PublicKey) ([]byte, error) {
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: pemPublic, Bytes: der}), nil
 }
-
-
-
-
