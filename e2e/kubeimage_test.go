@@ -16,7 +16,7 @@ import (
 // required.
 func busyboxImageTar(t testing.TB, ref string, cmd ...string) string {
 	t.Helper()
-	return imageTar(t, busyboxImage(t, ref))
+	return imageTar(t, busyboxImage(t, ref, cmd...))
 }
 
 // busyboxImage is the busybox image with cmd as its command (busybox's `sh`
