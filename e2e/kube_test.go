@@ -169,7 +169,7 @@ type kubeCluster struct {
 // newKubeCluster creates n kube-node Hosts on a LAN. Agent names are the
 // hosts' KubeNodeName (unique on the machine: the kubelet's cgroupRoot is
 // /runos/<name>, and the lab cleans up by that name).
-func newKubeCluster(t testing.TB, subnet string, n int) *kubeCluster {
+func newKubeCluster(t testing.TB, subnet string, n int, behindNAT ...int) *kubeCluster {
 	t.Helper()
 	binDir := kubeBinDir(t)
 	c := &cluster{t: t, lab: lab.New(t)}
@@ -177,7 +177,17 @@ func newKubeCluster(t testing.TB, subnet string, n int) *kubeCluster {
 	c.lan = c.lab.LAN("lan", netip.MustParsePrefix(subnet))
 	dirs := t.TempDir()
 	for i := 1; i <= n; i++ {
-		h := c.lab.Host(fmt.Sprintf("k%d", i), c.lan)
+		seg := c.lan
+		if slices.Contains(behindNAT, i) {
+			// A home of its own: a LAN behind a port-preserving NAT router
+			// with a WAN leg on the shared segment, which drops unsolicited
+			// input like a home router; WireGuard gets through by hole
+			// punching, so pods talk across the NAT.
+			home := c.lab.LAN(fmt.Sprintf("home%d", i), netip.MustParsePrefix(fmt.Sprintf("192.168.%d.0/24", 100+i)))
+			c.lab.Router(fmt.Sprintf("r%d", i), c.lan, home, lab.NATEasy)
+			seg = home
+		}
+		h := c.lab.Host(fmt.Sprintf("k%d", i), seg)
 		name := h.KubeNodeName()
 		c.nodes = append(c.nodes, &agentNode{c: c, name: name, host: h, dir: filepath.Join(dirs, name)})
 	}
@@ -485,7 +495,7 @@ func (kc *kubeCluster) dumpKube() {
 // leader's node; pods come back after every agent restarts; a removed node
 // leaves the cluster.
 func TestKubeManaged(t *testing.T) {
-	kc := newKubeCluster(t, "10.98.0.0/24", 3)
+	kc := newKubeCluster(t, "10.98.0.0/24", 3, 3) // node 3 behind NAT
 	image := busyboxImageTar(t, imageRef)
 	all := kc.nodes
 	n1, n2, n3 := all[0], all[1], all[2]
