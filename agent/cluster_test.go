@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -90,7 +91,10 @@ func (c *cluster) deps(i int) Deps {
 // cut silences node i's socket; stopping it then is a crash.
 func (c *cluster) cut(i int) { c.binds[i].Cut() }
 
-// waitVoters waits until the leader has chosen the voter set for n live nodes.
+// waitVoters waits until the leader has chosen the voter set for n live
+// nodes and every running node has that configuration: a node that missed
+// it would refuse the votes of voters it does not know of, should the
+// leader die next.
 func (c *cluster) waitVoters(n int) {
 	c.tb.Helper()
 	want := min(n, 5)
@@ -104,6 +108,11 @@ func (c *cluster) waitVoters(n int) {
 		}
 		if v := voters(l); v != want {
 			return fmt.Errorf("%d voters, want %d", v, want)
+		}
+		for _, a := range c.running() {
+			if got, lv := a.store.Status().Voters, l.store.Status().Voters; !slices.Equal(got, lv) {
+				return fmt.Errorf("%s has voters %v, the leader %v", a.Name(), got, lv)
+			}
 		}
 		return nil
 	})

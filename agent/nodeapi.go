@@ -94,12 +94,7 @@ func (a *Agent) serve(ln net.Listener, h http.Handler, name string) {
 // forward hands a write to the leader's node API. The store retries on any
 // error with the same command ID, so a lost answer never double-applies.
 func (a *Agent) forward(ctx context.Context, leaderID string, cmd *raftstore.Command) (*raftstore.Result, error) {
-	var leader *raftstore.Node
-	for _, n := range a.knownNodes() {
-		if n.ID == leaderID {
-			leader = n
-		}
-	}
+	leader := a.nodeByID(leaderID)
 	if leader == nil {
 		return nil, fmt.Errorf("leader %s is not in the local state yet", leaderID)
 	}

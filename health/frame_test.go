@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
@@ -155,9 +156,16 @@ func TestRestartedSenderIsHeardAndByeIsBound(t *testing.T) {
 	if st, _ := h.m.members.state("b"); st == memberlist.StateLeft {
 		t.Fatal("a goodbye from another address was believed")
 	}
+	if got := h.store.takeObserved(); len(got) != 0 {
+		t.Fatalf("a goodbye from another address reached the store: %v", got)
+	}
 	h.m.HandleFrame(frames[0], from)
 	if st, _ := h.m.members.state("b"); st != memberlist.StateLeft {
 		t.Fatalf("goodbye not believed: %v", st)
+	}
+	// The store hears it (a leader that leaves is replaced at once).
+	if got := h.store.takeObserved(); !slices.Equal(got, []string{"bye/" + nodeB.ID}) {
+		t.Fatalf("store observed %v, want the goodbye of %s", got, nodeB.ID)
 	}
 }
 

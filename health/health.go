@@ -80,6 +80,9 @@ type Store interface {
 	// ObserveBeat takes Raft's part of another node's heartbeat, once
 	// the beat is bound to that node.
 	ObserveBeat(nodeID string, term uint64, leader, noLeader bool)
+	// ObserveBye takes another node's goodbye heartbeat, once bound to
+	// that node: a leader that leaves is replaced at once.
+	ObserveBye(nodeID string)
 }
 
 var _ Store = (*raftstore.Store)(nil)

@@ -93,6 +93,12 @@ func (s *fakeStore) ObserveBeat(id string, term uint64, leader, noLeader bool) {
 	s.observed = append(s.observed, fmt.Sprintf("%s/%d/%v", id, term, leader))
 }
 
+func (s *fakeStore) ObserveBye(id string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.observed = append(s.observed, "bye/"+id)
+}
+
 func (s *fakeStore) takeObserved() []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -311,8 +317,9 @@ func TestClassifierAgesOnTheClock(t *testing.T) {
 		t.Errorf("new node: %+v", s)
 	}
 
-	// Raft's part of every accepted (non-goodbye) beat went to the store.
-	if got := h.store.takeObserved(); len(got) != 3 || got[0] != "id-b/7/false" {
+	// Raft's part of every accepted beat went to the store, and the
+	// goodbye as one.
+	if got := h.store.takeObserved(); len(got) != 4 || got[0] != "id-b/7/false" || got[3] != "bye/id-b" {
 		t.Errorf("observed beats: %v", got)
 	}
 }

@@ -79,6 +79,9 @@ func (m *Monitor) HandleFrame(frame []byte, from netip.AddrPort) {
 	}
 	if hb.Bye {
 		m.members.sayBye(hb.Name)
+		if known {
+			m.deps.Store.ObserveBye(id)
+		}
 		return
 	}
 	prev, _ := m.beats.get(hb.Name)

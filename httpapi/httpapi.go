@@ -1,8 +1,8 @@
 // Package httpapi owns the agent's HTTP surfaces: the local API (served on
 // the unix socket in the data dir, and mounted by the web UI behind its
 // sign-in), the node API (on the mesh IP, mTLS between members: forwarded
-// Raft writes and read indexes) with its client, and the join endpoint's
-// handler (underlay TCP, TLS). Each is a handler over a small backend
+// Raft writes and read indexes, failover checks) with its client, and the
+// join endpoint's handler (underlay TCP, TLS). Each is a handler over a small backend
 // interface (Local and Workloads, Node, Joiner) that the agent implements,
 // so paths, methods, status codes, body shapes and size limits live here and
 // nothing else. StatusFor is the one place that maps errors to status codes;

@@ -14,7 +14,7 @@ import (
 
 // The node API listens on the mesh IP with mutual TLS: only nodes of the
 // cluster state reach it. It carries writes (and read indexes) forwarded
-// to the leader.
+// to the leader, and failover on demand's questions (failover.go).
 
 // maxCommand bounds a forwarded command and its result.
 const maxCommand = 1 << 20
@@ -34,6 +34,9 @@ func NewNodeHandler(n Node, k KubeNode) (http.Handler, error) {
 	mux := http.NewServeMux()
 	if k != nil {
 		kubeNodeRoutes(mux, k)
+	}
+	if f, ok := n.(FailoverNode); ok {
+		failoverRoutes(mux, f)
 	}
 	mux.HandleFunc("POST /v1/raft/apply", func(w http.ResponseWriter, r *http.Request) {
 		var cmd raftstore.Command

@@ -30,6 +30,8 @@ var (
 		"Raft servers in the configuration by suffrage.", []string{"suffrage"}, nil)
 	descRaftIdle = prometheus.NewDesc("runos_raft_idle_appends_total",
 		"Entry-less AppendEntries this leader answered locally from followers' heartbeats, and those it sent.", []string{"outcome"}, nil)
+	descRaftChecks = prometheus.NewDesc("runos_raft_leader_checks_total",
+		"Checks of a leader a waiting write could not reach (failover on demand), by outcome: alive, unconfirmed (unreachable from here, not from a quorum of voters), election (this node campaigned).", []string{"outcome"}, nil)
 	descGossipMembers = prometheus.NewDesc("runos_gossip_members",
 		"Cluster nodes (this one included) by gossip state as this node's failure detector sees them.", []string{"state"}, nil)
 	descWGPeers = prometheus.NewDesc("runos_wireguard_peers",
@@ -79,7 +81,7 @@ type collector struct {
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
-		descInfo, descRaftState, descRaftTerm, descRaftApplied, descRaftCommit, descRaftServers, descRaftIdle,
+		descInfo, descRaftState, descRaftTerm, descRaftApplied, descRaftCommit, descRaftServers, descRaftIdle, descRaftChecks,
 		descGossipMembers, descWGPeers, descPeerRx, descPeerTx, descPeerHandshake,
 		descBeatAge, descNodeHealth, descHealthCounts, descEvents,
 		descCloudState, descCloudPending, descCloudBytes,
@@ -112,6 +114,10 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	answered, sent := cfg.Store.QuietStats()
 	ch <- prometheus.MustNewConstMetric(descRaftIdle, prometheus.CounterValue, float64(answered), "answered_locally")
 	ch <- prometheus.MustNewConstMetric(descRaftIdle, prometheus.CounterValue, float64(sent), "sent")
+	fs := cfg.Store.FailoverStats()
+	ch <- prometheus.MustNewConstMetric(descRaftChecks, prometheus.CounterValue, float64(fs.Alive), "alive")
+	ch <- prometheus.MustNewConstMetric(descRaftChecks, prometheus.CounterValue, float64(fs.Unconfirmed), "unconfirmed")
+	ch <- prometheus.MustNewConstMetric(descRaftChecks, prometheus.CounterValue, float64(fs.Elections), "election")
 
 	// Gossip and health, over the nodes of the cluster state.
 	st, _ := cfg.Store.State()

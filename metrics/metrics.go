@@ -36,6 +36,8 @@ type Store interface {
 	State() (*raftstore.State, uint64)
 	// QuietStats counts idle appends answered locally and sent.
 	QuietStats() (answered, sent uint64)
+	// FailoverStats counts checks of an unreachable leader.
+	FailoverStats() raftstore.FailoverStats
 	// ObserveApply hands the store the commit latency observer.
 	ObserveApply(func(time.Duration))
 }

@@ -27,8 +27,11 @@ type fakeStore struct {
 func (f *fakeStore) Status() raftstore.Status {
 	return raftstore.Status{State: "Leader", Term: 3, AppliedIndex: 10, CommitIndex: 11, Voters: []string{"a", "b"}, NonVoters: []string{"c"}}
 }
-func (f *fakeStore) State() (*raftstore.State, uint64)  { return f.st, 10 }
-func (f *fakeStore) QuietStats() (uint64, uint64)       { return 7, 2 }
+func (f *fakeStore) State() (*raftstore.State, uint64) { return f.st, 10 }
+func (f *fakeStore) QuietStats() (uint64, uint64)      { return 7, 2 }
+func (f *fakeStore) FailoverStats() raftstore.FailoverStats {
+	return raftstore.FailoverStats{Rounds: 4, Alive: 2, Unconfirmed: 1, Elections: 1}
+}
 func (f *fakeStore) ObserveApply(o func(time.Duration)) { f.observe = o }
 
 type fakeHealth map[string]health.Status
@@ -143,6 +146,8 @@ func TestMetricsFromComponents(t *testing.T) {
 		{"runos_raft_servers", 2, []string{"suffrage", "voter"}},
 		{"runos_raft_servers", 1, []string{"suffrage", "nonvoter"}},
 		{"runos_raft_idle_appends_total", 7, []string{"outcome", "answered_locally"}},
+		{"runos_raft_leader_checks_total", 2, []string{"outcome", "alive"}},
+		{"runos_raft_leader_checks_total", 1, []string{"outcome", "election"}},
 		{"runos_raft_commit_seconds", 1, nil},
 		{"runos_gossip_members", 2, []string{"state", "alive"}},
 		{"runos_gossip_members", 1, []string{"state", "dead"}},

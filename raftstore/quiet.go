@@ -141,6 +141,16 @@ func (q *quietTransport) observeBeat(id raft.ServerID, leaderAddr raft.ServerAdd
 	})
 }
 
+// lastBeat is when server id's last health heartbeat came (zero: none).
+func (q *quietTransport) lastBeat(id raft.ServerID) time.Time {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if p := q.peers[id]; p != nil {
+		return p.beatAt
+	}
+	return time.Time{}
+}
+
 func (q *quietTransport) AppendEntries(id raft.ServerID, target raft.ServerAddress, args *raft.AppendEntriesRequest, resp *raft.AppendEntriesResponse) error {
 	if len(args.Entries) > 0 {
 		q.mu.Lock()

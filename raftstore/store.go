@@ -47,6 +47,10 @@ type Config struct {
 	Sources mesh.Sources
 	// Forward is required: followers hand writes to the leader through it.
 	Forward ForwardFunc
+	// Peers, when set, lets a waiting write replace a leader that does not
+	// answer (failover.go). It needs QuietFresh: with Raft's own short
+	// timers there is nothing to speed up. Nil: Raft's timers only.
+	Peers Peers
 	// Alive reports whether a node is up (gossip's view). Required; the
 	// leader uses it to choose voters.
 	Alive func(nodeID string) bool
@@ -99,6 +103,14 @@ type Store struct {
 	closing *atomic.Bool
 
 	applyObserver atomic.Pointer[func(time.Duration)]
+
+	// life ends at Close; failover rounds run under it.
+	life     context.Context
+	stopLife context.CancelFunc
+	fo       failover
+	// lastLeader is the leader this node last followed, and its term
+	// (failover.go).
+	lastLeader atomic.Pointer[Suspicion]
 
 	startOnce sync.Once
 	closeOnce sync.Once
@@ -242,7 +254,13 @@ func New(cfg Config, log *slog.Logger) (*Store, error) {
 		bolt.Close()
 		return nil, fmt.Errorf("raftstore: start raft: %w", err)
 	}
+	if cfg.QuietFresh <= 0 {
+		cfg.Peers = nil
+	}
+	life, stopLife := context.WithCancel(context.Background())
 	return &Store{
+		life:      life,
+		stopLife:  stopLife,
 		cfg:       cfg,
 		log:       log,
 		fsm:       fsm,
@@ -320,6 +338,8 @@ func (s *Store) Close() error {
 		if s.cancel != nil {
 			s.cancel()
 		}
+		s.stopLife()
+		s.closeFailover()
 		s.wg.Wait()
 		// Cut the network first: replication to a peer that is down may
 		// sit in a dial, and raft's Shutdown waits for it.
@@ -393,6 +413,7 @@ func (s *Store) ObserveBeat(nodeID string, term uint64, leader, noLeader bool) {
 	if leader && term == cur && term != 0 {
 		if la, lid := s.raft.LeaderWithID(); lid == id && s.isVoter(id) {
 			addr = la
+			s.followed(nodeID, term)
 		}
 	}
 	s.quiet.observeBeat(id, addr, term, cur, noLeader)
@@ -453,20 +474,25 @@ func (s *Store) Apply(ctx context.Context, cmd *Command) (*Result, error) {
 	}
 	backoff := 20 * time.Millisecond
 	var lastErr error
+	var noLeaderSince time.Time
 	for {
 		var res *Result
 		var err error
+		leader := s.LeaderID()
 		if s.IsLeader() {
 			res, err = s.ApplyLocal(ctx, cmd)
-		} else if leader := s.LeaderID(); leader != "" {
-			// A leader that just died still looks like the leader for
-			// an election timeout; bound each attempt so the retry
+		} else if leader != "" && leader != s.cfg.NodeID {
+			// A leader that just died still looks like the leader until
+			// Raft's timer fires; forward checks it when the write waits
+			// (failover.go) and each attempt is bounded, so the retry
 			// reaches its successor.
-			actx, cancel := context.WithTimeout(ctx, forwardAttemptTimeout)
-			res, err = s.cfg.Forward(actx, leader, cmd)
-			cancel()
+			res, err = s.forward(ctx, leader, cmd)
 		} else {
 			err = errNoLeader
+			if noLeaderSince.IsZero() {
+				noLeaderSince = time.Now()
+			}
+			s.noLeader(noLeaderSince)
 		}
 		if err == nil {
 			return res, nil
@@ -475,10 +501,10 @@ func (s *Store) Apply(ctx context.Context, cmd *Command) (*Result, error) {
 			return nil, err
 		}
 		lastErr = err
-		select {
-		case <-ctx.Done():
+		// The next attempt comes after the backoff, or as soon as the
+		// leader changes.
+		if s.wait(ctx, backoff, leader) != nil {
 			return nil, fmt.Errorf("raftstore: write not committed: %w (last error: %v)", ctx.Err(), lastErr)
-		case <-time.After(backoff):
 		}
 		backoff = min(backoff*2, time.Second)
 	}

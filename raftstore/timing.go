@@ -13,12 +13,29 @@ import "time"
 // (quietTransport): an idle cluster sends no Raft traffic at all.
 //
 //   - HeartbeatTimeout 8 s: followers keep their leader from its health
-//     heartbeats (every 5 s). A dead leader is replaced 8-24 s after it
-//     stops (Raft's follower timer fires every 8-16 s and acts once the
-//     leader has been silent 8 s), before the others show it offline at
-//     30 s. A single lost heartbeat can make a follower ask for a pre-vote,
-//     which the others refuse while they still hear the leader: no term
-//     change, no disruption.
+//     heartbeats (every 5 s). Left to Raft's timer, a dead leader is
+//     replaced 8-24 s after it stops (the follower timer fires every 8-16 s
+//     and acts once the leader has been silent 8 s). A single lost
+//     heartbeat can make a follower ask for a pre-vote, which the others
+//     refuse while they still hear the leader: no term change, no
+//     disruption.
+//   - Failover on demand (failover.go) makes that wait rare: nobody needs
+//     a new leader while nothing is written. A write that waits on a
+//     leader (a forward failing, or unanswered for 0.25 s) has the node
+//     probe the leader (0.75 s) while every other voter does the same;
+//     when a quorum of voters finds it unreachable, the most up-to-date
+//     of them that still follows it starts an election at once (a
+//     TimeoutNow to itself): kill -9 of the leader to a write committed
+//     through a survivor takes about 1.0 s (BenchmarkLeaderFailover, in
+//     process and in the kernel lab). Idle, nothing changes: no probe is
+//     sent while no write waits. A follower that merely lost its own link
+//     to a live leader finds no quorum agreeing: no election.
+//   - Planned stops cost nothing: a leader that stops (SIGTERM, `run`
+//     exiting) first hands leadership over (HandOverLeadership: Raft's
+//     leadership transfer, the next term, no timer): the next write
+//     through a survivor commits about 30 ms after the signal
+//     (BenchmarkLeaderStop). Should the handover fail, the leader's
+//     goodbye heartbeat starts the same check at once (ObserveBye).
 //   - 3 s while the configuration has a single voter (a new cluster, a
 //     one-node cluster). Switching to it wakes Raft's follower timer, and a
 //     node that has never heard a leader campaigns at once: `run` after

@@ -272,7 +272,16 @@ func (c *Cluster) Partition(nodes ...int) {
 // Isolate cuts node i off from every other node.
 func (c *Cluster) Isolate(i int) { c.Partition(i) }
 
-// Heal removes every partition. Crashed nodes stay down.
+// CutLink drops every datagram between nodes i and j, both ways; each
+// still reaches the others (one node that cannot reach another while the
+// rest can).
+func (c *Cluster) CutLink(i, j int) {
+	c.t.Helper()
+	c.needNatlab("CutLink")
+	c.net.cutLink(i, j)
+}
+
+// Heal removes every partition and cut link. Crashed nodes stay down.
 func (c *Cluster) Heal() {
 	c.t.Helper()
 	c.needNatlab("Heal")

@@ -27,6 +27,7 @@ type network struct {
 	cut      map[netip.Addr]bool // crashed nodes: nothing in or out
 	side     map[netip.Addr]int  // partition side; absent is side 0
 	nextSide int
+	links    map[[2]netip.Addr]bool // cut links between two nodes, both ways
 }
 
 func newNetwork() *network {
@@ -35,6 +36,7 @@ func newNetwork() *network {
 		hosts: map[int]*natlab.Host{},
 		cut:   map[netip.Addr]bool{},
 		side:  map[netip.Addr]int{},
+		links: map[[2]netip.Addr]bool{},
 	}
 	n.lan = n.w.NewNetwork("loopback", netip.MustParsePrefix("127.0.0.0/8"))
 	n.w.SetDrop(n.drop)
@@ -68,7 +70,22 @@ func (n *network) drop(from, to netip.AddrPort) bool {
 	n.rulesMu.Lock()
 	defer n.rulesMu.Unlock()
 	f, t := from.Addr(), to.Addr()
-	return n.cut[f] || n.cut[t] || n.side[f] != n.side[t]
+	return n.cut[f] || n.cut[t] || n.side[f] != n.side[t] || n.links[link(f, t)]
+}
+
+// link is the key of the link between a and b, in either direction.
+func link(a, b netip.Addr) [2]netip.Addr {
+	if b.Less(a) {
+		a, b = b, a
+	}
+	return [2]netip.Addr{a, b}
+}
+
+// cutLink drops everything between nodes i and j.
+func (n *network) cutLink(i, j int) {
+	n.rulesMu.Lock()
+	defer n.rulesMu.Unlock()
+	n.links[link(addr(i), addr(j))] = true
 }
 
 func (n *network) setCut(i int, cut bool) {
@@ -91,9 +108,11 @@ func (n *network) partition(nodes []int) {
 	}
 }
 
-// heal removes every partition (crashed nodes stay cut until restarted).
+// heal removes every partition and cut link (crashed nodes stay cut until
+// restarted).
 func (n *network) heal() {
 	n.rulesMu.Lock()
 	defer n.rulesMu.Unlock()
 	clear(n.side)
+	clear(n.links)
 }

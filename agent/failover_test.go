@@ -1,0 +1,197 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/runos/runos-agent/api"
+	"github.com/runos/runos-agent/raftstore"
+)
+
+// productionRaft is fastTuning (quick health beats and reconcilers) with
+// production Raft timers: followers keep a silent leader for 8-16 s, so
+// anything faster is failover on demand or a handover.
+func productionRaft() Tuning {
+	t := fastTuning
+	t.RaftHeartbeat, t.RaftElection = 0, 0
+	return t
+}
+
+// crashAsync cuts node i off and stops it in the background (its stop
+// first tries to hand leadership over, which the cut makes fail, for up to
+// handOverWait); wait for it with the returned func.
+func (c *cluster) crashAsync(i int) (wait func()) {
+	c.cut(i)
+	a := c.agents[i]
+	c.dc.Agents[i] = nil // c.agents is the same slice
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		a.Close()
+	}()
+	return func() { <-done }
+}
+
+func failoverElections(agents []*Agent) (n uint64) {
+	for _, a := range agents {
+		n += a.store.FailoverStats().Elections
+	}
+	return n
+}
+
+// A write issued right after the leader crashes does not wait for Raft's
+// election timer: the follower it was written on finds the leader silent,
+// the other voter agrees, and one of them campaigns at once. One election
+// (the term moves by exactly one), started by failover on demand.
+func TestWriteAfterLeaderCrashElectsAtOnce(t *testing.T) {
+	c := newClusterTuned(t, 3, productionRaft())
+	old := c.waitLeader()
+	term := old.store.Status().Term
+	idx := slices.Index(c.agents, old)
+	wait := c.crashAsync(idx)
+	defer wait()
+	survivors := c.running()
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := survivors[0].CreateToken(ctx, api.TokenRequest{}); err != nil {
+		t.Fatalf("write after the leader crashed: %v", err)
+	}
+	l := c.waitLeader()
+	if got := l.store.Status().Term; got != term+1 {
+		t.Errorf("new leader's term %d, want %d (one election)", got, term+1)
+	}
+	if n := failoverElections(survivors); n != 1 {
+		t.Errorf("%d elections started on a confirmed suspicion, want 1 (else Raft's timer elected)", n)
+	}
+	for _, a := range survivors {
+		t.Logf("%s: %+v", a.Name(), a.store.FailoverStats())
+	}
+}
+
+// A leader that stops on purpose hands leadership over first: the next
+// leader is elected by the transfer (term + 1), no failover on demand is
+// needed, and writes continue through the survivors.
+func TestPlannedStopHandsLeadershipOver(t *testing.T) {
+	c := newClusterTuned(t, 3, productionRaft())
+	old := c.waitLeader()
+	term := old.store.Status().Term
+	c.stop(slices.Index(c.agents, old))
+	survivors := c.running()
+
+	l := c.waitLeader()
+	if got := l.store.Status().Term; got != term+1 {
+		t.Errorf("new leader's term %d, want %d (elected by the transfer)", got, term+1)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for _, a := range survivors {
+		if _, err := a.CreateToken(ctx, api.TokenRequest{}); err != nil {
+			t.Fatalf("write through %s after the leader stopped: %v", a.Name(), err)
+		}
+	}
+	if got := c.waitLeader().store.Status().Term; got != term+1 {
+		t.Errorf("term %d after writes, want %d", got, term+1)
+	}
+	if n := failoverElections(survivors); n != 0 {
+		t.Errorf("%d elections on a suspicion: the stop did not hand over", n)
+	}
+}
+
+// Checking a leader that answers changes nothing: a follower asking every
+// voter about a live leader starts no election.
+func TestLiveLeaderSurvivesSuspicion(t *testing.T) {
+	c := newClusterTuned(t, 3, productionRaft())
+	l := c.waitLeader()
+	f := c.follower()
+	k := raftstore.Suspicion{Leader: l.cfg.NodeID, Term: l.store.Status().Term}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, a := range c.running() {
+		if a == l {
+			continue
+		}
+		if v := a.store.CheckLeader(ctx, k); v.Unreachable {
+			t.Errorf("%s finds the live leader unreachable: %+v", a.Name(), v)
+		}
+		if err := a.store.Campaign(k); err == nil {
+			t.Errorf("%s campaigned against a live leader it did not find unreachable", a.Name())
+		}
+	}
+	p := failoverPeers{f}.Probe(ctx, l.cfg.NodeID)
+	if !p.Reached || !p.Answered || !p.Leader || p.Term != k.Term {
+		t.Errorf("probe of the live leader: %+v", p)
+	}
+	if got := l.store.Status(); got.State != "Leader" || got.Term != k.Term {
+		t.Errorf("leader after the checks: %+v", got)
+	}
+}
+
+// A probe of a node that is gone finds it unreachable, whether its socket
+// is silent or the node stopped.
+func TestProbeOfStoppedNode(t *testing.T) {
+	c := newClusterTuned(t, 3, productionRaft())
+	f := c.follower()
+	var other *Agent
+	for _, a := range c.running() {
+		if a != f {
+			other = a
+			break
+		}
+	}
+	id := other.cfg.NodeID
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if p := (failoverPeers{f}).Probe(ctx, id); !p.Reached || !p.Answered {
+		t.Fatalf("probe of a running node: %+v", p)
+	}
+	wait := c.crashAsync(slices.Index(c.agents, other))
+	wait()
+	pctx, pcancel := context.WithTimeout(ctx, time.Second)
+	defer pcancel()
+	if p := (failoverPeers{f}).Probe(pctx, id); p.Reached {
+		t.Fatalf("probe of a crashed node: %+v", p)
+	}
+}
+
+// A write through a node whose Raft timer already dropped the dead leader
+// (it knows no leader; the other voter still follows the dead one and
+// refuses its pre-votes) checks the leader it followed last: the other
+// voter confirms and campaigns, without waiting for its own timer.
+func TestWriteWithNoLeaderKnownChecksTheLastOne(t *testing.T) {
+	c := newClusterTuned(t, 3, productionRaft())
+	old := c.waitLeader()
+	wait := c.crashAsync(slices.Index(c.agents, old))
+	defer wait()
+	survivors := c.running()
+	var lost *Agent
+	eventually(t, "one survivor's Raft timer drops the dead leader, the other's not yet", func() error {
+		var follows []string
+		for _, a := range survivors {
+			if a.store.LeaderID() == "" {
+				lost = a
+			} else {
+				follows = append(follows, a.Name())
+			}
+		}
+		if lost == nil || len(follows) != 1 {
+			lost = nil
+			return fmt.Errorf("survivors still following: %v", follows)
+		}
+		return nil
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := lost.CreateToken(ctx, api.TokenRequest{}); err != nil {
+		t.Fatalf("write through %s: %v", lost.Name(), err)
+	}
+	for _, a := range survivors {
+		t.Logf("%s: %+v", a.Name(), a.store.FailoverStats())
+	}
+	if n := failoverElections(survivors); n != 1 {
+		t.Errorf("%d elections started on a confirmed suspicion, want 1", n)
+	}
+}
