@@ -402,6 +402,7 @@ func (a *Agent) start(ctx context.Context) error {
 	if a.nodeClient, err = httpapi.NewNodeClient(a.forwarder, NodeAPIPort); err != nil {
 		return err
 	}
+	a.closers = append(a.closers, a.nodeClient.Close)
 
 	timing := a.raftTiming()
 	store, err := raftstore.New(raftstore.Config{

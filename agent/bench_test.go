@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"slices"
@@ -135,69 +136,154 @@ func reportSpread(b *testing.B, took []time.Duration, what string) {
 	b.ReportMetric(0, "ns/op")
 }
 
-// BenchmarkRaftWrites: small commands committed by three voters, from 1 and
-// 64 concurrent clients, on the leader and forwarded from a follower.
+// BenchmarkWrites: small writes committed by three voters, from 1 and 64
+// concurrent clients, on the leader and through a follower, runos-agent
+// (production Raft timers) and a 3-member Debian etcd on loopback side by
+// side in one run, the order alternating from case to case.
 //
-// raft=production runs Raft with the production timers, so replication goes
-// through the quiet transport (synchronous, no pipelining); raft=fast is the
-// test timing with hashicorp/raft's plain pipelined transport.
-func BenchmarkRaftWrites(b *testing.B) {
-	for _, timing := range []string{"fast", "production"} {
-		tuning := fastTuning
-		if timing == "production" {
-			tuning.RaftHeartbeat, tuning.RaftElection = 0, 0
-		}
-		b.Run("raft="+timing, func(b *testing.B) { benchRaftWrites(b, tuning) })
-	}
-}
-
-func benchRaftWrites(b *testing.B, tuning Tuning) {
+// What each path includes (see README "Benchmarks"): an agent write is
+// Store.Apply in the agent's process, as the local API, the UI and joins
+// call it; through a follower it is forwarded to the leader over the node
+// API (HTTPS with mutual TLS, batched), and Raft replicates over mutual
+// TLS, both inside userspace WireGuard (wireguard-go with gVisor's
+// netstack) between the three in-process agents. etcd is written two ways:
+// system=etcd is its gRPC API (KV/Put over one HTTP/2 connection, as its
+// own client does), system=etcd-json a POST /v3/kv/put to its JSON gateway
+// over HTTP/1.1 keep-alive, which etcd turns into a gRPC call to itself.
+// etcd members and clients talk plain HTTP on loopback. The ratios are
+// agent/etcd(gRPC), and writes-ratio-vs-json agent/etcd(JSON).
+func BenchmarkWrites(b *testing.B) {
+	etcd := startEtcd(b, 3)
+	tuning := fastTuning
+	tuning.RaftHeartbeat, tuning.RaftElection = 0, 0 // production Raft timers
 	c := newClusterTuned(b, 3, tuning)
-	if q := c.waitLeader().raftTiming().QuietFresh > 0; q != (tuning.RaftHeartbeat == 0) {
-		b.Fatalf("quiet Raft %v with this timing", q)
+	if c.waitLeader().raftTiming().QuietFresh == 0 {
+		b.Fatal("production timing without the quiet transport")
 	}
+	value := bytes.Repeat([]byte("v"), 128) // about an agent command's size
+	k := 0
 	for _, via := range []string{"leader", "follower"} {
 		for _, clients := range []int{1, 64} {
-			b.Run(fmt.Sprintf("via=%s/clients=%d", via, clients), func(b *testing.B) {
-				a := c.leader()
-				if via == "follower" {
-					a = c.follower()
+			perClient := 200
+			if clients == 1 {
+				perClient = 1000
+			}
+			// Each side's writer, bound to its target (the leader, or a
+			// follower of it) when its run starts.
+			etcdWriter := func(put func(context.Context, int, string, []byte) error) func(b *testing.B) func(int) error {
+				return func(b *testing.B) func(int) error {
+					member, err := etcd.leader()
+					if err != nil {
+						b.Fatal(err)
+					}
+					if via == "follower" {
+						member = (member + 1) % 3
+					}
+					return func(w int) error {
+						return put(context.Background(), member, fmt.Sprintf("bench/%d", w), value)
+					}
 				}
-				const perClient = 200
-				lat := make([]time.Duration, clients*perClient)
-				var wg sync.WaitGroup
-				b.ResetTimer()
-				t0 := time.Now()
-				for w := range clients {
-					wg.Add(1)
-					go func() {
-						defer wg.Done()
-						for i := range perClient {
-							s := time.Now()
-							res, err := a.store.Apply(context.Background(), &raftstore.Command{
-								Op: raftstore.OpUpdateNode, UpdateNode: &raftstore.UpdateNodeCmd{NodeID: a.cfg.NodeID, Version: Version},
-							})
-							if err == nil {
-								err = res.Error()
-							}
-							if err != nil {
-								b.Error(err)
-								return
-							}
-							lat[w*perClient+i] = time.Since(s)
+			}
+			writers := map[string]func(b *testing.B) func(w int) error{
+				"etcd":      etcdWriter(etcd.put),
+				"etcd-json": etcdWriter(etcd.putJSON),
+				"agent": func(*testing.B) func(int) error {
+					a := c.leader()
+					if via == "follower" {
+						a = c.follower()
+					}
+					return func(int) error {
+						res, err := a.store.Apply(context.Background(), &raftstore.Command{
+							Op: raftstore.OpUpdateNode, UpdateNode: &raftstore.UpdateNodeCmd{NodeID: a.cfg.NodeID, Version: Version},
+						})
+						if err == nil {
+							err = res.Error()
 						}
-					}()
+						return err
+					}
+				},
+			}
+			order := []string{"etcd", "agent", "etcd-json"}
+			if k%2 == 1 {
+				order = []string{"etcd-json", "agent", "etcd"}
+			}
+			k++
+			got := map[string]writeStats{}
+			for _, system := range order {
+				b.Run(fmt.Sprintf("via=%s/clients=%d/system=%s", via, clients, system), func(b *testing.B) {
+					cpu := selfCPU
+					if system != "agent" {
+						cpu = func() time.Duration { return selfCPU() + etcd.cpu() }
+					}
+					st := runWriters(b, clients, perClient, cpu, writers[system](b))
+					got[system] = st
+					st.report(b)
+				})
+			}
+			b.Run(fmt.Sprintf("via=%s/clients=%d/agent-vs-etcd", via, clients), func(b *testing.B) {
+				a, e, j := got["agent"], got["etcd"], got["etcd-json"]
+				if a.perSec == 0 || e.perSec == 0 || j.perSec == 0 {
+					b.Skip("a side failed")
 				}
-				wg.Wait()
-				elapsed := time.Since(t0)
-				slices.Sort(lat)
-				b.ReportMetric(float64(len(lat))/elapsed.Seconds(), "writes/s")
-				b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
-				b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
+				b.ReportMetric(a.perSec/e.perSec, "writes-ratio")
+				b.ReportMetric(float64(a.p50)/float64(e.p50), "p50-ratio")
+				b.ReportMetric(float64(a.p99)/float64(e.p99), "p99-ratio")
+				b.ReportMetric(float64(a.cpuPerWrite)/float64(e.cpuPerWrite), "cpu-ratio")
+				b.ReportMetric(a.perSec/j.perSec, "writes-ratio-vs-json")
 				b.ReportMetric(0, "ns/op")
 			})
 		}
 	}
+}
+
+type writeStats struct {
+	perSec   float64
+	p50, p99 time.Duration
+	// cpuPerWrite is the CPU time of the run (this process: the agents or
+	// etcd's clients, plus the etcd members) per write.
+	cpuPerWrite time.Duration
+}
+
+func (st writeStats) report(b *testing.B) {
+	b.ReportMetric(st.perSec, "writes/s")
+	b.ReportMetric(float64(st.p50.Microseconds())/1000, "p50-ms")
+	b.ReportMetric(float64(st.p99.Microseconds())/1000, "p99-ms")
+	b.ReportMetric(float64(st.cpuPerWrite.Nanoseconds())/1000, "cpu-us/write")
+	b.ReportMetric(0, "ns/op")
+}
+
+// runWriters runs clients goroutines that each call write perClient times
+// (w is the goroutine's number) and measures every call.
+func runWriters(b *testing.B, clients, perClient int, cpu func() time.Duration, write func(w int) error) writeStats {
+	lat := make([]time.Duration, clients*perClient)
+	var wg sync.WaitGroup
+	b.ResetTimer()
+	cpu0 := cpu()
+	t0 := time.Now()
+	for w := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range perClient {
+				s := time.Now()
+				if err := write(w); err != nil {
+					b.Error(err)
+					return
+				}
+				lat[w*perClient+i] = time.Since(s)
+			}
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(t0)
+	used := cpu() - cpu0
+	b.StopTimer()
+	if b.Failed() {
+		return writeStats{}
+	}
+	slices.Sort(lat)
+	return writeStats{perSec: float64(len(lat)) / elapsed.Seconds(), p50: lat[len(lat)/2], p99: lat[len(lat)*99/100],
+		cpuPerWrite: used / time.Duration(len(lat))}
 }
 
 // BenchmarkFollowerApplyLag: with production Raft timers (the quiet

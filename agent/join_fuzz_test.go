@@ -3,6 +3,7 @@ package agent
 import (
 	"bytes"
 	"context"
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -26,6 +27,14 @@ func FuzzJoinHandler(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
+	// The node's own startup writes (init's UI credential) may still be
+	// on their way; none may land while the fuzzer watches the log.
+	eventually(f, "init's UI credential stored", func() error {
+		if st, _ := a.store.State(); st.UI.AdminHash == "" {
+			return errors.New("not yet")
+		}
+		return nil
+	})
 	tok, _ := datadir.ParseToken(good.Token)
 	wrong := datadir.Token{CAFingerprint: tok.CAFingerprint, ID: tok.ID, Secret: strings.Repeat("0", 32)}.String()
 	creds, err := datadir.NewCredentials("evil")

@@ -61,6 +61,7 @@ func TestMeshAttacks(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		defer nc.Close()
 		tok := raftstore.Token{ID: "evil-token", SecretHash: pki.HashSecret("x"), UsesLeft: 1000, ExpiresAt: time.Now().Add(100 * 365 * 24 * time.Hour)}
 		res, err := nc.Apply(context.Background(), me.Name, &raftstore.Command{ID: raftstore.NewCommandID(), Time: time.Now().UTC(), Op: raftstore.OpCreateToken, CreateToken: &raftstore.CreateTokenCmd{Token: tok}})
 		t.Logf("node API answered: %+v, %v", res, err)

@@ -250,7 +250,7 @@ func TestNodeClient(t *testing.T) {
 		want string
 	}{
 		{nil, ""},
-		{raftstore.ErrNotLeader, `leader 127.0.0.1: 421 Misdirected Request: {"error":"not the raft leader"}`},
+		{raftstore.ErrNotLeader, `leader 127.0.0.1: 421 Misdirected Request: not the raft leader`},
 	} {
 		h, _ := NewNodeHandler(fakeNode{tc.err}, nil)
 		srv := httptest.NewTLSServer(h)
@@ -260,6 +260,7 @@ func TestNodeClient(t *testing.T) {
 		}
 		c.port = portOf(t, srv.URL)
 		res, err := c.Apply(context.Background(), "127.0.0.1", &raftstore.Command{ID: "x", Time: time.Now(), Op: raftstore.OpEvent})
+		c.Close()
 		srv.Close()
 		switch {
 		case tc.want == "" && (err != nil || res.Index != 9):

@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"sync"
+	"time"
 
 	"github.com/runos/runos-agent/raftstore"
 )
@@ -38,17 +40,20 @@ func NewNodeHandler(n Node, k KubeNode) (http.Handler, error) {
 	if f, ok := n.(FailoverNode); ok {
 		failoverRoutes(mux, f)
 	}
+	// One command per request: what agents before batching send, and
+	// what NodeClient falls back to with a leader that has no batches.
 	mux.HandleFunc("POST /v1/raft/apply", func(w http.ResponseWriter, r *http.Request) {
-		var cmd raftstore.Command
-		if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxCommand)).Decode(&cmd); err != nil {
+		raw, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxCommand))
+		if err != nil {
 			WriteError(w, Classify(err, ErrBadRequest))
 			return
 		}
-		if cmd.ID == "" || cmd.Time.IsZero() {
-			WriteError(w, badRequest("forwarded command lacks id or time"))
+		cmd, err := decodeForwarded(raw)
+		if err != nil {
+			WriteError(w, err)
 			return
 		}
-		res, err := n.ApplyLocal(r.Context(), &cmd)
+		res, err := n.ApplyLocal(r.Context(), cmd)
 		if err != nil {
 			// 421 when this node no longer leads; any other failure is
 			// worth retrying: the sender does, with the same command ID.
@@ -57,6 +62,7 @@ func NewNodeHandler(n Node, k KubeNode) (http.Handler, error) {
 		}
 		WriteJSON(w, http.StatusOK, res)
 	})
+	mux.HandleFunc("POST /v1/raft/apply-batch", serveApplyBatch(n))
 	return mux, nil
 }
 
@@ -65,24 +71,36 @@ func NewNodeHandler(n Node, k KubeNode) (http.Handler, error) {
 type NodeClient struct {
 	http *http.Client
 	port int
+	// senders bounds the batches in flight to one leader (forward.go).
+	senders int
+
+	ctx    context.Context // ends batches in flight at Close
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // batch senders
+
+	mu sync.Mutex
+	// queues are the forwarded writes waiting, by leader name; guarded
+	// by mu.
+	queues map[string]*applyQueue
+	// noBatch: leaders that lack the batch endpoint, until when they are
+	// sent one command per request; guarded by mu.
+	noBatch map[string]time.Time
+	closed  bool // guarded by mu
 }
 
-// NewNodeClient returns a client for node APIs on port, through hc.
+// NewNodeClient returns a client for node APIs on port, through hc. Close
+// it to end forwarded writes in flight.
 func NewNodeClient(hc *http.Client, port int) (*NodeClient, error) {
 	if hc == nil || port <= 0 {
 		return nil, errors.New("httpapi: NewNodeClient needs an http.Client and a port")
 	}
-	return &NodeClient{http: hc, port: port}, nil
+	ctx, cancel := context.WithCancel(context.Background())
+	return &NodeClient{http: hc, port: port, senders: defaultSenders, ctx: ctx, cancel: cancel,
+		queues: map[string]*applyQueue{}, noBatch: map[string]time.Time{}}, nil
 }
 
-// Apply hands cmd to the leader, named leader, to commit. The URL carries
-// the node's name so TLS checks its certificate against the name the
-// cluster CA signed into it.
-func (c *NodeClient) Apply(ctx context.Context, leader string, cmd *raftstore.Command) (*raftstore.Result, error) {
-	body, err := json.Marshal(cmd)
-	if err != nil {
-		return nil, err
-	}
+// applyOne forwards one encoded command in a request of its own.
+func (c *NodeClient) applyOne(ctx context.Context, leader string, body []byte) (*raftstore.Result, error) {
 	url := fmt.Sprintf("https://%s:%d/v1/raft/apply", leader, c.port)
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
 	if err != nil {

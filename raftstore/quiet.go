@@ -40,9 +40,9 @@ import (
 // commit index, and every write still needs real acknowledgements from a
 // quorum. Liveness depends on the health plane instead of Raft's own
 // heartbeats, so Raft's HeartbeatTimeout must exceed the heartbeat interval
-// (see agent/raft_timing.go). Pipelining is not offered: replication is
-// synchronous per follower, which lets the idle commit refreshes be
-// suppressed here.
+// (see agent/raft_timing.go). Raft pipelines only while a follower has
+// entries to catch up on, and replicates synchronously once it is idle,
+// which lets the idle commit refreshes be suppressed here (quietpipe.go).
 type quietTransport struct {
 	inner *raft.NetworkTransport
 	// fresh is how recent a follower's health heartbeat must be for its
@@ -58,6 +58,9 @@ type quietTransport struct {
 	heartbeat func(raft.RPC)
 	// suppressed and sent count AppendEntries without entries; guarded by mu.
 	suppressed, sent uint64
+	// pipelines counts the network pipelines opened, pipelined the appends
+	// sent through them (quietpipe.go); guarded by mu.
+	pipelines, pipelined uint64
 }
 
 // maxBeatTermAhead bounds how far above our term a beat's term may be
@@ -72,6 +75,9 @@ type quietPeer struct {
 	// leaderless: the peer said it follows no leader; its idle traffic
 	// then goes over the wire so that it hears one.
 	leaderless bool
+	// busy: the last append that went to the peer over the wire carried
+	// entries, so Raft may pipeline to it (quietpipe.go).
+	busy bool
 	// The last entry-less AppendEntries of each kind the peer accepted over
 	// the wire, with its answer. Raft interleaves two kinds: heartbeats
 	// (no previous entry, no commit index) and commit refreshes.
@@ -158,7 +164,11 @@ func (q *quietTransport) AppendEntries(id raft.ServerID, target raft.ServerAddre
 			p.refresh.req = nil
 		}
 		q.mu.Unlock()
-		return q.inner.AppendEntries(id, target, args, resp)
+		err := q.inner.AppendEntries(id, target, args, resp)
+		q.mu.Lock()
+		q.peer(id).busy = err == nil && resp.Success
+		q.mu.Unlock()
+		return err
 	}
 	q.mu.Lock()
 	if p := q.peers[id]; p != nil && q.repeats(p, args) {
@@ -205,12 +215,6 @@ func (q *quietTransport) SetHeartbeatHandler(cb func(raft.RPC)) {
 	q.heartbeat = cb
 	q.mu.Unlock()
 	q.inner.SetHeartbeatHandler(cb)
-}
-
-// AppendEntriesPipeline is refused so that idle commit refreshes come
-// through AppendEntries, where they can be answered locally.
-func (q *quietTransport) AppendEntriesPipeline(raft.ServerID, raft.ServerAddress) (raft.AppendPipeline, error) {
-	return nil, raft.ErrPipelineReplicationNotSupported
 }
 
 func (q *quietTransport) Consumer() <-chan raft.RPC              { return q.inner.Consumer() }

@@ -606,6 +606,19 @@ func newHCLog(log *slog.Logger, closing *atomic.Bool) hclog.Logger {
 	})
 }
 
+// routinePipeline reports whether line is Raft telling of a pipelining
+// episode: it starts and ends one per burst of writes (at info), and the
+// quiet transport ends it once the follower is idle (an error to Raft;
+// quietpipe.go).
+func routinePipeline(line []byte) bool {
+	for _, s := range []string{"pipelining replication", "aborting pipeline replication", errQuietIdle.Error()} {
+		if bytes.Contains(line, []byte(s)) {
+			return true
+		}
+	}
+	return false
+}
+
 func (w hclogWriter) Write(p []byte) (int, error) {
 	line := bytes.TrimSpace(p)
 	level := slog.LevelInfo
@@ -616,7 +629,7 @@ func (w hclogWriter) Write(p []byte) (int, error) {
 			break
 		}
 	}
-	if w.closing != nil && w.closing.Load() {
+	if (w.closing != nil && w.closing.Load()) || routinePipeline(line) {
 		level = slog.LevelDebug
 	}
 	w.log.Log(context.Background(), level, string(line))
