@@ -4,6 +4,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"testing"
 	"time"
 
@@ -167,6 +168,17 @@ func TestMetricsFromComponents(t *testing.T) {
 	}
 	if _, ok := s["process_resident_memory_bytes"]; !ok {
 		t.Error("no process metrics")
+	}
+	if runtime.GOOS == "linux" {
+		// This test process has a heap and runs a binary.
+		for _, kind := range []string{"anon", "file"} {
+			if v, ok := value(s, "runos_process_memory_bytes", "kind", kind); !ok || v <= 0 {
+				t.Errorf("runos_process_memory_bytes{kind=%q} = %v (present %v), want > 0", kind, v, ok)
+			}
+		}
+		if _, ok := value(s, "runos_process_memory_bytes", "kind", "shmem"); !ok {
+			t.Error("runos_process_memory_bytes{kind=\"shmem\"} missing")
+		}
 	}
 
 	// Events count once each; the cloud link shows up once it exists.
