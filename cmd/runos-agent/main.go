@@ -134,13 +134,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 					if err := a.Start(ctx); err != nil {
 						return err
 					}
-					trimmed := make(chan struct{})
-					go func() {
-						defer close(trimmed)
-						trimAfterStartup(ctx, log)
-					}()
 					<-ctx.Done()
-					<-trimmed
 					return a.Close()
 				},
 			},
