@@ -484,6 +484,7 @@ func (a *Agent) start(ctx context.Context) error {
 	lead, err := leader.New(leader.Config{
 		Changes:  store.LeadershipChanges(),
 		IsLeader: store.IsLeader,
+		CatchUp:  store.CatchUp,
 		Tasks: []leader.Task{
 			{Name: "bootstrap", Run: a.bootstrap},
 			{Name: "voters", Run: store.ManageVoters},

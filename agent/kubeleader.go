@@ -32,23 +32,6 @@ func (a *Agent) manageKube(ctx context.Context) error {
 			etcd.Close()
 		}
 	}()
-	// A new leader may not have applied the whole log yet; acting on an
-	// older etcd membership would remove members the state still has. One
-	// read index per term brings this replica up to date first (later
-	// changes are committed here, so the local state stays current).
-	for {
-		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		_, _, err := a.store.ConsistentState(rctx)
-		cancel()
-		if err == nil {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(time.Second):
-		}
-	}
 	for {
 		changed := a.store.Changed()
 		st, _ := a.store.State()

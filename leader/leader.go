@@ -32,6 +32,12 @@ type Config struct {
 	// reports only transitions. Required.
 	IsLeader func() bool
 	Tasks    []Task
+	// CatchUp, when set, runs once per leadership before any task starts
+	// (retried after RetryAfter until it succeeds or leadership ends). A
+	// new Raft leader may not have applied the whole log when it learns
+	// it leads; every task decides from the state, so none may act on an
+	// older one (raftstore.Store.CatchUp).
+	CatchUp func(ctx context.Context) error
 	// RetryAfter is the pause before a failed task runs again (default 1s).
 	RetryAfter time.Duration
 }
@@ -140,14 +146,21 @@ func (l *Loop) lead(parent context.Context) (stop func()) {
 	l.leading = true
 	l.terms++
 	l.mu.Unlock()
-	l.log.Info("leading: starting leader tasks", "tasks", len(l.cfg.Tasks))
-	for _, t := range l.cfg.Tasks {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			l.runTask(ctx, t)
-		}()
-	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if !l.catchUp(ctx) {
+			return
+		}
+		l.log.Info("leading: starting leader tasks", "tasks", len(l.cfg.Tasks))
+		for _, t := range l.cfg.Tasks {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				l.runTask(ctx, t)
+			}()
+		}
+	}()
 	return func() {
 		cancel()
 		wg.Wait()
@@ -155,6 +168,28 @@ func (l *Loop) lead(parent context.Context) (stop func()) {
 		l.leading = false
 		l.mu.Unlock()
 		l.log.Info("not leading: leader tasks stopped")
+	}
+}
+
+// catchUp runs Config.CatchUp until it succeeds; false: leadership ended.
+func (l *Loop) catchUp(ctx context.Context) bool {
+	if l.cfg.CatchUp == nil {
+		return true
+	}
+	for {
+		err := l.cfg.CatchUp(ctx)
+		if err == nil {
+			return true
+		}
+		if ctx.Err() != nil {
+			return false
+		}
+		l.log.Warn("leading: catching up with the log failed; retrying", "err", err, "after", l.cfg.RetryAfter)
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(l.cfg.RetryAfter):
+		}
 	}
 }
 

@@ -129,3 +129,46 @@ func TestNewRejects(t *testing.T) {
 	l, _ := New(ok, testLog())
 	l.Close() // Close without Start returns
 }
+
+// No task runs before the new leader has caught up with the log: a task
+// acting on an older state could undo what the log already holds. A
+// failing catch-up is retried; losing leadership meanwhile starts nothing.
+func TestTasksWaitForCatchUp(t *testing.T) {
+	changes := make(chan bool, 1)
+	var attempts, starts atomic.Int32
+	caughtUp := make(chan struct{})
+	l, err := New(Config{
+		Changes:    changes,
+		IsLeader:   func() bool { return false },
+		RetryAfter: time.Millisecond,
+		CatchUp: func(ctx context.Context) error {
+			attempts.Add(1)
+			select {
+			case <-caughtUp:
+				return nil
+			default:
+				return errors.New("not yet")
+			}
+		},
+		Tasks: []Task{{Name: "work", Run: func(ctx context.Context) error {
+			starts.Add(1)
+			<-ctx.Done()
+			return nil
+		}}},
+	}, testLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Start(context.Background())
+	defer l.Close()
+	changes <- true
+	waitFor(t, "catch-up retried", func() bool { return attempts.Load() >= 3 })
+	if starts.Load() != 0 {
+		t.Fatal("a task started before the catch-up succeeded")
+	}
+	changes <- false
+	waitFor(t, "leadership given up", func() bool { return !l.Leading() })
+	close(caughtUp)
+	changes <- true
+	waitFor(t, "task started after the catch-up", func() bool { return starts.Load() == 1 })
+}

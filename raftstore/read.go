@@ -48,3 +48,14 @@ func (s *Store) readIndex(timeout time.Duration) (*Result, error) {
 	_, idx := s.fsm.State()
 	return &Result{Index: idx}, nil
 }
+
+// CatchUp returns once this replica has applied every write committed
+// before the call. A node that has just become leader runs it before its
+// leader tasks: Raft reports leadership before the FSM has applied the
+// whole log.
+func (s *Store) CatchUp(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	_, _, err := s.ConsistentState(ctx)
+	return err
+}
