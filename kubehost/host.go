@@ -148,6 +148,17 @@ type Host struct {
 	egressFor netip.Prefix
 	// versions caches each binary's reported version by path and mtime.
 	versions map[string]binVersion
+	// filesKey is the spec the files on disk were last written for, at
+	// filesAt; fileSums caches the hash of each config file identity
+	// reads, emptied whenever writeFiles runs. Together they keep an idle
+	// round (every Interval) from re-reading and re-parsing every
+	// certificate and config file.
+	filesKey string
+	filesAt  time.Time
+	fileSums map[string][]byte
+	// cgroups prepares the kubelet's cgroup root (prepareCgroups; a
+	// seam so unit tests leave the host's cgroups alone).
+	cgroups func(root string) error
 
 	startOnce, closeOnce sync.Once
 	cancel               context.CancelFunc
@@ -218,6 +229,8 @@ func New(cfg Config, log *slog.Logger) (*Host, error) {
 		status:   map[string]ComponentStatus{},
 		procs:    map[string]*running{},
 		versions: map[string]binVersion{},
+		fileSums: map[string][]byte{},
+		cgroups:  prepareCgroups,
 		done:     make(chan struct{}),
 	}
 	return h, nil
@@ -335,6 +348,7 @@ func (h *Host) reconcile(ctx context.Context, spec *Spec) {
 			removeEgress()
 			h.egressFor = netip.Prefix{}
 		}
+		h.filesKey = ""
 		h.setPreflight(nil)
 		return
 	}
@@ -344,13 +358,10 @@ func (h *Host) reconcile(ctx context.Context, spec *Spec) {
 		h.log.Warn("managed Kubernetes cannot start", "err", err)
 		return
 	}
-	if err := h.writeFiles(spec); err != nil {
+	if _, err := h.syncFiles(spec); err != nil {
 		h.setPreflight(err)
 		h.log.Warn("writing Kubernetes files", "err", err)
 		return
-	}
-	if err := prepareCgroups(cgroupRoot(spec.NodeName)); err != nil {
-		h.log.Warn("preparing cgroups", "err", err)
 	}
 	h.ensureBalancer(ctx, spec)
 	if h.egressFor != spec.PodCIDR {
@@ -430,7 +441,7 @@ func (h *Host) wanted(s *Spec) map[string]want {
 func (h *Host) bin(name string) string { return filepath.Join(h.cfg.BinDir, name) }
 
 func (h *Host) ensure(ctx context.Context, name string, w want) {
-	key, err := identity(w)
+	key, err := h.identity(w)
 	if err != nil {
 		h.log.Warn("component config", "component", name, "err", err)
 		return
@@ -481,15 +492,22 @@ func (h *Host) retireEtcdData() {
 }
 
 // identity hashes what a component is: binary, arguments, config files.
-func identity(w want) (string, error) {
+// A file's hash is cached until writeFiles runs again.
+func (h *Host) identity(w want) (string, error) {
 	sum := sha256.New()
 	fmt.Fprintf(sum, "%s\x00%s\x00", w.path, strings.Join(w.args, "\x00"))
 	for _, f := range w.files {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			return "", err
+		fs, ok := h.fileSums[f]
+		if !ok {
+			b, err := os.ReadFile(f)
+			if err != nil {
+				return "", err
+			}
+			s := sha256.Sum256(b)
+			fs = s[:]
+			h.fileSums[f] = fs
 		}
-		sum.Write(b)
+		sum.Write(fs)
 	}
 	return hex.EncodeToString(sum.Sum(nil)), nil
 }
