@@ -432,6 +432,7 @@ func extraCommands() []*cli.Command {
 	cmds = append(cmds, cloudCommands()...)
 	cmds = append(cmds, kubeCommands()...)
 	cmds = append(cmds, uiCommands()...)
+	cmds = append(cmds, accessCommands()...)
 	return cmds
 }
 
