@@ -229,7 +229,7 @@ type Agent struct {
 	kubeBinDir string
 	kubeHost   *kubehost.Host
 	kube       kubeState
-	acc        accessState // wg1 (access.go)
+	acc        accessState    // wg1 (access.go)
 	kubeReady  kubeReadyCache // this node's Node readiness for /metrics
 }
 
