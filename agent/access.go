@@ -243,6 +243,33 @@ func (a *Agent) AccessStats() ([]api.AccessPeerStats, error) {
 	return out, nil
 }
 
+// localDevices are the devices entering through this node, with wg1's
+// counters (status).
+func (a *Agent) localDevices(st *raftstore.State) []api.AccessDevice {
+	mine := st.DevicesVia(a.cfg.NodeID)
+	if len(mine) == 0 {
+		return nil
+	}
+	stats, err := a.AccessStats()
+	byKey := map[string]api.AccessPeerStats{}
+	for _, s := range stats {
+		byKey[s.PublicKey] = s
+	}
+	out := make([]api.AccessDevice, 0, len(mine))
+	for _, d := range mine {
+		ad := apiDevice(st, d)
+		if s, ok := byKey[d.PublicKey]; ok {
+			ad.LastHandshake, ad.RxBytes, ad.TxBytes, ad.Endpoint = s.LastHandshake, s.RxBytes, s.TxBytes, s.Endpoint
+		} else if err != nil {
+			ad.StatsError = err.Error()
+		} else {
+			ad.StatsError = "wg1 is not serving it (see the agent's log)"
+		}
+		out = append(out, ad)
+	}
+	return out
+}
+
 func apiDevice(st *raftstore.State, d *raftstore.Device) api.AccessDevice {
 	via := d.Via
 	if n, ok := st.Nodes[d.Via]; ok {

@@ -122,6 +122,7 @@ func (a *Agent) Status() (*api.Status, error) {
 		out.Peers = append(out.Peers, p)
 	}
 	slices.SortFunc(out.Peers, func(x, y api.Peer) int { return cmp.Compare(x.Name, y.Name) })
+	out.Devices = a.localDevices(st)
 	return out, nil
 }
 

@@ -71,7 +71,7 @@ func accessCommands() []*cli.Command {
 				Usage:     "give a device another entry node; it keeps its address and key, its config changes in the Endpoint only",
 				ArgsUsage: "NAME",
 				Flags: []cli.Flag{dataDirFlag(), jsonFlag(), endpointFlag(),
-					&cli.StringFlag{Name: "to", Required: true, Usage: "the new entry `NODE`"}},
+					&cli.StringFlag{Name: "to", Usage: "the new entry `NODE`"}},
 			}, 1, func(c *cli.Context) error {
 				if c.String("to") == "" {
 					return fmt.Errorf("move needs --to NODE")
