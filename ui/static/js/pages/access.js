@@ -8,10 +8,12 @@ function addForm(ctx, out, onAdded) {
   const name = h('input', {id: 'device-name', name: 'name', required: true, placeholder: 'alice-laptop',
     pattern: '[a-z0-9]([a-z0-9-]*[a-z0-9])?', maxlength: 63, autocomplete: 'off'});
   const via = h('select', {id: 'device-via', name: 'via'}, h('option', {value: ''}, 'this node'));
+  const endpoint = h('input', {id: 'device-endpoint', name: 'endpoint', placeholder: 'the node\'s public address', autocomplete: 'off', spellcheck: 'false',
+    title: 'host or host:port the device dials, when the entry node is behind a port forward or has a DNS name'});
   const allowPeers = h('input', {type: 'checkbox', id: 'device-allow-peers', name: 'allow_peers'});
   const submit = h('button', {class: 'btn primary', type: 'submit', id: 'device-add'}, 'Add device');
   const form = h('form', {class: 'form-row', id: 'device-form'},
-    h('label', {}, 'Name', name), h('label', {}, 'Entry node', via),
+    h('label', {}, 'Name', name), h('label', {}, 'Entry node', via), h('label', {}, 'Endpoint (optional)', endpoint),
     h('label', {class: 'check'}, allowPeers, ' may reach other devices that allow it'), submit);
   ctx.subscribe((store) => {
     const names = ((store.nodes && store.nodes.nodes) || []).map((n) => n.name).sort();
@@ -28,7 +30,7 @@ function addForm(ctx, out, onAdded) {
     out.replaceChildren(h('p', {class: 'muted'}, 'Adding…'));
     try {
       const r = await api('v1/access', {method: 'POST', signal: ctx.signal,
-        body: {name: name.value.trim(), via: via.value, allow_peers: allowPeers.checked}});
+        body: {name: name.value.trim(), via: via.value, endpoint: endpoint.value.trim(), allow_peers: allowPeers.checked}});
       out.replaceChildren(configCard(r, 'Device ' + r.device.name + ' added',
         'Scan the QR code with the WireGuard app, or save the config as a file. The private key is shown only now; the cluster does not keep it.'));
       name.value = '';
