@@ -45,7 +45,7 @@ type laptop struct {
 	proc   *lab.Proc
 }
 
-func newLaptop(t *testing.T, l *natLab) *laptop {
+func newLaptop(t testing.TB, l *natLab) *laptop {
 	t.Helper()
 	for _, tool := range []string{"wg", "wg-quick", "openssl"} {
 		if _, err := exec.LookPath(tool); err != nil {
