@@ -47,6 +47,13 @@ type laptop struct {
 
 func newLaptop(t testing.TB, l *natLab) *laptop {
 	t.Helper()
+	_, home := l.home("home", "192.168.77.0/24", lab.NATEasy)
+	return newDevice(t, l, "laptop", home)
+}
+
+// newDevice is a device called name on the LAN home.
+func newDevice(t testing.TB, l *natLab, name string, home *lab.Segment) *laptop {
+	t.Helper()
 	for _, tool := range []string{"wg", "wg-quick", "openssl"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			if lab.Required() {
@@ -55,11 +62,10 @@ func newLaptop(t testing.TB, l *natLab) *laptop {
 			t.Skipf("%s not found: skipping (run scripts/test-deps.sh as root)", tool)
 		}
 	}
-	_, home := l.home("home", "192.168.77.0/24", lab.NATEasy)
-	lp := &laptop{c: l.cluster, host: l.lab.Host("laptop", home), dir: t.TempDir(),
+	lp := &laptop{c: l.cluster, host: l.lab.Host(name, home), dir: t.TempDir(),
 		// wireguard-go's UAPI socket is /var/run/wireguard/IFNAME.sock,
 		// outside the namespaces: a name of this process's own.
-		ifname: fmt.Sprintf("wgl%d", os.Getpid()%1000000)}
+		ifname: fmt.Sprintf("wg%s%d", name[:1], os.Getpid()%1000000)}
 	lp.bin = filepath.Join(lp.dir, "wireguard-go")
 	if out, err := exec.Command("go", "build", "-o", lp.bin, "golang.zx2c4.com/wireguard").CombinedOutput(); err != nil {
 		t.Fatalf("building wireguard-go: %v\n%s", err, out)
@@ -79,7 +85,7 @@ func (lp *laptop) up(config string) {
 	if err := os.WriteFile(path, []byte(config), 0o600); err != nil {
 		lp.c.fatalf("%v", err)
 	}
-	lp.proc = lp.host.Start(lp.c.t, "wireguard-go-laptop", "env", "LOG_LEVEL=error", lp.bin, "-f", lp.ifname)
+	lp.proc = lp.host.Start(lp.c.t, "wireguard-go-"+lp.host.Name(), "env", "LOG_LEVEL=error", lp.bin, "-f", lp.ifname)
 	lp.c.eventually(10*time.Second, "laptop wireguard-go up", func() error {
 		_, err := lp.host.Run("wg", "show", lp.ifname)
 		return err
@@ -184,8 +190,13 @@ func TestUserAccess(t *testing.T) {
 		mesh[n.name] = l.meshIP(n)
 		l.startEcho(n)
 	}
-	webEcho := web.Start(t, "echo-web", helper(t, "echo-server", fmt.Sprintf("LISTEN=0.0.0.0:%d", echoPort))...)
-	_ = webEcho
+	web.Start(t, "echo-web", helper(t, "echo-server", fmt.Sprintf("LISTEN=0.0.0.0:%d", echoPort))...)
+	// The web host counts what arrives from device addresses: without a
+	// route back it could not answer them, so only a counter shows that
+	// a device's packets got out through the cluster.
+	if out, err := web.Run("nft", "add table inet probe; add chain inet probe in { type filter hook input priority 0; }; add rule inet probe in ip saddr 172.24.200.0/21 counter"); err != nil {
+		l.fatalf("web: nft: %v: %s", err, out)
+	}
 	if src, err := lp.echo(web.Addr()); err != nil {
 		l.fatalf("laptop cannot reach the lab internet directly: %v", err)
 	} else {
@@ -257,6 +268,9 @@ func TestUserAccess(t *testing.T) {
 		}
 		lp.host.Run("ip", "route", "del", target.String()+"/32", "dev", lp.ifname)
 	}
+	if out, err := web.Run("nft", "list", "chain", "inet", "probe", "in"); err != nil || !strings.Contains(out, "counter packets 0 ") {
+		l.fatalf("the lab internet got packets from a device through the cluster: %v\n%s", err, out)
+	}
 	// Raft and the node API on a mesh IP serve members only: a device's
 	// handshake never gets as far as TLS, a member's does.
 	for _, port := range []uint16{7947, 7948} {
@@ -267,6 +281,26 @@ func TestUserAccess(t *testing.T) {
 		if !tlsCert(cn.host, target) {
 			l.fatalf("control: member c got no TLS certificate from %v", target)
 		}
+	}
+
+	// Devices never see each other: a phone entering through the same
+	// node reaches the cluster but not the laptop, nor the laptop it.
+	var phoneCfg accessConfigJSON
+	if err := a.cliJSON(&phoneCfg, "access", "add", "phone", "--json", "--data-dir", a.dir); err != nil {
+		l.fatalf("%v", err)
+	}
+	phone := newDevice(t, l, "phone", lp.host.Segment())
+	phone.up(phoneCfg.Config)
+	l.eventually(30*time.Second, "phone pings b", func() error { return phone.ping(mesh["b"]) })
+	if err := phone.ping(dev); err == nil {
+		l.fatalf("the phone reached the laptop (%v) through the cluster", dev)
+	}
+	if err := lp.ping(netip.MustParseAddr(phoneCfg.Device.Address)); err == nil {
+		l.fatalf("the laptop reached the phone (%v) through the cluster", phoneCfg.Device.Address)
+	}
+	phone.down()
+	if _, err := a.cli("access", "remove", "phone", "--data-dir", a.dir); err != nil {
+		l.fatalf("%v", err)
 	}
 
 	// The list (from a node that is not the entry) shows the handshake.
