@@ -229,6 +229,7 @@ type Agent struct {
 	kubeBinDir string
 	kubeHost   *kubehost.Host
 	kube       kubeState
+	acc        accessState    // wg1 (access.go)
 	kubeReady  kubeReadyCache // this node's Node readiness for /metrics
 }
 
@@ -479,6 +480,7 @@ func (a *Agent) start(ctx context.Context) error {
 	a.goLoop(ctx, a.pathEventLoop)
 	a.goLoop(ctx, a.keyLoop)
 	a.goLoop(ctx, a.kubeLoop)
+	a.goLoop(ctx, a.accessLoop)
 	a.health.Start(ctx)
 	a.closers = append(a.closers, a.health.Close)
 	lead, err := leader.New(leader.Config{

@@ -95,6 +95,21 @@ func (a *Agent) kubeLoop(ctx context.Context) {
 		return
 	}
 	a.kubeHost.Start(ctx)
+	// After a restart the local state can be behind the cluster's: Raft
+	// restores the last snapshot and applies the entries after it only
+	// once it learns the commit index. A spec from that state could retire
+	// an etcd member this node still has (seen: "member count is unequal"
+	// after a restart), so nothing is applied before the node has caught
+	// up once; components keep running meanwhile (they are not ours to
+	// stop until then).
+	for err := a.store.CatchUp(ctx); err != nil; err = a.store.CatchUp(ctx) {
+		a.log.Debug("managed Kubernetes waits for the state to catch up", "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
+		}
+	}
 	for {
 		changed := a.store.Changed()
 		st, _ := a.store.State()

@@ -57,7 +57,17 @@ func (a *Agent) newPeers() (*mesh.Reconciler, error) {
 func (a *Agent) peerView() mesh.View {
 	st, _ := a.store.State()
 	_, self := st.Nodes[a.cfg.NodeID]
-	return mesh.View{Self: self, Members: a.members(st.SortedNodes())}
+	members := a.members(st.SortedNodes())
+	// Replies to a user device go to its entry node (wg1): its /32 rides
+	// in that node's AllowedIPs, so `access move` is a change of peer.
+	carried := map[string][]netip.Prefix{}
+	for _, d := range st.SortedDevices() {
+		carried[d.Via] = append(carried[d.Via], netip.PrefixFrom(d.Address, 32))
+	}
+	for i := range members {
+		members[i].Carried = carried[members[i].ID]
+	}
+	return mesh.View{Self: self, Members: members}
 }
 
 // members turns node records into mesh members (every node but this one).

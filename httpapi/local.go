@@ -68,6 +68,8 @@ type LocalConfig struct {
 	Catalog func() []api.CatalogService
 	// Kube serves managed Kubernetes (nil: its routes are absent).
 	Kube ManagedKube
+	// Access serves user devices (nil: its routes are absent).
+	Access Access
 }
 
 // ConsistentReadTimeout bounds the wait of a ?consistent=1 read for the
@@ -91,6 +93,9 @@ func NewLocalHandler(cfg LocalConfig) (http.Handler, error) {
 	l.uiRoutes(mux)
 	if cfg.Kube != nil {
 		kubeRoutes(mux, cfg.Kube)
+	}
+	if cfg.Access != nil {
+		accessRoutes(mux, cfg.Access)
 	}
 	return mux, nil
 }

@@ -110,6 +110,8 @@ type State struct {
 	// Kube is managed Kubernetes, nil when off (kube.go). It is replaced,
 	// never mutated in place.
 	Kube *KubeState `json:"kube,omitempty"`
+	// Access is user devices on wg1 (access.go).
+	Access AccessState `json:"access,omitzero"`
 	// Applied remembers recent command IDs, oldest first, for idempotency.
 	Applied []string `json:"applied"`
 	// Results of the remembered commands, so a retried command answers as
@@ -143,6 +145,7 @@ func (s *State) View() *State {
 		Workloads:   s.Workloads.clone(),
 		UI:          s.UI.clone(),
 		Kube:        s.Kube.clone(),
+		Access:      s.Access.clone(),
 
 		TokenPolicy: s.TokenPolicy,
 	}
@@ -235,13 +238,14 @@ type Command struct {
 	RotateKeys  *RotateKeysCmd  `json:"rotate_keys,omitempty"`
 	SealCAKey   *SealCAKeyCmd   `json:"seal_ca_key,omitempty"`
 
-	// Ops with the prefixes cloud_, workload_, ui_ and kube_ carry their
-	// payload here and are applied by cloud.go, workloads.go, ui.go and
-	// kube.go.
+	// Ops with the prefixes cloud_, workload_, ui_, kube_ and access_
+	// carry their payload here and are applied by cloud.go, workloads.go,
+	// ui.go, kube.go and access.go.
 	Cloud    *CloudCmd    `json:"cloud,omitempty"`
 	Workload *WorkloadCmd `json:"workload,omitempty"`
 	UI       *UICmd       `json:"ui,omitempty"`
 	Kube     *KubeCmd     `json:"kube,omitempty"`
+	Access   *AccessCmd   `json:"access,omitempty"`
 }
 
 // Command ops.
@@ -344,7 +348,8 @@ func (r *Result) Error() error {
 	for _, e := range []error{ErrTokenInvalid, ErrTokenExpired, ErrTokenUsed, ErrNameTaken, ErrKeyTaken,
 		ErrNoSuchNode, ErrNotBootstrap, ErrBootstrapped, ErrAddressSpace, ErrUnknownOp, ErrMalformedCmd,
 		ErrTokenPolicy, ErrNoSuchWorkload, ErrWorkloadExists, ErrWorkloadInUse, ErrAppNameTaken, ErrRotationStale,
-		ErrKubeEnabled, ErrKubeNotEnabled, ErrWorkloadsExist, ErrStale} {
+		ErrKubeEnabled, ErrKubeNotEnabled, ErrWorkloadsExist, ErrStale,
+		ErrDeviceNameTaken, ErrNoSuchDevice, ErrDeviceKeyTaken} {
 		if r.Err == e.Error() {
 			return e
 		}
@@ -512,6 +517,8 @@ func (s *State) applyOp(cmd *Command, res *Result) error {
 		return s.applyUI(cmd, res)
 	case strings.HasPrefix(cmd.Op, "kube_"):
 		return s.applyKube(cmd, res)
+	case strings.HasPrefix(cmd.Op, "access_"):
+		return s.applyAccess(cmd, res)
 	}
 	return ErrUnknownOp
 }

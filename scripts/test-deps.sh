@@ -17,6 +17,8 @@ packages+=(containerd runc containernetworking-plugins busybox-static iptables)
 packages+=(chromium)
 # curl: the managed-Kubernetes e2e probes kubelet, API server and etcd without credentials.
 packages+=(curl)
+# openssl: the user-access e2e checks that wg1 devices get no TLS from members-only listeners.
+packages+=(openssl)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -214,7 +214,14 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 						}
 						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%.1fms\t%s\t%d\t%d\n", p.Name, p.MeshIP, path, p.Endpoint, p.RTTMillis, hs, p.RxBytes, p.TxBytes)
 					}
-					return tw.Flush()
+					if err := tw.Flush(); err != nil {
+						return err
+					}
+					if len(s.Devices) > 0 {
+						fmt.Fprintln(stdout, "\nuser devices entering here (wg1):")
+						return printAccessList(stdout, s.Devices, time.Now())
+					}
+					return nil
 				},
 			},
 			{
@@ -432,6 +439,7 @@ func extraCommands() []*cli.Command {
 	cmds = append(cmds, cloudCommands()...)
 	cmds = append(cmds, kubeCommands()...)
 	cmds = append(cmds, uiCommands()...)
+	cmds = append(cmds, accessCommands()...)
 	return cmds
 }
 
