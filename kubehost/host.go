@@ -9,12 +9,13 @@
 package kubehost
 
 import (
-	"bytes"
+	"bufio"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -532,12 +533,8 @@ func (h *Host) pauseImported(ctx context.Context) bool {
 		h.log.Warn("sandbox image", "err", err)
 		return false
 	}
-	var buf bytes.Buffer
-	if err := ociimage.Write(&buf, img); err != nil {
-		h.log.Warn("sandbox image", "err", err)
-		return false
-	}
-	if err := h.importBytes(ctx, "pause.tar", buf.Bytes()); err != nil {
+	// Written straight to the file ctr imports, not through a buffer.
+	if err := h.importWritten(ctx, "pause.tar", func(w io.Writer) error { return ociimage.Write(w, img) }); err != nil {
 		h.log.Debug("importing the sandbox image (containerd still starting?)", "err", err)
 		return false
 	}
@@ -545,7 +542,9 @@ func (h *Host) pauseImported(ctx context.Context) bool {
 	return true
 }
 
-func (h *Host) importBytes(ctx context.Context, name string, b []byte) error {
+// importWritten imports the archive write writes, through a temporary
+// file named after name.
+func (h *Host) importWritten(ctx context.Context, name string, write func(io.Writer) error) error {
 	if err := os.MkdirAll(h.p.imports(), 0o700); err != nil {
 		return err
 	}
@@ -554,7 +553,12 @@ func (h *Host) importBytes(ctx context.Context, name string, b []byte) error {
 		return err
 	}
 	defer os.Remove(f.Name())
-	if _, err := f.Write(b); err != nil {
+	bw := bufio.NewWriterSize(f, 64<<10)
+	err = write(bw)
+	if err == nil {
+		err = bw.Flush()
+	}
+	if err != nil {
 		f.Close()
 		return err
 	}

@@ -27,6 +27,7 @@ import (
 	"github.com/runos/runos-agent/api"
 	"github.com/runos/runos-agent/health"
 	"github.com/runos/runos-agent/mesh"
+	"github.com/runos/runos-agent/procmem"
 	"github.com/runos/runos-agent/raftstore"
 )
 
@@ -108,6 +109,7 @@ func NewHandler(cfg Config, log *slog.Logger) (http.Handler, error) {
 		&collector{cfg: cfg},
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		memoryCollector{statusPath: procmem.SelfStatus},
 	)
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slogPromLogger{log}}))

@@ -99,6 +99,7 @@ type State struct {
 	// replaced, never mutated, so copies may share it.
 	TokenPolicy *TokenPolicy `json:"token_policy,omitempty"`
 	// Events is the cluster's recent history, oldest first, bounded.
+	// Views share it: read-only (see record).
 	Events []Event `json:"events"`
 	// Cloud is the cloud link's registration and sync cursor (cloud.go).
 	Cloud CloudState `json:"cloud"`
@@ -125,7 +126,10 @@ func NewState() *State {
 
 // View returns a deep copy without the deduplication bookkeeping (Applied,
 // Results: thousands of entries no reader needs). Readers call it often:
-// every reconcile, TLS handshake and API request.
+// every reconcile, TLS handshake and API request. The event history is
+// shared, not copied (up to a thousand events, ~110 kB, on every call was
+// most of an idle agent's garbage): it is read-only, and record never
+// changes an element once appended.
 func (s *State) View() *State {
 	c := &State{
 		ClusterID:   s.ClusterID,
@@ -135,7 +139,7 @@ func (s *State) View() *State {
 		Keys:        s.Keys.clone(),
 		Nodes:       make(map[string]*Node, len(s.Nodes)),
 		Tokens:      make(map[string]*Token, len(s.Tokens)),
-		Events:      slices.Clone(s.Events),
+		Events:      slices.Clip(s.Events), // a view's append reallocates
 		Results:     map[string]*Result{},
 		Cloud:       s.Cloud.clone(),
 		Workloads:   s.Workloads.clone(),
@@ -384,12 +388,15 @@ func (s *State) apply(index uint64, cmd *Command) *Result {
 	return res
 }
 
-// record appends an event, dropping the oldest beyond the window.
+// record appends an event, dropping the oldest beyond the window. Views
+// share the array (View), so it writes only past the end of the history,
+// where no view reaches, and drops by slicing: the array is replaced when
+// append outgrows it.
 func (s *State) record(index uint64, at time.Time, e Event) {
 	e.Seq, e.Time = index, at
 	s.Events = append(s.Events, e)
 	if over := len(s.Events) - eventWindow; over > 0 {
-		s.Events = slices.Delete(s.Events, 0, over)
+		s.Events = s.Events[over:]
 	}
 }
 

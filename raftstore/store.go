@@ -248,7 +248,17 @@ func New(cfg Config, log *slog.Logger) (*Store, error) {
 		quiet = newQuietTransport(trans, cfg.QuietFresh)
 		rtrans = quiet
 	}
-	r, err := raft.NewRaft(rc, fsm, bolt, bolt, snaps, rtrans)
+	// The leader reads the entry before each follower's next one on every
+	// AppendEntries, idle repeats included (CommitTimeout, answered by the
+	// quiet transport): from a cache of the newest entries instead of a bolt
+	// transaction and a msgpack decode each time.
+	logs, err := raft.NewLogCache(logCacheSize, bolt)
+	if err != nil {
+		trans.Close()
+		bolt.Close()
+		return nil, err
+	}
+	r, err := raft.NewRaft(rc, fsm, logs, bolt, snaps, rtrans)
 	if err != nil {
 		trans.Close()
 		bolt.Close()
@@ -275,6 +285,11 @@ func New(cfg Config, log *slog.Logger) (*Store, error) {
 		goneSince: map[raft.ServerID]time.Time{},
 	}, nil
 }
+
+// logCacheSize is how many of the newest log entries stay in memory as well
+// as in bolt. Most commands are well under a kilobyte; the rare large ones
+// (sealed Kubernetes material) are replaced by the next 64 writes.
+const logCacheSize = 64
 
 // Start keeps Raft's timing in step with the configuration until Close.
 // The leader's duties (ManageVoters) are run by the owner of leadership.
