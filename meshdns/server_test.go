@@ -16,6 +16,7 @@ import (
 	"github.com/miekg/dns"
 	"go.uber.org/goleak"
 
+	"github.com/runos/runos-agent/kubehost/clusterdns"
 	"github.com/runos/runos-agent/kubehost/clusterdns/dnstest"
 	"github.com/runos/runos-agent/meshdns"
 )
@@ -123,9 +124,9 @@ func records() map[string][]netip.Addr {
 	return map[string][]netip.Addr{
 		"node-a":      ips("172.24.0.1"),
 		"node-b":      ips("172.24.0.2"),
-		"pg-x2abc":    ips("10.96.4.7"),                 // a Service's ClusterIP
+		"pg-x2abc":    ips("10.96.4.7"),                // a Service's ClusterIP
 		"kafka-y3def": ips("172.25.1.5", "172.25.2.8"), // headless: the pods
-		"empty-z4ghj": nil,                              // headless, no pod ready
+		"empty-z4ghj": nil,                             // headless, no pod ready
 	}
 }
 
@@ -336,5 +337,57 @@ func TestUpstreamsFromResolvConf(t *testing.T) {
 	}
 	if _, err := meshdns.New(meshdns.Config{Allow: clusterNets, Upstreams: []string{"resolver.example"}}, nil, logger()); err == nil {
 		t.Fatal("New with a host name as upstream succeeded")
+	}
+}
+
+// Kubernetes' cluster domain is mounted in process: its names are
+// answered by the cluster DNS handler (no listener of its own), the
+// zone and forwarding are unaffected, and after unmounting they are
+// forwarded like any other name.
+func TestMountClusterDNS(t *testing.T) {
+	up := dnstest.StartUpstream(t, map[string][]netip.Addr{"example.com.": ips("192.0.2.1")})
+	s, addr := start(t, meshdns.Config{Upstreams: []string{up.Addr}})
+	s.SetRecords(records())
+	l := dnstest.NewLookup()
+	l.Set("default", "web", ips("10.96.0.10")...)
+	kd, err := clusterdns.New(clusterdns.Config{Lookup: l, Allow: clusterNets}, logger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := kd.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer kd.Close()
+	if len(kd.Addrs()) != 0 {
+		t.Fatalf("a mounted cluster DNS listens on %v", kd.Addrs())
+	}
+	if err := s.Mount(kd.Domain(), kd); err != nil {
+		t.Fatal(err)
+	}
+	for _, network := range []string{"udp", "tcp"} {
+		if r := query(t, network, addr, "web.default.svc.cluster.local.", dns.TypeA); !slices.Equal(answerIPs(r), []string{"10.96.0.10"}) {
+			t.Fatalf("%s: %v", network, r)
+		}
+		if r := query(t, network, addr, "nope.default.svc.Cluster.Local.", dns.TypeA); r.Rcode != dns.RcodeNameError {
+			t.Fatalf("%s: %v", network, r)
+		}
+	}
+	if r := query(t, "udp", addr, "node-a.runos.internal.", dns.TypeA); len(r.Answer) != 1 {
+		t.Fatalf("%v", r)
+	}
+	if r := query(t, "udp", addr, "example.com.", dns.TypeA); len(r.Answer) != 1 {
+		t.Fatalf("%v", r)
+	}
+	if up.UDPQueries.Load() != 1 {
+		t.Fatalf("upstream got %d queries, want only example.com", up.UDPQueries.Load())
+	}
+	if err := s.Mount("cluster.local", nil); err != nil {
+		t.Fatal(err)
+	}
+	if r := query(t, "udp", addr, "web.default.svc.cluster.local.", dns.TypeA); r.Rcode != dns.RcodeNameError || up.UDPQueries.Load() != 2 {
+		t.Fatalf("after unmount: %v (upstream queries %d)", r, up.UDPQueries.Load())
+	}
+	if got := s.Stats().Queries["kubernetes"]; got != 4 {
+		t.Fatalf("kubernetes count %d", got)
 	}
 }
