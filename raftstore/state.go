@@ -109,6 +109,9 @@ type State struct {
 	// Kube is managed Kubernetes, nil when off (kube.go). It is replaced,
 	// never mutated in place.
 	Kube *KubeState `json:"kube,omitempty"`
+	// DNS is the cluster's DNS zone (dns.go); nil: the default. Replaced,
+	// never mutated.
+	DNS *DNSState `json:"dns,omitempty"`
 	// Applied remembers recent command IDs, oldest first, for idempotency.
 	Applied []string `json:"applied"`
 	// Results of the remembered commands, so a retried command answers as
@@ -141,6 +144,7 @@ func (s *State) View() *State {
 		Kube:        s.Kube.clone(),
 
 		TokenPolicy: s.TokenPolicy,
+		DNS:         s.DNS,
 	}
 	for id, n := range s.Nodes {
 		c.Nodes[id] = n.clone()
@@ -230,6 +234,7 @@ type Command struct {
 	TokenPolicy *TokenPolicy    `json:"token_policy,omitempty"` // OpSetTokenPolicy (policy.go)
 	RotateKeys  *RotateKeysCmd  `json:"rotate_keys,omitempty"`
 	SealCAKey   *SealCAKeyCmd   `json:"seal_ca_key,omitempty"`
+	DNS         *DNSCmd         `json:"dns,omitempty"` // OpSetDNSZone (dns.go)
 
 	// Ops with the prefixes cloud_, workload_, ui_ and kube_ carry their
 	// payload here and are applied by cloud.go, workloads.go, ui.go and
@@ -340,7 +345,7 @@ func (r *Result) Error() error {
 	for _, e := range []error{ErrTokenInvalid, ErrTokenExpired, ErrTokenUsed, ErrNameTaken, ErrKeyTaken,
 		ErrNoSuchNode, ErrNotBootstrap, ErrBootstrapped, ErrAddressSpace, ErrUnknownOp, ErrMalformedCmd,
 		ErrTokenPolicy, ErrNoSuchWorkload, ErrWorkloadExists, ErrWorkloadInUse, ErrAppNameTaken, ErrRotationStale,
-		ErrKubeEnabled, ErrKubeNotEnabled, ErrWorkloadsExist, ErrStale} {
+		ErrKubeEnabled, ErrKubeNotEnabled, ErrWorkloadsExist, ErrStale, ErrDNSZone} {
 		if r.Err == e.Error() {
 			return e
 		}
@@ -442,6 +447,9 @@ func (s *State) applyOp(cmd *Command, res *Result) error {
 
 	case OpSetTokenPolicy:
 		return s.applySetTokenPolicy(cmd)
+
+	case OpSetDNSZone:
+		return s.applySetDNSZone(cmd)
 
 	case OpEvent:
 		if cmd.Event == nil || cmd.Event.Kind == "" {
