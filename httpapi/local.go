@@ -66,6 +66,9 @@ type LocalConfig struct {
 	Catalog []api.CatalogService
 	// Kube serves managed Kubernetes (nil: its routes are absent).
 	Kube ManagedKube
+	// DNS serves the node resolver's status and the zone setting (nil:
+	// its routes are absent).
+	DNS LocalDNS
 }
 
 // ConsistentReadTimeout bounds the wait of a ?consistent=1 read for the
@@ -89,6 +92,9 @@ func NewLocalHandler(cfg LocalConfig) (http.Handler, error) {
 	l.uiRoutes(mux)
 	if cfg.Kube != nil {
 		kubeRoutes(mux, cfg.Kube)
+	}
+	if cfg.DNS != nil {
+		dnsRoutes(mux, cfg.DNS)
 	}
 	return mux, nil
 }

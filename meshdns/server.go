@@ -136,7 +136,8 @@ type listenPair struct {
 }
 
 // New checks cfg and fixes the upstreams; Start listens. n is where
-// listeners are opened (nil: the host's stack).
+// listeners are opened (nil: the host's stack); loopback addresses are
+// always bound on the host's stack.
 func New(cfg Config, n Net, log *slog.Logger) (*Server, error) {
 	if log == nil {
 		return nil, errors.New("meshdns: logger is required")
@@ -337,16 +338,21 @@ func (p *listenPair) shutdown() {
 // bind serves UDP and TCP on a; port 0 picks a free port, the same for
 // both (the bound address is then in Addrs, under a's key).
 func (s *Server) bind(a netip.AddrPort) (*listenPair, error) {
+	n := s.net
+	if a.Addr().IsLoopback() {
+		// The host's own resolver, on the host's stack in either mode.
+		n = HostNet{}
+	}
 	var pc net.PacketConn
 	var ln net.Listener
 	for try := 0; ; try++ {
 		var err error
-		pc, err = s.net.ListenPacket("udp", a.String())
+		pc, err = n.ListenPacket("udp", a.String())
 		if err != nil {
 			return nil, err
 		}
 		port := pc.LocalAddr().(*net.UDPAddr).Port
-		ln, err = s.net.Listen("tcp", netip.AddrPortFrom(a.Addr(), uint16(port)).String())
+		ln, err = n.Listen("tcp", netip.AddrPortFrom(a.Addr(), uint16(port)).String())
 		if err == nil {
 			break
 		}
