@@ -99,8 +99,12 @@ func (s *Server) forward(req *dns.Msg) *dns.Msg {
 	// to stand in for ours against spoofed answers.
 	out.Id = dns.Id()
 	start := int(s.nextUp.Load()) % n
+	self := *s.self.Load()
 	for i := range n {
 		idx := (start + i) % n
+		if self[s.upstreams[idx]] {
+			continue
+		}
 		resp, err := s.exchange(s.upstreams[idx], out)
 		if err != nil {
 			s.stats.upstreamFails.Add(1)

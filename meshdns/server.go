@@ -114,6 +114,10 @@ type Server struct {
 	zone atomic.Pointer[zoneData]
 	// mounts are the mounted domains, by canonical name; replaced whole.
 	mounts atomic.Pointer[map[string]Handler]
+	// self are the bound addresses ("ip:port"), never forwarded to: a
+	// host resolver that lists this server among its upstreams (a
+	// systemd-resolved drop-in) would otherwise loop. Replaced whole.
+	self atomic.Pointer[map[string]bool]
 
 	// ctx is cancelled by Close, aborting forwarded queries in flight.
 	ctx    context.Context
@@ -182,6 +186,7 @@ func New(cfg Config, n Net, log *slog.Logger) (*Server, error) {
 	}
 	s.zone.Store(zd)
 	s.mounts.Store(&map[string]Handler{})
+	s.self.Store(&map[string]bool{})
 	if len(cfg.Upstreams) > 0 {
 		s.upstreams, err = NormalizeUpstreams(cfg.Upstreams)
 		if err != nil {
@@ -306,6 +311,7 @@ func (s *Server) reconcileListeners() error {
 		}
 	}
 	s.mu.Unlock()
+	defer s.updateSelf()
 	for _, p := range stop {
 		p.shutdown()
 	}
@@ -333,6 +339,14 @@ func (s *Server) reconcileListeners() error {
 func (p *listenPair) shutdown() {
 	p.udp.Shutdown()
 	p.tcp.Shutdown()
+}
+
+func (s *Server) updateSelf() {
+	m := map[string]bool{}
+	for _, a := range s.Addrs() {
+		m[a.String()] = true
+	}
+	s.self.Store(&m)
 }
 
 // bind serves UDP and TCP on a; port 0 picks a free port, the same for

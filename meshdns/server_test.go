@@ -391,3 +391,25 @@ func TestMountClusterDNS(t *testing.T) {
 		t.Fatalf("kubernetes count %d", got)
 	}
 }
+
+// A host resolver that lists this server among its upstreams (the
+// systemd-resolved drop-in puts the mesh IP in /run/systemd/resolve/
+// resolv.conf) does not make it forward to itself.
+func TestNeverForwardsToItself(t *testing.T) {
+	up := dnstest.StartUpstream(t, map[string][]netip.Addr{"example.com.": ips("192.0.2.1")})
+	s, err := meshdns.New(meshdns.Config{Allow: clusterNets, Upstreams: []string{"127.0.0.4:5353", up.Addr}}, nil, logger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	s.SetListenAddrs([]netip.AddrPort{netip.MustParseAddrPort("127.0.0.4:5353")})
+	if err := s.Start(context.Background()); err != nil {
+		t.Skipf("127.0.0.4:5353 is taken: %v", err)
+	}
+	if r := query(t, "udp", "127.0.0.4:5353", "example.com.", dns.TypeA); len(r.Answer) != 1 {
+		t.Fatalf("%v", r)
+	}
+	if st := s.Stats(); st.UpstreamFailures != 0 || st.Queries["forwarded"] != 1 {
+		t.Fatalf("stats %+v: asked itself", st)
+	}
+}
