@@ -17,6 +17,8 @@ packages+=(containerd runc containernetworking-plugins busybox-static iptables)
 packages+=(chromium)
 # curl: the managed-Kubernetes e2e probes kubelet, API server and etcd without credentials.
 packages+=(curl)
+# dig: the node resolver's e2e asks it as a user's tools would.
+packages+=(dnsutils)
 
 missing=()
 for p in "${packages[@]}"; do
