@@ -51,7 +51,9 @@ func TestDNSKernel(t *testing.T) {
 		}
 		return nil
 	})
-	if out, _ := dig(b.host, ipA, "nope.runos.internal"); !strings.Contains(out, "status: NXDOMAIN") || !strings.Contains(out, "SOA") {
+	out, _ := dig(b.host, ipA, "nope.runos.internal")
+	t.Logf("dig @%s nope.runos.internal from b:\n%s", ipA, out)
+	if !strings.Contains(out, "status: NXDOMAIN") || !strings.Contains(out, "SOA") {
 		l.fatalf("unknown name: %s", out)
 	}
 
