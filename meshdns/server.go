@@ -218,6 +218,9 @@ func (s *Server) SetZone(zone string) error {
 	if err != nil {
 		return err
 	}
+	if zd.name == cur.name {
+		return nil
+	}
 	s.zone.Store(zd)
 	return nil
 }
@@ -230,6 +233,9 @@ func (s *Server) Zone() string { return s.zone.Load().name }
 func (s *Server) SetRecords(names map[string][]netip.Addr) {
 	cur := s.zone.Load()
 	zd, _ := newZoneData(cur.name, names, s.ttl()) // the zone name was checked when set
+	if maps.EqualFunc(zd.names, cur.names, slices.Equal) {
+		return // the SOA serial moves only when the zone does
+	}
 	s.zone.Store(zd)
 }
 
