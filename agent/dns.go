@@ -7,7 +7,6 @@ import (
 	"net/netip"
 	"slices"
 	"sort"
-	"strings"
 	"time"
 
 	"github.com/runos/runos-agent/api"
@@ -140,36 +139,14 @@ func (a *Agent) dnsLoop(ctx context.Context) {
 	}
 }
 
+// refreshDNS reads only the zone's names, not a copy of the whole state:
+// it runs on every state change, on every node.
 func (a *Agent) refreshDNS() {
-	st, _ := a.store.State()
-	zone, names := dnsRecords(st)
+	zone, names := a.store.DNSNames()
 	if err := a.dns.SetZone(zone); err != nil {
 		a.log.Warn("DNS zone", "zone", zone, "err", err)
 	}
 	a.dns.SetRecords(names)
-}
-
-// dnsRecords are the zone's names: every node's name to its mesh IP, every
-// service's and app's OSID to the addresses the reconciler recorded (a
-// node name wins a clash: it cannot be renamed away).
-func dnsRecords(st *raftstore.State) (string, map[string][]netip.Addr) {
-	names := map[string][]netip.Addr{}
-	add := func(osid string, desired string, addrs []netip.Addr) {
-		if desired == raftstore.DesiredDeleted {
-			return
-		}
-		names[strings.ToLower(osid)] = addrs
-	}
-	for _, r := range st.Workloads.Services {
-		add(r.OSID, r.Desired, r.Status.Addrs)
-	}
-	for _, r := range st.Workloads.Apps {
-		add(r.OSID, r.Desired, r.Status.Addrs)
-	}
-	for _, n := range st.Nodes {
-		names[strings.ToLower(n.Name)] = []netip.Addr{n.MeshIP}
-	}
-	return st.EffectiveDNSZone(), names
 }
 
 // mountClusterDNS is kubehost's MountDNS: managed Kubernetes' cluster DNS
@@ -207,8 +184,7 @@ func (a *Agent) DNSStatus() *api.DNSStatus {
 		out.Listen = append(out.Listen, ap.String())
 	}
 	out.Upstreams = a.dns.Upstreams()
-	_, names := dnsRecords(st)
-	out.Names = len(names)
+	out.Names = len(st.DNSNames())
 	stats := a.dns.Stats()
 	out.Queries, out.CacheEntries = stats.Queries, stats.CacheEntries
 	a.dnsMu.Lock()

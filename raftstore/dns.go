@@ -3,6 +3,8 @@ package raftstore
 import (
 	"errors"
 	"fmt"
+	"net/netip"
+	"slices"
 	"strings"
 )
 
@@ -77,3 +79,36 @@ func (s *State) applySetDNSZone(cmd *Command) error {
 	s.DNS = &DNSState{Zone: z}
 	return nil
 }
+
+// DNSNames are the zone's names, lower case: every service's and app's
+// OSID to the addresses its reconciler recorded, every node's name to its
+// mesh IP (a node name wins a clash: a node cannot be renamed away).
+// Deleted workloads have none.
+func (s *State) DNSNames() map[string][]netip.Addr {
+	names := make(map[string][]netip.Addr, len(s.Nodes)+len(s.Workloads.Services)+len(s.Workloads.Apps))
+	for _, r := range s.Workloads.Services {
+		if r.Desired != DesiredDeleted {
+			names[strings.ToLower(r.OSID)] = slices.Clone(r.Status.Addrs)
+		}
+	}
+	for _, r := range s.Workloads.Apps {
+		if r.Desired != DesiredDeleted {
+			names[strings.ToLower(r.OSID)] = slices.Clone(r.Status.Addrs)
+		}
+	}
+	for _, n := range s.Nodes {
+		names[strings.ToLower(n.Name)] = []netip.Addr{n.MeshIP}
+	}
+	return names
+}
+
+// DNSNames returns the zone and its names without copying the state: the
+// node resolver reads them at every state change.
+func (f *FSM) DNSNames() (string, map[string][]netip.Addr) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.state.EffectiveDNSZone(), f.state.DNSNames()
+}
+
+// DNSNames is FSM.DNSNames of this replica.
+func (s *Store) DNSNames() (string, map[string][]netip.Addr) { return s.fsm.DNSNames() }
