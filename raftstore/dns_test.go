@@ -2,6 +2,8 @@ package raftstore
 
 import (
 	"errors"
+	"fmt"
+	"net/netip"
 	"testing"
 )
 
@@ -34,5 +36,29 @@ func TestSetDNSZone(t *testing.T) {
 	}
 	if err := s.apply(21, &Command{ID: "z21", Time: t0, Op: OpSetDNSZone}).Error(); !errors.Is(err, ErrMalformedCmd) {
 		t.Fatalf("no payload: %v", err)
+	}
+}
+
+// The zone's names: nodes by name, workloads by OSID with their recorded
+// addresses, deleted workloads gone, and a node name wins a clash.
+func TestDNSNames(t *testing.T) {
+	s := NewState()
+	s.Nodes["n1"] = &Node{ID: "n1", Name: "Alpha", MeshIP: netip.MustParseAddr("172.24.0.1")}
+	s.Nodes["n2"] = &Node{ID: "n2", Name: "pg-x2abc", MeshIP: netip.MustParseAddr("172.24.0.2")}
+	s.Workloads.Services = map[string]*ServiceRecord{
+		"redis-y3def": {OSID: "redis-y3def", Desired: DesiredPresent, Status: Observed{Addrs: []netip.Addr{netip.MustParseAddr("10.96.0.7")}}},
+		"pg-x2abc":    {OSID: "pg-x2abc", Desired: DesiredPresent, Status: Observed{Addrs: []netip.Addr{netip.MustParseAddr("10.96.0.8")}}},
+		"old-z4ghj":   {OSID: "old-z4ghj", Desired: DesiredDeleted, Status: Observed{Addrs: []netip.Addr{netip.MustParseAddr("10.96.0.9")}}},
+	}
+	s.Workloads.Apps = map[string]*AppRecord{"web-k5mnp": {OSID: "web-k5mnp", Desired: DesiredPresent}}
+	got := s.DNSNames()
+	want := map[string]string{"alpha": "[172.24.0.1]", "pg-x2abc": "[172.24.0.2]", "redis-y3def": "[10.96.0.7]", "web-k5mnp": "[]"}
+	if len(got) != len(want) {
+		t.Fatalf("names %v, want %v", got, want)
+	}
+	for k, v := range want {
+		if a, ok := got[k]; !ok || fmt.Sprint(a) != v {
+			t.Errorf("%s: %v (present %v), want %s", k, a, ok, v)
+		}
 	}
 }
