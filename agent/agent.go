@@ -32,6 +32,7 @@ import (
 	"github.com/runos/runos-agent/kubehost"
 	"github.com/runos/runos-agent/leader"
 	"github.com/runos/runos-agent/mesh"
+	"github.com/runos/runos-agent/meshdns"
 	"github.com/runos/runos-agent/metrics"
 	"github.com/runos/runos-agent/nat"
 	"github.com/runos/runos-agent/pki"
@@ -75,6 +76,8 @@ type Config struct {
 	// KubeBinDir holds the Kubernetes binaries managed Kubernetes runs
 	// (kubelet, kube-apiserver, ...; "" : DefaultKubeBinDir).
 	KubeBinDir string
+	// DNS is the node resolver (dns.go).
+	DNS DNSConfig
 	// Tuning shortens timers for tests; zero values keep production defaults.
 	Tuning Tuning
 }
@@ -231,6 +234,14 @@ type Agent struct {
 	kube       kubeState
 	acc        accessState    // wg1 (access.go)
 	kubeReady  kubeReadyCache // this node's Node readiness for /metrics
+
+	// The node resolver (dns.go); dns is nil when DNSConfig.Off.
+	dnsCfg       DNSConfig
+	dns          *meshdns.Server
+	dnsMu        sync.Mutex
+	dnsExtra     []netip.Addr // guarded by dnsMu; wg1 and other own addresses
+	dnsListenErr error        // guarded by dnsMu; addresses not bound
+	dnsMounted   []string     // guarded by dnsMu; mounted domains
 }
 
 // New loads the data dir. It fails on a dir that init or join did not
@@ -275,6 +286,7 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 		afterApply: deps.AfterWorkloadApply,
 		uiListen:   cfg.UIListen,
 		kubeBinDir: cfg.KubeBinDir,
+		dnsCfg:     cfg.DNS,
 
 		metricsListen: cfg.MetricsListen,
 		pprofListen:   pprofListen,
@@ -442,6 +454,10 @@ func (a *Agent) start(ctx context.Context) error {
 	if err := a.newWorkloads(a.log); err != nil {
 		return err
 	}
+	// Before the kube host, which mounts cluster DNS in it.
+	if err := a.newDNS(); err != nil {
+		return err
+	}
 	if err := a.newKubeHost(); err != nil {
 		return err
 	}
@@ -471,6 +487,7 @@ func (a *Agent) start(ctx context.Context) error {
 		return err
 	}
 	store.Start(ctx)
+	a.startDNS(ctx)
 	if err := a.startCloudLink(ctx); err != nil {
 		return err
 	}

@@ -80,7 +80,11 @@ func (a *Agent) newKubeHost() error {
 	if bin == "" {
 		bin = DefaultKubeBinDir
 	}
-	h, err := kubehost.New(kubehost.Config{Dir: filepath.Join(a.dir, "kube"), BinDir: bin}, a.log.With("component", "kube"))
+	cfg := kubehost.Config{Dir: filepath.Join(a.dir, "kube"), BinDir: bin}
+	if a.dns != nil {
+		cfg.MountDNS = a.mountClusterDNS
+	}
+	h, err := kubehost.New(cfg, a.log.With("component", "kube"))
 	if err != nil {
 		return err
 	}

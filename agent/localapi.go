@@ -26,7 +26,7 @@ import (
 // in the data dir, so file permissions decide who may.
 
 func (a *Agent) startLocalAPI() error {
-	h, err := httpapi.NewLocalHandler(httpapi.LocalConfig{Local: a, Workloads: a.workloads, Catalog: Catalog, Kube: a, Access: a})
+	h, err := httpapi.NewLocalHandler(httpapi.LocalConfig{Local: a, Workloads: a.workloads, Catalog: Catalog, Kube: a, Access: a, DNS: a})
 	if err != nil {
 		return err
 	}

@@ -687,6 +687,15 @@ func TestKubeManaged(t *testing.T) {
 		}
 		return nil
 	})
+	// The same resolver answers the cluster's own zone to pods (the node
+	// resolver on the mesh IP, cluster.local mounted in it).
+	kc.eventually(60*time.Second, "p1 resolves a node by name", func() error {
+		out, err := kc.kubectl(n1, "exec", "p1", "--", "nslookup", n2.name+".runos.internal")
+		if err != nil || !strings.Contains(out, mesh[n2.name].String()) {
+			return fmt.Errorf("nslookup %s.runos.internal: %q, %v; want %s", n2.name, out, err, mesh[n2.name])
+		}
+		return nil
+	})
 
 	// Nothing answers without a credential on the ports pods and local
 	// users reach: kubelet, API server, etcd (curl from a node, as a local

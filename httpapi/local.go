@@ -70,6 +70,9 @@ type LocalConfig struct {
 	Kube ManagedKube
 	// Access serves user devices (nil: its routes are absent).
 	Access Access
+	// DNS serves the node resolver's status and the zone setting (nil:
+	// its routes are absent).
+	DNS LocalDNS
 }
 
 // ConsistentReadTimeout bounds the wait of a ?consistent=1 read for the
@@ -96,6 +99,9 @@ func NewLocalHandler(cfg LocalConfig) (http.Handler, error) {
 	}
 	if cfg.Access != nil {
 		accessRoutes(mux, cfg.Access)
+	}
+	if cfg.DNS != nil {
+		dnsRoutes(mux, cfg.DNS)
 	}
 	return mux, nil
 }

@@ -99,8 +99,14 @@ type Config struct {
 	// APIListen is the loopback address of the API balancer every local
 	// component uses (default 127.0.0.1:6444).
 	APIListen string
-	// DNSPort is the cluster DNS port on the mesh IP (default 53).
+	// DNSPort is the cluster DNS port on the mesh IP (default 53), when
+	// the Host serves it itself (MountDNS nil).
 	DNSPort int
+	// MountDNS, when set, hands the cluster DNS server to the node's
+	// resolver, which owns port 53 on the mesh IP and passes it the names
+	// under the cluster domain; srv nil unmounts. Called from the Host's
+	// loop only.
+	MountDNS func(domain string, srv *clusterdns.Server)
 	// Backoff overrides the supervisor's restart backoff (tests).
 	MinBackoff, MaxBackoff time.Duration
 	// Interval is how often the Host re-checks everything without a new
@@ -317,6 +323,9 @@ func (h *Host) stopAll() {
 func (h *Host) stopServed() {
 	h.lbErr, h.dnsErr = nil, nil
 	if h.dns != nil {
+		if h.cfg.MountDNS != nil {
+			h.cfg.MountDNS(h.dns.Domain(), nil)
+		}
 		h.dns.Close()
 		h.dns = nil
 	}
@@ -635,8 +644,12 @@ func (h *Host) ensureDNS(ctx context.Context, s *Spec) {
 		h.dnsErr = err
 		return
 	}
+	var listen []string
+	if h.cfg.MountDNS == nil {
+		listen = []string{net.JoinHostPort(s.MeshIP.String(), fmt.Sprint(h.cfg.DNSPort))}
+	}
 	srv, err := clusterdns.New(clusterdns.Config{
-		Listen: []string{net.JoinHostPort(s.MeshIP.String(), fmt.Sprint(h.cfg.DNSPort))},
+		Listen: listen,
 		Domain: s.ClusterDomain,
 		Lookup: lookup,
 		Allow:  []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("172.24.0.0/16"), s.PodPrefix},
@@ -650,6 +663,9 @@ func (h *Host) ensureDNS(ctx context.Context, s *Spec) {
 		return
 	}
 	h.dns, h.lookup, h.dnsErr = srv, lookup, nil
+	if h.cfg.MountDNS != nil {
+		h.cfg.MountDNS(srv.Domain(), srv)
+	}
 }
 
 // Status reports every component (empty when Kubernetes is not managed

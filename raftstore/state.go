@@ -112,6 +112,9 @@ type State struct {
 	Kube *KubeState `json:"kube,omitempty"`
 	// Access is user devices on wg1 (access.go).
 	Access AccessState `json:"access,omitzero"`
+	// DNS is the cluster's DNS zone (dns.go); nil: the default. Replaced,
+	// never mutated.
+	DNS *DNSState `json:"dns,omitempty"`
 	// Applied remembers recent command IDs, oldest first, for idempotency.
 	Applied []string `json:"applied"`
 	// Results of the remembered commands, so a retried command answers as
@@ -148,6 +151,7 @@ func (s *State) View() *State {
 		Access:      s.Access.clone(),
 
 		TokenPolicy: s.TokenPolicy,
+		DNS:         s.DNS,
 	}
 	for id, n := range s.Nodes {
 		c.Nodes[id] = n.clone()
@@ -237,6 +241,7 @@ type Command struct {
 	TokenPolicy *TokenPolicy    `json:"token_policy,omitempty"` // OpSetTokenPolicy (policy.go)
 	RotateKeys  *RotateKeysCmd  `json:"rotate_keys,omitempty"`
 	SealCAKey   *SealCAKeyCmd   `json:"seal_ca_key,omitempty"`
+	DNS         *DNSCmd         `json:"dns,omitempty"` // OpSetDNSZone (dns.go)
 
 	// Ops with the prefixes cloud_, workload_, ui_, kube_ and access_
 	// carry their payload here and are applied by cloud.go, workloads.go,
@@ -349,7 +354,7 @@ func (r *Result) Error() error {
 		ErrNoSuchNode, ErrNotBootstrap, ErrBootstrapped, ErrAddressSpace, ErrUnknownOp, ErrMalformedCmd,
 		ErrTokenPolicy, ErrNoSuchWorkload, ErrWorkloadExists, ErrWorkloadInUse, ErrAppNameTaken, ErrRotationStale,
 		ErrKubeEnabled, ErrKubeNotEnabled, ErrWorkloadsExist, ErrStale,
-		ErrDeviceNameTaken, ErrNoSuchDevice, ErrDeviceKeyTaken} {
+		ErrDeviceNameTaken, ErrNoSuchDevice, ErrDeviceKeyTaken, ErrDNSZone} {
 		if r.Err == e.Error() {
 			return e
 		}
@@ -454,6 +459,9 @@ func (s *State) applyOp(cmd *Command, res *Result) error {
 
 	case OpSetTokenPolicy:
 		return s.applySetTokenPolicy(cmd)
+
+	case OpSetDNSZone:
+		return s.applySetDNSZone(cmd)
 
 	case OpEvent:
 		if cmd.Event == nil || cmd.Event.Kind == "" {
