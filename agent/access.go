@@ -428,6 +428,9 @@ func (a *Agent) accessServer(st *raftstore.State) (*access.Server, error) {
 		return nil, err
 	}
 	a.acc.srv, a.acc.srvKey, a.acc.lastErr = srv, st.Access.PublicKey, ""
+	// Devices are told DNS = the gateway address: the node resolver
+	// answers there while wg1 is up.
+	a.SetDNSExtraListen([]netip.Addr{raftstore.AccessGateway})
 	return srv, nil
 }
 
@@ -437,6 +440,7 @@ func (a *Agent) closeAccessServer() {
 	if a.acc.srv == nil {
 		return
 	}
+	a.SetDNSExtraListen(nil)
 	if err := a.acc.srv.Close(); err != nil {
 		a.log.Warn("wg1 down", "err", err)
 	}

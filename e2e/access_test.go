@@ -54,7 +54,7 @@ func newLaptop(t testing.TB, l *natLab) *laptop {
 // newDevice is a device called name on the LAN home.
 func newDevice(t testing.TB, l *natLab, name string, home *lab.Segment) *laptop {
 	t.Helper()
-	for _, tool := range []string{"wg", "wg-quick", "openssl"} {
+	for _, tool := range []string{"wg", "wg-quick", "openssl", "dig"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			if lab.Required() {
 				t.Fatalf("%s not found (run scripts/test-deps.sh as root)", tool)
@@ -136,6 +136,25 @@ func configValues(config, key string) []string {
 		}
 	}
 	return out
+}
+
+// resolves asks the config's DNS server for every node's name with dig.
+func (lp *laptop) resolves(config string, nodes []*agentNode, mesh map[string]netip.Addr) {
+	server := configValues(config, "DNS")[0]
+	for _, n := range nodes {
+		name := n.name + ".runos.internal"
+		lp.c.eventually(15*time.Second, "laptop resolves "+name, func() error {
+			out, err := lp.host.Run("dig", "+short", "+time=1", "+tries=1", "@"+server, name, "A")
+			if err != nil || strings.TrimSpace(out) != mesh[n.name].String() {
+				return fmt.Errorf("dig @%s %s: %q (%v), want %v", server, name, out, err, mesh[n.name])
+			}
+			return nil
+		})
+	}
+	out, _ := lp.host.Run("dig", "+time=1", "+tries=1", "@"+server, "nosuchnode.runos.internal", "A")
+	if !strings.Contains(out, "NXDOMAIN") {
+		lp.c.fatalf("an unknown name from a device: want NXDOMAIN, got %s", out)
+	}
 }
 
 func (lp *laptop) ping(addr netip.Addr) error {
@@ -248,6 +267,9 @@ func TestUserAccess(t *testing.T) {
 			return err
 		})
 	}
+	// Names through the DNS server the config names, as a laptop's
+	// resolver would ask it.
+	lp.resolves(added.Config, all, mesh)
 
 	// A device that routes more into the tunnel than its config says
 	// gets nothing beyond the cluster's networks: not the Internet
@@ -353,6 +375,7 @@ func TestUserAccess(t *testing.T) {
 			return err
 		})
 	}
+	lp.resolves(moved.Config, all, mesh)
 
 	// Removed: the laptop reaches nothing, at once everywhere.
 	if _, err := cn.cli("access", "remove", "laptop", "--data-dir", cn.dir); err != nil {
