@@ -114,6 +114,9 @@ type State struct {
 	// Results of the remembered commands, so a retried command answers as
 	// the first attempt did.
 	Results map[string]*Result `json:"results"`
+	// Registers are the test registers (register.go); always empty
+	// outside builds with the jepsen tag.
+	Registers map[string]*Register `json:"registers,omitempty"`
 }
 
 // NewState returns an empty state.
@@ -139,6 +142,7 @@ func (s *State) View() *State {
 		Workloads:   s.Workloads.clone(),
 		UI:          s.UI.clone(),
 		Kube:        s.Kube.clone(),
+		Registers:   cloneRegisters(s.Registers),
 
 		TokenPolicy: s.TokenPolicy,
 	}
@@ -238,6 +242,9 @@ type Command struct {
 	Workload *WorkloadCmd `json:"workload,omitempty"`
 	UI       *UICmd       `json:"ui,omitempty"`
 	Kube     *KubeCmd     `json:"kube,omitempty"`
+
+	// Register is OpTestRegister's payload (register.go).
+	Register *RegisterCmd `json:"register,omitempty"`
 }
 
 // Command ops.
@@ -354,7 +361,7 @@ func (r *Result) Error() error {
 // apply mutates s by cmd and returns the result. It is the whole of the
 // state machine: pure, deterministic, and idempotent per command ID.
 func (s *State) apply(index uint64, cmd *Command) *Result {
-	if cmd.ID != "" {
+	if dedupe && cmd.ID != "" {
 		if r, ok := s.Results[cmd.ID]; ok {
 			return r
 		}
@@ -371,7 +378,9 @@ func (s *State) apply(index uint64, cmd *Command) *Result {
 		case OpEvent:
 			s.record(index, cmd.Time, *cmd.Event)
 		}
-		s.recordChange(index, cmd, res)
+		if !strings.HasPrefix(cmd.Op, "test_") {
+			s.recordChange(index, cmd, res)
+		}
 	}
 	if cmd.ID != "" {
 		s.remember(cmd.ID, res)
@@ -505,6 +514,8 @@ func (s *State) applyOp(cmd *Command, res *Result) error {
 		return s.applyUI(cmd, res)
 	case strings.HasPrefix(cmd.Op, "kube_"):
 		return s.applyKube(cmd, res)
+	case strings.HasPrefix(cmd.Op, "test_"):
+		return s.applyTest(cmd, res)
 	}
 	return ErrUnknownOp
 }
