@@ -41,6 +41,3 @@ func (c *Client) ReadRegister(ctx context.Context, key string, opts ...ReadOptio
 	var out Register
 	return &out, c.do(ctx, http.MethodGet, readPath("/v1/test/register/"+url.PathEscape(key), opts), nil, &out)
 }
-
-// CloseIdleConnections closes the client's idle connections to the agent.
-func (c *Client) CloseIdleConnections() { c.http.CloseIdleConnections() }
