@@ -76,7 +76,7 @@ jepsen-ci:
 # builds must fail (README "Reliability").
 jepsen-mutants:
 	@for tag in jepsen_nodedupe jepsen_quietstale; do \
-		if $(GO) test -tags jepsen,$$tag -count=1 -timeout 10m -run 'TestJepsenMutant$$' ./agent/jepsen/ > $(BIN)/jepsen-$$tag.log 2>&1; then \
+		if JEPSEN_MUTANT=1 $(GO) test -tags jepsen,$$tag -count=1 -timeout 10m -run 'TestJepsenMutant$$' ./agent/jepsen/ > $(BIN)/jepsen-$$tag.log 2>&1; then \
 			echo "$$tag: the campaign did NOT catch it (see $(BIN)/jepsen-$$tag.log)"; exit 1; \
 		else echo "$$tag: caught"; grep -E 'VIOLATION|: (doubled|lost|stale leader|phantom)' $(BIN)/jepsen-$$tag.log | head -3; fi; \
 	done

@@ -73,6 +73,16 @@ func TestJepsenCI(t *testing.T) {
 	runAll(t, 0, Fixed())
 }
 
+// TestJepsenMutant runs the mutation check's schedules; against a
+// correct build it passes like TestJepsenCI (make jepsen-mutants runs it
+// against broken builds, where it must fail).
+func TestJepsenMutant(t *testing.T) {
+	if os.Getenv("JEPSEN_MUTANT") == "" {
+		t.Skip("make jepsen-mutants runs this")
+	}
+	runAll(t, 0, Mutant())
+}
+
 // TestJepsenCampaign is `make jepsen`: JEPSEN_SCHEDULES randomized
 // schedules from SEED (a new one, printed, when unset).
 func TestJepsenCampaign(t *testing.T) {

@@ -111,3 +111,23 @@ func Fixed() []Schedule {
 		mk("ci-restart-all", 3, tuningQuiet, Step{FaultRestartAll, sec(1), sec(2)}),
 	}
 }
+
+// Mutant are the schedules the mutation check runs against broken builds
+// (make jepsen-mutants): the CI set plus write bursts across repeated
+// leader crashes and one-way drops, where a forwarded write commits but
+// its answer is lost and the store retries it with the same command ID.
+func Mutant() []Schedule {
+	sec := func(f float64) time.Duration { return time.Duration(f * float64(time.Second)) }
+	burst := func(name string, nodes int, tuning string, steps ...Step) Schedule {
+		s := Schedule{Name: name, Nodes: nodes, Tuning: tuning, Clients: 10, Keys: 2, Duration: 4 * time.Second, Steps: steps}
+		for _, st := range steps {
+			s.Duration = max(s.Duration, st.Until+500*time.Millisecond)
+		}
+		return s
+	}
+	return append(Fixed(),
+		burst("mut-crash-leader-x3", 3, tuningFast, Step{FaultCrashLeader, sec(0.5), sec(1)}, Step{FaultCrashLeader, sec(2.5), sec(3)}, Step{FaultCrashLeader, sec(4.5), sec(5)}),
+		burst("mut-oneway-from-leader", 3, tuningQuiet, Step{FaultOneWayFromLead, sec(0.5), sec(5)}),
+		burst("mut-oneway-to-leader", 5, tuningFast, Step{FaultOneWayToLeader, sec(0.5), sec(5)}),
+	)
+}
