@@ -13,7 +13,7 @@ UI_REQUIRED  := $(LAB_REQUIRED)
 # bbolt). The race detector itself stays on.
 RACE      := -race -gcflags=all=-d=checkptr=0
 
-.PHONY: all build run test test-deps kube-bin unit e2e ui-test bench bench-cloud lint clean jepsen jepsen-ci jepsen-mutants
+.PHONY: all build run test test-deps kube-bin unit e2e ui-test bench bench-cloud lint clean jepsen jepsen-ci jepsen-lab jepsen-mutants
 
 all: build
 
@@ -67,6 +67,16 @@ jepsen:
 		$(GO) test -tags jepsen -count=1 -timeout 4h -v -run 'TestJepsenCampaign$$' ./agent/jepsen/ 2>&1 | tee $(BIN)/jepsen.log \
 		| grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|SEED=|campaign_test.go|VIOLATION' ; exit $${PIPESTATUS[0]}
 	@cat $(BIN)/jepsen/report.md | head -20
+
+# The campaign on real processes in the namespace lab (root): kill -9,
+# SIGSTOP/SIGCONT, nftables partitions (both ways and one way), restart of
+# every node, a full disk; reports in bin/jepsen-lab/.
+jepsen-lab: test-deps
+	@mkdir -p $(BIN)/jepsen-lab
+	$(GO) build -tags jepsen -ldflags '$(LDFLAGS)' -o $(BIN)/runos-agent-jepsen ./cmd/runos-agent
+	RUNOS_AGENT_BIN=$(BIN)/runos-agent-jepsen RUNOS_LAB_REQUIRED=$(LAB_REQUIRED) JEPSEN_OUT=$(BIN)/jepsen-lab \
+		$(GO) test -tags jepsen -count=1 -timeout 30m -v -run 'TestJepsenLab$$' ./e2e/ 2>&1 | tee $(BIN)/jepsen-lab.log \
+		| grep -E '^(=== RUN|--- |\s+--- |PASS|FAIL|ok|panic)|jepsen_test.go' ; exit $${PIPESTATUS[0]}
 
 # The fixed schedules `make test` runs, with the race detector.
 jepsen-ci:

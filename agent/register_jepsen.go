@@ -51,3 +51,12 @@ func (a *Agent) ReadRegister(key string) *api.Register {
 	}
 	return out
 }
+
+// TestState is this node's whole state machine and its index.
+func (a *Agent) TestState() (*api.TestState, error) {
+	b, idx, err := a.store.FullState()
+	if err != nil {
+		return nil, err
+	}
+	return &api.TestState{Index: idx, State: b}, nil
+}

@@ -4,6 +4,7 @@ package api
 
 import (
 	"context"
+	"encoding/json"
 	"net/http"
 	"net/url"
 )
@@ -40,4 +41,18 @@ func (c *Client) WriteRegister(ctx context.Context, req RegisterRequest) (*Regis
 func (c *Client) ReadRegister(ctx context.Context, key string, opts ...ReadOption) (*Register, error) {
 	var out Register
 	return &out, c.do(ctx, http.MethodGet, readPath("/v1/test/register/"+url.PathEscape(key), opts), nil, &out)
+}
+
+// TestState is GET /v1/test/state: the node's whole state machine (the
+// deduplication records included) and the index it reflects, for the
+// campaign's convergence check.
+type TestState struct {
+	Index uint64          `json:"index"`
+	State json.RawMessage `json:"state"`
+}
+
+// TestState fetches the node's whole state.
+func (c *Client) TestState(ctx context.Context) (*TestState, error) {
+	var out TestState
+	return &out, c.do(ctx, http.MethodGet, "/v1/test/state", nil, &out)
 }

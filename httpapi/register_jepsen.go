@@ -14,6 +14,7 @@ import (
 type Registers interface {
 	WriteRegister(ctx context.Context, req api.RegisterRequest) (*api.Register, error)
 	ReadRegister(key string) *api.Register
+	TestState() (*api.TestState, error)
 }
 
 func (l *local) testRoutes(mux *http.ServeMux) {
@@ -27,5 +28,9 @@ func (l *local) testRoutes(mux *http.ServeMux) {
 			return
 		}
 		WriteJSON(w, http.StatusOK, r.ReadRegister(req.PathValue("key")))
+	})
+	mux.HandleFunc("GET /v1/test/state", func(w http.ResponseWriter, req *http.Request) {
+		st, err := r.TestState()
+		respond(w, st, err)
 	})
 }

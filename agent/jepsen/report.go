@@ -38,7 +38,9 @@ type Result struct {
 	sinfo   map[string]porcupine.LinearizationInfo
 }
 
-func check(res *Result, ops []Op, keys []string, final *Final) {
+// Check runs every checker on a run's history and the converged state
+// (nil: none was reached) and fills in res.
+func Check(res *Result, ops []Op, keys []string, final *Final) {
 	res.history = ops
 	res.Counts = map[Kind]Counts{}
 	byKind := map[Kind][]Op{}

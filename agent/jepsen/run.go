@@ -63,26 +63,59 @@ func Run(t *testing.T, s Schedule) *Result {
 		keys[i] = fmt.Sprintf("k%d", i)
 	}
 
-	ctx, stop := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	var next atomic.Int64
-	for i := range s.Clients {
-		node := i % s.Nodes
-		r := rand.New(rand.NewPCG(s.Seed, uint64(1000+i)))
-		wg.Go(func() { runClient(ctx, i, node, c.Dirs()[node], h, keys, r, &next, opTimeout(s.Tuning, i)) })
-	}
+	w := Workload{Clients: s.Clients, Nodes: s.Nodes, Keys: keys, Seed: s.Seed, Dir: func(i int) string { return c.Dirs()[i] },
+		Timeout: func(client int) time.Duration { return opTimeout(s.Tuning, client) }}
+	stop := w.Start(h)
 	n := newNemesis(t, c, s, h)
 	n.run(s.Duration)
 	stop()
-	wg.Wait()
 	n.recoverAll()
 	res.Nemesis = n.log
 	res.Deposed = n.deposed
 
 	// Healed: every node is back, every key read through each node.
 	c.WaitFormed(s.Nodes)
-	for i := range s.Nodes {
-		cl := api.NewClient(c.Dirs()[i])
+	res.Unhealed = FinalReads(h, c.Dirs(), keys)
+	final, err := converge(c)
+	if err != nil {
+		res.Divergence = err.Error()
+	}
+	res.Elapsed = time.Since(t0)
+	Check(res, h.Ops(), keys, final)
+	return res
+}
+
+// Workload is the clients of a run: Clients goroutines, client i on node
+// i%Nodes's local API (its data dir's socket), on Keys.
+type Workload struct {
+	Clients, Nodes int
+	Keys           []string
+	Seed           uint64
+	Dir            func(node int) string
+	Timeout        func(client int) time.Duration
+}
+
+// Start runs the clients until the returned stop is called (which waits
+// for them).
+func (w Workload) Start(h *History) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	var next atomic.Int64
+	for i := range w.Clients {
+		node := i % w.Nodes
+		r := rand.New(rand.NewPCG(w.Seed, uint64(1000+i)))
+		wg.Go(func() { runClient(ctx, i, node, w.Dir(node), h, w.Keys, r, &next, w.Timeout(i)) })
+	}
+	return func() { cancel(); wg.Wait() }
+}
+
+// FinalReads reads every key through every node with a consistent read
+// (into the history) once the cluster healed; it returns the reads that
+// failed.
+func FinalReads(h *History, dirs []string, keys []string) []string {
+	var failed []string
+	for i, dir := range dirs {
+		cl := api.NewClient(dir)
 		for _, k := range keys {
 			o := Op{Client: 100 + i, Node: i, Kind: KindRead, Key: k, Call: h.Now()}
 			rctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -91,7 +124,7 @@ func Run(t *testing.T, s Schedule) *Result {
 			o.Return = h.Now()
 			if err != nil {
 				o.Status, o.Error = Fail, err.Error()
-				res.Unhealed = append(res.Unhealed, fmt.Sprintf("final read of %s on node%d: %v", k, i, err))
+				failed = append(failed, fmt.Sprintf("final read of %s on node%d: %v", k, i, err))
 			} else {
 				o.Status, o.Value, o.Index = OK, reg.Value, reg.Index
 			}
@@ -99,13 +132,7 @@ func Run(t *testing.T, s Schedule) *Result {
 		}
 		cl.CloseIdleConnections()
 	}
-	final, err := converge(c)
-	if err != nil {
-		res.Divergence = err.Error()
-	}
-	res.Elapsed = time.Since(t0)
-	check(res, h.Ops(), keys, final)
-	return res
+	return failed
 }
 
 func runClient(ctx context.Context, id, node int, dir string, h *History, keys []string, r *rand.Rand, next *atomic.Int64, timeout time.Duration) {
@@ -192,37 +219,56 @@ func short(err error) string {
 	return s
 }
 
-// converge waits until every node has applied the same log index and
-// holds byte-identical state there (deduplication records included), and
-// returns that state.
+// converge waits until every running node has applied the same log index
+// and holds byte-identical state there (deduplication records included),
+// and returns that state.
 func converge(c *agenttest.Cluster) (*Final, error) {
+	var dirs []string
+	for _, a := range c.Running() {
+		dirs = append(dirs, c.Dirs()[c.Index(a)])
+	}
+	return Converge(dirs)
+}
+
+// Converge is converge through the nodes' local APIs (GET /v1/test/state).
+func Converge(dirs []string) (*Final, error) {
 	deadline := time.Now().Add(time.Minute)
 	var last string
+	clients := make([]*api.Client, len(dirs))
+	for i, d := range dirs {
+		clients[i] = api.NewClient(d)
+		defer clients[i].CloseIdleConnections()
+	}
 	for time.Now().Before(deadline) {
-		var first []byte
-		var idx0 uint64
-		same := true
-		for i, a := range c.Running() {
-			b, idx, err := a.Store().FullState()
+		states := make([]*api.TestState, len(dirs))
+		var err error
+		for i, cl := range clients {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			states[i], err = cl.TestState(ctx)
+			cancel()
 			if err != nil {
-				return nil, err
-			}
-			if i == 0 {
-				first, idx0 = b, idx
-				continue
-			}
-			if idx != idx0 {
-				same = false
-				last = fmt.Sprintf("%s at index %d, %s at %d", c.Running()[0].Name(), idx0, a.Name(), idx)
 				break
 			}
-			if !bytes.Equal(b, first) {
-				return nil, fmt.Errorf("diverged at index %d: %s and %s differ: %s", idx, c.Running()[0].Name(), a.Name(), firstDiff(first, b))
+		}
+		if err != nil {
+			last = err.Error()
+			time.Sleep(100 * time.Millisecond)
+			continue
+		}
+		same := true
+		for i, st := range states[1:] {
+			if st.Index != states[0].Index {
+				same = false
+				last = fmt.Sprintf("%s at index %d, %s at %d", dirs[0], states[0].Index, dirs[i+1], st.Index)
+				break
+			}
+			if !bytes.Equal(st.State, states[0].State) {
+				return nil, fmt.Errorf("diverged at index %d: %s and %s differ: %s", st.Index, dirs[0], dirs[i+1], firstDiff(states[0].State, st.State))
 			}
 		}
 		if same {
 			var f Final
-			if err := json.Unmarshal(first, &f); err != nil {
+			if err := json.Unmarshal(states[0].State, &f); err != nil {
 				return nil, err
 			}
 			return &f, nil
