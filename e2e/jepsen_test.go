@@ -133,7 +133,9 @@ func TestJepsenLab(t *testing.T) {
 	for i, f := range faults {
 		t.Run(f.name, func(t *testing.T) {
 			h := jepsen.NewHistory()
-			keys := []string{"k0", "k1"}
+			// Keys of its own: the cluster carries on from the previous
+			// schedule.
+			keys := []string{f.name + "-k0", f.name + "-k1"}
 			w := jepsen.Workload{Clients: 6, Nodes: len(c.nodes), Keys: keys, Seed: uint64(i), Dir: func(n int) string { return dirs[n] },
 				Timeout: func(client int) time.Duration {
 					if client%2 == 0 {

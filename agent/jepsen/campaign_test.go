@@ -42,6 +42,9 @@ func runAll(t *testing.T, seed uint64, schedules []Schedule) {
 			}
 			t.Logf("%s: %d ops (ok %d, fail %d, info %d) linearizable %v, with stale reads %v, stale %+v",
 				s.Name, res.Total.Ops, res.Total.OK, res.Total.Fail, res.Total.Info, res.Lin, res.StaleLin, res.Stale)
+			if res.Cloud != nil {
+				t.Logf("%s: cloud %+v", s.Name, *res.Cloud)
+			}
 		})
 		if !ran {
 			continue // filtered out by -run

@@ -117,6 +117,8 @@ func RegisterModel() porcupine.Model { return registerModel }
 type Final struct {
 	Registers map[string]*raftstore.Register `json:"registers"`
 	Tokens    map[string]*raftstore.Token    `json:"tokens"`
+	Cloud     raftstore.CloudState           `json:"cloud"`
+	Workloads raftstore.Workloads            `json:"workloads"`
 }
 
 // CheckWrites finds lost, phantom and doubled writes: every acknowledged

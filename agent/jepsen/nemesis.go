@@ -31,6 +31,7 @@ type nemesis struct {
 	deposed  []string
 	flap     map[int]int // step -> the node it currently isolates (-1 none)
 	lastFlap time.Time
+	cloud    *cloudRig // nil without a cloud
 }
 
 type isolation struct {
@@ -208,6 +209,13 @@ func (n *nemesis) inject(step int) {
 	case FaultFlap:
 		n.flap[step] = -1
 		n.logf("%s: start", f)
+	case FaultCloudDrop:
+		if n.cloud == nil {
+			n.logf("%s: no cloud in this schedule", f)
+			return
+		}
+		n.cloud.down()
+		n.logf("%s: the cloud backend is down", f)
 	}
 }
 
@@ -272,6 +280,12 @@ func (n *nemesis) recover(step int) {
 		n.heal()
 		n.logf("%s: healed", f)
 	}
+	if f == FaultCloudDrop && n.cloud != nil && n.cloud.server() == nil {
+		if err := n.cloud.up(); err != nil {
+			n.t.Fatalf("cloud back up: %v", err)
+		}
+		n.logf("%s: the cloud backend is back", f)
+	}
 	if nodes, ok := n.crashed[step]; ok {
 		delete(n.crashed, step)
 		if f == FaultRestartAll {
@@ -289,6 +303,11 @@ func (n *nemesis) recoverAll() {
 	clear(n.active)
 	clear(n.flap)
 	n.c.Heal()
+	if n.cloud != nil && n.cloud.server() == nil {
+		if err := n.cloud.up(); err != nil {
+			n.t.Fatalf("cloud back up: %v", err)
+		}
+	}
 	for i := range n.c.Len() {
 		if n.c.Agent(i) == nil {
 			n.c.Restart(i)

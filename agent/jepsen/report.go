@@ -32,6 +32,7 @@ type Result struct {
 	Divergence string            `json:"divergence,omitempty"`
 	Unhealed   []string          `json:"unhealed,omitempty"`
 	Pictures   []string          `json:"pictures,omitempty"`
+	Cloud      *CloudVerdict     `json:"cloud,omitempty"`
 
 	history []Op
 	infos   map[string]porcupine.LinearizationInfo
@@ -98,6 +99,11 @@ func (r *Result) Violations() []string {
 	if r.Divergence != "" {
 		v = append(v, "convergence: "+r.Divergence)
 	}
+	if r.Cloud != nil {
+		for _, p := range r.Cloud.Problems {
+			v = append(v, "cloud: "+p)
+		}
+	}
 	return v
 }
 
@@ -154,6 +160,8 @@ type Summary struct {
 	StaleBehind, StaleBackwards     int           `json:"-"`
 	Lost, Doubled, Phantom, Deposed int           `json:"-"`
 	Diverged                        int           `json:"-"`
+	CloudSchedules                  int           `json:"-"`
+	Cloud                           CloudVerdict  `json:"-"`
 	Elapsed                         time.Duration `json:"elapsed"`
 	Rows                            []string      `json:"-"`
 	StalePicture                    string        `json:"stale_picture,omitempty"`
@@ -200,6 +208,14 @@ func (s *Summary) Add(r *Result) {
 	if r.Divergence != "" {
 		s.Diverged++
 	}
+	if c := r.Cloud; c != nil {
+		s.CloudSchedules++
+		s.Cloud.Sent += c.Sent
+		s.Cloud.Done += c.Done
+		s.Cloud.Failed += c.Failed
+		s.Cloud.Replayed += c.Replayed
+		s.Cloud.Problems = append(s.Cloud.Problems, c.Problems...)
+	}
 	s.Elapsed += r.Elapsed
 	var faults []string
 	for _, st := range r.Schedule.Steps {
@@ -235,6 +251,10 @@ func (s *Summary) Markdown() string {
 	fmt.Fprintf(&b, "- linearizability (writes + consistent reads), per key: ok %d, violations %d, undecided %d\n", s.LinOK, s.LinIllegal, s.LinUnknown)
 	fmt.Fprintf(&b, "- with stale (local) reads added: not linearizable for %d keys (allowed); stale reads behind an acknowledged write: %d, gone back after a restart: %d\n", s.StaleLinIllegal, s.StaleBehind, s.StaleBackwards)
 	fmt.Fprintf(&b, "- lost acknowledged writes: %d, applied twice: %d, phantom/off-log: %d, stale leaders: %d, diverged: %d\n", s.Lost, s.Doubled, s.Phantom, s.Deposed, s.Diverged)
+	if s.CloudSchedules > 0 {
+		fmt.Fprintf(&b, "- with a cloud: %d schedules, %d cloud commands (done %d, failed %d, answered as replays %d), problems (lost/doubled/mirror differs): %d\n",
+			s.CloudSchedules, s.Cloud.Sent, s.Cloud.Done, s.Cloud.Failed, s.Cloud.Replayed, len(s.Cloud.Problems))
+	}
 	if s.StalePicture != "" {
 		fmt.Fprintf(&b, "- a stale-read history that is not linearizable (as allowed): %s\n", s.StalePicture)
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/runos/runos-agent/agent"
 	"github.com/runos/runos-agent/agent/agenttest"
 	"github.com/runos/runos-agent/api"
+	"github.com/runos/runos-agent/cloud"
 	"github.com/runos/runos-agent/datadir"
 )
 
@@ -65,10 +66,21 @@ func Run(t *testing.T, s Schedule) *Result {
 
 	w := Workload{Clients: s.Clients, Nodes: s.Nodes, Keys: keys, Seed: s.Seed, Dir: func(i int) string { return c.Dirs()[i] },
 		Timeout: func(client int) time.Duration { return opTimeout(s.Tuning, client) }}
+	var rig *cloudRig
+	stopCloud := func() {}
+	if s.Cloud {
+		rig = startCloudRig(t, c)
+		ctx, cancel := context.WithCancel(context.Background())
+		var wg sync.WaitGroup
+		wg.Go(func() { rig.runClient(ctx, h, s.Seed) })
+		stopCloud = func() { cancel(); wg.Wait() }
+	}
 	stop := w.Start(h)
 	n := newNemesis(t, c, s, h)
+	n.cloud = rig
 	n.run(s.Duration)
 	stop()
+	stopCloud()
 	n.recoverAll()
 	res.Nemesis = n.log
 	res.Deposed = n.deposed
@@ -76,12 +88,21 @@ func Run(t *testing.T, s Schedule) *Result {
 	// Healed: every node is back, every key read through each node.
 	c.WaitFormed(s.Nodes)
 	res.Unhealed = FinalReads(h, c.Dirs(), keys)
+	var recs map[string]*cloud.CommandRecord
+	var cloudProblems []string
+	if rig != nil {
+		recs, cloudProblems = rig.answered()
+	}
 	final, err := converge(c)
 	if err != nil {
 		res.Divergence = err.Error()
 	}
 	res.Elapsed = time.Since(t0)
 	Check(res, h.Ops(), keys, final)
+	if rig != nil && final != nil {
+		v := rig.check(c, final, recs, cloudProblems)
+		res.Cloud = &v
+	}
 	return res
 }
 

@@ -26,6 +26,7 @@ const (
 	FaultRestartAll      = "restart-all"  // every node killed and restarted at once
 	FaultFlap            = "flap"         // isolate and heal a random node every 300 ms
 	FaultNone            = "none"         // no fault: the baseline
+	FaultCloudDrop       = "cloud-drop"   // the cloud backend down mid-command (schedules with a cloud)
 	tuningFast           = "fast"         // Raft 300 ms timers, plain Raft
 	tuningQuiet          = "quiet"        // Raft 1 s timers: the quiet transport and beat-driven liveness on
 )
@@ -52,11 +53,14 @@ type Schedule struct {
 	Keys     int           `json:"keys"`
 	Duration time.Duration `json:"duration"`
 	Steps    []Step        `json:"steps"`
+	// Cloud connects the cluster to a real runos-cloud backend that
+	// sends commands (deploy/delete service, create token) throughout.
+	Cloud bool `json:"cloud,omitempty"`
 }
 
 func (s Schedule) String() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%s seed=%d nodes=%d tuning=%s clients=%d keys=%d for %s:", s.Name, s.Seed, s.Nodes, s.Tuning, s.Clients, s.Keys, s.Duration)
+	fmt.Fprintf(&b, "%s seed=%d nodes=%d tuning=%s clients=%d keys=%d cloud=%v for %s:", s.Name, s.Seed, s.Nodes, s.Tuning, s.Clients, s.Keys, s.Cloud, s.Duration.Round(10*time.Millisecond))
 	for _, st := range s.Steps {
 		fmt.Fprintf(&b, " %s@%s-%s", st.Fault, st.At.Round(10*time.Millisecond), st.Until.Round(10*time.Millisecond))
 	}
@@ -88,6 +92,15 @@ func Random(seed uint64, i int) Schedule {
 		}
 		s.Steps = append(s.Steps, Step{Fault: f, At: at, Until: at + hold})
 	}
+	// A third of the schedules run with a cloud; half of those lose it
+	// for a while.
+	if r.IntN(3) == 0 {
+		s.Cloud = true
+		if r.IntN(2) == 0 {
+			at := 300*time.Millisecond + time.Duration(r.Int64N(int64(2*time.Second)))
+			s.Steps = append(s.Steps, Step{Fault: FaultCloudDrop, At: at, Until: at + time.Second + time.Duration(r.Int64N(int64(2*time.Second)))})
+		}
+	}
 	for _, st := range s.Steps {
 		s.Duration = max(s.Duration, st.Until+500*time.Millisecond)
 	}
@@ -109,8 +122,11 @@ func Fixed() []Schedule {
 		mk("ci-crash-leader", 3, tuningFast, Step{FaultCrashLeader, sec(0.5), sec(2.5)}),
 		mk("ci-bridge-oneway", 5, tuningFast, Step{FaultBridge, sec(0.4), sec(2)}, Step{FaultOneWayToLeader, sec(2.2), sec(3.5)}),
 		mk("ci-restart-all", 3, tuningQuiet, Step{FaultRestartAll, sec(1), sec(2)}),
+		withCloud(mk("ci-cloud-drop-crash-leader", 3, tuningFast, Step{FaultCloudDrop, sec(0.5), sec(2.5)}, Step{FaultCrashLeader, sec(1), sec(2)})),
 	}
 }
+
+func withCloud(s Schedule) Schedule { s.Cloud = true; return s }
 
 // Mutant are the schedules the mutation check runs against broken builds
 // (make jepsen-mutants): the CI set plus write bursts across repeated
