@@ -126,8 +126,15 @@ func TestJepsenLab(t *testing.T) {
 				return "data dir of " + victim.name + " (the leader) full"
 			},
 			func() string {
+				// What the full disk did to the node, from its log.
+				enospc := strings.Count(strings.ToLower(victim.current().Output()), "no space left on device")
 				must(t, os.Remove(filepath.Join(victim.dir, "filler")))
-				return "space freed on " + victim.name
+				st, _ := victim.status()
+				role := "?"
+				if st != nil {
+					role = st.Raft.State
+				}
+				return fmt.Sprintf("space freed on %s (%d ENOSPC lines in its log; Raft state %s)", victim.name, enospc, role)
 			}},
 	}
 	for i, f := range faults {
