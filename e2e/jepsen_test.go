@@ -56,14 +56,15 @@ func TestJepsenLab(t *testing.T) {
 	type fault struct {
 		name            string
 		inject, recover func() string
+		hold            time.Duration // 20 s when zero
 	}
 	var victim *agentNode
 	var pausedProc interface{ Signal(syscall.Signal) error }
 	faults := []fault{
 		{"kill9-leader",
 			func() string { victim = leaderOf(); victim.kill(); return "kill -9 " + victim.name },
-			func() string { victim.start(); return "restarted " + victim.name }},
-		{"sigstop-leader-20s",
+			func() string { victim.start(); return "restarted " + victim.name }, 0},
+		{"sigstop-leader-35s",
 			func() string {
 				victim = leaderOf()
 				p := victim.current()
@@ -72,7 +73,9 @@ func TestJepsenLab(t *testing.T) {
 				must(t, p.Signal(syscall.SIGSTOP))
 				return "SIGSTOP " + victim.name
 			},
-			func() string { must(t, pausedProc.Signal(syscall.SIGCONT)); return "SIGCONT " + victim.name }},
+			func() string { must(t, pausedProc.Signal(syscall.SIGCONT)); return "SIGCONT " + victim.name },
+			// Past the offline threshold (30 s), not only degraded (10 s).
+			35 * time.Second},
 		{"partition-leader",
 			func() string {
 				victim = leaderOf()
@@ -86,7 +89,7 @@ func TestJepsenLab(t *testing.T) {
 					must(t, victim.host.Unblock(o.host.Addr()))
 				}
 				return "healed"
-			}},
+			}, 0},
 		{"oneway-leader-to-follower",
 			func() string {
 				l := leaderOf()
@@ -99,7 +102,7 @@ func TestJepsenLab(t *testing.T) {
 					_ = victim.host.UnblockFrom(o.host.Addr())
 				}
 				return "healed"
-			}},
+			}, 0},
 		{"restart-all",
 			func() string {
 				for _, n := range c.nodes {
@@ -115,7 +118,7 @@ func TestJepsenLab(t *testing.T) {
 					c.eventually(time.Minute, n.name+" answers", func() error { _, err := n.status(); return err })
 				}
 				return "all restarted"
-			}},
+			}, 0},
 		{"full-disk-leader",
 			func() string {
 				victim = leaderOf()
@@ -135,7 +138,7 @@ func TestJepsenLab(t *testing.T) {
 					role = st.Raft.State
 				}
 				return fmt.Sprintf("space freed on %s (%d ENOSPC lines in its log; Raft state %s)", victim.name, enospc, role)
-			}},
+			}, 0},
 	}
 	for i, f := range faults {
 		t.Run(f.name, func(t *testing.T) {
@@ -160,7 +163,11 @@ func TestJepsenLab(t *testing.T) {
 			time.Sleep(3 * time.Second)
 			t0 := time.Now()
 			note(f.inject())
-			time.Sleep(20 * time.Second)
+			hold := f.hold
+			if hold == 0 {
+				hold = 20 * time.Second
+			}
+			time.Sleep(hold)
 			note(f.recover())
 			time.Sleep(5 * time.Second)
 			stop()

@@ -14,9 +14,9 @@ import (
 )
 
 // never is the return time of an indeterminate operation: it may take
-// effect at any point after its call, as in Jepsen (porcupine then
-// linearizes it anywhere after the call, or not at all when nothing
-// observed it... a write always is: it must fit somewhere).
+// effect at any point after its call, as in Jepsen, so porcupine may
+// place it anywhere after the call. (A write that never took effect fits
+// too: placed after every other operation, it changes nothing observed.)
 const never = math.MaxInt64 / 2
 
 type regInput struct {
