@@ -3,8 +3,10 @@
 package jepsen
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"testing"
 	"time"
@@ -17,6 +19,10 @@ import (
 // TestMain checks that no schedule leaks a goroutine: every agent, client
 // and nemesis stops with its cluster.
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m, agenttest.LeakOptions()...) }
+
+// scheduleLimit bounds one schedule, cluster start and cleanup included
+// (they take seconds): beyond it the schedule hung.
+const scheduleLimit = 5 * time.Minute
 
 // outDir is where reports go: $JEPSEN_OUT, or a temporary dir.
 func outDir(t *testing.T) string {
@@ -33,6 +39,16 @@ func runAll(t *testing.T, seed uint64, schedules []Schedule) {
 		var res *Result
 		var ops []Op
 		ran := false
+		// A schedule that does not end (a Close that never returns, a
+		// wedged cluster) is a finding too: its goroutines go to the
+		// report and the campaign stops.
+		watchdog := time.AfterFunc(scheduleLimit, func() {
+			buf := make([]byte, 64<<20)
+			buf = buf[:runtime.Stack(buf, true)]
+			p := filepath.Join(dir, s.Name+"-hung-goroutines.txt")
+			_ = os.WriteFile(p, buf, 0o644)
+			panic(fmt.Sprintf("schedule %s still running after %s; goroutines in %s", s.Name, scheduleLimit, p))
+		})
 		t.Run(s.Name, func(t *testing.T) {
 			ran = true
 			res = Run(t, s)
@@ -46,6 +62,7 @@ func runAll(t *testing.T, seed uint64, schedules []Schedule) {
 				t.Logf("%s: cloud %+v", s.Name, *res.Cloud)
 			}
 		})
+		watchdog.Stop()
 		if !ran {
 			continue // filtered out by -run
 		}
