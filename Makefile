@@ -85,6 +85,7 @@ jepsen-ci:
 # The mutation check: the fixed schedules against deliberately broken
 # builds must fail (README "Reliability").
 jepsen-mutants:
+	@mkdir -p $(BIN)
 	@for tag in jepsen_nodedupe jepsen_quietstale; do \
 		if JEPSEN_MUTANT=1 $(GO) test -tags jepsen,$$tag -count=1 -timeout 10m -run 'TestJepsenMutant$$' ./agent/jepsen/ > $(BIN)/jepsen-$$tag.log 2>&1; then \
 			echo "$$tag: the campaign did NOT catch it (see $(BIN)/jepsen-$$tag.log)"; exit 1; \

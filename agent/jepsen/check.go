@@ -34,47 +34,49 @@ type regOutput struct {
 // registerModel is a single register (porcupine partitions by key first):
 // writes set it, a compare-and-set sets it when it holds the expected
 // value and reports whether it did, reads return it.
-var registerModel = porcupine.Model{
-	Init: func() any { return int64(0) },
-	Step: func(state, input, output any) (bool, any) {
-		s, in, out := state.(int64), input.(regInput), output.(regOutput)
-		switch in.Kind {
-		case KindWrite:
-			return true, in.Value
-		case KindCAS:
-			match := s == in.Expect
-			switch {
-			case out.Unknown && match:
+func registerModel() porcupine.Model {
+	return porcupine.Model{
+		Init: func() any { return int64(0) },
+		Step: func(state, input, output any) (bool, any) {
+			s, in, out := state.(int64), input.(regInput), output.(regOutput)
+			switch in.Kind {
+			case KindWrite:
 				return true, in.Value
-			case out.Unknown:
+			case KindCAS:
+				match := s == in.Expect
+				switch {
+				case out.Unknown && match:
+					return true, in.Value
+				case out.Unknown:
+					return true, s
+				case out.CASOK != match:
+					return false, s
+				case match:
+					return true, in.Value
+				}
 				return true, s
-			case out.CASOK != match:
-				return false, s
-			case match:
-				return true, in.Value
+			default:
+				return out.Value == s, s
 			}
-			return true, s
-		default:
-			return out.Value == s, s
-		}
-	},
-	DescribeOperation: func(input, output any) string {
-		in, out := input.(regInput), output.(regOutput)
-		switch in.Kind {
-		case KindWrite:
-			if out.Unknown {
-				return fmt.Sprintf("write(%d) ?", in.Value)
+		},
+		DescribeOperation: func(input, output any) string {
+			in, out := input.(regInput), output.(regOutput)
+			switch in.Kind {
+			case KindWrite:
+				if out.Unknown {
+					return fmt.Sprintf("write(%d) ?", in.Value)
+				}
+				return fmt.Sprintf("write(%d)", in.Value)
+			case KindCAS:
+				if out.Unknown {
+					return fmt.Sprintf("cas(%d→%d) ?", in.Expect, in.Value)
+				}
+				return fmt.Sprintf("cas(%d→%d) %v", in.Expect, in.Value, out.CASOK)
 			}
-			return fmt.Sprintf("write(%d)", in.Value)
-		case KindCAS:
-			if out.Unknown {
-				return fmt.Sprintf("cas(%d→%d) ?", in.Expect, in.Value)
-			}
-			return fmt.Sprintf("cas(%d→%d) %v", in.Expect, in.Value, out.CASOK)
-		}
-		return fmt.Sprintf("%s() → %d", in.Kind, out.Value)
-	},
-	DescribeState: func(state any) string { return fmt.Sprint(state.(int64)) },
+			return fmt.Sprintf("%s() → %d", in.Kind, out.Value)
+		},
+		DescribeState: func(state any) string { return fmt.Sprint(state.(int64)) },
+	}
 }
 
 // regOps turns the history of one key into porcupine operations: writes and
@@ -106,11 +108,8 @@ func regOps(ops []Op, key string, reads ...Kind) []porcupine.Operation {
 // Linearizable checks one key's history with the reads of the given kinds.
 // Unknown (the checker's time limit ran out) counts as not proven.
 func Linearizable(ops []Op, key string, reads ...Kind) (porcupine.CheckResult, porcupine.LinearizationInfo) {
-	return porcupine.CheckOperationsVerbose(registerModel, regOps(ops, key, reads...), checkTimeout)
+	return porcupine.CheckOperationsVerbose(registerModel(), regOps(ops, key, reads...), checkTimeout)
 }
-
-// RegisterModel is the model Linearizable checks (for visualizations).
-func RegisterModel() porcupine.Model { return registerModel }
 
 // Final is the converged cluster state the checkers compare the history
 // with.

@@ -116,7 +116,7 @@ func (r *Result) Write(dir string, ops []Op) error {
 	for k, verdict := range r.Lin {
 		if verdict != string(porcupine.Ok) {
 			p := filepath.Join(dir, fmt.Sprintf("%s-%s-linearizability.html", r.Schedule.Name, k))
-			if err := porcupine.VisualizePath(registerModel, r.infos[k], p); err != nil {
+			if err := porcupine.VisualizePath(registerModel(), r.infos[k], p); err != nil {
 				return err
 			}
 			r.Pictures = append(r.Pictures, filepath.Base(p))
@@ -139,7 +139,7 @@ func (r *Result) WriteStalePicture(dir string) (string, bool) {
 	for k, verdict := range r.StaleLin {
 		if verdict == string(porcupine.Illegal) {
 			p := filepath.Join(dir, fmt.Sprintf("%s-%s-stale-reads.html", r.Schedule.Name, k))
-			if porcupine.VisualizePath(registerModel, r.sinfo[k], p) == nil {
+			if porcupine.VisualizePath(registerModel(), r.sinfo[k], p) == nil {
 				return filepath.Base(p), true
 			}
 		}

@@ -32,9 +32,11 @@ const (
 )
 
 // Faults lists every fault a randomized schedule picks from.
-var Faults = []string{FaultIsolateLeader, FaultIsolateFollower, FaultMajority, FaultBridge, FaultCutLeaderLink,
-	FaultOneWayToLeader, FaultOneWayFromLead, FaultCrashLeader, FaultCrashRandom, FaultStopLeader,
-	FaultRestartAll, FaultFlap, FaultNone}
+func Faults() []string {
+	return []string{FaultIsolateLeader, FaultIsolateFollower, FaultMajority, FaultBridge, FaultCutLeaderLink,
+		FaultOneWayToLeader, FaultOneWayFromLead, FaultCrashLeader, FaultCrashRandom, FaultStopLeader,
+		FaultRestartAll, FaultFlap, FaultNone}
+}
 
 // Step is one fault: injected At, recovered (healed, restarted) at Until.
 type Step struct {
@@ -83,7 +85,8 @@ func Random(seed uint64, i int) Schedule {
 	// One fault, two overlapping, or two in sequence.
 	n := 1 + r.IntN(2)
 	for range n {
-		f := Faults[r.IntN(len(Faults))]
+		faults := Faults()
+		f := faults[r.IntN(len(faults))]
 		at := 300*time.Millisecond + time.Duration(r.Int64N(int64(2*time.Second)))
 		hold := 700*time.Millisecond + time.Duration(r.Int64N(int64(2500*time.Millisecond)))
 		if s.Tuning == tuningQuiet {
