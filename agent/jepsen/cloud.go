@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -152,11 +153,14 @@ func (r *cloudRig) someService(rnd *rand.Rand) string {
 
 // CloudVerdict is what the cloud checkers found.
 type CloudVerdict struct {
-	Sent     int      `json:"sent"`
-	Done     int      `json:"done"`
-	Failed   int      `json:"failed"`
-	Replayed int      `json:"replayed"` // answers that said "applied before"
-	Problems []string `json:"problems,omitempty"`
+	Sent     int `json:"sent"`
+	Done     int `json:"done"`
+	Failed   int `json:"failed"`
+	Replayed int `json:"replayed"` // answers that said "applied before"
+	// Errors counts the failed commands' errors (a definite "no", such
+	// as deleting an instance a previous command deleted).
+	Errors   map[string]int `json:"errors,omitempty"`
+	Problems []string       `json:"problems,omitempty"`
 }
 
 // answered waits for every command sent to be answered (after the heal,
@@ -222,6 +226,12 @@ func (r *cloudRig) check(c *agenttest.Cluster, f *Final, recs map[string]*cloud.
 			v.Done++
 		default:
 			v.Failed++
+			if rec.Result != nil {
+				if v.Errors == nil {
+					v.Errors = map[string]int{}
+				}
+				v.Errors[cmd.Kind+": "+errClass(rec.Result.Error)]++
+			}
 		}
 		if rec.Result != nil && rec.Result.Replayed {
 			v.Replayed++
@@ -347,4 +357,16 @@ func (r *cloudRig) mirrorDiff(c *agenttest.Cluster) error {
 		}
 	}
 	return nil
+}
+
+// errClass is an error without the IDs in it, for counting.
+func errClass(e string) string {
+	var b strings.Builder
+	for _, w := range strings.Fields(e) {
+		if strings.ContainsAny(w, "0123456789") && len(w) > 6 {
+			w = "…"
+		}
+		b.WriteString(w + " ")
+	}
+	return strings.TrimSpace(b.String())
 }

@@ -215,6 +215,12 @@ func (s *Summary) Add(r *Result) {
 		s.Cloud.Failed += c.Failed
 		s.Cloud.Replayed += c.Replayed
 		s.Cloud.Problems = append(s.Cloud.Problems, c.Problems...)
+		for k, n := range c.Errors {
+			if s.Cloud.Errors == nil {
+				s.Cloud.Errors = map[string]int{}
+			}
+			s.Cloud.Errors[k] += n
+		}
 	}
 	s.Elapsed += r.Elapsed
 	var faults []string
@@ -254,6 +260,9 @@ func (s *Summary) Markdown() string {
 	if s.CloudSchedules > 0 {
 		fmt.Fprintf(&b, "- with a cloud: %d schedules, %d cloud commands (done %d, failed %d, answered as replays %d), problems (lost/doubled/mirror differs): %d\n",
 			s.CloudSchedules, s.Cloud.Sent, s.Cloud.Done, s.Cloud.Failed, s.Cloud.Replayed, len(s.Cloud.Problems))
+		for k, n := range s.Cloud.Errors {
+			fmt.Fprintf(&b, "  - failed %d× with %q\n", n, k)
+		}
 	}
 	if s.StalePicture != "" {
 		fmt.Fprintf(&b, "- a stale-read history that is not linearizable (as allowed): %s\n", s.StalePicture)
