@@ -182,6 +182,7 @@ func TestJepsenLab(t *testing.T) {
 				res.Divergence = err.Error()
 			}
 			res.Nemesis = log
+			res.Elapsed = time.Since(t0)
 			jepsen.Check(res, h.Ops(), keys, final)
 			if err := res.Write(out, h.Ops()); err != nil {
 				t.Error(err)
