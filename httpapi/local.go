@@ -94,6 +94,7 @@ func NewLocalHandler(cfg LocalConfig) (http.Handler, error) {
 	l.cloudRoutes(mux)
 	l.workloadRoutes(mux)
 	l.uiRoutes(mux)
+	l.testRoutes(mux)
 	if cfg.Kube != nil {
 		kubeRoutes(mux, cfg.Kube)
 	}

@@ -120,6 +120,9 @@ type State struct {
 	// Results of the remembered commands, so a retried command answers as
 	// the first attempt did.
 	Results map[string]*Result `json:"results"`
+	// Registers are the test registers (register.go); always empty
+	// outside builds with the jepsen tag.
+	Registers map[string]*Register `json:"registers,omitempty"`
 }
 
 // NewState returns an empty state.
@@ -149,6 +152,7 @@ func (s *State) View() *State {
 		UI:          s.UI.clone(),
 		Kube:        s.Kube.clone(),
 		Access:      s.Access.clone(),
+		Registers:   cloneRegisters(s.Registers),
 
 		TokenPolicy: s.TokenPolicy,
 		DNS:         s.DNS,
@@ -251,6 +255,9 @@ type Command struct {
 	UI       *UICmd       `json:"ui,omitempty"`
 	Kube     *KubeCmd     `json:"kube,omitempty"`
 	Access   *AccessCmd   `json:"access,omitempty"`
+
+	// Register is OpTestRegister's payload (register.go).
+	Register *RegisterCmd `json:"register,omitempty"`
 }
 
 // Command ops.
@@ -368,7 +375,7 @@ func (r *Result) Error() error {
 // apply mutates s by cmd and returns the result. It is the whole of the
 // state machine: pure, deterministic, and idempotent per command ID.
 func (s *State) apply(index uint64, cmd *Command) *Result {
-	if cmd.ID != "" {
+	if dedupe && cmd.ID != "" {
 		if r, ok := s.Results[cmd.ID]; ok {
 			return r
 		}
@@ -385,7 +392,9 @@ func (s *State) apply(index uint64, cmd *Command) *Result {
 		case OpEvent:
 			s.record(index, cmd.Time, *cmd.Event)
 		}
-		s.recordChange(index, cmd, res)
+		if !strings.HasPrefix(cmd.Op, "test_") {
+			s.recordChange(index, cmd, res)
+		}
 	}
 	if cmd.ID != "" {
 		s.remember(cmd.ID, res)
@@ -527,6 +536,8 @@ func (s *State) applyOp(cmd *Command, res *Result) error {
 		return s.applyKube(cmd, res)
 	case strings.HasPrefix(cmd.Op, "access_"):
 		return s.applyAccess(cmd, res)
+	case strings.HasPrefix(cmd.Op, "test_"):
+		return s.applyTest(cmd, res)
 	}
 	return ErrUnknownOp
 }

@@ -242,7 +242,7 @@ func New(cfg Config, log *slog.Logger) (*Store, error) {
 	rc.TrailingLogs = 2048
 
 	fsm := NewFSM()
-	var rtrans raft.Transport = trans
+	rtrans := pipelineSafe(trans)
 	var quiet *quietTransport
 	if cfg.QuietFresh > 0 {
 		quiet = newQuietTransport(trans, cfg.QuietFresh)
