@@ -12,8 +12,10 @@
 // writer mid-send): a data race, and at worst a "send on closed channel"
 // panic that takes the whole agent down at shutdown. Here the channel is
 // never closed; a separate closing channel ends Read and releases any
-// WriteNotify, and Close waits for the stack's goroutines. Everything else
-// is unchanged.
+// WriteNotify, and Close waits for the stack's goroutines. Added for wg1
+// in userspace mode (mesh/route.go): a divert hook for packets towards the
+// devices' network, a forward queue Read also serves, InjectInbound, and
+// AddAddress/RemoveAddress. Everything else is unchanged.
 package netstack
 
 import (
