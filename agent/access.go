@@ -27,7 +27,7 @@ var (
 // accessState is this node's wg1.
 type accessState struct {
 	mu  sync.Mutex
-	srv *access.Server // guarded by mu; nil while no device enters here
+	srv access.Gateway // guarded by mu; nil while no device enters here
 	// srvKey is the wg1 public key srv serves (the state's); guarded by mu.
 	srvKey string
 	// lastErr is the last failure to bring wg1 up, logged once per change;
@@ -395,7 +395,7 @@ func (a *Agent) reconcileAccess(ctx context.Context, reported map[string]bool) {
 
 // accessServer returns wg1, bringing it up (or back up with the state's
 // key) when needed.
-func (a *Agent) accessServer(st *raftstore.State) (*access.Server, error) {
+func (a *Agent) accessServer(st *raftstore.State) (access.Gateway, error) {
 	a.acc.mu.Lock()
 	defer a.acc.mu.Unlock()
 	if a.acc.srv != nil && a.acc.srvKey == st.Access.PublicKey {
@@ -405,9 +405,6 @@ func (a *Agent) accessServer(st *raftstore.State) (*access.Server, error) {
 		a.acc.srv.Close()
 		a.acc.srv = nil
 	}
-	if a.mode != mesh.ModeKernel {
-		return nil, errors.New("wg1 needs kernel mode (--net kernel): this node runs the mesh in userspace")
-	}
 	raw, err := a.keys.Open(raftstore.AccessKeyPurpose, st.Access.KeySealed)
 	if err != nil {
 		return nil, fmt.Errorf("open the wg1 key: %w", err)
@@ -416,14 +413,31 @@ func (a *Agent) accessServer(st *raftstore.State) (*access.Server, error) {
 	if err != nil || key.PublicKey().String() != st.Access.PublicKey {
 		return nil, errors.New("the sealed wg1 key does not match its public key")
 	}
-	srv, err := access.NewServer(access.ServerConfig{
-		PrivateKey:    key,
-		Address:       raftstore.AccessGateway,
-		ListenPort:    raftstore.AccessPort,
-		MeshInterface: a.dev.InterfaceName(),
-		Users:         raftstore.UserAccessPrefix,
-		Networks:      accessNetworks(st),
-	}, a.log)
+	port := a.accessPort
+	if port == 0 {
+		port = raftstore.AccessPort
+	}
+	var srv access.Gateway
+	if a.mode == mesh.ModeKernel {
+		srv, err = access.NewServer(access.ServerConfig{
+			PrivateKey:    key,
+			Address:       raftstore.AccessGateway,
+			ListenPort:    port,
+			MeshInterface: a.dev.InterfaceName(),
+			Users:         raftstore.UserAccessPrefix,
+			Networks:      accessNetworks(st),
+		}, a.log)
+	} else {
+		// No privileges: wg1 is a second wireguard-go device routed into
+		// the mesh netstack by access's userspace router.
+		srv, err = access.NewUserspaceServer(access.UserspaceConfig{
+			PrivateKey: key,
+			Address:    raftstore.AccessGateway,
+			ListenPort: port,
+			Users:      raftstore.UserAccessPrefix,
+			Networks:   accessNetworks(st),
+		}, a.dev, a.log)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -68,8 +68,7 @@ func TestAccessAPI(t *testing.T) {
 	if code, body := call(h1, "POST", "/v1/access", `{"name":"other","public_key":"`+pub+`","endpoint":"vpn.example.com"}`, nil); code != 409 || !strings.Contains(body, "already used") {
 		t.Errorf("duplicate key: %d %s", code, body)
 	}
-	// Listed from the other node, with the entry node's answer: node1 runs
-	// userspace, where wg1 cannot run, and says so.
+	// Listed from the other node, with the entry node's answer.
 	agenttest.Eventually(t, "node1 lists the device", func() error {
 		var list api.AccessDevices
 		if code, body := call(h1, "GET", "/v1/access", "", &list); code != 200 || len(list.Devices) != 1 || list.Devices[0].Name != "laptop" {

@@ -78,6 +78,10 @@ type Config struct {
 	KubeBinDir string
 	// DNS is the node resolver (dns.go).
 	DNS DNSConfig
+	// AccessPort is the UDP port wg1 listens on when devices enter here
+	// (0: raftstore.AccessPort). In-process test clusters give each node
+	// its own.
+	AccessPort int
 	// Tuning shortens timers for tests; zero values keep production defaults.
 	Tuning Tuning
 }
@@ -149,11 +153,12 @@ func FastTuning() Tuning {
 
 // Agent is one running node.
 type Agent struct {
-	dir    string
-	cfg    *datadir.NodeConfig
-	log    *slog.Logger
-	tuning Tuning
-	mode   mesh.Mode
+	dir        string
+	accessPort int // Config.AccessPort
+	cfg        *datadir.NodeConfig
+	log        *slog.Logger
+	tuning     Tuning
+	mode       mesh.Mode
 	// underlay is Deps.Underlay until Start gives it to the nat.Bind.
 	underlay conn.Bind
 	// kubeExec and afterApply are Deps.NewKubeExecutor and
@@ -287,6 +292,7 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 		uiListen:   cfg.UIListen,
 		kubeBinDir: cfg.KubeBinDir,
 		dnsCfg:     cfg.DNS,
+		accessPort: cfg.AccessPort,
 
 		metricsListen: cfg.MetricsListen,
 		pprofListen:   pprofListen,

@@ -379,3 +379,6 @@ func (c *Cluster) WaitVoters(n int) {
 		return nil
 	})
 }
+
+// AccessPort is node i's wg1 UDP port on 127.0.0.1 (each node has its own).
+func (c *Cluster) AccessPort(i int) int { return c.dc.AccessPort(i) }
