@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"sync/atomic"
 
 	"golang.zx2c4.com/wireguard/tun"
 )
@@ -137,6 +138,9 @@ type routerTUN struct {
 	route  func(pkt []byte) // a device's packet (Write)
 	out    chan []byte      // to devices; never closed
 	events chan tun.Event
+	// queued counts packets handed to wg1 for devices (wireguard-go
+	// drains out concurrently, so its length says nothing).
+	queued atomic.Uint64
 
 	closing   chan struct{}
 	closeOnce sync.Once
@@ -154,6 +158,7 @@ func newRouterTUN(mtu int, route func([]byte)) *routerTUN {
 func (t *routerTUN) send(pkt []byte) {
 	select {
 	case t.out <- append([]byte(nil), pkt...):
+		t.queued.Add(1)
 	default:
 	}
 }

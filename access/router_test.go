@@ -211,7 +211,7 @@ func TestUserspaceServerLifecycle(t *testing.T) {
 		t.Fatalf("forwarded %d, delivered %d; want 1 and 1", len(m.fwd), len(m.local))
 	}
 	m.route(ipv4("172.24.0.9", "172.24.200.2"))
-	if got := len(s.tun.out); got != 1 {
+	if got := s.tun.queued.Load(); got != 1 {
 		t.Fatalf("%d packets queued for devices, want 1", got)
 	}
 	if err := s.SetPeers(nil); err != nil {
@@ -219,7 +219,7 @@ func TestUserspaceServerLifecycle(t *testing.T) {
 	}
 	s.fromDevice(ipv4("172.24.200.2", "172.24.0.9"))
 	m.route(ipv4("172.24.0.9", "172.24.200.2"))
-	if len(m.fwd) != 1 || len(s.tun.out) != 1 {
+	if len(m.fwd) != 1 || s.tun.queued.Load() != 1 {
 		t.Fatal("a removed device's packets still pass")
 	}
 	if err := s.Close(); err != nil {
