@@ -4,9 +4,11 @@ package e2e
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -60,9 +62,23 @@ func TestJepsenLab(t *testing.T) {
 	}
 	var victim *agentNode
 	var pausedProc interface{ Signal(syscall.Signal) error }
+	// SEED picks the random node, so a failing run replays.
+	seed, _ := strconv.ParseUint(os.Getenv("SEED"), 10, 64)
+	rng := rand.New(rand.NewPCG(seed, 0x6c6162))
 	faults := []fault{
 		{"kill9-leader",
 			func() string { victim = leaderOf(); victim.kill(); return "kill -9 " + victim.name },
+			func() string { victim.start(); return "restarted " + victim.name }, 0},
+		{"kill9-random",
+			func() string {
+				victim = c.nodes[rng.IntN(len(c.nodes))]
+				role := "follower"
+				if victim == leaderOf() {
+					role = "leader"
+				}
+				victim.kill()
+				return fmt.Sprintf("kill -9 %s (SEED %d; the %s)", victim.name, seed, role)
+			},
 			func() string { victim.start(); return "restarted " + victim.name }, 0},
 		{"sigstop-leader-35s",
 			func() string {
