@@ -440,16 +440,22 @@ func TestCloudCommandOnceAcrossLeaderChange(t *testing.T) {
 	}
 
 	// A replayed command ID is refused: the recorded outcome, nothing new.
+	// The cluster's link moves to the new leader after the change, so the
+	// resend waits for it (and is repeated if it went to a closing session).
 	replays := rec.Replays
-	if err := tc.srv.Resend(id, rec.ID); err != nil {
-		t.Fatal(err)
-	}
+	var sent time.Time
 	eventually(t, "replay answered", func() error {
-		r, _ := tc.srv.Command(id, rec.ID)
-		if r.Replays <= replays {
+		if r, _ := tc.srv.Command(id, rec.ID); r.Replays > replays {
+			return nil
+		}
+		if time.Since(sent) < time.Second {
 			return errors.New("no replay answer yet")
 		}
-		return nil
+		if err := tc.srv.Resend(id, rec.ID); err != nil {
+			return err
+		}
+		sent = time.Now()
+		return errors.New("resent")
 	})
 	if st2, _ := l.store.State(); len(st2.Tokens) != len(st.Tokens) {
 		t.Fatal("a replayed command was applied again")

@@ -58,6 +58,13 @@ const (
 	// confirmFresh: how long this node's finding that a leader is
 	// unreachable lets another voter ask it to campaign.
 	confirmFresh = 5 * time.Second
+	// electionGrace: how long a voter that campaigned on a suspicion,
+	// and is still a candidate (or leads), counts as an election under way
+	// that other rounds wait for. An election takes round trips; a
+	// candidate stuck longer than this lost (say, a log behind another
+	// voter's), and waiting for its Raft timer would stall writes for
+	// seconds, so a later round may have another voter campaign.
+	electionGrace = 2 * time.Second
 )
 
 // Peers reaches other members for failover on demand; the agent implements
@@ -105,15 +112,17 @@ type Verdict struct {
 	// Unreachable: this voter found the leader unreachable, or not leading
 	// the term (and knows no newer term or other leader).
 	Unreachable bool `json:"unreachable"`
-	// CanCampaign: a voter that still follows the suspected leader in the
-	// suspected term: a TimeoutNow makes it a candidate.
+	// CanCampaign: a voter that is a follower and either still follows
+	// the suspected leader in its term, or knows no leader in that term or
+	// a later one (an election after the suspicion failed): a TimeoutNow
+	// makes it a candidate.
 	CanCampaign bool `json:"can_campaign"`
-	// Electing: this voter campaigned on the suspicion already (a Raft
-	// timer's candidacy does not count: voters that still follow the
-	// leader refuse it). Concurrent rounds on two nodes otherwise both
-	// campaign: the second sees the first, now a candidate, unable to
-	// campaign and picks itself, splitting the vote (seen: term + 2 under
-	// load).
+	// Electing: this voter campaigned on the suspicion within
+	// electionGrace and is a candidate or leads (a Raft timer's candidacy
+	// does not count: voters that still follow the leader refuse it).
+	// Concurrent rounds on two nodes otherwise both campaign: the second
+	// sees the first, now a candidate, unable to campaign and picks
+	// itself, splitting the vote (seen: term + 2 under load).
 	Electing bool `json:"electing,omitempty"`
 	// The voter's last log entry: voters grant only to an up-to-date log.
 	LastTerm  uint64 `json:"last_term"`
@@ -143,10 +152,11 @@ type failover struct {
 	// confirmed: when this node found a suspected leader unreachable;
 	// guarded by mu.
 	confirmed map[Suspicion]time.Time
-	// campaigned is the last suspicion this node campaigned on (once
-	// each); guarded by mu.
-	campaigned Suspicion
-	stats      FailoverStats // guarded by mu
+	// campaigned is the last suspicion this node campaigned on, and when
+	// (once per electionGrace); guarded by mu.
+	campaigned   Suspicion
+	campaignedAt time.Time
+	stats        FailoverStats // guarded by mu
 	// closed: Close has begun, no new rounds; guarded by mu.
 	closed bool
 	rounds sync.WaitGroup
@@ -408,7 +418,7 @@ func (s *Store) check(ctx context.Context, k Suspicion) Verdict {
 	var v Verdict
 	v.LastTerm, v.LastIndex = s.lastEntry()
 	s.fo.mu.Lock()
-	v.Electing = s.fo.campaigned == k
+	v.Electing = s.electingLocked(k)
 	s.fo.mu.Unlock()
 	if k.Leader == s.cfg.NodeID || s.IsLeader() {
 		return v
@@ -430,15 +440,39 @@ func (s *Store) check(ctx context.Context, k Suspicion) Verdict {
 	s.fo.initLocked()
 	s.fo.confirmed[k] = time.Now()
 	s.fo.mu.Unlock()
-	v.CanCampaign = s.follows(k)
+	v.CanCampaign = s.canCampaign(k)
 	return v
 }
 
-// follows reports whether this node is a voter following k.Leader in
-// k.Term: a TimeoutNow then makes it a candidate.
-func (s *Store) follows(k Suspicion) bool {
-	return s.raft.State() == raft.Follower && s.raft.CurrentTerm() == k.Term &&
-		s.LeaderID() == k.Leader && s.isVoter(raft.ServerID(s.cfg.NodeID))
+// electingLocked reports whether this node's own election on k is under
+// way (see Verdict.Electing). s.fo.mu is held.
+func (s *Store) electingLocked(k Suspicion) bool {
+	if s.fo.campaigned != k || time.Since(s.fo.campaignedAt) >= electionGrace {
+		return false
+	}
+	st := s.raft.State()
+	return st == raft.Candidate || st == raft.Leader
+}
+
+// canCampaign reports whether a TimeoutNow would make this node a
+// candidate that may replace k.Leader: a voter and a follower that still
+// follows k.Leader in k.Term, or knows no leader in k.Term or later. The
+// second case is an election after the suspicion that went nowhere: a
+// voter that granted another's vote and then took its own TimeoutNow
+// (rounds on two nodes that picked differently while a log still grew)
+// becomes a candidate whose log is behind, which unseats the new leader
+// and cannot win; without this, only Raft's timers would end that.
+func (s *Store) canCampaign(k Suspicion) bool {
+	return k.campaignable(s.raft.State(), s.isVoter(raft.ServerID(s.cfg.NodeID)), s.raft.CurrentTerm(), s.LeaderID())
+}
+
+// campaignable is canCampaign for a node in Raft state st, a voter or not,
+// in term, following leader ("" for none).
+func (k Suspicion) campaignable(st raft.RaftState, voter bool, term uint64, leader string) bool {
+	if st != raft.Follower || !voter {
+		return false
+	}
+	return (term == k.Term && leader == k.Leader) || (term >= k.Term && leader == "")
 }
 
 // Campaign starts an election on a suspicion this node confirmed lately
@@ -454,14 +488,14 @@ func (s *Store) Campaign(k Suspicion) error {
 	case !ok || time.Since(at) > confirmFresh:
 		s.fo.mu.Unlock()
 		return errNotConfirmed
-	case s.fo.campaigned == k:
+	case s.fo.campaigned == k && time.Since(s.fo.campaignedAt) < electionGrace:
 		s.fo.mu.Unlock()
 		return nil
-	case !s.follows(k):
+	case !s.canCampaign(k):
 		s.fo.mu.Unlock()
 		return errCannotCampaign
 	}
-	s.fo.campaigned = k
+	s.fo.campaigned, s.fo.campaignedAt = k, time.Now()
 	s.fo.mu.Unlock()
 	self := raft.ServerAddress(s.cfg.Addr.String())
 	err := s.trans.TimeoutNow(raft.ServerID(s.cfg.NodeID), self, &raft.TimeoutNowRequest{

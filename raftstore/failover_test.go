@@ -1,6 +1,10 @@
 package raftstore
 
-import "testing"
+import (
+	"testing"
+
+	"github.com/hashicorp/raft"
+)
 
 func TestProbeGone(t *testing.T) {
 	for _, tc := range []struct {
@@ -47,6 +51,37 @@ func TestCampaigner(t *testing.T) {
 	} {
 		if got := campaigner(tc.in, tc.quorum); got != tc.want {
 			t.Errorf("%s: campaigner = %q, want %q", tc.name, got, tc.want)
+		}
+	}
+}
+
+// A voter may campaign on a suspicion while it follows the suspected
+// leader in its term, or knows no leader in that term or a later one: an
+// election after the suspicion that went nowhere (a candidate whose log is
+// behind unseated the winner) is ended on demand, not by Raft's timers.
+// Never while it follows another leader, nor as a candidate or non-voter.
+func TestCampaignable(t *testing.T) {
+	k := Suspicion{Leader: "old", Term: 5}
+	for _, tc := range []struct {
+		name   string
+		st     raft.RaftState
+		voter  bool
+		term   uint64
+		leader string
+		want   bool
+	}{
+		{"follows the suspected leader", raft.Follower, true, 5, "old", true},
+		{"knows no leader in the term", raft.Follower, true, 5, "", true},
+		{"knows no leader after a failed election", raft.Follower, true, 7, "", true},
+		{"follows a newer leader", raft.Follower, true, 6, "new", false},
+		{"follows another leader in the term", raft.Follower, true, 5, "other", false},
+		{"an older term", raft.Follower, true, 4, "", false},
+		{"a candidate already", raft.Candidate, true, 6, "", false},
+		{"leads", raft.Leader, true, 6, "", false},
+		{"not a voter", raft.Follower, false, 5, "old", false},
+	} {
+		if got := k.campaignable(tc.st, tc.voter, tc.term, tc.leader); got != tc.want {
+			t.Errorf("%s: campaignable = %v, want %v", tc.name, got, tc.want)
 		}
 	}
 }
