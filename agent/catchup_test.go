@@ -45,10 +45,22 @@ func TestRestartedNodeIsStaleUntilCaughtUp(t *testing.T) {
 	if st, _ := f.store.State(); len(st.Tokens) != before {
 		t.Fatalf("restarted alone, the node has %d tokens; its snapshot had %d", len(st.Tokens), before)
 	}
-	short, cancelShort := context.WithTimeout(ctx, 2*time.Second)
-	defer cancelShort()
-	if err := f.store.CatchUp(short); err == nil {
-		t.Fatal("CatchUp succeeded with no leader reachable")
+	// The gate the managed-Kubernetes loop passes before its first apply
+	// holds while no leader can answer, and opens only on the caught-up
+	// state.
+	gate := make(chan int, 1)
+	go func() {
+		if !f.awaitCaughtUp(ctx, "the test") {
+			gate <- -1
+			return
+		}
+		st, _ := f.store.State()
+		gate <- len(st.Tokens)
+	}()
+	select {
+	case n := <-gate:
+		t.Fatalf("the catch-up gate opened with no leader reachable (%d tokens)", n)
+	case <-time.After(2 * time.Second):
 	}
 
 	for j := range c.agents {
@@ -56,20 +68,7 @@ func TestRestartedNodeIsStaleUntilCaughtUp(t *testing.T) {
 			c.start(j)
 		}
 	}
-	if err := catchUpWithin(ctx, f); err != nil {
-		t.Fatal(err)
-	}
-	if st, _ := f.store.State(); len(st.Tokens) != before+1 {
-		t.Fatalf("after CatchUp the node has %d tokens, want %d", len(st.Tokens), before+1)
-	}
-}
-
-func catchUpWithin(ctx context.Context, a *Agent) error {
-	for {
-		err := a.store.CatchUp(ctx)
-		if err == nil || ctx.Err() != nil {
-			return err
-		}
-		time.Sleep(200 * time.Millisecond)
+	if n := <-gate; n != before+1 {
+		t.Fatalf("the catch-up gate opened on %d tokens, want %d", n, before+1)
 	}
 }

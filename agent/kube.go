@@ -106,13 +106,8 @@ func (a *Agent) kubeLoop(ctx context.Context) {
 	// after a restart), so nothing is applied before the node has caught
 	// up once; components keep running meanwhile (they are not ours to
 	// stop until then).
-	for err := a.store.CatchUp(ctx); err != nil; err = a.store.CatchUp(ctx) {
-		a.log.Debug("managed Kubernetes waits for the state to catch up", "err", err)
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(time.Second):
-		}
+	if !a.awaitCaughtUp(ctx, "managed Kubernetes") {
+		return
 	}
 	for {
 		changed := a.store.Changed()
@@ -135,6 +130,21 @@ func (a *Agent) kubeLoop(ctx context.Context) {
 		case <-time.After(10 * time.Second):
 		}
 	}
+}
+
+// awaitCaughtUp returns true once this node's state has caught up with
+// the cluster's commit index (a leader answered), false when ctx ends
+// first. what names the waiting part in the log.
+func (a *Agent) awaitCaughtUp(ctx context.Context, what string) bool {
+	for err := a.store.CatchUp(ctx); err != nil; err = a.store.CatchUp(ctx) {
+		a.log.Debug("waiting for the state to catch up", "for", what, "err", err)
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(time.Second):
+		}
+	}
+	return true
 }
 
 // kubeMaterial opens the sealed CAs and keys of ks and issues the agent's

@@ -80,6 +80,9 @@ func TestFilesFollowTheSpec(t *testing.T) {
 	if wrote, err := h.syncFiles(s); err != nil || wrote {
 		t.Fatalf("idle sync: wrote=%v err=%v, want nothing done", wrote, err)
 	}
+	if _, err := os.Stat(h.p.etc("kube-proxy.json")); !os.IsNotExist(err) {
+		t.Fatalf("idle sync touched the files (kube-proxy config: %v)", err)
+	}
 	h.filesAt = time.Now().Add(-filesRecheck)
 	if wrote, err := h.syncFiles(s); err != nil || !wrote {
 		t.Fatalf("hourly re-check: wrote=%v err=%v", wrote, err)
