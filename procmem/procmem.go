@@ -1,6 +1,5 @@
-// Package procmem is about this process's resident memory: how much of it
-// is anonymous and how much file-backed (Read), and giving back the pages of
-// the executable that only startup used (TrimExecutable).
+// Package procmem is about a process's resident memory: how much of it is
+// anonymous and how much file-backed (Read).
 //
 // The two kinds cost different things. Anonymous pages (heap, stacks,
 // runtime) are the process's own. File-backed pages are mostly the
@@ -70,13 +69,6 @@ func parseStatus(status []byte) (Memory, error) {
 		return Memory{}, fmt.Errorf("procmem: RssAnon, RssFile, RssShmem: found %d of 3", seen)
 	}
 	return m, nil
-}
-
-// Trimmed is what TrimExecutable did.
-type Trimmed struct {
-	Bytes    uint64 // resident bytes the trimmed mappings held
-	Mappings int    // read-only mappings of the executable trimmed
-	Kept     int    // read-only mappings of the executable left alone: they hold pages copied on write
 }
 
 // parseKB parses a "   1234 kB" field of /proc status and smaps files.
