@@ -33,7 +33,19 @@ type accessState struct {
 	// lastErr is the last failure to bring wg1 up, logged once per change;
 	// guarded by mu.
 	lastErr string
+	// applied is the state index wg1 here was last made equal to;
+	// appliedCh (nil until someone waits) is closed when it moves. Both
+	// guarded by mu.
+	applied   uint64
+	appliedCh chan struct{}
 }
+
+// entryWait bounds how long add, move and remove wait for the entry node
+// to serve the change. A config handed out before then makes the device's
+// first handshake arrive too early, and WireGuard clients retry only after
+// 5 s; a node that does not confirm in time costs the device that retry,
+// nothing else.
+const entryWait = 3 * time.Second
 
 // accessNetworks are what a device reaches: the mesh (wg1 included), the
 // pods and the services.
@@ -108,6 +120,7 @@ func (a *Agent) AccessAdd(ctx context.Context, req api.AccessAddRequest) (*api.A
 	if d == nil {
 		return nil, fmt.Errorf("device %q: removed right after it was added", req.Name)
 	}
+	a.awaitEntry(ctx, st, d.Via, res.Index)
 	var privText string
 	if !priv.IsZero() {
 		privText = priv.String()
@@ -146,6 +159,7 @@ func (a *Agent) AccessMove(ctx context.Context, name string, req api.AccessMoveR
 	if d == nil {
 		return nil, fmt.Errorf("device %q: %w", name, raftstore.ErrNoSuchDevice)
 	}
+	a.awaitEntry(ctx, st, d.Via, res.Index)
 	return a.accessConfig(st, d, "", endpoint)
 }
 
@@ -157,6 +171,10 @@ func (a *Agent) AccessRemove(ctx context.Context, name string) error {
 	if err := a.WaitReady(ctx); err != nil {
 		return err
 	}
+	var via string
+	if st, _ := a.store.State(); st.Access.Devices[name] != nil {
+		via = st.Access.Devices[name].Via
+	}
 	res, err := a.store.Apply(ctx, &raftstore.Command{Op: raftstore.OpAccessRemove, Access: &raftstore.AccessCmd{Name: name}})
 	if err != nil {
 		return err
@@ -164,7 +182,66 @@ func (a *Agent) AccessRemove(ctx context.Context, name string) error {
 	if err := res.Error(); err != nil {
 		return fmt.Errorf("device %q: %w", name, err)
 	}
+	if st, err := a.waitIndex(ctx, res.Index); err == nil && via != "" {
+		a.awaitEntry(ctx, st, via, res.Index)
+	}
 	return nil
+}
+
+// awaitEntry waits, at most entryWait, until entry node via serves the
+// state at index on wg1 (see entryWait).
+func (a *Agent) awaitEntry(ctx context.Context, st *raftstore.State, via string, index uint64) {
+	n, ok := st.Nodes[via]
+	if !ok {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, entryWait)
+	defer cancel()
+	var err error
+	if via == a.cfg.NodeID {
+		err = a.AccessApplied(ctx, index)
+	} else {
+		err = a.nodeClient.AccessApplied(ctx, n.Name, index)
+	}
+	if err != nil {
+		a.log.Info("the entry node has not confirmed the device change yet", "entry", n.Name, "index", index, "err", err)
+	}
+}
+
+// AccessApplied returns once wg1 here serves the state at index or a
+// later one (the node API's), or ctx's error.
+func (a *Agent) AccessApplied(ctx context.Context, index uint64) error {
+	for {
+		a.acc.mu.Lock()
+		if a.acc.applied >= index {
+			a.acc.mu.Unlock()
+			return nil
+		}
+		if a.acc.appliedCh == nil {
+			a.acc.appliedCh = make(chan struct{})
+		}
+		ch := a.acc.appliedCh
+		a.acc.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-ch:
+		}
+	}
+}
+
+// accessApplied records that wg1 here serves the state at index.
+func (a *Agent) accessApplied(index uint64) {
+	a.acc.mu.Lock()
+	defer a.acc.mu.Unlock()
+	if index <= a.acc.applied {
+		return
+	}
+	a.acc.applied = index
+	if a.acc.appliedCh != nil {
+		close(a.acc.appliedCh)
+		a.acc.appliedCh = nil
+	}
 }
 
 // AccessList lists the devices with their counters, asking each entry node
@@ -342,10 +419,11 @@ func (a *Agent) accessLoop(ctx context.Context) {
 }
 
 func (a *Agent) reconcileAccess(ctx context.Context, reported map[string]bool) {
-	st, _ := a.store.State()
+	st, index := a.store.State()
 	mine := st.DevicesVia(a.cfg.NodeID)
 	if len(mine) == 0 {
 		a.closeAccessServer()
+		a.accessApplied(index)
 		return
 	}
 	srv, err := a.accessServer(st)
@@ -370,6 +448,7 @@ func (a *Agent) reconcileAccess(ctx context.Context, reported map[string]bool) {
 		a.log.Warn("set wg1 peers", "err", err)
 		return
 	}
+	a.accessApplied(index)
 	stats, err := srv.Stats()
 	if err != nil {
 		return

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -156,6 +157,16 @@ func TestAccessUserspaceRouter(t *testing.T) {
 			AllowPeers: allowPeers, Endpoint: fmt.Sprintf("127.0.0.1:%d", c.AccessPort(entry))})
 		if err != nil {
 			t.Fatal(err)
+		}
+		// Add returns once the entry node serves the device: a config
+		// used at once must not meet an entry node that drops its first
+		// handshake (clients retry only after 5 s).
+		stats, err := c.Agent(entry).AccessStats()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.ContainsFunc(stats, func(s api.AccessPeerStats) bool { return s.PublicKey == cfg.Device.PublicKey }) {
+			t.Fatalf("access add through %s returned before the entry node %s served %s", c.Agent(0).Name(), c.Agent(entry).Name(), name)
 		}
 		return parseWGConf(t, cfg.Config)
 	}

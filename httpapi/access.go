@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
+	"time"
 
 	"github.com/runos/runos-agent/api"
 )
@@ -21,7 +23,14 @@ type Access interface {
 // AccessNode is this node's wg1, served to other members on the node API.
 type AccessNode interface {
 	AccessStats() ([]api.AccessPeerStats, error)
+	// AccessApplied returns once wg1 on this node serves the state at
+	// index or later, or ctx's error.
+	AccessApplied(ctx context.Context, index uint64) error
 }
+
+// maxAccessWait bounds how long the node API holds a request waiting for
+// wg1 to catch up with an index.
+const maxAccessWait = 5 * time.Second
 
 func accessRoutes(mux *http.ServeMux, a Access) {
 	mux.HandleFunc("POST /v1/access", withBody(1<<12, a.AccessAdd))
@@ -46,6 +55,47 @@ func accessNodeRoutes(mux *http.ServeMux, a AccessNode) {
 		st, err := a.AccessStats()
 		respond(w, st, err)
 	})
+	mux.HandleFunc("GET /v1/access/applied", func(w http.ResponseWriter, r *http.Request) {
+		index, err := strconv.ParseUint(r.URL.Query().Get("index"), 10, 64)
+		if err != nil {
+			WriteError(w, Classify(fmt.Errorf("index: want a Raft index: %w", err), ErrBadRequest))
+			return
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), maxAccessWait)
+		defer cancel()
+		if err := a.AccessApplied(ctx, index); err != nil {
+			WriteError(w, Classify(fmt.Errorf("wg1 has not applied index %d: %w", index, err), ErrUnavailable))
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
+}
+
+// AccessApplied asks node (by name) to answer once its wg1 serves the
+// state at index or later.
+func (c *NodeClient) AccessApplied(ctx context.Context, node string, index uint64) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("https://%s:%d/v1/access/applied?index=%d", node, c.port, index), nil)
+	if err != nil {
+		return err
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent {
+		return nodeError(node, resp)
+	}
+	return nil
+}
+
+// nodeError is the error another node's API answered.
+func nodeError(node string, resp *http.Response) error {
+	var e api.Error
+	if json.NewDecoder(io.LimitReader(resp.Body, 1<<16)).Decode(&e) == nil && e.Error != "" {
+		return fmt.Errorf("%s: %s", node, e.Error)
+	}
+	return fmt.Errorf("%s answered %s", node, resp.Status)
 }
 
 // AccessStats asks node (by name) for its wg1 devices' counters.
@@ -60,11 +110,7 @@ func (c *NodeClient) AccessStats(ctx context.Context, node string) ([]api.Access
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		var e api.Error
-		if json.NewDecoder(io.LimitReader(resp.Body, 1<<16)).Decode(&e) == nil && e.Error != "" {
-			return nil, fmt.Errorf("%s: %s", node, e.Error)
-		}
-		return nil, fmt.Errorf("%s answered %s", node, resp.Status)
+		return nil, nodeError(node, resp)
 	}
 	var out []api.AccessPeerStats
 	return out, json.NewDecoder(io.LimitReader(resp.Body, 4<<20)).Decode(&out)
