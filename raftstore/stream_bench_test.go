@@ -10,7 +10,6 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
-	raftboltdb "github.com/hashicorp/raft-boltdb"
 )
 
 // raftCluster is n hashicorp/raft servers over stream layers, with a
@@ -18,12 +17,12 @@ import (
 type raftCluster struct {
 	rafts  []*raft.Raft
 	fsms   []*countFSM
-	bolts  []*raftboltdb.BoltStore
+	logs   []*logStore
 	leader *raft.Raft
 }
 
 // startRaftCluster starts n voters over the stream layers newStream makes
-// and waits for a leader. disk keeps the logs in raft-boltdb (fsync per
+// and waits for a leader. disk keeps the logs in the WAL (an fsync per
 // batch, as in production) rather than in memory.
 func startRaftCluster(tb testing.TB, n int, newStream func(i int) *StreamLayer, disk bool) *raftCluster {
 	tb.Helper()
@@ -52,12 +51,12 @@ func startRaftCluster(tb testing.TB, n int, newStream func(i int) *StreamLayer, 
 		var logs raft.LogStore
 		var stable raft.StableStore
 		if disk {
-			bolt, err := raftboltdb.NewBoltStore(filepath.Join(tb.TempDir(), "raft.db"))
+			l, err := openWAL(filepath.Join(tb.TempDir(), walDir), hclog.NewNullLogger())
 			if err != nil {
 				tb.Fatal(err)
 			}
-			rc.bolts = append(rc.bolts, bolt)
-			logs, stable = bolt, bolt
+			rc.logs = append(rc.logs, l)
+			logs, stable = l, l
 		} else {
 			mem := raft.NewInmemStore()
 			logs, stable = mem, mem
@@ -94,8 +93,8 @@ func (rc *raftCluster) close(tb testing.TB) {
 			tb.Error(err)
 		}
 	}
-	for _, b := range rc.bolts {
-		b.Close()
+	for _, l := range rc.logs {
+		l.Close()
 	}
 }
 
