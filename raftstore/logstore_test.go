@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -160,9 +161,12 @@ func newCrashImages(t testing.TB, seed uint64) *crashImages {
 }
 
 // check opens a copy of the WAL with the tail segment as image and asserts
-// it holds exactly the acknowledged entries, or those and the whole
-// in-flight batch; and that it takes appends after that.
-func (c *crashImages) check(t *testing.T, image []byte) {
+// it holds every acknowledged entry, intact, and of the in-flight batch
+// all or nothing (whole, when junk is false: raft-wal alone does that for
+// sectors of old or new bytes) or an intact prefix (when junk is true: the
+// entry checksums cut at the first damaged entry); and that it takes
+// appends after that.
+func (c *crashImages) check(t *testing.T, image []byte, junk bool) {
 	t.Helper()
 	dir := t.TempDir()
 	copyDir(t, c.dir, dir)
@@ -176,34 +180,42 @@ func (c *crashImages) check(t *testing.T, image []byte) {
 	defer l.Close()
 	all := append(slices.Clone(c.acked), c.more...)
 	n := checkPrefix(t, l, all)
-	if n != len(c.acked) && n != len(all) {
+	if n < len(c.acked) || (!junk && n != len(c.acked) && n != len(all)) {
 		t.Fatalf("recovered %d entries: want %d (acknowledged) or %d (and the batch in flight)", n, len(c.acked), len(all))
 	}
 	next := testEntries(rand.New(rand.NewPCG(9, 9)), all[n-1].Index+1, 2)
 	if err := l.StoreLogs(next); err != nil {
+		// Known limitation of raft-wal v0.4.0 (found by the fuzzer):
+		// recovery trusts a frame header after the last commit, so
+		// garbage that starts like an index frame (byte 2) makes the
+		// tail look sealed. Every entry is there and intact, but the
+		// log takes no appends.
+		if junk && strings.Contains(err.Error(), "segment is sealed") {
+			t.Logf("no appends after recovering from garbage: %v", err)
+			return
+		}
 		t.Fatal(err)
 	}
 	checkPrefix(t, l, append(all[:n:n], next...))
 }
 
 // mix builds a crash image: sector by sector (512 bytes) over the bytes the
-// in-flight batch changed, choice picks old or new (and garbage, with
-// choice 2, only where junk is not nil).
+// in-flight batch changed, choice picks old, new or garbage (from junk).
 //
 // raft-wal assumes powersafe overwrites: a torn sector holds its old or its
 // new bytes, never garbage. It checks only the last batch's checksum on
 // recovery, so garbage that parses as frames defeats it: the fuzzer found
-// sectors of 0x03 (commit frames) that make it hand out a damaged entry, and
-// sectors of 0x02 (an index frame) that make the tail look sealed. Those
-// cases are outside what the tests below assert.
+// sectors of 0x03 (commit frames) that made it hand out a damaged entry
+// (now caught by the per-entry checksums) and sectors of 0x02 (an index
+// frame) that make the tail look sealed (see check).
 func (c *crashImages) mix(choice func(sector int) byte, junk func() byte) []byte {
 	img := slices.Clone(c.before)
 	for sec := c.from / 512; sec*512 < c.to; sec++ {
 		lo, hi := max(sec*512, c.from), min(sec*512+512, c.to)
-		switch ch := choice(sec) % 3; {
-		case ch == 1:
+		switch choice(sec) % 3 {
+		case 1:
 			copy(img[lo:hi], c.after[lo:hi])
-		case ch == 2 && junk != nil:
+		case 2:
 			for i := lo; i < hi; i++ {
 				img[i] = junk()
 			}
@@ -221,15 +233,18 @@ func TestLogCrashMidAppend(t *testing.T) {
 	for seed := range uint64(6) {
 		c := newCrashImages(t, seed*10)
 		r := rand.New(rand.NewPCG(seed, 99))
-		t.Run(fmt.Sprintf("seed=%d/none", seed), func(t *testing.T) { c.check(t, c.before) })
-		t.Run(fmt.Sprintf("seed=%d/all", seed), func(t *testing.T) { c.check(t, c.after) })
+		t.Run(fmt.Sprintf("seed=%d/none", seed), func(t *testing.T) { c.check(t, c.before, false) })
+		t.Run(fmt.Sprintf("seed=%d/all", seed), func(t *testing.T) { c.check(t, c.after, false) })
 		for i := range 15 {
 			t.Run(fmt.Sprintf("seed=%d/mix%d", seed, i), func(t *testing.T) {
-				c.check(t, c.mix(func(int) byte { return byte(r.IntN(2)) }, nil))
+				c.check(t, c.mix(func(int) byte { return byte(r.IntN(2)) }, nil), false)
+			})
+			t.Run(fmt.Sprintf("seed=%d/garbage%d", seed, i), func(t *testing.T) {
+				c.check(t, c.mix(func(int) byte { return byte(r.IntN(3)) }, func() byte { return byte(r.Uint32()) }), true)
 			})
 			off := c.from + r.IntN(c.to-c.from+1)
 			t.Run(fmt.Sprintf("seed=%d/cut@%d", seed, off), func(t *testing.T) {
-				c.check(t, slices.Clone(c.after[:off]))
+				c.check(t, slices.Clone(c.after[:off]), false)
 			})
 		}
 	}
@@ -370,17 +385,27 @@ func FuzzLogRecordDecode(f *testing.F) {
 }
 
 // FuzzLogCrashMidAppend: the fuzzer picks, sector by sector, what a crash
-// left of the in-flight batch (old or new bytes; see mix); open recovers
-// the acknowledged entries and the batch whole or not at all.
+// left of the in-flight batch (old bytes, new bytes or its garbage; see
+// mix); open recovers the acknowledged entries intact and never a damaged
+// one.
 func FuzzLogCrashMidAppend(f *testing.F) {
 	c := newCrashImages(f, 1)
 	f.Add([]byte{1, 1, 2}, []byte{0xff})
 	f.Add([]byte{0, 1}, []byte{0})
-	f.Fuzz(func(t *testing.T, choices, _ []byte) {
+	f.Add([]byte("21"), []byte{3})
+	f.Add([]byte("2"), []byte{2})
+	f.Fuzz(func(t *testing.T, choices, junk []byte) {
 		if len(choices) == 0 {
 			choices = []byte{0}
 		}
-		c.check(t, c.mix(func(sec int) byte { return choices[sec%len(choices)] % 2 }, nil))
+		if len(junk) == 0 {
+			junk = []byte{0}
+		}
+		j := 0
+		c.check(t, c.mix(func(sec int) byte { return choices[sec%len(choices)] }, func() byte {
+			j++
+			return junk[j%len(junk)]
+		}), true)
 	})
 }
 
@@ -506,4 +531,59 @@ func TestLogMigrationInterrupted(t *testing.T) {
 			return st.Nodes["n1"] != nil && st.Nodes["n1"].Version == "v1.wal"
 		})
 	})
+}
+
+// A flipped byte in an acknowledged entry, which raft-wal does not check
+// outside the last batch: far from the tail the log is refused with the
+// entry named; within the last batch's reach it is cut there (or before).
+func TestLogDamagedEntry(t *testing.T) {
+	r := rand.New(rand.NewPCG(11, 12))
+	src := t.TempDir()
+	l, err := openWAL(src, hclog.NewNullLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := testEntries(r, 1, 300)
+	writeBatches(t, r, l, logs)
+	l.Close()
+	seg := filepath.Base(tailSegment(t, src))
+	for _, tc := range []struct {
+		idx     int // entry whose data gets a flipped byte
+		refused bool
+	}{{10, true}, {300 - maxBatch - 5, true}, {300 - 20, false}, {299, false}} {
+		t.Run(fmt.Sprint(tc.idx), func(t *testing.T) {
+			dir := t.TempDir()
+			copyDir(t, src, dir)
+			path := filepath.Join(dir, seg)
+			b, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			data := logs[tc.idx-1].Data
+			at := bytes.Index(b, data)
+			if at < 0 {
+				t.Fatal("entry not found in the segment")
+			}
+			b[at+len(data)/2] ^= 0x40
+			if err := os.WriteFile(path, b, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			l, err := openWAL(dir, hclog.NewNullLogger())
+			if tc.refused {
+				if err == nil || !errors.Is(err, errDamaged) || !strings.Contains(err.Error(), fmt.Sprintf("entry %d ", tc.idx)) {
+					t.Fatalf("open: %v, want entry %d named as damaged", err, tc.idx)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer l.Close()
+			// raft-wal itself drops the last batch whole when its
+			// checksum fails; the entry checksums cut at the entry.
+			if n := checkPrefix(t, l, logs); n > tc.idx-1 || n < len(logs)-maxBatch {
+				t.Fatalf("kept %d entries, want the tail cut at or before entry %d", n, tc.idx)
+			}
+		})
+	}
 }
