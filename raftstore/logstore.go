@@ -56,6 +56,35 @@ type logStore struct {
 type segmentFiler struct {
 	types.SegmentFiler
 	createErr atomic.Pointer[error]
+	// sealedTail is the segment open found sealed while the metadata
+	// called it the open tail (see finishRotation); set only during open.
+	sealedTail *sealedTail
+}
+
+type sealedTail struct {
+	id, indexStart, lastIndex uint64
+	real                      bool // a seal the writer makes: the segment is full
+}
+
+// RecoverTail recovers the open tail segment and notes whether it turns out
+// to be sealed already.
+func (f *segmentFiler) RecoverTail(info types.SegmentInfo) (types.SegmentWriter, error) {
+	w, err := f.SegmentFiler.RecoverTail(info)
+	if err != nil {
+		return nil, err
+	}
+	if sealed, indexStart, err := w.Sealed(); err == nil && sealed {
+		last := w.LastIndex()
+		n := uint64(0)
+		if last >= info.BaseIndex {
+			n = last - info.BaseIndex + 1
+		}
+		// The writer seals the segment when the next append would take
+		// it past its size limit, so its index ends there or beyond.
+		f.sealedTail = &sealedTail{id: info.ID, indexStart: indexStart, lastIndex: last,
+			real: indexStart+8+4*n+8 >= uint64(info.SizeLimit)}
+	}
+	return w, nil
 }
 
 func (f *segmentFiler) Create(info types.SegmentInfo) (types.SegmentWriter, error) {
@@ -172,8 +201,57 @@ var (
 
 // openWAL opens (creating if needed) the WAL in dir.
 func openWAL(dir string, hlog hclog.Logger) (*logStore, error) {
+	l, tail, err := openWALOnce(dir, hlog)
+	if err != nil || tail == nil || !tail.real {
+		return l, err
+	}
+	l.Close()
+	if err := finishRotation(dir, tail); err != nil {
+		return nil, fmt.Errorf("raft log: finish the segment rotation a crash cut short: %w", err)
+	}
+	hlog.Warn("raft log: finished a segment rotation cut short by a crash", "segment", tail.id, "last_index", tail.lastIndex)
+	l, _, err = openWALOnce(dir, hlog)
+	return l, err
+}
+
+// finishRotation records in the metadata that segment tail.id is sealed.
+// raft-wal writes a full segment's index in the same fsync as its last
+// append and commits the metadata that seals it and starts the next
+// segment afterwards, in the background; after a crash in between, v0.4.0
+// reopens the sealed segment as the open tail and refuses every append
+// ("segment is sealed"). Sealing it and listing the next segment in the
+// metadata is the step the crash skipped.
+func finishRotation(dir string, tail *sealedTail) error {
+	meta := &metadb.BoltMetaDB{}
+	defer meta.Close()
+	ps, err := meta.Load(dir)
+	if err != nil {
+		return err
+	}
+	if len(ps.Segments) == 0 {
+		return errors.New("no segments")
+	}
+	last := &ps.Segments[len(ps.Segments)-1]
+	if last.ID != tail.id || !last.SealTime.IsZero() {
+		return fmt.Errorf("segment %d is not the open tail", tail.id)
+	}
+	last.SealTime = time.Now()
+	last.MaxIndex = tail.lastIndex
+	last.IndexStart = tail.indexStart
+	// And the next segment, as the rotation would have: an open that finds
+	// no open tail starts one at index 1, which would replace the first
+	// segment. Its file is created at open.
+	ps.Segments = append(ps.Segments, types.SegmentInfo{
+		ID: ps.NextSegmentID, BaseIndex: tail.lastIndex + 1, MinIndex: tail.lastIndex + 1,
+		SizeLimit: last.SizeLimit, Codec: wal.CodecBinaryV1, CreateTime: time.Now(),
+	})
+	ps.NextSegmentID++
+	return meta.CommitState(ps)
+}
+
+func openWALOnce(dir string, hlog hclog.Logger) (*logStore, *sealedTail, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	meta := &metadb.BoltMetaDB{}
 	filer := &segmentFiler{SegmentFiler: segment.NewFiler(dir, walfs.New())}
@@ -181,14 +259,19 @@ func openWAL(dir string, hlog hclog.Logger) (*logStore, error) {
 		wal.WithSegmentSize(walSegmentMiB<<20), wal.WithLogger(hlog.Named("wal")))
 	if err != nil {
 		meta.Close()
-		return nil, err
+		return nil, nil, err
 	}
 	l := &logStore{WAL: w, meta: meta, filer: filer}
+	tail := filer.sealedTail
+	filer.sealedTail = nil
 	if err := l.verify(hlog); err != nil {
 		l.Close()
-		return nil, err
+		return nil, nil, err
 	}
-	return l, nil
+	if tail != nil && !tail.real {
+		hlog.Error("raft log: the open segment holds a seal that its size does not explain (damage after its last entry); appends will fail", "segment", tail.id)
+	}
+	return l, tail, nil
 }
 
 // maxBatch bounds the entries one StoreLogs writes: Raft's
