@@ -32,6 +32,7 @@ import (
 	"github.com/runos/runos-agent/kubehost"
 	"github.com/runos/runos-agent/leader"
 	"github.com/runos/runos-agent/mesh"
+	"github.com/runos/runos-agent/meshdns"
 	"github.com/runos/runos-agent/metrics"
 	"github.com/runos/runos-agent/nat"
 	"github.com/runos/runos-agent/pki"
@@ -75,6 +76,12 @@ type Config struct {
 	// KubeBinDir holds the Kubernetes binaries managed Kubernetes runs
 	// (kubelet, kube-apiserver, ...; "" : DefaultKubeBinDir).
 	KubeBinDir string
+	// DNS is the node resolver (dns.go).
+	DNS DNSConfig
+	// AccessPort is the UDP port wg1 listens on when devices enter here
+	// (0: raftstore.AccessPort). In-process test clusters give each node
+	// its own.
+	AccessPort int
 	// Tuning shortens timers for tests; zero values keep production defaults.
 	Tuning Tuning
 }
@@ -146,11 +153,12 @@ func FastTuning() Tuning {
 
 // Agent is one running node.
 type Agent struct {
-	dir    string
-	cfg    *datadir.NodeConfig
-	log    *slog.Logger
-	tuning Tuning
-	mode   mesh.Mode
+	dir        string
+	accessPort int // Config.AccessPort
+	cfg        *datadir.NodeConfig
+	log        *slog.Logger
+	tuning     Tuning
+	mode       mesh.Mode
 	// underlay is Deps.Underlay until Start gives it to the nat.Bind.
 	underlay conn.Bind
 	// kubeExec and afterApply are Deps.NewKubeExecutor and
@@ -229,7 +237,16 @@ type Agent struct {
 	kubeBinDir string
 	kubeHost   *kubehost.Host
 	kube       kubeState
+	acc        accessState    // wg1 (access.go)
 	kubeReady  kubeReadyCache // this node's Node readiness for /metrics
+
+	// The node resolver (dns.go); dns is nil when DNSConfig.Off.
+	dnsCfg       DNSConfig
+	dns          *meshdns.Server
+	dnsMu        sync.Mutex
+	dnsExtra     []netip.Addr // guarded by dnsMu; wg1 and other own addresses
+	dnsListenErr error        // guarded by dnsMu; addresses not bound
+	dnsMounted   []string     // guarded by dnsMu; mounted domains
 }
 
 // New loads the data dir. It fails on a dir that init or join did not
@@ -274,6 +291,8 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 		afterApply: deps.AfterWorkloadApply,
 		uiListen:   cfg.UIListen,
 		kubeBinDir: cfg.KubeBinDir,
+		dnsCfg:     cfg.DNS,
+		accessPort: cfg.AccessPort,
 
 		metricsListen: cfg.MetricsListen,
 		pprofListen:   pprofListen,
@@ -441,6 +460,10 @@ func (a *Agent) start(ctx context.Context) error {
 	if err := a.newWorkloads(a.log); err != nil {
 		return err
 	}
+	// Before the kube host, which mounts cluster DNS in it.
+	if err := a.newDNS(); err != nil {
+		return err
+	}
 	if err := a.newKubeHost(); err != nil {
 		return err
 	}
@@ -470,6 +493,7 @@ func (a *Agent) start(ctx context.Context) error {
 		return err
 	}
 	store.Start(ctx)
+	a.startDNS(ctx)
 	if err := a.startCloudLink(ctx); err != nil {
 		return err
 	}
@@ -479,6 +503,7 @@ func (a *Agent) start(ctx context.Context) error {
 	a.goLoop(ctx, a.pathEventLoop)
 	a.goLoop(ctx, a.keyLoop)
 	a.goLoop(ctx, a.kubeLoop)
+	a.goLoop(ctx, a.accessLoop)
 	a.health.Start(ctx)
 	a.closers = append(a.closers, a.health.Close)
 	lead, err := leader.New(leader.Config{

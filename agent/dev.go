@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"path/filepath"
+	"sync"
 
 	"github.com/runos/runos-agent/api"
 	"github.com/runos/runos-agent/datadir"
@@ -50,6 +51,9 @@ type DevCluster struct {
 
 	opts DevOptions
 	log  *slog.Logger
+
+	accessMu    sync.Mutex
+	accessPorts map[int]int // node -> its wg1 port, kept across restarts; guarded by accessMu
 }
 
 // StartDev creates (or restarts, if Dir already holds one) a dev cluster:
@@ -152,7 +156,24 @@ func (dc *DevCluster) Config(i int) Config {
 		DataDir: dc.Dirs[i], Net: "userspace", Tuning: dc.opts.Tuning,
 		UIListen:      listenFor(dc.opts.UIListen, i),
 		MetricsListen: listenFor(dc.opts.MetricsListen, i),
+		AccessPort:    dc.AccessPort(i),
 	}
+}
+
+// AccessPort is node i's wg1 UDP port on the host: its own, as the nodes
+// share one host (0 when none is free: the default port then).
+func (dc *DevCluster) AccessPort(i int) int {
+	dc.accessMu.Lock()
+	defer dc.accessMu.Unlock()
+	if p, ok := dc.accessPorts[i]; ok {
+		return p
+	}
+	if dc.accessPorts == nil {
+		dc.accessPorts = map[int]int{}
+	}
+	p, _ := freePort(netip.MustParseAddr("127.0.0.1"))
+	dc.accessPorts[i] = p
+	return p
 }
 
 // listenFor gives node 0 addr itself and the others a free port on its host.

@@ -162,8 +162,27 @@ func TestProbeOfStoppedNode(t *testing.T) {
 // refuses its pre-votes) checks the leader it followed last: the other
 // voter confirms and campaigns, without waiting for its own timer.
 func TestWriteWithNoLeaderKnownChecksTheLastOne(t *testing.T) {
+	// The scenario needs the other voter's Raft timer not to fire between
+	// the setup and the write's check; on a loaded machine it sometimes
+	// does (a timer election, no check needed). Such an attempt proves
+	// nothing either way and is repeated; a reached scenario must elect
+	// by the check.
+	for attempt := 1; attempt <= 3; attempt++ {
+		if writeWithNoLeaderKnown(t) {
+			return
+		}
+		t.Logf("attempt %d: Raft's own timer elected a leader before the check could run (machine under load); again", attempt)
+	}
+	t.Skip("Raft's timer won the race in every attempt: the scenario was not reached")
+}
+
+// writeWithNoLeaderKnown runs the scenario once and reports whether it
+// was reached (no leader was elected by a timer before the check).
+func writeWithNoLeaderKnown(t *testing.T) bool {
 	c := newClusterTuned(t, 3, productionRaft())
+	defer c.dc.Close()
 	old := c.waitLeader()
+	term := old.store.Status().Term
 	wait := c.crashAsync(slices.Index(c.agents, old))
 	defer wait()
 	survivors := c.running()
@@ -191,7 +210,16 @@ func TestWriteWithNoLeaderKnownChecksTheLastOne(t *testing.T) {
 	for _, a := range survivors {
 		t.Logf("%s: %+v", a.Name(), a.store.FailoverStats())
 	}
-	if n := failoverElections(survivors); n != 1 {
+	n := failoverElections(survivors)
+	var alive uint64
+	for _, a := range survivors {
+		alive += a.store.FailoverStats().Alive
+	}
+	if n == 0 && alive > 0 && c.waitLeader().store.Status().Term > term {
+		return false // a check found a new leader already: the timer won
+	}
+	if n != 1 {
 		t.Errorf("%d elections started on a confirmed suspicion, want 1", n)
 	}
+	return true
 }

@@ -52,13 +52,25 @@ const kubeEtcdMax = 5
 type kubeState struct {
 	mu sync.Mutex
 	// guarded by mu:
-	gen         string // the sealed values the cached ones come from
-	ca, etcdCA  *kpki.CA
-	saKey       []byte
-	admin       *rest.Config // cluster-admin through the local balancer
-	etcdTLS     *tls.Config  // the agent's etcd client credential
+	gen         string // the sealed values mat comes from
+	mat         *kubeMaterial
 	lastSpecErr string
 }
+
+// kubeMaterial is the opened Kubernetes material and the agent's own
+// credentials issued from it; immutable once built.
+type kubeMaterial struct {
+	ca, etcdCA *kpki.CA
+	saKey      []byte
+	admin      *rest.Config // cluster-admin through the local balancer
+	etcdTLS    *tls.Config  // the agent's etcd client credential
+}
+
+// Admin returns a copy of the agent's cluster-admin client config.
+func (m *kubeMaterial) Admin() *rest.Config { return rest.CopyConfig(m.admin) }
+
+// EtcdTLS returns a copy of the agent's etcd client TLS config.
+func (m *kubeMaterial) EtcdTLS() *tls.Config { return m.etcdTLS.Clone() }
 
 func (a *Agent) newKubeHost() error {
 	if a.mode != mesh.ModeKernel {
@@ -68,7 +80,11 @@ func (a *Agent) newKubeHost() error {
 	if bin == "" {
 		bin = DefaultKubeBinDir
 	}
-	h, err := kubehost.New(kubehost.Config{Dir: filepath.Join(a.dir, "kube"), BinDir: bin}, a.log.With("component", "kube"))
+	cfg := kubehost.Config{Dir: filepath.Join(a.dir, "kube"), BinDir: bin}
+	if a.dns != nil {
+		cfg.MountDNS = a.mountClusterDNS
+	}
+	h, err := kubehost.New(cfg, a.log.With("component", "kube"))
 	if err != nil {
 		return err
 	}
@@ -83,6 +99,21 @@ func (a *Agent) kubeLoop(ctx context.Context) {
 		return
 	}
 	a.kubeHost.Start(ctx)
+	// After a restart the local state can be behind the cluster's: Raft
+	// restores the last snapshot and applies the entries after it only
+	// once it learns the commit index. A spec from that state could retire
+	// an etcd member this node still has (seen: "member count is unequal"
+	// after a restart), so nothing is applied before the node has caught
+	// up once; components keep running meanwhile (they are not ours to
+	// stop until then).
+	for err := a.store.CatchUp(ctx); err != nil; err = a.store.CatchUp(ctx) {
+		a.log.Debug("managed Kubernetes waits for the state to catch up", "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
+		}
+	}
 	for {
 		changed := a.store.Changed()
 		st, _ := a.store.State()
@@ -106,37 +137,65 @@ func (a *Agent) kubeLoop(ctx context.Context) {
 	}
 }
 
-// kubeMaterial opens the sealed CAs and keys of ks, cached by their
-// sealed text.
-func (a *Agent) kubeMaterial(ks *raftstore.KubeState) (ca, etcdCA *kpki.CA, saKey []byte, err error) {
+// kubeMaterial opens the sealed CAs and keys of ks and issues the agent's
+// own credentials from them, cached by their sealed text.
+func (a *Agent) kubeMaterial(ks *raftstore.KubeState) (*kubeMaterial, error) {
 	k := &a.kube
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	gen := ks.CAKeySealed + ks.EtcdCAKeySealed + ks.SAKeySealed
-	if gen == k.gen && k.ca != nil {
-		return k.ca, k.etcdCA, k.saKey, nil
+	if gen == k.gen && k.mat != nil {
+		return k.mat, nil
 	}
-	open := func(purpose, sealed string) ([]byte, error) { return a.keys.Open(purpose, sealed) }
-	caKey, err := open(raftstore.KubeCAKeyPurpose, ks.CAKeySealed)
+	m, err := a.openKubeMaterial(ks)
 	if err != nil {
-		return nil, nil, nil, fmt.Errorf("opening the Kubernetes CA key: %w", err)
+		return nil, err
 	}
-	etcdKey, err := open(raftstore.KubeEtcdCAKeyPurpose, ks.EtcdCAKeySealed)
+	k.gen, k.mat = gen, m
+	return m, nil
+}
+
+func (a *Agent) openKubeMaterial(ks *raftstore.KubeState) (*kubeMaterial, error) {
+	caKey, err := a.keys.Open(raftstore.KubeCAKeyPurpose, ks.CAKeySealed)
 	if err != nil {
-		return nil, nil, nil, fmt.Errorf("opening the etcd CA key: %w", err)
+		return nil, fmt.Errorf("opening the Kubernetes CA key: %w", err)
 	}
-	sa, err := open(raftstore.KubeSAKeyPurpose, ks.SAKeySealed)
+	etcdKey, err := a.keys.Open(raftstore.KubeEtcdCAKeyPurpose, ks.EtcdCAKeySealed)
 	if err != nil {
-		return nil, nil, nil, fmt.Errorf("opening the service account key: %w", err)
+		return nil, fmt.Errorf("opening the etcd CA key: %w", err)
 	}
-	if ca, err = kpki.ParseCA(ks.CACertPEM, caKey); err != nil {
-		return nil, nil, nil, err
+	m := &kubeMaterial{}
+	if m.saKey, err = a.keys.Open(raftstore.KubeSAKeyPurpose, ks.SAKeySealed); err != nil {
+		return nil, fmt.Errorf("opening the service account key: %w", err)
 	}
-	if etcdCA, err = kpki.ParseCA(ks.EtcdCACertPEM, etcdKey); err != nil {
-		return nil, nil, nil, err
+	if m.ca, err = kpki.ParseCA(ks.CACertPEM, caKey); err != nil {
+		return nil, err
 	}
-	k.gen, k.ca, k.etcdCA, k.saKey, k.admin, k.etcdTLS = gen, ca, etcdCA, sa, nil, nil
-	return ca, etcdCA, sa, nil
+	if m.etcdCA, err = kpki.ParseCA(ks.EtcdCACertPEM, etcdKey); err != nil {
+		return nil, err
+	}
+
+	kc, err := kubehost.AdminKubeconfig(m.ca, "https://"+kubehost.DefaultAPIListen, "runos-agent")
+	if err != nil {
+		return nil, err
+	}
+	if m.admin, err = clientcmd.RESTConfigFromKubeConfig(kc); err != nil {
+		return nil, err
+	}
+	m.admin.Timeout = 10 * time.Second
+
+	certPEM, keyPEM, err := m.etcdCA.Issue(kpki.EtcdAgentClient())
+	if err != nil {
+		return nil, err
+	}
+	cert, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(m.etcdCA.Cert)
+	m.etcdTLS = &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool, MinVersion: tls.VersionTLS12}
+	return m, nil
 }
 
 // kubeSpec is what this node runs for st (nil: nothing).
@@ -149,7 +208,7 @@ func (a *Agent) kubeSpec(st *raftstore.State) (*kubehost.Spec, error) {
 	if !ok {
 		return nil, nil // removed, or not replicated yet: run nothing
 	}
-	ca, etcdCA, sa, err := a.kubeMaterial(ks)
+	m, err := a.kubeMaterial(ks)
 	if err != nil {
 		return nil, err
 	}
@@ -162,9 +221,9 @@ func (a *Agent) kubeSpec(st *raftstore.State) (*kubehost.Spec, error) {
 		PodPrefix:     raftstore.PodPrefix,
 		ServiceCIDR:   ks.ServiceCIDR,
 		ClusterDomain: ks.ClusterDomain,
-		CA:            ca,
-		EtcdCA:        etcdCA,
-		SAKeyPEM:      sa,
+		CA:            m.ca,
+		EtcdCA:        m.etcdCA,
+		SAKeyPEM:      m.saKey,
 	}
 	for _, m := range ks.Etcd {
 		n, ok := st.Nodes[m.NodeID]
@@ -297,61 +356,11 @@ func (a *Agent) AdminKubeconfig(ctx context.Context) ([]byte, error) {
 	if st.Kube == nil {
 		return nil, httpapi.Classify(errors.New("managed Kubernetes is not enabled (runos-agent kube enable)"), httpapi.ErrNotFound)
 	}
-	ca, _, _, err := a.kubeMaterial(st.Kube)
+	m, err := a.kubeMaterial(st.Kube)
 	if err != nil {
 		return nil, err
 	}
-	return kubehost.AdminKubeconfig(ca, "https://"+kubehost.DefaultAPIListen, "runos-admin")
-}
-
-// kubeAdmin is the agent's own cluster-admin client config (through the
-// local balancer), cached while the CA stays.
-func (a *Agent) kubeAdmin(ks *raftstore.KubeState) (*rest.Config, error) {
-	if _, _, _, err := a.kubeMaterial(ks); err != nil {
-		return nil, err
-	}
-	k := &a.kube
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	if k.admin != nil {
-		return rest.CopyConfig(k.admin), nil
-	}
-	kc, err := kubehost.AdminKubeconfig(k.ca, "https://"+kubehost.DefaultAPIListen, "runos-agent")
-	if err != nil {
-		return nil, err
-	}
-	rc, err := clientcmd.RESTConfigFromKubeConfig(kc)
-	if err != nil {
-		return nil, err
-	}
-	rc.Timeout = 10 * time.Second
-	k.admin = rc
-	return rest.CopyConfig(rc), nil
-}
-
-// kubeEtcdTLS is the agent's etcd client credential (etcd CA), cached.
-func (a *Agent) kubeEtcdTLS(ks *raftstore.KubeState) (*tls.Config, error) {
-	if _, _, _, err := a.kubeMaterial(ks); err != nil {
-		return nil, err
-	}
-	k := &a.kube
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	if k.etcdTLS != nil {
-		return k.etcdTLS.Clone(), nil
-	}
-	certPEM, keyPEM, err := k.etcdCA.Issue(kpki.EtcdAgentClient())
-	if err != nil {
-		return nil, err
-	}
-	cert, err := tls.X509KeyPair(certPEM, keyPEM)
-	if err != nil {
-		return nil, err
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(k.etcdCA.Cert)
-	k.etcdTLS = &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool, MinVersion: tls.VersionTLS12}
-	return k.etcdTLS.Clone(), nil
+	return kubehost.AdminKubeconfig(m.ca, "https://"+kubehost.DefaultAPIListen, "runos-admin")
 }
 
 // KubeComponents reports this node's components (node API).
@@ -524,10 +533,11 @@ func (a *Agent) kubeNodesReady(ctx context.Context, ks *raftstore.KubeState) (ma
 }
 
 func (a *Agent) kubeHTTP(ks *raftstore.KubeState) (*http.Client, string, error) {
-	rc, err := a.kubeAdmin(ks)
+	m, err := a.kubeMaterial(ks)
 	if err != nil {
 		return nil, "", err
 	}
+	rc := m.Admin()
 	hc, err := rest.HTTPClientFor(rc)
 	if err != nil {
 		return nil, "", err

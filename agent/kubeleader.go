@@ -70,11 +70,11 @@ func (a *Agent) manageEtcd(ctx context.Context, client **etcdm.Client, st *rafts
 		return errors.New("no voting etcd member")
 	}
 	if *client == nil {
-		tlsConf, err := a.kubeEtcdTLS(ks)
+		m, err := a.kubeMaterial(ks)
 		if err != nil {
 			return err
 		}
-		if *client, err = etcdm.New(endpoints, tlsConf); err != nil {
+		if *client, err = etcdm.New(endpoints, m.EtcdTLS()); err != nil {
 			return err
 		}
 	}

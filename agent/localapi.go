@@ -26,7 +26,7 @@ import (
 // in the data dir, so file permissions decide who may.
 
 func (a *Agent) startLocalAPI() error {
-	h, err := httpapi.NewLocalHandler(httpapi.LocalConfig{Local: a, Workloads: a.workloads, Catalog: Catalog(), Kube: a})
+	h, err := httpapi.NewLocalHandler(httpapi.LocalConfig{Local: a, Workloads: a.workloads, Catalog: Catalog, Kube: a, Access: a, DNS: a})
 	if err != nil {
 		return err
 	}
@@ -122,6 +122,7 @@ func (a *Agent) Status() (*api.Status, error) {
 		out.Peers = append(out.Peers, p)
 	}
 	slices.SortFunc(out.Peers, func(x, y api.Peer) int { return cmp.Compare(x.Name, y.Name) })
+	out.Devices = a.localDevices(st)
 	return out, nil
 }
 

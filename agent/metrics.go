@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/runos/runos-agent/api"
+	"github.com/runos/runos-agent/meshdns"
 	"github.com/runos/runos-agent/metrics"
 	"github.com/runos/runos-agent/raftstore"
 )
@@ -48,6 +49,13 @@ func (a *Agent) metricsHandler() (http.Handler, error) {
 			return a.CloudStatus()
 		},
 		Kube: a.kubeMetrics,
+		DNS: func() *meshdns.Stats {
+			if a.dns == nil {
+				return nil
+			}
+			st := a.dns.Stats()
+			return &st
+		},
 	}, a.log)
 }
 

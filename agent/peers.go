@@ -57,7 +57,17 @@ func (a *Agent) newPeers() (*mesh.Reconciler, error) {
 func (a *Agent) peerView() mesh.View {
 	st, _ := a.store.State()
 	_, self := st.Nodes[a.cfg.NodeID]
-	return mesh.View{Self: self, Members: a.members(st.SortedNodes())}
+	members := a.members(st.SortedNodes())
+	// Replies to a user device go to its entry node (wg1): its /32 rides
+	// in that node's AllowedIPs, so `access move` is a change of peer.
+	carried := map[string][]netip.Prefix{}
+	for _, d := range st.SortedDevices() {
+		carried[d.Via] = append(carried[d.Via], netip.PrefixFrom(d.Address, 32))
+	}
+	for i := range members {
+		members[i].Carried = carried[members[i].ID]
+	}
+	return mesh.View{Self: self, Members: members}
 }
 
 // members turns node records into mesh members (every node but this one).
@@ -133,26 +143,33 @@ func (a *Agent) bootstrap(ctx context.Context) error {
 // relay offer, version) current in the state.
 func (a *Agent) selfLoop(ctx context.Context) {
 	initPath := filepath.Join(a.dir, datadir.FileInit)
-	var lastRefresh time.Time
+	initGone := false
+	var lastRefresh time.Time // zero: refresh as soon as this node's record exists
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(100 * time.Millisecond):
+		case <-tick.C:
 		}
-		st, _ := a.store.State()
-		if st.ClusterID == "" {
-			continue // the first leader applies init.json (bootstrap)
+		// This runs ten times a second for the agent's life: between
+		// refreshes it must not read the state (a full copy each time was
+		// the idle agent's largest source of garbage).
+		if !lastRefresh.IsZero() && time.Since(lastRefresh) < candidateRefresh && !a.takeCandidateHint() {
+			continue
 		}
-		if _, err := os.Stat(initPath); err == nil {
-			os.Remove(initPath)
-		}
-		me, ok := st.Nodes[a.cfg.NodeID]
+		// Only an initialised cluster (the first leader applies init.json:
+		// bootstrap) has node records.
+		me, ok := a.store.Node(a.cfg.NodeID)
 		if !ok {
+			lastRefresh = time.Time{}
 			continue
 		}
-		if time.Since(lastRefresh) < candidateRefresh && !a.takeCandidateHint() {
-			continue
+		if !initGone {
+			if err := os.Remove(initPath); err == nil || errors.Is(err, fs.ErrNotExist) {
+				initGone = true
+			}
 		}
 		lastRefresh = time.Now()
 		eps, relay := a.bind.Candidates(ctx, a.cfg.Endpoints, a.cfg.Relay, a.stunServers(nil))

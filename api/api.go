@@ -20,6 +20,9 @@ type Status struct {
 	Version   string     `json:"version"`
 	Raft      RaftStatus `json:"raft"`
 	Peers     []Peer     `json:"peers"`
+	// Devices are the user devices entering through this node (wg1), with
+	// their handshake and counters.
+	Devices []AccessDevice `json:"devices,omitempty"`
 }
 
 // RaftStatus is this replica's view of consensus. Leader and Voters hold

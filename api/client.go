@@ -34,11 +34,26 @@ func NewClient(dataDir string) *Client {
 		http: &http.Client{Transport: &http.Transport{
 			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 				var d net.Dialer
-				return d.DialContext(ctx, "unix", sock)
+				c, err := d.DialContext(ctx, "unix", sock)
+				if err != nil {
+					return nil, dialError{err}
+				}
+				return c, nil
 			},
 		}},
 	}
 }
+
+// CloseIdleConnections closes the client's idle connections to the agent
+// (a client that is done with an agent that keeps running).
+func (c *Client) CloseIdleConnections() { c.http.CloseIdleConnections() }
+
+// dialError marks a failure to connect to the socket: the request was
+// never sent.
+type dialError struct{ err error }
+
+func (e dialError) Error() string { return e.err.Error() }
+func (e dialError) Unwrap() error { return e.err }
 
 // ErrAgentNotRunning means nothing answers on the socket.
 var ErrAgentNotRunning = errors.New("agent is not running")
@@ -64,7 +79,12 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 func (c *Client) doRequest(req *http.Request, out any) error {
 	resp, err := c.http.Do(req)
 	if err != nil {
-		if _, serr := os.Stat(c.socket); errors.Is(serr, os.ErrNotExist) || errors.Is(err, syscall.ECONNREFUSED) {
+		// Only a request that never reached the agent is "not
+		// running": one that did may have been carried out before the
+		// agent stopped (a write is then indeterminate), even if the
+		// socket is gone by now.
+		var de dialError
+		if errors.As(err, &de) && (errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ENOENT)) {
 			return fmt.Errorf("%w: nothing listens on %s (start it with `runos-agent run`)", ErrAgentNotRunning, c.socket)
 		}
 		return err

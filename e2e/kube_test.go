@@ -687,10 +687,20 @@ func TestKubeManaged(t *testing.T) {
 		}
 		return nil
 	})
+	// The same resolver answers the cluster's own zone to pods (the node
+	// resolver on the mesh IP, cluster.local mounted in it).
+	kc.eventually(60*time.Second, "p1 resolves a node by name", func() error {
+		out, err := kc.kubectl(n1, "exec", "p1", "--", "nslookup", n2.name+".runos.internal")
+		if err != nil || !strings.Contains(out, mesh[n2.name].String()) {
+			return fmt.Errorf("nslookup %s.runos.internal: %q, %v; want %s", n2.name, out, err, mesh[n2.name])
+		}
+		return nil
+	})
 
 	// Nothing answers without a credential on the ports pods and local
 	// users reach: kubelet, API server, etcd (curl from a node, as a local
 	// user without certificates would).
+	var open []string // every credential probe that got in, reported together
 	for _, probe := range []struct{ what, url, want string }{
 		{"kubelet", fmt.Sprintf("https://%s:10250/pods", mesh[n2.name]), "401"},
 		{"kube-apiserver", fmt.Sprintf("https://%s:6443/version", mesh[n1.name]), "401"},
@@ -698,11 +708,14 @@ func TestKubeManaged(t *testing.T) {
 	} {
 		out, err := n1.host.Run("curl", "-sk", "-m", "10", "-o", "/dev/null", "-w", "%{http_code}", probe.url)
 		if err != nil || out != probe.want {
-			kc.fatalf("%s without a credential: HTTP %q (%v), want %s", probe.what, out, err, probe.want)
+			open = append(open, fmt.Sprintf("%s without a credential: HTTP %q (%v), want %s", probe.what, out, err, probe.want))
 		}
 	}
 	if out, err := n1.host.Run("curl", "-sk", "-m", "10", fmt.Sprintf("https://%s:2379/version", mesh[n2.name])); err == nil {
-		kc.fatalf("etcd answered a client without a certificate: %s", out)
+		open = append(open, "etcd answered a client without a certificate: "+out)
+	}
+	if len(open) > 0 {
+		kc.fatalf("%s", strings.Join(open, "\n"))
 	}
 
 	// Pods reach the world outside the cluster (here a LAN host that is no

@@ -16,6 +16,10 @@ import (
 	"github.com/runos/runos-agent/e2e/lab"
 )
 
+// agentBuildTags are the build tags of the runos-agent TestMain builds
+// (jepsen_tags_test.go: the fault campaign's test register).
+var agentBuildTags = ""
+
 // agentBinary is the runos-agent under test: $RUNOS_AGENT_BIN (the Makefile
 // sets it), or one TestMain builds into a temp dir.
 var agentBinary string
@@ -60,7 +64,7 @@ func findAgentBinary() (cleanup func(), err error) {
 	}
 	cleanup = func() { os.RemoveAll(dir) }
 	out := filepath.Join(dir, "runos-agent")
-	cmd := exec.Command("go", "build", "-ldflags", "-X github.com/runos/runos-agent/agent.Version=e2e",
+	cmd := exec.Command("go", "build", "-tags", agentBuildTags, "-ldflags", "-X github.com/runos/runos-agent/agent.Version=e2e",
 		"-o", out, "github.com/runos/runos-agent/cmd/runos-agent")
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Run(); err != nil {

@@ -39,7 +39,7 @@ type natLab struct {
 	dirs string
 }
 
-func newNATLab(t *testing.T) *natLab {
+func newNATLab(t testing.TB) *natLab {
 	t.Helper()
 	c := &cluster{t: t, lab: lab.New(t)}
 	c.bin = agentBin(t)

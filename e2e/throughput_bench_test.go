@@ -48,6 +48,14 @@ func BenchmarkWGThroughput(b *testing.B) {
 	}
 	ta, tb := c.node("ta"), c.node("tb")
 	tb.host.Start(b, "iperf3-server", "iperf3", "-s")
+	// The first client must not race the server to its port.
+	c.eventually(10*time.Second, "iperf3 server listens", func() error {
+		out, err := tb.host.Run("ss", "-Hltn", "sport = :5201")
+		if err == nil && !strings.Contains(out, ":5201") {
+			err = fmt.Errorf("not listening yet")
+		}
+		return err
+	})
 
 	var veth, runos, ref float64
 	for range b.N {

@@ -66,7 +66,12 @@ func StatusFor(err error) int {
 		return http.StatusBadRequest
 	case errors.Is(err, raftstore.ErrNoSuchNode):
 		return http.StatusNotFound
-	case errors.Is(err, raftstore.ErrNameTaken), errors.Is(err, raftstore.ErrKeyTaken):
+	case errors.Is(err, raftstore.ErrNameTaken), errors.Is(err, raftstore.ErrKeyTaken),
+		errors.Is(err, raftstore.ErrDeviceNameTaken), errors.Is(err, raftstore.ErrDeviceKeyTaken):
+		return http.StatusConflict
+	case errors.Is(err, raftstore.ErrNoSuchDevice):
+		return http.StatusNotFound
+	case errors.Is(err, raftstore.ErrAddressSpace):
 		return http.StatusConflict
 	case errors.Is(err, raftstore.ErrKubeEnabled), errors.Is(err, raftstore.ErrKubeNotEnabled),
 		errors.Is(err, raftstore.ErrWorkloadsExist):

@@ -62,10 +62,17 @@ type Workloads interface {
 type LocalConfig struct {
 	Local     Local     // required
 	Workloads Workloads // required
-	// Catalog is what GET /v1/catalog lists: the deployable services.
-	Catalog []api.CatalogService
+	// Catalog returns what GET /v1/catalog lists: the deployable services.
+	// Called per request, so that the catalog (typed Kubernetes objects) is
+	// built only once someone asks for it; nil lists none.
+	Catalog func() []api.CatalogService
 	// Kube serves managed Kubernetes (nil: its routes are absent).
 	Kube ManagedKube
+	// Access serves user devices (nil: its routes are absent).
+	Access Access
+	// DNS serves the node resolver's status and the zone setting (nil:
+	// its routes are absent).
+	DNS LocalDNS
 }
 
 // ConsistentReadTimeout bounds the wait of a ?consistent=1 read for the
@@ -87,8 +94,15 @@ func NewLocalHandler(cfg LocalConfig) (http.Handler, error) {
 	l.cloudRoutes(mux)
 	l.workloadRoutes(mux)
 	l.uiRoutes(mux)
+	l.testRoutes(mux)
 	if cfg.Kube != nil {
 		kubeRoutes(mux, cfg.Kube)
+	}
+	if cfg.Access != nil {
+		accessRoutes(mux, cfg.Access)
+	}
+	if cfg.DNS != nil {
+		dnsRoutes(mux, cfg.DNS)
 	}
 	return mux, nil
 }
@@ -96,7 +110,7 @@ func NewLocalHandler(cfg LocalConfig) (http.Handler, error) {
 type local struct {
 	b       Local
 	wl      Workloads
-	catalog []api.CatalogService
+	catalog func() []api.CatalogService // nil: none
 }
 
 func (l *local) nodeRoutes(mux *http.ServeMux) {
@@ -236,7 +250,11 @@ func (l *local) workloadRoutes(mux *http.ServeMux) {
 		return l.wl.SetKube(ctx, []byte(req.Kubeconfig))
 	}))
 	mux.HandleFunc("GET /v1/catalog", func(w http.ResponseWriter, r *http.Request) {
-		WriteJSON(w, http.StatusOK, l.catalog)
+		list := []api.CatalogService{}
+		if l.catalog != nil {
+			list = l.catalog()
+		}
+		WriteJSON(w, http.StatusOK, list)
 	})
 	mux.HandleFunc("GET /v1/services", func(w http.ResponseWriter, r *http.Request) {
 		WriteJSON(w, http.StatusOK, l.wl.Services(r.URL.Query().Get("type")))

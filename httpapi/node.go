@@ -28,7 +28,8 @@ type Node interface {
 }
 
 // NewNodeHandler returns the node API; k (nil: absent) serves this node's
-// Kubernetes components to other members.
+// Kubernetes components to other members, and its wg1 counters when it is
+// an AccessNode too.
 func NewNodeHandler(n Node, k KubeNode) (http.Handler, error) {
 	if n == nil {
 		return nil, errors.New("httpapi: a Node is required")
@@ -36,6 +37,9 @@ func NewNodeHandler(n Node, k KubeNode) (http.Handler, error) {
 	mux := http.NewServeMux()
 	if k != nil {
 		kubeNodeRoutes(mux, k)
+	}
+	if a, ok := k.(AccessNode); ok {
+		accessNodeRoutes(mux, a)
 	}
 	if f, ok := n.(FailoverNode); ok {
 		failoverRoutes(mux, f)

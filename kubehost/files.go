@@ -2,13 +2,58 @@ package kubehost
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/runos/runos-agent/kubehost/kpki"
 	"github.com/runos/runos-agent/kubehost/ociimage"
 )
+
+// filesRecheck is how often the files are checked again under an
+// unchanged spec: a certificate nearing expiry is reissued, a file removed
+// by hand comes back.
+const filesRecheck = time.Hour
+
+// filesKeyFor hashes everything writeFiles and prepareCgroups read from
+// the spec and the config: equal keys mean equal files.
+func (h *Host) filesKeyFor(s *Spec) string {
+	sum := sha256.New()
+	fmt.Fprintf(sum, "%s\x00%s\x00%s\x00%s\x00%s\x00%s\x00%s\x00%s\x00%s\x00%s\x00%s\x00%t\x00%t\x00",
+		s.ClusterID, s.Version, s.NodeName, s.MeshIP, s.PodCIDR, s.PodPrefix, s.ServiceCIDR, s.ClusterDomain,
+		h.cfg.APIListen, h.cfg.CNIBinDir, h.p.dir, s.Etcd != nil, s.ControlPlane())
+	for _, ca := range []*kpki.CA{s.CA, s.EtcdCA} {
+		if ca != nil {
+			fmt.Fprintf(sum, "%d\x00", len(ca.CertPEM))
+			sum.Write(ca.CertPEM)
+		}
+	}
+	fmt.Fprintf(sum, "%d\x00", len(s.SAKeyPEM))
+	sum.Write(s.SAKeyPEM)
+	return hex.EncodeToString(sum.Sum(nil))
+}
+
+// syncFiles runs writeFiles and prepareCgroups when the spec changed or
+// filesRecheck passed, and reports whether it did.
+func (h *Host) syncFiles(s *Spec) (bool, error) {
+	key := h.filesKeyFor(s)
+	if key == h.filesKey && time.Since(h.filesAt) < filesRecheck {
+		return false, nil
+	}
+	clear(h.fileSums)
+	h.filesKey = ""
+	if err := h.writeFiles(s); err != nil {
+		return true, err
+	}
+	if err := h.cgroups(cgroupRoot(s.NodeName)); err != nil {
+		h.log.Warn("preparing cgroups", "err", err)
+	}
+	h.filesKey, h.filesAt = key, time.Now()
+	return true, nil
+}
 
 // writeFiles makes the node's certificates, kubeconfigs and component
 // configs match the spec. Certificates are issued here, on the node, from

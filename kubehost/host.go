@@ -9,12 +9,13 @@
 package kubehost
 
 import (
-	"bytes"
+	"bufio"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -98,8 +99,14 @@ type Config struct {
 	// APIListen is the loopback address of the API balancer every local
 	// component uses (default 127.0.0.1:6444).
 	APIListen string
-	// DNSPort is the cluster DNS port on the mesh IP (default 53).
+	// DNSPort is the cluster DNS port on the mesh IP (default 53), when
+	// the Host serves it itself (MountDNS nil).
 	DNSPort int
+	// MountDNS, when set, hands the cluster DNS server to the node's
+	// resolver, which owns port 53 on the mesh IP and passes it the names
+	// under the cluster domain; srv nil unmounts. Called from the Host's
+	// loop only.
+	MountDNS func(domain string, srv *clusterdns.Server)
 	// Backoff overrides the supervisor's restart backoff (tests).
 	MinBackoff, MaxBackoff time.Duration
 	// Interval is how often the Host re-checks everything without a new
@@ -148,6 +155,17 @@ type Host struct {
 	egressFor netip.Prefix
 	// versions caches each binary's reported version by path and mtime.
 	versions map[string]binVersion
+	// filesKey is the spec the files on disk were last written for, at
+	// filesAt; fileSums caches the hash of each config file identity
+	// reads, emptied whenever writeFiles runs. Together they keep an idle
+	// round (every Interval) from re-reading and re-parsing every
+	// certificate and config file.
+	filesKey string
+	filesAt  time.Time
+	fileSums map[string][]byte
+	// cgroups prepares the kubelet's cgroup root (prepareCgroups; a
+	// seam so unit tests leave the host's cgroups alone).
+	cgroups func(root string) error
 
 	startOnce, closeOnce sync.Once
 	cancel               context.CancelFunc
@@ -218,6 +236,8 @@ func New(cfg Config, log *slog.Logger) (*Host, error) {
 		status:   map[string]ComponentStatus{},
 		procs:    map[string]*running{},
 		versions: map[string]binVersion{},
+		fileSums: map[string][]byte{},
+		cgroups:  prepareCgroups,
 		done:     make(chan struct{}),
 	}
 	return h, nil
@@ -303,6 +323,9 @@ func (h *Host) stopAll() {
 func (h *Host) stopServed() {
 	h.lbErr, h.dnsErr = nil, nil
 	if h.dns != nil {
+		if h.cfg.MountDNS != nil {
+			h.cfg.MountDNS(h.dns.Domain(), nil)
+		}
 		h.dns.Close()
 		h.dns = nil
 	}
@@ -335,6 +358,7 @@ func (h *Host) reconcile(ctx context.Context, spec *Spec) {
 			removeEgress()
 			h.egressFor = netip.Prefix{}
 		}
+		h.filesKey = ""
 		h.setPreflight(nil)
 		return
 	}
@@ -344,13 +368,10 @@ func (h *Host) reconcile(ctx context.Context, spec *Spec) {
 		h.log.Warn("managed Kubernetes cannot start", "err", err)
 		return
 	}
-	if err := h.writeFiles(spec); err != nil {
+	if _, err := h.syncFiles(spec); err != nil {
 		h.setPreflight(err)
 		h.log.Warn("writing Kubernetes files", "err", err)
 		return
-	}
-	if err := prepareCgroups(cgroupRoot(spec.NodeName)); err != nil {
-		h.log.Warn("preparing cgroups", "err", err)
 	}
 	h.ensureBalancer(ctx, spec)
 	if h.egressFor != spec.PodCIDR {
@@ -430,7 +451,7 @@ func (h *Host) wanted(s *Spec) map[string]want {
 func (h *Host) bin(name string) string { return filepath.Join(h.cfg.BinDir, name) }
 
 func (h *Host) ensure(ctx context.Context, name string, w want) {
-	key, err := identity(w)
+	key, err := h.identity(w)
 	if err != nil {
 		h.log.Warn("component config", "component", name, "err", err)
 		return
@@ -481,15 +502,22 @@ func (h *Host) retireEtcdData() {
 }
 
 // identity hashes what a component is: binary, arguments, config files.
-func identity(w want) (string, error) {
+// A file's hash is cached until writeFiles runs again.
+func (h *Host) identity(w want) (string, error) {
 	sum := sha256.New()
 	fmt.Fprintf(sum, "%s\x00%s\x00", w.path, strings.Join(w.args, "\x00"))
 	for _, f := range w.files {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			return "", err
+		fs, ok := h.fileSums[f]
+		if !ok {
+			b, err := os.ReadFile(f)
+			if err != nil {
+				return "", err
+			}
+			s := sha256.Sum256(b)
+			fs = s[:]
+			h.fileSums[f] = fs
 		}
-		sum.Write(b)
+		sum.Write(fs)
 	}
 	return hex.EncodeToString(sum.Sum(nil)), nil
 }
@@ -514,12 +542,8 @@ func (h *Host) pauseImported(ctx context.Context) bool {
 		h.log.Warn("sandbox image", "err", err)
 		return false
 	}
-	var buf bytes.Buffer
-	if err := ociimage.Write(&buf, img); err != nil {
-		h.log.Warn("sandbox image", "err", err)
-		return false
-	}
-	if err := h.importBytes(ctx, "pause.tar", buf.Bytes()); err != nil {
+	// Written straight to the file ctr imports, not through a buffer.
+	if err := h.importWritten(ctx, "pause.tar", func(w io.Writer) error { return ociimage.Write(w, img) }); err != nil {
 		h.log.Debug("importing the sandbox image (containerd still starting?)", "err", err)
 		return false
 	}
@@ -527,7 +551,9 @@ func (h *Host) pauseImported(ctx context.Context) bool {
 	return true
 }
 
-func (h *Host) importBytes(ctx context.Context, name string, b []byte) error {
+// importWritten imports the archive write writes, through a temporary
+// file named after name.
+func (h *Host) importWritten(ctx context.Context, name string, write func(io.Writer) error) error {
 	if err := os.MkdirAll(h.p.imports(), 0o700); err != nil {
 		return err
 	}
@@ -536,7 +562,12 @@ func (h *Host) importBytes(ctx context.Context, name string, b []byte) error {
 		return err
 	}
 	defer os.Remove(f.Name())
-	if _, err := f.Write(b); err != nil {
+	bw := bufio.NewWriterSize(f, 64<<10)
+	err = write(bw)
+	if err == nil {
+		err = bw.Flush()
+	}
+	if err != nil {
 		f.Close()
 		return err
 	}
@@ -613,8 +644,12 @@ func (h *Host) ensureDNS(ctx context.Context, s *Spec) {
 		h.dnsErr = err
 		return
 	}
+	var listen []string
+	if h.cfg.MountDNS == nil {
+		listen = []string{net.JoinHostPort(s.MeshIP.String(), fmt.Sprint(h.cfg.DNSPort))}
+	}
 	srv, err := clusterdns.New(clusterdns.Config{
-		Listen: []string{net.JoinHostPort(s.MeshIP.String(), fmt.Sprint(h.cfg.DNSPort))},
+		Listen: listen,
 		Domain: s.ClusterDomain,
 		Lookup: lookup,
 		Allow:  []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("172.24.0.0/16"), s.PodPrefix},
@@ -628,6 +663,9 @@ func (h *Host) ensureDNS(ctx context.Context, s *Spec) {
 		return
 	}
 	h.dns, h.lookup, h.dnsErr = srv, lookup, nil
+	if h.cfg.MountDNS != nil {
+		h.cfg.MountDNS(srv.Domain(), srv)
+	}
 }
 
 // Status reports every component (empty when Kubernetes is not managed

@@ -56,6 +56,10 @@ type Config struct {
 	// Bind is the underlay socket; default conn.NewDefaultBind(). The Device
 	// owns it from New on: wireguard-go opens and closes it.
 	Bind conn.Bind
+	// TUN, in userspace mode, replaces the netstack: the device then
+	// carries packets for whoever reads and writes it (wg1's router), and
+	// Net is nil. The Device owns it from New on.
+	TUN tun.Device
 }
 
 // Peer is one remote node as SetPeers wants it.
@@ -73,7 +77,8 @@ type Device struct {
 	pub  Key
 	wg   *device.Device
 	net  Net
-	link *kernelLink // nil in userspace mode
+	link *kernelLink   // nil in userspace mode
+	tnet *netstack.Net // the netstack in userspace mode (nil with Config.TUN)
 
 	mu     sync.Mutex   // serializes SetPeers and Close
 	peers  map[Key]Peer // what the last successful SetPeers wrote
@@ -109,12 +114,17 @@ func New(cfg Config, log *slog.Logger) (*Device, error) {
 
 	switch cfg.Mode {
 	case ModeUserspace:
+		if cfg.TUN != nil {
+			d.wg = device.NewDevice(cfg.TUN, bind, wglog)
+			break
+		}
 		tdev, tnet, err := netstack.CreateNetTUN([]netip.Addr{cfg.Address}, nil, cfg.MTU)
 		if err != nil {
 			return nil, fmt.Errorf("mesh: create netstack: %w", err)
 		}
 		d.wg = device.NewDevice(tdev, bind, wglog)
 		d.net = &stackNet{tnet: tnet, local: cfg.Address}
+		d.tnet = tnet
 	case ModeKernel:
 		tdev, err := tun.CreateTUN(cfg.InterfaceName, cfg.MTU)
 		if err != nil {
@@ -184,6 +194,9 @@ func (c Config) withDefaults() (Config, error) {
 	// the netstack and TCP misbehave. Above 65535 is not an IP packet.
 	if c.MTU < 576 || c.MTU > 65535 {
 		return c, fmt.Errorf("mesh: config: MTU %d out of range [576, 65535]", c.MTU)
+	}
+	if c.TUN != nil && c.Mode != ModeUserspace {
+		return c, errors.New("mesh: config: TUN is for userspace mode")
 	}
 	if c.Mode == ModeKernel && c.InterfaceName == "" {
 		c.InterfaceName = DefaultInterfaceName

@@ -34,6 +34,9 @@ type Member struct {
 	PublicKey string
 	Address   netip.Addr   // the member's mesh IP: its /32 is routed to it
 	Routed    netip.Prefix // optional: a prefix behind the member (its pod /24)
+	// Carried are more addresses behind the member: the /32s of the user
+	// devices it is the entry node of (wg1).
+	Carried []netip.Prefix
 	// Endpoints are the member's underlay candidates (host:port), for the
 	// underlay's path finding (ReconcilerConfig.Underlay). WireGuard sees
 	// one identity endpoint per peer (ReconcilerConfig.Endpoint).
@@ -184,6 +187,11 @@ func (r *Reconciler) peers(members []Member) []Peer {
 		prefixes := []netip.Prefix{netip.PrefixFrom(m.Address, m.Address.BitLen())}
 		if m.Routed.IsValid() {
 			prefixes = append(prefixes, m.Routed.Masked())
+		}
+		for _, p := range m.Carried {
+			if p.IsValid() {
+				prefixes = append(prefixes, p.Masked())
+			}
 		}
 		if claimed := slices.IndexFunc(prefixes, func(p netip.Prefix) bool { _, ok := owner[p]; return ok }); claimed >= 0 {
 			skip(m, "address claimed by another node", "prefix", prefixes[claimed], "other", owner[prefixes[claimed]])

@@ -239,13 +239,14 @@ func (rg *rig) wantPeers(ips ...netip.Addr) map[netip.Addr]Peer {
 func TestReconcilerAppliesTheView(t *testing.T) {
 	a, b := member(t, 2), member(t, 3)
 	b.Routed = netip.MustParsePrefix("172.25.3.0/24")
+	b.Carried = []netip.Prefix{netip.MustParsePrefix("172.24.200.2/32")}
 	b.Relay = true
 	rg := newRig(t, true, a, b)
 	got := rg.wantPeers(ip(2), ip(3))
 	pb := got[ip(3)]
 	key, _ := ParseKey(b.PublicKey)
 	if pb.PublicKey != key || pb.PersistentKeepalive != PersistentKeepalive ||
-		!slices.Equal(pb.AllowedIPs, []netip.Prefix{netip.MustParsePrefix("172.24.0.3/32"), b.Routed}) ||
+		!slices.Equal(pb.AllowedIPs, []netip.Prefix{netip.MustParsePrefix("172.24.0.3/32"), b.Routed, b.Carried[0]}) ||
 		pb.Endpoint != netip.AddrPortFrom(netip.MustParseAddr("100::1"), uint16(key[0])) {
 		t.Fatalf("peer for b: %+v", pb)
 	}

@@ -62,6 +62,13 @@ var (
 		"1 if the managed Kubernetes component runs on this node, 0 if it is down (only where managed Kubernetes runs).", []string{"component"}, nil)
 	descKubeRestarts = prometheus.NewDesc("runos_kube_component_restarts_total",
 		"Times the agent restarted the component after it exited (resets when the agent restarts or the component is reconfigured).", []string{"component"}, nil)
+	descDNSQueries = prometheus.NewDesc("runos_dns_queries_total",
+		"Queries to this node's resolver by result: local, local_nxdomain (the cluster zone), kubernetes (cluster.local), forwarded (cache miss), cached, servfail, refused (source outside the cluster), error, dropped.", []string{"result"}, nil)
+	descDNSCache = prometheus.NewDesc("runos_dns_cache_entries",
+		"Forwarded answers in this node's resolver cache.", nil, nil)
+	descDNSUpstreamFails = prometheus.NewDesc("runos_dns_upstream_failures_total",
+		"Failed exchanges with one upstream resolver (the next one is then tried).", nil, nil)
+
 	descKubeReady = prometheus.NewDesc("runos_kube_node_ready",
 		"1 if this node's Kubernetes Node is Ready, else 0 (read from the API at most every 10 s).", nil, nil)
 )
@@ -86,6 +93,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 		descBeatAge, descNodeHealth, descHealthCounts, descEvents,
 		descCloudState, descCloudPending, descCloudBytes,
 		descKubeUp, descKubeRestarts, descKubeReady,
+		descDNSQueries, descDNSCache, descDNSUpstreamFails,
 	} {
 		ch <- d
 	}
@@ -99,6 +107,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descInfo, 1, cfg.Node, cfg.Cluster, cfg.Version)
 	c.collectCloud(ch)
 	c.collectKube(ch)
+	c.collectDNS(ch)
 
 	// Raft.
 	rs := cfg.Store.Status()
@@ -212,6 +221,21 @@ func (c *collector) collectCloud(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descCloudPending, prometheus.GaugeValue, float64(s.Pending))
 	ch <- prometheus.MustNewConstMetric(descCloudBytes, prometheus.CounterValue, float64(s.BytesSent), "sent")
 	ch <- prometheus.MustNewConstMetric(descCloudBytes, prometheus.CounterValue, float64(s.BytesReceived), "received")
+}
+
+func (c *collector) collectDNS(ch chan<- prometheus.Metric) {
+	if c.cfg.DNS == nil {
+		return
+	}
+	st := c.cfg.DNS()
+	if st == nil {
+		return
+	}
+	for result, n := range st.Queries {
+		ch <- prometheus.MustNewConstMetric(descDNSQueries, prometheus.CounterValue, float64(n), result)
+	}
+	ch <- prometheus.MustNewConstMetric(descDNSCache, prometheus.GaugeValue, float64(st.CacheEntries))
+	ch <- prometheus.MustNewConstMetric(descDNSUpstreamFails, prometheus.CounterValue, float64(st.UpstreamFailures))
 }
 
 func (c *collector) collectKube(ch chan<- prometheus.Metric) {

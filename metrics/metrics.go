@@ -27,6 +27,8 @@ import (
 	"github.com/runos/runos-agent/api"
 	"github.com/runos/runos-agent/health"
 	"github.com/runos/runos-agent/mesh"
+	"github.com/runos/runos-agent/meshdns"
+	"github.com/runos/runos-agent/procmem"
 	"github.com/runos/runos-agent/raftstore"
 )
 
@@ -73,6 +75,9 @@ type Config struct {
 	// a nil result (Kubernetes is not managed here), leaves the
 	// runos_kube_* metrics out.
 	Kube func() *KubeNode
+	// DNS reports the node resolver's counters at scrape time; nil, or a
+	// nil result (no resolver here), leaves the runos_dns_* metrics out.
+	DNS func() *meshdns.Stats
 }
 
 // KubeNode is this node's share of managed Kubernetes.
@@ -108,6 +113,7 @@ func NewHandler(cfg Config, log *slog.Logger) (http.Handler, error) {
 		&collector{cfg: cfg},
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		memoryCollector{statusPath: procmem.SelfStatus},
 	)
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slogPromLogger{log}}))

@@ -4,6 +4,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"testing"
 	"time"
 
@@ -178,6 +179,17 @@ func TestMetricsFromComponents(t *testing.T) {
 	for _, name := range []string{"runos_kube_component_up", "runos_kube_component_restarts_total", "runos_kube_node_ready"} {
 		if _, ok := s[name]; ok {
 			t.Errorf("%s where Kubernetes is not managed", name)
+		}
+	}
+	if runtime.GOOS == "linux" {
+		// This test process has a heap and runs a binary.
+		for _, kind := range []string{"anon", "file"} {
+			if v, ok := value(s, "runos_process_memory_bytes", "kind", kind); !ok || v <= 0 {
+				t.Errorf("runos_process_memory_bytes{kind=%q} = %v (present %v), want > 0", kind, v, ok)
+			}
+		}
+		if _, ok := value(s, "runos_process_memory_bytes", "kind", "shmem"); !ok {
+			t.Error("runos_process_memory_bytes{kind=\"shmem\"} missing")
 		}
 	}
 

@@ -108,6 +108,13 @@ type Verdict struct {
 	// CanCampaign: a voter that still follows the suspected leader in the
 	// suspected term: a TimeoutNow makes it a candidate.
 	CanCampaign bool `json:"can_campaign"`
+	// Electing: this voter campaigned on the suspicion already (a Raft
+	// timer's candidacy does not count: voters that still follow the
+	// leader refuse it). Concurrent rounds on two nodes otherwise both
+	// campaign: the second sees the first, now a candidate, unable to
+	// campaign and picks itself, splitting the vote (seen: term + 2 under
+	// load).
+	Electing bool `json:"electing,omitempty"`
 	// The voter's last log entry: voters grant only to an up-to-date log.
 	LastTerm  uint64 `json:"last_term"`
 	LastIndex uint64 `json:"last_index"`
@@ -306,13 +313,20 @@ func (s *Store) round(k Suspicion) bool {
 	if slices.Contains(voters, s.cfg.NodeID) {
 		confirmed[s.cfg.NodeID] = own
 	}
+	electing := own.Electing
 	for range asked {
-		if a := <-answers; a.v.Unreachable {
+		a := <-answers
+		electing = electing || a.v.Electing
+		if a.v.Unreachable {
 			confirmed[a.id] = a.v
 		}
 	}
 	if s.life.Err() != nil {
 		return false // this node stops
+	}
+	if electing {
+		s.log.Info("leader unreachable, and an election is already under way", "leader", k.Leader, "term", k.Term)
+		return false
 	}
 	if len(confirmed) < quorum {
 		s.log.Info("leader unreachable from here but not from a quorum of voters: no election", "leader", k.Leader, "term", k.Term, "confirmed", len(confirmed), "quorum", quorum)
@@ -356,6 +370,11 @@ func campaigner(confirmed map[string]Verdict, quorum int) string {
 		}
 		return 0
 	})
+	for _, v := range confirmed {
+		if v.Electing {
+			return "" // one election at a time
+		}
+	}
 	for _, id := range ids {
 		c := confirmed[id]
 		if !c.CanCampaign {
@@ -388,6 +407,9 @@ func (s *Store) CheckLeader(ctx context.Context, k Suspicion) Verdict {
 func (s *Store) check(ctx context.Context, k Suspicion) Verdict {
 	var v Verdict
 	v.LastTerm, v.LastIndex = s.lastEntry()
+	s.fo.mu.Lock()
+	v.Electing = s.fo.campaigned == k
+	s.fo.mu.Unlock()
 	if k.Leader == s.cfg.NodeID || s.IsLeader() {
 		return v
 	}

@@ -42,6 +42,8 @@ func TestCampaigner(t *testing.T) {
 		{"the best cannot campaign, and would refuse the other", map[string]Verdict{"a": v(true, 3, 8), "b": v(false, 3, 9)}, 2, ""},
 		{"the best cannot campaign, a quorum is behind the next", map[string]Verdict{
 			"a": v(true, 3, 8), "b": v(false, 3, 9), "c": v(false, 3, 7), "d": v(false, 3, 8)}, 3, "a"},
+		{"another voter's election is under way", map[string]Verdict{
+			"a": {Unreachable: true, Electing: true, LastTerm: 3, LastIndex: 9}, "b": v(true, 3, 9)}, 2, ""},
 	} {
 		if got := campaigner(tc.in, tc.quorum); got != tc.want {
 			t.Errorf("%s: campaigner = %q, want %q", tc.name, got, tc.want)

@@ -36,6 +36,11 @@ func fuzzSeeds() []*Command {
 		etcdCmd("kx", kubeFuzzIndex, boot, EtcdMember{NodeID: "n1", Phase: EtcdVoter}),
 		etcdCmd("kx2", kubeFuzzIndex, boot),
 		kcmd("kd", OpKubeDisable, nil),
+		{ID: "aa", Time: t0, Op: OpAccessAdd, Access: &AccessCmd{Name: "laptop", PublicKey: "YWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWE=", Via: "alpha",
+			ServerKey: "YmJiYmJiYmJiYmJiYmJiYmJiYmJiYmJiYmJiYmJiYmI=", ServerKeySealed: "s"}},
+		{ID: "am", Time: t0, Op: OpAccessMove, Access: &AccessCmd{Name: "laptop", Via: "beta"}},
+		{ID: "ar", Time: t0, Op: OpAccessRemove, Access: &AccessCmd{Name: "laptop"}},
+		{ID: "as", Time: t0, Op: OpAccessSeen, Access: &AccessCmd{Name: "laptop"}},
 		{ID: "x", Time: t0, Op: "nosuch"},
 		{},
 	}
@@ -122,6 +127,14 @@ func checkInvariants(t *testing.T, s *State) {
 		if tok.UsesLeft > MaxTokenMaxUses || tok.ExpiresAt.Sub(tok.CreatedAt) > MaxTokenMaxTTL+tokenClockSlack {
 			t.Fatalf("token %q beyond any policy: %+v", id, tok)
 		}
+	}
+	devAddrs, devKeys := map[netip.Addr]bool{}, map[string]bool{}
+	for name, d := range s.Access.Devices {
+		if d == nil || d.Name != name || !ValidDeviceName(name) || !UserAccessPrefix.Contains(d.Address) || d.Address == AccessGateway ||
+			devAddrs[d.Address] || devKeys[d.PublicKey] || d.PublicKey == s.Access.PublicKey || s.Access.KeySealed == "" {
+			t.Fatalf("device %q recorded as %+v (access %+v)", name, d, s.Access.PublicKey)
+		}
+		devAddrs[d.Address], devKeys[d.PublicKey] = true, true
 	}
 	if w := s.Workloads.Kube; w != nil && w.Managed && s.Kube == nil {
 		t.Fatal("the workloads target a managed cluster that is off")

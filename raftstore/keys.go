@@ -90,7 +90,7 @@ type SealedRef struct {
 
 // SealedValues returns every sealed value of the state, keyed by a name
 // that RotateKeysCmd.Resealed uses: "ca", "ui", "cloud", "kube",
-// "service/<osid>", "kube/ca", "kube/etcd-ca", "kube/sa".
+// "service/<osid>", "kube/ca", "kube/etcd-ca", "kube/sa", "access".
 func (s *State) SealedValues() map[string]SealedRef {
 	out := map[string]SealedRef{}
 	for name, p := range s.sealedFields() {
@@ -125,6 +125,7 @@ func (s *State) sealedFields() map[string]sealedField {
 	for osid, r := range s.Workloads.Services {
 		add("service/"+osid, CredentialsPurpose(osid), &r.Credentials)
 	}
+	add("access", AccessKeyPurpose, &s.Access.KeySealed)
 	if k := s.Kube; k != nil {
 		add("kube/ca", KubeCAKeyPurpose, &k.CAKeySealed)
 		add("kube/etcd-ca", KubeEtcdCAKeyPurpose, &k.EtcdCAKeySealed)

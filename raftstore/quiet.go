@@ -201,7 +201,7 @@ func (q *quietTransport) repeats(p *quietPeer, args *raft.AppendEntriesRequest) 
 	l := p.kind(args).req
 	return l != nil && l.Term == args.Term && l.PrevLogEntry == args.PrevLogEntry && l.PrevLogTerm == args.PrevLogTerm &&
 		l.LeaderCommitIndex == args.LeaderCommitIndex &&
-		p.term == args.Term && !p.leaderless && !p.beatAt.IsZero() && q.now().Sub(p.beatAt) < q.fresh
+		p.term == args.Term && !p.leaderless && !p.beatAt.IsZero() && (staleBeatsAnswered || q.now().Sub(p.beatAt) < q.fresh)
 }
 
 func (q *quietTransport) stats() (suppressed, sent uint64) {

@@ -99,6 +99,7 @@ type State struct {
 	// replaced, never mutated, so copies may share it.
 	TokenPolicy *TokenPolicy `json:"token_policy,omitempty"`
 	// Events is the cluster's recent history, oldest first, bounded.
+	// Views share it: read-only (see record).
 	Events []Event `json:"events"`
 	// Cloud is the cloud link's registration and sync cursor (cloud.go).
 	Cloud CloudState `json:"cloud"`
@@ -109,11 +110,19 @@ type State struct {
 	// Kube is managed Kubernetes, nil when off (kube.go). It is replaced,
 	// never mutated in place.
 	Kube *KubeState `json:"kube,omitempty"`
+	// Access is user devices on wg1 (access.go).
+	Access AccessState `json:"access,omitzero"`
+	// DNS is the cluster's DNS zone (dns.go); nil: the default. Replaced,
+	// never mutated.
+	DNS *DNSState `json:"dns,omitempty"`
 	// Applied remembers recent command IDs, oldest first, for idempotency.
 	Applied []string `json:"applied"`
 	// Results of the remembered commands, so a retried command answers as
 	// the first attempt did.
 	Results map[string]*Result `json:"results"`
+	// Registers are the test registers (register.go); always empty
+	// outside builds with the jepsen tag.
+	Registers map[string]*Register `json:"registers,omitempty"`
 }
 
 // NewState returns an empty state.
@@ -123,7 +132,10 @@ func NewState() *State {
 
 // View returns a deep copy without the deduplication bookkeeping (Applied,
 // Results: thousands of entries no reader needs). Readers call it often:
-// every reconcile, TLS handshake and API request.
+// every reconcile, TLS handshake and API request. The event history is
+// shared, not copied (up to a thousand events, ~110 kB, on every call was
+// most of an idle agent's garbage): it is read-only, and record never
+// changes an element once appended.
 func (s *State) View() *State {
 	c := &State{
 		ClusterID:   s.ClusterID,
@@ -133,14 +145,17 @@ func (s *State) View() *State {
 		Keys:        s.Keys.clone(),
 		Nodes:       make(map[string]*Node, len(s.Nodes)),
 		Tokens:      make(map[string]*Token, len(s.Tokens)),
-		Events:      slices.Clone(s.Events),
+		Events:      slices.Clip(s.Events), // a view's append reallocates
 		Results:     map[string]*Result{},
 		Cloud:       s.Cloud.clone(),
 		Workloads:   s.Workloads.clone(),
 		UI:          s.UI.clone(),
 		Kube:        s.Kube.clone(),
+		Access:      s.Access.clone(),
+		Registers:   cloneRegisters(s.Registers),
 
 		TokenPolicy: s.TokenPolicy,
+		DNS:         s.DNS,
 	}
 	for id, n := range s.Nodes {
 		c.Nodes[id] = n.clone()
@@ -230,14 +245,19 @@ type Command struct {
 	TokenPolicy *TokenPolicy    `json:"token_policy,omitempty"` // OpSetTokenPolicy (policy.go)
 	RotateKeys  *RotateKeysCmd  `json:"rotate_keys,omitempty"`
 	SealCAKey   *SealCAKeyCmd   `json:"seal_ca_key,omitempty"`
+	DNS         *DNSCmd         `json:"dns,omitempty"` // OpSetDNSZone (dns.go)
 
-	// Ops with the prefixes cloud_, workload_, ui_ and kube_ carry their
-	// payload here and are applied by cloud.go, workloads.go, ui.go and
-	// kube.go.
+	// Ops with the prefixes cloud_, workload_, ui_, kube_ and access_
+	// carry their payload here and are applied by cloud.go, workloads.go,
+	// ui.go, kube.go and access.go.
 	Cloud    *CloudCmd    `json:"cloud,omitempty"`
 	Workload *WorkloadCmd `json:"workload,omitempty"`
 	UI       *UICmd       `json:"ui,omitempty"`
 	Kube     *KubeCmd     `json:"kube,omitempty"`
+	Access   *AccessCmd   `json:"access,omitempty"`
+
+	// Register is OpTestRegister's payload (register.go).
+	Register *RegisterCmd `json:"register,omitempty"`
 }
 
 // Command ops.
@@ -340,7 +360,8 @@ func (r *Result) Error() error {
 	for _, e := range []error{ErrTokenInvalid, ErrTokenExpired, ErrTokenUsed, ErrNameTaken, ErrKeyTaken,
 		ErrNoSuchNode, ErrNotBootstrap, ErrBootstrapped, ErrAddressSpace, ErrUnknownOp, ErrMalformedCmd,
 		ErrTokenPolicy, ErrNoSuchWorkload, ErrWorkloadExists, ErrWorkloadInUse, ErrAppNameTaken, ErrRotationStale,
-		ErrKubeEnabled, ErrKubeNotEnabled, ErrWorkloadsExist, ErrStale} {
+		ErrKubeEnabled, ErrKubeNotEnabled, ErrWorkloadsExist, ErrStale,
+		ErrDeviceNameTaken, ErrNoSuchDevice, ErrDeviceKeyTaken, ErrDNSZone} {
 		if r.Err == e.Error() {
 			return e
 		}
@@ -354,7 +375,7 @@ func (r *Result) Error() error {
 // apply mutates s by cmd and returns the result. It is the whole of the
 // state machine: pure, deterministic, and idempotent per command ID.
 func (s *State) apply(index uint64, cmd *Command) *Result {
-	if cmd.ID != "" {
+	if dedupe && cmd.ID != "" {
 		if r, ok := s.Results[cmd.ID]; ok {
 			return r
 		}
@@ -371,7 +392,9 @@ func (s *State) apply(index uint64, cmd *Command) *Result {
 		case OpEvent:
 			s.record(index, cmd.Time, *cmd.Event)
 		}
-		s.recordChange(index, cmd, res)
+		if !strings.HasPrefix(cmd.Op, "test_") {
+			s.recordChange(index, cmd, res)
+		}
 	}
 	if cmd.ID != "" {
 		s.remember(cmd.ID, res)
@@ -379,12 +402,15 @@ func (s *State) apply(index uint64, cmd *Command) *Result {
 	return res
 }
 
-// record appends an event, dropping the oldest beyond the window.
+// record appends an event, dropping the oldest beyond the window. Views
+// share the array (View), so it writes only past the end of the history,
+// where no view reaches, and drops by slicing: the array is replaced when
+// append outgrows it.
 func (s *State) record(index uint64, at time.Time, e Event) {
 	e.Seq, e.Time = index, at
 	s.Events = append(s.Events, e)
 	if over := len(s.Events) - eventWindow; over > 0 {
-		s.Events = slices.Delete(s.Events, 0, over)
+		s.Events = s.Events[over:]
 	}
 }
 
@@ -442,6 +468,9 @@ func (s *State) applyOp(cmd *Command, res *Result) error {
 
 	case OpSetTokenPolicy:
 		return s.applySetTokenPolicy(cmd)
+
+	case OpSetDNSZone:
+		return s.applySetDNSZone(cmd)
 
 	case OpEvent:
 		if cmd.Event == nil || cmd.Event.Kind == "" {
@@ -505,6 +534,10 @@ func (s *State) applyOp(cmd *Command, res *Result) error {
 		return s.applyUI(cmd, res)
 	case strings.HasPrefix(cmd.Op, "kube_"):
 		return s.applyKube(cmd, res)
+	case strings.HasPrefix(cmd.Op, "access_"):
+		return s.applyAccess(cmd, res)
+	case strings.HasPrefix(cmd.Op, "test_"):
+		return s.applyTest(cmd, res)
 	}
 	return ErrUnknownOp
 }

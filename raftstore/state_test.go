@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
@@ -258,6 +259,40 @@ func TestEventsAreRecordedAndBounded(t *testing.T) {
 	}
 	if len(s.Events) != eventWindow || s.Events[len(s.Events)-1].Seq != uint64(100+eventWindow+4) {
 		t.Fatalf("window: %d events, last seq %d", len(s.Events), s.Events[len(s.Events)-1].Seq)
+	}
+}
+
+// TestViewEventsStayPut: views share the event history with the state
+// (no copy per read); what a view shows never changes afterwards, while the
+// state records past the window, and a reader appending to its view does
+// not reach the state.
+func TestViewEventsStayPut(t *testing.T) {
+	s := bootstrapped(t)
+	event := func(i int) *Command {
+		return &Command{ID: fmt.Sprint("e", i), Time: t0, Op: OpEvent, Event: &Event{Kind: EventHealthChanged, Node: fmt.Sprint("n", i)}}
+	}
+	for i := range eventWindow - 3 {
+		s.apply(uint64(100+i), event(i))
+	}
+	v := s.View()
+	want := slices.Clone(v.Events)
+	v.Events = append(v.Events, Event{Kind: "reader's own"})
+	for i := range 2*eventWindow + 7 {
+		s.apply(uint64(5000+i), event(10000+i))
+		if i%97 == 0 {
+			_ = append(s.View().Events, Event{Kind: "another reader's"})
+		}
+	}
+	if !slices.Equal(v.Events[:len(want)], want) || v.Events[len(want)].Kind != "reader's own" {
+		t.Fatal("a view's events changed after the state recorded more")
+	}
+	if len(s.Events) != eventWindow || s.Events[0].Seq != uint64(5000+eventWindow+7) || s.Events[len(s.Events)-1].Seq != uint64(5000+2*eventWindow+6) {
+		t.Fatalf("window: %d events, seq %d..%d", len(s.Events), s.Events[0].Seq, s.Events[len(s.Events)-1].Seq)
+	}
+	for _, e := range s.Events {
+		if e.Kind != EventHealthChanged {
+			t.Fatalf("a reader's append reached the state: %+v", e)
+		}
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net/netip"
 	"slices"
 	"time"
 )
@@ -101,17 +102,22 @@ type Observed struct {
 	Conditions []string  `json:"conditions,omitempty"`
 	Generation int64     `json:"generation"` // desired generation it reflects
 	UpdatedAt  time.Time `json:"updated_at"`
+	// Addrs are where clients reach the workload: its Service's ClusterIP,
+	// or the ready pod IPs of a headless one; sorted. The nodes' resolvers
+	// answer OSID.<zone> with them.
+	Addrs []netip.Addr `json:"addrs,omitempty"`
 }
 
 // Same reports whether two observations differ at most in their time (so
 // writing one over the other changes nothing a user sees).
 func (o Observed) Same(p Observed) bool {
 	return o.Phase == p.Phase && o.Reason == p.Reason && o.Ready == p.Ready && o.Total == p.Total &&
-		o.Generation == p.Generation && slices.Equal(o.Conditions, p.Conditions)
+		o.Generation == p.Generation && slices.Equal(o.Conditions, p.Conditions) && slices.Equal(o.Addrs, p.Addrs)
 }
 
 func (o Observed) clone() Observed {
 	o.Conditions = slices.Clone(o.Conditions)
+	o.Addrs = slices.Clone(o.Addrs)
 	return o
 }
 

@@ -17,6 +17,10 @@ packages+=(containerd runc containernetworking-plugins busybox-static iptables)
 packages+=(chromium)
 # curl: the managed-Kubernetes e2e probes kubelet, API server and etcd without credentials.
 packages+=(curl)
+# openssl: the user-access e2e checks that wg1 devices get no TLS from members-only listeners.
+packages+=(openssl)
+# dig: the node resolver's e2e asks it as a user's tools would.
+packages+=(dnsutils)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -156,6 +156,21 @@ func TestServicesDeployUseDelete(t *testing.T) {
 		t.Errorf("postgres replicas %d/%d, want 0/N (no kubelet)", pgs.Ready, pgs.Total)
 	}
 	e.waitService("redis applied", rd.OSID, applied)
+	// The state records the address clients use (the client Service's
+	// ClusterIP, allocated by the API server): the nodes' resolvers answer
+	// OSID.<zone> with it.
+	redisSvc := e.get("v1", "Service", rd.OSID, "redis")
+	if redisSvc == nil {
+		t.Fatal("no redis Service")
+	}
+	clusterIP, _, _ := unstructured.NestedString(redisSvc.Object, "spec", "clusterIP")
+	eventually(t, "redis address in the state", func() error {
+		st, _ := e.store.State()
+		if got := st.Workloads.Services[rd.OSID].Status.Addrs; len(got) != 1 || got[0].String() != clusterIP {
+			return fmt.Errorf("addrs %v, want [%s]", got, clusterIP)
+		}
+		return nil
+	})
 
 	// The objects exist, labelled, with the credentials Secret.
 	ns := e.get("v1", "Namespace", "", pg.OSID)

@@ -186,27 +186,38 @@ type item struct {
 	desired string
 	gen     int64
 	cur     raftstore.Observed
-	render  func() ([]*unstructured.Unstructured, error)
+	// render returns the objects and the name of the Service clients
+	// use ("" : pick one, see primaryService).
+	render func() ([]*unstructured.Unstructured, string, error)
 }
 
 func (w *Reconciler) items(wl raftstore.Workloads) []item {
 	var out []item
 	for _, r := range sortedServices(wl.Services) {
-		out = append(out, item{osid: r.OSID, desired: r.Desired, gen: r.Generation, cur: r.Status, render: func() ([]*unstructured.Unstructured, error) {
+		out = append(out, item{osid: r.OSID, desired: r.Desired, gen: r.Generation, cur: r.Status, render: func() ([]*unstructured.Unstructured, string, error) {
 			inst, err := OpenInstance(w.cfg.DataKey, r)
 			if err != nil {
-				return nil, err
+				return nil, "", err
 			}
-			return templates.Render(inst)
+			objs, err := templates.Render(inst)
+			if err != nil {
+				return nil, "", err
+			}
+			svc := ""
+			if c, err := templates.Connect(inst); err == nil {
+				svc, _, _ = strings.Cut(c.Host, ".")
+			}
+			return objs, svc, nil
 		}})
 	}
 	for _, r := range sortedApps(wl.Apps) {
-		out = append(out, item{isApp: true, osid: r.OSID, desired: r.Desired, gen: r.Generation, cur: r.Status, render: func() ([]*unstructured.Unstructured, error) {
+		out = append(out, item{isApp: true, osid: r.OSID, desired: r.Desired, gen: r.Generation, cur: r.Status, render: func() ([]*unstructured.Unstructured, string, error) {
 			app, err := BuildApp(w.cfg.DataKey, r.OSID, r.Name, r.Image, r.Port, r.Env, r.Uses, wl.Services)
 			if err != nil {
-				return nil, err
+				return nil, "", err
 			}
-			return templates.RenderApp(app)
+			objs, err := templates.RenderApp(app)
+			return objs, r.Name, err
 		}})
 	}
 	return out
@@ -326,13 +337,13 @@ func (w *Reconciler) reconcileOne(ctx context.Context, exec *kube.Executor, down
 	}
 	if *down != nil {
 		if needApply {
-			w.writeStatus(ctx, osid, cur, raftstore.Observed{Phase: raftstore.PhasePending, Reason: (*down).Error(), Generation: gen})
+			w.writeStatus(ctx, osid, cur, raftstore.Observed{Phase: raftstore.PhasePending, Reason: (*down).Error(), Generation: gen, Addrs: cur.Addrs})
 		} else {
 			w.writeStatus(ctx, osid, cur, lastKnown(cur, *down))
 		}
 		return
 	}
-	objs, err := it.render()
+	objs, svc, err := it.render()
 	if err != nil {
 		w.failed(ctx, down, osid, gen, cur, raftstore.PhaseFailed, err)
 		return
@@ -368,6 +379,17 @@ func (w *Reconciler) reconcileOne(ctx context.Context, exec *kube.Executor, down
 	}
 	w.succeeded(osid)
 	obs := raftstore.Observed{Phase: raftstore.PhaseApplying, Ready: ks.Ready, Total: ks.Total, Conditions: ks.Conditions, Generation: gen}
+	// The addresses go into the state so every node's resolver answers
+	// OSID.<zone> from it, with the API or the leader gone; on a failed
+	// read the last known ones stay.
+	obs.Addrs = cur.Addrs
+	if name := primaryService(objs, svc); name != "" {
+		if addrs, err := exec.ServiceAddrs(ctx, osid, name); err == nil {
+			obs.Addrs = addrs
+		} else {
+			w.log.Debug("service addresses", "osid", osid, "err", err)
+		}
+	}
 	switch {
 	case len(ks.Missing) > 0:
 		obs.Reason = "missing " + strings.Join(ks.Missing, ", ")
@@ -377,6 +399,31 @@ func (w *Reconciler) reconcileOne(ctx context.Context, exec *kube.Executor, down
 		obs.Reason = fmt.Sprintf("%d/%d replicas ready", ks.Ready, ks.Total)
 	}
 	w.writeStatus(ctx, osid, cur, obs)
+}
+
+// primaryService is the Service clients of the workload use: preferred if
+// it is among objs, else the first one with a ClusterIP, else the first
+// (headless) one; "" when there is none.
+func primaryService(objs []*unstructured.Unstructured, preferred string) string {
+	first, firstIP := "", ""
+	for _, o := range objs {
+		if o.GetKind() != "Service" {
+			continue
+		}
+		if o.GetName() == preferred && preferred != "" {
+			return preferred
+		}
+		if first == "" {
+			first = o.GetName()
+		}
+		if ip, _, _ := unstructured.NestedString(o.Object, "spec", "clusterIP"); ip != "None" && firstIP == "" {
+			firstIP = o.GetName()
+		}
+	}
+	if firstIP != "" {
+		return firstIP
+	}
+	return first
 }
 
 // lastKnown is an applied item's status while the API cannot be asked.
@@ -430,8 +477,11 @@ func (w *Reconciler) failed(ctx context.Context, down *error, osid string, gen i
 	w.backoff[osid] = b
 	w.retryAt[osid] = time.Now().Add(b)
 	w.log.Debug("workload not applied", "osid", osid, "err", err, "retry_in", b)
-	w.writeStatus(ctx, osid, cur, raftstore.Observed{Phase: phase, Reason: err.Error(), Generation: gen,
-		Ready: cur.Ready, Total: cur.Total})
+	obs := raftstore.Observed{Phase: phase, Reason: err.Error(), Generation: gen, Ready: cur.Ready, Total: cur.Total}
+	if phase != raftstore.PhaseDeleting {
+		obs.Addrs = cur.Addrs // what ran keeps its name while this is retried
+	}
+	w.writeStatus(ctx, osid, cur, obs)
 }
 
 // succeeded notes that the API answered for osid.

@@ -281,6 +281,14 @@ func (c *Cluster) CutLink(i, j int) {
 	c.net.cutLink(i, j)
 }
 
+// CutOneWay drops every datagram node i sends to node j, while j's still
+// reach i: an asymmetric partition (a firewall rule in one direction).
+func (c *Cluster) CutOneWay(i, j int) {
+	c.t.Helper()
+	c.needNatlab("CutOneWay")
+	c.net.cutOneWay(i, j)
+}
+
 // Heal removes every partition and cut link. Crashed nodes stay down.
 func (c *Cluster) Heal() {
 	c.t.Helper()
@@ -371,3 +379,6 @@ func (c *Cluster) WaitVoters(n int) {
 		return nil
 	})
 }
+
+// AccessPort is node i's wg1 UDP port on 127.0.0.1 (each node has its own).
+func (c *Cluster) AccessPort(i int) int { return c.dc.AccessPort(i) }

@@ -28,15 +28,17 @@ type network struct {
 	side     map[netip.Addr]int  // partition side; absent is side 0
 	nextSide int
 	links    map[[2]netip.Addr]bool // cut links between two nodes, both ways
+	oneWay   map[[2]netip.Addr]bool // {from, to}: datagrams dropped in that direction only
 }
 
 func newNetwork() *network {
 	n := &network{
-		w:     natlab.NewWorld(),
-		hosts: map[int]*natlab.Host{},
-		cut:   map[netip.Addr]bool{},
-		side:  map[netip.Addr]int{},
-		links: map[[2]netip.Addr]bool{},
+		w:      natlab.NewWorld(),
+		hosts:  map[int]*natlab.Host{},
+		cut:    map[netip.Addr]bool{},
+		side:   map[netip.Addr]int{},
+		links:  map[[2]netip.Addr]bool{},
+		oneWay: map[[2]netip.Addr]bool{},
 	}
 	n.lan = n.w.NewNetwork("loopback", netip.MustParsePrefix("127.0.0.0/8"))
 	n.w.SetDrop(n.drop)
@@ -70,7 +72,7 @@ func (n *network) drop(from, to netip.AddrPort) bool {
 	n.rulesMu.Lock()
 	defer n.rulesMu.Unlock()
 	f, t := from.Addr(), to.Addr()
-	return n.cut[f] || n.cut[t] || n.side[f] != n.side[t] || n.links[link(f, t)]
+	return n.cut[f] || n.cut[t] || n.side[f] != n.side[t] || n.links[link(f, t)] || n.oneWay[[2]netip.Addr{f, t}]
 }
 
 // link is the key of the link between a and b, in either direction.
@@ -79,6 +81,13 @@ func link(a, b netip.Addr) [2]netip.Addr {
 		a, b = b, a
 	}
 	return [2]netip.Addr{a, b}
+}
+
+// cutOneWay drops what node i sends to node j (not the answers).
+func (n *network) cutOneWay(i, j int) {
+	n.rulesMu.Lock()
+	defer n.rulesMu.Unlock()
+	n.oneWay[[2]netip.Addr{addr(i), addr(j)}] = true
 }
 
 // cutLink drops everything between nodes i and j.
@@ -115,4 +124,5 @@ func (n *network) heal() {
 	defer n.rulesMu.Unlock()
 	clear(n.side)
 	clear(n.links)
+	clear(n.oneWay)
 }

@@ -119,6 +119,10 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 					&cli.StringFlag{Name: "metrics-listen", EnvVars: []string{"RUNOS_METRICS_LISTEN"}, Usage: "serve Prometheus metrics at ADDR/metrics (off by default)"},
 					&cli.StringFlag{Name: "pprof", EnvVars: []string{"RUNOS_PPROF"}, Usage: "serve Go's profiler at ADDR/debug/pprof/: a port or a loopback address and port, e.g. 127.0.0.1:6060 (off by default; no authentication, so loopback only)"},
 					&cli.StringFlag{Name: "kube-bin-dir", EnvVars: []string{"RUNOS_KUBE_BIN_DIR"}, Value: agent.DefaultKubeBinDir, Usage: "`DIR` holding kubelet, kube-apiserver, kube-controller-manager, kube-scheduler and kube-proxy for managed Kubernetes"},
+					&cli.BoolFlag{Name: "dns", Value: true, EnvVars: []string{"RUNOS_DNS"}, Usage: "run the node resolver on the mesh IP, port 53 (--dns=false: off)"},
+					&cli.IntFlag{Name: "dns-port", Value: 53, EnvVars: []string{"RUNOS_DNS_PORT"}, Usage: "the node resolver's port on the mesh (and wg1) addresses"},
+					&cli.StringSliceFlag{Name: "dns-listen", EnvVars: []string{"RUNOS_DNS_LISTEN"}, Usage: "also serve on this loopback `IP:PORT` (for the host's resolver in userspace mode; repeatable)"},
+					&cli.StringSliceFlag{Name: "dns-upstream", EnvVars: []string{"RUNOS_DNS_UPSTREAM"}, Usage: "forward names outside the cluster to this `IP[:PORT]` (repeatable; default: the host's resolv.conf)"},
 				},
 				Action: func(c *cli.Context) error {
 					log, err := newLogger(c, stderr)
@@ -127,7 +131,8 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 					}
 					ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
 					defer stop()
-					a, err := agent.New(agent.Config{DataDir: c.String("data-dir"), Net: c.String("net"), UIListen: c.String("ui-listen"), MetricsListen: c.String("metrics-listen"), PprofListen: c.String("pprof"), KubeBinDir: c.String("kube-bin-dir")}, agent.Deps{Log: log})
+					a, err := agent.New(agent.Config{DataDir: c.String("data-dir"), Net: c.String("net"), UIListen: c.String("ui-listen"), MetricsListen: c.String("metrics-listen"), PprofListen: c.String("pprof"), KubeBinDir: c.String("kube-bin-dir"),
+						DNS: agent.DNSConfig{Off: !c.Bool("dns"), Port: c.Int("dns-port"), Loopback: c.StringSlice("dns-listen"), Upstreams: c.StringSlice("dns-upstream")}}, agent.Deps{Log: log})
 					if err != nil {
 						return err
 					}
@@ -214,7 +219,14 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 						}
 						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%.1fms\t%s\t%d\t%d\n", p.Name, p.MeshIP, path, p.Endpoint, p.RTTMillis, hs, p.RxBytes, p.TxBytes)
 					}
-					return tw.Flush()
+					if err := tw.Flush(); err != nil {
+						return err
+					}
+					if len(s.Devices) > 0 {
+						fmt.Fprintln(stdout, "\nuser devices entering here (wg1):")
+						return printAccessList(stdout, s.Devices, time.Now())
+					}
+					return nil
 				},
 			},
 			{
@@ -432,6 +444,8 @@ func extraCommands() []*cli.Command {
 	cmds = append(cmds, cloudCommands()...)
 	cmds = append(cmds, kubeCommands()...)
 	cmds = append(cmds, uiCommands()...)
+	cmds = append(cmds, accessCommands()...)
+	cmds = append(cmds, dnsCommands()...)
 	return cmds
 }
 

@@ -38,15 +38,20 @@ func (n *node) AddLoopbackAddr(p netip.Prefix) error {
 	return err
 }
 
-// blockRules drop everything to and from the addresses in two sets; they run
-// before anything else in the namespace, conntrack included.
+// blockRules drop everything to and from the addresses in two sets, and
+// what arrives from the addresses in two more (one-way); they run before
+// anything else in the namespace, conntrack included.
 const blockRules = `table inet lab_block {
 	set v4 { type ipv4_addr; }
 	set v6 { type ipv6_addr; }
+	set in4 { type ipv4_addr; }
+	set in6 { type ipv6_addr; }
 	chain input {
 		type filter hook input priority raw; policy accept;
 		ip saddr @v4 drop
 		ip6 saddr @v6 drop
+		ip saddr @in4 drop
+		ip6 saddr @in6 drop
 	}
 	chain output {
 		type filter hook output priority raw; policy accept;
@@ -74,16 +79,37 @@ func (n *node) Unblock(other netip.Addr) error {
 	return n.blockSet("delete", other)
 }
 
+// BlockFrom drops what other sends to this namespace, while what this
+// namespace sends to other still goes out: an asymmetric partition.
+func (n *node) BlockFrom(other netip.Addr) error {
+	return n.blockSetNamed("add", "in", other)
+}
+
+// UnblockFrom lifts BlockFrom.
+func (n *node) UnblockFrom(other netip.Addr) error {
+	return n.blockSetNamed("delete", "in", other)
+}
+
 func (n *node) blockSet(op string, a netip.Addr) error {
+	return n.blockSetNamed(op, "", a)
+}
+
+func (n *node) blockSetNamed(op, prefix string, a netip.Addr) error {
 	n.blockOnce.Do(func() {
 		_, n.blockErr = runStdin(blockRules, "ip", "netns", "exec", n.ns, "nft", "-f", "-")
 	})
 	if n.blockErr != nil {
 		return n.blockErr
 	}
-	set := "v4"
+	set := prefix + "v4"
+	if prefix != "" {
+		set = prefix + "4"
+	}
 	if a.Is6() && !a.Is4In6() {
-		set = "v6"
+		set = prefix + "v6"
+		if prefix != "" {
+			set = prefix + "6"
+		}
 	}
 	_, err := n.Run("nft", op, "element", "inet", "lab_block", set, fmt.Sprintf("{ %s }", a.Unmap()))
 	return err

@@ -7,6 +7,10 @@
 // It is not an open resolver: queries from sources outside Config.Allow
 // are REFUSED, since the mesh address is reachable from more places than
 // the node's pods.
+//
+// Without Listen addresses it is a handler only: the node's resolver
+// (package meshdns), which owns port 53 on the node's addresses, hands it
+// the names under the domain (Answer).
 package clusterdns
 
 import (
@@ -51,8 +55,9 @@ type SyncedLookup interface {
 
 // Config configures a Server.
 type Config struct {
-	// Listen are "ip:port" addresses, each served on UDP and TCP
-	// (required). Port 0 picks a free port, the same for both.
+	// Listen are "ip:port" addresses, each served on UDP and TCP. Port 0
+	// picks a free port, the same for both. None: Start binds nothing and
+	// the server answers only through Answer (mounted in meshdns).
 	Listen []string
 	// Domain is the cluster domain (default "cluster.local").
 	Domain string
@@ -120,9 +125,6 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 	if log == nil {
 		return nil, errors.New("clusterdns: logger is required")
 	}
-	if len(cfg.Listen) == 0 {
-		return nil, errors.New("clusterdns: Listen is required")
-	}
 	for _, a := range cfg.Listen {
 		if _, err := netip.ParseAddrPort(a); err != nil {
 			return nil, fmt.Errorf("clusterdns: listen address %q: %w", a, err)
@@ -165,18 +167,22 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 		if err != nil {
 			return nil, err
 		}
-	} else {
+	} else if len(cfg.Listen) > 0 {
+		// Mounted (no Listen), the node resolver forwards other names itself.
 		s.upstreams, err = upstreamsFromResolvConf(cfg.ResolvConf, cfg.Listen)
 		if err != nil {
 			s.log.Warn("no upstream resolvers: names outside the cluster domain get SERVFAIL", "resolv_conf", cfg.ResolvConf, "err", err)
 		}
 	}
-	if len(s.upstreams) == 0 && err == nil {
+	if len(s.upstreams) == 0 && err == nil && len(cfg.Listen) > 0 {
 		s.log.Warn("no upstream resolvers: names outside the cluster domain get SERVFAIL", "resolv_conf", cfg.ResolvConf)
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	return s, nil
 }
+
+// Domain is the cluster domain served, fully qualified.
+func (s *Server) Domain() string { return s.domain }
 
 // Upstreams are the resolvers names outside the domain are forwarded to.
 func (s *Server) Upstreams() []string { return append([]string(nil), s.upstreams...) }
@@ -324,14 +330,16 @@ func (s *Server) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 	case *net.TCPAddr:
 		src, tcp = a.AddrPort(), true
 	}
-	resp := s.handle(src.Addr().Unmap(), tcp, req)
+	resp := s.Answer(src.Addr().Unmap(), tcp, req)
 	if err := w.WriteMsg(resp); err != nil {
 		s.log.Debug("write DNS answer", "client", src, "err", err)
 	}
 }
 
-// handle computes the answer to req from src; tcp selects the size limit.
-func (s *Server) handle(src netip.Addr, tcp bool, req *dns.Msg) *dns.Msg {
+// Answer computes the answer to req from src; tcp selects the size limit.
+// It is the whole server minus the sockets: ServeDNS calls it, and so does
+// the node resolver that mounts the domain.
+func (s *Server) Answer(src netip.Addr, tcp bool, req *dns.Msg) *dns.Msg {
 	if !s.allowed(src) {
 		return reply(req, dns.RcodeRefused)
 	}

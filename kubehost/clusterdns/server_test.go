@@ -444,7 +444,6 @@ func TestUpstreamsFromResolvConf(t *testing.T) {
 func TestNewRejects(t *testing.T) {
 	ok := clusterdns.Config{Listen: []string{"127.0.0.1:0"}, Lookup: dnstest.NewLookup(), Allow: loopback}
 	for name, mod := range map[string]func(*clusterdns.Config){
-		"no listen":      func(c *clusterdns.Config) { c.Listen = nil },
 		"bad listen":     func(c *clusterdns.Config) { c.Listen = []string{"localhost:53"} },
 		"no lookup":      func(c *clusterdns.Config) { c.Lookup = nil },
 		"no allow":       func(c *clusterdns.Config) { c.Allow = nil },

@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -294,5 +295,29 @@ func TestBusyboxRejectsDynamicBinary(t *testing.T) {
 	}
 	if _, err := Busybox("r", "/nonexistent/busybox"); err == nil {
 		t.Error("Busybox accepted a missing binary")
+	}
+}
+
+// TestLayerSizeHintCoversBusyboxLayout: the layer buffer is sized once for
+// an image shaped like the sandbox image (one big binary, hundreds of
+// applet symlinks, a few small files and directories), so writing it never
+// regrows the buffer.
+func TestLayerSizeHintCoversBusyboxLayout(t *testing.T) {
+	files := []File{
+		{Path: "/bin/busybox", Mode: 0o755, Data: bytes.Repeat([]byte{0x7f}, 2<<20+123)},
+		{Path: "/etc/passwd", Mode: 0o644, Data: []byte("root:x:0:0:root:/root:/bin/sh\n")},
+		{Path: "/root", Mode: fs.ModeDir | 0o700},
+		{Path: "/tmp", Mode: fs.ModeDir | fs.ModeSticky | 0o777},
+		{Path: "/usr/share/" + strings.Repeat("long-name-", 12), Mode: 0o644, Data: []byte("x")},
+	}
+	for i := range 400 {
+		files = append(files, File{Path: "/bin/applet" + strconv.Itoa(i), Link: "busybox"})
+	}
+	var layer bytes.Buffer
+	if err := writeLayer(&layer, files); err != nil {
+		t.Fatal(err)
+	}
+	if hint := layerSizeHint(files); hint < layer.Len() {
+		t.Fatalf("layerSizeHint = %d, layer is %d bytes", hint, layer.Len())
 	}
 }

@@ -12,8 +12,10 @@
 // writer mid-send): a data race, and at worst a "send on closed channel"
 // panic that takes the whole agent down at shutdown. Here the channel is
 // never closed; a separate closing channel ends Read and releases any
-// WriteNotify, and Close waits for the stack's goroutines. Everything else
-// is unchanged.
+// WriteNotify, and Close waits for the stack's goroutines. Added for wg1
+// in userspace mode (mesh/route.go): a divert hook for packets towards the
+// devices' network, a forward queue Read also serves, InjectInbound, and
+// AddAddress/RemoveAddress. Everything else is unchanged.
 package netstack
 
 import (
@@ -31,6 +33,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -62,6 +65,23 @@ type netTun struct {
 	mtu            int
 	dnsServers     []netip.Addr
 	hasV4, hasV6   bool
+
+	// divert, when set, takes the packets whose IPv4 destination is in its
+	// prefix, both those written to the device (from WireGuard) and those
+	// the stack sends, instead of the stack and WireGuard: the user-access
+	// router (wg1) in userspace mode.
+	divert atomic.Pointer[Divert]
+	// forward carries packets routed into WireGuard from outside the
+	// stack (wg1's devices); Read returns them next to the stack's own.
+	// Buffered and never blocked on: a full queue drops, as a router does.
+	forward chan []byte
+}
+
+// Divert hands the packets towards Prefix to Fn, which must not keep the
+// slice. Fn is called from WireGuard's and the stack's goroutines.
+type Divert struct {
+	Prefix netip.Prefix
+	Fn     func(pkt []byte)
 }
 
 type Net netTun
@@ -78,6 +98,7 @@ func CreateNetTUN(localAddresses, dnsServers []netip.Addr, mtu int) (tun.Device,
 		events:         make(chan tun.Event, 10),
 		incomingPacket: make(chan *buffer.View),
 		closing:        make(chan struct{}),
+		forward:        make(chan []byte, 512),
 		dnsServers:     dnsServers,
 		mtu:            mtu,
 	}
@@ -139,6 +160,9 @@ func (tun *netTun) Read(buf [][]byte, sizes []int, offset int) (int, error) {
 	var view *buffer.View
 	select {
 	case view = <-tun.incomingPacket:
+	case pkt := <-tun.forward:
+		sizes[0] = copy(buf[0][offset:], pkt)
+		return 1, nil
 	case <-tun.closing:
 		return 0, os.ErrClosed
 	}
@@ -157,18 +181,92 @@ func (tun *netTun) Write(buf [][]byte, offset int) (int, error) {
 		if len(packet) == 0 {
 			continue
 		}
-
-		pkb := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(packet)})
-		switch packet[0] >> 4 {
-		case 4:
-			tun.ep.InjectInbound(header.IPv4ProtocolNumber, pkb)
-		case 6:
-			tun.ep.InjectInbound(header.IPv6ProtocolNumber, pkb)
-		default:
-			return 0, syscall.EAFNOSUPPORT
+		if tun.diverted(packet) {
+			continue
+		}
+		if err := tun.inject(packet); err != nil {
+			return 0, err
 		}
 	}
 	return len(buf), nil
+}
+
+// diverted hands packet to the divert hook when its destination is the
+// hook's.
+func (tun *netTun) diverted(packet []byte) bool {
+	d := tun.divert.Load()
+	if d == nil || len(packet) < 20 || packet[0]>>4 != 4 {
+		return false
+	}
+	if !d.Prefix.Contains(netip.AddrFrom4([4]byte(packet[16:20]))) {
+		return false
+	}
+	d.Fn(packet)
+	return true
+}
+
+func (tun *netTun) inject(packet []byte) error {
+	pkb := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(packet)})
+	switch packet[0] >> 4 {
+	case 4:
+		tun.ep.InjectInbound(header.IPv4ProtocolNumber, pkb)
+	case 6:
+		tun.ep.InjectInbound(header.IPv6ProtocolNumber, pkb)
+	default:
+		pkb.DecRef()
+		return syscall.EAFNOSUPPORT
+	}
+	return nil
+}
+
+// SetDivert installs (or with nil removes) the divert hook.
+func (net *Net) SetDivert(d *Divert) { net.divert.Store(d) }
+
+// InjectInbound delivers an IP packet to the stack as if it came from
+// WireGuard, bypassing the divert hook.
+func (net *Net) InjectInbound(packet []byte) error {
+	if len(packet) == 0 {
+		return nil
+	}
+	return (*netTun)(net).inject(packet)
+}
+
+// Forward queues a copy of an IP packet for WireGuard to send to the peer
+// whose AllowedIPs hold its destination. It reports false when the
+// packet was dropped (queue full or device closed).
+func (net *Net) Forward(packet []byte) bool {
+	select {
+	case <-net.closing:
+		return false
+	default:
+	}
+	select {
+	case net.forward <- append([]byte(nil), packet...):
+		return true
+	default:
+		return false
+	}
+}
+
+// AddAddress makes the stack own ip besides its first address.
+func (net *Net) AddAddress(ip netip.Addr) error {
+	pn := tcpip.NetworkProtocolNumber(ipv4.ProtocolNumber)
+	if ip.Is6() {
+		pn = ipv6.ProtocolNumber
+	}
+	if err := net.stack.AddProtocolAddress(1, tcpip.ProtocolAddress{Protocol: pn,
+		AddressWithPrefix: tcpip.AddrFromSlice(ip.AsSlice()).WithPrefix()}, stack.AddressProperties{}); err != nil {
+		return fmt.Errorf("add address %s: %v", ip, err)
+	}
+	return nil
+}
+
+// RemoveAddress undoes AddAddress.
+func (net *Net) RemoveAddress(ip netip.Addr) error {
+	if err := net.stack.RemoveAddress(1, tcpip.AddrFromSlice(ip.AsSlice())); err != nil {
+		return fmt.Errorf("remove address %s: %v", ip, err)
+	}
+	return nil
 }
 
 func (tun *netTun) WriteNotify() {
@@ -179,6 +277,10 @@ func (tun *netTun) WriteNotify() {
 
 	view := pkt.ToView()
 	pkt.DecRef()
+	if tun.diverted(view.AsSlice()) {
+		view.Release()
+		return
+	}
 
 	select {
 	case tun.incomingPacket <- view:

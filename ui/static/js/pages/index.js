@@ -28,3 +28,4 @@ import './tokens.js';
 import './cloud.js';
 import './services.js';
 import './apps.js';
+import './access.js';

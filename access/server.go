@@ -1,0 +1,200 @@
+package access
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/runos/runos-agent/mesh"
+)
+
+// DefaultInterfaceName is wg1's interface.
+const DefaultInterfaceName = "wg1"
+
+// ServerConfig describes an entry node's wg1.
+type ServerConfig struct {
+	PrivateKey    mesh.Key   // the cluster's wg1 key; required
+	Address       netip.Addr // the gateway address; required
+	ListenPort    int        // required (raftstore.AccessPort)
+	InterfaceName string     // default DefaultInterfaceName
+	// MeshInterface is wg0's interface: replies to devices arrive on it
+	// and are forwarded, so it forwards too. Required.
+	MeshInterface string
+	Users         netip.Prefix   // the devices' network; required
+	Networks      []netip.Prefix // what devices may reach; required
+	MTU           int            // default mesh.DefaultMTU
+}
+
+// Peer is one device as its entry node serves it.
+type Peer struct {
+	Name       string
+	PublicKey  mesh.Key
+	Address    netip.Addr
+	AllowPeers bool
+}
+
+// Server is an entry node's wg1: a kernel WireGuard interface (wireguard-go
+// on a TUN) with one peer per device, a /32 route per device, IPv4
+// forwarding on wg1 and wg0, and the firewall of Rules. It exists while the
+// node is the entry of at least one device.
+type Server struct {
+	cfg ServerConfig
+	log *slog.Logger
+	dev *mesh.Device
+
+	mu sync.Mutex // serializes SetPeers and Close
+	// restoreMesh is wg0's forwarding setting from before, put back at
+	// Close; "" when unchanged. Guarded by mu.
+	restoreMesh string
+	closed      bool // guarded by mu
+}
+
+// NewServer brings wg1 up with no peers: the firewall first, so no packet
+// of a device ever passes unfiltered, then the interface, then forwarding.
+func NewServer(cfg ServerConfig, log *slog.Logger) (*Server, error) {
+	switch {
+	case log == nil:
+		return nil, errors.New("access: nil logger")
+	case cfg.PrivateKey.IsZero() || !cfg.Address.IsValid() || cfg.ListenPort == 0:
+		return nil, errors.New("access: server config: PrivateKey, Address and ListenPort are required")
+	case cfg.MeshInterface == "" || !cfg.Users.IsValid() || len(cfg.Networks) == 0:
+		return nil, errors.New("access: server config: MeshInterface, Users and Networks are required")
+	}
+	if cfg.InterfaceName == "" {
+		cfg.InterfaceName = DefaultInterfaceName
+	}
+	s := &Server{cfg: cfg, log: log}
+	if err := s.applyRules(nil); err != nil {
+		return nil, err
+	}
+	dev, err := mesh.New(mesh.Config{
+		Mode:          mesh.ModeKernel,
+		InterfaceName: cfg.InterfaceName,
+		PrivateKey:    cfg.PrivateKey,
+		ListenPort:    cfg.ListenPort,
+		Address:       cfg.Address,
+		// Only the gateway is routed as a whole: each device gets a /32
+		// route of its own (its AllowedIPs), so a device that moves to
+		// another entry node is reached through wg0 again.
+		Prefix: netip.PrefixFrom(cfg.Address, cfg.Address.BitLen()),
+		MTU:    cfg.MTU,
+	}, log.With("component", "wg1"))
+	if err != nil {
+		runNft(deleteScript())
+		return nil, err
+	}
+	s.dev = dev
+	if err := setForwarding(cfg.InterfaceName, "1"); err != nil {
+		s.Close()
+		return nil, err
+	}
+	old, err := readForwarding(cfg.MeshInterface)
+	if err == nil && old != "1" {
+		err = setForwarding(cfg.MeshInterface, "1")
+		s.restoreMesh = old
+	}
+	if err != nil {
+		s.Close()
+		return nil, err
+	}
+	log.Info("wg1 up", "interface", cfg.InterfaceName, "address", cfg.Address, "port", cfg.ListenPort, "public_key", cfg.PrivateKey.PublicKey())
+	return s, nil
+}
+
+// PublicKey is the key devices know the entry nodes by.
+func (s *Server) PublicKey() mesh.Key { return s.cfg.PrivateKey.PublicKey() }
+
+// SetPeers makes wg1's peers exactly peers (a device removed loses its
+// session at once) and updates the firewall's set of devices that may
+// see each other.
+func (s *Server) SetPeers(peers []Peer) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return mesh.ErrClosed
+	}
+	var mp []mesh.Peer
+	var allow []netip.Addr
+	for _, p := range peers {
+		mp = append(mp, mesh.Peer{PublicKey: p.PublicKey, AllowedIPs: []netip.Prefix{netip.PrefixFrom(p.Address, p.Address.BitLen())}})
+		if p.AllowPeers {
+			allow = append(allow, p.Address)
+		}
+	}
+	// Narrow the firewall before adding peers and widen it after, so a
+	// half-applied change never lets a device see one it should not.
+	if err := s.applyRules(allow); err != nil {
+		return err
+	}
+	return s.dev.SetPeers(mp)
+}
+
+// Stats reports every device's handshake and counters.
+func (s *Server) Stats() ([]mesh.PeerStats, error) { return s.dev.Stats() }
+
+// Close takes wg1 down: the interface (with its routes), the firewall
+// table, and wg0's forwarding as it was. Idempotent.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil
+	}
+	s.closed = true
+	var errs []error
+	if s.dev != nil {
+		errs = append(errs, s.dev.Close())
+	}
+	if s.restoreMesh != "" {
+		if err := setForwarding(s.cfg.MeshInterface, s.restoreMesh); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	if err := runNft(deleteScript()); err != nil {
+		errs = append(errs, err)
+	}
+	s.log.Info("wg1 down")
+	return errors.Join(errs...)
+}
+
+func (s *Server) applyRules(peers []netip.Addr) error {
+	return runNft(Rules{Interface: s.cfg.InterfaceName, Users: s.cfg.Users, Networks: s.cfg.Networks, Peers: peers}.Ruleset())
+}
+
+func runNft(script string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "nft", "-f", "-")
+	cmd.Stdin = strings.NewReader(script)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("access: nft: %v: %s", err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// IPv4 forwarding is turned on per interface (the interface a packet
+// arrives on decides), not host-wide: the node forwards between wg1 and
+// wg0 and nowhere else because of us.
+func forwardingPath(iface string) string {
+	return filepath.Join("/proc/sys/net/ipv4/conf", iface, "forwarding")
+}
+
+func readForwarding(iface string) (string, error) {
+	b, err := os.ReadFile(forwardingPath(iface))
+	return strings.TrimSpace(string(b)), err
+}
+
+func setForwarding(iface, v string) error {
+	if err := os.WriteFile(forwardingPath(iface), []byte(v), 0o644); err != nil {
+		return fmt.Errorf("access: forwarding on %s: %w", iface, err)
+	}
+	return nil
+}
