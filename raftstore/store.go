@@ -126,7 +126,7 @@ func Bootstrap(dir, nodeID string, addr netip.AddrPort) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
-	logs, err := openLog(dir, slog.New(slog.DiscardHandler), hclog.NewNullLogger())
+	logs, err := openLog(dir, slog.New(slog.DiscardHandler))
 	if err != nil {
 		return fmt.Errorf("raftstore: open log: %w", err)
 	}
@@ -191,7 +191,7 @@ func New(cfg Config, log *slog.Logger) (*Store, error) {
 	closing := new(atomic.Bool)
 	hlog := newHCLog(log, closing)
 
-	logs, err := openLog(cfg.Dir, log, hlog)
+	logs, err := openLog(cfg.Dir, log)
 	if err != nil {
 		return nil, fmt.Errorf("raftstore: open log: %w", err)
 	}

@@ -51,7 +51,7 @@ func startRaftCluster(tb testing.TB, n int, newStream func(i int) *StreamLayer, 
 		var logs raft.LogStore
 		var stable raft.StableStore
 		if disk {
-			l, err := openWAL(filepath.Join(tb.TempDir(), walDir), hclog.NewNullLogger())
+			l, err := openLogStore(filepath.Join(tb.TempDir(), logDir), discard)
 			if err != nil {
 				tb.Fatal(err)
 			}
