@@ -298,19 +298,15 @@ func newRotationCrashImages(t testing.TB, seed uint64) *crashImages {
 		}
 		batch := testEntries(r, next, 1+r.IntN(16))
 		n := len(segs())
-		if n > 0 {
-			fi, err := os.Stat(tailSegment(t, live))
-			if err != nil {
+		l.mu.RLock()
+		full := n > 0 && l.segs[len(l.segs)-1].size >= segMaxBytes
+		l.mu.RUnlock()
+		if full {
+			// This batch starts a new segment: keep the log before it.
+			l.Close()
+			copyDir(t, live, c.dir)
+			if l, err = openLogStore(live, discard); err != nil {
 				t.Fatal(err)
-			}
-			if fi.Size() >= segMaxBytes {
-				// This batch starts a new segment: keep the log
-				// before it.
-				l.Close()
-				copyDir(t, live, c.dir)
-				if l, err = openLogStore(live, discard); err != nil {
-					t.Fatal(err)
-				}
 			}
 		}
 		if err := l.StoreLogs(batch); err != nil {

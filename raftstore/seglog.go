@@ -23,7 +23,11 @@ import (
 // stable keys (term, vote) and the log's first index in a small meta file
 // beside them. Each StoreLogs is one write and one fdatasync at the end of
 // the newest segment; a segment that has reached segMaxBytes is left as it
-// is and the next append starts a new one. Compaction drops whole segments
+// is and the next append starts a new one. A new segment is filled with
+// zeros to segMaxBytes (and synced) before its first append, so appends
+// overwrite allocated blocks and an fdatasync has no file size or extent
+// to commit, only the data; a full disk shows there, before any entry is
+// written. After the last record a segment holds only zeros. Compaction drops whole segments
 // (the first index, persisted in meta, hides the entries before it in the
 // oldest one); a suffix delete truncates the segment at the first removed
 // entry and removes the segments after it.
@@ -68,7 +72,7 @@ type segment struct {
 	path       string
 	f          *os.File
 	offs       []int64 // offs[i]: offset of the record of entry base+i
-	size       int64   // bytes of intact records; the file may hold more only after a failed append (logStore.dirty)
+	size       int64   // bytes of intact records; zeros follow, or, after a failed append, what logStore.dirty says
 }
 
 // lastIndex is the index of the segment's last entry, base-1 if none.
@@ -295,9 +299,16 @@ func (l *logStore) newSegment(base uint64) (*segment, error) {
 	if err != nil {
 		return nil, fmt.Errorf("raft log: new segment: %w", err)
 	}
-	// The entry in the directory must be on disk before the first append
-	// into the file is acknowledged.
-	if err := syncDir(l.dir); err != nil {
+	// The zeros, and the entry in the directory, must be on disk before
+	// the first append into the file is acknowledged.
+	err = zeroFill(f, segMaxBytes)
+	if err == nil {
+		err = fdatasync(f)
+	}
+	if err == nil {
+		err = syncDir(l.dir)
+	}
+	if err != nil {
 		f.Close()
 		os.Remove(s.path)
 		return nil, fmt.Errorf("raft log: new segment: %w", err)
@@ -316,6 +327,20 @@ func (l *logStore) newSegment(base uint64) (*segment, error) {
 		l.pending = append(l.pending, drop.path)
 	}
 	return s, nil
+}
+
+var zeros [1 << 20]byte
+
+// zeroFill writes n zero bytes at the start of f.
+func zeroFill(f *os.File, n int64) error {
+	for off := int64(0); off < n; {
+		k := min(n-off, int64(len(zeros)))
+		if _, err := f.WriteAt(zeros[:k], off); err != nil {
+			return err
+		}
+		off += k
+	}
+	return nil
 }
 
 // DeleteRange removes the entries [min, max], which Raft asks only for a

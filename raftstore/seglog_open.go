@@ -137,14 +137,18 @@ func (l *logStore) loadSegment(s *segment, tail bool) error {
 		return err
 	}
 	s.f = f
-	data, err := io.ReadAll(f)
+	info, err := f.Stat()
 	if err != nil {
+		return err
+	}
+	data := make([]byte, info.Size())
+	if _, err := io.ReadFull(io.NewSectionReader(f, 0, info.Size()), data); err != nil {
 		return fmt.Errorf("raft log: read %s: %w", filepath.Base(s.path), err)
 	}
 	off, why := s.scan(data)
 	s.size = int64(off)
-	if why == nil {
-		return nil
+	if why == nil || !slices.ContainsFunc(data[off:], func(b byte) bool { return b != 0 }) {
+		return nil // the zeros a new segment is filled with
 	}
 	idx := s.base + uint64(len(s.offs))
 	name := filepath.Base(s.path)
@@ -197,7 +201,10 @@ func (s *segment) scan(data []byte) (int, error) {
 // after the one holding idx: one that was appended, and so acknowledged,
 // after it.
 func laterBatch(saltSum uint32, rest []byte, idx uint64) (uint64, bool) {
-	for p := 1; p+recHeaderLen <= len(rest); p++ {
+	// A header holds an index, never 0: none starts after the last
+	// non-zero byte (the zeros of a new segment need no look).
+	last := bytes.LastIndexFunc(rest, func(r rune) bool { return r != 0 })
+	for p := 1; p <= last && p+recHeaderLen <= len(rest); p++ {
 		if h, ok := parseHeader(saltSum, rest[p:]); ok && h.batchFirst() > idx {
 			return h.index, true
 		}
