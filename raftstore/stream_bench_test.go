@@ -101,11 +101,11 @@ func (rc *raftCluster) close(tb testing.TB) {
 // BenchmarkRaftTransport: small commands committed by three voters from 1
 // and 64 concurrent clients, over the stream layer with plain TCP (how Raft
 // ran before issue 12) and with mutual TLS 1.3, side by side in one run.
-// store=wal keeps the logs in the WAL as production does (an fsync per
+// store=disk keeps the logs in segment files as production does (an fsync per
 // batch dominates); store=mem keeps them in memory, leaving the transport's
 // own cost in view.
 func BenchmarkRaftTransport(b *testing.B) {
-	for _, store := range []string{"wal", "mem"} {
+	for _, store := range []string{"disk", "mem"} {
 		for _, transport := range []string{"plain", "mtls"} {
 			b.Run("store="+store+"/transport="+transport, func(b *testing.B) {
 				p := newTestPKI(b)
@@ -115,7 +115,7 @@ func BenchmarkRaftTransport(b *testing.B) {
 					}
 					srv, cli, _ := p.node(b, fmt.Sprintf("node-%d", i), true)
 					return newTestStreamLayerTLS(b, srv, cli)
-				}, store == "wal")
+				}, store == "disk")
 				defer rc.close(b)
 				for _, clients := range []int{1, 64} {
 					b.Run(fmt.Sprintf("clients=%d", clients), func(b *testing.B) {
