@@ -1,8 +1,9 @@
 // Package raftstore keeps the cluster's state in a Raft log on the node's own
-// disk (hashicorp/raft with raft-boltdb). Every durable fact about the cluster
-// is a Command applied by the FSM; Apply is deterministic (it reads time only
-// from the command) and idempotent for a repeated command ID, so a write that
-// is retried after a leader dies mid-flight is applied once.
+// disk (hashicorp/raft; the log in segment files of its own, seglog.go).
+// Every durable fact about the cluster is a Command applied by the FSM;
+// Apply is deterministic (it reads time only from the command) and
+// idempotent for a repeated command ID, so a write that is retried after a
+// leader dies mid-flight is applied once.
 package raftstore
 
 import (

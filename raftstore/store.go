@@ -12,7 +12,6 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -20,7 +19,6 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
-	raftboltdb "github.com/hashicorp/raft-boltdb"
 
 	"github.com/runos/runos-agent/mesh"
 )
@@ -34,7 +32,7 @@ type ForwardFunc func(ctx context.Context, leaderID string, cmd *Command) (*Resu
 
 // Config configures a Store.
 type Config struct {
-	Dir    string         // required: raft.db and snapshots/ live here
+	Dir    string         // required: the log (wal/) and snapshots/ live here
 	NodeID string         // required: this node's ID (the Raft server ID)
 	Addr   netip.AddrPort // required: this node's Raft address on the mesh
 	Net    mesh.Net       // required: the overlay Raft talks over
@@ -93,7 +91,7 @@ type Store struct {
 	log    *slog.Logger
 	fsm    *FSM
 	raft   *raft.Raft
-	bolt   *raftboltdb.BoltStore
+	logs   *logStore
 	stream *StreamLayer
 	trans  *raft.NetworkTransport
 	quiet  *quietTransport // nil unless Config.QuietFresh
@@ -128,11 +126,11 @@ func Bootstrap(dir, nodeID string, addr netip.AddrPort) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
-	bolt, err := raftboltdb.NewBoltStore(filepath.Join(dir, "raft.db"))
+	logs, err := openLog(dir, slog.New(slog.DiscardHandler))
 	if err != nil {
 		return fmt.Errorf("raftstore: open log: %w", err)
 	}
-	defer bolt.Close()
+	defer logs.Close()
 	snaps, err := raft.NewFileSnapshotStoreWithLogger(dir, 2, hclog.NewNullLogger())
 	if err != nil {
 		return err
@@ -141,7 +139,7 @@ func Bootstrap(dir, nodeID string, addr netip.AddrPort) error {
 	conf.LocalID = raft.ServerID(nodeID)
 	conf.Logger = hclog.NewNullLogger()
 	_, trans := raft.NewInmemTransport(raft.ServerAddress(addr.String()))
-	return raft.BootstrapCluster(conf, bolt, bolt, snaps, trans, raft.Configuration{
+	return raft.BootstrapCluster(conf, logs, logs, snaps, trans, raft.Configuration{
 		Servers: []raft.Server{{Suffrage: raft.Voter, ID: raft.ServerID(nodeID), Address: raft.ServerAddress(addr.String())}},
 	})
 }
@@ -193,13 +191,13 @@ func New(cfg Config, log *slog.Logger) (*Store, error) {
 	closing := new(atomic.Bool)
 	hlog := newHCLog(log, closing)
 
-	bolt, err := raftboltdb.NewBoltStore(filepath.Join(cfg.Dir, "raft.db"))
+	logs, err := openLog(cfg.Dir, log)
 	if err != nil {
 		return nil, fmt.Errorf("raftstore: open log: %w", err)
 	}
 	snaps, err := raft.NewFileSnapshotStoreWithLogger(cfg.Dir, 2, hlog)
 	if err != nil {
-		bolt.Close()
+		logs.Close()
 		return nil, err
 	}
 	stream, err := NewStreamLayer(StreamConfig{
@@ -207,7 +205,7 @@ func New(cfg Config, log *slog.Logger) (*Store, error) {
 		ServerTLS: cfg.ServerTLS, ClientTLS: cfg.ClientTLS,
 	})
 	if err != nil {
-		bolt.Close()
+		logs.Close()
 		return nil, err
 	}
 	trans := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
@@ -226,7 +224,7 @@ func New(cfg Config, log *slog.Logger) (*Store, error) {
 	}
 	if solo := cfg.SoloHeartbeatTimeout; solo > 0 {
 		if solo > rc.HeartbeatTimeout || solo <= rc.HeartbeatTimeout/5 {
-			bolt.Close()
+			logs.Close()
 			return nil, fmt.Errorf("raftstore: SoloHeartbeatTimeout %v must be in (%v, %v]", solo, rc.HeartbeatTimeout/5, rc.HeartbeatTimeout)
 		}
 		rc.LeaderLeaseTimeout = solo
@@ -250,18 +248,18 @@ func New(cfg Config, log *slog.Logger) (*Store, error) {
 	}
 	// The leader reads the entry before each follower's next one on every
 	// AppendEntries, idle repeats included (CommitTimeout, answered by the
-	// quiet transport): from a cache of the newest entries instead of a bolt
-	// transaction and a msgpack decode each time.
-	logs, err := raft.NewLogCache(logCacheSize, bolt)
+	// quiet transport): from a cache of the newest entries instead of a
+	// segment read and a decode each time.
+	cached, err := raft.NewLogCache(logCacheSize, logs)
 	if err != nil {
 		trans.Close()
-		bolt.Close()
+		logs.Close()
 		return nil, err
 	}
-	r, err := raft.NewRaft(rc, fsm, logs, bolt, snaps, rtrans)
+	r, err := raft.NewRaft(rc, fsm, cached, logs, snaps, rtrans)
 	if err != nil {
 		trans.Close()
-		bolt.Close()
+		logs.Close()
 		return nil, fmt.Errorf("raftstore: start raft: %w", err)
 	}
 	if cfg.QuietFresh <= 0 {
@@ -275,7 +273,7 @@ func New(cfg Config, log *slog.Logger) (*Store, error) {
 		log:       log,
 		fsm:       fsm,
 		raft:      r,
-		bolt:      bolt,
+		logs:      logs,
 		stream:    stream,
 		trans:     trans,
 		quiet:     quiet,
@@ -287,7 +285,7 @@ func New(cfg Config, log *slog.Logger) (*Store, error) {
 }
 
 // logCacheSize is how many of the newest log entries stay in memory as well
-// as in bolt. Most commands are well under a kilobyte; the rare large ones
+// as on disk. Most commands are well under a kilobyte; the rare large ones
 // (sealed Kubernetes material) are replaced by the next 64 writes.
 const logCacheSize = 64
 
@@ -364,7 +362,7 @@ func (s *Store) Close() error {
 		if cerr := s.trans.Close(); err == nil {
 			err = cerr
 		}
-		if cerr := s.bolt.Close(); err == nil {
+		if cerr := s.logs.Close(); err == nil {
 			err = cerr
 		}
 	})
