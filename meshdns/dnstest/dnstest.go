@@ -1,5 +1,6 @@
-// Package dnstest has test doubles for package clusterdns: a fake Lookup
-// and an upstream DNS server on loopback.
+// Package dnstest has test doubles for the node resolver (meshdns) and
+// the cluster DNS it mounts (clusterdns): a fake cluster Lookup, and
+// upstream DNS servers on loopback.
 package dnstest
 
 import (
