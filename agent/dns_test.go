@@ -19,17 +19,7 @@ import (
 // there, until Kubernetes goes away again.
 func TestDNSOffListensOnlyForManagedKubernetes(t *testing.T) {
 	c := newCluster(t, 1)
-	c.stop(0)
-	cfg := c.dc.Config(0)
-	cfg.DNS = DNSConfig{Off: true, Loopback: []string{"127.0.0.1:0"}}
-	a, err := New(cfg, c.deps(0))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := a.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	c.agents[0] = a
+	a := c.restartWith(0, func(cfg *Config) { cfg.DNS = DNSConfig{Off: true, Loopback: []string{"127.0.0.1:0"}} })
 	if st := a.DNSStatus(); st.Enabled || len(a.dns.Addrs()) != 0 {
 		t.Fatalf("resolver off: status %+v, listening on %v", st, a.dns.Addrs())
 	}

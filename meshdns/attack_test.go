@@ -22,7 +22,7 @@ import (
 // networks and 127.0.0.1, so a second loopback address stands for a
 // source on the internet without leaving the machine.
 func TestAttackOpenResolverRefused(t *testing.T) {
-	up := dnstest.StartUpstream(t, map[string][]netip.Addr{"example.com.": ips("192.0.2.1")})
+	up := dnstest.StartUpstream(t, map[string][]netip.Addr{"example.com.": dnstest.IPs("192.0.2.1")})
 	s, addr := start(t, meshdns.Config{
 		Upstreams: []string{up.Addr},
 		Allow: []netip.Prefix{netip.MustParsePrefix("172.24.0.0/16"), netip.MustParsePrefix("172.25.0.0/16"),
@@ -30,7 +30,7 @@ func TestAttackOpenResolverRefused(t *testing.T) {
 	})
 	s.SetRecords(records())
 	l := dnstest.NewLookup()
-	l.Set("default", "web", ips("10.96.0.10")...)
+	l.Set("default", "web", dnstest.IPs("10.96.0.10")...)
 	mountCluster(t, s, l)
 	outsider := func(network string) *dns.Client {
 		c := &dns.Client{Net: network, Timeout: 10 * time.Second}

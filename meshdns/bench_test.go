@@ -28,11 +28,11 @@ import (
 // The upstream is a miekg/dns server on 127.0.0.1 answering from memory,
 // so "forwarded" minus "upstream" is this resolver's own cost.
 func BenchmarkQuery(b *testing.B) {
-	up := dnstest.StartUpstream(b, map[string][]netip.Addr{"example.com.": ips("192.0.2.1")})
+	up := dnstest.StartUpstream(b, map[string][]netip.Addr{"example.com.": dnstest.IPs("192.0.2.1")})
 	cached, cachedAddr := start(b, meshdns.Config{Upstreams: []string{up.Addr}})
 	cached.SetRecords(records())
 	l := dnstest.NewLookup()
-	l.Set("default", "web", ips("10.96.0.10")...)
+	l.Set("default", "web", dnstest.IPs("10.96.0.10")...)
 	mountCluster(b, cached, l)
 	_, missAddr := start(b, meshdns.Config{Upstreams: []string{up.Addr}, CacheSize: -1})
 

@@ -88,16 +88,16 @@ func FuzzHandle(f *testing.F) {
 	for _, s := range fuzzSeeds() {
 		f.Add(s)
 	}
-	up := dnstest.StartUpstream(f, map[string][]netip.Addr{"example.com.": ips("192.0.2.1")})
-	s, err := meshdns.New(meshdns.Config{Allow: clusterNets, Upstreams: []string{up.Addr}}, nil, logger())
+	up := dnstest.StartUpstream(f, map[string][]netip.Addr{"example.com.": dnstest.IPs("192.0.2.1")})
+	s, err := meshdns.New(meshdns.Config{Allow: clusterNets, Upstreams: []string{up.Addr}}, nil, dnstest.Logger())
 	if err != nil {
 		f.Fatal(err)
 	}
 	f.Cleanup(func() { s.Close() })
 	s.SetRecords(records())
 	l := dnstest.NewLookup()
-	l.Set("default", "web", ips("10.96.0.10", "fd00::10")...)
-	l.Set("db", "pg", ips("172.25.1.7", "172.25.2.9")...)
+	l.Set("default", "web", dnstest.IPs("10.96.0.10", "fd00::10")...)
+	l.Set("db", "pg", dnstest.IPs("172.25.1.7", "172.25.2.9")...)
 	l.Set("db", "empty")
 	mountCluster(f, s, l)
 	okRcodes := []int{dns.RcodeSuccess, dns.RcodeNameError, dns.RcodeServerFailure, dns.RcodeRefused,

@@ -2,8 +2,6 @@ package meshdns_test
 
 import (
 	"context"
-	"io"
-	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -23,13 +21,6 @@ import (
 
 // Every test leaves no goroutine behind: listeners, forwards in flight.
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
-
-func logger() *slog.Logger {
-	if os.Getenv("RUNOS_TEST_LOG") != "" {
-		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	return slog.New(slog.NewTextHandler(io.Discard, nil))
-}
 
 // clusterNets are the agent's allowed sources plus loopback.
 var clusterNets = []netip.Prefix{
@@ -55,7 +46,7 @@ func start(t testing.TB, cfg meshdns.Config) (*meshdns.Server, string) {
 	if cfg.Upstreams == nil && cfg.ResolvConf == "" {
 		cfg.ResolvConf = emptyResolvConf(t)
 	}
-	s, err := meshdns.New(cfg, nil, logger())
+	s, err := meshdns.New(cfg, nil, dnstest.Logger())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -85,29 +76,6 @@ func query(t testing.TB, network, addr, name string, qtype uint16) *dns.Msg {
 	return exchange(t, &dns.Client{Net: network, Timeout: 10 * time.Second}, addr, name, qtype)
 }
 
-func ips(ss ...string) []netip.Addr {
-	var out []netip.Addr
-	for _, s := range ss {
-		out = append(out, netip.MustParseAddr(s))
-	}
-	return out
-}
-
-// answerIPs are the addresses of the A/AAAA records of r.
-func answerIPs(r *dns.Msg) []string {
-	var out []string
-	for _, rr := range r.Answer {
-		switch rr := rr.(type) {
-		case *dns.A:
-			out = append(out, rr.A.String())
-		case *dns.AAAA:
-			out = append(out, rr.AAAA.String())
-		}
-	}
-	slices.Sort(out)
-	return out
-}
-
 func soaOf(t testing.TB, r *dns.Msg) *dns.SOA {
 	t.Helper()
 	if len(r.Ns) != 1 {
@@ -122,11 +90,11 @@ func soaOf(t testing.TB, r *dns.Msg) *dns.SOA {
 
 func records() map[string][]netip.Addr {
 	return map[string][]netip.Addr{
-		"node-a":      ips("172.24.0.1"),
-		"node-b":      ips("172.24.0.2"),
-		"pg-x2abc":    ips("10.96.4.7"),                // a Service's ClusterIP
-		"kafka-y3def": ips("172.25.1.5", "172.25.2.8"), // headless: the pods
-		"empty-z4ghj": nil,                             // headless, no pod ready
+		"node-a":      dnstest.IPs("172.24.0.1"),
+		"node-b":      dnstest.IPs("172.24.0.2"),
+		"pg-x2abc":    dnstest.IPs("10.96.4.7"),                // a Service's ClusterIP
+		"kafka-y3def": dnstest.IPs("172.25.1.5", "172.25.2.8"), // headless: the pods
+		"empty-z4ghj": nil,                                     // headless, no pod ready
 	}
 }
 
@@ -144,7 +112,7 @@ func TestZoneNames(t *testing.T) {
 			"kafka-y3def.runos.internal.": {"172.25.1.5", "172.25.2.8"},
 		} {
 			r := query(t, network, addr, name, dns.TypeA)
-			if r.Rcode != dns.RcodeSuccess || !r.Authoritative || !slices.Equal(answerIPs(r), want) {
+			if r.Rcode != dns.RcodeSuccess || !r.Authoritative || !slices.Equal(dnstest.AnswerIPs(r), want) {
 				t.Fatalf("%s %s: %v, want %v", network, name, r, want)
 			}
 			if r.Answer[0].Header().Name != name || r.Answer[0].Header().Ttl != 5 {
@@ -188,7 +156,7 @@ func TestSetZone(t *testing.T) {
 	if err := s.SetZone("lab.example"); err != nil {
 		t.Fatal(err)
 	}
-	if r := query(t, "udp", addr, "node-a.lab.example.", dns.TypeA); !slices.Equal(answerIPs(r), []string{"172.24.0.1"}) {
+	if r := query(t, "udp", addr, "node-a.lab.example.", dns.TypeA); !slices.Equal(dnstest.AnswerIPs(r), []string{"172.24.0.1"}) {
 		t.Fatalf("new zone: %v", r)
 	}
 	if r := query(t, "udp", addr, "node-a.runos.internal.", dns.TypeA); r.Rcode != dns.RcodeServerFailure {
@@ -226,12 +194,12 @@ func (c *fakeClock) Advance(d time.Duration) {
 // cache with their TTL counted down until it runs out; answers without a
 // TTL to honour (NXDOMAIN without SOA) are not cached.
 func TestForwardCacheHonoursTTL(t *testing.T) {
-	up := dnstest.StartUpstream(t, map[string][]netip.Addr{"example.com.": ips("192.0.2.1")}) // TTL 60
+	up := dnstest.StartUpstream(t, map[string][]netip.Addr{"example.com.": dnstest.IPs("192.0.2.1")}) // TTL 60
 	clk := &fakeClock{now: time.Unix(1_700_000_000, 0)}
 	s, addr := start(t, meshdns.Config{Upstreams: []string{up.Addr}, Now: clk.Now})
 
 	r := query(t, "udp", addr, "example.com.", dns.TypeA)
-	if !slices.Equal(answerIPs(r), []string{"192.0.2.1"}) || r.Answer[0].Header().Ttl != 60 {
+	if !slices.Equal(dnstest.AnswerIPs(r), []string{"192.0.2.1"}) || r.Answer[0].Header().Ttl != 60 {
 		t.Fatalf("forwarded: %v", r)
 	}
 	clk.Advance(45 * time.Second)
@@ -267,9 +235,9 @@ func TestForwardCacheHonoursTTL(t *testing.T) {
 func TestForwardFailover(t *testing.T) {
 	dead := dnstest.StartUpstream(t, nil)
 	dead.Close()
-	up := dnstest.StartUpstream(t, map[string][]netip.Addr{"example.com.": ips("192.0.2.1")})
+	up := dnstest.StartUpstream(t, map[string][]netip.Addr{"example.com.": dnstest.IPs("192.0.2.1")})
 	_, addr := start(t, meshdns.Config{Upstreams: []string{dead.Addr, up.Addr}, CacheSize: -1})
-	if r := query(t, "udp", addr, "example.com.", dns.TypeA); !slices.Equal(answerIPs(r), []string{"192.0.2.1"}) {
+	if r := query(t, "udp", addr, "example.com.", dns.TypeA); !slices.Equal(dnstest.AnswerIPs(r), []string{"192.0.2.1"}) {
 		t.Fatalf("%v", r)
 	}
 	s2, addr2 := start(t, meshdns.Config{Upstreams: []string{dead.Addr}})
@@ -298,10 +266,10 @@ func TestForwardTruncated(t *testing.T) {
 	for i := range 100 {
 		many = append(many, netip.AddrFrom4([4]byte{192, 0, 2, byte(i + 1)}))
 	}
-	up := dnstest.StartUpstream(t, map[string][]netip.Addr{"example.com.": ips("192.0.2.1"), "big.example.": many})
+	up := dnstest.StartUpstream(t, map[string][]netip.Addr{"example.com.": dnstest.IPs("192.0.2.1"), "big.example.": many})
 	_, addr := start(t, meshdns.Config{Upstreams: []string{up.Addr}, CacheSize: -1})
 	r := query(t, "tcp", addr, "Example.COM.", dns.TypeA)
-	if !slices.Equal(answerIPs(r), []string{"192.0.2.1"}) || r.Authoritative || r.Answer[0].Header().Ttl != 60 || r.Question[0].Name != "Example.COM." {
+	if !slices.Equal(dnstest.AnswerIPs(r), []string{"192.0.2.1"}) || r.Authoritative || r.Answer[0].Header().Ttl != 60 || r.Question[0].Name != "Example.COM." {
 		t.Fatalf("forwarded answer not passed through: %v", r)
 	}
 	r = query(t, "tcp", addr, "big.example.", dns.TypeA)
@@ -422,14 +390,14 @@ func TestUpstreamsFromResolvConf(t *testing.T) {
 	if want := []string{"192.0.2.53:53", "[2001:db8::53]:53"}; !slices.Equal(got, want) {
 		t.Fatalf("upstreams %v, want %v (loopback stubs skipped)", got, want)
 	}
-	if _, err := meshdns.New(meshdns.Config{}, nil, logger()); err == nil {
+	if _, err := meshdns.New(meshdns.Config{}, nil, dnstest.Logger()); err == nil {
 		t.Fatal("New without Allow succeeded")
 	}
-	if _, err := meshdns.New(meshdns.Config{Allow: clusterNets, Upstreams: []string{"resolver.example"}}, nil, logger()); err == nil {
+	if _, err := meshdns.New(meshdns.Config{Allow: clusterNets, Upstreams: []string{"resolver.example"}}, nil, dnstest.Logger()); err == nil {
 		t.Fatal("New with a host name as upstream succeeded")
 	}
 	// Explicit upstreams: port 53 by default.
-	s, err := meshdns.New(meshdns.Config{Allow: clusterNets, Upstreams: []string{"10.1.1.1", "10.1.1.2:5353", "fd00::1"}}, nil, logger())
+	s, err := meshdns.New(meshdns.Config{Allow: clusterNets, Upstreams: []string{"10.1.1.1", "10.1.1.2:5353", "fd00::1"}}, nil, dnstest.Logger())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -456,14 +424,14 @@ func mountCluster(t testing.TB, s *meshdns.Server, l clusterdns.Lookup) {
 // forwarding are unaffected, and after unmounting they are forwarded like
 // any other name.
 func TestMountClusterDNS(t *testing.T) {
-	up := dnstest.StartUpstream(t, map[string][]netip.Addr{"example.com.": ips("192.0.2.1")})
+	up := dnstest.StartUpstream(t, map[string][]netip.Addr{"example.com.": dnstest.IPs("192.0.2.1")})
 	s, addr := start(t, meshdns.Config{Upstreams: []string{up.Addr}})
 	s.SetRecords(records())
 	l := dnstest.NewLookup()
-	l.Set("default", "web", ips("10.96.0.10")...)
+	l.Set("default", "web", dnstest.IPs("10.96.0.10")...)
 	mountCluster(t, s, l)
 	for _, network := range []string{"udp", "tcp"} {
-		if r := query(t, network, addr, "web.default.svc.cluster.local.", dns.TypeA); !slices.Equal(answerIPs(r), []string{"10.96.0.10"}) || !r.Authoritative {
+		if r := query(t, network, addr, "web.default.svc.cluster.local.", dns.TypeA); !slices.Equal(dnstest.AnswerIPs(r), []string{"10.96.0.10"}) || !r.Authoritative {
 			t.Fatalf("%s: %v", network, r)
 		}
 		if r := query(t, network, addr, "nope.default.svc.Cluster.Local.", dns.TypeA); r.Rcode != dns.RcodeNameError || soaOf(t, r).Hdr.Name != "cluster.local." {
@@ -527,8 +495,8 @@ func TestTruncation(t *testing.T) {
 // systemd-resolved drop-in puts the mesh IP in /run/systemd/resolve/
 // resolv.conf) does not make it forward to itself.
 func TestNeverForwardsToItself(t *testing.T) {
-	up := dnstest.StartUpstream(t, map[string][]netip.Addr{"example.com.": ips("192.0.2.1")})
-	s, err := meshdns.New(meshdns.Config{Allow: clusterNets, Upstreams: []string{"127.0.0.4:5353", up.Addr}}, nil, logger())
+	up := dnstest.StartUpstream(t, map[string][]netip.Addr{"example.com.": dnstest.IPs("192.0.2.1")})
+	s, err := meshdns.New(meshdns.Config{Allow: clusterNets, Upstreams: []string{"127.0.0.4:5353", up.Addr}}, nil, dnstest.Logger())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,10 +1,6 @@
 package clusterdns_test
 
 import (
-	"io"
-	"log/slog"
-	"net/netip"
-	"os"
 	"slices"
 	"testing"
 	"time"
@@ -18,13 +14,6 @@ import (
 
 // Every test leaves no goroutine behind: the informers of KubeLookup.
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
-
-func logger() *slog.Logger {
-	if os.Getenv("RUNOS_TEST_LOG") != "" {
-		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	return slog.New(slog.NewTextHandler(io.Discard, nil))
-}
 
 // ask puts one question to h, as the node resolver hands it on.
 func ask(h *clusterdns.Handler, name string, qtype uint16) *dns.Msg {
@@ -43,35 +32,13 @@ func newHandler(t testing.TB, l clusterdns.Lookup) *clusterdns.Handler {
 	return h
 }
 
-func answerIPs(r *dns.Msg) []string {
-	var out []string
-	for _, rr := range r.Answer {
-		switch rr := rr.(type) {
-		case *dns.A:
-			out = append(out, rr.A.String())
-		case *dns.AAAA:
-			out = append(out, rr.AAAA.String())
-		}
-	}
-	slices.Sort(out)
-	return out
-}
-
-func ips(s ...string) []netip.Addr {
-	var out []netip.Addr
-	for _, a := range s {
-		out = append(out, netip.MustParseAddr(a))
-	}
-	return out
-}
-
 // expect checks rcode and the addresses answered.
 func expect(t *testing.T, r *dns.Msg, rcode int, want ...string) {
 	t.Helper()
 	if r.Rcode != rcode {
 		t.Fatalf("%s: rcode %s, want %s\n%v", r.Question[0].Name, dns.RcodeToString[r.Rcode], dns.RcodeToString[rcode], r)
 	}
-	if got := answerIPs(r); !slices.Equal(got, want) {
+	if got := dnstest.AnswerIPs(r); !slices.Equal(got, want) {
 		t.Fatalf("%s: answers %v, want %v\n%v", r.Question[0].Name, got, want, r)
 	}
 }
@@ -95,11 +62,11 @@ func expectNegative(t *testing.T, r *dns.Msg, rcode int, zone string, ttl uint32
 
 func TestClusterNames(t *testing.T) {
 	l := dnstest.NewLookup()
-	l.Set("default", "kubernetes", ips("10.96.0.1")...)
-	l.Set("default", "web", ips("10.96.0.10")...)
-	l.Set("db", "pg", ips("172.25.1.7", "172.25.2.9")...) // headless, two ready pods
-	l.Set("db", "empty")                                  // headless, no ready pod
-	l.Set("v6", "web", ips("fd00::10", "10.96.0.11")...)  // dual stack
+	l.Set("default", "kubernetes", dnstest.IPs("10.96.0.1")...)
+	l.Set("default", "web", dnstest.IPs("10.96.0.10")...)
+	l.Set("db", "pg", dnstest.IPs("172.25.1.7", "172.25.2.9")...) // headless, two ready pods
+	l.Set("db", "empty")                                          // headless, no ready pod
+	l.Set("v6", "web", dnstest.IPs("fd00::10", "10.96.0.11")...)  // dual stack
 	h := newHandler(t, l)
 	const zone = "cluster.local."
 
@@ -159,7 +126,7 @@ func TestClusterNames(t *testing.T) {
 
 func TestDomainAndTTL(t *testing.T) {
 	l := dnstest.NewLookup()
-	l.Set("ns", "svc1", ips("10.0.0.1")...)
+	l.Set("ns", "svc1", dnstest.IPs("10.0.0.1")...)
 	h, err := clusterdns.New(clusterdns.Config{Lookup: l, Domain: "Mesh.Example", TTL: 30 * time.Second})
 	if err != nil {
 		t.Fatal(err)
@@ -197,7 +164,7 @@ func (syncing) Synced() bool { return false }
 
 func TestNotSynced(t *testing.T) {
 	l := dnstest.NewLookup()
-	l.Set("default", "web", ips("10.96.0.10")...)
+	l.Set("default", "web", dnstest.IPs("10.96.0.10")...)
 	h := newHandler(t, syncing{l})
 	// SERVFAIL, which clients retry, rather than an NXDOMAIN they believe.
 	expect(t, ask(h, "nope.default.svc.cluster.local.", dns.TypeA), dns.RcodeServerFailure)

@@ -18,6 +18,7 @@ import (
 
 	"github.com/runos/runos-agent/kube/kubetest"
 	"github.com/runos/runos-agent/kubehost/clusterdns"
+	"github.com/runos/runos-agent/meshdns/dnstest"
 )
 
 var (
@@ -48,7 +49,7 @@ func eventually(t *testing.T, h *clusterdns.Handler, name string, rcode int, wan
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		r := ask(h, name, dns.TypeA)
-		got := answerIPs(r)
+		got := dnstest.AnswerIPs(r)
 		if r.Rcode == rcode && slices.Equal(got, want) {
 			return
 		}
@@ -75,7 +76,7 @@ func TestKubeLookup(t *testing.T) {
 	}
 	ctx := kubetest.Context(t, 5*time.Minute)
 
-	kl, err := clusterdns.NewKubeLookup(rc, logger())
+	kl, err := clusterdns.NewKubeLookup(rc, dnstest.Logger())
 	if err != nil {
 		t.Fatal(err)
 	}
