@@ -100,7 +100,7 @@ bench: test-deps kube-bin build
 	$(GO) test -run '^$$' -bench . -benchtime 1s -count 1 ./ui/
 	$(GO) test -run '^$$' -bench 'ReplayGuard' -count 1 ./nat/
 	$(GO) test -run '^$$' -bench 'ConsoleRead|ConsoleServices' -benchtime 1s -count 1 ./cloud/
-	$(GO) test -run '^$$' -bench Query -count 1 ./kubehost/clusterdns/
+	$(GO) test -run '^$$' -bench Query -count 1 ./meshdns/
 	$(GO) test -run '^$$' -bench Throughput -count 1 ./kubehost/apilb/
 	RUNOS_AGENT_BIN=$(BIN)/runos-agent $(GO) test -run '^$$' -bench . -benchtime 1x -count 1 ./e2e/...
 

@@ -240,7 +240,7 @@ type Agent struct {
 	acc        accessState    // wg1 (access.go)
 	kubeReady  kubeReadyCache // this node's Node readiness for /metrics
 
-	// The node resolver (dns.go); dns is nil when DNSConfig.Off.
+	// The node resolver (dns.go); it exists when DNSConfig.Off too.
 	dnsCfg       DNSConfig
 	dns          *meshdns.Server
 	dnsMu        sync.Mutex

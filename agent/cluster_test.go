@@ -123,6 +123,24 @@ func (c *cluster) stop(i int) {
 	c.dc.StopNode(i)
 }
 
+// restartWith stops node i cleanly (if it runs) and starts it again from
+// its data dir, its config changed by mod.
+func (c *cluster) restartWith(i int, mod func(*Config)) *Agent {
+	c.tb.Helper()
+	c.stop(i)
+	cfg := c.dc.Config(i)
+	mod(&cfg)
+	a, err := New(cfg, c.deps(i))
+	if err != nil {
+		c.tb.Fatal(err)
+	}
+	if err := a.Start(context.Background()); err != nil {
+		c.tb.Fatal(err)
+	}
+	c.agents[i] = a
+	return a
+}
+
 func (c *cluster) start(i int) {
 	c.tb.Helper()
 	if _, err := c.dc.StartNode(context.Background(), i); err != nil {

@@ -18,12 +18,15 @@ import (
 
 // The node resolver (package meshdns): NODE.<zone> and OSID.<zone> from
 // this node's copy of the state, cluster.local handed to managed
-// Kubernetes' cluster DNS in process, everything else forwarded.
+// Kubernetes' cluster DNS in process, everything else forwarded. It is
+// the node's only DNS server: managed Kubernetes' pods use it too.
 
 // DNSConfig is how the node resolver runs.
 type DNSConfig struct {
-	// Off runs the node without its resolver (managed Kubernetes then
-	// serves cluster DNS on the mesh IP itself).
+	// Off keeps the resolver from listening, except while managed
+	// Kubernetes runs on this node: its pods resolve through it (kubelet's
+	// clusterDNS is the mesh IP), so it then listens on the mesh IP alone
+	// (neither wg1 nor Loopback).
 	Off bool
 	// Port on the mesh (and wg1) addresses (default 53).
 	Port int
@@ -49,9 +52,6 @@ var dnsAllow = []netip.Prefix{
 const dnsRetry = 10 * time.Second
 
 func (a *Agent) newDNS() error {
-	if a.dnsCfg.Off {
-		return nil
-	}
 	if a.dnsCfg.Port == 0 {
 		a.dnsCfg.Port = 53
 	}
@@ -68,15 +68,16 @@ func (a *Agent) newDNS() error {
 	a.dns = s
 	a.closers = append(a.closers, s.Close)
 	a.refreshDNS()
+	if a.dnsCfg.Off {
+		a.log.Info("DNS resolver off (--dns=false): it listens only while managed Kubernetes runs on this node, on the mesh IP, for the pods (kubelet's clusterDNS)",
+			"addr", netip.AddrPortFrom(a.cfg.MeshIP, uint16(a.dnsCfg.Port)))
+	}
 	return nil
 }
 
 // startDNS binds the resolver's addresses; a failure is logged and
 // retried by dnsLoop, not fatal: the node works without its resolver.
 func (a *Agent) startDNS(ctx context.Context) {
-	if a.dns == nil {
-		return
-	}
 	a.dns.SetListenAddrs(a.dnsListenAddrs())
 	a.setDNSListenErr(a.dns.Start(ctx))
 	a.goLoop(ctx, a.dnsLoop)
@@ -86,9 +87,6 @@ func (a *Agent) startDNS(ctx context.Context) {
 // resolver listens on besides the mesh IP, on the same port; nil removes
 // them.
 func (a *Agent) SetDNSExtraListen(addrs []netip.Addr) {
-	if a.dns == nil {
-		return
-	}
 	a.dnsMu.Lock()
 	a.dnsExtra = slices.Clone(addrs)
 	a.dnsMu.Unlock()
@@ -99,10 +97,16 @@ func (a *Agent) dnsListenAddrs() []netip.AddrPort {
 	port := uint16(a.dnsCfg.Port)
 	out := []netip.AddrPort{netip.AddrPortFrom(a.cfg.MeshIP, port)}
 	a.dnsMu.Lock()
+	defer a.dnsMu.Unlock()
+	if a.dnsCfg.Off {
+		if len(a.dnsMounted) == 0 {
+			return nil
+		}
+		return out
+	}
 	for _, ip := range a.dnsExtra {
 		out = append(out, netip.AddrPortFrom(ip, port))
 	}
-	a.dnsMu.Unlock()
 	for _, l := range a.dnsCfg.Loopback {
 		out = append(out, netip.MustParseAddrPort(l)) // checked by newDNS
 	}
@@ -150,36 +154,49 @@ func (a *Agent) refreshDNS() {
 }
 
 // mountClusterDNS is kubehost's MountDNS: managed Kubernetes' cluster DNS
-// answers cluster.local inside the node resolver.
-func (a *Agent) mountClusterDNS(domain string, srv *clusterdns.Server) {
-	if a.dns == nil {
-		return
+// answers cluster.local inside the node resolver, which listens for it
+// even when off.
+func (a *Agent) mountClusterDNS(domain string, h *clusterdns.Handler) {
+	var mh meshdns.Handler // a nil *Handler would be a non-nil Handler
+	if h != nil {
+		mh = h
 	}
-	var h meshdns.Handler
-	if srv != nil {
-		h = srv
-	}
-	if err := a.dns.Mount(domain, h); err != nil {
+	if err := a.dns.Mount(domain, mh); err != nil {
 		a.log.Warn("mounting cluster DNS", "domain", domain, "err", err)
 		return
 	}
 	a.dnsMu.Lock()
-	if srv != nil {
-		a.dnsMounted = append(slices.DeleteFunc(a.dnsMounted, func(d string) bool { return d == domain }), domain)
-	} else {
-		a.dnsMounted = slices.DeleteFunc(a.dnsMounted, func(d string) bool { return d == domain })
+	a.dnsMounted = slices.DeleteFunc(a.dnsMounted, func(d string) bool { return d == domain })
+	if h != nil {
+		a.dnsMounted = append(a.dnsMounted, domain)
 	}
 	a.dnsMu.Unlock()
+	if !a.dnsCfg.Off {
+		return
+	}
+	listen := a.dnsListenAddrs()
+	if h != nil {
+		a.log.Info("DNS resolver off (--dns=false), but listening for managed Kubernetes' pods", "addrs", listen)
+	} else {
+		a.log.Info("DNS resolver off (--dns=false): managed Kubernetes stopped, not listening")
+	}
+	a.setDNSListenErr(a.dns.SetListenAddrs(listen))
 }
 
 // DNSStatus reports this node's resolver.
 func (a *Agent) DNSStatus() *api.DNSStatus {
 	st, _ := a.store.State()
 	out := &api.DNSStatus{Zone: st.EffectiveDNSZone()}
-	if a.dns == nil {
+	a.dnsMu.Lock()
+	out.Mounted = slices.Clone(a.dnsMounted)
+	if a.dnsListenErr != nil {
+		out.ListenError = a.dnsListenErr.Error()
+	}
+	a.dnsMu.Unlock()
+	sort.Strings(out.Mounted)
+	if out.Enabled = !a.dnsCfg.Off || len(out.Mounted) > 0; !out.Enabled {
 		return out
 	}
-	out.Enabled = true
 	for _, ap := range a.dns.Addrs() {
 		out.Listen = append(out.Listen, ap.String())
 	}
@@ -187,13 +204,6 @@ func (a *Agent) DNSStatus() *api.DNSStatus {
 	out.Names = len(st.DNSNames())
 	stats := a.dns.Stats()
 	out.Queries, out.CacheEntries = stats.Queries, stats.CacheEntries
-	a.dnsMu.Lock()
-	if a.dnsListenErr != nil {
-		out.ListenError = a.dnsListenErr.Error()
-	}
-	out.Mounted = slices.Clone(a.dnsMounted)
-	a.dnsMu.Unlock()
-	sort.Strings(out.Mounted)
 	return out
 }
 
@@ -219,8 +229,6 @@ func (a *Agent) SetDNSZone(ctx context.Context, req api.DNSZoneRequest) (*api.DN
 	if err != nil {
 		return nil, err
 	}
-	if a.dns != nil {
-		a.refreshDNS()
-	}
+	a.refreshDNS()
 	return a.DNSStatus(), nil
 }

@@ -80,10 +80,7 @@ func (a *Agent) newKubeHost() error {
 	if bin == "" {
 		bin = DefaultKubeBinDir
 	}
-	cfg := kubehost.Config{Dir: filepath.Join(a.dir, "kube"), BinDir: bin}
-	if a.dns != nil {
-		cfg.MountDNS = a.mountClusterDNS
-	}
+	cfg := kubehost.Config{Dir: filepath.Join(a.dir, "kube"), BinDir: bin, MountDNS: a.mountClusterDNS}
 	h, err := kubehost.New(cfg, a.log.With("component", "kube"))
 	if err != nil {
 		return err

@@ -50,9 +50,6 @@ func (a *Agent) metricsHandler() (http.Handler, error) {
 		},
 		Kube: a.kubeMetrics,
 		DNS: func() *meshdns.Stats {
-			if a.dns == nil {
-				return nil
-			}
 			st := a.dns.Stats()
 			return &st
 		},

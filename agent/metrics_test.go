@@ -15,23 +15,6 @@ import (
 	"github.com/runos/runos-agent/api"
 )
 
-// restartWithMetrics stops node i cleanly and starts it again from its data
-// dir with /metrics on a loopback port.
-func (c *cluster) restartWithMetrics(i int) {
-	c.tb.Helper()
-	c.stop(i)
-	cfg := c.dc.Config(i)
-	cfg.MetricsListen = "127.0.0.1:0"
-	a, err := New(cfg, c.deps(i))
-	if err != nil {
-		c.tb.Fatal(err)
-	}
-	if err := a.Start(context.Background()); err != nil {
-		c.tb.Fatal(err)
-	}
-	c.agents[i] = a
-}
-
 // scrape is one parsed /metrics page.
 type scrape map[string]*dto.MetricFamily
 
@@ -110,7 +93,7 @@ func TestMetricsEndpointScrapedAndParsed(t *testing.T) {
 	// Every node serves /metrics (restarted one by one, so the cluster
 	// keeps quorum throughout).
 	for i := range c.agents {
-		c.restartWithMetrics(i)
+		c.restartWith(i, func(cfg *Config) { cfg.MetricsListen = "127.0.0.1:0" })
 		c.waitFormed(3)
 	}
 	if _, err := scrapeMetrics(c.agents[0].MetricsURL()); err != nil {

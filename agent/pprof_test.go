@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"context"
 	"net/http"
 	"strings"
 	"testing"
@@ -19,15 +18,7 @@ func TestPprofOnlyOnItsLoopbackListener(t *testing.T) {
 			t.Fatalf("PprofListen %q: err = %v, want refused", bad, err)
 		}
 	}
-	cfg.MetricsListen, cfg.PprofListen = "127.0.0.1:0", "127.0.0.1:0"
-	a, err := New(cfg, c.deps(0))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := a.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	c.agents[0] = a
+	a := c.restartWith(0, func(cfg *Config) { cfg.MetricsListen, cfg.PprofListen = "127.0.0.1:0", "127.0.0.1:0" })
 	get := func(url string) int {
 		t.Helper()
 		resp, err := http.Get(url)

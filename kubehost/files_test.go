@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/runos/runos-agent/kubehost/clusterdns"
 	"github.com/runos/runos-agent/kubehost/kpki"
 )
 
@@ -18,7 +19,8 @@ import (
 // the host's cgroups.
 func fileHost(t testing.TB) (*Host, *Spec) {
 	t.Helper()
-	h, err := New(Config{Dir: t.TempDir(), BinDir: t.TempDir(), CNIBinDir: "/usr/lib/cni"}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	h, err := New(Config{Dir: t.TempDir(), BinDir: t.TempDir(), CNIBinDir: "/usr/lib/cni",
+		MountDNS: func(string, *clusterdns.Handler) {}}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -99,14 +99,11 @@ type Config struct {
 	// APIListen is the loopback address of the API balancer every local
 	// component uses (default 127.0.0.1:6444).
 	APIListen string
-	// DNSPort is the cluster DNS port on the mesh IP (default 53), when
-	// the Host serves it itself (MountDNS nil).
-	DNSPort int
-	// MountDNS, when set, hands the cluster DNS server to the node's
-	// resolver, which owns port 53 on the mesh IP and passes it the names
-	// under the cluster domain; srv nil unmounts. Called from the Host's
-	// loop only.
-	MountDNS func(domain string, srv *clusterdns.Server)
+	// MountDNS hands the cluster DNS handler to the node's resolver
+	// (required), which owns port 53 on the mesh IP, where kubelet's
+	// clusterDNS points, and passes it the names under the cluster
+	// domain; h nil unmounts. Called from the Host's loop only.
+	MountDNS func(domain string, h *clusterdns.Handler)
 	// Backoff overrides the supervisor's restart backoff (tests).
 	MinBackoff, MaxBackoff time.Duration
 	// Interval is how often the Host re-checks everything without a new
@@ -144,10 +141,11 @@ type Host struct {
 	// Owned by the loop goroutine.
 	procs  map[string]*running
 	lb     *apilb.Balancer
-	dns    *clusterdns.Server
+	dns    *clusterdns.Handler
 	lookup *clusterdns.KubeLookup
-	// lbErr and dnsErr are why the balancer or the DNS server is not
-	// serving (e.g. its address is taken); retried every round.
+	// lbErr and dnsErr are why the balancer or cluster DNS is not
+	// serving (e.g. its address is taken, no API credential yet);
+	// retried every round.
 	lbErr   error
 	dnsErr  error
 	pauseOK int // containerd pid the pause image was imported into
@@ -199,8 +197,8 @@ func New(cfg Config, log *slog.Logger) (*Host, error) {
 	if cfg.APIListen == "" {
 		cfg.APIListen = DefaultAPIListen
 	}
-	if cfg.DNSPort == 0 {
-		cfg.DNSPort = 53
+	if cfg.MountDNS == nil {
+		return nil, errors.New("kubehost: MountDNS is required (the node resolver serves cluster DNS)")
 	}
 	if cfg.Interval == 0 {
 		cfg.Interval = 5 * time.Second
@@ -323,10 +321,7 @@ func (h *Host) stopAll() {
 func (h *Host) stopServed() {
 	h.lbErr, h.dnsErr = nil, nil
 	if h.dns != nil {
-		if h.cfg.MountDNS != nil {
-			h.cfg.MountDNS(h.dns.Domain(), nil)
-		}
-		h.dns.Close()
+		h.cfg.MountDNS(h.dns.Domain(), nil)
 		h.dns = nil
 	}
 	if h.lookup != nil {
@@ -619,8 +614,8 @@ func (h *Host) ensureBalancer(ctx context.Context, s *Spec) {
 	h.lb.SetBackends(backends)
 }
 
-// ensureDNS serves cluster DNS on the mesh IP, answering from the API (as
-// kube-proxy, whose role may read Services and EndpointSlices).
+// ensureDNS mounts cluster DNS in the node resolver, answering from the
+// API (as kube-proxy, whose role may read Services and EndpointSlices).
 func (h *Host) ensureDNS(ctx context.Context, s *Spec) {
 	if h.dns != nil {
 		return
@@ -640,22 +635,9 @@ func (h *Host) ensureDNS(ctx context.Context, s *Spec) {
 		h.dnsErr = err
 		return
 	}
-	if err := lookup.Start(ctx); err != nil {
-		h.dnsErr = err
-		return
-	}
-	var listen []string
-	if h.cfg.MountDNS == nil {
-		listen = []string{net.JoinHostPort(s.MeshIP.String(), fmt.Sprint(h.cfg.DNSPort))}
-	}
-	srv, err := clusterdns.New(clusterdns.Config{
-		Listen: listen,
-		Domain: s.ClusterDomain,
-		Lookup: lookup,
-		Allow:  []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("172.24.0.0/16"), s.PodPrefix},
-	}, h.log.With("component", ClusterDNS))
+	srv, err := clusterdns.New(clusterdns.Config{Domain: s.ClusterDomain, Lookup: lookup})
 	if err == nil {
-		err = srv.Start(ctx)
+		err = lookup.Start(ctx)
 	}
 	if err != nil {
 		lookup.Close()
@@ -663,9 +645,7 @@ func (h *Host) ensureDNS(ctx context.Context, s *Spec) {
 		return
 	}
 	h.dns, h.lookup, h.dnsErr = srv, lookup, nil
-	if h.cfg.MountDNS != nil {
-		h.cfg.MountDNS(srv.Domain(), srv)
-	}
+	h.cfg.MountDNS(srv.Domain(), srv)
 }
 
 // Status reports every component (empty when Kubernetes is not managed

@@ -8,8 +8,8 @@ import (
 
 	"github.com/miekg/dns"
 
-	"github.com/runos/runos-agent/kubehost/clusterdns/dnstest"
 	"github.com/runos/runos-agent/meshdns"
+	"github.com/runos/runos-agent/meshdns/dnstest"
 )
 
 // BenchmarkQuery measures one node's resolver over UDP on loopback, one
@@ -17,6 +17,8 @@ import (
 // side in one run:
 //
 //   - zone: NODE.runos.internal, answered from the records;
+//   - cluster: SERVICE.NAMESPACE.svc.cluster.local, answered by the
+//     mounted cluster DNS handler;
 //   - forwarded: a name outside the zone with the cache off, so every
 //     query is a round trip to the upstream (a cache miss);
 //   - cached: the same name with the cache on;
@@ -26,13 +28,17 @@ import (
 // The upstream is a miekg/dns server on 127.0.0.1 answering from memory,
 // so "forwarded" minus "upstream" is this resolver's own cost.
 func BenchmarkQuery(b *testing.B) {
-	up := dnstest.StartUpstream(b, map[string][]netip.Addr{"example.com.": ips("192.0.2.1")})
+	up := dnstest.StartUpstream(b, map[string][]netip.Addr{"example.com.": dnstest.IPs("192.0.2.1")})
 	cached, cachedAddr := start(b, meshdns.Config{Upstreams: []string{up.Addr}})
 	cached.SetRecords(records())
+	l := dnstest.NewLookup()
+	l.Set("default", "web", dnstest.IPs("10.96.0.10")...)
+	mountCluster(b, cached, l)
 	_, missAddr := start(b, meshdns.Config{Upstreams: []string{up.Addr}, CacheSize: -1})
 
 	for _, c := range []struct{ name, addr, qname, want string }{
 		{"zone", cachedAddr, "node-a.runos.internal.", "172.24.0.1"},
+		{"cluster", cachedAddr, "web.default.svc.cluster.local.", "10.96.0.10"},
 		{"forwarded", missAddr, "example.com.", "192.0.2.1"},
 		{"cached", cachedAddr, "example.com.", "192.0.2.1"},
 		{"upstream", up.Addr, "example.com.", "192.0.2.1"},

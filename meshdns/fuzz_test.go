@@ -1,7 +1,6 @@
 package meshdns_test
 
 import (
-	"context"
 	"net"
 	"net/netip"
 	"slices"
@@ -9,9 +8,8 @@ import (
 
 	"github.com/miekg/dns"
 
-	"github.com/runos/runos-agent/kubehost/clusterdns"
-	"github.com/runos/runos-agent/kubehost/clusterdns/dnstest"
 	"github.com/runos/runos-agent/meshdns"
+	"github.com/runos/runos-agent/meshdns/dnstest"
 )
 
 // recorder is a dns.ResponseWriter that keeps what the handler wrote.
@@ -41,9 +39,11 @@ func fuzzSeeds() [][]byte {
 	for _, name := range []string{
 		"node-a.runos.internal.", "pg-x2abc.runos.internal.", "kafka-y3def.runos.internal.", "empty-z4ghj.runos.internal.",
 		"runos.internal.", "nope.runos.internal.", "a.b.runos.internal.", `no\.de-a.runos.internal.`,
-		"web.default.svc.cluster.local.", "cluster.local.", "example.com.", "nope.example.", ".",
+		"web.default.svc.cluster.local.", "pg.db.svc.cluster.local.", "empty.db.svc.cluster.local.",
+		"cluster.local.", "svc.cluster.local.", "default.svc.cluster.local.", "nope.svc.cluster.local.",
+		"a.b.c.d.svc.cluster.local.", `we\.b.default.svc.cluster.local.`, "example.com.", "nope.example.", ".",
 	} {
-		for _, qt := range []uint16{dns.TypeA, dns.TypeAAAA, dns.TypeANY, dns.TypeSOA, dns.TypeNS, dns.TypeAXFR} {
+		for _, qt := range []uint16{dns.TypeA, dns.TypeAAAA, dns.TypeANY, dns.TypeSOA, dns.TypeNS, dns.TypeSRV, dns.TypeAXFR} {
 			m := new(dns.Msg)
 			m.SetQuestion(name, qt)
 			add(m)
@@ -51,14 +51,19 @@ func fuzzSeeds() [][]byte {
 			add(m)
 		}
 	}
+	for _, name := range []string{"node-a.runos.internal.", "web.default.svc.cluster.local."} {
+		m := new(dns.Msg)
+		m.SetQuestion(name, dns.TypeA)
+		m.Question[0].Qclass = dns.ClassCHAOS
+		add(m)
+		m = new(dns.Msg)
+		m.SetQuestion(name, dns.TypeA)
+		m.SetEdns0(1232, false)
+		m.IsEdns0().SetVersion(1)
+		add(m)
+	}
 	m := new(dns.Msg)
-	m.SetQuestion("node-a.runos.internal.", dns.TypeA)
-	m.Question[0].Qclass = dns.ClassCHAOS
-	add(m)
-	m = new(dns.Msg)
-	m.SetQuestion("node-a.runos.internal.", dns.TypeA)
-	m.SetEdns0(1232, false)
-	m.IsEdns0().SetVersion(1)
+	m.SetNotify("cluster.local.")
 	add(m)
 	m = new(dns.Msg)
 	m.SetNotify("runos.internal.")
@@ -73,8 +78,9 @@ func fuzzSeeds() [][]byte {
 	return out
 }
 
-// FuzzHandle feeds arbitrary packed messages to the handler from an
-// allowed source (UDP and TCP) and a refused one: it never panics; it
+// FuzzHandle feeds arbitrary packed messages to the resolver, with the
+// zone's names and a mounted cluster.local, from an allowed source (UDP
+// and TCP) and a refused one: it never panics; it
 // drops what is not a query and answers everything else with a message
 // that packs within the client's size limit, matches the query and only
 // carries records for the name asked.
@@ -82,26 +88,18 @@ func FuzzHandle(f *testing.F) {
 	for _, s := range fuzzSeeds() {
 		f.Add(s)
 	}
-	up := dnstest.StartUpstream(f, map[string][]netip.Addr{"example.com.": ips("192.0.2.1")})
-	s, err := meshdns.New(meshdns.Config{Allow: clusterNets, Upstreams: []string{up.Addr}}, nil, logger())
+	up := dnstest.StartUpstream(f, map[string][]netip.Addr{"example.com.": dnstest.IPs("192.0.2.1")})
+	s, err := meshdns.New(meshdns.Config{Allow: clusterNets, Upstreams: []string{up.Addr}}, nil, dnstest.Logger())
 	if err != nil {
 		f.Fatal(err)
 	}
 	f.Cleanup(func() { s.Close() })
 	s.SetRecords(records())
 	l := dnstest.NewLookup()
-	l.Set("default", "web", ips("10.96.0.10", "fd00::10")...)
-	kd, err := clusterdns.New(clusterdns.Config{Lookup: l, Allow: clusterNets}, logger())
-	if err != nil {
-		f.Fatal(err)
-	}
-	if err := kd.Start(context.Background()); err != nil {
-		f.Fatal(err)
-	}
-	f.Cleanup(func() { kd.Close() })
-	if err := s.Mount("cluster.local", kd); err != nil {
-		f.Fatal(err)
-	}
+	l.Set("default", "web", dnstest.IPs("10.96.0.10", "fd00::10")...)
+	l.Set("db", "pg", dnstest.IPs("172.25.1.7", "172.25.2.9")...)
+	l.Set("db", "empty")
+	mountCluster(f, s, l)
 	okRcodes := []int{dns.RcodeSuccess, dns.RcodeNameError, dns.RcodeServerFailure, dns.RcodeRefused,
 		dns.RcodeNotImplemented, dns.RcodeFormatError, dns.RcodeBadVers}
 

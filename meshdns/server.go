@@ -51,11 +51,13 @@ func (HostNet) ListenPacket(network, address string) (net.PacketConn, error) {
 	return net.ListenPacket(network, address)
 }
 
-// Handler answers the names of a mounted domain (clusterdns.Server).
+// Handler answers the names of a mounted domain (clusterdns.Handler).
 type Handler interface {
-	// Answer returns the answer to req from src; tcp selects the size
-	// limit. It must not return nil.
-	Answer(src netip.Addr, tcp bool, req *dns.Msg) *dns.Msg
+	// Answer returns the answer to req, a query the server has checked
+	// (source allowed, opcode QUERY, one question, under the domain, EDNS
+	// version 0). The server adds EDNS and truncates. It must not return
+	// nil.
+	Answer(req *dns.Msg) *dns.Msg
 }
 
 // Config configures a Server.
@@ -218,7 +220,7 @@ func (s *Server) SetZone(zone string) error {
 	if err != nil {
 		return err
 	}
-	if zd.name == cur.name {
+	if zd.zone == cur.zone {
 		return nil
 	}
 	s.zone.Store(zd)
@@ -226,13 +228,13 @@ func (s *Server) SetZone(zone string) error {
 }
 
 // Zone is the zone served, fully qualified.
-func (s *Server) Zone() string { return s.zone.Load().name }
+func (s *Server) Zone() string { return s.zone.Load().zone }
 
 // SetRecords replaces the zone's names: label (a node name or an OSID)
 // to its addresses. Labels are matched without regard to case.
 func (s *Server) SetRecords(names map[string][]netip.Addr) {
 	cur := s.zone.Load()
-	zd, _ := newZoneData(cur.name, names, s.ttl()) // the zone name was checked when set
+	zd, _ := newZoneData(cur.zone, names, s.ttl()) // the zone name was checked when set
 	if maps.EqualFunc(zd.names, cur.names, slices.Equal) {
 		return // the SOA serial moves only when the zone does
 	}

@@ -2,8 +2,6 @@ package meshdns_test
 
 import (
 	"context"
-	"io"
-	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -17,19 +15,12 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/runos/runos-agent/kubehost/clusterdns"
-	"github.com/runos/runos-agent/kubehost/clusterdns/dnstest"
 	"github.com/runos/runos-agent/meshdns"
+	"github.com/runos/runos-agent/meshdns/dnstest"
 )
 
 // Every test leaves no goroutine behind: listeners, forwards in flight.
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
-
-func logger() *slog.Logger {
-	if os.Getenv("RUNOS_TEST_LOG") != "" {
-		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	return slog.New(slog.NewTextHandler(io.Discard, nil))
-}
 
 // clusterNets are the agent's allowed sources plus loopback.
 var clusterNets = []netip.Prefix{
@@ -55,7 +46,7 @@ func start(t testing.TB, cfg meshdns.Config) (*meshdns.Server, string) {
 	if cfg.Upstreams == nil && cfg.ResolvConf == "" {
 		cfg.ResolvConf = emptyResolvConf(t)
 	}
-	s, err := meshdns.New(cfg, nil, logger())
+	s, err := meshdns.New(cfg, nil, dnstest.Logger())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -85,29 +76,6 @@ func query(t testing.TB, network, addr, name string, qtype uint16) *dns.Msg {
 	return exchange(t, &dns.Client{Net: network, Timeout: 10 * time.Second}, addr, name, qtype)
 }
 
-func ips(ss ...string) []netip.Addr {
-	var out []netip.Addr
-	for _, s := range ss {
-		out = append(out, netip.MustParseAddr(s))
-	}
-	return out
-}
-
-// answerIPs are the addresses of the A/AAAA records of r.
-func answerIPs(r *dns.Msg) []string {
-	var out []string
-	for _, rr := range r.Answer {
-		switch rr := rr.(type) {
-		case *dns.A:
-			out = append(out, rr.A.String())
-		case *dns.AAAA:
-			out = append(out, rr.AAAA.String())
-		}
-	}
-	slices.Sort(out)
-	return out
-}
-
 func soaOf(t testing.TB, r *dns.Msg) *dns.SOA {
 	t.Helper()
 	if len(r.Ns) != 1 {
@@ -122,11 +90,11 @@ func soaOf(t testing.TB, r *dns.Msg) *dns.SOA {
 
 func records() map[string][]netip.Addr {
 	return map[string][]netip.Addr{
-		"node-a":      ips("172.24.0.1"),
-		"node-b":      ips("172.24.0.2"),
-		"pg-x2abc":    ips("10.96.4.7"),                // a Service's ClusterIP
-		"kafka-y3def": ips("172.25.1.5", "172.25.2.8"), // headless: the pods
-		"empty-z4ghj": nil,                             // headless, no pod ready
+		"node-a":      dnstest.IPs("172.24.0.1"),
+		"node-b":      dnstest.IPs("172.24.0.2"),
+		"pg-x2abc":    dnstest.IPs("10.96.4.7"),                // a Service's ClusterIP
+		"kafka-y3def": dnstest.IPs("172.25.1.5", "172.25.2.8"), // headless: the pods
+		"empty-z4ghj": nil,                                     // headless, no pod ready
 	}
 }
 
@@ -144,7 +112,7 @@ func TestZoneNames(t *testing.T) {
 			"kafka-y3def.runos.internal.": {"172.25.1.5", "172.25.2.8"},
 		} {
 			r := query(t, network, addr, name, dns.TypeA)
-			if r.Rcode != dns.RcodeSuccess || !r.Authoritative || !slices.Equal(answerIPs(r), want) {
+			if r.Rcode != dns.RcodeSuccess || !r.Authoritative || !slices.Equal(dnstest.AnswerIPs(r), want) {
 				t.Fatalf("%s %s: %v, want %v", network, name, r, want)
 			}
 			if r.Answer[0].Header().Name != name || r.Answer[0].Header().Ttl != 5 {
@@ -188,7 +156,7 @@ func TestSetZone(t *testing.T) {
 	if err := s.SetZone("lab.example"); err != nil {
 		t.Fatal(err)
 	}
-	if r := query(t, "udp", addr, "node-a.lab.example.", dns.TypeA); !slices.Equal(answerIPs(r), []string{"172.24.0.1"}) {
+	if r := query(t, "udp", addr, "node-a.lab.example.", dns.TypeA); !slices.Equal(dnstest.AnswerIPs(r), []string{"172.24.0.1"}) {
 		t.Fatalf("new zone: %v", r)
 	}
 	if r := query(t, "udp", addr, "node-a.runos.internal.", dns.TypeA); r.Rcode != dns.RcodeServerFailure {
@@ -226,12 +194,12 @@ func (c *fakeClock) Advance(d time.Duration) {
 // cache with their TTL counted down until it runs out; answers without a
 // TTL to honour (NXDOMAIN without SOA) are not cached.
 func TestForwardCacheHonoursTTL(t *testing.T) {
-	up := dnstest.StartUpstream(t, map[string][]netip.Addr{"example.com.": ips("192.0.2.1")}) // TTL 60
+	up := dnstest.StartUpstream(t, map[string][]netip.Addr{"example.com.": dnstest.IPs("192.0.2.1")}) // TTL 60
 	clk := &fakeClock{now: time.Unix(1_700_000_000, 0)}
 	s, addr := start(t, meshdns.Config{Upstreams: []string{up.Addr}, Now: clk.Now})
 
 	r := query(t, "udp", addr, "example.com.", dns.TypeA)
-	if !slices.Equal(answerIPs(r), []string{"192.0.2.1"}) || r.Answer[0].Header().Ttl != 60 {
+	if !slices.Equal(dnstest.AnswerIPs(r), []string{"192.0.2.1"}) || r.Answer[0].Header().Ttl != 60 {
 		t.Fatalf("forwarded: %v", r)
 	}
 	clk.Advance(45 * time.Second)
@@ -261,20 +229,80 @@ func TestForwardCacheHonoursTTL(t *testing.T) {
 	}
 }
 
-// A dead upstream is skipped for the next one; with none answering the
-// client gets SERVFAIL, not silence.
+// A dead upstream is skipped for the next one; with none answering, or
+// one that never answers, the client gets SERVFAIL, not silence, and the
+// zone still answers.
 func TestForwardFailover(t *testing.T) {
 	dead := dnstest.StartUpstream(t, nil)
 	dead.Close()
-	up := dnstest.StartUpstream(t, map[string][]netip.Addr{"example.com.": ips("192.0.2.1")})
+	up := dnstest.StartUpstream(t, map[string][]netip.Addr{"example.com.": dnstest.IPs("192.0.2.1")})
 	_, addr := start(t, meshdns.Config{Upstreams: []string{dead.Addr, up.Addr}, CacheSize: -1})
-	if r := query(t, "udp", addr, "example.com.", dns.TypeA); !slices.Equal(answerIPs(r), []string{"192.0.2.1"}) {
+	if r := query(t, "udp", addr, "example.com.", dns.TypeA); !slices.Equal(dnstest.AnswerIPs(r), []string{"192.0.2.1"}) {
 		t.Fatalf("%v", r)
 	}
-	_, addr2 := start(t, meshdns.Config{Upstreams: []string{dead.Addr}})
-	if r := query(t, "udp", addr2, "example.com.", dns.TypeA); r.Rcode != dns.RcodeServerFailure {
-		t.Fatalf("%v, want SERVFAIL", r)
+	s2, addr2 := start(t, meshdns.Config{Upstreams: []string{dead.Addr}})
+	s2.SetRecords(records())
+	for _, network := range []string{"udp", "tcp"} {
+		if r := query(t, network, addr2, "example.com.", dns.TypeA); r.Rcode != dns.RcodeServerFailure {
+			t.Fatalf("%s: %v, want SERVFAIL", network, r)
+		}
 	}
+	if r := query(t, "udp", addr2, "node-a.runos.internal.", dns.TypeA); len(r.Answer) != 1 {
+		t.Fatalf("zone with the upstreams dead: %v", r)
+	}
+	silent := dnstest.StartSilent(t)
+	_, addr3 := start(t, meshdns.Config{Upstreams: []string{silent.Addr}, ForwardTimeout: 100 * time.Millisecond})
+	if r := query(t, "udp", addr3, "example.com.", dns.TypeA); r.Rcode != dns.RcodeServerFailure {
+		t.Fatalf("silent upstream: %v, want SERVFAIL after the forward timeout", r)
+	}
+}
+
+// Forwarded answers pass through as the upstream gave them (not
+// authoritative, its TTL, the question as asked). An upstream answer
+// truncated over UDP is asked again over TCP; a TCP client gets all of
+// it, a UDP client what fits, flagged truncated.
+func TestForwardTruncated(t *testing.T) {
+	var many []netip.Addr
+	for i := range 100 {
+		many = append(many, netip.AddrFrom4([4]byte{192, 0, 2, byte(i + 1)}))
+	}
+	up := dnstest.StartUpstream(t, map[string][]netip.Addr{"example.com.": dnstest.IPs("192.0.2.1"), "big.example.": many})
+	_, addr := start(t, meshdns.Config{Upstreams: []string{up.Addr}, CacheSize: -1})
+	r := query(t, "tcp", addr, "Example.COM.", dns.TypeA)
+	if !slices.Equal(dnstest.AnswerIPs(r), []string{"192.0.2.1"}) || r.Authoritative || r.Answer[0].Header().Ttl != 60 || r.Question[0].Name != "Example.COM." {
+		t.Fatalf("forwarded answer not passed through: %v", r)
+	}
+	r = query(t, "tcp", addr, "big.example.", dns.TypeA)
+	if r.Rcode != dns.RcodeSuccess || r.Truncated || len(r.Answer) != 100 {
+		t.Fatalf("big answer over TCP: rcode %s truncated %v answers %d", dns.RcodeToString[r.Rcode], r.Truncated, len(r.Answer))
+	}
+	if up.TCPQueries.Load() == 0 {
+		t.Fatal("no TCP retry to the upstream after its truncated UDP answer")
+	}
+	r = query(t, "udp", addr, "big.example.", dns.TypeA)
+	if r.Rcode != dns.RcodeSuccess || !r.Truncated || len(r.Answer) == 0 || len(r.Answer) >= 100 {
+		t.Fatalf("big answer over UDP: rcode %s truncated %v answers %d", dns.RcodeToString[r.Rcode], r.Truncated, len(r.Answer))
+	}
+}
+
+// Close does not wait out the forward timeout: the query in flight is
+// aborted and its client gets SERVFAIL.
+func TestCloseAbortsForward(t *testing.T) {
+	silent := dnstest.StartSilent(t)
+	s, addr := start(t, meshdns.Config{Upstreams: []string{silent.Addr}, ForwardTimeout: time.Hour})
+	got := make(chan *dns.Msg, 1)
+	go func() {
+		m := new(dns.Msg)
+		m.SetQuestion("example.com.", dns.TypeA)
+		r, _, _ := (&dns.Client{Timeout: time.Minute}).Exchange(m, addr)
+		got <- r
+	}()
+	<-silent.Got
+	s.Close()
+	if r := <-got; r == nil || r.Rcode != dns.RcodeServerFailure {
+		t.Errorf("query in flight at Close: %v, want SERVFAIL", r)
+	}
+	s.Close() // idempotent
 }
 
 // The listen set is reconciled: an address added later is served, one
@@ -317,6 +345,36 @@ func TestSetListenAddrs(t *testing.T) {
 	if got := s.Addrs(); len(got) != 1 || got[0] != second {
 		t.Fatalf("addrs %v, want only %v", got, second)
 	}
+	// UDP free but TCP taken: an error, and the UDP port is left free.
+	tl, err := net.Listen("tcp", "127.0.0.3:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tl.Close()
+	tcpTaken := netip.MustParseAddrPort(tl.Addr().String())
+	if err := s.SetListenAddrs([]netip.AddrPort{second, tcpTaken}); err == nil {
+		t.Fatalf("binding %v with its TCP port taken succeeded", tcpTaken)
+	}
+	pc, err := net.ListenPacket("udp", tcpTaken.String())
+	if err != nil {
+		t.Fatalf("UDP %v still bound after the failed bind: %v", tcpTaken, err)
+	}
+	pc.Close()
+}
+
+// IPv6 addresses are served like IPv4 ones.
+func TestListenIPv6(t *testing.T) {
+	s, _ := start(t, meshdns.Config{Allow: append(clusterNets, netip.MustParsePrefix("::1/128"))})
+	s.SetRecords(records())
+	if err := s.SetListenAddrs([]netip.AddrPort{netip.MustParseAddrPort("[::1]:0")}); err != nil {
+		t.Fatal(err)
+	}
+	a6 := s.Addrs()[0].String()
+	for _, network := range []string{"udp", "tcp"} {
+		if r := query(t, network, a6, "node-a.runos.internal.", dns.TypeA); len(r.Answer) != 1 {
+			t.Fatalf("%s %s: %v", network, a6, r)
+		}
+	}
 }
 
 func TestUpstreamsFromResolvConf(t *testing.T) {
@@ -332,43 +390,51 @@ func TestUpstreamsFromResolvConf(t *testing.T) {
 	if want := []string{"192.0.2.53:53", "[2001:db8::53]:53"}; !slices.Equal(got, want) {
 		t.Fatalf("upstreams %v, want %v (loopback stubs skipped)", got, want)
 	}
-	if _, err := meshdns.New(meshdns.Config{}, nil, logger()); err == nil {
+	if _, err := meshdns.New(meshdns.Config{}, nil, dnstest.Logger()); err == nil {
 		t.Fatal("New without Allow succeeded")
 	}
-	if _, err := meshdns.New(meshdns.Config{Allow: clusterNets, Upstreams: []string{"resolver.example"}}, nil, logger()); err == nil {
+	if _, err := meshdns.New(meshdns.Config{Allow: clusterNets, Upstreams: []string{"resolver.example"}}, nil, dnstest.Logger()); err == nil {
 		t.Fatal("New with a host name as upstream succeeded")
 	}
-}
-
-// Kubernetes' cluster domain is mounted in process: its names are
-// answered by the cluster DNS handler (no listener of its own), the
-// zone and forwarding are unaffected, and after unmounting they are
-// forwarded like any other name.
-func TestMountClusterDNS(t *testing.T) {
-	up := dnstest.StartUpstream(t, map[string][]netip.Addr{"example.com.": ips("192.0.2.1")})
-	s, addr := start(t, meshdns.Config{Upstreams: []string{up.Addr}})
-	s.SetRecords(records())
-	l := dnstest.NewLookup()
-	l.Set("default", "web", ips("10.96.0.10")...)
-	kd, err := clusterdns.New(clusterdns.Config{Lookup: l, Allow: clusterNets}, logger())
+	// Explicit upstreams: port 53 by default.
+	s, err := meshdns.New(meshdns.Config{Allow: clusterNets, Upstreams: []string{"10.1.1.1", "10.1.1.2:5353", "fd00::1"}}, nil, dnstest.Logger())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := kd.Start(context.Background()); err != nil {
-		t.Fatal(err)
+	defer s.Close()
+	if got, want := s.Upstreams(), []string{"10.1.1.1:53", "10.1.1.2:5353", "[fd00::1]:53"}; !slices.Equal(got, want) {
+		t.Fatalf("explicit upstreams %v, want %v", got, want)
 	}
-	defer kd.Close()
-	if len(kd.Addrs()) != 0 {
-		t.Fatalf("a mounted cluster DNS listens on %v", kd.Addrs())
+}
+
+// mountCluster mounts a cluster DNS handler over l for cluster.local.
+func mountCluster(t testing.TB, s *meshdns.Server, l clusterdns.Lookup) {
+	t.Helper()
+	kd, err := clusterdns.New(clusterdns.Config{Lookup: l})
+	if err != nil {
+		t.Fatal(err)
 	}
 	if err := s.Mount(kd.Domain(), kd); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// Kubernetes' cluster domain is mounted in process: its names are
+// answered by the cluster DNS handler over UDP and TCP, the zone and
+// forwarding are unaffected, and after unmounting they are forwarded like
+// any other name.
+func TestMountClusterDNS(t *testing.T) {
+	up := dnstest.StartUpstream(t, map[string][]netip.Addr{"example.com.": dnstest.IPs("192.0.2.1")})
+	s, addr := start(t, meshdns.Config{Upstreams: []string{up.Addr}})
+	s.SetRecords(records())
+	l := dnstest.NewLookup()
+	l.Set("default", "web", dnstest.IPs("10.96.0.10")...)
+	mountCluster(t, s, l)
 	for _, network := range []string{"udp", "tcp"} {
-		if r := query(t, network, addr, "web.default.svc.cluster.local.", dns.TypeA); !slices.Equal(answerIPs(r), []string{"10.96.0.10"}) {
+		if r := query(t, network, addr, "web.default.svc.cluster.local.", dns.TypeA); !slices.Equal(dnstest.AnswerIPs(r), []string{"10.96.0.10"}) || !r.Authoritative {
 			t.Fatalf("%s: %v", network, r)
 		}
-		if r := query(t, network, addr, "nope.default.svc.Cluster.Local.", dns.TypeA); r.Rcode != dns.RcodeNameError {
+		if r := query(t, network, addr, "nope.default.svc.Cluster.Local.", dns.TypeA); r.Rcode != dns.RcodeNameError || soaOf(t, r).Hdr.Name != "cluster.local." {
 			t.Fatalf("%s: %v", network, r)
 		}
 	}
@@ -392,12 +458,45 @@ func TestMountClusterDNS(t *testing.T) {
 	}
 }
 
+// A headless service with more pods than fit in 512 bytes: UDP says
+// truncated (or fits the EDNS size the client offers), TCP has them all.
+func TestTruncation(t *testing.T) {
+	s, addr := start(t, meshdns.Config{})
+	l := dnstest.NewLookup()
+	var many []netip.Addr
+	for i := range 100 {
+		many = append(many, netip.AddrFrom4([4]byte{172, 25, 1, byte(i + 1)}))
+	}
+	l.Set("default", "big", many...)
+	mountCluster(t, s, l)
+	const name = "big.default.svc.cluster.local."
+
+	r := query(t, "udp", addr, name, dns.TypeA)
+	if !r.Truncated || len(r.Answer) >= 100 {
+		t.Errorf("UDP without EDNS: truncated %v, %d answers", r.Truncated, len(r.Answer))
+	}
+	r = query(t, "tcp", addr, name, dns.TypeA)
+	if r.Truncated || len(r.Answer) != 100 {
+		t.Errorf("TCP: truncated %v, %d answers", r.Truncated, len(r.Answer))
+	}
+	m := new(dns.Msg)
+	m.SetQuestion(name, dns.TypeA)
+	m.SetEdns0(4096, false)
+	r, _, err := (&dns.Client{Net: "udp", UDPSize: 4096}).Exchange(m, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Truncated || len(r.Answer) != 100 || r.IsEdns0() == nil {
+		t.Errorf("UDP with EDNS 4096: truncated %v, %d answers, OPT %v", r.Truncated, len(r.Answer), r.IsEdns0())
+	}
+}
+
 // A host resolver that lists this server among its upstreams (the
 // systemd-resolved drop-in puts the mesh IP in /run/systemd/resolve/
 // resolv.conf) does not make it forward to itself.
 func TestNeverForwardsToItself(t *testing.T) {
-	up := dnstest.StartUpstream(t, map[string][]netip.Addr{"example.com.": ips("192.0.2.1")})
-	s, err := meshdns.New(meshdns.Config{Allow: clusterNets, Upstreams: []string{"127.0.0.4:5353", up.Addr}}, nil, logger())
+	up := dnstest.StartUpstream(t, map[string][]netip.Addr{"example.com.": dnstest.IPs("192.0.2.1")})
+	s, err := meshdns.New(meshdns.Config{Allow: clusterNets, Upstreams: []string{"127.0.0.4:5353", up.Addr}}, nil, dnstest.Logger())
 	if err != nil {
 		t.Fatal(err)
 	}

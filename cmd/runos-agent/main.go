@@ -119,7 +119,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 					&cli.StringFlag{Name: "metrics-listen", EnvVars: []string{"RUNOS_METRICS_LISTEN"}, Usage: "serve Prometheus metrics at ADDR/metrics (off by default)"},
 					&cli.StringFlag{Name: "pprof", EnvVars: []string{"RUNOS_PPROF"}, Usage: "serve Go's profiler at ADDR/debug/pprof/: a port or a loopback address and port, e.g. 127.0.0.1:6060 (off by default; no authentication, so loopback only)"},
 					&cli.StringFlag{Name: "kube-bin-dir", EnvVars: []string{"RUNOS_KUBE_BIN_DIR"}, Value: agent.DefaultKubeBinDir, Usage: "`DIR` holding kubelet, kube-apiserver, kube-controller-manager, kube-scheduler and kube-proxy for managed Kubernetes"},
-					&cli.BoolFlag{Name: "dns", Value: true, EnvVars: []string{"RUNOS_DNS"}, Usage: "run the node resolver on the mesh IP, port 53 (--dns=false: off)"},
+					&cli.BoolFlag{Name: "dns", Value: true, EnvVars: []string{"RUNOS_DNS"}, Usage: "run the node resolver on the mesh IP, port 53 (--dns=false: off, except on the mesh IP while managed Kubernetes runs here: its pods resolve through it)"},
 					&cli.IntFlag{Name: "dns-port", Value: 53, EnvVars: []string{"RUNOS_DNS_PORT"}, Usage: "the node resolver's port on the mesh (and wg1) addresses"},
 					&cli.StringSliceFlag{Name: "dns-listen", EnvVars: []string{"RUNOS_DNS_LISTEN"}, Usage: "also serve on this loopback `IP:PORT` (for the host's resolver in userspace mode; repeatable)"},
 					&cli.StringSliceFlag{Name: "dns-upstream", EnvVars: []string{"RUNOS_DNS_UPSTREAM"}, Usage: "forward names outside the cluster to this `IP[:PORT]` (repeatable; default: the host's resolv.conf)"},

@@ -18,6 +18,7 @@ import (
 
 	"github.com/runos/runos-agent/kube/kubetest"
 	"github.com/runos/runos-agent/kubehost/clusterdns"
+	"github.com/runos/runos-agent/meshdns/dnstest"
 )
 
 var (
@@ -43,12 +44,12 @@ func endpoint(ip string, ready *bool) discoveryv1.Endpoint {
 
 // eventually polls a query until it gives rcode and the wanted addresses;
 // the informers see API changes after a moment.
-func eventually(t *testing.T, addr, name string, rcode int, want ...string) {
+func eventually(t *testing.T, h *clusterdns.Handler, name string, rcode int, want ...string) {
 	t.Helper()
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		r := query(t, "udp", addr, name, dns.TypeA)
-		got := answerIPs(r)
+		r := ask(h, name, dns.TypeA)
+		got := dnstest.AnswerIPs(r)
 		if r.Rcode == rcode && slices.Equal(got, want) {
 			return
 		}
@@ -59,8 +60,8 @@ func eventually(t *testing.T, addr, name string, rcode int, want ...string) {
 	}
 }
 
-// TestKubeLookup resolves services of a real kube-apiserver through a real
-// server: the default kubernetes service, a ClusterIP service, and a
+// TestKubeLookup resolves services of a real kube-apiserver through the
+// handler: the default kubernetes service, a ClusterIP service, and a
 // headless one whose ready endpoints come from an EndpointSlice, following
 // changes as they happen.
 func TestKubeLookup(t *testing.T) {
@@ -75,13 +76,13 @@ func TestKubeLookup(t *testing.T) {
 	}
 	ctx := kubetest.Context(t, 5*time.Minute)
 
-	kl, err := clusterdns.NewKubeLookup(rc, logger())
+	kl, err := clusterdns.NewKubeLookup(rc, dnstest.Logger())
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, addr := start(t, clusterdns.Config{Lookup: kl})
+	h := newHandler(t, kl)
 	// Not listed yet: SERVFAIL, not NXDOMAIN.
-	expect(t, query(t, "udp", addr, "kubernetes.default.svc.cluster.local.", dns.TypeA), dns.RcodeServerFailure)
+	expect(t, ask(h, "kubernetes.default.svc.cluster.local.", dns.TypeA), dns.RcodeServerFailure)
 
 	if err := kl.Start(context.Background()); err != nil {
 		t.Fatal(err)
@@ -92,9 +93,9 @@ func TestKubeLookup(t *testing.T) {
 	}
 	// The API server's own service: the first address of its service range
 	// (created by the API server shortly after it is ready).
-	eventually(t, addr, "kubernetes.default.svc.cluster.local.", dns.RcodeSuccess, "10.96.0.1")
-	expect(t, query(t, "udp", addr, "default.svc.cluster.local.", dns.TypeA), dns.RcodeSuccess)
-	expect(t, query(t, "udp", addr, "web.default.svc.cluster.local.", dns.TypeA), dns.RcodeNameError)
+	eventually(t, h, "kubernetes.default.svc.cluster.local.", dns.RcodeSuccess, "10.96.0.1")
+	expect(t, ask(h, "default.svc.cluster.local.", dns.TypeA), dns.RcodeSuccess)
+	expect(t, ask(h, "web.default.svc.cluster.local.", dns.TypeA), dns.RcodeNameError)
 
 	svc := &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "default"},
@@ -108,7 +109,7 @@ func TestKubeLookup(t *testing.T) {
 	if clusterIP == "" {
 		t.Fatalf("no clusterIP allocated: %v", created.Object["spec"])
 	}
-	eventually(t, addr, "web.default.svc.cluster.local.", dns.RcodeSuccess, clusterIP)
+	eventually(t, h, "web.default.svc.cluster.local.", dns.RcodeSuccess, clusterIP)
 
 	// Headless, in a namespace of its own, with two slices (one endpoint
 	// not ready, one of unknown readiness, which counts as ready).
@@ -116,7 +117,7 @@ func TestKubeLookup(t *testing.T) {
 	if _, err := dyn.Resource(schema.GroupVersionResource{Version: "v1", Resource: "namespaces"}).Create(ctx, toUnstructured(t, ns, "v1", "Namespace"), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	expect(t, query(t, "udp", addr, "db.svc.cluster.local.", dns.TypeA), dns.RcodeNameError) // no service yet
+	expect(t, ask(h, "db.svc.cluster.local.", dns.TypeA), dns.RcodeNameError) // no service yet
 	headless := &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: "pg", Namespace: "db"},
 		Spec:       corev1.ServiceSpec{ClusterIP: corev1.ClusterIPNone, Ports: []corev1.ServicePort{{Port: 5432}}},
@@ -125,8 +126,8 @@ func TestKubeLookup(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Known but no endpoints yet: NOERROR without addresses.
-	eventually(t, addr, "pg.db.svc.cluster.local.", dns.RcodeSuccess)
-	expect(t, query(t, "udp", addr, "db.svc.cluster.local.", dns.TypeA), dns.RcodeSuccess)
+	eventually(t, h, "pg.db.svc.cluster.local.", dns.RcodeSuccess)
+	expect(t, ask(h, "db.svc.cluster.local.", dns.TypeA), dns.RcodeSuccess)
 
 	yes, no := true, false
 	slice := func(name string, eps ...discoveryv1.Endpoint) *unstructured.Unstructured {
@@ -144,7 +145,7 @@ func TestKubeLookup(t *testing.T) {
 	if _, err := sliceAPI.Create(ctx, slice("pg-b", endpoint("172.25.2.9", nil)), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, addr, "pg.db.svc.cluster.local.", dns.RcodeSuccess, "172.25.1.7", "172.25.2.9")
+	eventually(t, h, "pg.db.svc.cluster.local.", dns.RcodeSuccess, "172.25.1.7", "172.25.2.9")
 
 	// The not-ready pod becomes ready; a slice goes away.
 	got, err := sliceAPI.Get(ctx, "pg-a", metav1.GetOptions{})
@@ -156,22 +157,22 @@ func TestKubeLookup(t *testing.T) {
 	if _, err := sliceAPI.Update(ctx, upd, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, addr, "pg.db.svc.cluster.local.", dns.RcodeSuccess, "172.25.1.7", "172.25.1.8", "172.25.2.9")
+	eventually(t, h, "pg.db.svc.cluster.local.", dns.RcodeSuccess, "172.25.1.7", "172.25.1.8", "172.25.2.9")
 	if err := sliceAPI.Delete(ctx, "pg-b", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, addr, "pg.db.svc.cluster.local.", dns.RcodeSuccess, "172.25.1.7", "172.25.1.8")
+	eventually(t, h, "pg.db.svc.cluster.local.", dns.RcodeSuccess, "172.25.1.7", "172.25.1.8")
 
 	// Deleted services are gone.
 	if err := dyn.Resource(servicesGVR).Namespace("default").Delete(ctx, "web", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, addr, "web.default.svc.cluster.local.", dns.RcodeNameError)
+	eventually(t, h, "web.default.svc.cluster.local.", dns.RcodeNameError)
 	if err := dyn.Resource(servicesGVR).Namespace("db").Delete(ctx, "pg", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, addr, "pg.db.svc.cluster.local.", dns.RcodeNameError)
-	expect(t, query(t, "udp", addr, "db.svc.cluster.local.", dns.TypeA), dns.RcodeNameError)
+	eventually(t, h, "pg.db.svc.cluster.local.", dns.RcodeNameError)
+	expect(t, ask(h, "db.svc.cluster.local.", dns.TypeA), dns.RcodeNameError)
 
 	// Close is idempotent and stops the informers (TestMain checks for
 	// leaked goroutines).

@@ -1,16 +1,53 @@
-// Package dnstest has test doubles for package clusterdns: a fake Lookup
-// and an upstream DNS server on loopback.
+// Package dnstest has test doubles for the node resolver (meshdns) and
+// the cluster DNS it mounts (clusterdns): a fake cluster Lookup, and
+// upstream DNS servers on loopback.
 package dnstest
 
 import (
+	"io"
+	"log/slog"
 	"net"
 	"net/netip"
+	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
 
 	"github.com/miekg/dns"
 )
+
+// Logger discards, or logs everything to stderr with RUNOS_TEST_LOG set.
+func Logger() *slog.Logger {
+	if os.Getenv("RUNOS_TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+// IPs parses addresses.
+func IPs(ss ...string) []netip.Addr {
+	var out []netip.Addr
+	for _, s := range ss {
+		out = append(out, netip.MustParseAddr(s))
+	}
+	return out
+}
+
+// AnswerIPs are the addresses of the A and AAAA records of r, sorted.
+func AnswerIPs(r *dns.Msg) []string {
+	var out []string
+	for _, rr := range r.Answer {
+		switch rr := rr.(type) {
+		case *dns.A:
+			out = append(out, rr.A.String())
+		case *dns.AAAA:
+			out = append(out, rr.AAAA.String())
+		}
+	}
+	slices.Sort(out)
+	return out
+}
 
 // Lookup is an in-memory clusterdns.Lookup (and NamespaceLookup), safe for
 // concurrent use.
