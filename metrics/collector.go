@@ -32,6 +32,8 @@ var (
 		"Entry-less AppendEntries this leader answered locally from followers' heartbeats, and those it sent.", []string{"outcome"}, nil)
 	descRaftChecks = prometheus.NewDesc("runos_raft_leader_checks_total",
 		"Checks of a leader a waiting write could not reach (failover on demand), by outcome: alive, unconfirmed (unreachable from here, not from a quorum of voters), election (this node campaigned).", []string{"outcome"}, nil)
+	descRaftHandOvers = prometheus.NewDesc("runos_raft_handovers_total",
+		"Leadership transfers this node started before stopping or applying its own removal, by result: moved, failed (no new leader in time; the others then elect on the goodbye heartbeat).", []string{"result"}, nil)
 	descGossipMembers = prometheus.NewDesc("runos_gossip_members",
 		"Cluster nodes (this one included) by gossip state as this node's failure detector sees them.", []string{"state"}, nil)
 	descWGPeers = prometheus.NewDesc("runos_wireguard_peers",
@@ -88,7 +90,7 @@ type collector struct {
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
-		descInfo, descRaftState, descRaftTerm, descRaftApplied, descRaftCommit, descRaftServers, descRaftIdle, descRaftChecks,
+		descInfo, descRaftState, descRaftTerm, descRaftApplied, descRaftCommit, descRaftServers, descRaftIdle, descRaftChecks, descRaftHandOvers,
 		descGossipMembers, descWGPeers, descPeerRx, descPeerTx, descPeerHandshake,
 		descBeatAge, descNodeHealth, descHealthCounts, descEvents,
 		descCloudState, descCloudPending, descCloudBytes,
@@ -127,6 +129,8 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descRaftChecks, prometheus.CounterValue, float64(fs.Alive), "alive")
 	ch <- prometheus.MustNewConstMetric(descRaftChecks, prometheus.CounterValue, float64(fs.Unconfirmed), "unconfirmed")
 	ch <- prometheus.MustNewConstMetric(descRaftChecks, prometheus.CounterValue, float64(fs.Elections), "election")
+	ch <- prometheus.MustNewConstMetric(descRaftHandOvers, prometheus.CounterValue, float64(fs.HandedOver), "moved")
+	ch <- prometheus.MustNewConstMetric(descRaftHandOvers, prometheus.CounterValue, float64(fs.HandOverFailed), "failed")
 
 	// Gossip and health, over the nodes of the cluster state.
 	st, _ := cfg.Store.State()

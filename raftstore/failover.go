@@ -135,6 +135,9 @@ type FailoverStats struct {
 	Alive       uint64 // ... that found the leader alive (or replaced already)
 	Unconfirmed uint64 // ... unreachable from here, but not from a quorum
 	Elections   uint64 // elections this node started on a confirmed suspicion
+	// Leadership transfers this node started (before a stop or its own
+	// removal), by outcome.
+	HandedOver, HandOverFailed uint64
 }
 
 var (

@@ -82,16 +82,28 @@ func (s *Store) transfer(why string, wait time.Duration) bool {
 		defer timer.Stop()
 		timeout = timer.C
 	}
+	moved := false
+	defer func() {
+		s.count(func(st *FailoverStats) {
+			if moved {
+				st.HandedOver++
+			} else {
+				st.HandOverFailed++
+			}
+		})
+	}()
 	select {
 	case err := <-done:
 		if err != nil {
 			s.log.Warn("hand over leadership before "+why, "to", target.ID, "err", err)
-			return s.raft.State() != raft.Leader
+			moved = s.raft.State() != raft.Leader
+			return moved
 		}
 	case <-timeout:
 		s.log.Warn("hand over leadership before "+why+": no new leader in time", "to", target.ID, "waited", wait)
 		return false
 	}
 	s.log.Info("handed leadership over before "+why, "to", target.ID, "took", time.Since(t0))
+	moved = true
 	return true
 }
