@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
-	"io"
 	"log/slog"
 	"maps"
 	"os"
@@ -141,27 +140,33 @@ func (l *logStore) loadSegment(s *segment, tail bool) error {
 	if err != nil {
 		return err
 	}
-	data := make([]byte, info.Size())
-	if _, err := io.ReadFull(io.NewSectionReader(f, 0, info.Size()), data); err != nil {
-		return fmt.Errorf("raft log: read %s: %w", filepath.Base(s.path), err)
+	name := filepath.Base(s.path)
+	data, release, err := readSegmentFile(f, info.Size())
+	if err != nil {
+		return fmt.Errorf("raft log: read %s: %w", name, err)
 	}
 	off, why := s.scan(data)
 	s.size = int64(off)
-	if why == nil || !slices.ContainsFunc(data[off:], func(b byte) bool { return b != 0 }) {
-		return nil // the zeros a new segment is filled with
-	}
 	idx := s.base + uint64(len(s.offs))
-	name := filepath.Base(s.path)
-	if !tail {
+	garbage := why != nil && slices.ContainsFunc(data[off:], func(b byte) bool { return b != 0 })
+	var later uint64
+	var isLater bool
+	if garbage && tail {
+		later, isLater = laterBatch(s.saltSum, data[off:], idx)
+	}
+	release() // data is not read after this
+	switch {
+	case !garbage:
+		return nil // the zeros a new segment is filled with
+	case !tail:
 		return fmt.Errorf("raft log: entry %d in %s (offset %d) is %w: %v; it is not in the newest segment, so nothing was cut",
 			idx, name, off, errDamaged, why)
-	}
-	if later, ok := laterBatch(s.saltSum, data[off:], idx); ok {
+	case isLater:
 		return fmt.Errorf("raft log: entry %d in %s (offset %d) is %w: %v; entry %d of a later append follows it, so this is not a write cut short by a crash and nothing was cut",
 			idx, name, off, errDamaged, why, later)
 	}
 	l.log.Warn("raft log: cutting the end of an append cut short by a crash", "segment", name,
-		"from_entry", idx, "offset", off, "bytes", len(data)-off, "reason", why.Error())
+		"from_entry", idx, "offset", off, "bytes", info.Size()-int64(off), "reason", why.Error())
 	if err := f.Truncate(int64(off)); err != nil {
 		return fmt.Errorf("raft log: cut %s at %d: %w", name, off, err)
 	}
