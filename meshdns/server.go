@@ -347,6 +347,12 @@ func (s *Server) reconcileListeners() error {
 func (p *listenPair) shutdown() {
 	p.udp.Shutdown()
 	p.tcp.Shutdown()
+	// miekg/dns's Shutdown returns when its read loop signals it is done,
+	// before that loop's deferred Close of the socket: a bind of the same
+	// port right after (a listener moved from :0 to the port it got) found
+	// it taken. Closing here makes the port free on return.
+	p.udp.PacketConn.Close()
+	p.tcp.Listener.Close()
 }
 
 func (s *Server) updateSelf() {
