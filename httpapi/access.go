@@ -74,19 +74,7 @@ func accessNodeRoutes(mux *http.ServeMux, a AccessNode) {
 // AccessApplied asks node (by name) to answer once its wg1 serves the
 // state at index or later.
 func (c *NodeClient) AccessApplied(ctx context.Context, node string, index uint64) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("https://%s:%d/v1/access/applied?index=%d", node, c.port, index), nil)
-	if err != nil {
-		return err
-	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusNoContent {
-		return nodeError(node, resp)
-	}
-	return nil
+	return c.call(ctx, http.MethodGet, node, fmt.Sprintf("/v1/access/applied?index=%d", index), nil, nil)
 }
 
 // nodeError is the error another node's API answered.

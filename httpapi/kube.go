@@ -92,11 +92,7 @@ func (c *NodeClient) ImportImage(ctx context.Context, node string, archive io.Re
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode/100 != 2 {
-		var e api.Error
-		if json.NewDecoder(io.LimitReader(resp.Body, 1<<16)).Decode(&e) == nil && e.Error != "" {
-			return fmt.Errorf("%s: %s", node, e.Error)
-		}
-		return fmt.Errorf("%s answered %s", node, resp.Status)
+		return nodeError(node, resp)
 	}
 	return nil
 }

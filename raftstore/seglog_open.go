@@ -2,6 +2,7 @@ package raftstore
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -56,7 +57,7 @@ func openLogStore(dir string, log *slog.Logger) (*logStore, error) {
 		segs = append(segs, s)
 		sizes[s] = info.Size()
 	}
-	slices.SortFunc(segs, func(a, b *segment) int { return cmpUint(a.base, b.base) })
+	slices.SortFunc(segs, func(a, b *segment) int { return cmp.Compare(a.base, b.base) })
 	// The newest segment with anything in it is where an append can have
 	// been cut short; an empty one after it was created for an append that
 	// never got written.
@@ -116,16 +117,6 @@ func openLogStore(dir string, log *slog.Logger) (*logStore, error) {
 		l.last = l.segs[n-1].lastIndex()
 	}
 	return l, nil
-}
-
-func cmpUint(a, b uint64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // loadSegment opens s's file and indexes its records, cutting a torn tail

@@ -2,6 +2,7 @@ package seal
 
 import (
 	"bufio"
+	"cmp"
 	"errors"
 	"fmt"
 	"slices"
@@ -87,21 +88,11 @@ func (r *Keyring) Add(k EpochKey) error {
 		}
 	}
 	r.keys = append(r.keys, k)
-	slices.SortFunc(r.keys, func(a, b EpochKey) int { return -cmpU(a.Epoch, b.Epoch) })
+	slices.SortFunc(r.keys, func(a, b EpochKey) int { return cmp.Compare(b.Epoch, a.Epoch) })
 	if len(r.keys) > KeepEpochs {
 		r.keys = r.keys[:KeepEpochs]
 	}
 	return nil
-}
-
-func cmpU(a, b uint64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // Epoch is the current epoch.
