@@ -11,9 +11,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"io"
-	"log/slog"
 	"math/big"
-	"net"
 	"net/netip"
 	"reflect"
 	"slices"
@@ -24,7 +22,6 @@ import (
 
 	"github.com/hashicorp/raft"
 
-	"github.com/runos/runos-agent/mesh"
 	"github.com/runos/runos-agent/seal"
 )
 
@@ -526,38 +523,14 @@ func TestKubeSnapshotRoundTrip(t *testing.T) {
 // TLS), and the errors come back as their sentinels.
 func TestStoreKubeHelpers(t *testing.T) {
 	p := newTestPKI(t)
-	srv, cli, _ := p.node(t, "n1", true)
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := netip.MustParseAddrPort(l.Addr().String())
-	l.Close()
+	addr := freeLoopback(t)
 	dir := t.TempDir()
 	if err := Bootstrap(dir, "n1", addr); err != nil {
 		t.Fatal(err)
 	}
-	s, err := New(Config{
-		Dir: dir, NodeID: "n1", Addr: addr, Net: mesh.NewHostNet(addr.Addr()), Sources: streamSources,
-		ServerTLS: srv, ClientTLS: cli,
-		Forward: func(context.Context, string, *Command) (*Result, error) {
-			return nil, errors.New("no forwarding in this test")
-		},
-		Alive: func(string) bool { return true },
-	}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
+	s := openTestStoreAt(t, p, dir, addr)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	for !s.IsLeader() {
-		select {
-		case <-ctx.Done():
-			t.Fatal("no leader")
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
 	res, err := s.Apply(ctx, &Command{Op: OpBootstrap, Bootstrap: &BootstrapCmd{ClusterID: "c1",
 		Node: Node{ID: "n1", Name: "alpha", PublicKey: "k1", MeshIP: FirstMeshIP(), PodCIDR: FirstPodCIDR()}}})
 	if err != nil || res.Error() != nil {

@@ -422,13 +422,25 @@ func FuzzLogCrashMidAppend(f *testing.F) {
 // openTestStore opens a one-voter Store on dir listening on 127.0.0.1.
 func openTestStore(t *testing.T, p *testPKI, dir string) *Store {
 	t.Helper()
-	srv, cli, _ := p.node(t, "n1", true)
+	return openTestStoreAt(t, p, dir, freeLoopback(t))
+}
+
+// freeLoopback is a 127.0.0.1 address with a port free a moment ago.
+func freeLoopback(t *testing.T) netip.AddrPort {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := netip.MustParseAddrPort(ln.Addr().String())
-	ln.Close()
+	defer ln.Close()
+	return netip.MustParseAddrPort(ln.Addr().String())
+}
+
+// openTestStoreAt opens node n1's Store on dir listening on addr, and
+// waits until it leads (dir holds a one-voter configuration).
+func openTestStoreAt(t *testing.T, p *testPKI, dir string, addr netip.AddrPort) *Store {
+	t.Helper()
+	srv, cli, _ := p.node(t, "n1", true)
 	s, err := New(Config{
 		Dir: dir, NodeID: "n1", Addr: addr, Net: mesh.NewHostNet(addr.Addr()), Sources: streamSources,
 		ServerTLS: srv, ClientTLS: cli,
