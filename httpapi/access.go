@@ -1,10 +1,10 @@
 package httpapi
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"strconv"
 	"time"
@@ -77,29 +77,19 @@ func (c *NodeClient) AccessApplied(ctx context.Context, node string, index uint6
 	return c.call(ctx, http.MethodGet, node, fmt.Sprintf("/v1/access/applied?index=%d", index), nil, nil)
 }
 
-// nodeError is the error another node's API answered.
-func nodeError(node string, resp *http.Response) error {
+// answerError is the error another node's API answered: its api.Error
+// when the body holds one, else the body itself.
+func answerError(node, status string, body []byte) error {
 	var e api.Error
-	if json.NewDecoder(io.LimitReader(resp.Body, 1<<16)).Decode(&e) == nil && e.Error != "" {
-		return fmt.Errorf("%s: %s", node, e.Error)
+	if json.Unmarshal(body, &e) == nil && e.Error != "" {
+		return fmt.Errorf("node %s: %s: %s", node, status, e.Error)
 	}
-	return fmt.Errorf("%s answered %s", node, resp.Status)
+	return fmt.Errorf("node %s: %s: %s", node, status, bytes.TrimSpace(body))
 }
 
 // AccessStats asks node (by name) for its wg1 devices' counters.
 func (c *NodeClient) AccessStats(ctx context.Context, node string) ([]api.AccessPeerStats, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("https://%s:%d/v1/access/stats", node, c.port), nil)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, nodeError(node, resp)
-	}
 	var out []api.AccessPeerStats
-	return out, json.NewDecoder(io.LimitReader(resp.Body, 4<<20)).Decode(&out)
+	err := c.call(ctx, http.MethodGet, node, "/v1/access/stats", nil, &out)
+	return out, err
 }

@@ -79,7 +79,12 @@ func (c *NodeClient) Campaign(ctx context.Context, node string, s raftstore.Susp
 	return c.call(ctx, http.MethodPost, node, "/v1/raft/campaign", s, nil)
 }
 
-// call sends in (if not nil) as JSON and decodes a 200's body into out.
+// maxNodeAnswer bounds another node's JSON answer (a wg1 device list is the
+// longest).
+const maxNodeAnswer = 4 << 20
+
+// call sends in (if not nil) as JSON and decodes a 2xx answer's body into
+// out (if not nil). Every JSON request to another node goes through it.
 func (c *NodeClient) call(ctx context.Context, method, node, path string, in, out any) error {
 	var body io.Reader
 	if in != nil {
@@ -98,12 +103,12 @@ func (c *NodeClient) call(ctx context.Context, method, node, path string, in, ou
 		return err
 	}
 	defer resp.Body.Close()
-	raw, err := io.ReadAll(io.LimitReader(resp.Body, 1<<16))
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxNodeAnswer))
 	if err != nil {
 		return err
 	}
 	if resp.StatusCode/100 != 2 {
-		return fmt.Errorf("node %s: %s: %s", node, resp.Status, bytes.TrimSpace(raw))
+		return answerError(node, resp.Status, raw)
 	}
 	if out == nil {
 		return nil

@@ -2,7 +2,6 @@ package httpapi
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -64,20 +63,11 @@ func kubeNodeRoutes(mux *http.ServeMux, k KubeNode) {
 
 // KubeComponents asks node (by name) for its Kubernetes components.
 func (c *NodeClient) KubeComponents(ctx context.Context, node string) (*api.KubeNodeComponents, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("https://%s:%d/v1/kube/components", node, c.port), nil)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("%s answered %s", node, resp.Status)
-	}
 	var out api.KubeNodeComponents
-	return &out, json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&out)
+	if err := c.call(ctx, http.MethodGet, node, "/v1/kube/components", nil, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
 }
 
 // ImportImage streams an image archive to node's containerd.
@@ -92,7 +82,8 @@ func (c *NodeClient) ImportImage(ctx context.Context, node string, archive io.Re
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode/100 != 2 {
-		return nodeError(node, resp)
+		raw, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<16))
+		return answerError(node, resp.Status, raw)
 	}
 	return nil
 }
