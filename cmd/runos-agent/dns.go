@@ -44,26 +44,12 @@ func dnsCommands() []*cli.Command {
 						Usage:     "set the cluster's zone; every node answers NODE.ZONE and OSID.ZONE from then on",
 						ArgsUsage: "ZONE",
 						Flags:     []cli.Flag{dataDirFlag()},
-					}, 1, func(c *cli.Context) error {
-						s, err := client(c).SetDNSZone(c.Context, c.Args().First())
-						if err != nil {
-							return err
-						}
-						fmt.Fprintf(c.App.Writer, "zone: %s\n", s.Zone)
-						return nil
-					}),
+					}, 1, func(c *cli.Context) error { return setZone(c, c.Args().First()) }),
 					leaf(&cli.Command{
 						Name:  "reset",
 						Usage: "go back to the default zone (runos.internal)",
 						Flags: []cli.Flag{dataDirFlag()},
-					}, 0, func(c *cli.Context) error {
-						s, err := client(c).SetDNSZone(c.Context, "")
-						if err != nil {
-							return err
-						}
-						fmt.Fprintf(c.App.Writer, "zone: %s\n", s.Zone)
-						return nil
-					}),
+					}, 0, func(c *cli.Context) error { return setZone(c, "") }),
 					leaf(&cli.Command{
 						Name:  "show",
 						Usage: "print the cluster's zone",
@@ -158,4 +144,14 @@ func resolvedConfig(s *api.DNSStatus) (string, error) {
 DNS=%[2]s
 Domains=~%[1]s
 `, s.Zone, strings.Join(servers, " ")), nil
+}
+
+// setZone sets the cluster's zone ("" for the default) and prints it.
+func setZone(c *cli.Context, zone string) error {
+	s, err := client(c).SetDNSZone(c.Context, zone)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(c.App.Writer, "zone: %s\n", s.Zone)
+	return nil
 }
