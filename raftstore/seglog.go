@@ -203,15 +203,9 @@ func (l *logStore) StoreLogs(logs []*raft.Log) error {
 			return fmt.Errorf("raft log: append of entries %d..%d that do not follow each other", from, to)
 		}
 	}
-	l.mu.RLock()
-	closed, last := l.closed, l.last
-	var tail *segment
-	if len(l.segs) > 0 {
-		tail = l.segs[len(l.segs)-1]
-	}
-	l.mu.RUnlock()
-	if closed {
-		return errors.New("raft log: closed")
+	_, last, tail, err := l.writerView()
+	if err != nil {
+		return err
 	}
 	if last != 0 && from != last+1 {
 		return fmt.Errorf("raft log: append at %d after %d: not the next index", from, last)
@@ -239,7 +233,7 @@ func (l *logStore) StoreLogs(logs []*raft.Log) error {
 	for i, e := range logs {
 		buf = appendRecord(buf, tail.saltSum, e, uint32(i))
 	}
-	_, err := tail.f.WriteAt(buf, tail.size)
+	_, err = tail.f.WriteAt(buf, tail.size)
 	if err == nil {
 		err = fdatasync(tail.f)
 	}
@@ -349,15 +343,9 @@ func zeroFill(f *os.File, n int64) error {
 func (l *logStore) DeleteRange(min, max uint64) error {
 	l.writeMu.Lock()
 	defer l.writeMu.Unlock()
-	l.mu.RLock()
-	closed, first, last := l.closed, l.first, l.last
-	var tail *segment
-	if len(l.segs) > 0 {
-		tail = l.segs[len(l.segs)-1]
-	}
-	l.mu.RUnlock()
-	if closed {
-		return errors.New("raft log: closed")
+	first, last, tail, err := l.writerView()
+	if err != nil {
+		return err
 	}
 	if last == 0 || min > max || max < first || min > last {
 		return nil
@@ -413,7 +401,7 @@ func (l *logStore) DeleteRange(min, max uint64) error {
 		l.dirty = true
 		return err
 	}
-	err := s.f.Truncate(cut)
+	err = s.f.Truncate(cut)
 	if err == nil {
 		err = fdatasync(s.f)
 	}
@@ -587,4 +575,18 @@ func decodeEntry(b []byte, out *raft.Log) error {
 	}
 	*out = e
 	return nil
+}
+
+// writerView is what a writer (holding writeMu) starts from: the log's
+// first and last index and its newest segment (nil: none).
+func (l *logStore) writerView() (first, last uint64, tail *segment, err error) {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	if l.closed {
+		return 0, 0, nil, errors.New("raft log: closed")
+	}
+	if len(l.segs) > 0 {
+		tail = l.segs[len(l.segs)-1]
+	}
+	return l.first, l.last, tail, nil
 }
