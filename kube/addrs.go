@@ -6,15 +6,9 @@ import (
 	"net/netip"
 	"slices"
 
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime/schema"
-)
+	"github.com/runos/runos-agent/templates/kapi"
 
-var (
-	gvrService       = schema.GroupVersionResource{Version: "v1", Resource: "services"}
-	gvrEndpointSlice = schema.GroupVersionResource{Group: "discovery.k8s.io", Version: "v1", Resource: "endpointslices"}
+	"net/url"
 )
 
 // ServiceAddrs are the addresses a client reaches Service namespace/name
@@ -22,41 +16,39 @@ var (
 // ready endpoints (all of them when it publishes not-ready addresses), as
 // cluster DNS would answer. A missing Service is nil, nil.
 func (e *Executor) ServiceAddrs(ctx context.Context, namespace, name string) ([]netip.Addr, error) {
-	svc, err := e.dyn.Resource(gvrService).Namespace(namespace).Get(ctx, name, metav1.GetOptions{})
-	if apierrors.IsNotFound(err) {
+	ns := "/namespaces/" + url.PathEscape(namespace)
+	svc, err := e.c.GetObject(ctx, "/api/v1"+ns+"/services/"+url.PathEscape(name), nil)
+	if IsNotFound(err) {
 		return nil, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("get Service %s/%s: %w", namespace, name, e.wrap(err))
 	}
-	ips, _, _ := unstructured.NestedStringSlice(svc.Object, "spec", "clusterIPs")
+	ips := svc.Strings("spec", "clusterIPs")
 	if len(ips) == 0 {
-		ip, _, _ := unstructured.NestedString(svc.Object, "spec", "clusterIP")
+		ip, _ := svc.String("spec", "clusterIP")
 		ips = []string{ip}
 	}
 	if ips[0] != "None" {
 		return parseAddrs(ips), nil
 	}
-	all, _, _ := unstructured.NestedBool(svc.Object, "spec", "publishNotReadyAddresses")
-	list, err := e.dyn.Resource(gvrEndpointSlice).Namespace(namespace).List(ctx, metav1.ListOptions{
-		LabelSelector: "kubernetes.io/service-name=" + name})
+	all, _ := svc.Bool("spec", "publishNotReadyAddresses")
+	list, err := e.c.List(ctx, "/apis/discovery.k8s.io/v1"+ns+"/endpointslices", url.Values{"labelSelector": {"kubernetes.io/service-name=" + name}})
 	if err != nil {
 		return nil, fmt.Errorf("list EndpointSlices of %s/%s: %w", namespace, name, e.wrap(err))
 	}
 	var out []string
-	for _, es := range list.Items {
-		eps, _, _ := unstructured.NestedSlice(es.Object, "endpoints")
-		for _, ep := range eps {
+	for _, es := range list {
+		for _, ep := range es.Slice("endpoints") {
 			m, ok := ep.(map[string]any)
 			if !ok {
 				continue
 			}
 			// A missing ready condition means ready (the API's own rule).
-			if ready, found, _ := unstructured.NestedBool(m, "conditions", "ready"); found && !ready && !all {
+			if ready, found := kapi.Object(m).Bool("conditions", "ready"); found && !ready && !all {
 				continue
 			}
-			a, _, _ := unstructured.NestedStringSlice(m, "addresses")
-			out = append(out, a...)
+			out = append(out, kapi.Object(m).Strings("addresses")...)
 		}
 	}
 	return parseAddrs(out), nil

@@ -45,7 +45,7 @@ func TestCatalogDryRunApply(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if len(objs) == 0 || objs[0].GetKind() != "Namespace" || objs[0].GetName() != osid {
+				if len(objs) == 0 || objs[0].Kind() != "Namespace" || objs[0].Name() != osid {
 					t.Fatalf("render does not start with the namespace %s", osid)
 				}
 				// Namespaced objects need their namespace to exist to be
@@ -62,7 +62,7 @@ func TestCatalogDryRunApply(t *testing.T) {
 				}
 				for _, o := range objs[1:] {
 					if got, err := e.Get(ctx, o); err != nil || got != nil {
-						t.Fatalf("dry run persisted %s %s (err %v)", o.GetKind(), o.GetName(), err)
+						t.Fatalf("dry run persisted %s %s (err %v)", o.Kind(), o.Name(), err)
 					}
 				}
 			})

@@ -9,9 +9,9 @@ package kube
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -22,13 +22,7 @@ import (
 	"syscall"
 	"time"
 
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime/schema"
-	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
+	"github.com/runos/runos-agent/templates/kapi"
 )
 
 // FieldManager is the one field manager every apply uses.
@@ -50,14 +44,11 @@ type Config struct {
 // Executor talks to one cluster. It is safe for concurrent use.
 type Executor struct {
 	log    *slog.Logger
-	host   string
-	dyn    *dynamic.DynamicClient
-	hc     *http.Client
+	c      *Client
 	mapper *mapper
-	http   interface{ CloseIdleConnections() }
 }
 
-// New parses the kubeconfig and builds the clients. It does not contact
+// New parses the kubeconfig and builds the client. It does not contact
 // the cluster.
 func New(cfg Config, log *slog.Logger) (*Executor, error) {
 	if len(cfg.Kubeconfig) == 0 {
@@ -66,81 +57,33 @@ func New(cfg Config, log *slog.Logger) (*Executor, error) {
 	if log == nil {
 		return nil, errors.New("kube: logger is required")
 	}
-	rc, err := RESTConfig(cfg.Kubeconfig)
+	k, err := Load(cfg.Kubeconfig)
 	if err != nil {
 		return nil, err
 	}
-	rc.Timeout = cfg.RequestTimeout
-	if rc.Timeout == 0 {
-		rc.Timeout = 10 * time.Second
+	if cfg.RequestTimeout == 0 {
+		cfg.RequestTimeout = 10 * time.Second
 	}
-	// The agent is a controller of its own objects; client-go's default
-	// 5 qps would make a 20-object deploy take seconds.
-	rc.QPS, rc.Burst = 100, 200
-	hc, err := rest.HTTPClientFor(rc)
-	if err != nil {
-		return nil, fmt.Errorf("kubeconfig: %w", err)
-	}
-	dyn, err := dynamic.NewForConfigAndClient(rc, hc)
-	if err != nil {
-		return nil, fmt.Errorf("kubeconfig: %w", err)
-	}
-	// A kubeconfig may name the server as host:port; client-go adds the
-	// scheme itself, but Ping and the mapper build URLs from the host.
-	base, _, err := rest.DefaultServerUrlFor(rc)
-	if err != nil {
-		return nil, fmt.Errorf("kubeconfig: server: %w", err)
-	}
-	host := strings.TrimSuffix(base.String(), "/")
-	e := &Executor{log: log, host: host, dyn: dyn, hc: hc, mapper: newMapper(hc, host)}
-	if t, ok := hc.Transport.(interface{ CloseIdleConnections() }); ok {
-		e.http = t
-	}
-	return e, nil
-}
-
-// RESTConfig parses a kubeconfig, with a clear error for bad input. It
-// refuses unsafe kubeconfigs (Validate).
-func RESTConfig(kubeconfig []byte) (*rest.Config, error) {
-	if err := Validate(kubeconfig); err != nil {
-		return nil, err
-	}
-	cc, err := clientcmd.NewClientConfigFromBytes(kubeconfig)
-	if err != nil {
-		return nil, fmt.Errorf("invalid kubeconfig: %w", err)
-	}
-	rc, err := cc.ClientConfig()
-	if err != nil {
-		return nil, fmt.Errorf("invalid kubeconfig: %w", err)
-	}
-	return rc, nil
+	c := NewClient(k, cfg.RequestTimeout)
+	return &Executor{log: log, c: c, mapper: newMapper(c)}, nil
 }
 
 // Host is the API server URL from the kubeconfig.
-func (e *Executor) Host() string { return e.host }
+func (e *Executor) Host() string { return e.c.Host() }
 
 // Close drops idle connections. The Executor must not be used afterwards.
 func (e *Executor) Close() error {
-	if e.http != nil {
-		e.http.CloseIdleConnections()
-	}
+	e.c.Close()
 	return nil
 }
 
 // Ping checks that the API server answers (its version endpoint).
 func (e *Executor) Ping(ctx context.Context) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(e.host, "/")+"/version", nil)
-	if err != nil {
-		return err
-	}
-	resp, err := e.hc.Do(req)
-	if err != nil {
-		return e.wrap(err)
-	}
-	defer resp.Body.Close()
-	io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<16))
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("kubernetes API at %s: /version: %s", e.host, resp.Status)
+	if _, err := e.c.Do(ctx, http.MethodGet, "/version", nil, "", nil); err != nil {
+		if isUnreachable(err) {
+			return e.wrap(err)
+		}
+		return fmt.Errorf("kubernetes API at %s: /version: %w", e.Host(), err)
 	}
 	return nil
 }
@@ -158,43 +101,53 @@ type Applied struct {
 	Namespace string
 	Name      string
 	UID       string
-	Object    *unstructured.Unstructured
+	Object    kapi.Object
 }
 
 // Apply server-side applies objs in order (a Namespace should come first),
 // forcing conflicts, and stops at the first error.
-func (e *Executor) Apply(ctx context.Context, objs []*unstructured.Unstructured, opts ApplyOptions) ([]Applied, error) {
+func (e *Executor) Apply(ctx context.Context, objs []kapi.Object, opts ApplyOptions) ([]Applied, error) {
 	out := make([]Applied, 0, len(objs))
+	q := url.Values{"fieldManager": {FieldManager}, "force": {"true"}}
+	if opts.DryRun {
+		q.Set("dryRun", "All")
+	}
 	for _, obj := range objs {
-		ri, err := e.resource(ctx, obj)
+		path, err := e.path(ctx, obj)
 		if err != nil {
 			return out, err
 		}
-		ao := metav1.ApplyOptions{FieldManager: FieldManager, Force: true}
-		if opts.DryRun {
-			ao.DryRun = []string{metav1.DryRunAll}
-		}
-		got, err := ri.Apply(ctx, obj.GetName(), obj, ao)
+		body, err := json.Marshal(obj)
 		if err != nil {
-			return out, fmt.Errorf("apply %s %s: %w", obj.GetKind(), objName(obj), e.wrap(err))
+			return out, fmt.Errorf("apply %s %s: %w", obj.Kind(), objName(obj), err)
 		}
-		out = append(out, Applied{Kind: got.GetKind(), Namespace: got.GetNamespace(), Name: got.GetName(), UID: string(got.GetUID()), Object: got})
+		// JSON is YAML: the apply patch type takes either.
+		b, err := e.c.Do(ctx, http.MethodPatch, path, q, "application/apply-patch+yaml", body)
+		if err != nil {
+			return out, fmt.Errorf("apply %s %s: %w", obj.Kind(), objName(obj), e.wrap(err))
+		}
+		got, err := kapi.DecodeObject(b)
+		if err != nil {
+			return out, fmt.Errorf("apply %s %s: answer: %w", obj.Kind(), objName(obj), err)
+		}
+		uid, _ := got.String("metadata", "uid")
+		out = append(out, Applied{Kind: got.Kind(), Namespace: got.Namespace(), Name: got.Name(), UID: uid, Object: got})
 	}
 	return out, nil
 }
 
 // Get reads the live version of obj (nil, nil when it does not exist).
-func (e *Executor) Get(ctx context.Context, obj *unstructured.Unstructured) (*unstructured.Unstructured, error) {
-	ri, err := e.resource(ctx, obj)
+func (e *Executor) Get(ctx context.Context, obj kapi.Object) (kapi.Object, error) {
+	path, err := e.path(ctx, obj)
 	if err != nil {
 		return nil, err
 	}
-	got, err := ri.Get(ctx, obj.GetName(), metav1.GetOptions{})
-	if apierrors.IsNotFound(err) {
+	got, err := e.c.GetObject(ctx, path, nil)
+	if IsNotFound(err) {
 		return nil, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("get %s %s: %w", obj.GetKind(), objName(obj), e.wrap(err))
+		return nil, fmt.Errorf("get %s %s: %w", obj.Kind(), objName(obj), e.wrap(err))
 	}
 	return got, nil
 }
@@ -215,7 +168,7 @@ type Status struct {
 func (s Status) AllReady() bool { return len(s.Missing) == 0 && s.Ready == s.Total }
 
 // Status reads the live objects and sums up their readiness.
-func (e *Executor) Status(ctx context.Context, objs []*unstructured.Unstructured) (Status, error) {
+func (e *Executor) Status(ctx context.Context, objs []kapi.Object) (Status, error) {
 	var st Status
 	for _, obj := range objs {
 		live, err := e.Get(ctx, obj)
@@ -223,7 +176,7 @@ func (e *Executor) Status(ctx context.Context, objs []*unstructured.Unstructured
 			return st, err
 		}
 		if live == nil {
-			st.Missing = append(st.Missing, obj.GetKind()+"/"+objName(obj))
+			st.Missing = append(st.Missing, obj.Kind()+"/"+objName(obj))
 			continue
 		}
 		ready, total, conds := workloadStatus(live)
@@ -237,26 +190,25 @@ func (e *Executor) Status(ctx context.Context, objs []*unstructured.Unstructured
 
 // workloadStatus reads replicas and conditions of a workload object; other
 // kinds count nothing.
-func workloadStatus(u *unstructured.Unstructured) (ready, total int, conds []string) {
-	switch u.GetKind() {
+func workloadStatus(u kapi.Object) (ready, total int, conds []string) {
+	switch u.Kind() {
 	case "StatefulSet", "Deployment", "ReplicaSet":
-		replicas, found, _ := unstructured.NestedInt64(u.Object, "spec", "replicas")
+		replicas, found := u.Int("spec", "replicas")
 		if !found {
 			replicas = 1
 		}
 		total = int(replicas)
-		r, _, _ := unstructured.NestedInt64(u.Object, "status", "readyReplicas")
+		r, _ := u.Int("status", "readyReplicas")
 		ready = int(r)
 	case "DaemonSet":
-		d, _, _ := unstructured.NestedInt64(u.Object, "status", "desiredNumberScheduled")
-		r, _, _ := unstructured.NestedInt64(u.Object, "status", "numberReady")
+		d, _ := u.Int("status", "desiredNumberScheduled")
+		r, _ := u.Int("status", "numberReady")
 		total, ready = int(d), int(r)
 	default:
 		return 0, 0, nil
 	}
 	ready = min(ready, total)
-	list, _, _ := unstructured.NestedSlice(u.Object, "status", "conditions")
-	for _, c := range list {
+	for _, c := range u.Slice("status", "conditions") {
 		m, ok := c.(map[string]any)
 		if !ok {
 			continue
@@ -266,7 +218,7 @@ func workloadStatus(u *unstructured.Unstructured) (ready, total int, conds []str
 		if status == "True" && typ != "ReplicaFailure" {
 			continue
 		}
-		s := fmt.Sprintf("%s/%s %s=%s", u.GetKind(), u.GetName(), typ, status)
+		s := fmt.Sprintf("%s/%s %s=%s", u.Kind(), u.Name(), typ, status)
 		if reason, _ := m["reason"].(string); reason != "" {
 			s += ": " + reason
 		}
@@ -279,19 +231,19 @@ func workloadStatus(u *unstructured.Unstructured) (ready, total int, conds []str
 // whether it is gone. A namespace being finalized reports false; call again
 // until it reports true.
 func (e *Executor) DeleteNamespace(ctx context.Context, name string) (gone bool, err error) {
-	nsRes := e.dyn.Resource(schema.GroupVersionResource{Version: "v1", Resource: "namespaces"})
+	path := "/api/v1/namespaces/" + url.PathEscape(name)
 	// No propagation policy on purpose: foreground would add a finalizer
 	// only the garbage collector removes, and the namespace controller
 	// deletes the contents either way.
-	err = nsRes.Delete(ctx, name, metav1.DeleteOptions{})
-	if apierrors.IsNotFound(err) {
+	_, err = e.c.Do(ctx, http.MethodDelete, path, nil, "", nil)
+	if IsNotFound(err) {
 		return true, nil
 	}
-	if err != nil && !apierrors.IsConflict(err) {
+	if err != nil && apiCode(err) != http.StatusConflict {
 		return false, fmt.Errorf("delete namespace %s: %w", name, e.wrap(err))
 	}
-	_, err = nsRes.Get(ctx, name, metav1.GetOptions{})
-	if apierrors.IsNotFound(err) {
+	_, err = e.c.GetObject(ctx, path, nil)
+	if IsNotFound(err) {
 		return true, nil
 	}
 	if err != nil {
@@ -300,33 +252,41 @@ func (e *Executor) DeleteNamespace(ctx context.Context, name string) (gone bool,
 	return false, nil
 }
 
-// resource maps an object to its dynamic client. Unknown kinds are looked
-// up on the server each time (a CRD installed since the last look).
-func (e *Executor) resource(ctx context.Context, obj *unstructured.Unstructured) (dynamic.ResourceInterface, error) {
-	gvk := obj.GroupVersionKind()
-	m, err := e.mapper.lookup(ctx, gvk)
+// path is the URL path of obj. Unknown kinds are looked up on the server
+// each time (a CRD installed since the last look).
+func (e *Executor) path(ctx context.Context, obj kapi.Object) (string, error) {
+	k, err := parseGVK(obj.APIVersion(), obj.Kind())
+	if err != nil {
+		return "", fmt.Errorf("%s %s: %w", obj.Kind(), objName(obj), err)
+	}
+	m, err := e.mapper.lookup(ctx, k)
 	if err != nil {
 		var nm *errNoMatch
 		if errors.As(err, &nm) {
-			return nil, fmt.Errorf("%s %s: %w", gvk.Kind, objName(obj), err)
+			return "", fmt.Errorf("%s %s: %w", k.Kind, objName(obj), err)
 		}
-		return nil, fmt.Errorf("discover %s: %w", gvk, e.wrap(err))
+		return "", fmt.Errorf("discover %s: %w", k, e.wrap(err))
 	}
+	name := obj.Name()
+	if name == "" {
+		return "", fmt.Errorf("%s has no name", k.Kind)
+	}
+	p := k.groupVersionPath()
 	if m.namespaced {
-		ns := obj.GetNamespace()
+		ns := obj.Namespace()
 		if ns == "" {
-			return nil, fmt.Errorf("%s %s has no namespace", gvk.Kind, obj.GetName())
+			return "", fmt.Errorf("%s %s has no namespace", k.Kind, name)
 		}
-		return e.dyn.Resource(m.gvr).Namespace(ns), nil
+		p += "/namespaces/" + url.PathEscape(ns)
 	}
-	return e.dyn.Resource(m.gvr), nil
+	return p + "/" + m.resource + "/" + url.PathEscape(name), nil
 }
 
-func objName(o *unstructured.Unstructured) string {
-	if ns := o.GetNamespace(); ns != "" {
-		return ns + "/" + o.GetName()
+func objName(o kapi.Object) string {
+	if ns := o.Namespace(); ns != "" {
+		return ns + "/" + o.Name()
 	}
-	return o.GetName()
+	return o.Name()
 }
 
 // wrap marks connection-level failures with ErrUnreachable and names the
@@ -336,7 +296,7 @@ func (e *Executor) wrap(err error) error {
 		return err
 	}
 	if isUnreachable(err) {
-		return fmt.Errorf("%w at %s: %s", ErrUnreachable, e.host, rootCause(err))
+		return fmt.Errorf("%w at %s: %s", ErrUnreachable, e.Host(), rootCause(err))
 	}
 	return err
 }
@@ -356,10 +316,10 @@ func isUnreachable(err error) bool {
 		return true
 	case errors.As(err, &urlErr) && (urlErr.Timeout() || errors.Is(urlErr.Err, context.DeadlineExceeded)):
 		return true
-	case apierrors.IsServiceUnavailable(err):
+	case apiCode(err) == http.StatusServiceUnavailable:
 		return true
 	}
-	// client-go turns some transport errors into plain strings.
+	// Some transport errors arrive as plain strings.
 	msg := err.Error()
 	return slices.ContainsFunc([]string{"connection refused", "no route to host", "i/o timeout", "EOF", "TLS handshake timeout"},
 		func(s string) bool { return strings.Contains(msg, s) })

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"github.com/runos/runos-agent/templates/kapi"
 
 	"github.com/runos/runos-agent/kube"
 	"github.com/runos/runos-agent/kube/kubetest"
@@ -20,19 +20,19 @@ import (
 
 func logger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
-func obj(apiVersion, kind, ns, name string, spec map[string]any) *unstructured.Unstructured {
-	u := &unstructured.Unstructured{Object: map[string]any{"apiVersion": apiVersion, "kind": kind,
-		"metadata": map[string]any{"name": name, "labels": map[string]any{"runos.io/osid": "t-abcde"}}}}
+func obj(apiVersion, kind, ns, name string, spec map[string]any) kapi.Object {
+	meta := map[string]any{"name": name, "labels": map[string]any{"runos.io/osid": "t-abcde"}}
 	if ns != "" {
-		u.SetNamespace(ns)
+		meta["namespace"] = ns
 	}
+	u := kapi.Object{"apiVersion": apiVersion, "kind": kind, "metadata": meta}
 	for k, v := range spec {
-		u.Object[k] = v
+		u[k] = v
 	}
 	return u
 }
 
-func deployment(ns, name string, replicas int64) *unstructured.Unstructured {
+func deployment(ns, name string, replicas int64) kapi.Object {
 	return obj("apps/v1", "Deployment", ns, name, map[string]any{"spec": map[string]any{
 		"replicas": replicas,
 		"selector": map[string]any{"matchLabels": map[string]any{"app": name}},
@@ -54,7 +54,7 @@ func TestExecutorAgainstRealAPIServer(t *testing.T) {
 	if err := e.Ping(ctx); err != nil {
 		t.Fatal(err)
 	}
-	objs := []*unstructured.Unstructured{
+	objs := []kapi.Object{
 		obj("v1", "Namespace", "", "t-abcde", nil),
 		obj("v1", "ConfigMap", "t-abcde", "conf", map[string]any{"data": map[string]any{"a": "1"}}),
 		deployment("t-abcde", "web", 2),
@@ -83,8 +83,12 @@ func TestExecutorAgainstRealAPIServer(t *testing.T) {
 		if again[i].UID != applied[i].UID {
 			t.Errorf("%s re-created by a second apply", again[i].Name)
 		}
-		mf := again[i].Object.GetManagedFields()
-		if len(mf) != 1 || mf[0].Manager != kube.FieldManager || mf[0].Operation != "Apply" {
+		mf := again[i].Object.Slice("metadata", "managedFields")
+		first := kapi.Object{}
+		if len(mf) == 1 {
+			first, _ = mf[0].(map[string]any)
+		}
+		if m, _ := first.String("manager"); m != kube.FieldManager || first["operation"] != "Apply" {
 			t.Errorf("%s managed fields = %+v", again[i].Name, mf)
 		}
 	}
@@ -97,16 +101,16 @@ func TestExecutorAgainstRealAPIServer(t *testing.T) {
 	}
 	// A bad object is refused by the server with its reason.
 	bad := deployment("t-abcde", "Bad_Name", 1)
-	if _, err := e.Apply(ctx, []*unstructured.Unstructured{bad}, kube.ApplyOptions{DryRun: true}); err == nil || !strings.Contains(err.Error(), "Bad_Name") {
+	if _, err := e.Apply(ctx, []kapi.Object{bad}, kube.ApplyOptions{DryRun: true}); err == nil || !strings.Contains(err.Error(), "Bad_Name") {
 		t.Errorf("bad name: %v", err)
 	}
 	// Unknown kinds say so.
 	crd := obj("monitoring.coreos.com/v1", "ServiceMonitor", "t-abcde", "m", nil)
-	if _, err := e.Apply(ctx, []*unstructured.Unstructured{crd}, kube.ApplyOptions{}); err == nil || !strings.Contains(err.Error(), "does not serve") {
+	if _, err := e.Apply(ctx, []kapi.Object{crd}, kube.ApplyOptions{}); err == nil || !strings.Contains(err.Error(), "does not serve") {
 		t.Errorf("unknown kind: %v", err)
 	}
 	typo := obj("apps/v1", "Deploymnet", "t-abcde", "m", nil)
-	if _, err := e.Apply(ctx, []*unstructured.Unstructured{typo}, kube.ApplyOptions{}); err == nil || !strings.Contains(err.Error(), "serves apps/v1 but no kind Deploymnet") {
+	if _, err := e.Apply(ctx, []kapi.Object{typo}, kube.ApplyOptions{}); err == nil || !strings.Contains(err.Error(), "serves apps/v1 but no kind Deploymnet") {
 		t.Errorf("unknown kind in a served group version: %v", err)
 	}
 

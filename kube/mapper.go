@@ -5,33 +5,64 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync"
-
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 )
 
 // mapper finds the resource (and scope) of a kind by asking the API server
 // for that one group version's resource list, and caches the answer.
 //
-// client-go's discovery client would do this too, but it imports the
-// typed clientset's scheme, which drags every Kubernetes API group into the
-// agent binary and ~17 MB of it into every agent's resident memory at
-// start (BenchmarkFootprint); the agent only ever needs a few kinds.
+// client-go's discovery client would do this too, but the agent links no
+// client-go (BenchmarkFootprint: it cost every node about 8 MB resident)
+// and only ever needs a few kinds.
 type mapper struct {
-	hc   *http.Client // authenticated by the kubeconfig
-	host string
+	c *Client
 
 	mu    sync.Mutex
-	cache map[schema.GroupVersionKind]mapping // guarded by mu
+	cache map[gvk]mapping // guarded by mu
 }
 
 type mapping struct {
-	gvr        schema.GroupVersionResource
+	resource   string // "statefulsets"
 	namespaced bool
+}
+
+// gvk is an object's group, version and kind.
+type gvk struct {
+	Group, Version, Kind string
+}
+
+func parseGVK(apiVersion, kind string) (gvk, error) {
+	if apiVersion == "" || kind == "" {
+		return gvk{}, errors.New("apiVersion and kind are required")
+	}
+	g, v, ok := strings.Cut(apiVersion, "/")
+	if !ok {
+		g, v = "", apiVersion
+	}
+	if v == "" || strings.Contains(v, "/") {
+		return gvk{}, fmt.Errorf("bad apiVersion %q", apiVersion)
+	}
+	return gvk{Group: g, Version: v, Kind: kind}, nil
+}
+
+func (k gvk) groupVersion() string {
+	if k.Group == "" {
+		return k.Version
+	}
+	return k.Group + "/" + k.Version
+}
+
+func (k gvk) String() string { return k.groupVersion() + ", Kind=" + k.Kind }
+
+// groupVersionPath is where the group version is served.
+func (k gvk) groupVersionPath() string {
+	if k.Group == "" {
+		return "/api/" + url.PathEscape(k.Version)
+	}
+	return "/apis/" + url.PathEscape(k.Group) + "/" + url.PathEscape(k.Version)
 }
 
 // errNoMatch means the server does not serve the kind: either not its
@@ -39,36 +70,32 @@ type mapping struct {
 // typo, or a kind removed in this Kubernetes version); the message says
 // which, since the fixes differ.
 type errNoMatch struct {
-	gvk      schema.GroupVersionKind
+	gvk      gvk
 	gvServed bool
 }
 
 func (e *errNoMatch) Error() string {
 	if e.gvServed {
-		return fmt.Sprintf("the cluster serves %s but no kind %s in it", e.gvk.GroupVersion(), e.gvk.Kind)
+		return fmt.Sprintf("the cluster serves %s but no kind %s in it", e.gvk.groupVersion(), e.gvk.Kind)
 	}
-	return fmt.Sprintf("the cluster does not serve %s", e.gvk.GroupVersion())
+	return fmt.Sprintf("the cluster does not serve %s", e.gvk.groupVersion())
 }
 
-func newMapper(hc *http.Client, host string) *mapper {
-	return &mapper{hc: hc, host: strings.TrimSuffix(host, "/"), cache: map[schema.GroupVersionKind]mapping{}}
+func newMapper(c *Client) *mapper {
+	return &mapper{c: c, cache: map[gvk]mapping{}}
 }
 
-func (m *mapper) lookup(ctx context.Context, gvk schema.GroupVersionKind) (mapping, error) {
+func (m *mapper) lookup(ctx context.Context, k gvk) (mapping, error) {
 	m.mu.Lock()
-	mp, ok := m.cache[gvk]
+	mp, ok := m.cache[k]
 	m.mu.Unlock()
 	if ok {
 		return mp, nil
 	}
-	path := "/apis/" + gvk.Group + "/" + gvk.Version
-	if gvk.Group == "" {
-		path = "/api/" + gvk.Version
-	}
-	list, err := m.get(ctx, path)
+	list, err := m.get(ctx, k.groupVersionPath())
 	if err != nil {
-		if errors.Is(err, errNotServed) {
-			return mapping{}, &errNoMatch{gvk: gvk}
+		if IsNotFound(err) {
+			return mapping{}, &errNoMatch{gvk: k}
 		}
 		return mapping{}, err
 	}
@@ -78,41 +105,32 @@ func (m *mapper) lookup(ctx context.Context, gvk schema.GroupVersionKind) (mappi
 		if strings.Contains(r.Name, "/") { // a subresource
 			continue
 		}
-		k := schema.GroupVersionKind{Group: gvk.Group, Version: gvk.Version, Kind: r.Kind}
-		m.cache[k] = mapping{gvr: k.GroupVersion().WithResource(r.Name), namespaced: r.Namespaced}
+		m.cache[gvk{Group: k.Group, Version: k.Version, Kind: r.Kind}] = mapping{resource: r.Name, namespaced: r.Namespaced}
 	}
-	mp, ok = m.cache[gvk]
+	mp, ok = m.cache[k]
 	if !ok {
-		return mapping{}, &errNoMatch{gvk: gvk, gvServed: true}
+		return mapping{}, &errNoMatch{gvk: k, gvServed: true}
 	}
 	return mp, nil
 }
 
-var errNotServed = errors.New("not served")
+// apiResourceList is the part of a group version's resource list the
+// mapper reads.
+type apiResourceList struct {
+	APIResources []struct {
+		Name       string `json:"name"`
+		Namespaced bool   `json:"namespaced"`
+		Kind       string `json:"kind"`
+	} `json:"resources"`
+}
 
-func (m *mapper) get(ctx context.Context, path string) (*metav1.APIResourceList, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, m.host+path, nil)
+func (m *mapper) get(ctx context.Context, path string) (*apiResourceList, error) {
+	b, err := m.c.Do(ctx, http.MethodGet, path, nil, "", nil)
 	if err != nil {
 		return nil, err
 	}
-	req.Header.Set("Accept", "application/json")
-	resp, err := m.hc.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 8<<20))
-	if err != nil {
-		return nil, err
-	}
-	switch {
-	case resp.StatusCode == http.StatusNotFound:
-		return nil, errNotServed
-	case resp.StatusCode != http.StatusOK:
-		return nil, fmt.Errorf("GET %s: %s: %s", path, resp.Status, strings.TrimSpace(string(body[:min(len(body), 200)])))
-	}
-	var list metav1.APIResourceList
-	if err := json.Unmarshal(body, &list); err != nil {
+	var list apiResourceList
+	if err := json.Unmarshal(b, &list); err != nil {
 		return nil, fmt.Errorf("GET %s: %w", path, err)
 	}
 	return &list, nil

@@ -23,7 +23,7 @@ func kubeconfigWithUser(server, user string) []byte {
 
 // Attack: a kubeconfig whose user is an exec credential plugin runs that
 // command as the agent (root) the first time the cluster is contacted. It
-// must be refused where it enters (kube.New and RESTConfig, which the
+// must be refused where it enters (kube.New and Load, which the
 // local API's `kube set` and the reconciler both go through), and the
 // plugin must never run.
 func TestAttackExecKubeconfigRefused(t *testing.T) {
@@ -41,7 +41,7 @@ func TestAttackExecKubeconfigRefused(t *testing.T) {
 	t.Cleanup(srv.Close)
 	kc := kubeconfigWithUser(srv.URL+"\n    insecure-skip-tls-verify: true", "    exec:\n      apiVersion: client.authentication.k8s.io/v1\n      command: "+plugin+"\n      interactiveMode: Never\n")
 
-	_, verr := kube.RESTConfig(kc)
+	_, verr := kube.Load(kc)
 	e, err := kube.New(kube.Config{Kubeconfig: kc}, logger())
 	if err == nil {
 		ctx := kubetest.Context(t, 30*time.Second)
@@ -74,7 +74,7 @@ func TestKubeconfigUsers(t *testing.T) {
 		{"    username: a\n    password: b\n", true},
 		{"    {}\n", true},
 	} {
-		_, err := kube.RESTConfig(kubeconfigWithUser("https://127.0.0.1:6443", tc.user))
+		_, err := kube.Load(kubeconfigWithUser("https://127.0.0.1:6443", tc.user))
 		if tc.ok != (err == nil) {
 			t.Errorf("user %q: err = %v, want ok=%v", tc.user, err, tc.ok)
 		}

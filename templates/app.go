@@ -2,20 +2,13 @@ package templates
 
 import (
 	"fmt"
+	"github.com/runos/runos-agent/templates/kapi"
 	"maps"
 	"net"
 	"regexp"
 	"slices"
 	"strconv"
 	"strings"
-
-	appsv1 "k8s.io/api/apps/v1"
-	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/api/resource"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/util/intstr"
 )
 
 // LabelUses marks the copy of an instance's connection Secret in an app's
@@ -36,7 +29,7 @@ var envNameRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 // applies it with the rest (and re-applies it if the instance's credentials
 // ever change). Secret values reach the container only through
 // secretKeyRef, never as plain env values.
-func RenderApp(app App) ([]*unstructured.Unstructured, error) {
+func RenderApp(app App) ([]kapi.Object, error) {
 	if err := ValidOSID(app.OSID); err != nil {
 		return nil, fmt.Errorf("app: %w", err)
 	}
@@ -59,12 +52,12 @@ func RenderApp(app App) ([]*unstructured.Unstructured, error) {
 		"app.kubernetes.io/name": app.Name,
 	}
 	sel := map[string]string{LabelOSID: app.OSID}
-	var objs []runtime.Object
-	objs = append(objs, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: app.OSID, Labels: labels}})
+	var objs []any
+	objs = append(objs, &kapi.Namespace{ObjectMeta: kapi.ObjectMeta{Name: app.OSID, Labels: labels}})
 
 	// Injected variables, in order of Uses; the owner of each name is kept
 	// for error messages.
-	var envs []corev1.EnvVar
+	var envs []kapi.EnvVar
 	owner := map[string]string{}
 	seen := map[string]bool{}
 	for _, inst := range app.Uses {
@@ -97,8 +90,8 @@ func RenderApp(app App) ([]*unstructured.Unstructured, error) {
 			}
 			owner[e.name] = inst.OSID
 			if key, secret := secretKey(e.field); secret {
-				envs = append(envs, corev1.EnvVar{Name: e.name, ValueFrom: &corev1.EnvVarSource{SecretKeyRef: &corev1.SecretKeySelector{
-					LocalObjectReference: corev1.LocalObjectReference{Name: inst.OSID}, Key: key}}})
+				envs = append(envs, kapi.EnvVar{Name: e.name, ValueFrom: &kapi.EnvVarSource{SecretKeyRef: &kapi.SecretKeySelector{
+					LocalObjectReference: kapi.LocalObjectReference{Name: inst.OSID}, Key: key}}})
 				continue
 			}
 			v := connField(c, e.field)
@@ -118,37 +111,37 @@ func RenderApp(app App) ([]*unstructured.Unstructured, error) {
 		envs = append(envs, env(k, app.Env[k]))
 	}
 
-	c := corev1.Container{
+	c := kapi.Container{
 		Name:  "app",
 		Image: app.Image,
 		Env:   envs,
-		Resources: corev1.ResourceRequirements{Requests: corev1.ResourceList{
-			corev1.ResourceCPU: resource.MustParse("100m"), corev1.ResourceMemory: resource.MustParse("128Mi")}},
+		Resources: kapi.ResourceRequirements{Requests: kapi.ResourceList{
+			kapi.ResourceCPU: kapi.MustParseQuantity("100m"), kapi.ResourceMemory: kapi.MustParseQuantity("128Mi")}},
 	}
 	if app.Port > 0 {
-		c.Ports = []corev1.ContainerPort{port("http", app.Port)}
+		c.Ports = []kapi.ContainerPort{port("http", app.Port)}
 		c.ReadinessProbe = tcpProbe("http", 2, 5, 3)
 	}
 	one := int32(1)
-	objs = append(objs, &appsv1.Deployment{
-		ObjectMeta: metav1.ObjectMeta{Name: app.Name, Namespace: app.OSID, Labels: labels},
-		Spec: appsv1.DeploymentSpec{
+	objs = append(objs, &kapi.Deployment{
+		ObjectMeta: kapi.ObjectMeta{Name: app.Name, Namespace: app.OSID, Labels: labels},
+		Spec: kapi.DeploymentSpec{
 			Replicas: &one,
-			Selector: &metav1.LabelSelector{MatchLabels: sel},
-			Template: corev1.PodTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{Labels: labels},
-				Spec:       corev1.PodSpec{Containers: []corev1.Container{c}, EnableServiceLinks: new(false)},
+			Selector: &kapi.LabelSelector{MatchLabels: sel},
+			Template: kapi.PodTemplateSpec{
+				ObjectMeta: kapi.ObjectMeta{Labels: labels},
+				Spec:       kapi.PodSpec{Containers: []kapi.Container{c}, EnableServiceLinks: new(false)},
 			},
 		},
 	})
 	if app.Port > 0 {
-		objs = append(objs, &corev1.Service{
-			ObjectMeta: metav1.ObjectMeta{Name: app.Name, Namespace: app.OSID, Labels: labels},
-			Spec: corev1.ServiceSpec{Selector: sel, Ports: []corev1.ServicePort{{
-				Name: "http", Port: int32(app.Port), TargetPort: intstr.FromString("http"), Protocol: corev1.ProtocolTCP}}},
+		objs = append(objs, &kapi.Service{
+			ObjectMeta: kapi.ObjectMeta{Name: app.Name, Namespace: app.OSID, Labels: labels},
+			Spec: kapi.ServiceSpec{Selector: sel, Ports: []kapi.ServicePort{{
+				Name: "http", Port: int32(app.Port), TargetPort: kapi.FromString("http"), Protocol: kapi.ProtocolTCP}}},
 		})
 	}
-	return toUnstructured(objs)
+	return toObjects(objs)
 }
 
 func connField(c Connection, field string) string {

@@ -2,12 +2,11 @@ package templates
 
 import (
 	"fmt"
+	"github.com/runos/runos-agent/templates/kapi"
 	"slices"
 	"sort"
 	"strings"
 	"sync"
-
-	"k8s.io/apimachinery/pkg/api/resource"
 )
 
 // def is one catalog entry: the public Service description plus what it
@@ -156,7 +155,7 @@ func (d *def) finish() {
 // doubled is the ha/enterprise default of a cpu or memory setting: twice
 // the lightweight one.
 func doubled(q string) string {
-	v := resource.MustParse(q)
+	v := kapi.MustParseQuantity(q)
 	v.Add(v)
 	return v.String()
 }

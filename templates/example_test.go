@@ -25,7 +25,7 @@ func ExampleRender() {
 		panic(err)
 	}
 	for _, o := range objs {
-		fmt.Println(o.GetKind(), o.GetNamespace(), o.GetName())
+		fmt.Println(o.Kind(), o.Namespace(), o.Name())
 	}
 	c, _ := templates.Connect(inst)
 	fmt.Println(c.Host, c.Port, c.User, c.Database, c.SecretKeys["DATABASE_URL"])
@@ -51,7 +51,7 @@ func ExampleRenderApp() {
 		panic(err)
 	}
 	for _, o := range objs {
-		fmt.Println(o.GetKind(), o.GetNamespace(), o.GetName())
+		fmt.Println(o.Kind(), o.Namespace(), o.Name())
 	}
 	// Output:
 	// Namespace  shop-7hx2q

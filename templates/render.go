@@ -4,22 +4,12 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"github.com/runos/runos-agent/templates/kapi"
 	"maps"
 	"slices"
 	"sort"
 	"strconv"
 	"strings"
-
-	appsv1 "k8s.io/api/apps/v1"
-	batchv1 "k8s.io/api/batch/v1"
-	corev1 "k8s.io/api/core/v1"
-	policyv1 "k8s.io/api/policy/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
-	"k8s.io/apimachinery/pkg/api/resource"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/util/intstr"
 )
 
 // SecretName is the name of the Secret holding an instance's credentials
@@ -38,10 +28,10 @@ type rc struct {
 	image    string
 	replicas int
 
-	cpu, memory, storage, backupStorage resource.Quantity
+	cpu, memory, storage, backupStorage kapi.Quantity
 
 	creds map[string]string
-	objs  []runtime.Object
+	objs  []any
 }
 
 func (r *rc) ha() bool         { return r.tier != TierLightweight }
@@ -59,7 +49,7 @@ func (r *rc) podHost(sts string, i int, headless string) string {
 // Render turns a validated instance (with credentials) into Kubernetes
 // objects: the Namespace first, then RBAC, Secret, ConfigMaps, PVCs,
 // Services, workloads, Jobs, PDBs, CronJobs. Same Instance, same output.
-func Render(inst Instance) ([]*unstructured.Unstructured, error) {
+func Render(inst Instance) ([]kapi.Object, error) {
 	r, err := resolve(inst)
 	if err != nil {
 		return nil, err
@@ -67,7 +57,7 @@ func Render(inst Instance) ([]*unstructured.Unstructured, error) {
 	if err := r.checkCreds(); err != nil {
 		return nil, err
 	}
-	r.add(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: r.ns, Labels: r.labels("")}})
+	r.add(&kapi.Namespace{ObjectMeta: kapi.ObjectMeta{Name: r.ns, Labels: r.labels("")}})
 	sec, err := r.secret(SecretName, r.labels(""))
 	if err != nil {
 		return nil, err
@@ -76,7 +66,7 @@ func Render(inst Instance) ([]*unstructured.Unstructured, error) {
 	if err := r.d.render(r); err != nil {
 		return nil, fmt.Errorf("%s: %w", r.d.svc.Name, err)
 	}
-	return toUnstructured(r.objs)
+	return toObjects(r.objs)
 }
 
 func (r *rc) checkCreds() error {
@@ -92,7 +82,7 @@ func (r *rc) checkCreds() error {
 // secret holds the raw credentials plus the connection details (host,
 // port, user, password, database, url), so a copy in an app's namespace is
 // all the app needs.
-func (r *rc) secret(name string, labels map[string]string) (*corev1.Secret, error) {
+func (r *rc) secret(name string, labels map[string]string) (*kapi.Secret, error) {
 	data := map[string][]byte{}
 	for k, v := range r.creds {
 		data[k] = []byte(v)
@@ -110,9 +100,9 @@ func (r *rc) secret(name string, labels map[string]string) (*corev1.Secret, erro
 			data[k] = []byte(v)
 		}
 	}
-	return &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: r.ns, Labels: labels},
-		Type:       corev1.SecretTypeOpaque,
+	return &kapi.Secret{
+		ObjectMeta: kapi.ObjectMeta{Name: name, Namespace: r.ns, Labels: labels},
+		Type:       kapi.SecretTypeOpaque,
 		Data:       data,
 	}, nil
 }
@@ -163,7 +153,7 @@ func secretKey(field string) (string, bool) {
 
 // --- object helpers ---
 
-func (r *rc) add(objs ...runtime.Object) { r.objs = append(r.objs, objs...) }
+func (r *rc) add(objs ...any) { r.objs = append(r.objs, objs...) }
 
 // labels are put on every object; component names the part ("" for the
 // instance as a whole).
@@ -196,36 +186,36 @@ func (r *rc) selector(component string) map[string]string {
 	return map[string]string{LabelOSID: r.inst.OSID, "app.kubernetes.io/component": component}
 }
 
-func (r *rc) meta(name, component string) metav1.ObjectMeta {
-	return metav1.ObjectMeta{Name: name, Namespace: r.ns, Labels: r.labels(component)}
+func (r *rc) meta(name, component string) kapi.ObjectMeta {
+	return kapi.ObjectMeta{Name: name, Namespace: r.ns, Labels: r.labels(component)}
 }
 
 // resources: lightweight and ha request cpu/memory and limit memory;
 // enterprise sets requests == limits for Guaranteed QoS.
-func (r *rc) resources() corev1.ResourceRequirements {
+func (r *rc) resources() kapi.ResourceRequirements {
 	return r.res(r.cpu, r.memory)
 }
 
-func (r *rc) res(cpu, mem resource.Quantity) corev1.ResourceRequirements {
-	req := corev1.ResourceList{corev1.ResourceCPU: cpu, corev1.ResourceMemory: mem}
-	lim := corev1.ResourceList{corev1.ResourceMemory: mem}
+func (r *rc) res(cpu, mem kapi.Quantity) kapi.ResourceRequirements {
+	req := kapi.ResourceList{kapi.ResourceCPU: cpu, kapi.ResourceMemory: mem}
+	lim := kapi.ResourceList{kapi.ResourceMemory: mem}
 	if r.enterprise() {
-		lim = corev1.ResourceList{corev1.ResourceCPU: cpu, corev1.ResourceMemory: mem}
+		lim = kapi.ResourceList{kapi.ResourceCPU: cpu, kapi.ResourceMemory: mem}
 	}
-	return corev1.ResourceRequirements{Requests: req, Limits: lim}
+	return kapi.ResourceRequirements{Requests: req, Limits: lim}
 }
 
 // small is the resources of a helper container (sidecar, job).
-func (r *rc) small() corev1.ResourceRequirements {
-	return r.res(resource.MustParse("50m"), resource.MustParse("64Mi"))
+func (r *rc) small() kapi.ResourceRequirements {
+	return r.res(kapi.MustParseQuantity("50m"), kapi.MustParseQuantity("64Mi"))
 }
 
 // memoryMiB is the memory setting in MiB, for software that wants a number.
 func (r *rc) memoryMiB() int64 { return r.memory.Value() / (1 << 20) }
 
-func (r *rc) secretEnv(name, key string) corev1.EnvVar {
-	return corev1.EnvVar{Name: name, ValueFrom: &corev1.EnvVarSource{SecretKeyRef: &corev1.SecretKeySelector{
-		LocalObjectReference: corev1.LocalObjectReference{Name: SecretName}, Key: key}}}
+func (r *rc) secretEnv(name, key string) kapi.EnvVar {
+	return kapi.EnvVar{Name: name, ValueFrom: &kapi.EnvVarSource{SecretKeyRef: &kapi.SecretKeySelector{
+		LocalObjectReference: kapi.LocalObjectReference{Name: SecretName}, Key: key}}}
 }
 
 // hash is a short content hash for pod-template annotations.
@@ -236,88 +226,88 @@ func hash(s string) string {
 
 func sortedKeys[V any](m map[string]V) []string { return slices.Sorted(maps.Keys(m)) }
 
-func env(name, value string) corev1.EnvVar { return corev1.EnvVar{Name: name, Value: value} }
+func env(name, value string) kapi.EnvVar { return kapi.EnvVar{Name: name, Value: value} }
 
-func fieldEnv(name, path string) corev1.EnvVar {
-	return corev1.EnvVar{Name: name, ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: path}}}
+func fieldEnv(name, path string) kapi.EnvVar {
+	return kapi.EnvVar{Name: name, ValueFrom: &kapi.EnvVarSource{FieldRef: &kapi.ObjectFieldSelector{FieldPath: path}}}
 }
 
-func port(name string, p int) corev1.ContainerPort {
-	return corev1.ContainerPort{Name: name, ContainerPort: int32(p), Protocol: corev1.ProtocolTCP}
+func port(name string, p int) kapi.ContainerPort {
+	return kapi.ContainerPort{Name: name, ContainerPort: int32(p), Protocol: kapi.ProtocolTCP}
 }
 
-func svcPort(name string, p int) corev1.ServicePort {
-	return corev1.ServicePort{Name: name, Port: int32(p), TargetPort: intstr.FromString(name), Protocol: corev1.ProtocolTCP}
+func svcPort(name string, p int) kapi.ServicePort {
+	return kapi.ServicePort{Name: name, Port: int32(p), TargetPort: kapi.FromString(name), Protocol: kapi.ProtocolTCP}
 }
 
-func execProbe(initial, period, timeout, failures int32, cmd ...string) *corev1.Probe {
-	return &corev1.Probe{ProbeHandler: corev1.ProbeHandler{Exec: &corev1.ExecAction{Command: cmd}},
+func execProbe(initial, period, timeout, failures int32, cmd ...string) *kapi.Probe {
+	return &kapi.Probe{ProbeHandler: kapi.ProbeHandler{Exec: &kapi.ExecAction{Command: cmd}},
 		InitialDelaySeconds: initial, PeriodSeconds: period, TimeoutSeconds: timeout, FailureThreshold: failures, SuccessThreshold: 1}
 }
 
-func shProbe(initial, period, timeout, failures int32, script string) *corev1.Probe {
+func shProbe(initial, period, timeout, failures int32, script string) *kapi.Probe {
 	return execProbe(initial, period, timeout, failures, "sh", "-c", script)
 }
 
-func tcpProbe(portName string, initial, period, failures int32) *corev1.Probe {
-	return &corev1.Probe{ProbeHandler: corev1.ProbeHandler{TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromString(portName)}},
+func tcpProbe(portName string, initial, period, failures int32) *kapi.Probe {
+	return &kapi.Probe{ProbeHandler: kapi.ProbeHandler{TCPSocket: &kapi.TCPSocketAction{Port: kapi.FromString(portName)}},
 		InitialDelaySeconds: initial, PeriodSeconds: period, TimeoutSeconds: 5, FailureThreshold: failures, SuccessThreshold: 1}
 }
 
-func httpProbe(path, portName string, initial, period, failures int32) *corev1.Probe {
-	return &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: path, Port: intstr.FromString(portName), Scheme: corev1.URISchemeHTTP}},
+func httpProbe(path, portName string, initial, period, failures int32) *kapi.Probe {
+	return &kapi.Probe{ProbeHandler: kapi.ProbeHandler{HTTPGet: &kapi.HTTPGetAction{Path: path, Port: kapi.FromString(portName), Scheme: kapi.URISchemeHTTP}},
 		InitialDelaySeconds: initial, PeriodSeconds: period, TimeoutSeconds: 5, FailureThreshold: failures, SuccessThreshold: 1}
 }
 
-func mount(name, path string) corev1.VolumeMount {
-	return corev1.VolumeMount{Name: name, MountPath: path}
+func mount(name, path string) kapi.VolumeMount {
+	return kapi.VolumeMount{Name: name, MountPath: path}
 }
 
-func configVolume(name, configMap string, mode int32) corev1.Volume {
-	return corev1.Volume{Name: name, VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
-		LocalObjectReference: corev1.LocalObjectReference{Name: configMap}, DefaultMode: &mode}}}
+func configVolume(name, configMap string, mode int32) kapi.Volume {
+	return kapi.Volume{Name: name, VolumeSource: kapi.VolumeSource{ConfigMap: &kapi.ConfigMapVolumeSource{
+		LocalObjectReference: kapi.LocalObjectReference{Name: configMap}, DefaultMode: &mode}}}
 }
 
-func emptyDir(name string) corev1.Volume {
-	return corev1.Volume{Name: name, VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}}
+func emptyDir(name string) kapi.Volume {
+	return kapi.Volume{Name: name, VolumeSource: kapi.VolumeSource{EmptyDir: &kapi.EmptyDirVolumeSource{}}}
 }
 
-func memDir(name string, size string) corev1.Volume {
-	q := resource.MustParse(size)
-	return corev1.Volume{Name: name, VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{Medium: corev1.StorageMediumMemory, SizeLimit: &q}}}
+func memDir(name string, size string) kapi.Volume {
+	q := kapi.MustParseQuantity(size)
+	return kapi.Volume{Name: name, VolumeSource: kapi.VolumeSource{EmptyDir: &kapi.EmptyDirVolumeSource{Medium: kapi.StorageMediumMemory, SizeLimit: &q}}}
 }
 
 func (r *rc) configMap(name, component string, data map[string]string) {
-	r.add(&corev1.ConfigMap{ObjectMeta: r.meta(name, component), Data: data})
+	r.add(&kapi.ConfigMap{ObjectMeta: r.meta(name, component), Data: data})
 }
 
 // headless is the governing Service of a StatefulSet; it publishes
 // not-ready pods so peers find each other while forming a cluster.
-func (r *rc) headless(name, component string, ports ...corev1.ServicePort) {
-	r.add(&corev1.Service{ObjectMeta: r.meta(name, component), Spec: corev1.ServiceSpec{
-		ClusterIP: corev1.ClusterIPNone, PublishNotReadyAddresses: true, Selector: r.selector(component), Ports: ports}})
+func (r *rc) headless(name, component string, ports ...kapi.ServicePort) {
+	r.add(&kapi.Service{ObjectMeta: r.meta(name, component), Spec: kapi.ServiceSpec{
+		ClusterIP: kapi.ClusterIPNone, PublishNotReadyAddresses: true, Selector: r.selector(component), Ports: ports}})
 }
 
 // clientService is the ClusterIP Service apps connect to.
-func (r *rc) clientService(name, component string, sel map[string]string, ports ...corev1.ServicePort) {
+func (r *rc) clientService(name, component string, sel map[string]string, ports ...kapi.ServicePort) {
 	if sel == nil {
 		sel = r.selector(component)
 	}
-	r.add(&corev1.Service{ObjectMeta: r.meta(name, component), Spec: corev1.ServiceSpec{
-		Type: corev1.ServiceTypeClusterIP, Selector: sel, Ports: ports}})
+	r.add(&kapi.Service{ObjectMeta: r.meta(name, component), Spec: kapi.ServiceSpec{
+		Type: kapi.ServiceTypeClusterIP, Selector: sel, Ports: ports}})
 }
 
 // podSpec finishes a pod: anti-affinity and spread at ha tiers, security
 // defaults, termination grace.
-func (r *rc) podTemplate(component string, spec corev1.PodSpec, annotations map[string]string) corev1.PodTemplateSpec {
+func (r *rc) podTemplate(component string, spec kapi.PodSpec, annotations map[string]string) kapi.PodTemplateSpec {
 	if r.ha() {
-		spec.Affinity = &corev1.Affinity{PodAntiAffinity: &corev1.PodAntiAffinity{
+		spec.Affinity = &kapi.Affinity{PodAntiAffinity: &kapi.PodAntiAffinity{
 			// Preferred, not required: an edge cluster of one or two nodes
 			// still runs every replica; with enough nodes they spread.
-			PreferredDuringSchedulingIgnoredDuringExecution: []corev1.WeightedPodAffinityTerm{{
+			PreferredDuringSchedulingIgnoredDuringExecution: []kapi.WeightedPodAffinityTerm{{
 				Weight: 100,
-				PodAffinityTerm: corev1.PodAffinityTerm{
-					LabelSelector: &metav1.LabelSelector{MatchLabels: r.selector(component)},
+				PodAffinityTerm: kapi.PodAffinityTerm{
+					LabelSelector: &kapi.LabelSelector{MatchLabels: r.selector(component)},
 					TopologyKey:   "kubernetes.io/hostname",
 				},
 			}},
@@ -333,32 +323,32 @@ func (r *rc) podTemplate(component string, spec corev1.PodSpec, annotations map[
 		f := false
 		spec.EnableServiceLinks = &f
 	}
-	return corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: r.labels(component), Annotations: annotations}, Spec: spec}
+	return kapi.PodTemplateSpec{ObjectMeta: kapi.ObjectMeta{Labels: r.labels(component), Annotations: annotations}, Spec: spec}
 }
 
 // statefulSet renders a StatefulSet with no volume claim templates (see
 // dataStatefulSet and volumeClaim); parallel starts all pods at once.
-func (r *rc) statefulSet(name, component, headlessName string, replicas int, spec corev1.PodSpec, parallel bool) *appsv1.StatefulSet {
+func (r *rc) statefulSet(name, component, headlessName string, replicas int, spec kapi.PodSpec, parallel bool) *kapi.StatefulSet {
 	n := int32(replicas)
-	sts := &appsv1.StatefulSet{
+	sts := &kapi.StatefulSet{
 		ObjectMeta: r.meta(name, component),
-		Spec: appsv1.StatefulSetSpec{
+		Spec: kapi.StatefulSetSpec{
 			Replicas:            &n,
 			ServiceName:         headlessName,
-			Selector:            &metav1.LabelSelector{MatchLabels: r.selector(component)},
-			PodManagementPolicy: appsv1.OrderedReadyPodManagement,
-			UpdateStrategy:      appsv1.StatefulSetUpdateStrategy{Type: appsv1.RollingUpdateStatefulSetStrategyType},
+			Selector:            &kapi.LabelSelector{MatchLabels: r.selector(component)},
+			PodManagementPolicy: kapi.OrderedReadyPodManagement,
+			UpdateStrategy:      kapi.StatefulSetUpdateStrategy{Type: kapi.RollingUpdateStatefulSetStrategyType},
 			Template:            r.podTemplate(component, spec, r.metricsAnnotations(spec)),
-			PersistentVolumeClaimRetentionPolicy: &appsv1.StatefulSetPersistentVolumeClaimRetentionPolicy{
-				WhenDeleted: appsv1.RetainPersistentVolumeClaimRetentionPolicyType,
-				WhenScaled:  appsv1.RetainPersistentVolumeClaimRetentionPolicyType,
+			PersistentVolumeClaimRetentionPolicy: &kapi.StatefulSetPersistentVolumeClaimRetentionPolicy{
+				WhenDeleted: kapi.RetainPersistentVolumeClaimRetentionPolicyType,
+				WhenScaled:  kapi.RetainPersistentVolumeClaimRetentionPolicyType,
 			},
 		},
 	}
 	if parallel {
 		// Quorum systems must start all members together: ordered start
 		// waits for member 0 to be ready, which needs a quorum.
-		sts.Spec.PodManagementPolicy = appsv1.ParallelPodManagement
+		sts.Spec.PodManagementPolicy = kapi.ParallelPodManagement
 	}
 	r.add(sts)
 	return sts
@@ -367,30 +357,30 @@ func (r *rc) statefulSet(name, component, headlessName string, replicas int, spe
 // dataStatefulSet is the shape most services use: a StatefulSet named after
 // its component with one PVC template "data" of the instance's storage
 // size, which the containers mount by that name.
-func (r *rc) dataStatefulSet(component, headlessName string, replicas int, spec corev1.PodSpec, parallel bool) *appsv1.StatefulSet {
+func (r *rc) dataStatefulSet(component, headlessName string, replicas int, spec kapi.PodSpec, parallel bool) *kapi.StatefulSet {
 	sts := r.statefulSet(component, component, headlessName, replicas, spec, parallel)
 	r.volumeClaim(sts, "data", r.storage)
 	return sts
 }
 
 // volumeClaim adds a PVC template of size q to a StatefulSet.
-func (r *rc) volumeClaim(sts *appsv1.StatefulSet, name string, q resource.Quantity) {
-	sts.Spec.VolumeClaimTemplates = append(sts.Spec.VolumeClaimTemplates, corev1.PersistentVolumeClaim{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: r.stableLabels(sts.Labels["app.kubernetes.io/component"])},
-		Spec: corev1.PersistentVolumeClaimSpec{
-			AccessModes: []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
-			Resources:   corev1.VolumeResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceStorage: q}},
+func (r *rc) volumeClaim(sts *kapi.StatefulSet, name string, q kapi.Quantity) {
+	sts.Spec.VolumeClaimTemplates = append(sts.Spec.VolumeClaimTemplates, kapi.PersistentVolumeClaim{
+		ObjectMeta: kapi.ObjectMeta{Name: name, Labels: r.stableLabels(sts.Labels["app.kubernetes.io/component"])},
+		Spec: kapi.PersistentVolumeClaimSpec{
+			AccessModes: []kapi.PersistentVolumeAccessMode{kapi.ReadWriteOnce},
+			Resources:   kapi.VolumeResourceRequirements{Requests: kapi.ResourceList{kapi.ResourceStorage: q}},
 		},
 	})
 }
 
-func (r *rc) deployment(name, component string, replicas int, spec corev1.PodSpec) *appsv1.Deployment {
+func (r *rc) deployment(name, component string, replicas int, spec kapi.PodSpec) *kapi.Deployment {
 	n := int32(replicas)
-	dep := &appsv1.Deployment{
+	dep := &kapi.Deployment{
 		ObjectMeta: r.meta(name, component),
-		Spec: appsv1.DeploymentSpec{
+		Spec: kapi.DeploymentSpec{
 			Replicas: &n,
-			Selector: &metav1.LabelSelector{MatchLabels: r.selector(component)},
+			Selector: &kapi.LabelSelector{MatchLabels: r.selector(component)},
 			Template: r.podTemplate(component, spec, r.metricsAnnotations(spec)),
 		},
 	}
@@ -405,19 +395,19 @@ func (r *rc) pdb(component string, replicas int) {
 	if !r.ha() || replicas < 2 {
 		return
 	}
-	maxUnavailable := intstr.FromInt32(1)
-	r.add(&policyv1.PodDisruptionBudget{
+	maxUnavailable := kapi.FromInt32(1)
+	r.add(&kapi.PodDisruptionBudget{
 		ObjectMeta: r.meta(component, component),
-		Spec: policyv1.PodDisruptionBudgetSpec{
+		Spec: kapi.PodDisruptionBudgetSpec{
 			MaxUnavailable: &maxUnavailable,
-			Selector:       &metav1.LabelSelector{MatchLabels: r.selector(component)},
+			Selector:       &kapi.LabelSelector{MatchLabels: r.selector(component)},
 		},
 	})
 }
 
 // metricsAnnotations tell Prometheus where to scrape a pod at the
 // enterprise tier.
-func (r *rc) metricsAnnotations(spec corev1.PodSpec) map[string]string {
+func (r *rc) metricsAnnotations(spec kapi.PodSpec) map[string]string {
 	if !r.enterprise() || r.d.metrics.port == 0 {
 		return nil
 	}
@@ -444,20 +434,20 @@ func (r *rc) metricsAnnotations(spec corev1.PodSpec) map[string]string {
 // backupJob renders the enterprise backup: a PVC and a CronJob running
 // script (which writes into /backup) with env; old files are pruned after
 // backup_keep_days.
-func (r *rc) backupJob(image string, script string, envs ...corev1.EnvVar) {
+func (r *rc) backupJob(image string, script string, envs ...kapi.EnvVar) {
 	r.backupJobWith(nil, image, script, envs...)
 }
 
 // backupJobWith runs init first (it may write into /backup), then script.
-func (r *rc) backupJobWith(init *corev1.Container, image string, script string, envs ...corev1.EnvVar) {
+func (r *rc) backupJobWith(init *kapi.Container, image string, script string, envs ...kapi.EnvVar) {
 	if !r.enterprise() || !r.d.backup {
 		return
 	}
-	r.add(&corev1.PersistentVolumeClaim{
+	r.add(&kapi.PersistentVolumeClaim{
 		ObjectMeta: r.meta("backup", "backup"),
-		Spec: corev1.PersistentVolumeClaimSpec{
-			AccessModes: []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
-			Resources:   corev1.VolumeResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceStorage: r.backupStorage}},
+		Spec: kapi.PersistentVolumeClaimSpec{
+			AccessModes: []kapi.PersistentVolumeAccessMode{kapi.ReadWriteOnce},
+			Resources:   kapi.VolumeResourceRequirements{Requests: kapi.ResourceList{kapi.ResourceStorage: r.backupStorage}},
 		},
 	})
 	keep := r.set["backup_keep_days"]
@@ -466,38 +456,38 @@ func (r *rc) backupJobWith(init *corev1.Container, image string, script string, 
 	var one int32 = 1
 	var hist int32 = 3
 	deadline := int64(6 * 3600)
-	r.add(&batchv1.CronJob{
+	r.add(&kapi.CronJob{
 		ObjectMeta: r.meta("backup", "backup"),
-		Spec: batchv1.CronJobSpec{
+		Spec: kapi.CronJobSpec{
 			Schedule:                   r.set["backup_schedule"],
-			ConcurrencyPolicy:          batchv1.ForbidConcurrent,
+			ConcurrencyPolicy:          kapi.ForbidConcurrent,
 			SuccessfulJobsHistoryLimit: &hist,
 			FailedJobsHistoryLimit:     &hist,
-			JobTemplate: batchv1.JobTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{Labels: r.labels("backup")},
-				Spec: batchv1.JobSpec{
+			JobTemplate: kapi.JobTemplateSpec{
+				ObjectMeta: kapi.ObjectMeta{Labels: r.labels("backup")},
+				Spec: kapi.JobSpec{
 					BackoffLimit:          &one,
 					ActiveDeadlineSeconds: &deadline,
-					Template: corev1.PodTemplateSpec{
-						ObjectMeta: metav1.ObjectMeta{Labels: r.labels("backup")},
-						Spec: corev1.PodSpec{
-							RestartPolicy:      corev1.RestartPolicyNever,
+					Template: kapi.PodTemplateSpec{
+						ObjectMeta: kapi.ObjectMeta{Labels: r.labels("backup")},
+						Spec: kapi.PodSpec{
+							RestartPolicy:      kapi.RestartPolicyNever,
 							EnableServiceLinks: new(false),
 							// Root, so that whatever the image's user, it
 							// can write to the backup volume (not every
 							// volume type honours fsGroup).
-							SecurityContext: &corev1.PodSecurityContext{RunAsUser: new(int64(0))},
-							Containers: []corev1.Container{{
+							SecurityContext: &kapi.PodSecurityContext{RunAsUser: new(int64(0))},
+							Containers: []kapi.Container{{
 								Name:         "backup",
 								Image:        image,
 								Command:      []string{"sh", "-c", full},
 								Env:          envs,
-								Resources:    r.res(resource.MustParse("250m"), resource.MustParse("256Mi")),
-								VolumeMounts: []corev1.VolumeMount{mount("backup", "/backup")},
+								Resources:    r.res(kapi.MustParseQuantity("250m"), kapi.MustParseQuantity("256Mi")),
+								VolumeMounts: []kapi.VolumeMount{mount("backup", "/backup")},
 							}},
 							InitContainers: initContainers(init),
-							Volumes: []corev1.Volume{{Name: "backup", VolumeSource: corev1.VolumeSource{
-								PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: "backup"}}}},
+							Volumes: []kapi.Volume{{Name: "backup", VolumeSource: kapi.VolumeSource{
+								PersistentVolumeClaim: &kapi.PersistentVolumeClaimVolumeSource{ClaimName: "backup"}}}},
 						},
 					},
 				},
@@ -510,20 +500,20 @@ func (r *rc) backupJobWith(init *corev1.Container, image string, script string, 
 // (enable auth, initiate a replica set). It is kept after completion so a
 // re-apply does not run it again; if it is deleted, running it again is
 // harmless.
-func (r *rc) bootstrapJob(name, image, script string, envs ...corev1.EnvVar) {
+func (r *rc) bootstrapJob(name, image, script string, envs ...kapi.EnvVar) {
 	backoff := int32(30)
 	deadline := int64(3600)
-	r.add(&batchv1.Job{
+	r.add(&kapi.Job{
 		ObjectMeta: r.meta(name, "bootstrap"),
-		Spec: batchv1.JobSpec{
+		Spec: kapi.JobSpec{
 			BackoffLimit:          &backoff,
 			ActiveDeadlineSeconds: &deadline,
-			Template: corev1.PodTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{Labels: r.stableLabels("bootstrap")},
-				Spec: corev1.PodSpec{
-					RestartPolicy:      corev1.RestartPolicyOnFailure,
+			Template: kapi.PodTemplateSpec{
+				ObjectMeta: kapi.ObjectMeta{Labels: r.stableLabels("bootstrap")},
+				Spec: kapi.PodSpec{
+					RestartPolicy:      kapi.RestartPolicyOnFailure,
 					EnableServiceLinks: new(false),
-					Containers: []corev1.Container{{
+					Containers: []kapi.Container{{
 						Name:      name,
 						Image:     image,
 						Command:   []string{"sh", "-c", script},
@@ -536,11 +526,11 @@ func (r *rc) bootstrapJob(name, image, script string, envs ...corev1.EnvVar) {
 	})
 }
 
-func initContainers(c *corev1.Container) []corev1.Container {
+func initContainers(c *kapi.Container) []kapi.Container {
 	if c == nil {
 		return nil
 	}
-	return []corev1.Container{*c}
+	return []kapi.Container{*c}
 }
 
 // --- conversion ---
@@ -552,75 +542,48 @@ var kindOrder = map[string]int{
 	"PodDisruptionBudget": 11, "CronJob": 12,
 }
 
-func gvk(o runtime.Object) (string, string) {
+func gvk(o any) (string, string) {
 	switch o.(type) {
-	case *corev1.Namespace:
+	case *kapi.Namespace:
 		return "v1", "Namespace"
-	case *corev1.ServiceAccount:
+	case *kapi.ServiceAccount:
 		return "v1", "ServiceAccount"
-	case *corev1.Secret:
+	case *kapi.Secret:
 		return "v1", "Secret"
-	case *corev1.ConfigMap:
+	case *kapi.ConfigMap:
 		return "v1", "ConfigMap"
-	case *corev1.PersistentVolumeClaim:
+	case *kapi.PersistentVolumeClaim:
 		return "v1", "PersistentVolumeClaim"
-	case *corev1.Service:
+	case *kapi.Service:
 		return "v1", "Service"
-	case *rbacv1.Role:
+	case *kapi.Role:
 		return "rbac.authorization.k8s.io/v1", "Role"
-	case *rbacv1.RoleBinding:
+	case *kapi.RoleBinding:
 		return "rbac.authorization.k8s.io/v1", "RoleBinding"
-	case *appsv1.StatefulSet:
+	case *kapi.StatefulSet:
 		return "apps/v1", "StatefulSet"
-	case *appsv1.Deployment:
+	case *kapi.Deployment:
 		return "apps/v1", "Deployment"
-	case *batchv1.Job:
+	case *kapi.Job:
 		return "batch/v1", "Job"
-	case *batchv1.CronJob:
+	case *kapi.CronJob:
 		return "batch/v1", "CronJob"
-	case *policyv1.PodDisruptionBudget:
+	case *kapi.PodDisruptionBudget:
 		return "policy/v1", "PodDisruptionBudget"
 	}
 	panic(fmt.Sprintf("templates: no kind for %T", o))
 }
 
-func toUnstructured(objs []runtime.Object) ([]*unstructured.Unstructured, error) {
-	out := make([]*unstructured.Unstructured, 0, len(objs))
+func toObjects(objs []any) ([]kapi.Object, error) {
+	out := make([]kapi.Object, 0, len(objs))
 	for _, o := range objs {
 		api, kind := gvk(o)
-		m, err := runtime.DefaultUnstructuredConverter.ToUnstructured(o)
+		u, err := kapi.ToObject(api, kind, o)
 		if err != nil {
-			return nil, fmt.Errorf("convert %s: %w", kind, err)
+			return nil, err
 		}
-		delete(m, "status")
-		prune(m)
-		u := &unstructured.Unstructured{Object: m}
-		u.SetAPIVersion(api)
-		u.SetKind(kind)
 		out = append(out, u)
 	}
-	sort.SliceStable(out, func(i, j int) bool { return kindOrder[out[i].GetKind()] < kindOrder[out[j].GetKind()] })
+	sort.SliceStable(out, func(i, j int) bool { return kindOrder[out[i].Kind()] < kindOrder[out[j].Kind()] })
 	return out, nil
-}
-
-// prune drops null values (creationTimestamp: null and the like) and empty
-// status maps, which a server-side apply would otherwise claim.
-func prune(m map[string]any) {
-	for _, k := range slices.Collect(maps.Keys(m)) {
-		switch v := m[k].(type) {
-		case nil:
-			delete(m, k)
-		case map[string]any:
-			prune(v)
-			if k == "status" && len(v) == 0 {
-				delete(m, k)
-			}
-		case []any:
-			for _, x := range v {
-				if mm, ok := x.(map[string]any); ok {
-					prune(mm)
-				}
-			}
-		}
-	}
 }

@@ -2,10 +2,9 @@ package templates
 
 import (
 	"fmt"
+	"github.com/runos/runos-agent/templates/kapi"
 	"regexp"
 	"strings"
-
-	corev1 "k8s.io/api/core/v1"
 )
 
 // --- ClickHouse ---
@@ -118,7 +117,7 @@ func renderClickHouse(r *rc) error {
 	b.WriteString("</clickhouse>\n")
 	r.configMap("clickhouse-config", "clickhouse", map[string]string{"runos.xml": b.String()})
 
-	envs := []corev1.EnvVar{
+	envs := []kapi.EnvVar{
 		env("HEADLESS", headless+"."+r.ns+".svc.cluster.local"),
 		r.secretEnv("CLICKHOUSE_USER", "username"),
 		r.secretEnv("CLICKHOUSE_PASSWORD", "password_app"),
@@ -130,11 +129,11 @@ func renderClickHouse(r *rc) error {
 		// Single node: the image's entrypoint creates the database.
 		envs = append(envs, r.secretEnv("CLICKHOUSE_DB", "dbname"))
 	}
-	ports := []corev1.ContainerPort{port("http", 8123), port("native", 9000), port("metrics", 9363)}
+	ports := []kapi.ContainerPort{port("http", 8123), port("native", 9000), port("metrics", 9363)}
 	if r.replicas > 1 {
 		ports = append(ports, port("interserver", 9009), port("keeper", 9181), port("raft", 9234))
 	}
-	c := corev1.Container{
+	c := kapi.Container{
 		Name:           "clickhouse",
 		Image:          r.image,
 		Command:        []string{"bash", "-c", clickhouseStart},
@@ -144,14 +143,14 @@ func renderClickHouse(r *rc) error {
 		ReadinessProbe: httpProbe("/ping", "http", 0, 10, 3),
 		LivenessProbe:  httpProbe("/ping", "http", 0, 10, 6),
 		Resources:      r.resources(),
-		VolumeMounts: []corev1.VolumeMount{mount("data", "/var/lib/clickhouse"),
+		VolumeMounts: []kapi.VolumeMount{mount("data", "/var/lib/clickhouse"),
 			{Name: "config", MountPath: "/etc/clickhouse-server/config.d/runos.xml", SubPath: "runos.xml"}},
 	}
-	spec := corev1.PodSpec{
-		Containers: []corev1.Container{c},
-		Volumes:    []corev1.Volume{configVolume("config", "clickhouse-config", 0o644)},
+	spec := kapi.PodSpec{
+		Containers: []kapi.Container{c},
+		Volumes:    []kapi.Volume{configVolume("config", "clickhouse-config", 0o644)},
 	}
-	svcPorts := []corev1.ServicePort{svcPort("http", 8123), svcPort("native", 9000)}
+	svcPorts := []kapi.ServicePort{svcPort("http", 8123), svcPort("native", 9000)}
 	hp := svcPorts
 	if r.replicas > 1 {
 		hp = append(hp, svcPort("interserver", 9009), svcPort("keeper", 9181), svcPort("raft", 9234))
@@ -201,7 +200,7 @@ func opensearchDef() *def {
 func renderOpenSearch(r *rc) error {
 	headless := "opensearch-headless"
 	heap := r.memoryMiB() / 2
-	envs := []corev1.EnvVar{
+	envs := []kapi.EnvVar{
 		fieldEnv("POD_NAME", "metadata.name"),
 		env("cluster.name", r.inst.OSID),
 		env("node.name", "$(POD_NAME)"),
@@ -225,22 +224,22 @@ func renderOpenSearch(r *rc) error {
 			env("cluster.initial_cluster_manager_nodes", strings.Join(names, ",")))
 	}
 	health := `curl -sk -o /dev/null -w '%{http_code}' -u "admin:$OPENSEARCH_INITIAL_ADMIN_PASSWORD" "https://127.0.0.1:9200/_cluster/health?local=true" | grep -q 200`
-	c := corev1.Container{
+	c := kapi.Container{
 		Name:           "opensearch",
 		Image:          r.image,
 		Env:            envs,
-		Ports:          []corev1.ContainerPort{port("http", 9200), port("transport", 9300)},
+		Ports:          []kapi.ContainerPort{port("http", 9200), port("transport", 9300)},
 		StartupProbe:   tcpProbe("http", 10, 5, 60),
 		ReadinessProbe: shProbe(0, 10, 10, 3, health),
 		LivenessProbe:  tcpProbe("transport", 0, 10, 6),
 		Resources:      r.resources(),
-		VolumeMounts:   []corev1.VolumeMount{mount("data", "/usr/share/opensearch/data")},
+		VolumeMounts:   []kapi.VolumeMount{mount("data", "/usr/share/opensearch/data")},
 	}
 	uid := int64(1000)
 	grace := int64(120)
-	spec := corev1.PodSpec{
-		Containers:                    []corev1.Container{c},
-		SecurityContext:               &corev1.PodSecurityContext{FSGroup: &uid},
+	spec := kapi.PodSpec{
+		Containers:                    []kapi.Container{c},
+		SecurityContext:               &kapi.PodSecurityContext{FSGroup: &uid},
 		TerminationGracePeriodSeconds: &grace,
 	}
 	r.headless(headless, "opensearch", svcPort("http", 9200), svcPort("transport", 9300))
@@ -288,10 +287,10 @@ func influxdbDef() *def {
 				URL: "http://" + h + ":8086"}
 		},
 		render: func(r *rc) error {
-			c := corev1.Container{
+			c := kapi.Container{
 				Name:  "influxdb",
 				Image: r.image,
-				Env: []corev1.EnvVar{
+				Env: []kapi.EnvVar{
 					env("DOCKER_INFLUXDB_INIT_MODE", "setup"),
 					r.secretEnv("DOCKER_INFLUXDB_INIT_USERNAME", "username"),
 					r.secretEnv("DOCKER_INFLUXDB_INIT_PASSWORD", "admin_password"),
@@ -301,14 +300,14 @@ func influxdbDef() *def {
 					env("DOCKER_INFLUXDB_INIT_RETENTION", r.set["retention"]),
 					env("INFLUXD_REPORTING_DISABLED", "true"),
 				},
-				Ports:          []corev1.ContainerPort{port("http", 8086)},
+				Ports:          []kapi.ContainerPort{port("http", 8086)},
 				StartupProbe:   httpProbe("/health", "http", 5, 5, 60),
 				ReadinessProbe: httpProbe("/health", "http", 0, 10, 3),
 				LivenessProbe:  httpProbe("/health", "http", 0, 10, 6),
 				Resources:      r.resources(),
-				VolumeMounts:   []corev1.VolumeMount{mount("data", "/var/lib/influxdb2"), mount("config", "/etc/influxdb2")},
+				VolumeMounts:   []kapi.VolumeMount{mount("data", "/var/lib/influxdb2"), mount("config", "/etc/influxdb2")},
 			}
-			spec := corev1.PodSpec{Containers: []corev1.Container{c}, Volumes: []corev1.Volume{emptyDir("config")}}
+			spec := kapi.PodSpec{Containers: []kapi.Container{c}, Volumes: []kapi.Volume{emptyDir("config")}}
 			r.headless("influxdb-headless", "influxdb", svcPort("http", 8086))
 			r.clientService("influxdb", "influxdb", nil, svcPort("http", 8086))
 			r.dataStatefulSet("influxdb", "influxdb-headless", 1, spec, false)
@@ -341,7 +340,7 @@ func meilisearchDef() *def {
 			return Connection{Host: h, Port: 7700, Password: r.creds["master_key"], URL: "http://" + h + ":7700"}
 		},
 		render: func(r *rc) error {
-			envs := []corev1.EnvVar{
+			envs := []kapi.EnvVar{
 				env("MEILI_ENV", "production"),
 				r.secretEnv("MEILI_MASTER_KEY", "master_key"),
 				env("MEILI_DB_PATH", "/meili_data/data.ms"),
@@ -353,20 +352,20 @@ func meilisearchDef() *def {
 			if r.enterprise() {
 				envs = append(envs, env("MEILI_SCHEDULE_SNAPSHOT", "86400"))
 			}
-			c := corev1.Container{
+			c := kapi.Container{
 				Name:           "meilisearch",
 				Image:          r.image,
 				Env:            envs,
-				Ports:          []corev1.ContainerPort{port("http", 7700)},
+				Ports:          []kapi.ContainerPort{port("http", 7700)},
 				StartupProbe:   httpProbe("/health", "http", 2, 5, 60),
 				ReadinessProbe: httpProbe("/health", "http", 0, 10, 3),
 				LivenessProbe:  httpProbe("/health", "http", 0, 10, 6),
 				Resources:      r.resources(),
-				VolumeMounts:   []corev1.VolumeMount{mount("data", "/meili_data")},
+				VolumeMounts:   []kapi.VolumeMount{mount("data", "/meili_data")},
 			}
 			r.headless("meilisearch-headless", "meilisearch", svcPort("http", 7700))
 			r.clientService("meilisearch", "meilisearch", nil, svcPort("http", 7700))
-			r.dataStatefulSet("meilisearch", "meilisearch-headless", 1, corev1.PodSpec{Containers: []corev1.Container{c}}, false)
+			r.dataStatefulSet("meilisearch", "meilisearch-headless", 1, kapi.PodSpec{Containers: []kapi.Container{c}}, false)
 			return nil
 		},
 	}

@@ -2,10 +2,8 @@ package templates
 
 import (
 	"fmt"
+	"github.com/runos/runos-agent/templates/kapi"
 	"strings"
-
-	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/api/resource"
 )
 
 // curlImage runs small bootstrap and backup scripts against HTTP APIs
@@ -49,22 +47,22 @@ func memcachedDef() *def {
 			// The cache gets 80% of the memory limit, the rest is
 			// connection buffers and the process itself.
 			mb := r.memoryMiB() * 4 / 5
-			c := corev1.Container{
+			c := kapi.Container{
 				Name:           "memcached",
 				Image:          r.image,
 				Args:           []string{"memcached", "-m", fmt.Sprint(mb), "-c", r.set["max_connections"], "-p", "11211", "-U", "0", "-v"},
-				Ports:          []corev1.ContainerPort{port("memcached", 11211)},
+				Ports:          []kapi.ContainerPort{port("memcached", 11211)},
 				ReadinessProbe: tcpProbe("memcached", 2, 5, 3),
 				LivenessProbe:  tcpProbe("memcached", 10, 10, 6),
 				Resources:      r.resources(),
 			}
-			spec := corev1.PodSpec{Containers: []corev1.Container{c}}
+			spec := kapi.PodSpec{Containers: []kapi.Container{c}}
 			if r.enterprise() {
-				spec.Containers = append(spec.Containers, corev1.Container{
+				spec.Containers = append(spec.Containers, kapi.Container{
 					Name:           "exporter",
 					Image:          "docker.io/prom/memcached-exporter:v0.15.3",
 					Args:           []string{"--memcached.address=127.0.0.1:11211"},
-					Ports:          []corev1.ContainerPort{port("metrics", 9150)},
+					Ports:          []kapi.ContainerPort{port("metrics", 9150)},
 					ReadinessProbe: httpProbe("/metrics", "metrics", 5, 10, 3),
 					Resources:      r.small(),
 				})
@@ -133,11 +131,11 @@ func renderEtcd(r *rc) error {
 	if quota > 8<<30 {
 		quota = 8 << 30 // etcd's documented maximum
 	}
-	c := corev1.Container{
+	c := kapi.Container{
 		Name:    "etcd",
 		Image:   r.image,
 		Command: []string{"/usr/local/bin/etcd"},
-		Env: []corev1.EnvVar{
+		Env: []kapi.EnvVar{
 			fieldEnv("POD_NAME", "metadata.name"),
 			env("ETCD_NAME", "$(POD_NAME)"),
 			env("ETCD_DATA_DIR", "/var/lib/etcd/data"),
@@ -154,31 +152,31 @@ func renderEtcd(r *rc) error {
 			env("ETCD_QUOTA_BACKEND_BYTES", fmt.Sprint(quota)),
 			env("ETCD_AUTH_TOKEN", "simple"),
 		},
-		Ports:          []corev1.ContainerPort{port("client", 2379), port("peer", 2380), port("metrics", 2381)},
+		Ports:          []kapi.ContainerPort{port("client", 2379), port("peer", 2380), port("metrics", 2381)},
 		StartupProbe:   httpProbe("/readyz", "metrics", 5, 5, 60),
 		ReadinessProbe: httpProbe("/readyz", "metrics", 0, 5, 3),
 		LivenessProbe:  httpProbe("/livez", "metrics", 0, 10, 6),
 		Resources:      r.resources(),
-		VolumeMounts:   []corev1.VolumeMount{mount("data", "/var/lib/etcd")},
+		VolumeMounts:   []kapi.VolumeMount{mount("data", "/var/lib/etcd")},
 	}
 	r.headless(headless, "etcd", svcPort("client", 2379), svcPort("peer", 2380))
 	r.clientService("etcd", "etcd", nil, svcPort("client", 2379))
 	// Newer etcd images may run as the distroless nonroot user.
 	gid := int64(65532)
-	r.dataStatefulSet("etcd", headless, r.replicas, corev1.PodSpec{Containers: []corev1.Container{c},
-		SecurityContext: &corev1.PodSecurityContext{FSGroup: &gid}}, true)
+	r.dataStatefulSet("etcd", headless, r.replicas, kapi.PodSpec{Containers: []kapi.Container{c},
+		SecurityContext: &kapi.PodSecurityContext{FSGroup: &gid}}, true)
 	r.pdb("etcd", r.replicas)
 	r.bootstrapJob("enable-auth", curlImage, etcdAuth,
 		env("ENDPOINT", "http://"+r.host("etcd")+":2379"), r.secretEnv("ROOT_PASSWORD", "root_password"))
 	// etcd's image has no shell: etcdctl writes the snapshot in an init
 	// container, the curl image's shell names and prunes it.
-	r.backupJobWith(&corev1.Container{
+	r.backupJobWith(&kapi.Container{
 		Name:         "snapshot",
 		Image:        r.image,
 		Command:      []string{"/usr/local/bin/etcdctl", "--endpoints=http://" + r.host("etcd") + ":2379", "--user=root:$(ROOT_PASSWORD)", "snapshot", "save", "/backup/incoming.db"},
-		Env:          []corev1.EnvVar{r.secretEnv("ROOT_PASSWORD", "root_password")},
-		Resources:    r.res(resource.MustParse("250m"), resource.MustParse("256Mi")),
-		VolumeMounts: []corev1.VolumeMount{mount("backup", "/backup")},
+		Env:          []kapi.EnvVar{r.secretEnv("ROOT_PASSWORD", "root_password")},
+		Resources:    r.res(kapi.MustParseQuantity("250m"), kapi.MustParseQuantity("256Mi")),
+		VolumeMounts: []kapi.VolumeMount{mount("backup", "/backup")},
 	}, curlImage, `mv /backup/incoming.db "/backup/etcd-$stamp.db"`)
 	return nil
 }
@@ -250,36 +248,36 @@ jetstream {
 sed "s|\$ROUTE_PASSWORD@|$ROUTE_PASSWORD@|g" /config/nats.conf > /work/nats.conf
 exec nats-server --config /work/nats.conf
 `
-	c := corev1.Container{
+	c := kapi.Container{
 		Name:    "nats",
 		Image:   r.image,
 		Command: []string{"sh", "-c", start},
-		Env: []corev1.EnvVar{
+		Env: []kapi.EnvVar{
 			fieldEnv("SERVER_NAME", "metadata.name"),
 			r.secretEnv("NATS_PASSWORD", "password_app"),
 			r.secretEnv("ROUTE_PASSWORD", "route_password"),
 		},
-		Ports:          []corev1.ContainerPort{port("client", 4222), port("cluster", 6222), port("monitor", 8222)},
+		Ports:          []kapi.ContainerPort{port("client", 4222), port("cluster", 6222), port("monitor", 8222)},
 		StartupProbe:   httpProbe("/healthz?js-enabled-only=true", "monitor", 5, 5, 60),
 		ReadinessProbe: httpProbe("/healthz?js-server-only=true", "monitor", 0, 10, 3),
 		LivenessProbe:  httpProbe("/healthz?js-enabled-only=true", "monitor", 0, 30, 3),
 		Resources:      r.resources(),
-		Lifecycle: &corev1.Lifecycle{PreStop: &corev1.LifecycleHandler{Exec: &corev1.ExecAction{
+		Lifecycle: &kapi.Lifecycle{PreStop: &kapi.LifecycleHandler{Exec: &kapi.ExecAction{
 			Command: []string{"nats-server", "-sl=ldm=/work/nats.pid"}}}},
-		VolumeMounts: []corev1.VolumeMount{mount("data", "/data"), mount("config", "/config"), mount("work", "/work")},
+		VolumeMounts: []kapi.VolumeMount{mount("data", "/data"), mount("config", "/config"), mount("work", "/work")},
 	}
 	grace := int64(60)
-	spec := corev1.PodSpec{
-		Containers:                    []corev1.Container{c},
-		Volumes:                       []corev1.Volume{configVolume("config", "nats-config", 0o644), emptyDir("work")},
+	spec := kapi.PodSpec{
+		Containers:                    []kapi.Container{c},
+		Volumes:                       []kapi.Volume{configVolume("config", "nats-config", 0o644), emptyDir("work")},
 		TerminationGracePeriodSeconds: &grace,
 	}
 	if r.enterprise() {
-		spec.Containers = append(spec.Containers, corev1.Container{
+		spec.Containers = append(spec.Containers, kapi.Container{
 			Name:           "exporter",
 			Image:          "docker.io/natsio/prometheus-nats-exporter:0.17.3",
 			Args:           []string{"-port=7777", "-varz", "-connz", "-routez", "-jsz=all", "http://127.0.0.1:8222"},
-			Ports:          []corev1.ContainerPort{port("metrics", 7777)},
+			Ports:          []kapi.ContainerPort{port("metrics", 7777)},
 			ReadinessProbe: tcpProbe("metrics", 5, 10, 3),
 			Resources:      r.small(),
 		})

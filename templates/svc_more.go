@@ -2,9 +2,8 @@ package templates
 
 import (
 	"fmt"
+	"github.com/runos/runos-agent/templates/kapi"
 	"strings"
-
-	corev1 "k8s.io/api/core/v1"
 )
 
 // --- ZooKeeper ---
@@ -38,11 +37,11 @@ func zookeeperDef() *def {
 				servers = append(servers, fmt.Sprintf("server.%d=%s:2888:3888;2181", i+1, r.podHost("zookeeper", i, headless)))
 			}
 			heap := r.memoryMiB() * 3 / 4
-			c := corev1.Container{
+			c := kapi.Container{
 				Name:    "zookeeper",
 				Image:   r.image,
 				Command: []string{"bash", "-c", "export ZOO_MY_ID=$(( ${HOSTNAME##*-} + 1 ))\nmkdir -p /data/datalog\nexec /docker-entrypoint.sh zkServer.sh start-foreground"},
-				Env: []corev1.EnvVar{
+				Env: []kapi.EnvVar{
 					env("ZOO_SERVERS", strings.Join(servers, " ")),
 					// The transaction log stays on the volume with the snapshots.
 					env("ZOO_DATA_LOG_DIR", "/data/datalog"),
@@ -54,15 +53,15 @@ func zookeeperDef() *def {
 					env("ZOO_CFG_EXTRA", "quorumListenOnAllIPs=true metricsProvider.className=org.apache.zookeeper.metrics.prometheus.PrometheusMetricsProvider metricsProvider.httpPort=7000"),
 					env("JVMFLAGS", fmt.Sprintf("-Xmx%dm", heap)),
 				},
-				Ports: []corev1.ContainerPort{port("client", 2181), port("quorum", 2888), port("election", 3888),
+				Ports: []kapi.ContainerPort{port("client", 2181), port("quorum", 2888), port("election", 3888),
 					port("admin", 8080), port("metrics", 7000)},
 				StartupProbe:   httpProbe("/commands/ruok", "admin", 5, 5, 60),
 				ReadinessProbe: tcpProbe("client", 0, 10, 3),
 				LivenessProbe:  httpProbe("/commands/ruok", "admin", 0, 10, 6),
 				Resources:      r.resources(),
-				VolumeMounts:   []corev1.VolumeMount{mount("data", "/data")},
+				VolumeMounts:   []kapi.VolumeMount{mount("data", "/data")},
 			}
-			spec := corev1.PodSpec{Containers: []corev1.Container{c}}
+			spec := kapi.PodSpec{Containers: []kapi.Container{c}}
 			r.headless(headless, "zookeeper", svcPort("client", 2181), svcPort("quorum", 2888), svcPort("election", 3888))
 			r.clientService("zookeeper", "zookeeper", nil, svcPort("client", 2181))
 			r.dataStatefulSet("zookeeper", headless, r.replicas, spec, true)
@@ -110,24 +109,24 @@ chmod 0700 /mosquitto/work/passwd
 unset MQTT_PASSWORD
 exec mosquitto -c /mosquitto/config/mosquitto.conf
 `
-			c := corev1.Container{
+			c := kapi.Container{
 				Name:    "mosquitto",
 				Image:   r.image,
 				Command: []string{"sh", "-c", start},
-				Env: []corev1.EnvVar{
+				Env: []kapi.EnvVar{
 					r.secretEnv("MQTT_USER", "username"),
 					r.secretEnv("MQTT_PASSWORD", "password_app"),
 				},
-				Ports:          []corev1.ContainerPort{port("mqtt", 1883)},
+				Ports:          []kapi.ContainerPort{port("mqtt", 1883)},
 				ReadinessProbe: tcpProbe("mqtt", 2, 5, 3),
 				LivenessProbe:  tcpProbe("mqtt", 10, 10, 6),
 				Resources:      r.resources(),
-				VolumeMounts: []corev1.VolumeMount{mount("data", "/mosquitto/data"), mount("config", "/mosquitto/config"),
+				VolumeMounts: []kapi.VolumeMount{mount("data", "/mosquitto/data"), mount("config", "/mosquitto/config"),
 					mount("work", "/mosquitto/work")},
 			}
-			spec := corev1.PodSpec{
-				Containers: []corev1.Container{c},
-				Volumes:    []corev1.Volume{configVolume("config", "mosquitto-config", 0o644), emptyDir("work")},
+			spec := kapi.PodSpec{
+				Containers: []kapi.Container{c},
+				Volumes:    []kapi.Volume{configVolume("config", "mosquitto-config", 0o644), emptyDir("work")},
 			}
 			r.headless("mosquitto-headless", "mosquitto", svcPort("mqtt", 1883))
 			r.clientService("mosquitto", "mosquitto", nil, svcPort("mqtt", 1883))
@@ -173,11 +172,11 @@ if [ "$CLUSTER" != "true" ]; then exec ./qdrant; fi
 if [ "${HOSTNAME##*-}" = "0" ]; then exec ./qdrant --uri "$self"; fi
 exec ./qdrant --bootstrap "$FIRST" --uri "$self"
 `
-			c := corev1.Container{
+			c := kapi.Container{
 				Name:    "qdrant",
 				Image:   r.image,
 				Command: []string{"sh", "-c", start},
-				Env: []corev1.EnvVar{
+				Env: []kapi.EnvVar{
 					r.secretEnv("QDRANT__SERVICE__API_KEY", "api_key"),
 					env("QDRANT__CLUSTER__ENABLED", fmt.Sprint(r.replicas > 1)),
 					env("CLUSTER", fmt.Sprint(r.replicas > 1)),
@@ -185,14 +184,14 @@ exec ./qdrant --bootstrap "$FIRST" --uri "$self"
 					env("FIRST", "http://"+r.podHost("qdrant", 0, headless)+":6335"),
 					env("QDRANT__TELEMETRY_DISABLED", "true"),
 				},
-				Ports:          []corev1.ContainerPort{port("http", 6333), port("grpc", 6334), port("p2p", 6335)},
+				Ports:          []kapi.ContainerPort{port("http", 6333), port("grpc", 6334), port("p2p", 6335)},
 				StartupProbe:   httpProbe("/healthz", "http", 5, 5, 60),
 				ReadinessProbe: httpProbe("/readyz", "http", 0, 10, 3),
 				LivenessProbe:  httpProbe("/livez", "http", 0, 10, 6),
 				Resources:      r.resources(),
-				VolumeMounts:   []corev1.VolumeMount{mount("data", "/qdrant/storage"), mount("snapshots", "/qdrant/snapshots")},
+				VolumeMounts:   []kapi.VolumeMount{mount("data", "/qdrant/storage"), mount("snapshots", "/qdrant/snapshots")},
 			}
-			spec := corev1.PodSpec{Containers: []corev1.Container{c}, Volumes: []corev1.Volume{emptyDir("snapshots")}}
+			spec := kapi.PodSpec{Containers: []kapi.Container{c}, Volumes: []kapi.Volume{emptyDir("snapshots")}}
 			r.headless(headless, "qdrant", svcPort("http", 6333), svcPort("grpc", 6334), svcPort("p2p", 6335))
 			r.clientService("qdrant", "qdrant", nil, svcPort("http", 6333), svcPort("grpc", 6334))
 			r.dataStatefulSet("qdrant", headless, r.replicas, spec, true)
@@ -231,25 +230,25 @@ max_document_size = 8000000
 bind_address = 0.0.0.0
 port = 5984
 `})
-			c := corev1.Container{
+			c := kapi.Container{
 				Name:  "couchdb",
 				Image: r.image,
-				Env: []corev1.EnvVar{
+				Env: []kapi.EnvVar{
 					r.secretEnv("COUCHDB_USER", "username"),
 					r.secretEnv("COUCHDB_PASSWORD", "password_app"),
 					r.secretEnv("COUCHDB_SECRET", "cookie_secret"),
 				},
-				Ports:          []corev1.ContainerPort{port("http", 5984)},
+				Ports:          []kapi.ContainerPort{port("http", 5984)},
 				StartupProbe:   httpProbe("/_up", "http", 5, 5, 60),
 				ReadinessProbe: httpProbe("/_up", "http", 0, 10, 3),
 				LivenessProbe:  httpProbe("/_up", "http", 0, 10, 6),
 				Resources:      r.resources(),
 				// A file, not the directory: the image's entrypoint writes
 				// the admin's hash into local.d.
-				VolumeMounts: []corev1.VolumeMount{mount("data", "/opt/couchdb/data"),
+				VolumeMounts: []kapi.VolumeMount{mount("data", "/opt/couchdb/data"),
 					{Name: "config", MountPath: "/opt/couchdb/etc/local.d/10-runos.ini", SubPath: "10-runos.ini"}},
 			}
-			spec := corev1.PodSpec{Containers: []corev1.Container{c}, Volumes: []corev1.Volume{configVolume("config", "couchdb-config", 0o644)}}
+			spec := kapi.PodSpec{Containers: []kapi.Container{c}, Volumes: []kapi.Volume{configVolume("config", "couchdb-config", 0o644)}}
 			r.headless("couchdb-headless", "couchdb", svcPort("http", 5984))
 			r.clientService("couchdb", "couchdb", nil, svcPort("http", 5984))
 			r.dataStatefulSet("couchdb", "couchdb-headless", 1, spec, false)
@@ -290,10 +289,10 @@ func neo4jDef() *def {
 		render: func(r *rc) error {
 			// Heap 40%, page cache 40% of the memory setting.
 			mem := r.memoryMiB() * 2 / 5
-			c := corev1.Container{
+			c := kapi.Container{
 				Name:  "neo4j",
 				Image: r.image,
-				Env: []corev1.EnvVar{
+				Env: []kapi.EnvVar{
 					r.secretEnv("NEO4J_PASSWORD", "neo4j_password"),
 					env("NEO4J_AUTH", "neo4j/$(NEO4J_PASSWORD)"),
 					env("NEO4J_server_memory_heap_initial__size", fmt.Sprintf("%dm", mem)),
@@ -301,16 +300,16 @@ func neo4jDef() *def {
 					env("NEO4J_server_memory_pagecache_size", fmt.Sprintf("%dm", mem)),
 					env("NEO4J_server_default__listen__address", "0.0.0.0"),
 				},
-				Ports:          []corev1.ContainerPort{port("bolt", 7687), port("http", 7474)},
+				Ports:          []kapi.ContainerPort{port("bolt", 7687), port("http", 7474)},
 				StartupProbe:   tcpProbe("bolt", 10, 5, 60),
 				ReadinessProbe: tcpProbe("bolt", 0, 10, 3),
 				LivenessProbe:  httpProbe("/", "http", 0, 10, 6),
 				Resources:      r.resources(),
-				VolumeMounts:   []corev1.VolumeMount{mount("data", "/data")},
+				VolumeMounts:   []kapi.VolumeMount{mount("data", "/data")},
 			}
 			r.headless("neo4j-headless", "neo4j", svcPort("bolt", 7687), svcPort("http", 7474))
 			r.clientService("neo4j", "neo4j", nil, svcPort("bolt", 7687), svcPort("http", 7474))
-			r.dataStatefulSet("neo4j", "neo4j-headless", 1, corev1.PodSpec{Containers: []corev1.Container{c}}, false)
+			r.dataStatefulSet("neo4j", "neo4j-headless", 1, kapi.PodSpec{Containers: []kapi.Container{c}}, false)
 			return nil
 		},
 	}
@@ -393,11 +392,11 @@ func renderCassandra(r *rc) error {
 	}
 	rf := min(r.replicas, 3)
 	heap := r.memoryMiB() / 2
-	c := corev1.Container{
+	c := kapi.Container{
 		Name:    "cassandra",
 		Image:   r.image,
 		Command: []string{"bash", "-c", cassandraStart},
-		Env: []corev1.EnvVar{
+		Env: []kapi.EnvVar{
 			env("CASSANDRA_CLUSTER_NAME", r.inst.OSID),
 			env("CASSANDRA_SEEDS", strings.Join(seeds, ",")),
 			env("CASSANDRA_DC", "dc1"),
@@ -407,17 +406,17 @@ func renderCassandra(r *rc) error {
 			env("MAX_HEAP_SIZE", fmt.Sprintf("%dM", heap)),
 			env("HEAP_NEWSIZE", fmt.Sprintf("%dM", heap/4)),
 		},
-		Ports:          []corev1.ContainerPort{port("cql", 9042), port("intra", 7000)},
+		Ports:          []kapi.ContainerPort{port("cql", 9042), port("intra", 7000)},
 		StartupProbe:   tcpProbe("cql", 20, 10, 60),
 		ReadinessProbe: tcpProbe("cql", 0, 10, 3),
 		LivenessProbe:  tcpProbe("intra", 0, 15, 6),
-		Lifecycle: &corev1.Lifecycle{PreStop: &corev1.LifecycleHandler{Exec: &corev1.ExecAction{
+		Lifecycle: &kapi.Lifecycle{PreStop: &kapi.LifecycleHandler{Exec: &kapi.ExecAction{
 			Command: []string{"nodetool", "drain"}}}},
 		Resources:    r.resources(),
-		VolumeMounts: []corev1.VolumeMount{mount("data", "/var/lib/cassandra")},
+		VolumeMounts: []kapi.VolumeMount{mount("data", "/var/lib/cassandra")},
 	}
 	grace := int64(120)
-	spec := corev1.PodSpec{Containers: []corev1.Container{c}, TerminationGracePeriodSeconds: &grace}
+	spec := kapi.PodSpec{Containers: []kapi.Container{c}, TerminationGracePeriodSeconds: &grace}
 	r.headless(headless, "cassandra", svcPort("cql", 9042), svcPort("intra", 7000))
 	r.clientService("cassandra", "cassandra", nil, svcPort("cql", 9042))
 	// Ordered start: Cassandra nodes must join the ring one at a time.

@@ -2,9 +2,8 @@ package templates
 
 import (
 	"fmt"
+	"github.com/runos/runos-agent/templates/kapi"
 	"strings"
-
-	corev1 "k8s.io/api/core/v1"
 )
 
 // mysqlFlavor is MySQL or MariaDB: same protocol and image conventions,
@@ -128,10 +127,10 @@ exec docker-entrypoint.sh %[3]s --server-id=$((100 + ord)) $extra "$@"
 	}
 	ping := fmt.Sprintf(`MYSQL_PWD="$%sROOT_PASSWORD" %s ping -h 127.0.0.1 -uroot --silent`, p, f.admin)
 	ready := fmt.Sprintf(`MYSQL_PWD="$%sROOT_PASSWORD" %s -h 127.0.0.1 -uroot -e 'SELECT 1' >/dev/null`, p, f.client)
-	c := corev1.Container{
+	c := kapi.Container{
 		Name:  "server",
 		Image: r.image,
-		Env: []corev1.EnvVar{
+		Env: []kapi.EnvVar{
 			r.secretEnv(p+"ROOT_PASSWORD", "root_password"),
 			r.secretEnv(p+"USER", "username"),
 			r.secretEnv(p+"PASSWORD", "password_app"),
@@ -143,24 +142,24 @@ exec docker-entrypoint.sh %[3]s --server-id=$((100 + ord)) $extra "$@"
 		},
 		Command:        []string{"bash", "-c", start, "--"},
 		Args:           args,
-		Ports:          []corev1.ContainerPort{port("mysql", 3306)},
+		Ports:          []kapi.ContainerPort{port("mysql", 3306)},
 		StartupProbe:   shProbe(10, 5, 5, 120, ping),
 		ReadinessProbe: shProbe(0, 5, 5, 3, ready),
 		LivenessProbe:  shProbe(0, 10, 5, 6, ping),
 		Resources:      r.resources(),
-		VolumeMounts:   []corev1.VolumeMount{mount("data", "/var/lib/mysql"), mount("init", "/docker-entrypoint-initdb.d")},
+		VolumeMounts:   []kapi.VolumeMount{mount("data", "/var/lib/mysql"), mount("init", "/docker-entrypoint-initdb.d")},
 	}
-	spec := corev1.PodSpec{
-		Containers: []corev1.Container{c},
-		Volumes:    []corev1.Volume{configVolume("init", name+"-init", 0o644)},
+	spec := kapi.PodSpec{
+		Containers: []kapi.Container{c},
+		Volumes:    []kapi.Volume{configVolume("init", name+"-init", 0o644)},
 	}
 	if r.enterprise() {
-		spec.Containers = append(spec.Containers, corev1.Container{
+		spec.Containers = append(spec.Containers, kapi.Container{
 			Name:           "exporter",
 			Image:          "docker.io/prom/mysqld-exporter:v0.17.2",
 			Args:           []string{"--mysqld.address=127.0.0.1:3306", "--mysqld.username=root"},
-			Env:            []corev1.EnvVar{r.secretEnv("MYSQLD_EXPORTER_PASSWORD", "root_password")},
-			Ports:          []corev1.ContainerPort{port("metrics", 9104)},
+			Env:            []kapi.EnvVar{r.secretEnv("MYSQLD_EXPORTER_PASSWORD", "root_password")},
+			Ports:          []kapi.ContainerPort{port("metrics", 9104)},
 			ReadinessProbe: httpProbe("/", "metrics", 5, 10, 3),
 			Resources:      r.small(),
 		})

@@ -3,10 +3,8 @@ package templates
 import (
 	"encoding/base64"
 	"fmt"
+	"github.com/runos/runos-agent/templates/kapi"
 	"regexp"
-
-	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/api/resource"
 )
 
 var regexp15d = regexp.MustCompile(`^[1-9][0-9]*(h|d|w|y)$`)
@@ -48,32 +46,32 @@ func keycloakDef() *def {
 func renderKeycloak(r *rc) error {
 	// Its database: one PostgreSQL, sized for Keycloak.
 	dbReady := `pg_isready -q -h 127.0.0.1 -U keycloak -d keycloak`
-	db := corev1.Container{
+	db := kapi.Container{
 		Name:  "postgres",
 		Image: "docker.io/library/postgres:17.6",
-		Env: []corev1.EnvVar{
+		Env: []kapi.EnvVar{
 			env("POSTGRES_USER", "keycloak"),
 			r.secretEnv("POSTGRES_PASSWORD", "db_password"),
 			env("POSTGRES_DB", "keycloak"),
 			env("PGDATA", "/var/lib/postgresql/data/pgdata"),
 		},
-		Ports:          []corev1.ContainerPort{port("postgres", 5432)},
+		Ports:          []kapi.ContainerPort{port("postgres", 5432)},
 		StartupProbe:   shProbe(5, 5, 5, 120, dbReady),
 		ReadinessProbe: shProbe(0, 5, 5, 3, dbReady),
 		LivenessProbe:  shProbe(0, 10, 5, 6, dbReady),
-		Resources:      r.res(resource.MustParse("250m"), resource.MustParse("512Mi")),
-		VolumeMounts:   []corev1.VolumeMount{mount("data", "/var/lib/postgresql/data")},
+		Resources:      r.res(kapi.MustParseQuantity("250m"), kapi.MustParseQuantity("512Mi")),
+		VolumeMounts:   []kapi.VolumeMount{mount("data", "/var/lib/postgresql/data")},
 	}
 	r.headless("keycloak-db-headless", "keycloak-db", svcPort("postgres", 5432))
 	r.clientService("keycloak-db", "keycloak-db", nil, svcPort("postgres", 5432))
-	r.dataStatefulSet("keycloak-db", "keycloak-db-headless", 1, corev1.PodSpec{Containers: []corev1.Container{db}}, false)
+	r.dataStatefulSet("keycloak-db", "keycloak-db-headless", 1, kapi.PodSpec{Containers: []kapi.Container{db}}, false)
 
 	heap := r.memoryMiB() * 7 / 10
-	kc := corev1.Container{
+	kc := kapi.Container{
 		Name:  "keycloak",
 		Image: r.image,
 		Args:  []string{"start"},
-		Env: []corev1.EnvVar{
+		Env: []kapi.EnvVar{
 			env("KC_DB", "postgres"),
 			env("KC_DB_URL_HOST", r.host("keycloak-db")),
 			env("KC_DB_URL_DATABASE", "keycloak"),
@@ -89,14 +87,14 @@ func renderKeycloak(r *rc) error {
 			r.secretEnv("KC_BOOTSTRAP_ADMIN_PASSWORD", "admin_password"),
 			env("JAVA_OPTS_KC_HEAP", fmt.Sprintf("-Xms%dm -Xmx%dm", heap/2, heap)),
 		},
-		Ports:          []corev1.ContainerPort{port("http", 8080), port("management", 9000), port("jgroups", 7800)},
+		Ports:          []kapi.ContainerPort{port("http", 8080), port("management", 9000), port("jgroups", 7800)},
 		StartupProbe:   httpProbe("/health/started", "management", 10, 5, 60),
 		ReadinessProbe: httpProbe("/health/ready", "management", 0, 10, 3),
 		LivenessProbe:  httpProbe("/health/live", "management", 0, 10, 6),
 		Resources:      r.resources(),
 	}
 	r.clientService("keycloak", "keycloak", nil, svcPort("http", 8080))
-	r.deployment("keycloak", "keycloak", r.replicas, corev1.PodSpec{Containers: []corev1.Container{kc}})
+	r.deployment("keycloak", "keycloak", r.replicas, kapi.PodSpec{Containers: []kapi.Container{kc}})
 	r.pdb("keycloak", r.replicas)
 	r.backupJob("docker.io/library/postgres:17.6", `export PGPASSWORD="$DB_PASSWORD"
 pg_dump -h "$HOST" -U keycloak -d keycloak -Fc -f "/backup/keycloak-$stamp.dump"`,
@@ -124,25 +122,25 @@ func grafanaDef() *def {
 			return Connection{Host: h, Port: 3000, User: "admin", Password: r.creds["admin_password"], URL: "http://" + h + ":3000"}
 		},
 		render: func(r *rc) error {
-			c := corev1.Container{
+			c := kapi.Container{
 				Name:  "grafana",
 				Image: r.image,
-				Env: []corev1.EnvVar{
+				Env: []kapi.EnvVar{
 					env("GF_SECURITY_ADMIN_USER", "admin"),
 					r.secretEnv("GF_SECURITY_ADMIN_PASSWORD", "admin_password"),
 					env("GF_ANALYTICS_REPORTING_ENABLED", "false"),
 					env("GF_ANALYTICS_CHECK_FOR_UPDATES", "false"),
 					env("GF_PATHS_DATA", "/var/lib/grafana"),
 				},
-				Ports:          []corev1.ContainerPort{port("http", 3000)},
+				Ports:          []kapi.ContainerPort{port("http", 3000)},
 				StartupProbe:   httpProbe("/api/health", "http", 5, 5, 60),
 				ReadinessProbe: httpProbe("/api/health", "http", 0, 10, 3),
 				LivenessProbe:  httpProbe("/api/health", "http", 0, 10, 6),
 				Resources:      r.resources(),
-				VolumeMounts:   []corev1.VolumeMount{mount("data", "/var/lib/grafana")},
+				VolumeMounts:   []kapi.VolumeMount{mount("data", "/var/lib/grafana")},
 			}
 			gid := int64(472)
-			spec := corev1.PodSpec{Containers: []corev1.Container{c}, SecurityContext: &corev1.PodSecurityContext{FSGroup: &gid}}
+			spec := kapi.PodSpec{Containers: []kapi.Container{c}, SecurityContext: &kapi.PodSecurityContext{FSGroup: &gid}}
 			r.headless("grafana-headless", "grafana", svcPort("http", 3000))
 			r.clientService("grafana", "grafana", nil, svcPort("http", 3000))
 			r.dataStatefulSet("grafana", "grafana-headless", 1, spec, false)
@@ -213,7 +211,7 @@ scrape_configs:
 			probe := func(path string) string {
 				return `wget -q -O /dev/null --header "Authorization: Basic $BASIC_AUTH" http://127.0.0.1:9090` + path
 			}
-			c := corev1.Container{
+			c := kapi.Container{
 				Name:  "prometheus",
 				Image: r.image,
 				Args: []string{
@@ -227,21 +225,21 @@ scrape_configs:
 					"--web.enable-admin-api",
 					"--web.enable-lifecycle",
 				},
-				Env:            []corev1.EnvVar{r.secretEnv("BASIC_AUTH", "basic_auth")},
-				Ports:          []corev1.ContainerPort{port("http", 9090)},
+				Env:            []kapi.EnvVar{r.secretEnv("BASIC_AUTH", "basic_auth")},
+				Ports:          []kapi.ContainerPort{port("http", 9090)},
 				StartupProbe:   shProbe(5, 5, 5, 120, probe("/-/ready")),
 				ReadinessProbe: shProbe(0, 10, 5, 3, probe("/-/ready")),
 				LivenessProbe:  shProbe(0, 15, 5, 6, probe("/-/healthy")),
 				Resources:      r.resources(),
-				VolumeMounts: []corev1.VolumeMount{mount("data", "/prometheus"), mount("config", "/etc/prometheus/config"),
+				VolumeMounts: []kapi.VolumeMount{mount("data", "/prometheus"), mount("config", "/etc/prometheus/config"),
 					mount("secret", "/etc/prometheus/secret")},
 			}
 			gid := int64(65534)
-			spec := corev1.PodSpec{
-				Containers: []corev1.Container{c},
-				Volumes: []corev1.Volume{configVolume("config", "prometheus-config", 0o644),
+			spec := kapi.PodSpec{
+				Containers: []kapi.Container{c},
+				Volumes: []kapi.Volume{configVolume("config", "prometheus-config", 0o644),
 					secretVolume("secret", map[string]string{"web_config": "web.yml", "admin_password": "password"}, 0o444)},
-				SecurityContext: &corev1.PodSecurityContext{FSGroup: &gid},
+				SecurityContext: &kapi.PodSecurityContext{FSGroup: &gid},
 			}
 			r.headless("prometheus-headless", "prometheus", svcPort("http", 9090))
 			r.clientService("prometheus", "prometheus", nil, svcPort("http", 9090))
@@ -320,22 +318,22 @@ analytics:
   reporting_enabled: false
 `, r.set["retention"])
 			r.configMap("loki-config", "loki", map[string]string{"loki.yaml": conf})
-			c := corev1.Container{
+			c := kapi.Container{
 				Name:           "loki",
 				Image:          r.image,
 				Args:           []string{"-config.file=/etc/loki/loki.yaml"},
-				Ports:          []corev1.ContainerPort{port("http", 3100), port("grpc", 9095)},
+				Ports:          []kapi.ContainerPort{port("http", 3100), port("grpc", 9095)},
 				StartupProbe:   httpProbe("/ready", "http", 5, 5, 60),
 				ReadinessProbe: httpProbe("/ready", "http", 0, 10, 3),
 				LivenessProbe:  tcpProbe("http", 0, 10, 6),
 				Resources:      r.resources(),
-				VolumeMounts:   []corev1.VolumeMount{mount("data", "/loki"), mount("config", "/etc/loki")},
+				VolumeMounts:   []kapi.VolumeMount{mount("data", "/loki"), mount("config", "/etc/loki")},
 			}
 			uid := int64(10001)
-			spec := corev1.PodSpec{
-				Containers:      []corev1.Container{c},
-				Volumes:         []corev1.Volume{configVolume("config", "loki-config", 0o644)},
-				SecurityContext: &corev1.PodSecurityContext{FSGroup: &uid},
+			spec := kapi.PodSpec{
+				Containers:      []kapi.Container{c},
+				Volumes:         []kapi.Volume{configVolume("config", "loki-config", 0o644)},
+				SecurityContext: &kapi.PodSecurityContext{FSGroup: &uid},
 			}
 			r.headless("loki-headless", "loki", svcPort("http", 3100), svcPort("grpc", 9095))
 			r.clientService("loki", "loki", nil, svcPort("http", 3100))

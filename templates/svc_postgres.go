@@ -2,8 +2,7 @@ package templates
 
 import (
 	"fmt"
-
-	corev1 "k8s.io/api/core/v1"
+	"github.com/runos/runos-agent/templates/kapi"
 )
 
 // pgFlavor is PostgreSQL or an image built on the official one (same
@@ -102,10 +101,10 @@ func renderPostgres(r *rc, f pgFlavor) error {
 		args = append(args, "-c", "wal_level=replica", "-c", "max_wal_senders=10", "-c", "wal_keep_size=1GB", "-c", "hot_standby=on")
 	}
 	ready := `pg_isready -q -h 127.0.0.1 -U "$POSTGRES_USER" -d "$POSTGRES_DB"`
-	c := corev1.Container{
+	c := kapi.Container{
 		Name:  "postgres",
 		Image: r.image,
-		Env: []corev1.EnvVar{
+		Env: []kapi.EnvVar{
 			r.secretEnv("POSTGRES_USER", "username"),
 			r.secretEnv("POSTGRES_PASSWORD", "password_app"),
 			r.secretEnv("POSTGRES_DB", "dbname"),
@@ -115,33 +114,33 @@ func renderPostgres(r *rc, f pgFlavor) error {
 		},
 		Command:        []string{"sh", "-c", pgStart, "--"},
 		Args:           args,
-		Ports:          []corev1.ContainerPort{port("postgres", 5432)},
+		Ports:          []kapi.ContainerPort{port("postgres", 5432)},
 		StartupProbe:   shProbe(5, 5, 5, 120, ready),
 		ReadinessProbe: shProbe(0, 5, 5, 3, ready),
 		LivenessProbe:  shProbe(0, 10, 5, 6, ready),
 		Resources:      r.resources(),
-		VolumeMounts: []corev1.VolumeMount{
+		VolumeMounts: []kapi.VolumeMount{
 			mount("data", "/var/lib/postgresql/data"), mount("shm", "/dev/shm"),
 			// Files, not the directory: images built on postgres keep
 			// their own init scripts there.
 			{Name: "init", MountPath: "/docker-entrypoint-initdb.d/10-replication.sh", SubPath: "10-replication.sh"},
 		},
 	}
-	spec := corev1.PodSpec{
-		Containers: []corev1.Container{c},
-		Volumes:    []corev1.Volume{configVolume("init", name+"-init", 0o755), memDir("shm", "256Mi")},
+	spec := kapi.PodSpec{
+		Containers: []kapi.Container{c},
+		Volumes:    []kapi.Volume{configVolume("init", name+"-init", 0o755), memDir("shm", "256Mi")},
 	}
 	if r.enterprise() {
-		spec.Containers = append(spec.Containers, corev1.Container{
+		spec.Containers = append(spec.Containers, kapi.Container{
 			Name:  "exporter",
 			Image: "quay.io/prometheuscommunity/postgres-exporter:v0.17.1",
-			Env: []corev1.EnvVar{
+			Env: []kapi.EnvVar{
 				r.secretEnv("DATA_SOURCE_USER", "username"),
 				r.secretEnv("DATA_SOURCE_PASS", "password_app"),
 				r.secretEnv("PGDB", "dbname"),
 				env("DATA_SOURCE_URI", "127.0.0.1:5432/$(PGDB)?sslmode=disable"),
 			},
-			Ports:          []corev1.ContainerPort{port("metrics", 9187)},
+			Ports:          []kapi.ContainerPort{port("metrics", 9187)},
 			ReadinessProbe: httpProbe("/", "metrics", 5, 10, 3),
 			Resources:      r.small(),
 		})

@@ -2,17 +2,16 @@ package templates
 
 import (
 	"fmt"
+	"github.com/runos/runos-agent/templates/kapi"
 	"strings"
-
-	corev1 "k8s.io/api/core/v1"
 )
 
-func secretVolume(name string, keys map[string]string, mode int32) corev1.Volume {
-	var items []corev1.KeyToPath
+func secretVolume(name string, keys map[string]string, mode int32) kapi.Volume {
+	var items []kapi.KeyToPath
 	for _, k := range sortedKeys(keys) {
-		items = append(items, corev1.KeyToPath{Key: k, Path: keys[k]})
+		items = append(items, kapi.KeyToPath{Key: k, Path: keys[k]})
 	}
-	return corev1.Volume{Name: name, VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
+	return kapi.Volume{Name: name, VolumeSource: kapi.VolumeSource{Secret: &kapi.SecretVolumeSource{
 		SecretName: SecretName, Items: items, DefaultMode: &mode}}}
 }
 
@@ -97,36 +96,36 @@ func renderMongo(r *rc) error {
 		cache = 0.25
 	}
 	ping := `mongosh --quiet --eval 'db.adminCommand("ping").ok' | grep -q 1`
-	c := corev1.Container{
+	c := kapi.Container{
 		Name:    "mongod",
 		Image:   r.image,
 		Command: []string{"bash", "-c", mongoStart, "--"},
-		Env: []corev1.EnvVar{
+		Env: []kapi.EnvVar{
 			env("MONGO_INITDB_ROOT_USERNAME", "root"),
 			r.secretEnv("MONGO_INITDB_ROOT_PASSWORD", "root_password"),
 			env("CACHE_GB", fmt.Sprintf("%.2f", cache)),
 		},
-		Ports:          []corev1.ContainerPort{port("mongodb", 27017)},
+		Ports:          []kapi.ContainerPort{port("mongodb", 27017)},
 		StartupProbe:   shProbe(5, 5, 10, 120, ping),
 		ReadinessProbe: shProbe(0, 10, 10, 3, ping),
 		LivenessProbe:  tcpProbe("mongodb", 0, 10, 6),
 		Resources:      r.resources(),
-		VolumeMounts:   []corev1.VolumeMount{mount("data", "/data/db"), mount("keyfile", "/keyfile"), mount("work", "/work")},
+		VolumeMounts:   []kapi.VolumeMount{mount("data", "/data/db"), mount("keyfile", "/keyfile"), mount("work", "/work")},
 	}
-	spec := corev1.PodSpec{
-		Containers: []corev1.Container{c},
-		Volumes:    []corev1.Volume{secretVolume("keyfile", map[string]string{"keyfile": "keyfile"}, 0o400), emptyDir("work")},
+	spec := kapi.PodSpec{
+		Containers: []kapi.Container{c},
+		Volumes:    []kapi.Volume{secretVolume("keyfile", map[string]string{"keyfile": "keyfile"}, 0o400), emptyDir("work")},
 	}
 	if r.enterprise() {
-		spec.Containers = append(spec.Containers, corev1.Container{
+		spec.Containers = append(spec.Containers, kapi.Container{
 			Name:  "exporter",
 			Image: "docker.io/percona/mongodb_exporter:0.47.1",
 			Args:  []string{"--collect-all", "--compatible-mode", "--web.listen-address=:9216"},
-			Env: []corev1.EnvVar{
+			Env: []kapi.EnvVar{
 				r.secretEnv("ROOT_PASSWORD", "root_password"),
 				env("MONGODB_URI", "mongodb://root:$(ROOT_PASSWORD)@127.0.0.1:27017/admin?directConnection=true"),
 			},
-			Ports:          []corev1.ContainerPort{port("metrics", 9216)},
+			Ports:          []kapi.ContainerPort{port("metrics", 9216)},
 			ReadinessProbe: tcpProbe("metrics", 5, 10, 3),
 			Resources:      r.small(),
 		})
@@ -208,11 +207,11 @@ func renderKafka(r *rc) error {
 		rf, isr = 3, 2
 	}
 	heap := r.memoryMiB() / 2
-	c := corev1.Container{
+	c := kapi.Container{
 		Name:    "kafka",
 		Image:   r.image,
 		Command: []string{"bash", "-c", kafkaStart},
-		Env: []corev1.EnvVar{
+		Env: []kapi.EnvVar{
 			env("HEADLESS", headless+"."+r.ns+".svc.cluster.local"),
 			r.secretEnv("CLUSTER_ID", "cluster_id"),
 			r.secretEnv("APP_USER", "username"),
@@ -237,31 +236,31 @@ func renderKafka(r *rc) error {
 			env("KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS", "3000"),
 			env("KAFKA_HEAP_OPTS", fmt.Sprintf("-Xms%dm -Xmx%dm", heap, heap)),
 		},
-		Ports:          []corev1.ContainerPort{port("client", 9092), port("controller", 9093), port("internal", 9094)},
+		Ports:          []kapi.ContainerPort{port("client", 9092), port("controller", 9093), port("internal", 9094)},
 		StartupProbe:   tcpProbe("client", 10, 5, 60),
 		ReadinessProbe: tcpProbe("client", 0, 10, 3),
 		LivenessProbe:  tcpProbe("controller", 0, 10, 6),
 		Resources:      r.resources(),
-		VolumeMounts:   []corev1.VolumeMount{mount("data", "/var/lib/kafka/data")},
+		VolumeMounts:   []kapi.VolumeMount{mount("data", "/var/lib/kafka/data")},
 	}
 	uid := int64(1000)
 	grace := int64(60)
-	spec := corev1.PodSpec{
-		Containers:                    []corev1.Container{c},
-		SecurityContext:               &corev1.PodSecurityContext{FSGroup: &uid},
+	spec := kapi.PodSpec{
+		Containers:                    []kapi.Container{c},
+		SecurityContext:               &kapi.PodSecurityContext{FSGroup: &uid},
 		TerminationGracePeriodSeconds: &grace,
 	}
 	if r.enterprise() {
-		spec.Containers = append(spec.Containers, corev1.Container{
+		spec.Containers = append(spec.Containers, kapi.Container{
 			Name:  "exporter",
 			Image: "docker.io/danielqsj/kafka-exporter:v1.9.0",
 			Args: []string{"--kafka.server=127.0.0.1:9092", "--sasl.enabled", "--sasl.mechanism=plain",
 				"--sasl.username=$(APP_USER)", "--sasl.password=$(APP_PASSWORD)", "--web.listen-address=:9308"},
-			Env: []corev1.EnvVar{
+			Env: []kapi.EnvVar{
 				r.secretEnv("APP_USER", "username"),
 				r.secretEnv("APP_PASSWORD", "password_app"),
 			},
-			Ports:          []corev1.ContainerPort{port("metrics", 9308)},
+			Ports:          []kapi.ContainerPort{port("metrics", 9308)},
 			ReadinessProbe: tcpProbe("metrics", 10, 10, 3),
 			Resources:      r.small(),
 		})
@@ -340,30 +339,30 @@ cluster_formation.peer_discovery_backend = classic_config
 		"rabbitmq.conf":   b.String(),
 		"enabled_plugins": "[rabbitmq_management,rabbitmq_prometheus].\n",
 	})
-	c := corev1.Container{
+	c := kapi.Container{
 		Name:    "rabbitmq",
 		Image:   r.image,
 		Command: []string{"bash", "-c", rabbitStart},
-		Env: []corev1.EnvVar{
+		Env: []kapi.EnvVar{
 			fieldEnv("POD_NAME", "metadata.name"),
 			env("RABBITMQ_USE_LONGNAME", "true"),
 			env("RABBITMQ_NODENAME", "rabbit@$(POD_NAME)."+headless+"."+r.ns+".svc.cluster.local"),
 			r.secretEnv("APP_USER", "username"),
 			r.secretEnv("APP_PASSWORD", "password_app"),
 		},
-		Ports: []corev1.ContainerPort{port("amqp", 5672), port("management", 15672), port("prometheus", 15692),
+		Ports: []kapi.ContainerPort{port("amqp", 5672), port("management", 15672), port("prometheus", 15692),
 			port("epmd", 4369), port("dist", 25672)},
 		StartupProbe:   shProbe(10, 10, 20, 60, "rabbitmq-diagnostics -q ping"),
 		ReadinessProbe: tcpProbe("amqp", 0, 10, 3),
 		LivenessProbe:  shProbe(0, 30, 20, 6, "rabbitmq-diagnostics -q ping"),
 		Resources:      r.resources(),
-		VolumeMounts: []corev1.VolumeMount{mount("data", "/var/lib/rabbitmq"), mount("config", "/config"),
+		VolumeMounts: []kapi.VolumeMount{mount("data", "/var/lib/rabbitmq"), mount("config", "/config"),
 			mount("cookie", "/cookie")},
 	}
 	grace := int64(120)
-	spec := corev1.PodSpec{
-		Containers: []corev1.Container{c},
-		Volumes: []corev1.Volume{configVolume("config", "rabbitmq-config", 0o644),
+	spec := kapi.PodSpec{
+		Containers: []kapi.Container{c},
+		Volumes: []kapi.Volume{configVolume("config", "rabbitmq-config", 0o644),
 			secretVolume("cookie", map[string]string{"erlang_cookie": "erlang_cookie"}, 0o400)},
 		TerminationGracePeriodSeconds: &grace,
 	}
@@ -433,27 +432,27 @@ func renderMinio(r *rc) error {
 		args = []string{"server", fmt.Sprintf("http://minio-{0...%d}.%s.%s.svc.cluster.local/data", r.replicas-1, headless, r.ns),
 			"--console-address", ":9001"}
 	}
-	c := corev1.Container{
+	c := kapi.Container{
 		Name:  "minio",
 		Image: r.image,
 		Args:  args,
-		Env: []corev1.EnvVar{
+		Env: []kapi.EnvVar{
 			r.secretEnv("MINIO_ROOT_USER", "access_key"),
 			r.secretEnv("MINIO_ROOT_PASSWORD", "secret_key"),
 		},
-		Ports:          []corev1.ContainerPort{port("s3", 9000), port("console", 9001)},
+		Ports:          []kapi.ContainerPort{port("s3", 9000), port("console", 9001)},
 		StartupProbe:   httpProbe("/minio/health/live", "s3", 5, 5, 60),
 		ReadinessProbe: httpProbe("/minio/health/ready", "s3", 0, 10, 3),
 		LivenessProbe:  httpProbe("/minio/health/live", "s3", 0, 10, 6),
 		Resources:      r.resources(),
-		VolumeMounts:   []corev1.VolumeMount{mount("data", "/data")},
+		VolumeMounts:   []kapi.VolumeMount{mount("data", "/data")},
 	}
 	if r.enterprise() {
 		c.Env = append(c.Env, env("MINIO_PROMETHEUS_AUTH_TYPE", "public"))
 	}
 	r.headless(headless, "minio", svcPort("s3", 9000))
 	r.clientService("minio", "minio", nil, svcPort("s3", 9000), svcPort("console", 9001))
-	r.dataStatefulSet("minio", headless, r.replicas, corev1.PodSpec{Containers: []corev1.Container{c}}, true)
+	r.dataStatefulSet("minio", headless, r.replicas, kapi.PodSpec{Containers: []kapi.Container{c}}, true)
 	r.pdb("minio", r.replicas)
 	r.bootstrapJob("create-bucket", curlImage, minioBucket,
 		env("ENDPOINT", "http://"+r.host("minio")+":9000"), env("BUCKET", r.set["bucket"]),

@@ -2,10 +2,8 @@ package templates
 
 import (
 	"fmt"
+	"github.com/runos/runos-agent/templates/kapi"
 	"strings"
-
-	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/api/resource"
 )
 
 const haproxyImage = "docker.io/library/haproxy:3.2.3"
@@ -119,7 +117,7 @@ protected-mode no
 	if r.ha() {
 		ha = "yes"
 	}
-	common := []corev1.EnvVar{
+	common := []kapi.EnvVar{
 		r.secretEnv("REDIS_PASSWORD", "password_default"),
 		r.secretEnv("REDISCLI_AUTH", "password_default"),
 		r.secretEnv("VALKEYCLI_AUTH", "password_default"),
@@ -131,47 +129,47 @@ protected-mode no
 	}
 	bin := func(s string) string { return strings.ReplaceAll(s, "BIN", f.bin) }
 	ping := bin(`BIN-cli -h 127.0.0.1 -p 6379 ping | grep -q PONG`)
-	server := corev1.Container{
+	server := kapi.Container{
 		Name:           "server",
 		Image:          r.image,
 		Command:        []string{"sh", "-c", bin(redisStart)},
 		Env:            common,
-		Ports:          []corev1.ContainerPort{port("redis", 6379)},
+		Ports:          []kapi.ContainerPort{port("redis", 6379)},
 		StartupProbe:   shProbe(2, 3, 5, 60, ping),
 		ReadinessProbe: shProbe(0, 5, 5, 3, ping),
 		LivenessProbe:  shProbe(0, 10, 5, 6, ping),
 		Resources:      r.resources(),
-		VolumeMounts:   []corev1.VolumeMount{mount("data", "/data"), mount("config", "/config"), mount("work", "/work")},
+		VolumeMounts:   []kapi.VolumeMount{mount("data", "/data"), mount("config", "/config"), mount("work", "/work")},
 	}
-	spec := corev1.PodSpec{
-		Containers: []corev1.Container{server},
-		Volumes:    []corev1.Volume{configVolume("config", name+"-config", 0o644), emptyDir("work")},
+	spec := kapi.PodSpec{
+		Containers: []kapi.Container{server},
+		Volumes:    []kapi.Volume{configVolume("config", name+"-config", 0o644), emptyDir("work")},
 	}
-	ports := []corev1.ServicePort{svcPort("redis", 6379)}
+	ports := []kapi.ServicePort{svcPort("redis", 6379)}
 	if r.ha() {
 		sping := bin(`BIN-cli -h 127.0.0.1 -p 26379 ping | grep -q PONG`)
-		spec.Containers = append(spec.Containers, corev1.Container{
+		spec.Containers = append(spec.Containers, kapi.Container{
 			Name:           "sentinel",
 			Image:          r.image,
 			Command:        []string{"sh", "-c", bin(sentinelStart)},
 			Env:            common,
-			Ports:          []corev1.ContainerPort{port("sentinel", 26379)},
+			Ports:          []kapi.ContainerPort{port("sentinel", 26379)},
 			ReadinessProbe: shProbe(5, 5, 5, 3, sping),
 			LivenessProbe:  shProbe(30, 10, 5, 6, sping),
-			Resources:      r.res(resource.MustParse("50m"), resource.MustParse("64Mi")),
-			VolumeMounts:   []corev1.VolumeMount{mount("work", "/work")},
+			Resources:      r.res(kapi.MustParseQuantity("50m"), kapi.MustParseQuantity("64Mi")),
+			VolumeMounts:   []kapi.VolumeMount{mount("work", "/work")},
 		})
 		ports = append(ports, svcPort("sentinel", 26379))
 	}
 	if r.enterprise() {
-		spec.Containers = append(spec.Containers, corev1.Container{
+		spec.Containers = append(spec.Containers, kapi.Container{
 			Name:  "exporter",
 			Image: "docker.io/oliver006/redis_exporter:v1.74.0",
-			Env: []corev1.EnvVar{
+			Env: []kapi.EnvVar{
 				env("REDIS_ADDR", "redis://127.0.0.1:6379"),
 				r.secretEnv("REDIS_PASSWORD", "password_default"),
 			},
-			Ports:          []corev1.ContainerPort{port("metrics", 9121)},
+			Ports:          []kapi.ContainerPort{port("metrics", 9121)},
 			ReadinessProbe: httpProbe("/health", "metrics", 5, 10, 3),
 			Resources:      r.small(),
 		})
@@ -232,19 +230,19 @@ backend primary
 	}
 	r.configMap("haproxy", "haproxy", map[string]string{"haproxy.cfg": b.String()})
 	r.clientService(name, "haproxy", nil, svcPort("redis", 6379))
-	dep := r.deployment("haproxy", "haproxy", 2, corev1.PodSpec{
-		Containers: []corev1.Container{{
+	dep := r.deployment("haproxy", "haproxy", 2, kapi.PodSpec{
+		Containers: []kapi.Container{{
 			Name:           "haproxy",
 			Image:          haproxyImage,
 			Args:           []string{"haproxy", "-f", "/usr/local/etc/haproxy/haproxy.cfg"},
-			Env:            []corev1.EnvVar{r.secretEnv("REDIS_PASSWORD", "password_default")},
-			Ports:          []corev1.ContainerPort{port("redis", 6379), port("health", 8404)},
+			Env:            []kapi.EnvVar{r.secretEnv("REDIS_PASSWORD", "password_default")},
+			Ports:          []kapi.ContainerPort{port("redis", 6379), port("health", 8404)},
 			ReadinessProbe: httpProbe("/healthz", "health", 2, 5, 3),
 			LivenessProbe:  httpProbe("/healthz", "health", 10, 10, 6),
-			Resources:      r.res(resource.MustParse("50m"), resource.MustParse("64Mi")),
-			VolumeMounts:   []corev1.VolumeMount{mount("config", "/usr/local/etc/haproxy")},
+			Resources:      r.res(kapi.MustParseQuantity("50m"), kapi.MustParseQuantity("64Mi")),
+			VolumeMounts:   []kapi.VolumeMount{mount("config", "/usr/local/etc/haproxy")},
 		}},
-		Volumes: []corev1.Volume{configVolume("config", "haproxy", 0o644)},
+		Volumes: []kapi.Volume{configVolume("config", "haproxy", 0o644)},
 	})
 	// HAProxy does not reload a changed config; a new hash rolls the pods.
 	if dep.Spec.Template.Annotations == nil {

@@ -100,9 +100,9 @@ type App struct {
 //	func ValidOSID(osid string) error
 //	func NewCredentials(rand io.Reader, service string) (map[string]string, error)
 //	func Validate(inst *Instance) error               // fills defaults, rejects bad --set
-//	func Render(inst Instance) ([]*unstructured.Unstructured, error) // namespace first
+//	func Render(inst Instance) ([]kapi.Object, error) // namespace first
 //	func Connect(inst Instance) (Connection, error)
-//	func RenderApp(app App) ([]*unstructured.Unstructured, error)
+//	func RenderApp(app App) ([]kapi.Object, error)
 //
 // Notes for callers (the reconciler):
 //   - Validate pins every default into Instance.Set; commit the validated

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"encoding/xml"
 	"fmt"
+	"github.com/runos/runos-agent/templates/kapi"
 	"io"
 	"maps"
 	"net/url"
@@ -381,7 +382,7 @@ func TestEveryServiceEveryTierRenders(t *testing.T) {
 		for _, ti := range s.Tiers {
 			t.Run(s.Name+"/"+ti.Name, func(t *testing.T) {
 				inst := newInstance(t, s.Name, ti.Name, nil)
-				objs, err := Render(inst)
+				objs, err := renderU(inst)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -471,11 +472,11 @@ func TestRenderDeterministic(t *testing.T) {
 	for _, s := range Catalog() {
 		for _, tier := range tiers {
 			inst := newInstance(t, s.Name, tier, nil)
-			a, err := Render(inst)
+			a, err := renderU(inst)
 			if err != nil {
 				t.Fatal(err)
 			}
-			b, _ := Render(inst)
+			b, _ := renderU(inst)
 			ja, _ := json.Marshal(a)
 			jb, _ := json.Marshal(b)
 			if string(ja) != string(jb) {
@@ -488,7 +489,7 @@ func TestRenderDeterministic(t *testing.T) {
 func TestRenderNeedsCredentials(t *testing.T) {
 	inst := newInstance(t, "postgres", TierLightweight, nil)
 	inst.Credentials = nil
-	if _, err := Render(inst); err == nil || !strings.Contains(err.Error(), "credential") {
+	if _, err := renderU(inst); err == nil || !strings.Contains(err.Error(), "credential") {
 		t.Errorf("Render without credentials: %v", err)
 	}
 	if _, err := Connect(inst); err == nil {
@@ -500,7 +501,7 @@ func TestEnterpriseHasBackupAndMetrics(t *testing.T) {
 	for _, s := range Catalog() {
 		d, _ := lookupDef(s.Name)
 		inst := newInstance(t, s.Name, TierEnterprise, nil)
-		objs, err := Render(inst)
+		objs, err := renderU(inst)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -532,7 +533,7 @@ func TestEnterpriseHasBackupAndMetrics(t *testing.T) {
 			t.Errorf("%s: metrics port %d but scrape annotation %v", s.Name, d.metrics.port, scraped)
 		}
 		// Lightweight has neither.
-		objs, _ = Render(newInstance(t, s.Name, TierLightweight, nil))
+		objs, _ = renderU(newInstance(t, s.Name, TierLightweight, nil))
 		for _, u := range objs {
 			if u.GetKind() == "CronJob" || u.GetAnnotations()["prometheus.io/scrape"] != "" {
 				t.Errorf("%s: lightweight renders %s %s", s.Name, u.GetKind(), u.GetName())
@@ -711,7 +712,7 @@ func FuzzValidate(f *testing.F) {
 			t.Fatal(err)
 		}
 		inst.Credentials = creds
-		objs, err := Render(inst)
+		objs, err := renderU(inst)
 		if err != nil {
 			t.Fatalf("validated %+v but Render: %v", inst, err)
 		}
@@ -785,7 +786,7 @@ func TestConnect(t *testing.T) {
 			}
 		}
 		// The instance's own Secret has every key SecretKeys names.
-		objs, _ := Render(inst)
+		objs, _ := renderU(inst)
 		r := decode(t, objs)
 		for envName, key := range c.SecretKeys {
 			if _, ok := r.secrets[SecretName].Data[key]; !ok {
@@ -803,7 +804,7 @@ func TestRenderApp(t *testing.T) {
 	rd := newInstance(t, "redis", TierLightweight, nil)
 	app := App{OSID: "shop-k9m3w", Name: "shop", Image: "ghcr.io/acme/shop:1.2", Port: 8080,
 		Env: map[string]string{"LOG_LEVEL": "debug"}, Uses: []Instance{pg, rd}}
-	objs, err := RenderApp(app)
+	objs, err := renderAppU(app)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -897,12 +898,12 @@ func TestRenderApp(t *testing.T) {
 		{"no credentials", App{OSID: "shop-k9m3w", Name: "shop", Image: "x:1", Uses: []Instance{{OSID: pg.OSID, Service: "postgres", Tier: TierLightweight}}}, "credential"},
 	}
 	for _, b := range bad {
-		if _, err := RenderApp(b.app); err == nil || !strings.Contains(err.Error(), b.err) {
+		if _, err := renderAppU(b.app); err == nil || !strings.Contains(err.Error(), b.err) {
 			t.Errorf("%s: got %v, want %q", b.name, err, b.err)
 		}
 	}
 	// Without a port: no Service.
-	objs, err = RenderApp(App{OSID: "worker-k9m3w", Name: "worker", Image: "x:1", Uses: []Instance{rd}})
+	objs, err = renderAppU(App{OSID: "worker-k9m3w", Name: "worker", Image: "x:1", Uses: []Instance{rd}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -925,7 +926,7 @@ func BenchmarkRenderCatalog(b *testing.B) {
 	objs := 0
 	for b.Loop() {
 		for _, inst := range insts {
-			o, err := Render(inst)
+			o, err := renderU(inst)
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -945,7 +946,7 @@ func TestDump(t *testing.T) {
 	}
 	for _, s := range Catalog() {
 		for _, tier := range tiers {
-			objs, err := Render(newInstance(t, s.Name, tier, nil))
+			objs, err := renderU(newInstance(t, s.Name, tier, nil))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -970,7 +971,7 @@ func TestScriptsAndConfigsParse(t *testing.T) {
 	for _, s := range Catalog() {
 		for _, tier := range tiers {
 			inst := newInstance(t, s.Name, tier, nil)
-			objs, err := Render(inst)
+			objs, err := renderU(inst)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -1038,7 +1039,7 @@ func TestRenderAppEveryService(t *testing.T) {
 			continue
 		}
 		inst := newInstance(t, s.Name, TierHA, nil)
-		objs, err := RenderApp(App{OSID: "web-22222", Name: "web", Image: "nginx:1.29", Port: 80, Uses: []Instance{inst}})
+		objs, err := renderAppU(App{OSID: "web-22222", Name: "web", Image: "nginx:1.29", Port: 80, Uses: []Instance{inst}})
 		if err != nil {
 			t.Fatalf("%s: %v", s.Name, err)
 		}
@@ -1116,7 +1117,7 @@ func TestREADMEListsCatalog(t *testing.T) {
 
 func TestMemcachedServersListEveryPod(t *testing.T) {
 	mc := newInstance(t, "memcached", TierHA, map[string]string{"replicas": "4"})
-	objs, err := RenderApp(App{OSID: "web-22222", Name: "web", Image: "x:1", Uses: []Instance{mc}})
+	objs, err := renderAppU(App{OSID: "web-22222", Name: "web", Image: "x:1", Uses: []Instance{mc}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1136,4 +1137,25 @@ func TestMemcachedServersListEveryPod(t *testing.T) {
 		}
 	}
 	t.Error("no MEMCACHED_SERVERS")
+}
+
+// renderU and renderAppU hand the tests the rendered objects as the API
+// machinery's Unstructured, so they are checked through the real
+// Kubernetes types (FromUnstructured), not through package kapi's mirror.
+func renderU(inst Instance) ([]*unstructured.Unstructured, error) {
+	objs, err := Render(inst)
+	return toU(objs), err
+}
+
+func renderAppU(app App) ([]*unstructured.Unstructured, error) {
+	objs, err := RenderApp(app)
+	return toU(objs), err
+}
+
+func toU(objs []kapi.Object) []*unstructured.Unstructured {
+	var out []*unstructured.Unstructured
+	for _, o := range objs {
+		out = append(out, &unstructured.Unstructured{Object: o})
+	}
+	return out
 }

@@ -2,15 +2,17 @@ package templates
 
 import (
 	"fmt"
+	"github.com/runos/runos-agent/templates/kapi"
 	"maps"
 	"regexp"
 	"slices"
 	"strconv"
 	"strings"
-
-	"k8s.io/apimachinery/pkg/api/resource"
-	"k8s.io/apimachinery/pkg/util/validation"
 )
+
+// labelValueRE is Kubernetes' label value grammar (at most 63 characters,
+// checked apart).
+var labelValueRE = regexp.MustCompile(`^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$`)
 
 // tagRE is Docker's tag grammar.
 var tagRE = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$`)
@@ -73,7 +75,7 @@ func resolve(inst Instance) (*rc, error) {
 	if !tagRE.MatchString(v) {
 		return nil, fmt.Errorf("%s: version %q is not an image tag", d.svc.Name, v)
 	}
-	if errs := validation.IsValidLabelValue(v); len(errs) > 0 {
+	if len(v) > 63 || !labelValueRE.MatchString(v) {
 		// It is also the app.kubernetes.io/version label.
 		return nil, fmt.Errorf("%s: version %q: at most 63 characters, starting and ending with a letter or digit", d.svc.Name, v)
 	}
@@ -156,19 +158,19 @@ func settingKeys(d *def) []string {
 // not stall the leader.
 var quantityRE = regexp.MustCompile(`^[0-9]{1,18}(\.[0-9]{1,9})?([eE][+-]?[0-9]{1,2}|Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E)?$`)
 
-func parseQuantity(v string) (resource.Quantity, error) {
+func parseQuantity(v string) (kapi.Quantity, error) {
 	if !quantityRE.MatchString(v) {
-		return resource.Quantity{}, fmt.Errorf("bad quantity %q", v)
+		return kapi.Quantity{}, fmt.Errorf("bad quantity %q", v)
 	}
-	return resource.ParseQuantity(v)
+	return kapi.ParseQuantity(v)
 }
 
-func quantity(d *def, set map[string]string, key, lo, hi string) (resource.Quantity, error) {
+func quantity(d *def, set map[string]string, key, lo, hi string) (kapi.Quantity, error) {
 	q, err := parseQuantity(set[key])
 	if err != nil {
 		return q, fmt.Errorf("%s: %s %q is not a Kubernetes quantity (e.g. 500m, 1Gi)", d.svc.Name, key, set[key])
 	}
-	if q.Cmp(resource.MustParse(lo)) < 0 || q.Cmp(resource.MustParse(hi)) > 0 {
+	if q.Cmp(kapi.MustParseQuantity(lo)) < 0 || q.Cmp(kapi.MustParseQuantity(hi)) > 0 {
 		return q, fmt.Errorf("%s: %s %s out of range %s..%s", d.svc.Name, key, set[key], lo, hi)
 	}
 	return q, nil

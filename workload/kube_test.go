@@ -11,6 +11,9 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/runos/runos-agent/templates/kapi"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
 
@@ -79,16 +82,18 @@ func applied(s *api.Service) error {
 
 func (e *kubeEnv) get(apiVersion, kind, ns, name string) *unstructured.Unstructured {
 	e.t.Helper()
-	u := &unstructured.Unstructured{}
-	u.SetAPIVersion(apiVersion)
-	u.SetKind(kind)
-	u.SetNamespace(ns)
-	u.SetName(name)
-	got, err := e.exec.Get(context.Background(), u)
+	meta := map[string]any{"name": name}
+	if ns != "" {
+		meta["namespace"] = ns
+	}
+	got, err := e.exec.Get(context.Background(), kapi.Object{"apiVersion": apiVersion, "kind": kind, "metadata": meta})
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	return got
+	if got == nil {
+		return nil
+	}
+	return &unstructured.Unstructured{Object: got}
 }
 
 func (e *kubeEnv) namespaceGone(ns string) error {
@@ -102,7 +107,7 @@ func (e *kubeEnv) namespaceGone(ns string) error {
 // status subresource, as kubelets and controllers would.
 func (e *kubeEnv) markReady(ns string) {
 	e.t.Helper()
-	rc, err := kube.RESTConfig(e.srv.Kubeconfig)
+	rc, err := clientcmd.RESTConfigFromKubeConfig(e.srv.Kubeconfig)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -429,7 +434,7 @@ func TestEveryServiceDeploys(t *testing.T) {
 		for _, o := range objs {
 			got, err := e.exec.Get(ctx, o)
 			if err != nil || got == nil {
-				t.Errorf("%s: %s %s not there (%v)", osid, o.GetKind(), o.GetName(), err)
+				t.Errorf("%s: %s %s not there (%v)", osid, o.Kind(), o.Name(), err)
 			}
 		}
 	}

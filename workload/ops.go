@@ -69,7 +69,7 @@ func (o *Ops) Kube() *api.Kube {
 
 // SetKube validates a kubeconfig, seals it and commits it.
 func (o *Ops) SetKube(ctx context.Context, kubeconfig []byte) (*api.Kube, error) {
-	rc, err := kube.RESTConfig(kubeconfig)
+	kc, err := kube.Load(kubeconfig)
 	if err != nil {
 		return nil, invalid(err)
 	}
@@ -77,10 +77,10 @@ func (o *Ops) SetKube(ctx context.Context, kubeconfig []byte) (*api.Kube, error)
 	if err != nil {
 		return nil, err
 	}
-	if err := o.propose(ctx, &raftstore.Command{Op: raftstore.OpWorkloadKubeSet, Workload: &raftstore.WorkloadCmd{Kube: &raftstore.KubeTarget{Kubeconfig: sealed, Server: rc.Host}}}); err != nil {
+	if err := o.propose(ctx, &raftstore.Command{Op: raftstore.OpWorkloadKubeSet, Workload: &raftstore.WorkloadCmd{Kube: &raftstore.KubeTarget{Kubeconfig: sealed, Server: kc.Server}}}); err != nil {
 		return nil, err
 	}
-	return &api.Kube{Configured: true, Server: rc.Host, SetAt: time.Now().UTC()}, nil
+	return &api.Kube{Configured: true, Server: kc.Server, SetAt: time.Now().UTC()}, nil
 }
 
 // DeployService validates the request, generates the OSID and credentials

@@ -10,7 +10,7 @@ import (
 	"sync"
 	"time"
 
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"github.com/runos/runos-agent/templates/kapi"
 
 	"github.com/runos/runos-agent/kube"
 	"github.com/runos/runos-agent/raftstore"
@@ -188,13 +188,13 @@ type item struct {
 	cur     raftstore.Observed
 	// render returns the objects and the name of the Service clients
 	// use ("" : pick one, see primaryService).
-	render func() ([]*unstructured.Unstructured, string, error)
+	render func() ([]kapi.Object, string, error)
 }
 
 func (w *Reconciler) items(wl raftstore.Workloads) []item {
 	var out []item
 	for _, r := range sortedServices(wl.Services) {
-		out = append(out, item{osid: r.OSID, desired: r.Desired, gen: r.Generation, cur: r.Status, render: func() ([]*unstructured.Unstructured, string, error) {
+		out = append(out, item{osid: r.OSID, desired: r.Desired, gen: r.Generation, cur: r.Status, render: func() ([]kapi.Object, string, error) {
 			inst, err := OpenInstance(w.cfg.DataKey, r)
 			if err != nil {
 				return nil, "", err
@@ -211,7 +211,7 @@ func (w *Reconciler) items(wl raftstore.Workloads) []item {
 		}})
 	}
 	for _, r := range sortedApps(wl.Apps) {
-		out = append(out, item{isApp: true, osid: r.OSID, desired: r.Desired, gen: r.Generation, cur: r.Status, render: func() ([]*unstructured.Unstructured, string, error) {
+		out = append(out, item{isApp: true, osid: r.OSID, desired: r.Desired, gen: r.Generation, cur: r.Status, render: func() ([]kapi.Object, string, error) {
 			app, err := BuildApp(w.cfg.DataKey, r.OSID, r.Name, r.Image, r.Port, r.Env, r.Uses, wl.Services)
 			if err != nil {
 				return nil, "", err
@@ -404,20 +404,20 @@ func (w *Reconciler) reconcileOne(ctx context.Context, exec *kube.Executor, down
 // primaryService is the Service clients of the workload use: preferred if
 // it is among objs, else the first one with a ClusterIP, else the first
 // (headless) one; "" when there is none.
-func primaryService(objs []*unstructured.Unstructured, preferred string) string {
+func primaryService(objs []kapi.Object, preferred string) string {
 	first, firstIP := "", ""
 	for _, o := range objs {
-		if o.GetKind() != "Service" {
+		if o.Kind() != "Service" {
 			continue
 		}
-		if o.GetName() == preferred && preferred != "" {
+		if o.Name() == preferred && preferred != "" {
 			return preferred
 		}
 		if first == "" {
-			first = o.GetName()
+			first = o.Name()
 		}
-		if ip, _, _ := unstructured.NestedString(o.Object, "spec", "clusterIP"); ip != "None" && firstIP == "" {
-			firstIP = o.GetName()
+		if ip, _ := o.String("spec", "clusterIP"); ip != "None" && firstIP == "" {
+			firstIP = o.Name()
 		}
 	}
 	if firstIP != "" {
@@ -448,10 +448,10 @@ func (w *Reconciler) purge(ctx context.Context, it item) {
 
 // statusObjects keeps the objects whose existence and readiness the status
 // reflects: the namespace and the workloads.
-func statusObjects(objs []*unstructured.Unstructured) []*unstructured.Unstructured {
-	var out []*unstructured.Unstructured
+func statusObjects(objs []kapi.Object) []kapi.Object {
+	var out []kapi.Object
 	for _, o := range objs {
-		switch o.GetKind() {
+		switch o.Kind() {
 		case "Namespace", "StatefulSet", "Deployment", "DaemonSet":
 			out = append(out, o)
 		}

@@ -9,7 +9,7 @@ import (
 	"slices"
 	"strings"
 
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"github.com/runos/runos-agent/templates/kapi"
 
 	"github.com/runos/runos-agent/api"
 	"github.com/runos/runos-agent/raftstore"
@@ -114,7 +114,7 @@ func CheckApp(req api.AppRequest) error {
 // under osid. It also returns the rendered objects (for InjectedEnv).
 // Errors the request causes are ErrInvalid. That the name is free is
 // checked by Apply (raftstore.ErrAppNameTaken).
-func NewAppRecord(key seal.Sealer, osid string, req api.AppRequest, services map[string]*raftstore.ServiceRecord) (*raftstore.AppRecord, []*unstructured.Unstructured, error) {
+func NewAppRecord(key seal.Sealer, osid string, req api.AppRequest, services map[string]*raftstore.ServiceRecord) (*raftstore.AppRecord, []kapi.Object, error) {
 	if err := CheckApp(req); err != nil {
 		return nil, nil, err
 	}

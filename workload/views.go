@@ -3,7 +3,7 @@ package workload
 import (
 	"slices"
 
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"github.com/runos/runos-agent/templates/kapi"
 
 	"github.com/runos/runos-agent/api"
 	"github.com/runos/runos-agent/raftstore"
@@ -48,17 +48,15 @@ func AppView(r *raftstore.AppRecord) *api.App {
 
 // injectedEnv lists the env variables of the app's Deployment that come
 // from --use (Secret references and connection details), sorted.
-func injectedEnv(objs []*unstructured.Unstructured, own map[string]string) []string {
+func injectedEnv(objs []kapi.Object, own map[string]string) []string {
 	var out []string
 	for _, o := range objs {
-		if o.GetKind() != "Deployment" {
+		if o.Kind() != "Deployment" {
 			continue
 		}
-		cs, _, _ := unstructured.NestedSlice(o.Object, "spec", "template", "spec", "containers")
-		for _, c := range cs {
+		for _, c := range o.Slice("spec", "template", "spec", "containers") {
 			m, _ := c.(map[string]any)
-			envs, _, _ := unstructured.NestedSlice(m, "env")
-			for _, e := range envs {
+			for _, e := range kapi.Object(m).Slice("env") {
 				em, _ := e.(map[string]any)
 				name, _ := em["name"].(string)
 				if _, mine := own[name]; !mine {
