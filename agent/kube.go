@@ -19,12 +19,11 @@ import (
 
 	"github.com/runos/runos-agent/api"
 	"github.com/runos/runos-agent/httpapi"
+	"github.com/runos/runos-agent/kube"
 	"github.com/runos/runos-agent/kubehost"
 	"github.com/runos/runos-agent/kubehost/kpki"
 	"github.com/runos/runos-agent/mesh"
 	"github.com/runos/runos-agent/raftstore"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 )
 
 // Managed Kubernetes (issue 13): package kubehost runs this node's
@@ -62,12 +61,10 @@ type kubeState struct {
 type kubeMaterial struct {
 	ca, etcdCA *kpki.CA
 	saKey      []byte
-	admin      *rest.Config // cluster-admin through the local balancer
+	admin      *http.Client // cluster-admin through the local balancer
+	adminURL   string       // the local balancer
 	etcdTLS    *tls.Config  // the agent's etcd client credential
 }
-
-// Admin returns a copy of the agent's cluster-admin client config.
-func (m *kubeMaterial) Admin() *rest.Config { return rest.CopyConfig(m.admin) }
 
 // EtcdTLS returns a copy of the agent's etcd client TLS config.
 func (m *kubeMaterial) EtcdTLS() *tls.Config { return m.etcdTLS.Clone() }
@@ -186,10 +183,11 @@ func (a *Agent) openKubeMaterial(ks *raftstore.KubeState) (*kubeMaterial, error)
 	if err != nil {
 		return nil, err
 	}
-	if m.admin, err = clientcmd.RESTConfigFromKubeConfig(kc); err != nil {
+	admin, err := kube.Load(kc)
+	if err != nil {
 		return nil, err
 	}
-	m.admin.Timeout = 10 * time.Second
+	m.admin, m.adminURL = admin.HTTPClient(10*time.Second), admin.Server
 
 	certPEM, keyPEM, err := m.etcdCA.Issue(kpki.EtcdAgentClient())
 	if err != nil {
@@ -544,10 +542,5 @@ func (a *Agent) kubeHTTP(ks *raftstore.KubeState) (*http.Client, string, error) 
 	if err != nil {
 		return nil, "", err
 	}
-	rc := m.Admin()
-	hc, err := rest.HTTPClientFor(rc)
-	if err != nil {
-		return nil, "", err
-	}
-	return hc, rc.Host, nil
+	return m.admin, m.adminURL, nil
 }

@@ -17,6 +17,8 @@ import (
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
+	"github.com/runos/runos-agent/templates/kapi"
+
 	"github.com/runos/runos-agent/api"
 	"github.com/runos/runos-agent/kube"
 	"github.com/runos/runos-agent/kube/kubetest"
@@ -90,16 +92,18 @@ func applied(s *api.Service) error {
 
 func (e *kubeEnv) get(apiVersion, kind, ns, name string) *unstructured.Unstructured {
 	e.c.tb.Helper()
-	u := &unstructured.Unstructured{}
-	u.SetAPIVersion(apiVersion)
-	u.SetKind(kind)
-	u.SetNamespace(ns)
-	u.SetName(name)
-	got, err := e.exec.Get(context.Background(), u)
+	meta := map[string]any{"name": name}
+	if ns != "" {
+		meta["namespace"] = ns
+	}
+	got, err := e.exec.Get(context.Background(), kapi.Object{"apiVersion": apiVersion, "kind": kind, "metadata": meta})
 	if err != nil {
 		e.c.tb.Fatal(err)
 	}
-	return got
+	if got == nil {
+		return nil
+	}
+	return &unstructured.Unstructured{Object: got}
 }
 
 // The leader dies after applying and before writing the status: the next

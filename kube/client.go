@@ -97,19 +97,7 @@ func (c *Client) Do(ctx context.Context, method, path string, query url.Values, 
 	if resp.StatusCode/100 == 2 {
 		return b, nil
 	}
-	e := &APIError{Code: resp.StatusCode}
-	var st struct {
-		Kind    string `json:"kind"`
-		Reason  string `json:"reason"`
-		Message string `json:"message"`
-	}
-	if json.Unmarshal(b, &st) == nil && st.Kind == "Status" {
-		e.Reason, e.Message = st.Reason, st.Message
-	} else {
-		e.Reason = http.StatusText(resp.StatusCode)
-		e.Message = fmt.Sprintf("%s %s: %s: %s", method, path, resp.Status, strings.TrimSpace(string(b[:min(len(b), 200)])))
-	}
-	return nil, e
+	return nil, statusError(method, path, resp.Status, resp.StatusCode, b)
 }
 
 // GetObject reads one object (an *APIError with IsNotFound when absent).
@@ -140,4 +128,46 @@ func (c *Client) List(ctx context.Context, path string, query url.Values) ([]kap
 		}
 	}
 	return out, nil
+}
+
+// Open sends a GET and hands over the body of a 2xx answer for the caller
+// to stream and close (a watch); anything else is an *APIError. Use a
+// client without a request timeout for it.
+func (c *Client) Open(ctx context.Context, path string, query url.Values) (io.ReadCloser, error) {
+	u := c.host + path
+	if len(query) > 0 {
+		u += "?" + query.Encode()
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Accept", "application/json")
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode/100 == 2 {
+		return resp.Body, nil
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<16))
+	return nil, statusError(http.MethodGet, path, resp.Status, resp.StatusCode, b)
+}
+
+// statusError is the *APIError of a non-2xx answer with body b.
+func statusError(method, path, status string, code int, b []byte) *APIError {
+	e := &APIError{Code: code}
+	var st struct {
+		Kind    string `json:"kind"`
+		Reason  string `json:"reason"`
+		Message string `json:"message"`
+	}
+	if json.Unmarshal(b, &st) == nil && st.Kind == "Status" {
+		e.Reason, e.Message = st.Reason, st.Message
+	} else {
+		e.Reason = http.StatusText(code)
+		e.Message = fmt.Sprintf("%s %s: %s: %s", method, path, status, strings.TrimSpace(string(b[:min(len(b), 200)])))
+	}
+	return e
 }

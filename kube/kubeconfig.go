@@ -211,7 +211,10 @@ func Load(kubeconfig []byte) (*Kubeconfig, error) {
 			if err != nil {
 				return nil, fmt.Errorf("invalid kubeconfig: user %q: client certificate: %w", u.Name, err)
 			}
-			k.tlsConfig.Certificates = []tls.Certificate{cert}
+			// Always present it, as client-go does: Go would otherwise
+			// send nothing to a server whose acceptable CAs it is not
+			// from, and the server would see an anonymous user.
+			k.tlsConfig.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &cert, nil }
 			hasCert = true
 		}
 		k.token, k.user, k.password = a.Token, a.Username, a.Password

@@ -27,12 +27,12 @@ import (
 	"sync"
 	"time"
 
+	"github.com/runos/runos-agent/kube"
 	"github.com/runos/runos-agent/kubehost/apilb"
 	"github.com/runos/runos-agent/kubehost/clusterdns"
 	"github.com/runos/runos-agent/kubehost/kpki"
 	"github.com/runos/runos-agent/kubehost/ociimage"
 	"github.com/runos/runos-agent/kubehost/supervise"
-	"k8s.io/client-go/tools/clientcmd"
 )
 
 // Component names, in start order.
@@ -625,12 +625,12 @@ func (h *Host) ensureDNS(ctx context.Context, s *Spec) {
 		h.dnsErr = err
 		return
 	}
-	rc, err := clientcmd.RESTConfigFromKubeConfig(kc)
+	k, err := kube.Load(kc)
 	if err != nil {
 		h.dnsErr = err
 		return
 	}
-	lookup, err := clusterdns.NewKubeLookup(rc, h.log.With("component", ClusterDNS))
+	lookup, err := clusterdns.NewKubeLookup(k, h.log.With("component", ClusterDNS))
 	if err != nil {
 		h.dnsErr = err
 		return

@@ -2,160 +2,108 @@ package clusterdns
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
-	"net/http"
 	"net/netip"
+	"net/url"
 	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
-	discoveryv1 "k8s.io/api/discovery/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/runtime/schema"
-	"k8s.io/apimachinery/pkg/runtime/serializer"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/cache"
+	"github.com/runos/runos-agent/kube"
 )
 
 // KubeLookup is a Lookup over a cluster's Services and EndpointSlices,
-// kept by client-go informers. Answers come from a map rebuilt per service
-// on every change, so a query costs one map read.
-//
-// The informers run over plain REST clients for the two API groups rather
-// than client-go's generated clientset and informer factory, which would
-// link every API group's client into the agent (some 20 MB).
+// kept by a list-then-watch of each (as client-go's informers do, over
+// the plain API client of package kube). Answers come from a map rebuilt
+// per service on every change, so a query costs one map read.
 type KubeLookup struct {
-	log        *slog.Logger
-	httpClient *http.Client
-	services   cache.SharedIndexInformer
-	slices     cache.SharedIndexInformer
-	regs       []cache.ResourceEventHandlerRegistration
+	log *slog.Logger
+	c   *kube.Client // no request timeout: watches are long
 
-	// mu is held across a rebuild, reads of the informer stores included:
-	// the Service and the EndpointSlice handlers run on different
-	// goroutines, and the later rebuild must also be the later write.
-	mu      sync.RWMutex
-	records map[string][]netip.Addr // guarded by mu; by "namespace/name"; slices replaced, never modified
-	perNS   map[string]int          // guarded by mu; number of records per namespace
+	// mu guards the stores and the answers built from them; a change and
+	// the rebuild of the services it touches happen under one hold.
+	mu       sync.RWMutex
+	services map[string]*service        // guarded by mu; by "namespace/name"
+	slices   map[string]*endpointSlice  // guarded by mu; by "namespace/name" of the slice
+	bySvc    map[string]map[string]bool // guarded by mu; "namespace/service" -> slice keys
+	records  map[string][]netip.Addr    // guarded by mu; by "namespace/name"; slices replaced, never modified
+	perNS    map[string]int             // guarded by mu; number of records per namespace
+
+	servicesSynced, slicesSynced atomic.Bool
 
 	lifeMu  sync.Mutex
 	started bool               // guarded by lifeMu
 	closed  bool               // guarded by lifeMu
 	cancel  context.CancelFunc // guarded by lifeMu
-	wg      sync.WaitGroup     // the informers' Run
+	wg      sync.WaitGroup     // the two watch loops
 }
 
-// sliceServiceIndex indexes EndpointSlices by "namespace/service".
-const sliceServiceIndex = "service"
+// service is what the lookup keeps of a Service.
+type service struct {
+	Metadata struct {
+		Namespace string `json:"namespace"`
+		Name      string `json:"name"`
+	} `json:"metadata"`
+	Spec struct {
+		Type                     string   `json:"type"`
+		ClusterIP                string   `json:"clusterIP"`
+		ClusterIPs               []string `json:"clusterIPs"`
+		PublishNotReadyAddresses bool     `json:"publishNotReadyAddresses"`
+	} `json:"spec"`
+}
 
-// NewKubeLookup prepares the informers; Start runs them.
-func NewKubeLookup(cfg *rest.Config, log *slog.Logger) (*KubeLookup, error) {
-	if cfg == nil {
-		return nil, errors.New("clusterdns: rest config is required")
+// endpointSlice is what the lookup keeps of an EndpointSlice.
+type endpointSlice struct {
+	Metadata struct {
+		Namespace string            `json:"namespace"`
+		Name      string            `json:"name"`
+		Labels    map[string]string `json:"labels"`
+	} `json:"metadata"`
+	AddressType string `json:"addressType"`
+	Endpoints   []struct {
+		Addresses  []string `json:"addresses"`
+		Conditions struct {
+			Ready *bool `json:"ready"`
+		} `json:"conditions"`
+	} `json:"endpoints"`
+}
+
+// serviceNameLabel names an EndpointSlice's Service.
+const serviceNameLabel = "kubernetes.io/service-name"
+
+func (s *endpointSlice) serviceKey() string {
+	if svc := s.Metadata.Labels[serviceNameLabel]; svc != "" {
+		return s.Metadata.Namespace + "/" + svc
+	}
+	return ""
+}
+
+// NewKubeLookup prepares the lookup; Start runs its watches.
+func NewKubeLookup(k *kube.Kubeconfig, log *slog.Logger) (*KubeLookup, error) {
+	if k == nil {
+		return nil, errors.New("clusterdns: kubeconfig is required")
 	}
 	if log == nil {
 		return nil, errors.New("clusterdns: logger is required")
 	}
-	cfg = rest.CopyConfig(cfg)
-	if cfg.UserAgent == "" {
-		cfg.UserAgent = "runos-agent/clusterdns"
-	}
-	// Our own HTTP client, so Close can drop its idle connections.
-	hc, err := rest.HTTPClientFor(cfg)
-	if err != nil {
-		return nil, fmt.Errorf("clusterdns: %w", err)
-	}
-	scheme := runtime.NewScheme()
-	if err := corev1.AddToScheme(scheme); err != nil {
-		return nil, err
-	}
-	if err := discoveryv1.AddToScheme(scheme); err != nil {
-		return nil, err
-	}
-	codecs := serializer.NewCodecFactory(scheme).WithoutConversion()
-	client := func(gv schema.GroupVersion, apiPath string) (*rest.RESTClient, error) {
-		c := rest.CopyConfig(cfg)
-		c.GroupVersion, c.APIPath, c.NegotiatedSerializer = &gv, apiPath, codecs
-		rc, err := rest.RESTClientForConfigAndClient(c, hc)
-		if err != nil {
-			return nil, fmt.Errorf("clusterdns: %w", err)
-		}
-		return rc, nil
-	}
-	core, err := client(corev1.SchemeGroupVersion, "/api")
-	if err != nil {
-		return nil, err
-	}
-	disco, err := client(discoveryv1.SchemeGroupVersion, "/apis")
-	if err != nil {
-		return nil, err
-	}
-	l := &KubeLookup{
-		log:        log.With("component", "clusterdns-kube"),
-		httpClient: hc,
-		records:    map[string][]netip.Addr{},
-		perNS:      map[string]int{},
-	}
-	l.services = cache.NewSharedIndexInformer(
-		cache.NewListWatchFromClient(core, "services", metav1.NamespaceAll, fields.Everything()),
-		&corev1.Service{}, 0, cache.Indexers{})
-	l.slices = cache.NewSharedIndexInformer(
-		cache.NewListWatchFromClient(disco, "endpointslices", metav1.NamespaceAll, fields.Everything()),
-		&discoveryv1.EndpointSlice{}, 0, cache.Indexers{})
-	for _, inf := range []cache.SharedIndexInformer{l.services, l.slices} {
-		if err := inf.SetTransform(stripManagedFields); err != nil {
-			return nil, err
-		}
-	}
-	if err := l.slices.AddIndexers(cache.Indexers{sliceServiceIndex: func(obj any) ([]string, error) {
-		if s, ok := obj.(*discoveryv1.EndpointSlice); ok {
-			if svc := s.Labels[discoveryv1.LabelServiceName]; svc != "" {
-				return []string{s.Namespace + "/" + svc}, nil
-			}
-		}
-		return nil, nil
-	}}); err != nil {
-		return nil, fmt.Errorf("clusterdns: %w", err)
-	}
-	reg, err := l.services.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(obj any) { l.serviceChanged(obj) },
-		UpdateFunc: func(_, obj any) { l.serviceChanged(obj) },
-		DeleteFunc: func(obj any) { l.serviceChanged(obj) },
-	})
-	if err != nil {
-		return nil, fmt.Errorf("clusterdns: %w", err)
-	}
-	l.regs = append(l.regs, reg)
-	reg, err = l.slices.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc: func(obj any) { l.sliceChanged(obj) },
-		UpdateFunc: func(old, obj any) {
-			// The service label may have changed: both services.
-			l.sliceChanged(old)
-			l.sliceChanged(obj)
-		},
-		DeleteFunc: func(obj any) { l.sliceChanged(obj) },
-	})
-	if err != nil {
-		return nil, fmt.Errorf("clusterdns: %w", err)
-	}
-	l.regs = append(l.regs, reg)
-	return l, nil
+	return &KubeLookup{
+		log:      log.With("component", "clusterdns-kube"),
+		c:        kube.NewClient(k, 0),
+		services: map[string]*service{},
+		slices:   map[string]*endpointSlice{},
+		bySvc:    map[string]map[string]bool{},
+		records:  map[string][]netip.Addr{},
+		perNS:    map[string]int{},
+	}, nil
 }
 
-// stripManagedFields keeps server-side-apply bookkeeping out of the cache.
-func stripManagedFields(obj any) (any, error) {
-	if m, ok := obj.(metav1.Object); ok {
-		m.SetManagedFields(nil)
-	}
-	return obj, nil
-}
-
-// Start runs the informers until Close (not until ctx ends) and returns at
+// Start runs the watches until Close (not until ctx ends) and returns at
 // once; Synced tells when the first full listing is in.
 func (l *KubeLookup) Start(ctx context.Context) error {
 	l.lifeMu.Lock()
@@ -168,18 +116,20 @@ func (l *KubeLookup) Start(ctx context.Context) error {
 	}
 	l.started = true
 	ctx, l.cancel = context.WithCancel(context.WithoutCancel(ctx))
-	for _, inf := range []cache.SharedIndexInformer{l.services, l.slices} {
-		l.wg.Add(1)
-		go func() {
-			defer l.wg.Done()
-			inf.RunWithContext(ctx)
-		}()
-	}
+	l.wg.Add(2)
+	go func() {
+		defer l.wg.Done()
+		l.run(ctx, "/api/v1/services", &l.servicesSynced, l.replaceServices, l.serviceEvent)
+	}()
+	go func() {
+		defer l.wg.Done()
+		l.run(ctx, "/apis/discovery.k8s.io/v1/endpointslices", &l.slicesSynced, l.replaceSlices, l.sliceEvent)
+	}()
 	l.log.Debug("watching services and endpoint slices")
 	return nil
 }
 
-// Close stops the informers and waits for their goroutines. Idempotent.
+// Close stops the watches and waits for their goroutines. Idempotent.
 func (l *KubeLookup) Close() error {
 	l.lifeMu.Lock()
 	if l.closed {
@@ -192,20 +142,12 @@ func (l *KubeLookup) Close() error {
 	}
 	l.lifeMu.Unlock()
 	l.wg.Wait()
-	l.httpClient.CloseIdleConnections()
+	l.c.Close()
 	return nil
 }
 
-// Synced reports whether both informers have listed everything once and
-// the handlers have seen it (SyncedLookup).
-func (l *KubeLookup) Synced() bool {
-	for _, r := range l.regs {
-		if !r.HasSynced() {
-			return false
-		}
-	}
-	return true
-}
+// Synced reports whether both kinds have been listed once (SyncedLookup).
+func (l *KubeLookup) Synced() bool { return l.servicesSynced.Load() && l.slicesSynced.Load() }
 
 // WaitSynced waits for Synced or ctx.
 func (l *KubeLookup) WaitSynced(ctx context.Context) error {
@@ -236,33 +178,231 @@ func (l *KubeLookup) Namespace(name string) bool {
 	return l.perNS[name] > 0
 }
 
-func (l *KubeLookup) serviceChanged(obj any) {
-	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
-		obj = t.Obj
-	}
-	if s, ok := obj.(*corev1.Service); ok {
-		l.rebuild(s.Namespace, s.Name)
+// watchEvent is one line of a watch stream.
+type watchEvent struct {
+	Type   string          `json:"type"` // ADDED, MODIFIED, DELETED, BOOKMARK, ERROR
+	Object json.RawMessage `json:"object"`
+}
+
+// errExpired means the watch's resource version is too old: list again.
+var errExpired = errors.New("resource version expired")
+
+// run lists path, hands the items to replace, then watches from the
+// list's resource version and hands each event to apply; it lists again
+// when the version expires and backs off on errors, until ctx ends.
+func (l *KubeLookup) run(ctx context.Context, path string, synced *atomic.Bool, replace func([]json.RawMessage), apply func(typ string, obj json.RawMessage)) {
+	backoff := time.Second
+	for ctx.Err() == nil {
+		rv, err := l.list(ctx, path, replace)
+		if err == nil {
+			synced.Store(true)
+			backoff = time.Second
+			for err == nil {
+				rv, err = l.watch(ctx, path, rv, apply)
+			}
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		if !errors.Is(err, errExpired) {
+			l.log.Debug("watch", "path", path, "err", err, "retry_in", backoff)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, 30*time.Second)
+		}
 	}
 }
 
-func (l *KubeLookup) sliceChanged(obj any) {
-	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
-		obj = t.Obj
+func (l *KubeLookup) list(ctx context.Context, path string, replace func([]json.RawMessage)) (string, error) {
+	lctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	body, err := l.c.Open(lctx, path, nil)
+	if err != nil {
+		return "", err
 	}
-	s, ok := obj.(*discoveryv1.EndpointSlice)
-	if !ok {
-		return
+	defer body.Close()
+	var list struct {
+		Metadata struct {
+			ResourceVersion string `json:"resourceVersion"`
+		} `json:"metadata"`
+		Items []json.RawMessage `json:"items"`
 	}
-	if svc := s.Labels[discoveryv1.LabelServiceName]; svc != "" {
-		l.rebuild(s.Namespace, svc)
+	if err := json.NewDecoder(body).Decode(&list); err != nil {
+		return "", fmt.Errorf("list %s: %w", path, err)
+	}
+	replace(list.Items)
+	return list.Metadata.ResourceVersion, nil
+}
+
+// watch follows one watch request from rv and returns the last resource
+// version seen when the server ends it (a nil error: watch again).
+func (l *KubeLookup) watch(ctx context.Context, path, rv string, apply func(typ string, obj json.RawMessage)) (string, error) {
+	body, err := l.c.Open(ctx, path, url.Values{
+		"watch": {"1"}, "resourceVersion": {rv}, "allowWatchBookmarks": {"true"},
+		// The server ends the watch after this; the next one resumes at
+		// the last version seen.
+		"timeoutSeconds": {"600"},
+	})
+	if err != nil {
+		if code := statusCode(err); code == 410 {
+			return rv, errExpired
+		}
+		return rv, err
+	}
+	defer body.Close()
+	dec := json.NewDecoder(body)
+	for {
+		var ev watchEvent
+		if err := dec.Decode(&ev); err != nil {
+			if errors.Is(err, io.EOF) {
+				return rv, nil
+			}
+			return rv, fmt.Errorf("watch %s: %w", path, err)
+		}
+		var meta struct {
+			Code     int `json:"code"`
+			Metadata struct {
+				ResourceVersion string `json:"resourceVersion"`
+			} `json:"metadata"`
+		}
+		json.Unmarshal(ev.Object, &meta)
+		switch ev.Type {
+		case "ERROR":
+			if meta.Code == 410 {
+				return rv, errExpired
+			}
+			return rv, fmt.Errorf("watch %s: %s", path, ev.Object)
+		case "ADDED", "MODIFIED", "DELETED":
+			apply(ev.Type, ev.Object)
+		}
+		if meta.Metadata.ResourceVersion != "" {
+			rv = meta.Metadata.ResourceVersion
+		}
 	}
 }
 
-// rebuild recomputes the record of one service from the informer stores.
-func (l *KubeLookup) rebuild(namespace, name string) {
-	key := namespace + "/" + name
+func statusCode(err error) int {
+	var e *kube.APIError
+	if errors.As(err, &e) {
+		return e.Code
+	}
+	return 0
+}
+
+func (l *KubeLookup) replaceServices(items []json.RawMessage) {
+	next := map[string]*service{}
+	for _, raw := range items {
+		var s service
+		if json.Unmarshal(raw, &s) == nil {
+			next[s.Metadata.Namespace+"/"+s.Metadata.Name] = &s
+		}
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	touched := map[string]bool{}
+	for k := range l.services {
+		touched[k] = true
+	}
+	for k := range next {
+		touched[k] = true
+	}
+	l.services = next
+	for k := range touched {
+		l.rebuild(k)
+	}
+}
+
+func (l *KubeLookup) serviceEvent(typ string, raw json.RawMessage) {
+	var s service
+	if json.Unmarshal(raw, &s) != nil {
+		return
+	}
+	key := s.Metadata.Namespace + "/" + s.Metadata.Name
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if typ == "DELETED" {
+		delete(l.services, key)
+	} else {
+		l.services[key] = &s
+	}
+	l.rebuild(key)
+}
+
+func (l *KubeLookup) replaceSlices(items []json.RawMessage) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	touched := map[string]bool{}
+	for k := range l.bySvc {
+		touched[k] = true
+	}
+	l.slices, l.bySvc = map[string]*endpointSlice{}, map[string]map[string]bool{}
+	for _, raw := range items {
+		var s endpointSlice
+		if json.Unmarshal(raw, &s) == nil {
+			l.putSlice(&s)
+			if k := s.serviceKey(); k != "" {
+				touched[k] = true
+			}
+		}
+	}
+	for k := range touched {
+		l.rebuild(k)
+	}
+}
+
+func (l *KubeLookup) sliceEvent(typ string, raw json.RawMessage) {
+	var s endpointSlice
+	if json.Unmarshal(raw, &s) != nil {
+		return
+	}
+	key := s.Metadata.Namespace + "/" + s.Metadata.Name
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	// The service label may have changed: rebuild the old service too.
+	var old string
+	if prev := l.slices[key]; prev != nil {
+		old = prev.serviceKey()
+		l.dropSlice(key, prev)
+	}
+	if typ != "DELETED" {
+		l.putSlice(&s)
+	}
+	for _, k := range []string{old, s.serviceKey()} {
+		if k != "" {
+			l.rebuild(k)
+		}
+	}
+}
+
+// putSlice and dropSlice keep slices and bySvc in step; mu is held.
+func (l *KubeLookup) putSlice(s *endpointSlice) {
+	key := s.Metadata.Namespace + "/" + s.Metadata.Name
+	l.slices[key] = s
+	if svc := s.serviceKey(); svc != "" {
+		if l.bySvc[svc] == nil {
+			l.bySvc[svc] = map[string]bool{}
+		}
+		l.bySvc[svc][key] = true
+	}
+}
+
+func (l *KubeLookup) dropSlice(key string, s *endpointSlice) {
+	delete(l.slices, key)
+	if svc := s.serviceKey(); svc != "" {
+		delete(l.bySvc[svc], key)
+		if len(l.bySvc[svc]) == 0 {
+			delete(l.bySvc, svc)
+		}
+	}
+}
+
+// rebuild recomputes the record of one service ("namespace/name") from
+// the stores; mu is held.
+func (l *KubeLookup) rebuild(key string) {
+	namespace, _, _ := strings.Cut(key, "/")
 	ips, ok := l.compute(key)
 	_, had := l.records[key]
 	switch {
@@ -281,14 +421,10 @@ func (l *KubeLookup) rebuild(namespace, name string) {
 
 // compute is the answer for a service: its cluster IPs, or for a headless
 // one the ready endpoints of its slices. ExternalName services are not
-// served (ok=false).
+// served (ok=false). mu is held.
 func (l *KubeLookup) compute(key string) ([]netip.Addr, bool) {
-	obj, exists, err := l.services.GetIndexer().GetByKey(key)
-	if err != nil || !exists {
-		return nil, false
-	}
-	svc, ok := obj.(*corev1.Service)
-	if !ok || svc.Spec.Type == corev1.ServiceTypeExternalName {
+	svc, ok := l.services[key]
+	if !ok || svc.Spec.Type == "ExternalName" {
 		return nil, false
 	}
 	var ips []netip.Addr
@@ -297,7 +433,7 @@ func (l *KubeLookup) compute(key string) ([]netip.Addr, bool) {
 			ips = append(ips, a.Unmap())
 		}
 	}
-	if svc.Spec.ClusterIP != corev1.ClusterIPNone {
+	if svc.Spec.ClusterIP != "None" {
 		for _, ip := range svc.Spec.ClusterIPs {
 			add(ip)
 		}
@@ -306,13 +442,9 @@ func (l *KubeLookup) compute(key string) ([]netip.Addr, bool) {
 		}
 		return ips, true
 	}
-	objs, err := l.slices.GetIndexer().ByIndex(sliceServiceIndex, key)
-	if err != nil {
-		return nil, true
-	}
-	for _, o := range objs {
-		s, ok := o.(*discoveryv1.EndpointSlice)
-		if !ok || (s.AddressType != discoveryv1.AddressTypeIPv4 && s.AddressType != discoveryv1.AddressTypeIPv6) {
+	for sk := range l.bySvc[key] {
+		s := l.slices[sk]
+		if s == nil || (s.AddressType != "IPv4" && s.AddressType != "IPv6") {
 			continue
 		}
 		for _, ep := range s.Endpoints {

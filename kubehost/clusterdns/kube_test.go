@@ -16,6 +16,8 @@ import (
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/runos/runos-agent/kube"
+
 	"github.com/runos/runos-agent/kube/kubetest"
 	"github.com/runos/runos-agent/kubehost/clusterdns"
 	"github.com/runos/runos-agent/meshdns/dnstest"
@@ -76,7 +78,11 @@ func TestKubeLookup(t *testing.T) {
 	}
 	ctx := kubetest.Context(t, 5*time.Minute)
 
-	kl, err := clusterdns.NewKubeLookup(rc, dnstest.Logger())
+	kc, err := kube.Load(api.Kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kl, err := clusterdns.NewKubeLookup(kc, dnstest.Logger())
 	if err != nil {
 		t.Fatal(err)
 	}

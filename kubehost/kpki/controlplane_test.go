@@ -206,15 +206,11 @@ func clientFor(t *testing.T, server string, c cas, r kpki.Request, issuer ...*kp
 	if err != nil {
 		t.Fatal(err)
 	}
-	rc, err := kube.RESTConfig(kpki.Kubeconfig(server, c.kube.CertPEM, certPEM, keyPEM, r.CommonName))
+	k, err := kube.Load(kpki.Kubeconfig(server, c.kube.CertPEM, certPEM, keyPEM, r.CommonName))
 	if err != nil {
 		t.Fatal(err)
 	}
-	rc.Timeout = 10 * time.Second
-	hc, err := rest.HTTPClientFor(rc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	hc := k.HTTPClient(10 * time.Second)
 	t.Cleanup(hc.CloseIdleConnections)
 	return hc
 }

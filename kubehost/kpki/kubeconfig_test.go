@@ -7,8 +7,8 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"testing"
+	"time"
 
-	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/runos/runos-agent/kube"
@@ -91,14 +91,16 @@ func TestKubeconfigClientTalksToServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rc, err := kube.RESTConfig(kpki.Kubeconfig(srv.URL, c.kube.CertPEM, certPEM, keyPEM, "alice"))
+	kc := kpki.Kubeconfig(srv.URL, c.kube.CertPEM, certPEM, keyPEM, "alice")
+	// kubectl (client-go) must read it as the agent's own client does.
+	if _, err := clientcmd.RESTConfigFromKubeConfig(kc); err != nil {
+		t.Fatalf("client-go refuses it: %v", err)
+	}
+	k, err := kube.Load(kc)
 	if err != nil {
 		t.Fatal(err)
 	}
-	hc, err := rest.HTTPClientFor(rc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	hc := k.HTTPClient(10 * time.Second)
 	t.Cleanup(hc.CloseIdleConnections)
 	resp, err := hc.Get(srv.URL + "/whoami")
 	if err != nil {

@@ -8,8 +8,8 @@ const (
 	RollingUpdateStatefulSetStrategyType           StatefulSetUpdateStrategyType            = "RollingUpdate"
 	ForbidConcurrent                               ConcurrencyPolicy                        = "Forbid"
 
-	ClusterIPNone          = "None"
-	ProtocolTCP   Protocol = "TCP"
+	ClusterIPNone                            = "None"
+	ProtocolTCP   Protocol                   = "TCP"
 	ReadWriteOnce PersistentVolumeAccessMode = "ReadWriteOnce"
 
 	ResourceCPU     ResourceName = "cpu"
