@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/big"
 	"regexp"
+	"strconv"
 	"strings"
 )
 
@@ -26,6 +27,9 @@ const (
 type Quantity struct {
 	v      *big.Rat // nil: zero
 	format Format
+	// s is the input when the API server keeps it as written (see
+	// keepsAsWritten); "" means the canonical form.
+	s string
 }
 
 var quantityRE = regexp.MustCompile(`^([+-]?[0-9]+(?:\.[0-9]*)?|[+-]?\.[0-9]+)([eE][+-]?[0-9]+|Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E)?$`)
@@ -33,7 +37,7 @@ var quantityRE = regexp.MustCompile(`^([+-]?[0-9]+(?:\.[0-9]*)?|[+-]?\.[0-9]+)([
 // maxExponent bounds e-notation: the API server refuses quantities far
 // beyond int64 anyway, and a huge exponent would make big.Rat arithmetic
 // (and so a deploy request) take forever.
-const maxExponent = 30
+const maxExponent = 999
 
 // ParseQuantity parses s in Kubernetes' quantity grammar.
 func ParseQuantity(s string) (Quantity, error) {
@@ -45,26 +49,64 @@ func ParseQuantity(s string) (Quantity, error) {
 	if !ok {
 		return Quantity{}, errors.New("bad number")
 	}
-	format := DecimalSI
+	format, exp := DecimalSI, 0
 	switch suf := m[2]; {
 	case suf == "":
 	case strings.HasSuffix(suf, "i"):
 		format = BinarySI
-		shift := 10 * (1 + strings.Index("KMGTPE", suf[:1]))
-		v.Mul(v, new(big.Rat).SetInt(new(big.Int).Lsh(big.NewInt(1), uint(shift))))
-	case suf[0] == 'e' || suf[0] == 'E':
+		exp = 10 * (1 + strings.Index("KMGTPE", suf[:1]))
+		v.Mul(v, new(big.Rat).SetInt(new(big.Int).Lsh(big.NewInt(1), uint(exp))))
+	case len(suf) > 1 && (suf[0] == 'e' || suf[0] == 'E'):
 		format = DecimalExponent
-		var e int
-		if _, err := fmt.Sscan(suf[1:], &e); err != nil || e > maxExponent || e < -maxExponent {
+		if _, err := fmt.Sscan(suf[1:], &exp); err != nil || exp > maxExponent || exp < -maxExponent {
 			return Quantity{}, fmt.Errorf("exponent %s out of range", suf[1:])
 		}
-		v.Mul(v, pow10(e))
+		v.Mul(v, pow10(exp))
 	default:
-		v.Mul(v, pow10(decimalSuffixes[suf]))
+		exp = decimalSuffixes[suf]
+		v.Mul(v, pow10(exp))
 	}
 	// The API server keeps nano precision and rounds up below it.
 	v = ceilScale(v, -9)
-	return Quantity{v: v, format: format}, nil
+	q := Quantity{v: v, format: format}
+	if keepsAsWritten(m[1], format, exp) {
+		q.s = s
+	}
+	return q, nil
+}
+
+// keepsAsWritten is the API server's rule for keeping a quantity's string
+// as written rather than canonicalising it: the number fits its fast path
+// and already looks canonical (for a binary suffix: a mantissa that is no
+// multiple of 8; otherwise: a whole number of thousands steps without
+// trailing zeros). The stored object then reads back as sent.
+func keepsAsWritten(number string, format Format, exp int) bool {
+	number = strings.TrimLeft(number, "+-")
+	whole, frac, _ := strings.Cut(number, ".")
+	// As the API server reads it: leading zeros go, an empty whole part
+	// is 0.
+	if whole = strings.TrimLeft(whole, "0"); whole == "" {
+		whole = "0"
+	}
+	shifted := whole + frac
+	if format == BinarySI {
+		if frac != "" || 15-len(whole)-exp*3/10-1 < 0 {
+			return false
+		}
+		n, err := strconv.ParseInt(shifted, 10, 64)
+		return err == nil && exp%10 == 0 && n&0x07 != 0
+	}
+	if 18-len(whole)-len(frac) < 0 {
+		return false
+	}
+	scale := exp - len(frac)
+	if scale < -9 {
+		return false
+	}
+	if _, err := strconv.ParseInt(shifted, 10, 64); err != nil {
+		return false
+	}
+	return scale%3 == 0 && !strings.HasSuffix(shifted, "000") && shifted[0] != '0'
 }
 
 // MustParseQuantity is ParseQuantity for constants; it panics on error.
@@ -122,7 +164,7 @@ func (q Quantity) Cmp(y Quantity) int { return q.rat().Cmp(y.rat()) }
 
 // Add adds y to q; q keeps its format.
 func (q *Quantity) Add(y Quantity) {
-	q.v = new(big.Rat).Add(q.rat(), y.rat())
+	q.v, q.s = new(big.Rat).Add(q.rat(), y.rat()), ""
 	if q.format == "" {
 		q.format = y.format
 	}
@@ -136,6 +178,9 @@ func (q Quantity) IsZero() bool { return q.rat().Sign() == 0 }
 
 // String is q in canonical form, as the API server writes it.
 func (q Quantity) String() string {
+	if q.s != "" {
+		return q.s
+	}
 	v := q.rat()
 	format := q.format
 	if format == BinarySI {
