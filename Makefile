@@ -4,6 +4,9 @@ GO        ?= go
 BIN       := $(CURDIR)/bin
 VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -X github.com/runos/runos-agent/agent.Version=$(VERSION)
+# urfave/cli's man-page and markdown generators (and the markdown parser
+# behind them, whose init builds a 200 kB table) are never used.
+TAGS      := urfave_cli_no_docs
 # CI runs as root: there the namespace lab must run, never skip.
 LAB_REQUIRED := $(shell [ "$$(id -u)" = 0 ] && echo 1 || echo 0)
 # Likewise the web UI's headless-Chromium tests (ui/uitest) must not skip there.
@@ -19,8 +22,8 @@ RACE      := -race -gcflags=all=-d=checkptr=0
 all: build
 
 build:
-	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/runos-agent ./cmd/runos-agent
-	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/runos-cloud ./cmd/runos-cloud
+	$(GO) build -tags '$(TAGS)' -ldflags '$(LDFLAGS)' -o $(BIN)/runos-agent ./cmd/runos-agent
+	$(GO) build -tags '$(TAGS)' -ldflags '$(LDFLAGS)' -o $(BIN)/runos-cloud ./cmd/runos-cloud
 
 # A 3-node cluster in one process (userspace WireGuard on loopback).
 run: build
@@ -74,7 +77,7 @@ jepsen:
 # every node, a full disk; reports in bin/jepsen-lab/.
 jepsen-lab: test-deps
 	@mkdir -p $(BIN)/jepsen-lab
-	$(GO) build -tags jepsen -ldflags '$(LDFLAGS)' -o $(BIN)/runos-agent-jepsen ./cmd/runos-agent
+	$(GO) build -tags 'jepsen $(TAGS)' -ldflags '$(LDFLAGS)' -o $(BIN)/runos-agent-jepsen ./cmd/runos-agent
 	RUNOS_AGENT_BIN=$(BIN)/runos-agent-jepsen RUNOS_LAB_REQUIRED=$(LAB_REQUIRED) JEPSEN_OUT=$(BIN)/jepsen-lab \
 		$(GO) test -tags jepsen -count=1 -timeout 30m -v -run 'TestJepsenLab$$' ./e2e/ 2>&1 | tee $(BIN)/jepsen-lab.log \
 		| grep -E '^(=== RUN|--- |\s+--- |PASS|FAIL|ok|panic)|jepsen_test.go' ; exit $${PIPESTATUS[0]}

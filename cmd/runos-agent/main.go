@@ -22,6 +22,7 @@ import (
 	"github.com/runos/runos-agent/api"
 	"github.com/runos/runos-agent/datadir"
 	"github.com/runos/runos-agent/nat"
+	"github.com/runos/runos-agent/procmem"
 )
 
 const defaultDataDir = "/var/lib/runos-agent"
@@ -139,8 +140,17 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 					if err := a.Start(ctx); err != nil {
 						return err
 					}
+					gcCtx, stopGC := context.WithCancel(context.Background())
+					gcDone := make(chan struct{})
+					go func() {
+						defer close(gcDone)
+						procmem.CollectWhenIdle(gcCtx, procmem.IdleGCInterval)
+					}()
 					<-ctx.Done()
-					return a.Close()
+					err = a.Close()
+					stopGC()
+					<-gcDone
+					return err
 				},
 			},
 			{
