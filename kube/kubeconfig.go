@@ -259,6 +259,10 @@ func (k *Kubeconfig) HTTPClient(timeout time.Duration) *http.Client {
 		MaxIdleConnsPerHost: 25,
 		IdleConnTimeout:     90 * time.Second,
 		ForceAttemptHTTP2:   true,
+		// As client-go: ping an idle HTTP/2 connection, so a watch on a
+		// connection whose server vanished fails in under a minute
+		// instead of waiting on TCP keepalives.
+		HTTP2: &http.HTTP2Config{SendPingTimeout: 30 * time.Second, PingTimeout: 15 * time.Second},
 	}
 	return &http.Client{Timeout: timeout, Transport: &authTransport{next: t, k: k}}
 }
