@@ -162,7 +162,7 @@ func (w *Reconciler) executor(k *raftstore.KubeTarget) (*kube.Executor, error) {
 		return nil, fmt.Errorf("kubeconfig: %w", err)
 	}
 	// SetKube refuses unsafe kubeconfigs; one stored by another path (an
-	// older version, a direct Raft write) must still never reach client-go,
+	// older version, a direct Raft write) must still never reach the client,
 	// whatever NewExecutor is.
 	if err := kube.Validate(kc); err != nil {
 		return nil, err
