@@ -154,7 +154,9 @@ func TestExecutorAgainstRealAPIServer(t *testing.T) {
 }
 
 func TestBadKubeconfig(t *testing.T) {
-	for _, kc := range []string{"", "not: [yaml", "apiVersion: v1\nkind: Config\n"} {
+	missingUser := "apiVersion: v1\nkind: Config\nclusters:\n- name: k\n  cluster:\n    server: https://127.0.0.1:6443\n" +
+		"contexts:\n- name: k\n  context:\n    cluster: k\n    user: nobody\ncurrent-context: k\n"
+	for _, kc := range []string{"", "not: [yaml", "apiVersion: v1\nkind: Config\n", missingUser} {
 		if _, err := kube.New(kube.Config{Kubeconfig: []byte(kc)}, logger()); err == nil {
 			t.Errorf("%q accepted", kc)
 		}

@@ -197,11 +197,12 @@ func Load(kubeconfig []byte) (*Kubeconfig, error) {
 	if !found {
 		return nil, fmt.Errorf("invalid kubeconfig: cluster %q (context %q) not found", kctx.Cluster, f.CurrentContext)
 	}
-	hasCert := false
+	hasCert, userFound := false, kctx.AuthInfo == ""
 	for _, u := range f.AuthInfos {
 		if u.Name != kctx.AuthInfo {
 			continue
 		}
+		userFound = true
 		a := u.User
 		if a.Impersonate != "" || a.ImpersonateUID != "" || len(a.ImpersonateGroups) > 0 || present(a.ImpersonateUserExtra) {
 			return nil, fmt.Errorf("invalid kubeconfig: user %q impersonates; the agent does not support impersonation", u.Name)
@@ -218,6 +219,9 @@ func Load(kubeconfig []byte) (*Kubeconfig, error) {
 			hasCert = true
 		}
 		k.token, k.user, k.password = a.Token, a.Username, a.Password
+	}
+	if !userFound {
+		return nil, fmt.Errorf("invalid kubeconfig: user %q (context %q) not found", kctx.AuthInfo, f.CurrentContext)
 	}
 	// As client-go: a server named host:port gets https when TLS is
 	// configured in any way, plain http otherwise.
