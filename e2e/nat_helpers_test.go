@@ -188,6 +188,44 @@ func (n *agentNode) agentPing(to *agentNode, count int) (string, error) {
 	return n.cli("ping", "--data-dir", n.dir, "-c", fmt.Sprint(count), "-i", "200ms", to.name)
 }
 
+// settledRelay waits until from reaches to through a relay and `runos-agent
+// ping` answers every probe through the relay from's path report names,
+// and returns that relay. With two relays either may be picked, and the
+// pick may move once the paths are measured, so a test must not hold on to
+// the first one it saw.
+func (l *natLab) settledRelay(from, to *agentNode) string {
+	l.t.Helper()
+	var via string
+	l.eventually(90*time.Second, fmt.Sprintf("%s reaches %s through a relay its pings use", from.name, to.name), func() error {
+		p, err := from.peer(to.name)
+		if err != nil {
+			return err
+		}
+		if p.Path != "relay" {
+			return fmt.Errorf("%s: %s path %q", from.name, to.name, p.Path)
+		}
+		out, err := from.agentPing(to, 3)
+		if err != nil {
+			return fmt.Errorf("%v: %s", err, out)
+		}
+		n := 0
+		for _, line := range strings.Split(out, "\n") {
+			if strings.HasPrefix(line, "seq=") {
+				if !strings.Contains(line, "rtt=") || !strings.Contains(line, " via "+p.Via+" ") {
+					return fmt.Errorf("path says via %s, probe: %q", p.Via, line)
+				}
+				n++
+			}
+		}
+		if n != 3 {
+			return fmt.Errorf("want 3 answered probes: %q", out)
+		}
+		via = p.Via
+		return nil
+	})
+	return via
+}
+
 // mustAgentPing waits until `runos-agent ping -c 3` from from to to gets
 // every answer over the wanted path ("direct" or "via NAME"), and returns
 // its output.

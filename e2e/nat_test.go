@@ -115,10 +115,9 @@ func TestNATRelayFailover(t *testing.T) {
 		}
 		return nil
 	})
-	first := l.waitPath(60*time.Second, a, b, "relay", "", netip.Addr{})
+	first := l.settledRelay(a, b)
 	l.pingWG(a, b)
-	l.mustAgentPing(a, b, "via "+first.Via)
-	used, other := relays[first.Via], p1
+	used, other := relays[first], p1
 	if used == p1 {
 		other = p2
 	}
