@@ -66,38 +66,12 @@ func apiCode(err error) int {
 // and returns the response body of a 2xx answer; anything else is an
 // *APIError (or a transport error).
 func (c *Client) Do(ctx context.Context, method, path string, query url.Values, contentType string, body []byte) ([]byte, error) {
-	u := c.host + path
-	if len(query) > 0 {
-		u += "?" + query.Encode()
-	}
-	var rd io.Reader
-	if body != nil {
-		rd = bytes.NewReader(body)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, u, rd)
-	if err != nil {
-		return nil, err
-	}
-	req.Header.Set("Accept", "application/json")
-	if body != nil {
-		if contentType == "" {
-			contentType = "application/json"
-		}
-		req.Header.Set("Content-Type", contentType)
-	}
-	resp, err := c.hc.Do(req)
+	resp, err := c.send(ctx, method, path, query, contentType, body)
 	if err != nil {
 		return nil, err
 	}
 	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, maxResponse))
-	if err != nil {
-		return nil, err
-	}
-	if resp.StatusCode/100 == 2 {
-		return b, nil
-	}
-	return nil, statusError(method, path, resp.Status, resp.StatusCode, b)
+	return io.ReadAll(io.LimitReader(resp.Body, maxResponse))
 }
 
 // GetObject reads one object (an *APIError with IsNotFound when absent).
@@ -134,25 +108,45 @@ func (c *Client) List(ctx context.Context, path string, query url.Values) ([]kap
 // to stream and close (a watch); anything else is an *APIError. Use a
 // client without a request timeout for it.
 func (c *Client) Open(ctx context.Context, path string, query url.Values) (io.ReadCloser, error) {
+	resp, err := c.send(ctx, http.MethodGet, path, query, "", nil)
+	if err != nil {
+		return nil, err
+	}
+	return resp.Body, nil
+}
+
+// send makes one request and returns the response of a 2xx answer, its
+// body still to be read; any other answer becomes an *APIError.
+func (c *Client) send(ctx context.Context, method, path string, query url.Values, contentType string, body []byte) (*http.Response, error) {
 	u := c.host + path
 	if len(query) > 0 {
 		u += "?" + query.Encode()
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u, rd)
 	if err != nil {
 		return nil, err
 	}
 	req.Header.Set("Accept", "application/json")
+	if body != nil {
+		if contentType == "" {
+			contentType = "application/json"
+		}
+		req.Header.Set("Content-Type", contentType)
+	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
 		return nil, err
 	}
 	if resp.StatusCode/100 == 2 {
-		return resp.Body, nil
+		return resp, nil
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<16))
-	return nil, statusError(http.MethodGet, path, resp.Status, resp.StatusCode, b)
+	return nil, statusError(method, path, resp.Status, resp.StatusCode, b)
 }
 
 // statusError is the *APIError of a non-2xx answer with body b.
