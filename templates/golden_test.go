@@ -31,25 +31,16 @@ func (r *seededReader) Read(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// seededInstance is newInstance with OSID and credentials from a stream
+// seeded by service and tier; bcrypt hashes, which salt themselves from
+// crypto/rand, are replaced by a constant.
 func seededInstance(t *testing.T, service, tier string, set map[string]string) Instance {
 	t.Helper()
-	rnd := &seededReader{block: sha256.Sum256([]byte(service + "/" + tier))}
-	osid, err := NewOSID(rnd, service)
-	if err != nil {
-		t.Fatal(err)
-	}
-	creds, err := NewCredentials(rnd, service)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for k, v := range creds {
+	inst := newInstanceFrom(t, &seededReader{block: sha256.Sum256([]byte(service + "/" + tier))}, service, tier, set)
+	for k, v := range inst.Credentials {
 		if strings.HasPrefix(v, "$2a$") {
-			creds[k] = "$2a$10$golden" // bcrypt salts itself from crypto/rand
+			inst.Credentials[k] = "$2a$10$golden"
 		}
-	}
-	inst := Instance{OSID: osid, Service: service, Tier: tier, Set: set, Credentials: creds}
-	if err := Validate(&inst); err != nil {
-		t.Fatalf("%s/%s: %v", service, tier, err)
 	}
 	return inst
 }

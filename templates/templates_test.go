@@ -31,11 +31,17 @@ var tiers = []string{TierLightweight, TierHA, TierEnterprise}
 
 func newInstance(t testing.TB, service, tier string, set map[string]string) Instance {
 	t.Helper()
-	osid, err := NewOSID(rand.Reader, service)
+	return newInstanceFrom(t, rand.Reader, service, tier, set)
+}
+
+// newInstanceFrom is newInstance with OSID and credentials drawn from rnd.
+func newInstanceFrom(t testing.TB, rnd io.Reader, service, tier string, set map[string]string) Instance {
+	t.Helper()
+	osid, err := NewOSID(rnd, service)
 	if err != nil {
 		t.Fatal(err)
 	}
-	creds, err := NewCredentials(rand.Reader, service)
+	creds, err := NewCredentials(rnd, service)
 	if err != nil {
 		t.Fatal(err)
 	}
