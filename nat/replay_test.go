@@ -59,8 +59,16 @@ func TestProbeReplay(t *testing.T) {
 	tap.mu.Unlock()
 	connect(t, []*tnode{a, b}, map[*tnode][]netip.AddrPort{a: {loop(a)}, b: {loop(b)}})
 	waitPath(t, a, b, "direct", isDirect)
+	// Capture a probe b has taken: one sent before b knew a was dropped as
+	// from a non-member and never reached b's replay guard, and one still
+	// on its way could be overtaken by its own replay.
+	tap.mu.Lock()
+	tap.probes = nil
+	tap.mu.Unlock()
 	var probe []byte
 	waitFor(t, 10*time.Second, "a captured probe to b", func() bool { probe = tap.first(); return probe != nil })
+	rx := b.bind.Stats().RxFrames
+	waitFor(t, 10*time.Second, "b received a's frames after the captured probe", func() bool { return b.bind.Stats().RxFrames >= rx+2 })
 
 	evil, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
