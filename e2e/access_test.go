@@ -209,7 +209,7 @@ func TestUserAccess(t *testing.T) {
 		mesh[n.name] = l.meshIP(n)
 		l.startEcho(n)
 	}
-	web.Start(t, "echo-web", helper(t, "echo-server", fmt.Sprintf("LISTEN=0.0.0.0:%d", echoPort))...)
+	l.startEchoOn(web, "web")
 	// The web host counts what arrives from device addresses: without a
 	// route back it could not answer them, so only a counter shows that
 	// a device's packets got out through the cluster.

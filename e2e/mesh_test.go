@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/runos/runos-agent/e2e/lab"
 )
 
 var (
@@ -273,8 +275,15 @@ func (c *cluster) checkKernelLink(n *agentNode, ip netip.Addr, pods map[string]n
 // startEcho runs a TCP echo server on every address of n's namespace.
 func (c *cluster) startEcho(n *agentNode) {
 	c.t.Helper()
-	p := n.host.Start(c.t, "echo-"+n.name, helper(c.t, "echo-server", fmt.Sprintf("LISTEN=0.0.0.0:%d", echoPort))...)
-	c.eventually(10*time.Second, "echo server on "+n.name, func() error {
+	c.startEchoOn(n.host, n.name)
+}
+
+// startEchoOn runs a TCP echo server on every address of h's namespace and
+// returns once it listens, so a test's first dial is not refused.
+func (c *cluster) startEchoOn(h *lab.Host, name string) {
+	c.t.Helper()
+	p := h.Start(c.t, "echo-"+name, helper(c.t, "echo-server", fmt.Sprintf("LISTEN=0.0.0.0:%d", echoPort))...)
+	c.eventually(10*time.Second, "echo server on "+name, func() error {
 		select {
 		case <-p.Done():
 			return fmt.Errorf("echo server exited: %v: %s", p.Wait(), p.Output())
