@@ -3,6 +3,7 @@ package meshdns_test
 import (
 	"net"
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
@@ -61,5 +62,60 @@ func TestAttackOpenResolverRefused(t *testing.T) {
 	}
 	if r := query(t, "tcp", addr, "node-a.runos.internal.", dns.TypeA); len(r.Answer) != 1 {
 		t.Fatalf("insider: %v", r)
+	}
+}
+
+// Attack: cache poisoning by the birthday paradox. A client in the cluster
+// (any pod) asks the node's resolver the same uncached name many times at
+// once, while an off-path accomplice sprays forged answers at the
+// resolver's upstream sockets. Each forwarded copy is one more random
+// query ID and port a forgery may hit, so the odds grow with the copies.
+// Identical questions in flight are asked upstream once; every client gets
+// that one answer, with its own ID and its own spelling of the name.
+func TestAttackBirthdayOneQueryInFlight(t *testing.T) {
+	up := dnstest.StartUpstream(t, map[string][]netip.Addr{"bank.example.": dnstest.IPs("192.0.2.7")})
+	s, addr := start(t, meshdns.Config{Upstreams: []string{up.Addr}})
+	release := up.Hold(t)
+	const clients = 32
+	type answer struct {
+		asked string
+		r     *dns.Msg
+		err   error
+	}
+	answers := make(chan answer, clients)
+	for i := range clients {
+		name := "bank.example."
+		if i%2 == 1 {
+			name = "BaNk.ExAmPlE." // DNS 0x20: another spelling of the same question
+		}
+		go func() {
+			m := new(dns.Msg)
+			m.SetQuestion(name, dns.TypeA)
+			r, _, err := (&dns.Client{Timeout: 10 * time.Second}).Exchange(m, addr)
+			answers <- answer{name, r, err}
+		}()
+	}
+	// The upstream holds its answer: every client's query waits in the
+	// resolver, forwarded or joined to one in flight.
+	for deadline := time.Now().Add(10 * time.Second); s.Stats().Waiting < clients; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d queries waiting on the upstream", s.Stats().Waiting, clients)
+		}
+	}
+	if n := up.UDPQueries.Load() + up.TCPQueries.Load(); n != 1 {
+		t.Errorf("%d identical questions in flight reached the upstream as %d queries, want 1", clients, n)
+	}
+	release()
+	for range clients {
+		a := <-answers
+		if a.err != nil {
+			t.Fatalf("client asking %s: %v", a.asked, a.err)
+		}
+		if !slices.Equal(dnstest.AnswerIPs(a.r), []string{"192.0.2.7"}) || a.r.Question[0].Name != a.asked {
+			t.Fatalf("client asking %s got %v", a.asked, a.r)
+		}
+	}
+	if st := s.Stats(); st.Queries["forwarded"]+st.Queries["coalesced"] != clients {
+		t.Errorf("stats %+v: want %d answers forwarded or coalesced", st.Queries, clients)
 	}
 }

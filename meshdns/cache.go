@@ -66,9 +66,7 @@ func (c *cache) get(k cacheKey, req *dns.Msg, now time.Time) *dns.Msg {
 	if !ok {
 		return nil
 	}
-	resp := e.msg.Copy()
-	resp.Id = req.Id
-	resp.Question = []dns.Question{req.Question[0]} // its case, as asked
+	resp := sharedAnswer(e.msg, req)
 	age := uint32(now.Sub(e.stored) / time.Second)
 	for _, sec := range [][]dns.RR{resp.Answer, resp.Ns, resp.Extra} {
 		for _, rr := range sec {

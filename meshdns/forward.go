@@ -18,6 +18,7 @@ type counters struct {
 	mounted       atomic.Uint64 // handed to a mounted domain
 	forwarded     atomic.Uint64 // answered by an upstream (cache miss)
 	cached        atomic.Uint64 // answered from the cache
+	coalesced     atomic.Uint64 // answered by an upstream exchange of an identical question
 	servfail      atomic.Uint64 // no upstream answered (or none configured)
 	refused       atomic.Uint64 // source outside the cluster's networks
 	failed        atomic.Uint64 // malformed or unsupported query
@@ -40,9 +41,14 @@ type Stats struct {
 	// Queries by result: "local" (answered from the zone, records or
 	// NODATA), "local_nxdomain", "kubernetes" (a mounted domain),
 	// "forwarded" (an upstream answered; a cache miss), "cached",
-	// "servfail" (no upstream answered), "refused" (source outside the
-	// cluster), "error" (malformed or unsupported query), "dropped".
+	// "coalesced" (answered by the upstream exchange of an identical
+	// question already in flight), "servfail" (no upstream answered),
+	// "refused" (source outside the cluster), "error" (malformed or
+	// unsupported query), "dropped".
 	Queries map[string]uint64
+	// Waiting is the number of client queries waiting on an upstream now,
+	// whether they asked it or joined an identical question in flight.
+	Waiting int
 	// CacheEntries is the number of cached answers now; CacheEvictions
 	// counts live ones pushed out because the cache was full.
 	CacheEntries   int
@@ -58,9 +64,10 @@ func (s *Server) Stats() Stats {
 	st := Stats{
 		Queries: map[string]uint64{
 			"local": c.zone.Load(), "local_nxdomain": c.zoneNX.Load(), "kubernetes": c.mounted.Load(),
-			"forwarded": c.forwarded.Load(), "cached": c.cached.Load(), "servfail": c.servfail.Load(),
+			"forwarded": c.forwarded.Load(), "cached": c.cached.Load(), "coalesced": c.coalesced.Load(), "servfail": c.servfail.Load(),
 			"refused": c.refused.Load(), "error": c.failed.Load(), "dropped": c.dropped.Load(),
 		},
+		Waiting:          int(s.waiting.Load()),
 		CacheEvictions:   c.cacheEvicted.Load(),
 		UpstreamFailures: c.upstreamFails.Load(),
 	}
@@ -70,9 +77,18 @@ func (s *Server) Stats() Stats {
 	return st
 }
 
-// forward answers req from the cache or the upstreams, in order starting
-// with the last one that answered; the first answer wins (whatever its
-// rcode: only a transport failure moves on). None answering: SERVFAIL.
+// flight is one upstream exchange that identical questions share. Only
+// one copy of a question is ever in flight: each copy would be another
+// query ID and port for a forged answer to hit (the birthday attack on
+// resolvers), and a burst of pods asking one name costs the upstream one
+// query.
+type flight struct {
+	done chan struct{}
+	resp *dns.Msg // nil: no upstream answered; set before done closes, never handed out
+}
+
+// forward answers req from the cache, from an identical question in
+// flight, or from the upstreams.
 func (s *Server) forward(req *dns.Msg) *dns.Msg {
 	key := cacheKeyOf(req)
 	if s.cache != nil {
@@ -81,19 +97,58 @@ func (s *Server) forward(req *dns.Msg) *dns.Msg {
 			return resp
 		}
 	}
-	n := len(s.upstreams)
-	if n == 0 {
+	if len(s.upstreams) == 0 {
 		s.stats.servfail.Add(1)
 		return reply(req, dns.RcodeServerFailure)
 	}
+	s.waiting.Add(1)
+	defer s.waiting.Add(-1)
+	s.flightsMu.Lock()
+	if f, ok := s.flights[key]; ok {
+		s.flightsMu.Unlock()
+		var resp *dns.Msg
+		select {
+		case <-f.done:
+			resp = f.resp
+		case <-s.ctx.Done(): // Close; the forward ends as well
+		}
+		if resp == nil {
+			s.stats.servfail.Add(1)
+			return reply(req, dns.RcodeServerFailure)
+		}
+		s.stats.coalesced.Add(1)
+		return sharedAnswer(resp, req)
+	}
+	f := &flight{done: make(chan struct{})}
+	s.flights[key] = f
+	s.flightsMu.Unlock()
+
+	resp := s.ask(req, key)
+	s.flightsMu.Lock()
+	delete(s.flights, key)
+	s.flightsMu.Unlock()
+	f.resp = resp
+	close(f.done)
+	if resp == nil {
+		s.stats.servfail.Add(1)
+		return reply(req, dns.RcodeServerFailure)
+	}
+	s.stats.forwarded.Add(1)
+	return resp.Copy()
+}
+
+// ask asks the upstreams req, in order starting with the last one that
+// answered, and caches the answer; the first answer wins (whatever its
+// rcode: only a transport failure moves on). nil: none answered.
+func (s *Server) ask(req *dns.Msg, key cacheKey) *dns.Msg {
 	select {
 	case s.fwdSem <- struct{}{}:
 		defer func() { <-s.fwdSem }()
 	default:
 		s.log.Debug("too many forwarded queries in flight", "name", req.Question[0].Name)
-		s.stats.servfail.Add(1)
-		return reply(req, dns.RcodeServerFailure)
+		return nil
 	}
+	n := len(s.upstreams)
 	out := req.Copy()
 	// Our own ID towards the upstream: the client's is not random enough
 	// to stand in for ours against spoofed answers.
@@ -123,11 +178,22 @@ func (s *Server) forward(req *dns.Msg) *dns.Msg {
 				s.stats.cacheEvicted.Add(1)
 			}
 		}
-		s.stats.forwarded.Add(1)
 		return resp
 	}
-	s.stats.servfail.Add(1)
-	return reply(req, dns.RcodeServerFailure)
+	return nil
+}
+
+// sharedAnswer is msg, an answer to an identical question, as the answer
+// to req: its ID, its question as it spelled it (DNS 0x20), and no OPT
+// record if req had none (RFC 6891 6.1.1).
+func sharedAnswer(msg, req *dns.Msg) *dns.Msg {
+	resp := msg.Copy()
+	resp.Id = req.Id
+	resp.Question = []dns.Question{req.Question[0]}
+	if req.IsEdns0() == nil {
+		resp.Extra = slices.DeleteFunc(resp.Extra, func(rr dns.RR) bool { return rr.Header().Rrtype == dns.TypeOPT })
+	}
+	return resp
 }
 
 // exchange asks one upstream over UDP, then over TCP if the UDP answer was

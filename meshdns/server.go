@@ -112,6 +112,12 @@ type Server struct {
 	cache     *cache
 	stats     counters
 
+	// flights are the upstream exchanges under way, by question: an
+	// identical question joins one instead of asking again (flight).
+	flightsMu sync.Mutex
+	flights   map[cacheKey]*flight // guarded by flightsMu
+	waiting   atomic.Int64         // client queries waiting on an upstream
+
 	// zone is the zone and its records; replaced whole, read per query.
 	zone atomic.Pointer[zoneData]
 	// mounts are the mounted domains, by canonical name; replaced whole.
@@ -173,11 +179,12 @@ func New(cfg Config, n Net, log *slog.Logger) (*Server, error) {
 		cfg.Now = time.Now
 	}
 	s := &Server{
-		cfg:    cfg,
-		log:    log.With("component", "meshdns"),
-		net:    n,
-		fwdSem: make(chan struct{}, maxForwards),
-		bound:  map[netip.AddrPort]*listenPair{},
+		cfg:     cfg,
+		log:     log.With("component", "meshdns"),
+		net:     n,
+		fwdSem:  make(chan struct{}, maxForwards),
+		flights: map[cacheKey]*flight{},
+		bound:   map[netip.AddrPort]*listenPair{},
 	}
 	if cfg.CacheSize > 0 {
 		s.cache = newCache(cfg.CacheSize, cfg.MaxCacheTTL)

@@ -512,3 +512,97 @@ func TestNeverForwardsToItself(t *testing.T) {
 		t.Fatalf("stats %+v: asked itself", st)
 	}
 }
+
+// Clients that joined an identical question in flight share its fate: an
+// upstream that never answers gives each of them SERVFAIL once the one
+// forward times out, and Close ends their wait too. Questions that differ
+// in type or DNSSEC bit are asked on their own.
+func TestForwardSharedFailure(t *testing.T) {
+	silent := dnstest.StartSilent(t)
+	s, addr := start(t, meshdns.Config{Upstreams: []string{silent.Addr}, ForwardTimeout: 300 * time.Millisecond})
+	ask := func(n int, build func(i int) *dns.Msg) <-chan *dns.Msg {
+		got := make(chan *dns.Msg, n)
+		for i := range n {
+			go func() {
+				r, _, err := (&dns.Client{Timeout: 10 * time.Second}).Exchange(build(i), addr)
+				if err != nil {
+					t.Errorf("query %d: %v", i, err)
+				}
+				got <- r
+			}()
+		}
+		return got
+	}
+	question := func(name string, qtype uint16, do bool) *dns.Msg {
+		m := new(dns.Msg)
+		m.SetQuestion(name, qtype)
+		if do {
+			m.SetEdns0(1232, true)
+		}
+		return m
+	}
+	got := ask(8, func(int) *dns.Msg { return question("example.com.", dns.TypeA, false) })
+	for range 8 {
+		if r := <-got; r == nil || r.Rcode != dns.RcodeServerFailure {
+			t.Fatalf("a query sharing a timed-out forward: %v, want SERVFAIL", r)
+		}
+	}
+	if n := len(silent.Got); n != 1 {
+		t.Errorf("the upstream got %d queries for 8 identical questions, want 1", n)
+	}
+
+	// A, AAAA, and A with the DO bit are three questions.
+	for len(silent.Got) > 0 {
+		<-silent.Got
+	}
+	got = ask(6, func(i int) *dns.Msg {
+		return [...]*dns.Msg{question("example.com.", dns.TypeA, false), question("example.com.", dns.TypeAAAA, false),
+			question("example.com.", dns.TypeA, true)}[i%3]
+	})
+	for range 6 {
+		<-got
+	}
+	if n := len(silent.Got); n != 3 {
+		t.Errorf("the upstream got %d queries for 3 distinct questions asked twice each, want 3", n)
+	}
+
+	// Close answers the joined clients as well as the one forwarding.
+	s2, addr2 := start(t, meshdns.Config{Upstreams: []string{silent.Addr}, ForwardTimeout: time.Hour})
+	addr = addr2
+	got = ask(4, func(int) *dns.Msg { return question("example.net.", dns.TypeA, false) })
+	for deadline := time.Now().Add(10 * time.Second); s2.Stats().Waiting < 4; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of 4 queries waiting", s2.Stats().Waiting)
+		}
+	}
+	s2.Close()
+	for range 4 {
+		if r := <-got; r == nil || r.Rcode != dns.RcodeServerFailure {
+			t.Fatalf("a query waiting at Close: %v, want SERVFAIL", r)
+		}
+	}
+	if st := s.Stats(); st.Queries["servfail"] != 14 || st.Queries["coalesced"] != 0 {
+		t.Errorf("stats %+v: want every failed query counted as servfail", st.Queries)
+	}
+}
+
+// A client that sent no OPT record gets none back, even when the answer
+// it is served was fetched for a client that did (RFC 6891 6.1.1).
+func TestSharedAnswerMatchesTheClientsEDNS(t *testing.T) {
+	up := dnstest.StartUpstream(t, map[string][]netip.Addr{"example.com.": dnstest.IPs("192.0.2.1")})
+	_, addr := start(t, meshdns.Config{Upstreams: []string{up.Addr}})
+	m := new(dns.Msg)
+	m.SetQuestion("example.com.", dns.TypeA)
+	m.SetEdns0(1232, false)
+	r, _, err := (&dns.Client{Timeout: 10 * time.Second}).Exchange(m, addr)
+	if err != nil || r.IsEdns0() == nil {
+		t.Fatalf("EDNS client: %v, %v: want an OPT record back", r, err)
+	}
+	r = query(t, "udp", addr, "example.com.", dns.TypeA)
+	if up.UDPQueries.Load() != 1 || len(r.Answer) != 1 {
+		t.Fatalf("second client: %v (upstream asked %d times), want the cached answer", r, up.UDPQueries.Load())
+	}
+	if r.IsEdns0() != nil {
+		t.Errorf("a client without EDNS got an OPT record: %v", r)
+	}
+}

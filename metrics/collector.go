@@ -65,7 +65,7 @@ var (
 	descKubeRestarts = prometheus.NewDesc("runos_kube_component_restarts_total",
 		"Times the agent restarted the component after it exited (resets when the agent restarts or the component is reconfigured).", []string{"component"}, nil)
 	descDNSQueries = prometheus.NewDesc("runos_dns_queries_total",
-		"Queries to this node's resolver by result: local, local_nxdomain (the cluster zone), kubernetes (cluster.local), forwarded (cache miss), cached, servfail, refused (source outside the cluster), error, dropped.", []string{"result"}, nil)
+		"Queries to this node's resolver by result: local, local_nxdomain (the cluster zone), kubernetes (cluster.local), forwarded (cache miss), cached, coalesced (an identical question in flight answered it), servfail, refused (source outside the cluster), error, dropped.", []string{"result"}, nil)
 	descDNSCache = prometheus.NewDesc("runos_dns_cache_entries",
 		"Forwarded answers in this node's resolver cache.", nil, nil)
 	descDNSUpstreamFails = prometheus.NewDesc("runos_dns_upstream_failures_total",

@@ -113,6 +113,25 @@ type Upstream struct {
 	records map[string][]netip.Addr
 	servers []*dns.Server
 	once    sync.Once
+	// gate, while set, holds every answer until it is closed (Hold).
+	gate atomic.Pointer[chan struct{}]
+}
+
+// Hold makes the upstream receive and count queries but keep its answers
+// until the returned release is called (idempotent; t.Cleanup calls it
+// too): many queries are then in flight at once.
+func (u *Upstream) Hold(t testing.TB) (release func()) {
+	g := make(chan struct{})
+	u.gate.Store(&g)
+	var once sync.Once
+	release = func() {
+		once.Do(func() {
+			u.gate.CompareAndSwap(&g, nil)
+			close(g)
+		})
+	}
+	t.Cleanup(release)
+	return release
 }
 
 // StartUpstream serves records (by fully qualified, lower-case name): A
@@ -170,6 +189,9 @@ func (u *Upstream) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 	} else {
 		u.TCPQueries.Add(1)
 	}
+	if g := u.gate.Load(); g != nil {
+		<-*g
+	}
 	resp := new(dns.Msg)
 	resp.SetReply(req)
 	resp.RecursionAvailable = true
@@ -185,6 +207,9 @@ func (u *Upstream) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 				A:   ip.AsSlice(),
 			})
 		}
+	}
+	if opt := req.IsEdns0(); opt != nil {
+		resp.SetEdns0(1232, opt.Do()) // as a resolver that speaks EDNS does
 	}
 	if udp {
 		size := dns.MinMsgSize
