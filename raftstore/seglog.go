@@ -21,7 +21,7 @@ import (
 
 // The Raft log is a directory of append-only segment files, with the Raft
 // stable keys (term, vote) and the log's first index in a small meta file
-// beside them. Each StoreLogs is one write and one fdatasync at the end of
+// beside them (seglog_meta.go). Each StoreLogs is one write and one fdatasync at the end of
 // the newest segment; a segment that has reached segMaxBytes is left as it
 // is and the next append starts a new one. A new segment is filled with
 // zeros to segMaxBytes (and synced) before its first append, so appends
@@ -120,8 +120,9 @@ type logStore struct {
 	pending  []string
 	unsynced bool
 	// meta is replaced by writers (holding writeMu) under mu; readers of
-	// the stable keys hold mu.
-	meta logMeta
+	// the stable keys hold mu. metaf is its file, written with writeMu held.
+	meta  logMeta
+	metaf *metaFile
 
 	mu     sync.RWMutex
 	segs   []*segment // guarded by mu (changed only with writeMu held too); the last is the tail
@@ -435,7 +436,7 @@ func (l *logStore) Close() error {
 		return nil
 	}
 	l.closed = true
-	var err error
+	err := l.metaf.f.Close()
 	for _, s := range l.segs {
 		if cerr := s.f.Close(); err == nil {
 			err = cerr

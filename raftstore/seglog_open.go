@@ -27,16 +27,14 @@ func openLogStore(dir string, log *slog.Logger) (*logStore, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	if err := os.Remove(filepath.Join(dir, metaTmpName)); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, err
-	}
-	meta, err := readMeta(dir)
+	metaf, meta, err := openMeta(dir, log)
 	if err != nil {
 		return nil, err
 	}
-	l := &logStore{dir: dir, log: log, meta: meta}
+	l := &logStore{dir: dir, log: log, meta: meta, metaf: metaf}
 	ents, err := os.ReadDir(dir)
 	if err != nil {
+		metaf.f.Close()
 		return nil, err
 	}
 	var segs []*segment
@@ -47,10 +45,12 @@ func openLogStore(dir string, log *slog.Logger) (*logStore, error) {
 		}
 		base, salt, err := parseSegName(e.Name())
 		if err != nil {
+			metaf.f.Close()
 			return nil, err
 		}
 		info, err := e.Info()
 		if err != nil {
+			metaf.f.Close()
 			return nil, err
 		}
 		s := &segment{base: base, salt: salt, saltSum: saltSum(salt), path: filepath.Join(dir, e.Name())}
@@ -69,6 +69,7 @@ func openLogStore(dir string, log *slog.Logger) (*logStore, error) {
 		for _, s := range l.segs {
 			s.f.Close()
 		}
+		metaf.f.Close()
 		return nil, err
 	}
 	removed := false
@@ -276,55 +277,15 @@ func decodeMeta(b []byte) (logMeta, error) {
 	return m, nil
 }
 
-// readMeta reads the meta file of the log in dir: none yet is an empty
-// one; a damaged one is refused (it holds Raft's term and vote, which no
-// guess may replace).
-func readMeta(dir string) (logMeta, error) {
-	b, err := os.ReadFile(filepath.Join(dir, metaName))
-	if errors.Is(err, os.ErrNotExist) {
-		return logMeta{keys: map[string][]byte{}}, nil
-	}
-	if err != nil {
-		return logMeta{}, err
-	}
-	m, err := decodeMeta(b)
-	if err != nil {
-		return logMeta{}, fmt.Errorf("raft log: %s: %w", filepath.Join(dir, metaName), err)
-	}
-	return m, nil
-}
-
-// writeMeta replaces the meta file with m (written aside, synced, renamed
-// over it) and then l.meta. The caller holds writeMu.
+// writeMeta saves m in the meta file, then makes it l.meta. The caller
+// holds writeMu.
 func (l *logStore) writeMeta(m logMeta) error {
-	tmp := filepath.Join(l.dir, metaTmpName)
-	err := func() error {
-		f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-		if err != nil {
-			return err
-		}
-		_, err = f.Write(m.encode())
-		if err == nil {
-			err = f.Sync()
-		}
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-		if err == nil {
-			err = os.Rename(tmp, filepath.Join(l.dir, metaName))
-		}
-		return err
-	}()
-	if err != nil {
-		os.Remove(tmp)
+	if err := l.metaf.write(m); err != nil {
 		return fmt.Errorf("raft log: write %s: %w", metaName, err)
 	}
 	l.mu.Lock()
 	l.meta = m
 	l.mu.Unlock()
-	if err := syncDir(l.dir); err != nil {
-		return fmt.Errorf("raft log: write %s: %w", metaName, err)
-	}
 	return nil
 }
 

@@ -2,6 +2,7 @@ package raftstore
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"math/rand/v2"
 	"os"
@@ -135,12 +136,136 @@ func TestLogStableKeys(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b[len(b)-1] ^= 1
+	b[metaSlotHeader] ^= 1
+	b[metaSlotSize+metaSlotHeader] ^= 1
 	if err := os.WriteFile(path, b, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := openLogStore(dir, discard); !errors.Is(err, errDamaged) || !strings.Contains(err.Error(), path) {
-		t.Fatalf("open with a damaged meta file: %v", err)
+		t.Fatalf("open with both meta slots damaged: %v", err)
+	}
+}
+
+// A crash in the middle of saving the term leaves the slot being written
+// torn; the open takes the other slot, the last term Raft was told was
+// saved. A slot damaged otherwise (its header gone) refuses the log.
+func TestLogMetaTornWrite(t *testing.T) {
+	dir := t.TempDir()
+	l, err := openLogStore(dir, discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for term := uint64(1); term <= 5; term++ {
+		if err := l.SetUint64([]byte("CurrentTerm"), term); err != nil {
+			t.Fatal(err)
+		}
+	}
+	newest, seq := l.metaf.slot, l.metaf.seq
+	l.Close()
+	path := filepath.Join(dir, metaName)
+	good, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The write of term 6: its header landed, its payload did not.
+	torn := slices.Clone(good)
+	next, _ := encodeMetaSlot(logMeta{keys: map[string][]byte{"CurrentTerm": binary.LittleEndian.AppendUint64(nil, 6)}}, seq+1)
+	off := (1 - newest) * metaSlotSize
+	copy(torn[off:], next[:metaSlotHeader+4])
+	if err := os.WriteFile(path, torn, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if l, err = openLogStore(dir, discard); err != nil {
+		t.Fatalf("open after a torn meta write: %v", err)
+	}
+	if v, err := l.GetUint64([]byte("CurrentTerm")); err != nil || v != 5 {
+		t.Fatalf("term %d, %v after a torn write of term 6, want 5", v, err)
+	}
+	if err := l.SetUint64([]byte("CurrentTerm"), 6); err != nil {
+		t.Fatal(err)
+	}
+	l.Close()
+	if l, err = openLogStore(dir, discard); err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := l.GetUint64([]byte("CurrentTerm")); v != 6 {
+		t.Fatalf("term %d after writing over the torn slot, want 6", v)
+	}
+	l.Close()
+
+	bad := slices.Clone(good)
+	bad[off] ^= 0xff // the older slot's magic
+	bad[off+metaSlotHeader] ^= 1
+	if err := os.WriteFile(path, bad, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := openLogStore(dir, discard); !errors.Is(err, errDamaged) {
+		t.Fatalf("open with a slot damaged beyond its header: %v", err)
+	}
+}
+
+// A meta file of the single-copy format (before slots) is read and
+// rewritten in slots.
+func TestLogMetaOlderFormat(t *testing.T) {
+	dir := t.TempDir()
+	old := logMeta{head: 3, keys: map[string][]byte{"CurrentTerm": binary.LittleEndian.AppendUint64(nil, 9), "LastVoteCand": []byte("n3")}}
+	if err := os.WriteFile(filepath.Join(dir, metaName), old.encode(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	l, err := openLogStore(dir, discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if v, _ := l.GetUint64([]byte("CurrentTerm")); v != 9 {
+		t.Fatalf("term %d from the older format, want 9", v)
+	}
+	if v, _ := l.Get([]byte("LastVoteCand")); string(v) != "n3" {
+		t.Fatalf("vote %q from the older format, want n3", v)
+	}
+	if info, err := os.Stat(filepath.Join(dir, metaName)); err != nil || info.Size() != 2*metaSlotSize {
+		t.Fatalf("meta file after the open: %v, %v; want two slots", info, err)
+	}
+}
+
+// On a full disk Raft's term and vote are still saved: the meta file's
+// slots were allocated when it was made (hashicorp/raft panics when it
+// cannot save its term). Needs root for a small tmpfs.
+func TestLogMetaFullDisk(t *testing.T) {
+	dir, _ := smallTmpfs(t)
+	l, err := openLogStore(dir, discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { l.Close() }()
+	if _, werr := fillLog(t, rand.New(rand.NewPCG(9, 9)), l); !errors.Is(werr, syscall.ENOSPC) {
+		t.Fatalf("filling the disk: %v", werr)
+	}
+	rest, err := os.Create(filepath.Join(dir, "rest"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for err == nil {
+		_, err = rest.Write(make([]byte, 64<<10))
+	}
+	if !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("taking the last blocks of the disk: %v, want ENOSPC", err)
+	}
+	rest.Close()
+	for term := uint64(40); term < 44; term++ {
+		if err := l.SetUint64([]byte("CurrentTerm"), term); err != nil {
+			t.Fatalf("save term %d on a full disk: %v", term, err)
+		}
+	}
+	if err := l.Set([]byte("LastVoteCand"), []byte("n2")); err != nil {
+		t.Fatalf("save a vote on a full disk: %v", err)
+	}
+	l.Close()
+	if l, err = openLogStore(dir, discard); err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := l.GetUint64([]byte("CurrentTerm")); v != 43 {
+		t.Fatalf("term %d after reopening, want 43", v)
 	}
 }
 
@@ -318,6 +443,30 @@ func FuzzLogMetaDecode(f *testing.F) {
 		}
 		if again := m.encode(); !bytes.Equal(again, b) {
 			t.Fatalf("%x decodes to meta that encodes to %x", b, again)
+		}
+	})
+}
+
+// FuzzLogMetaSlots: arbitrary bytes in the two slots get an error or a
+// meta, never a panic, and an intact slot beside a never-written one is
+// always the one read.
+func FuzzLogMetaSlots(f *testing.F) {
+	one, _ := encodeMetaSlot(logMeta{head: 5, keys: map[string][]byte{"CurrentTerm": {1, 0, 0, 0, 0, 0, 0, 0}}}, 7)
+	f.Add(one, []byte{})
+	f.Add(one, one)
+	f.Add([]byte("rlm2"), one)
+	f.Fuzz(func(t *testing.T, a, b []byte) {
+		file := make([]byte, 2*metaSlotSize)
+		copy(file[:metaSlotSize], a)
+		copy(file[metaSlotSize:], b)
+		m, _, _, err := pickMetaSlot(file, discard)
+		if err != nil {
+			return
+		}
+		if len(b) == 0 {
+			if want, _, _, err := decodeMetaSlot(file[:metaSlotSize]); err != nil || !bytes.Equal(want.encode(), m.encode()) {
+				t.Fatalf("slot 0 %x beside an empty slot: read %v, decodes alone to %v, %v", a, m, want, err)
+			}
 		}
 	})
 }
