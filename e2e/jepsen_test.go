@@ -59,6 +59,9 @@ func TestJepsenLab(t *testing.T) {
 		name            string
 		inject, recover func() string
 		hold            time.Duration // 20 s when zero
+		// until, when set, holds the fault past hold until it returns nil
+		// (at most 3 minutes): a fault whose effect takes a while to show.
+		until func() error
 	}
 	var victim *agentNode
 	var pausedProc interface{ Signal(syscall.Signal) error }
@@ -68,7 +71,7 @@ func TestJepsenLab(t *testing.T) {
 	faults := []fault{
 		{"kill9-leader",
 			func() string { victim = leaderOf(); victim.kill(); return "kill -9 " + victim.name },
-			func() string { victim.start(); return "restarted " + victim.name }, 0},
+			func() string { victim.start(); return "restarted " + victim.name }, 0, nil},
 		{"kill9-random",
 			func() string {
 				victim = c.nodes[rng.IntN(len(c.nodes))]
@@ -79,7 +82,7 @@ func TestJepsenLab(t *testing.T) {
 				victim.kill()
 				return fmt.Sprintf("kill -9 %s (SEED %d; the %s)", victim.name, seed, role)
 			},
-			func() string { victim.start(); return "restarted " + victim.name }, 0},
+			func() string { victim.start(); return "restarted " + victim.name }, 0, nil},
 		{"sigstop-leader-35s",
 			func() string {
 				victim = leaderOf()
@@ -91,7 +94,7 @@ func TestJepsenLab(t *testing.T) {
 			},
 			func() string { must(t, pausedProc.Signal(syscall.SIGCONT)); return "SIGCONT " + victim.name },
 			// Past the offline threshold (30 s), not only degraded (10 s).
-			35 * time.Second},
+			35 * time.Second, nil},
 		{"partition-leader",
 			func() string {
 				victim = leaderOf()
@@ -105,7 +108,7 @@ func TestJepsenLab(t *testing.T) {
 					must(t, victim.host.Unblock(o.host.Addr()))
 				}
 				return "healed"
-			}, 0},
+			}, 0, nil},
 		{"oneway-leader-to-follower",
 			func() string {
 				l := leaderOf()
@@ -118,7 +121,7 @@ func TestJepsenLab(t *testing.T) {
 					_ = victim.host.UnblockFrom(o.host.Addr())
 				}
 				return "healed"
-			}, 0},
+			}, 0, nil},
 		{"restart-all",
 			func() string {
 				for _, n := range c.nodes {
@@ -134,7 +137,7 @@ func TestJepsenLab(t *testing.T) {
 					c.eventually(time.Minute, n.name+" answers", func() error { _, err := n.status(); return err })
 				}
 				return "all restarted"
-			}, 0},
+			}, 0, nil},
 		{"full-disk-leader",
 			func() string {
 				victim = leaderOf()
@@ -146,15 +149,22 @@ func TestJepsenLab(t *testing.T) {
 			},
 			func() string {
 				// What the full disk did to the node, from its log.
-				enospc := strings.Count(strings.ToLower(victim.current().Output()), "no space left on device")
-				must(t, os.Remove(filepath.Join(victim.dir, "filler")))
 				st, _ := victim.status()
 				role := "?"
 				if st != nil {
 					role = st.Raft.State
 				}
-				return fmt.Sprintf("space freed on %s (%d ENOSPC lines in its log; Raft state %s)", victim.name, enospc, role)
-			}, 0},
+				must(t, os.Remove(filepath.Join(victim.dir, "filler")))
+				return fmt.Sprintf("space freed on %s (%d ENOSPC lines in its log; Raft state %s)", victim.name, enospcLines(victim), role)
+			}, 0,
+			// The log's segments are allocated ahead (4 MiB), so a node
+			// meets the full disk only once its writes need a new one.
+			func() error {
+				if enospcLines(victim) == 0 {
+					return fmt.Errorf("%s has not met the full disk yet", victim.name)
+				}
+				return nil
+			}},
 	}
 	for i, f := range faults {
 		t.Run(f.name, func(t *testing.T) {
@@ -184,6 +194,10 @@ func TestJepsenLab(t *testing.T) {
 				hold = 20 * time.Second
 			}
 			time.Sleep(hold)
+			if f.until != nil {
+				c.eventually(3*time.Minute, f.name+" takes effect", f.until)
+				note(fmt.Sprintf("took effect after %.0fs", time.Since(t0).Seconds()))
+			}
 			note(f.recover())
 			time.Sleep(5 * time.Second)
 			stop()
@@ -216,6 +230,11 @@ func TestJepsenLab(t *testing.T) {
 		t.Error(err)
 	}
 	t.Logf("report in %s:\n%s", out, md)
+}
+
+// enospcLines counts the lines of n's current run that report a full disk.
+func enospcLines(n *agentNode) int {
+	return strings.Count(strings.ToLower(n.current().Output()), "no space left on device")
 }
 
 func must(t *testing.T, err error) {
