@@ -384,6 +384,9 @@ func (a *Agent) start(ctx context.Context) error {
 		Address:    a.cfg.MeshIP,
 		Prefix:     raftstore.MeshPrefix,
 		Bind:       bind,
+		// Kernel mode: pods and user devices reach the mesh IP through
+		// their own interfaces; the LAN does not.
+		Inside: []netip.Prefix{raftstore.PodPrefix, raftstore.UserAccessPrefix},
 	}, a.log)
 	if err != nil {
 		bind.Close()

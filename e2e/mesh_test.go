@@ -282,7 +282,14 @@ func (c *cluster) startEcho(n *agentNode) {
 // returns once it listens, so a test's first dial is not refused.
 func (c *cluster) startEchoOn(h *lab.Host, name string) {
 	c.t.Helper()
-	p := h.Start(c.t, "echo-"+name, helper(c.t, "echo-server", fmt.Sprintf("LISTEN=0.0.0.0:%d", echoPort))...)
+	c.startEchoAt(h, name, fmt.Sprintf("0.0.0.0:%d", echoPort))
+}
+
+// startEchoAt runs a TCP echo server on listen in h's namespace and
+// returns once it listens.
+func (c *cluster) startEchoAt(h *lab.Host, name, listen string) {
+	c.t.Helper()
+	p := h.Start(c.t, "echo-"+name, helper(c.t, "echo-server", "LISTEN="+listen)...)
 	c.eventually(10*time.Second, "echo server on "+name, func() error {
 		select {
 		case <-p.Done():

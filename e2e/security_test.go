@@ -19,6 +19,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/runos/runos-agent/datadir"
+	"github.com/runos/runos-agent/e2e/lab"
 	"github.com/runos/runos-agent/raftstore"
 	"github.com/runos/runos-agent/seal"
 )
@@ -278,4 +279,51 @@ func nodeAPIProbe(url, creds string) error {
 	}
 	fmt.Println("APPLY-OK index", res.Index)
 	return nil
+}
+
+// Attack: a host on a node's LAN that is no member routes the node's mesh
+// IP through the node's LAN address. Linux answers for a local address on
+// whichever interface a packet arrives, so a listener bound to the mesh IP
+// alone would be reached without WireGuard: kube-apiserver is one, and it
+// trusts any client certificate of the Kubernetes CA, whose key a removed
+// node keeps. Packets to the mesh arrive on wg0, from this node itself, or
+// from pods and user devices; from the LAN they are dropped. (Forwarding
+// the LAN into wg0 is no way round: the peer drops an inner source outside
+// the sender's allowed IPs.)
+func TestAttackMeshIPThroughTheLAN(t *testing.T) {
+	t.Parallel()
+	c := startCluster(t, "10.97.2.0/24", "a", "b", "c")
+	a, b := c.nodes[0], c.nodes[1]
+	st, err := a.status()
+	if err != nil {
+		c.fatalf("%v", err)
+	}
+	meshIP := netip.MustParseAddr(st.MeshIP)
+	listen := netip.AddrPortFrom(meshIP, echoPort)
+	c.startEchoAt(a.host, "a-mesh-only", listen.String())
+	dial := func(h *lab.Host) error {
+		out, err := h.Run(helper(t, "echo-client", "DIAL="+listen.String(), "MSG=hello")...)
+		if err != nil {
+			return fmt.Errorf("%v: %s", err, out)
+		}
+		return nil
+	}
+	// Control: a member reaches it over the mesh.
+	c.eventually(30*time.Second, "b reaches a's mesh-only listener over wg0", func() error { return dial(b.host) })
+
+	stranger := c.lab.Host("stranger", c.lan)
+	if out, err := stranger.Run("ping", "-c", "1", "-W", "2", a.host.Addr().String()); err != nil {
+		c.fatalf("the stranger cannot reach a on the LAN at all: %v: %s", err, out)
+	}
+	if out, err := stranger.Run("ip", "route", "add", meshIP.String()+"/32", "via", a.host.Addr().String()); err != nil {
+		c.fatalf("route: %v: %s", err, out)
+	}
+	if err := dial(stranger); err == nil {
+		c.fatalf("a host on the LAN reached %v (bound to the mesh IP only) through a's LAN address", listen)
+	} else {
+		t.Logf("the stranger's dial through a's LAN address: %v", err)
+	}
+	if err := dial(b.host); err != nil {
+		c.fatalf("b after the probes: %v", err)
+	}
 }

@@ -60,6 +60,12 @@ type Config struct {
 	// carries packets for whoever reads and writes it (wg1's router), and
 	// Net is nil. The Device owns it from New on.
 	TUN tun.Device
+	// Inside, in kernel mode, are the sources that may reach this node's
+	// mesh addresses through an interface other than the WireGuard one
+	// (this node's pods, user devices); from anywhere else such packets are
+	// dropped (guardRuleset). It needs nft(8); without it New warns and
+	// the mesh IP stays reachable from the LAN.
+	Inside []netip.Prefix
 }
 
 // Peer is one remote node as SetPeers wants it.

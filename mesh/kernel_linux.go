@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os/exec"
 	"syscall"
 
 	"github.com/vishvananda/netlink"
@@ -20,6 +21,8 @@ type kernelLink struct {
 	cfg    Config
 	log    *slog.Logger
 	routes map[netip.Prefix]struct{} // peer routes we installed
+	// guarded: the guard table is ours to delete at close.
+	guarded bool
 }
 
 func (k *kernelLink) link() (netlink.Link, error) {
@@ -48,6 +51,14 @@ func (k *kernelLink) setup() error {
 	if err := netlink.RouteReplace(k.route(l, k.cfg.Prefix)); err != nil {
 		return fmt.Errorf("mesh: route %s via %s: %w", k.cfg.Prefix, k.name, err)
 	}
+	if _, err := exec.LookPath("nft"); err != nil {
+		k.log.Warn("mesh: nft not found: this node's mesh IP stays reachable from its other interfaces (install nftables)")
+		return nil
+	}
+	if err := runNft(guardRuleset(k.name, k.cfg)); err != nil {
+		return fmt.Errorf("mesh: guard the mesh addresses: %w", err)
+	}
+	k.guarded = true
 	return nil
 }
 
@@ -115,6 +126,12 @@ func (k *kernelLink) syncRoutes(peers map[Key]Peer) error {
 // close deletes the peer routes. The interface itself (and the mesh route
 // and address with it) disappears when wireguard-go closes the TUN.
 func (k *kernelLink) close() error {
+	if k.guarded {
+		if err := runNft(guardDelete()); err != nil {
+			k.log.Warn("mesh: remove the guard table", "err", err)
+		}
+		k.guarded = false
+	}
 	if _, err := netlink.LinkByName(k.name); err != nil {
 		var notFound netlink.LinkNotFoundError
 		if errors.As(err, &notFound) {

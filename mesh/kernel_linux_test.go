@@ -296,10 +296,21 @@ func TestKernelMesh(t *testing.T) {
 	}
 	a.mustDo(fmt.Sprintf("dial 172.25.2.1:%d", echoPort))
 
-	// Close takes the interface away.
+	// The mesh IP is guarded while the device is up (the attack itself is
+	// e2e's TestAttackMeshIPThroughTheLAN).
+	if _, err := exec.LookPath("nft"); err == nil {
+		if out, err := exec.Command("ip", "netns", "exec", nsA, "nft", "list", "table", "inet", GuardTable).CombinedOutput(); err != nil {
+			t.Fatalf("no guard table while the device is up: %v: %s", err, out)
+		}
+	}
+
+	// Close takes the interface, and the guard, away.
 	a.mustDo("close")
 	if out, err := exec.Command("ip", "-n", nsA, "link", "show", "wg0").CombinedOutput(); err == nil {
 		t.Fatalf("wg0 still exists after Close:\n%s", out)
+	}
+	if out, err := exec.Command("ip", "netns", "exec", nsA, "nft", "list", "table", "inet", GuardTable).CombinedOutput(); err == nil {
+		t.Fatalf("the guard table is left after Close:\n%s", out)
 	}
 }
 

@@ -1,0 +1,57 @@
+package mesh
+
+import (
+	"context"
+	"fmt"
+	"os/exec"
+	"strings"
+	"time"
+)
+
+// GuardTable is the nftables table (family inet) that keeps the mesh
+// addresses of a kernel-mode node to WireGuard; nothing else uses it.
+const GuardTable = "runos_mesh"
+
+// guardRuleset is the nft(8) script that replaces the guard table in one
+// transaction. Linux answers for a local address on whichever interface a
+// packet arrives (the weak host model), so without it a host on the LAN
+// reaches this node's mesh IP by routing it through the node's LAN address:
+// every listener bound to the mesh IP alone, kube-apiserver among them,
+// would face the LAN. Packets for the mesh are taken from the WireGuard
+// interface, from this node itself, and from cfg.Inside (pods behind their
+// bridge, user devices on wg1); the rest are dropped. The chain accepts
+// rather than ends the ruleset, so other tables still see every packet.
+func guardRuleset(iface string, cfg Config) string {
+	var b strings.Builder
+	// Declaring the table first makes the delete succeed on a fresh node.
+	fmt.Fprintf(&b, "table inet %s\ndelete table inet %s\n", GuardTable, GuardTable)
+	fmt.Fprintf(&b, "table inet %s {\n\tchain input {\n", GuardTable)
+	b.WriteString("\t\ttype filter hook input priority filter - 10; policy accept;\n")
+	fmt.Fprintf(&b, "\t\tip daddr != %s accept\n", cfg.Prefix.Masked())
+	fmt.Fprintf(&b, "\t\tiifname { %q, \"lo\" } accept\n", iface)
+	if len(cfg.Inside) > 0 {
+		nets := make([]string, len(cfg.Inside))
+		for i, p := range cfg.Inside {
+			nets[i] = p.Masked().String()
+		}
+		fmt.Fprintf(&b, "\t\tip saddr { %s } accept\n", strings.Join(nets, ", "))
+	}
+	b.WriteString("\t\tdrop\n\t}\n}\n")
+	return b.String()
+}
+
+// guardDelete removes the guard table (and nothing if it is not there).
+func guardDelete() string {
+	return fmt.Sprintf("table inet %s\ndelete table inet %s\n", GuardTable, GuardTable)
+}
+
+func runNft(script string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "nft", "-f", "-")
+	cmd.Stdin = strings.NewReader(script)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("nft: %v: %s", err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
