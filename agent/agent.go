@@ -386,6 +386,7 @@ func (a *Agent) start(ctx context.Context) error {
 		Bind:       bind,
 		// Kernel mode: pods and user devices reach the mesh IP through
 		// their own interfaces; the LAN does not.
+		Guard:  true,
 		Inside: []netip.Prefix{raftstore.PodPrefix, raftstore.UserAccessPrefix},
 	}, a.log)
 	if err != nil {

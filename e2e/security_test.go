@@ -323,6 +323,18 @@ func TestAttackMeshIPThroughTheLAN(t *testing.T) {
 	} else {
 		t.Logf("the stranger's dial through a's LAN address: %v", err)
 	}
+	// Still so while a serves user devices (wg1 is a second kernel
+	// WireGuard interface, with a firewall of its own).
+	if out, err := a.cli("access", "add", "phone", "--via", "a", "--data-dir", a.dir); err != nil {
+		c.fatalf("access add: %v: %s", err, out)
+	}
+	c.eventually(30*time.Second, "wg1 up on a", func() error {
+		_, err := a.host.Run("ip", "link", "show", "wg1")
+		return err
+	})
+	if err := dial(stranger); err == nil {
+		c.fatalf("with wg1 up, a host on the LAN reached %v through a's LAN address", listen)
+	}
 	if err := dial(b.host); err != nil {
 		c.fatalf("b after the probes: %v", err)
 	}

@@ -60,11 +60,12 @@ type Config struct {
 	// carries packets for whoever reads and writes it (wg1's router), and
 	// Net is nil. The Device owns it from New on.
 	TUN tun.Device
-	// Inside, in kernel mode, are the sources that may reach this node's
-	// mesh addresses through an interface other than the WireGuard one
-	// (this node's pods, user devices); from anywhere else such packets are
-	// dropped (guardRuleset). It needs nft(8); without it New warns and
-	// the mesh IP stays reachable from the LAN.
+	// Guard, in kernel mode, keeps the addresses in Prefix to this
+	// interface (guardRuleset): Inside are the sources that may still
+	// reach them through another one (this node's pods, user devices).
+	// One device per node guards (wg0, the mesh); it needs nft(8), and
+	// without it New warns and the addresses stay reachable from the LAN.
+	Guard  bool
 	Inside []netip.Prefix
 }
 

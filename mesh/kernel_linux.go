@@ -51,6 +51,9 @@ func (k *kernelLink) setup() error {
 	if err := netlink.RouteReplace(k.route(l, k.cfg.Prefix)); err != nil {
 		return fmt.Errorf("mesh: route %s via %s: %w", k.cfg.Prefix, k.name, err)
 	}
+	if !k.cfg.Guard {
+		return nil
+	}
 	if _, err := exec.LookPath("nft"); err != nil {
 		k.log.Warn("mesh: nft not found: this node's mesh IP stays reachable from its other interfaces (install nftables)")
 		return nil

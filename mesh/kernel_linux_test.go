@@ -359,6 +359,8 @@ func TestHelperKernelNode(t *testing.T) {
 		PrivateKey: priv,
 		ListenPort: port,
 		Address:    netip.MustParseAddr(os.Getenv(helperAddress)),
+		Guard:      true,
+		Inside:     []netip.Prefix{netip.MustParsePrefix("172.25.0.0/16")},
 	}, log)
 	if err != nil {
 		t.Fatal(err)
