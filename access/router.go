@@ -40,6 +40,9 @@ type policy struct {
 	// devices are the devices entering here, by address: true when the
 	// device allows peers.
 	devices map[netip.Addr]bool
+	// remote are the devices that allow peers and enter through other
+	// nodes: a device here that allows peers reaches them over wg0.
+	remote map[netip.Addr]bool
 }
 
 // ipHeader reads an IP packet's version, source and destination. It
@@ -98,6 +101,9 @@ func (p *policy) fromDevice(pkt []byte) verdict {
 		if other, ok := p.devices[dst]; ok && allow && other {
 			return toDevice
 		}
+		if allow && p.remote[dst] {
+			return toMesh
+		}
 		return drop
 	case p.inNetworks(dst):
 		return toMesh
@@ -119,9 +125,8 @@ func (p *policy) toDevice(pkt []byte) verdict {
 	case src == p.gateway || src == p.local:
 		return toDevice
 	case p.users.Contains(src):
-		// Devices of other entry nodes never reach one here, as in
-		// kernel mode (the peers set holds this node's devices).
-		if a, ok := p.devices[src]; ok && a && p.devices[dst] {
+		// Another device: both must allow peers, wherever it enters.
+		if (p.devices[src] || p.remote[src]) && p.devices[dst] {
 			return toDevice
 		}
 		return drop

@@ -34,6 +34,9 @@ func testPolicy() *policy {
 			netip.MustParseAddr("172.24.200.3"): true,  // phone (allows peers)
 			netip.MustParseAddr("172.24.200.4"): true,  // tablet (allows peers)
 		},
+		// A desk entering through another node, allowing peers; .10
+		// enters elsewhere too but does not allow peers.
+		remote: map[netip.Addr]bool{netip.MustParseAddr("172.24.200.9"): true},
 	}
 }
 
@@ -56,7 +59,9 @@ func TestRouterFromDevice(t *testing.T) {
 		{"device without allow-peers", "172.24.200.2", "172.24.200.3", drop},
 		{"to device without allow-peers", "172.24.200.3", "172.24.200.2", drop},
 		{"both allow peers", "172.24.200.3", "172.24.200.4", toDevice},
-		{"device of another entry node", "172.24.200.3", "172.24.200.9", drop},
+		{"both allow peers, other entry node", "172.24.200.3", "172.24.200.9", toMesh},
+		{"other entry node's device without allow-peers", "172.24.200.3", "172.24.200.10", drop},
+		{"to other entry node's device without allow-peers here", "172.24.200.2", "172.24.200.9", drop},
 		{"spoofed: node's mesh IP", "172.24.0.9", "172.24.0.5", drop},
 		{"spoofed: unknown device", "172.24.200.9", "172.24.0.5", drop},
 		{"spoofed: gateway", "172.24.200.1", "172.24.0.9", drop},
@@ -84,7 +89,9 @@ func TestRouterToDevice(t *testing.T) {
 		{"not a device here", "172.24.0.9", "172.24.200.9", drop},
 		{"device to laptop (no allow)", "172.24.200.3", "172.24.200.2", drop},
 		{"devices allowing peers", "172.24.200.4", "172.24.200.3", toDevice},
-		{"another entry node's device", "172.24.200.9", "172.24.200.3", drop},
+		{"another entry node's device, both allow peers", "172.24.200.9", "172.24.200.3", toDevice},
+		{"another entry node's device without allow-peers", "172.24.200.10", "172.24.200.3", drop},
+		{"another entry node's device to one without allow-peers", "172.24.200.9", "172.24.200.2", drop},
 	} {
 		if got := p.toDevice(ipv4(tc.src, tc.dst)); got != tc.want {
 			t.Errorf("%s: %s -> %s: %s, want %s", tc.name, tc.src, tc.dst, got, tc.want)
@@ -201,7 +208,7 @@ func TestUserspaceServerLifecycle(t *testing.T) {
 	}
 	dk, _ := mesh.GeneratePrivateKey()
 	dev := netip.MustParseAddr("172.24.200.2")
-	if err := s.SetPeers([]Peer{{Name: "laptop", PublicKey: dk.PublicKey(), Address: dev}}); err != nil {
+	if err := s.SetPeers([]Peer{{Name: "laptop", PublicKey: dk.PublicKey(), Address: dev}}, nil); err != nil {
 		t.Fatal(err)
 	}
 	s.fromDevice(ipv4("172.24.200.2", "172.24.0.9"))
@@ -214,7 +221,7 @@ func TestUserspaceServerLifecycle(t *testing.T) {
 	if got := s.tun.queued.Load(); got != 1 {
 		t.Fatalf("%d packets queued for devices, want 1", got)
 	}
-	if err := s.SetPeers(nil); err != nil {
+	if err := s.SetPeers(nil, nil); err != nil {
 		t.Fatal(err)
 	}
 	s.fromDevice(ipv4("172.24.200.2", "172.24.0.9"))
@@ -231,7 +238,7 @@ func TestUserspaceServerLifecycle(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Fatal("second Close:", err)
 	}
-	if err := s.SetPeers(nil); err == nil {
+	if err := s.SetPeers(nil, nil); err == nil {
 		t.Fatal("SetPeers after Close succeeded")
 	}
 }

@@ -114,8 +114,10 @@ func (s *Server) PublicKey() mesh.Key { return s.cfg.PrivateKey.PublicKey() }
 
 // SetPeers makes wg1's peers exactly peers (a device removed loses its
 // session at once) and updates the firewall's set of devices that may
-// see each other.
-func (s *Server) SetPeers(peers []Peer) error {
+// see each other: those of peers that allow it, and remote, the devices of
+// other entry nodes that do (reached over wg0: each device's /32 rides in
+// its entry node's AllowedIPs, and wg1 routes only its own peers).
+func (s *Server) SetPeers(peers []Peer, remote []netip.Addr) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
@@ -129,6 +131,7 @@ func (s *Server) SetPeers(peers []Peer) error {
 			allow = append(allow, p.Address)
 		}
 	}
+	allow = append(allow, remote...)
 	// Narrow the firewall before adding peers and widen it after, so a
 	// half-applied change never lets a device see one it should not.
 	if err := s.applyRules(allow); err != nil {

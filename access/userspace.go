@@ -16,7 +16,9 @@ import (
 // (UserspaceServer).
 type Gateway interface {
 	PublicKey() mesh.Key
-	SetPeers(peers []Peer) error
+	// SetPeers makes the devices entering here exactly peers; remote are
+	// the devices entering elsewhere that allow peers.
+	SetPeers(peers []Peer, remote []netip.Addr) error
 	Stats() ([]mesh.PeerStats, error)
 	Close() error
 }
@@ -80,7 +82,7 @@ func NewUserspaceServer(cfg UserspaceConfig, m Mesh, log *slog.Logger) (*Userspa
 	}
 	s := &UserspaceServer{cfg: cfg, log: log, mesh: m}
 	s.pol.Store(&policy{local: m.Address(), gateway: cfg.Address, users: cfg.Users.Masked(),
-		networks: cfg.Networks, devices: map[netip.Addr]bool{}})
+		networks: cfg.Networks, devices: map[netip.Addr]bool{}, remote: map[netip.Addr]bool{}})
 	s.tun = newRouterTUN(cfg.MTU, s.fromDevice)
 	dev, err := mesh.New(mesh.Config{
 		Mode:       mesh.ModeUserspace,
@@ -132,9 +134,10 @@ func (s *UserspaceServer) toDevice(pkt []byte) {
 // PublicKey is the key devices know the entry nodes by.
 func (s *UserspaceServer) PublicKey() mesh.Key { return s.cfg.PrivateKey.PublicKey() }
 
-// SetPeers makes wg1's peers exactly peers. The policy narrows before the
-// peers change and widens after, as the kernel firewall does.
-func (s *UserspaceServer) SetPeers(peers []Peer) error {
+// SetPeers makes wg1's peers exactly peers, and remote the devices of
+// other entry nodes that allow peers. The policy narrows before the peers
+// change and widens after, as the kernel firewall does.
+func (s *UserspaceServer) SetPeers(peers []Peer, remote []netip.Addr) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
@@ -151,14 +154,20 @@ func (s *UserspaceServer) SetPeers(peers []Peer) error {
 			narrow[p.Address] = was && p.AllowPeers
 		}
 	}
+	far, farNarrow := map[netip.Addr]bool{}, map[netip.Addr]bool{}
+	for _, a := range remote {
+		far[a] = true
+		farNarrow[a] = old.remote[a]
+	}
 	next := *old
-	next.devices = narrow
+	next.devices, next.remote = narrow, farNarrow
 	s.pol.Store(&next)
 	if err := s.dev.SetPeers(mp); err != nil {
 		return err
 	}
-	next.devices = devices
-	s.pol.Store(&next)
+	final := next
+	final.devices, final.remote = devices, far
+	s.pol.Store(&final)
 	return nil
 }
 

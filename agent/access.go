@@ -444,7 +444,13 @@ func (a *Agent) reconcileAccess(ctx context.Context, reported map[string]bool) {
 		}
 		peers = append(peers, access.Peer{Name: d.Name, PublicKey: k, Address: d.Address, AllowPeers: d.AllowPeers})
 	}
-	if err := srv.SetPeers(peers); err != nil {
+	var remote []netip.Addr
+	for _, d := range st.SortedDevices() {
+		if d.AllowPeers && d.Via != a.cfg.NodeID {
+			remote = append(remote, d.Address)
+		}
+	}
+	if err := srv.SetPeers(peers, remote); err != nil {
 		a.log.Warn("set wg1 peers", "err", err)
 		return
 	}

@@ -241,3 +241,70 @@ func TestAccessUserspaceRouter(t *testing.T) {
 		return nil
 	})
 }
+
+// Two devices that both allow peers reach each other when they enter
+// through different userspace nodes (device → wg1 router → wg0 → the other
+// entry node → its router → device); a device that does not allow peers
+// reaches neither, nor they it.
+func TestAccessUserspaceDevicesAcrossEntryNodes(t *testing.T) {
+	c := agenttest.Start(t, 3)
+	ctx := context.Background()
+	add := func(name string, entry int, allowPeers bool) wgConf {
+		cfg, err := c.Agent(0).AccessAdd(ctx, api.AccessAddRequest{Name: name, Via: c.Agent(entry).Name(),
+			AllowPeers: allowPeers, Endpoint: fmt.Sprintf("127.0.0.1:%d", c.AccessPort(entry))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return parseWGConf(t, cfg.Config)
+	}
+	serve := func(tn *netstack.Net, addr netip.Addr, hello string) {
+		ln, err := tn.ListenTCP(&net.TCPAddr{IP: addr.AsSlice(), Port: 7070})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ln.Close() })
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				io.WriteString(c, hello+"\n")
+				c.Close()
+			}
+		}()
+	}
+	deskConf, tabletConf, laptopConf := add("desk", 1, true), add("tablet", 2, true), add("laptop", 2, false)
+	desk, tablet, lt := laptop(t, deskConf), laptop(t, tabletConf), laptop(t, laptopConf)
+	serve(desk, deskConf.Address, "desk")
+	serve(tablet, tabletConf.Address, "tablet")
+	serve(lt, laptopConf.Address, "laptop")
+
+	agenttest.Eventually(t, "tablet (via node2) reaches desk (via node1)", func() error {
+		got, err := dialHello(tablet, netip.AddrPortFrom(deskConf.Address, 7070))
+		if err == nil && got != "desk" {
+			err = fmt.Errorf("got %q", got)
+		}
+		return err
+	})
+	agenttest.Eventually(t, "desk reaches tablet", func() error {
+		got, err := dialHello(desk, netip.AddrPortFrom(tabletConf.Address, 7070))
+		if err == nil && got != "tablet" {
+			err = fmt.Errorf("got %q", got)
+		}
+		return err
+	})
+	for _, tc := range []struct {
+		name string
+		from *netstack.Net
+		to   netip.Addr
+	}{
+		{"laptop to desk", lt, deskConf.Address},
+		{"desk to laptop", desk, laptopConf.Address},
+		{"tablet to laptop (same entry node)", tablet, laptopConf.Address},
+	} {
+		if got, err := dialHello(tc.from, netip.AddrPortFrom(tc.to, 7070)); err == nil {
+			t.Errorf("%s: reached (%q), but the laptop does not allow peers", tc.name, got)
+		}
+	}
+}

@@ -325,6 +325,36 @@ func TestUserAccess(t *testing.T) {
 		l.fatalf("%v", err)
 	}
 
+	// Two devices that both allow peers see each other, also when they
+	// enter through different nodes (a → wg0 → c); the laptop, which does
+	// not allow peers, still sees neither.
+	pair := map[string]*laptop{}
+	pairAddr := map[string]netip.Addr{}
+	for _, d := range []struct{ name, via string }{{"desk", "a"}, {"tablet", "c"}} {
+		var cfg accessConfigJSON
+		if err := b.cliJSON(&cfg, "access", "add", d.name, "--via", d.via, "--allow-peers", "--json", "--data-dir", b.dir); err != nil {
+			l.fatalf("%v", err)
+		}
+		pair[d.name] = newDevice(t, l, d.name, lp.host.Segment())
+		pair[d.name].up(cfg.Config)
+		pairAddr[d.name] = netip.MustParseAddr(cfg.Device.Address)
+		l.eventually(30*time.Second, d.name+" pings b", func() error { return pair[d.name].ping(mesh["b"]) })
+	}
+	l.eventually(30*time.Second, "desk (via a) pings tablet (via c)", func() error { return pair["desk"].ping(pairAddr["tablet"]) })
+	l.eventually(15*time.Second, "tablet (via c) pings desk (via a)", func() error { return pair["tablet"].ping(pairAddr["desk"]) })
+	if err := lp.ping(pairAddr["desk"]); err == nil {
+		l.fatalf("the laptop, which does not allow peers, reached desk (%v)", pairAddr["desk"])
+	}
+	if err := pair["tablet"].ping(dev); err == nil {
+		l.fatalf("tablet reached the laptop (%v), which does not allow peers", dev)
+	}
+	for name, d := range pair {
+		d.down()
+		if _, err := b.cli("access", "remove", name, "--data-dir", b.dir); err != nil {
+			l.fatalf("%v", err)
+		}
+	}
+
 	// The list (from a node that is not the entry) shows the handshake.
 	l.eventually(15*time.Second, "access list shows the laptop's handshake", func() error {
 		var list struct {
