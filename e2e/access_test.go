@@ -48,11 +48,13 @@ type laptop struct {
 func newLaptop(t testing.TB, l *natLab) *laptop {
 	t.Helper()
 	_, home := l.home("home", "192.168.77.0/24", lab.NATEasy)
-	return newDevice(t, l, "laptop", home)
+	return newDevice(t, l.cluster, "laptop", home)
 }
 
-// newDevice is a device called name on the LAN home.
-func newDevice(t testing.TB, l *natLab, name string, home *lab.Segment) *laptop {
+// newDevice is a device called name on the LAN home of c's lab. Its
+// interface is named by name's first letter and this process: devices of
+// tests running at once need different first letters.
+func newDevice(t testing.TB, c *cluster, name string, home *lab.Segment) *laptop {
 	t.Helper()
 	for _, tool := range []string{"wg", "wg-quick", "openssl", "dig"} {
 		if _, err := exec.LookPath(tool); err != nil {
@@ -62,7 +64,7 @@ func newDevice(t testing.TB, l *natLab, name string, home *lab.Segment) *laptop 
 			t.Skipf("%s not found: skipping (run scripts/test-deps.sh as root)", tool)
 		}
 	}
-	lp := &laptop{c: l.cluster, host: l.lab.Host(name, home), dir: t.TempDir(),
+	lp := &laptop{c: c, host: c.lab.Host(name, home), dir: t.TempDir(),
 		// wireguard-go's UAPI socket is /var/run/wireguard/IFNAME.sock,
 		// outside the namespaces: a name of this process's own.
 		ifname: fmt.Sprintf("wg%s%d", name[:1], os.Getpid()%1000000)}
@@ -311,7 +313,7 @@ func TestUserAccess(t *testing.T) {
 	if err := a.cliJSON(&phoneCfg, "access", "add", "phone", "--json", "--data-dir", a.dir); err != nil {
 		l.fatalf("%v", err)
 	}
-	phone := newDevice(t, l, "phone", lp.host.Segment())
+	phone := newDevice(t, l.cluster, "phone", lp.host.Segment())
 	phone.up(phoneCfg.Config)
 	l.eventually(30*time.Second, "phone pings b", func() error { return phone.ping(mesh["b"]) })
 	if err := phone.ping(dev); err == nil {
@@ -335,7 +337,7 @@ func TestUserAccess(t *testing.T) {
 		if err := b.cliJSON(&cfg, "access", "add", d.name, "--via", d.via, "--allow-peers", "--json", "--data-dir", b.dir); err != nil {
 			l.fatalf("%v", err)
 		}
-		pair[d.name] = newDevice(t, l, d.name, lp.host.Segment())
+		pair[d.name] = newDevice(t, l.cluster, d.name, lp.host.Segment())
 		pair[d.name].up(cfg.Config)
 		pairAddr[d.name] = netip.MustParseAddr(cfg.Device.Address)
 		l.eventually(30*time.Second, d.name+" pings b", func() error { return pair[d.name].ping(mesh["b"]) })

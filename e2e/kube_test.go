@@ -687,6 +687,10 @@ func TestKubeManaged(t *testing.T) {
 		}
 		return nil
 	})
+	// A user device entering through n1 reaches the pods, on its entry
+	// node and on others, and the Service by its ClusterIP.
+	kc.deviceReachesPods(n1, podIP, "p3")
+
 	// The same resolver answers the cluster's own zone to pods (the node
 	// resolver on the mesh IP, cluster.local mounted in it).
 	kc.eventually(60*time.Second, "p1 resolves a node by name", func() error {
@@ -991,4 +995,46 @@ func (kc *kubeCluster) containerIDs(via *agentNode, pods []string) map[string]st
 		}
 	}
 	return out
+}
+
+// deviceReachesPods adds a user device entering through entry (the
+// reference wireguard-go on the LAN, the config as printed) and checks
+// that it fetches every pod's page by pod IP, and the web Service's (in
+// front of svcPod) by its ClusterIP; then removes it.
+func (kc *kubeCluster) deviceReachesPods(entry *agentNode, podIP map[string]netip.Addr, svcPod string) {
+	kc.t.Helper()
+	var added accessConfigJSON
+	if err := entry.cliJSON(&added, "access", "add", "kdev", "--via", entry.name, "--json", "--data-dir", entry.dir); err != nil {
+		kc.fatalf("%v", err)
+	}
+	dev := newDevice(kc.t, kc.cluster, "kdev", kc.lan)
+	dev.up(added.Config)
+	defer dev.down()
+	get := func(url string) (string, error) {
+		out, err := dev.host.Run("curl", "-s", "-m", "5", url)
+		return strings.TrimSpace(out), err
+	}
+	for pod, ip := range podIP {
+		kc.eventually(30*time.Second, "the device fetches from "+pod, func() error {
+			body, err := get(fmt.Sprintf("http://%s:%d/", ip, httpPort))
+			if err != nil || body != pod {
+				return fmt.Errorf("got %q, %v; want %q", body, err, pod)
+			}
+			return nil
+		})
+	}
+	clusterIP, err := kc.kubectl(entry, "get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}")
+	if err != nil {
+		kc.fatalf("%v: %s", err, clusterIP)
+	}
+	kc.eventually(30*time.Second, "the device fetches from the web Service's ClusterIP", func() error {
+		body, err := get(fmt.Sprintf("http://%s:80/", strings.TrimSpace(clusterIP)))
+		if err != nil || body != svcPod {
+			return fmt.Errorf("got %q, %v; want %q", body, err, svcPod)
+		}
+		return nil
+	})
+	if _, err := entry.cli("access", "remove", "kdev", "--data-dir", entry.dir); err != nil {
+		kc.fatalf("%v", err)
+	}
 }
