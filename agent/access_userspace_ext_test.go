@@ -31,7 +31,7 @@ type wgConf struct {
 	AllowedIPs                    []netip.Prefix
 }
 
-func parseWGConf(t *testing.T, text string) wgConf {
+func parseWGConf(t testing.TB, text string) wgConf {
 	t.Helper()
 	var c wgConf
 	sc := bufio.NewScanner(strings.NewReader(text))
@@ -64,7 +64,7 @@ func parseWGConf(t *testing.T, text string) wgConf {
 	return c
 }
 
-func b64hex(t *testing.T, k string) string {
+func b64hex(t testing.TB, k string) string {
 	b, err := base64.StdEncoding.DecodeString(k)
 	if err != nil || len(b) != 32 {
 		t.Fatalf("key %q: %v", k, err)
@@ -75,7 +75,7 @@ func b64hex(t *testing.T, k string) string {
 // laptop is a user device: stock wireguard-go on a netstack, over a
 // loopback UDP socket, configured as a WireGuard client would be from the
 // printed config (allowed overrides AllowedIPs: an attacker's own choice).
-func laptop(t *testing.T, c wgConf, allowed ...netip.Prefix) *netstack.Net {
+func laptop(t testing.TB, c wgConf, allowed ...netip.Prefix) *netstack.Net {
 	t.Helper()
 	if allowed == nil {
 		allowed = c.AllowedIPs
