@@ -754,6 +754,16 @@ func TestKubeManaged(t *testing.T) {
 		kc.fatalf("%v", err)
 	}
 	kc.eventually(2*time.Minute, "app "+app.OSID+" ready", func() error { return kc.appReady(n3, app.OSID) })
+	// A pod finds the app by its name in the cluster zone, as by its OSID.
+	for _, name := range []string{app.OSID, "web"} {
+		kc.eventually(60*time.Second, "p1 fetches the app as "+name+".runos.internal", func() error {
+			body, err := kc.fetch(n1, "p1", fmt.Sprintf("http://%s.runos.internal:%d/", name, httpPort))
+			if err != nil || body != "app" {
+				return fmt.Errorf("got %q, %v; want app", body, err)
+			}
+			return nil
+		})
+	}
 	var svc struct {
 		OSID string `json:"osid"`
 	}

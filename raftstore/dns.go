@@ -81,9 +81,9 @@ func (s *State) applySetDNSZone(cmd *Command) error {
 }
 
 // DNSNames are the zone's names, lower case: every service's and app's
-// OSID to the addresses its reconciler recorded, every node's name to its
-// mesh IP (a node name wins a clash: a node cannot be renamed away).
-// Deleted workloads have none.
+// OSID to the addresses its reconciler recorded, an app's name too when it
+// is free, every node's name to its mesh IP (a node name wins a clash: a
+// node cannot be renamed away). Deleted workloads have none.
 func (s *State) DNSNames() map[string][]netip.Addr {
 	names := make(map[string][]netip.Addr, len(s.Nodes)+len(s.Workloads.Services)+len(s.Workloads.Apps))
 	for _, r := range s.Workloads.Services {
@@ -94,6 +94,26 @@ func (s *State) DNSNames() map[string][]netip.Addr {
 	for _, r := range s.Workloads.Apps {
 		if r.Desired != DesiredDeleted {
 			names[strings.ToLower(r.OSID)] = slices.Clone(r.Status.Addrs)
+		}
+	}
+	// An app is also found by its name when that is a DNS label no OSID
+	// holds and no other present app has in another case; a node's name
+	// still wins.
+	apps := map[string]*AppRecord{}
+	clash := map[string]bool{}
+	for _, r := range s.Workloads.Apps {
+		alias := strings.ToLower(r.Name)
+		if r.Desired == DesiredDeleted || !ValidDeviceName(alias) {
+			continue
+		}
+		if _, dup := apps[alias]; dup {
+			clash[alias] = true
+		}
+		apps[alias] = r
+	}
+	for alias, r := range apps {
+		if _, taken := names[alias]; !taken && !clash[alias] {
+			names[alias] = slices.Clone(r.Status.Addrs)
 		}
 	}
 	for _, n := range s.Nodes {
