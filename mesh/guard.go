@@ -8,8 +8,10 @@ import (
 	"time"
 )
 
-// GuardTable is the nftables table (family inet) that keeps the mesh
-// addresses of a kernel-mode node to WireGuard; nothing else uses it.
+// GuardTable is the nftables table (family ip: the mesh is IPv4, and an
+// inet table would drop IPv6, NDP included, at its final rule) that keeps
+// the mesh addresses of a kernel-mode node to WireGuard; nothing else uses
+// it.
 const GuardTable = "runos_mesh"
 
 // guardRuleset is the nft(8) script that replaces the guard table in one
@@ -24,8 +26,8 @@ const GuardTable = "runos_mesh"
 func guardRuleset(iface string, cfg Config) string {
 	var b strings.Builder
 	// Declaring the table first makes the delete succeed on a fresh node.
-	fmt.Fprintf(&b, "table inet %s\ndelete table inet %s\n", GuardTable, GuardTable)
-	fmt.Fprintf(&b, "table inet %s {\n\tchain input {\n", GuardTable)
+	fmt.Fprintf(&b, "table ip %s\ndelete table ip %s\n", GuardTable, GuardTable)
+	fmt.Fprintf(&b, "table ip %s {\n\tchain input {\n", GuardTable)
 	b.WriteString("\t\ttype filter hook input priority filter - 10; policy accept;\n")
 	fmt.Fprintf(&b, "\t\tip daddr != %s accept\n", cfg.Prefix.Masked())
 	fmt.Fprintf(&b, "\t\tiifname { %q, \"lo\" } accept\n", iface)
@@ -42,7 +44,7 @@ func guardRuleset(iface string, cfg Config) string {
 
 // guardDelete removes the guard table (and nothing if it is not there).
 func guardDelete() string {
-	return fmt.Sprintf("table inet %s\ndelete table inet %s\n", GuardTable, GuardTable)
+	return fmt.Sprintf("table ip %s\ndelete table ip %s\n", GuardTable, GuardTable)
 }
 
 func runNft(script string) error {

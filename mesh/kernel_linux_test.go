@@ -236,6 +236,9 @@ func TestKernelMesh(t *testing.T) {
 		// kernel has no dummy interfaces).
 		run(t, "ip", "-n", ns, "addr", "add", addrs[1], "dev", "lo")
 	}
+	// IPv6 on the underlay, which the mesh guard must leave alone.
+	run(t, "ip", "-n", nsA, "addr", "add", "fd00::1/64", "dev", "veth0", "nodad")
+	run(t, "ip", "-n", nsB, "addr", "add", "fd00::2/64", "dev", "veth0", "nodad")
 
 	keyA, _ := GeneratePrivateKey()
 	keyB, _ := GeneratePrivateKey()
@@ -297,10 +300,16 @@ func TestKernelMesh(t *testing.T) {
 	a.mustDo(fmt.Sprintf("dial 172.25.2.1:%d", echoPort))
 
 	// The mesh IP is guarded while the device is up (the attack itself is
-	// e2e's TestAttackMeshIPThroughTheLAN).
+	// e2e's TestAttackMeshIPThroughTheLAN), and the guard touches nothing
+	// else: b still reaches a's underlay address over IPv4 and IPv6.
 	if _, err := exec.LookPath("nft"); err == nil {
-		if out, err := exec.Command("ip", "netns", "exec", nsA, "nft", "list", "table", "inet", GuardTable).CombinedOutput(); err != nil {
+		if out, err := exec.Command("ip", "netns", "exec", nsA, "nft", "list", "table", "ip", GuardTable).CombinedOutput(); err != nil {
 			t.Fatalf("no guard table while the device is up: %v: %s", err, out)
+		}
+	}
+	for _, dst := range []string{"198.18.0.1", "fd00::1"} {
+		if out, err := exec.Command("ip", "netns", "exec", nsB, "ping", "-n", "-c", "1", "-W", "2", dst).CombinedOutput(); err != nil {
+			t.Fatalf("b pings a's underlay address %s with the guard up: %v\n%s", dst, err, out)
 		}
 	}
 
@@ -309,7 +318,7 @@ func TestKernelMesh(t *testing.T) {
 	if out, err := exec.Command("ip", "-n", nsA, "link", "show", "wg0").CombinedOutput(); err == nil {
 		t.Fatalf("wg0 still exists after Close:\n%s", out)
 	}
-	if out, err := exec.Command("ip", "netns", "exec", nsA, "nft", "list", "table", "inet", GuardTable).CombinedOutput(); err == nil {
+	if out, err := exec.Command("ip", "netns", "exec", nsA, "nft", "list", "table", "ip", GuardTable).CombinedOutput(); err == nil {
 		t.Fatalf("the guard table is left after Close:\n%s", out)
 	}
 }
