@@ -10,6 +10,8 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+
+	"github.com/runos/runos-agent/nft"
 )
 
 var networks = []netip.Prefix{netip.MustParsePrefix("172.24.0.0/16"), netip.MustParsePrefix("172.25.0.0/16"), netip.MustParsePrefix("10.96.0.0/12")}
@@ -147,7 +149,7 @@ func TestRulesetLoads(t *testing.T) {
 		}
 	}
 	cmd := exec.Command("ip", "netns", "exec", ns, "nft", "-f", "-")
-	cmd.Stdin = strings.NewReader(deleteScript())
+	cmd.Stdin = strings.NewReader(nft.Delete("inet", TableName))
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("delete: %v %s", err, out)
 	}

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+
+	"github.com/runos/runos-agent/nft"
 )
 
 // TableName is the nftables table (family inet) the entry node's rules live
@@ -46,8 +48,7 @@ func (r Rules) Ruleset() string {
 		peers = "\t\telements = { " + strings.Join(e, ", ") + " }\n"
 	}
 	var b strings.Builder
-	// Declaring the table first makes the delete succeed on a fresh node.
-	fmt.Fprintf(&b, "table inet %s\ndelete table inet %s\n", TableName, TableName)
+	b.WriteString(nft.Reset("inet", TableName))
 	fmt.Fprintf(&b, `table inet %[1]s {
 	set peers {
 		type ipv4_addr
@@ -78,9 +79,4 @@ func (r Rules) Ruleset() string {
 }
 `, TableName, peers, r.Interface, networks, r.Users.Masked())
 	return b.String()
-}
-
-// deleteScript removes the table (and nothing if it is not there).
-func deleteScript() string {
-	return fmt.Sprintf("table inet %s\ndelete table inet %s\n", TableName, TableName)
 }

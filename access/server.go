@@ -1,19 +1,17 @@
 package access
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/runos/runos-agent/mesh"
+	"github.com/runos/runos-agent/nft"
 )
 
 // DefaultInterfaceName is wg1's interface.
@@ -88,7 +86,7 @@ func NewServer(cfg ServerConfig, log *slog.Logger) (*Server, error) {
 		MTU:    cfg.MTU,
 	}, log.With("component", "wg1"))
 	if err != nil {
-		runNft(deleteScript())
+		nft.Run(nft.Delete("inet", TableName))
 		return nil, err
 	}
 	s.dev = dev
@@ -161,7 +159,7 @@ func (s *Server) Close() error {
 			errs = append(errs, err)
 		}
 	}
-	if err := runNft(deleteScript()); err != nil {
+	if err := nft.Run(nft.Delete("inet", TableName)); err != nil {
 		errs = append(errs, err)
 	}
 	s.log.Info("wg1 down")
@@ -169,18 +167,7 @@ func (s *Server) Close() error {
 }
 
 func (s *Server) applyRules(peers []netip.Addr) error {
-	return runNft(Rules{Interface: s.cfg.InterfaceName, Users: s.cfg.Users, Networks: s.cfg.Networks, Peers: peers}.Ruleset())
-}
-
-func runNft(script string) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "nft", "-f", "-")
-	cmd.Stdin = strings.NewReader(script)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("access: nft: %v: %s", err, strings.TrimSpace(string(out)))
-	}
-	return nil
+	return nft.Run(Rules{Interface: s.cfg.InterfaceName, Users: s.cfg.Users, Networks: s.cfg.Networks, Peers: peers}.Ruleset())
 }
 
 // IPv4 forwarding is turned on per interface (the interface a packet

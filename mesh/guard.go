@@ -1,11 +1,10 @@
 package mesh
 
 import (
-	"context"
 	"fmt"
-	"os/exec"
 	"strings"
-	"time"
+
+	"github.com/runos/runos-agent/nft"
 )
 
 // GuardTable is the nftables table (family ip: the mesh is IPv4, and an
@@ -25,8 +24,7 @@ const GuardTable = "runos_mesh"
 // rather than ends the ruleset, so other tables still see every packet.
 func guardRuleset(iface string, cfg Config) string {
 	var b strings.Builder
-	// Declaring the table first makes the delete succeed on a fresh node.
-	fmt.Fprintf(&b, "table ip %s\ndelete table ip %s\n", GuardTable, GuardTable)
+	b.WriteString(nft.Reset("ip", GuardTable))
 	fmt.Fprintf(&b, "table ip %s {\n\tchain input {\n", GuardTable)
 	b.WriteString("\t\ttype filter hook input priority filter - 10; policy accept;\n")
 	fmt.Fprintf(&b, "\t\tip daddr != %s accept\n", cfg.Prefix.Masked())
@@ -40,20 +38,4 @@ func guardRuleset(iface string, cfg Config) string {
 	}
 	b.WriteString("\t\tdrop\n\t}\n}\n")
 	return b.String()
-}
-
-// guardDelete removes the guard table (and nothing if it is not there).
-func guardDelete() string {
-	return fmt.Sprintf("table ip %s\ndelete table ip %s\n", GuardTable, GuardTable)
-}
-
-func runNft(script string) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "nft", "-f", "-")
-	cmd.Stdin = strings.NewReader(script)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("nft: %v: %s", err, strings.TrimSpace(string(out)))
-	}
-	return nil
 }

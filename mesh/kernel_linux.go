@@ -10,6 +10,8 @@ import (
 	"syscall"
 
 	"github.com/vishvananda/netlink"
+
+	"github.com/runos/runos-agent/nft"
 )
 
 // kernelLink is the host-side configuration of a kernel-mode device: the
@@ -58,7 +60,7 @@ func (k *kernelLink) setup() error {
 		k.log.Warn("mesh: nft not found: this node's mesh IP stays reachable from its other interfaces (install nftables)")
 		return nil
 	}
-	if err := runNft(guardRuleset(k.name, k.cfg)); err != nil {
+	if err := nft.Run(guardRuleset(k.name, k.cfg)); err != nil {
 		return fmt.Errorf("mesh: guard the mesh addresses: %w", err)
 	}
 	k.guarded = true
@@ -130,7 +132,7 @@ func (k *kernelLink) syncRoutes(peers map[Key]Peer) error {
 // and address with it) disappears when wireguard-go closes the TUN.
 func (k *kernelLink) close() error {
 	if k.guarded {
-		if err := runNft(guardDelete()); err != nil {
+		if err := nft.Run(nft.Delete("ip", GuardTable)); err != nil {
 			k.log.Warn("mesh: remove the guard table", "err", err)
 		}
 		k.guarded = false
