@@ -36,6 +36,30 @@ func (c *cluster) crashAsync(i int) (wait func()) {
 	return func() { <-done }
 }
 
+// untilReached runs scenario up to 3 times: a run that returns false did
+// not reach the state it tests (missed, with the reason given, on a loaded
+// machine) and proves nothing either way. None reached: skipped.
+func untilReached(t *testing.T, missed string, scenario func(*testing.T) bool) {
+	t.Helper()
+	for attempt := 1; attempt <= 3; attempt++ {
+		if scenario(t) {
+			return
+		}
+		t.Logf("attempt %d: %s (machine under load); again", attempt, missed)
+	}
+	t.Skipf("in every attempt, %s: the scenario was not reached", missed)
+}
+
+// crashedLeader starts a 3-node cluster with production Raft timers and
+// crashes its leader; wait waits for the crashed node's Close.
+func crashedLeader(t *testing.T) (c *cluster, old *Agent, term uint64, wait func()) {
+	t.Helper()
+	c = newClusterTuned(t, 3, productionRaft())
+	old = c.waitLeader()
+	term = old.store.Status().Term
+	return c, old, term, c.crashAsync(slices.Index(c.agents, old))
+}
+
 func failoverElections(agents []*Agent) (n uint64) {
 	for _, a := range agents {
 		n += a.store.FailoverStats().Elections
@@ -52,11 +76,7 @@ func failoverElections(agents []*Agent) (n uint64) {
 // from the dead leader's last packets, and the loser's TimeoutNow landed
 // after it had voted for the winner; the next round ends that at once.
 func TestWriteAfterLeaderCrashElectsAtOnce(t *testing.T) {
-	c := newClusterTuned(t, 3, productionRaft())
-	old := c.waitLeader()
-	term := old.store.Status().Term
-	idx := slices.Index(c.agents, old)
-	wait := c.crashAsync(idx)
+	c, _, term, wait := crashedLeader(t)
 	defer wait()
 	survivors := c.running()
 
@@ -84,14 +104,8 @@ func TestWriteAfterLeaderCrashElectsAtOnce(t *testing.T) {
 func TestPlannedStopHandsLeadershipOver(t *testing.T) {
 	// On a loaded machine the transfer sometimes misses the stop's 2 s
 	// bound (the others then elect on the goodbye heartbeat: failover
-	// works, the handover was not tested). Such an attempt is repeated.
-	for attempt := 1; attempt <= 3; attempt++ {
-		if plannedStop(t) {
-			return
-		}
-		t.Logf("attempt %d: the handover missed its bound (machine under load); again", attempt)
-	}
-	t.Skip("the handover missed its bound in every attempt: the scenario was not reached")
+	// works, the handover was not tested).
+	untilReached(t, "the handover missed its bound", plannedStop)
 }
 
 // plannedStop runs the scenario once and reports whether the handover
@@ -193,26 +207,16 @@ func TestProbeOfStoppedNode(t *testing.T) {
 func TestWriteWithNoLeaderKnownChecksTheLastOne(t *testing.T) {
 	// The scenario needs the other voter's Raft timer not to fire between
 	// the setup and the write's check; on a loaded machine it sometimes
-	// does (a timer election, no check needed). Such an attempt proves
-	// nothing either way and is repeated; a reached scenario must elect
-	// by the check.
-	for attempt := 1; attempt <= 3; attempt++ {
-		if writeWithNoLeaderKnown(t) {
-			return
-		}
-		t.Logf("attempt %d: Raft's own timer elected a leader before the check could run (machine under load); again", attempt)
-	}
-	t.Skip("Raft's timer won the race in every attempt: the scenario was not reached")
+	// does (a timer election, no check needed). A reached scenario must
+	// elect by the check.
+	untilReached(t, "Raft's own timer elected a leader before the check could run", writeWithNoLeaderKnown)
 }
 
 // writeWithNoLeaderKnown runs the scenario once and reports whether it
 // was reached (no leader was elected by a timer before the check).
 func writeWithNoLeaderKnown(t *testing.T) bool {
-	c := newClusterTuned(t, 3, productionRaft())
+	c, _, term, wait := crashedLeader(t)
 	defer c.dc.Close()
-	old := c.waitLeader()
-	term := old.store.Status().Term
-	wait := c.crashAsync(slices.Index(c.agents, old))
 	defer wait()
 	survivors := c.running()
 	var lost *Agent
@@ -261,23 +265,14 @@ func writeWithNoLeaderKnown(t *testing.T) bool {
 // concurrent rounds from splitting the vote) only for a grace period, so
 // a candidate that lost does not hold later rounds off for good.
 func TestCampaignRefusedOnceTheSuspicionIsSettled(t *testing.T) {
-	for attempt := 1; attempt <= 3; attempt++ {
-		if campaignAfterSettled(t) {
-			return
-		}
-		t.Logf("attempt %d: the confirmation went stale before the second campaign (machine under load); again", attempt)
-	}
-	t.Skip("the confirmation went stale in every attempt: the scenario was not reached")
+	untilReached(t, "the confirmation went stale before the second campaign", campaignAfterSettled)
 }
 
 // campaignAfterSettled runs the scenario once and reports whether it was
 // reached (the second voter's confirmation was still fresh).
 func campaignAfterSettled(t *testing.T) bool {
-	c := newClusterTuned(t, 3, productionRaft())
+	c, old, term, wait := crashedLeader(t)
 	defer c.dc.Close()
-	old := c.waitLeader()
-	term := old.store.Status().Term
-	wait := c.crashAsync(slices.Index(c.agents, old))
 	defer wait()
 	k := raftstore.Suspicion{Leader: old.cfg.NodeID, Term: term}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
