@@ -20,26 +20,11 @@ import (
 // bytes arrived, not only that they were buffered.
 func sinkOn(tb testing.TB, a *agent.Agent, port int) netip.AddrPort {
 	tb.Helper()
-	ap := netip.AddrPortFrom(a.NodeConfig().MeshIP, uint16(port))
-	ln, err := a.Net().Listen("tcp", ap.String())
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				n, _ := io.Copy(io.Discard, c)
-				c.Write(binary.BigEndian.AppendUint64(nil, uint64(n)))
-			}()
-		}
-	}()
-	return ap
+	return serveOnMesh(tb, a, port, func(c net.Conn) {
+		defer c.Close()
+		n, _ := io.Copy(io.Discard, c)
+		c.Write(binary.BigEndian.AppendUint64(nil, uint64(n)))
+	})
 }
 
 // BenchmarkAccessUserspaceThroughput is bulk TCP to a node's mesh IP from a

@@ -104,27 +104,56 @@ func laptop(t testing.TB, c wgConf, allowed ...netip.Prefix) *netstack.Net {
 	return tnet
 }
 
-// echoOn serves "hello from NAME" on a node's mesh IP, through its mesh
-// (the netstack in userspace mode).
-func echoOn(t *testing.T, a *agent.Agent, port int) netip.AddrPort {
-	t.Helper()
-	ap := netip.AddrPortFrom(a.NodeConfig().MeshIP, uint16(port))
-	ln, err := a.Net().Listen("tcp", ap.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
+// serve hands every connection ln accepts to handle, each in its own
+// goroutine, until the test ends (it closes ln then).
+func serve(tb testing.TB, ln net.Listener, handle func(net.Conn)) {
+	tb.Cleanup(func() { ln.Close() })
 	go func() {
 		for {
 			c, err := ln.Accept()
 			if err != nil {
 				return
 			}
-			io.WriteString(c, "hello from "+a.Name()+"\n")
-			c.Close()
+			go handle(c)
 		}
 	}()
+}
+
+// hello answers a connection with one line and closes it.
+func hello(line string) func(net.Conn) {
+	return func(c net.Conn) {
+		defer c.Close()
+		io.WriteString(c, line+"\n")
+	}
+}
+
+// serveOnMesh serves handle on a node's mesh IP, through its mesh (the
+// netstack in userspace mode).
+func serveOnMesh(tb testing.TB, a *agent.Agent, port int, handle func(net.Conn)) netip.AddrPort {
+	tb.Helper()
+	ap := netip.AddrPortFrom(a.NodeConfig().MeshIP, uint16(port))
+	ln, err := a.Net().Listen("tcp", ap.String())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	serve(tb, ln, handle)
 	return ap
+}
+
+// serveOnDevice serves one line on a device's address, port 7070.
+func serveOnDevice(tb testing.TB, tn *netstack.Net, addr netip.Addr, line string) {
+	tb.Helper()
+	ln, err := tn.ListenTCP(&net.TCPAddr{IP: addr.AsSlice(), Port: 7070})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	serve(tb, ln, hello(line))
+}
+
+// echoOn serves "hello from NAME" on a node's mesh IP.
+func echoOn(t *testing.T, a *agent.Agent, port int) netip.AddrPort {
+	t.Helper()
+	return serveOnMesh(t, a, port, hello("hello from "+a.Name()))
 }
 
 func dialHello(tn *netstack.Net, ap netip.AddrPort) (string, error) {
@@ -210,21 +239,7 @@ func TestAccessUserspaceRouter(t *testing.T) {
 		}
 	}
 	// ... nor the first laptop (neither allows peers).
-	ln, err := lt.ListenTCP(&net.TCPAddr{IP: conf.Address.AsSlice(), Port: 7070})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			io.WriteString(c, "laptop\n")
-			c.Close()
-		}
-	}()
+	serveOnDevice(t, lt, conf.Address, "laptop")
 	if got, err := dialHello(evil, netip.AddrPortFrom(conf.Address, 7070)); err == nil {
 		t.Errorf("a device reached another one: %q", got)
 	}
@@ -257,28 +272,11 @@ func TestAccessUserspaceDevicesAcrossEntryNodes(t *testing.T) {
 		}
 		return parseWGConf(t, cfg.Config)
 	}
-	serve := func(tn *netstack.Net, addr netip.Addr, hello string) {
-		ln, err := tn.ListenTCP(&net.TCPAddr{IP: addr.AsSlice(), Port: 7070})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { ln.Close() })
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				io.WriteString(c, hello+"\n")
-				c.Close()
-			}
-		}()
-	}
 	deskConf, tabletConf, laptopConf := add("desk", 1, true), add("tablet", 2, true), add("laptop", 2, false)
 	desk, tablet, lt := laptop(t, deskConf), laptop(t, tabletConf), laptop(t, laptopConf)
-	serve(desk, deskConf.Address, "desk")
-	serve(tablet, tabletConf.Address, "tablet")
-	serve(lt, laptopConf.Address, "laptop")
+	serveOnDevice(t, desk, deskConf.Address, "desk")
+	serveOnDevice(t, tablet, tabletConf.Address, "tablet")
+	serveOnDevice(t, lt, laptopConf.Address, "laptop")
 
 	agenttest.Eventually(t, "tablet (via node2) reaches desk (via node1)", func() error {
 		got, err := dialHello(tablet, netip.AddrPortFrom(deskConf.Address, 7070))
