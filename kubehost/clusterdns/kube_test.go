@@ -78,14 +78,7 @@ func TestKubeLookup(t *testing.T) {
 	}
 	ctx := kubetest.Context(t, 5*time.Minute)
 
-	kc, err := kube.Load(api.Kubeconfig)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kl, err := clusterdns.NewKubeLookup(kc, dnstest.Logger())
-	if err != nil {
-		t.Fatal(err)
-	}
+	kl := newKubeLookup(t, api.Kubeconfig)
 	h := newHandler(t, kl)
 	// Not listed yet: SERVFAIL, not NXDOMAIN.
 	expect(t, ask(h, "kubernetes.default.svc.cluster.local.", dns.TypeA), dns.RcodeServerFailure)
@@ -93,7 +86,6 @@ func TestKubeLookup(t *testing.T) {
 	if err := kl.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { kl.Close() })
 	if err := kl.WaitSynced(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -187,4 +179,20 @@ func TestKubeLookup(t *testing.T) {
 	if err := kl.Start(context.Background()); err == nil {
 		t.Error("Start after Close succeeded")
 	}
+}
+
+// newKubeLookup is a KubeLookup of the API server kubeconfig names, not
+// started; the test's end closes it.
+func newKubeLookup(t *testing.T, kubeconfig []byte) *clusterdns.KubeLookup {
+	t.Helper()
+	kc, err := kube.Load(kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kl, err := clusterdns.NewKubeLookup(kc, dnstest.Logger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { kl.Close() })
+	return kl
 }

@@ -11,10 +11,7 @@ import (
 
 	"github.com/miekg/dns"
 
-	"github.com/runos/runos-agent/kube"
 	"github.com/runos/runos-agent/kube/kubetest"
-	"github.com/runos/runos-agent/kubehost/clusterdns"
-	"github.com/runos/runos-agent/meshdns/dnstest"
 )
 
 // expiringAPI serves Services the way an API server whose watch cache
@@ -66,20 +63,12 @@ func TestKubeLookupListsAgainWhenTheWatchExpires(t *testing.T) {
 	api := &expiringAPI{ip: "10.96.0.10"}
 	srv := httptest.NewServer(api)
 	t.Cleanup(srv.Close)
-	kc, err := kube.Load([]byte("apiVersion: v1\nkind: Config\nclusters:\n- name: k\n  cluster:\n    server: " + srv.URL +
+	kl := newKubeLookup(t, []byte("apiVersion: v1\nkind: Config\nclusters:\n- name: k\n  cluster:\n    server: "+srv.URL+
 		"\nusers:\n- name: u\n  user: {}\ncontexts:\n- name: k\n  context:\n    cluster: k\n    user: u\ncurrent-context: k\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	kl, err := clusterdns.NewKubeLookup(kc, dnstest.Logger())
-	if err != nil {
-		t.Fatal(err)
-	}
 	h := newHandler(t, kl)
 	if err := kl.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { kl.Close() })
 	ctx := kubetest.Context(t, 30*time.Second)
 	if err := kl.WaitSynced(ctx); err != nil {
 		t.Fatal(err)
