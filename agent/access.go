@@ -60,7 +60,7 @@ func accessNetworks(st *raftstore.State) []netip.Prefix {
 // AccessAdd adds a device and returns its config, with the private key when
 // the node made it: the only time the key exists outside the device.
 func (a *Agent) AccessAdd(ctx context.Context, req api.AccessAddRequest) (*api.AccessConfig, error) {
-	if !raftstore.ValidDeviceName(req.Name) {
+	if !raftstore.ValidDNSLabel(req.Name) {
 		return nil, httpapi.Classify(fmt.Errorf("invalid device name %q: use lowercase letters, digits and dashes (at most 63)", req.Name), httpapi.ErrBadRequest)
 	}
 	ctx, cancel := context.WithTimeout(ctx, writeTimeout)

@@ -154,10 +154,11 @@ func (s *State) NodeWG1Addr(name string) (netip.Addr, bool) {
 	return netip.Addr{}, false
 }
 
-// ValidDeviceName reports whether name can name a device: a DNS label
-// (lowercase letters, digits, dashes inside), at most 63 characters, so it
-// can become a DNS name later.
-func ValidDeviceName(name string) bool {
+// ValidDNSLabel reports whether name is a DNS label as the cluster zone
+// uses them (lowercase letters, digits, dashes inside, at most 63
+// characters): what device names must be, so they can become DNS names,
+// and what an app's name must be to be found by it.
+func ValidDNSLabel(name string) bool {
 	if len(name) == 0 || len(name) > 63 || name[0] == '-' || name[len(name)-1] == '-' {
 		return false
 	}
@@ -176,7 +177,7 @@ func validKey(s string) bool {
 
 func (s *State) applyAccess(cmd *Command, res *Result) error {
 	c := cmd.Access
-	if c == nil || !ValidDeviceName(c.Name) {
+	if c == nil || !ValidDNSLabel(c.Name) {
 		return ErrMalformedCmd
 	}
 	switch cmd.Op {

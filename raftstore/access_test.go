@@ -206,13 +206,13 @@ func TestAccessMoveRemoveSeen(t *testing.T) {
 	}
 }
 
-func TestValidDeviceName(t *testing.T) {
+func TestValidDNSLabel(t *testing.T) {
 	for name, want := range map[string]bool{
 		"laptop": true, "alice-phone-2": true, "a": true, "": false, "-a": false, "a-": false,
 		"Alice": false, "a.b": false, "a b": false, string(make([]byte, 64)): false,
 	} {
-		if got := ValidDeviceName(name); got != want {
-			t.Errorf("ValidDeviceName(%q) = %v, want %v", name, got, want)
+		if got := ValidDNSLabel(name); got != want {
+			t.Errorf("ValidDNSLabel(%q) = %v, want %v", name, got, want)
 		}
 	}
 }

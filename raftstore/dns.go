@@ -103,7 +103,7 @@ func (s *State) DNSNames() map[string][]netip.Addr {
 	clash := map[string]bool{}
 	for _, r := range s.Workloads.Apps {
 		alias := strings.ToLower(r.Name)
-		if r.Desired == DesiredDeleted || !ValidDeviceName(alias) {
+		if r.Desired == DesiredDeleted || !ValidDNSLabel(alias) {
 			continue
 		}
 		if _, dup := apps[alias]; dup {

@@ -130,7 +130,7 @@ func checkInvariants(t *testing.T, s *State) {
 	}
 	devAddrs, devKeys := map[netip.Addr]bool{}, map[string]bool{}
 	for name, d := range s.Access.Devices {
-		if d == nil || d.Name != name || !ValidDeviceName(name) || !UserAccessPrefix.Contains(d.Address) || d.Address == AccessGateway ||
+		if d == nil || d.Name != name || !ValidDNSLabel(name) || !UserAccessPrefix.Contains(d.Address) || d.Address == AccessGateway ||
 			devAddrs[d.Address] || devKeys[d.PublicKey] || d.PublicKey == s.Access.PublicKey || s.Access.KeySealed == "" {
 			t.Fatalf("device %q recorded as %+v (access %+v)", name, d, s.Access.PublicKey)
 		}
