@@ -96,10 +96,28 @@ func TestPausedNodeIsDegradedNotOffline(t *testing.T) {
 	leader := c.leader(c.nodes)
 	victim := others(c.nodes, leader)[0]
 	observers := others(c.nodes, victim)
-	es, err := leader.events()
-	if err != nil {
-		c.fatalf("%v", err)
-	}
+	// Formation under load can flap a joining node's health; its return
+	// to healthy is recorded moments after every node shows it healthy.
+	// The history starts once every node's last health event is in.
+	var es []eventJSON
+	c.eventually(30*time.Second, "health events settled", func() error {
+		var err error
+		if es, err = leader.events(); err != nil {
+			return err
+		}
+		last := map[string]string{}
+		for _, e := range es {
+			if e.Kind == "health_changed" {
+				last[e.Node] = e.To
+			}
+		}
+		for node, to := range last {
+			if to != "healthy" {
+				return fmt.Errorf("%s's last health event: to %s", node, to)
+			}
+		}
+		return nil
+	})
 	var before uint64
 	if len(es) > 0 {
 		before = es[len(es)-1].Seq
