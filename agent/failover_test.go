@@ -265,7 +265,7 @@ func writeWithNoLeaderKnown(t *testing.T) bool {
 // concurrent rounds from splitting the vote) only for a grace period, so
 // a candidate that lost does not hold later rounds off for good.
 func TestCampaignRefusedOnceTheSuspicionIsSettled(t *testing.T) {
-	untilReached(t, "the confirmation went stale before the second campaign", campaignAfterSettled)
+	untilReached(t, "the agents' own failover elected first, or the confirmation went stale before the second campaign", campaignAfterSettled)
 }
 
 // campaignAfterSettled runs the scenario once and reports whether it was
@@ -280,6 +280,9 @@ func campaignAfterSettled(t *testing.T) bool {
 	survivors := c.running()
 	for _, a := range survivors {
 		if v := a.store.CheckLeader(ctx, k); !v.Unreachable || !v.CanCampaign {
+			if a.store.Status().Term > term {
+				return false // the agents' own failover (a background write) elected first
+			}
 			t.Fatalf("%s on the crashed leader: %+v, want unreachable and able to campaign", a.Name(), v)
 		}
 	}
