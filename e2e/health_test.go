@@ -122,8 +122,11 @@ func TestPausedNodeIsDegradedNotOffline(t *testing.T) {
 	if len(es) > 0 {
 		before = es[len(es)-1].Seq
 	}
+	// A node joined but not yet running is rightly degraded after 10 s;
+	// under load the test's own joins take that long. Those events are
+	// history: only what follows the pause is checked.
 	if steps := healthSteps(es, victim.name, 0); len(steps) != 0 {
-		c.fatalf("health events for %s before the pause: %v", victim.name, steps)
+		t.Logf("health events for %s before the pause (formation): %v", victim.name, steps)
 	}
 
 	const pause = 15 * time.Second
