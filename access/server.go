@@ -1,6 +1,7 @@
 package access
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -10,6 +11,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/runos/runos-agent/iptables"
 	"github.com/runos/runos-agent/mesh"
 	"github.com/runos/runos-agent/nft"
 )
@@ -29,6 +31,8 @@ type ServerConfig struct {
 	Users         netip.Prefix   // the devices' network; required
 	Networks      []netip.Prefix // what devices may reach; required
 	MTU           int            // default mesh.DefaultMTU
+	// IPTables runs the host's iptables (zero value: this namespace).
+	IPTables iptables.Host
 }
 
 // Peer is one device as its entry node serves it.
@@ -94,6 +98,7 @@ func NewServer(cfg ServerConfig, log *slog.Logger) (*Server, error) {
 		s.Close()
 		return nil, err
 	}
+	s.allowForwarding()
 	old, err := readForwarding(cfg.MeshInterface)
 	if err == nil && old != "1" {
 		err = setForwarding(cfg.MeshInterface, "1")
@@ -159,11 +164,51 @@ func (s *Server) Close() error {
 			errs = append(errs, err)
 		}
 	}
+	if s.cfg.IPTables.Available() {
+		if err := s.cfg.IPTables.Remove(context.Background(), s.forwardChain()); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	if err := nft.Run(nft.Delete("inet", TableName)); err != nil {
 		errs = append(errs, err)
 	}
 	s.log.Info("wg1 down")
 	return errors.Join(errs...)
+}
+
+// forwardChain lets what the table's forward chain passed through the
+// host's iptables too: an nftables accept cannot overrule a FORWARD policy
+// of DROP there (Docker sets one), which would leave devices reaching this
+// node and nothing beyond it. Every packet to or from wg1 has been through
+// from_device or to_device by then, so the chain accepts them all.
+func (s *Server) forwardChain() iptables.Chain {
+	return iptables.Chain{Table: "filter", Name: "RUNOS-ACCESS", From: "FORWARD", First: true, Rules: [][]string{
+		{"-i", s.cfg.InterfaceName, "-j", "ACCEPT"},
+		{"-o", s.cfg.InterfaceName, "-j", "ACCEPT"},
+	}}
+}
+
+// allowForwarding installs forwardChain. A host without iptables has no
+// iptables policy to get past; one whose iptables fails is told in the log,
+// and devices still reach this node.
+func (s *Server) allowForwarding() {
+	allowed := false
+	if s.cfg.IPTables.Available() {
+		err := s.cfg.IPTables.Ensure(context.Background(), s.forwardChain())
+		if err != nil {
+			s.log.Warn("allowing wg1 forwarding in iptables", "err", err)
+		}
+		allowed = err == nil
+	}
+	drops, err := nft.ForwardDrops()
+	if err != nil {
+		s.log.Debug("listing the host's forward chains", "err", err)
+	}
+	for _, c := range drops {
+		if !(allowed && c.IPTablesForward()) {
+			s.log.Warn("the host drops forwarded packets: allow wg1 there, or devices reach only this node", "chain", c.String())
+		}
+	}
 }
 
 func (s *Server) applyRules(peers []netip.Addr) error {

@@ -77,7 +77,7 @@ func (a *Agent) newKubeHost() error {
 	if bin == "" {
 		bin = DefaultKubeBinDir
 	}
-	cfg := kubehost.Config{Dir: filepath.Join(a.dir, "kube"), BinDir: bin, MountDNS: a.mountClusterDNS}
+	cfg := kubehost.Config{Dir: filepath.Join(a.dir, "kube"), BinDir: bin, MountDNS: a.mountClusterDNS, MeshInterface: a.dev.InterfaceName()}
 	h, err := kubehost.New(cfg, a.log.With("component", "kube"))
 	if err != nil {
 		return err

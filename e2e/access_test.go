@@ -51,12 +51,21 @@ func newLaptop(t testing.TB, l *natLab) *laptop {
 	return newDevice(t, l.cluster, "laptop", home)
 }
 
+// dockerLike gives n's host the FORWARD policy Docker sets: forwarded
+// packets no rule accepts are dropped.
+func dockerLike(c *cluster, n *agentNode) {
+	c.t.Helper()
+	if out, err := n.host.Run("iptables", "-P", "FORWARD", "DROP"); err != nil {
+		c.fatalf("%s: iptables: %v: %s", n.name, err, out)
+	}
+}
+
 // newDevice is a device called name on the LAN home of c's lab. Its
 // interface is named by name's first letter and this process: devices of
 // tests running at once need different first letters.
 func newDevice(t testing.TB, c *cluster, name string, home *lab.Segment) *laptop {
 	t.Helper()
-	for _, tool := range []string{"wg", "wg-quick", "openssl", "dig"} {
+	for _, tool := range []string{"wg", "wg-quick", "openssl", "dig", "iptables"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			if lab.Required() {
 				t.Fatalf("%s not found (run scripts/test-deps.sh as root)", tool)
@@ -206,6 +215,10 @@ func TestUserAccess(t *testing.T) {
 	web := l.lab.Host("web", l.inet) // the lab "Internet"
 	lp := newLaptop(t, l)
 	l.form(a, b, cn)
+	// a, the laptop's entry node, is a Docker host: its iptables FORWARD
+	// policy drops what no rule accepts, and the agent's own nftables
+	// table cannot overrule that.
+	dockerLike(l.cluster, a)
 	mesh := map[string]netip.Addr{}
 	for _, n := range all {
 		mesh[n.name] = l.meshIP(n)
@@ -426,6 +439,9 @@ func TestUserAccess(t *testing.T) {
 	l.eventually(15*time.Second, "b takes wg1 down", func() error {
 		if out, err := b.host.Run("ip", "link", "show", "wg1"); err == nil {
 			return fmt.Errorf("wg1 still there: %s", out)
+		}
+		if out, err := b.host.Run("iptables", "-S"); err != nil || strings.Contains(out, "RUNOS-ACCESS") {
+			return fmt.Errorf("iptables still allows wg1 forwarding (%v):\n%s", err, out)
 		}
 		return nil
 	})

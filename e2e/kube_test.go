@@ -499,6 +499,11 @@ func TestKubeManaged(t *testing.T) {
 	image := busyboxImageTar(t, imageRef)
 	all := kc.nodes
 	n1, n2, n3 := all[0], all[1], all[2]
+	// n1 (also the device's entry node) and n2 are Docker hosts: pods
+	// and devices get through their FORWARD policy of DROP by the
+	// agent's own iptables chains.
+	dockerLike(kc.cluster, n1)
+	dockerLike(kc.cluster, n2)
 
 	n1.initCluster()
 	kc.startKube(n1)
@@ -935,6 +940,13 @@ func TestKubeManaged(t *testing.T) {
 		for _, pid := range pids {
 			if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil && !strings.Contains(string(b), ") Z ") {
 				return fmt.Errorf("component pid %d still runs", pid)
+			}
+		}
+		for _, n := range rest {
+			for _, table := range []string{"filter", "nat"} {
+				if out, err := n.host.Run("iptables", "-t", table, "-S"); err != nil || strings.Contains(out, "RUNOS-P") {
+					return fmt.Errorf("%s: the pod chains are still in iptables' %s table (%v):\n%s", n.name, table, err, out)
+				}
 			}
 		}
 		return nil

@@ -3,6 +3,7 @@ package kubehost
 import (
 	"encoding/json"
 	"net/netip"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -133,15 +134,13 @@ func TestVersionParsing(t *testing.T) {
 // Only the node's own pods are masqueraded, and only towards the world:
 // pod-to-pod and pod-to-mesh traffic keeps its source.
 func TestEgressRules(t *testing.T) {
-	got := egressRules(netip.MustParsePrefix("172.25.3.0/24"), []netip.Prefix{netip.MustParsePrefix("172.25.0.0/16"), netip.MustParsePrefix("172.24.0.0/16")})
-	want := `*nat
-:RUNOS-POSTROUTING - [0:0]
--A RUNOS-POSTROUTING -d 172.25.0.0/16 -j RETURN
--A RUNOS-POSTROUTING -d 172.24.0.0/16 -j RETURN
--A RUNOS-POSTROUTING -s 172.25.3.0/24 -j MASQUERADE
-COMMIT
-`
-	if got != want {
-		t.Errorf("rules:\n%s\nwant:\n%s", got, want)
+	c := egressChain(netip.MustParsePrefix("172.25.3.0/24"), []netip.Prefix{netip.MustParsePrefix("172.25.0.0/16"), netip.MustParsePrefix("172.24.0.0/16")})
+	want := [][]string{
+		{"-d", "172.25.0.0/16", "-j", "RETURN"},
+		{"-d", "172.24.0.0/16", "-j", "RETURN"},
+		{"-s", "172.25.3.0/24", "-j", "MASQUERADE"},
+	}
+	if c.Table != "nat" || c.From != "POSTROUTING" || c.First || !reflect.DeepEqual(c.Rules, want) {
+		t.Errorf("egress chain: %+v\nwant rules %v", c, want)
 	}
 }

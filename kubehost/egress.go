@@ -2,55 +2,67 @@ package kubehost
 
 import (
 	"context"
-	"fmt"
+	"errors"
 	"net/netip"
-	"os/exec"
-	"strings"
-	"time"
+
+	"github.com/runos/runos-agent/iptables"
+	"github.com/runos/runos-agent/nft"
 )
 
-// Pods keep their own addresses inside the cluster (the bridge does not
-// masquerade, so a pod on another node sees the real source), but the rest
-// of the world has no route back to 172.25.0.0/16: traffic from this
-// node's pods to anything outside the mesh and pod networks leaves with
-// the node's address, through a chain of the agent's own.
-const egressChain = "RUNOS-POSTROUTING"
+// bridgeName is the pods' bridge on every node (cniConfig).
+const bridgeName = "runos0"
 
-func egressRules(podCIDR netip.Prefix, keep []netip.Prefix) string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "*nat\n:%s - [0:0]\n", egressChain)
+// egressChain: pods keep their own addresses inside the cluster (the
+// bridge does not masquerade, so a pod on another node sees the real
+// source), but the rest of the world has no route back to 172.25.0.0/16:
+// traffic from this node's pods to anything outside the mesh and pod
+// networks leaves with the node's address.
+func egressChain(podCIDR netip.Prefix, keep []netip.Prefix) iptables.Chain {
+	c := iptables.Chain{Table: "nat", Name: "RUNOS-POSTROUTING", From: "POSTROUTING"}
 	for _, p := range keep {
-		fmt.Fprintf(&b, "-A %s -d %s -j RETURN\n", egressChain, p)
+		c.Rules = append(c.Rules, []string{"-d", p.Masked().String(), "-j", "RETURN"})
 	}
-	fmt.Fprintf(&b, "-A %s -s %s -j MASQUERADE\nCOMMIT\n", egressChain, podCIDR.Masked())
-	return b.String()
+	c.Rules = append(c.Rules, []string{"-s", podCIDR.Masked().String(), "-j", "MASQUERADE"})
+	return c
 }
 
-// ensureEgress installs the chain (replacing its rules) and the jump to it.
-func ensureEgress(ctx context.Context, podCIDR netip.Prefix, keep []netip.Prefix) error {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	restore := exec.CommandContext(ctx, "iptables-restore", "--noflush")
-	restore.Stdin = strings.NewReader(egressRules(podCIDR, keep))
-	if out, err := restore.CombinedOutput(); err != nil {
-		return fmt.Errorf("iptables-restore: %v: %s", err, strings.TrimSpace(string(out)))
-	}
-	if exec.CommandContext(ctx, "iptables", "-t", "nat", "-C", "POSTROUTING", "-j", egressChain).Run() == nil {
-		return nil
-	}
-	if out, err := exec.CommandContext(ctx, "iptables", "-t", "nat", "-A", "POSTROUTING", "-j", egressChain).CombinedOutput(); err != nil {
-		return fmt.Errorf("iptables: %v: %s", err, strings.TrimSpace(string(out)))
-	}
-	return nil
+// podsForwardChain lets pod traffic through a host whose FORWARD policy is
+// DROP (Docker sets one; without this, pods on such a node reach nothing
+// beyond it and nothing reaches them over the mesh): everything the pods
+// send, what comes for them over the mesh, and replies. It opens nothing a
+// host with an ACCEPT policy did not already forward. User devices (wg1)
+// have a chain of their own in package access.
+func podsForwardChain(meshInterface string) iptables.Chain {
+	return iptables.Chain{Table: "filter", Name: "RUNOS-PODS", From: "FORWARD", First: true, Rules: [][]string{
+		{"-i", bridgeName, "-j", "ACCEPT"},
+		{"-i", meshInterface, "-o", bridgeName, "-j", "ACCEPT"},
+		{"-o", bridgeName, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"},
+	}}
 }
 
-// removeEgress takes the chain out again (managed Kubernetes turned off).
-func removeEgress() {
-	for _, args := range [][]string{
-		{"-t", "nat", "-D", "POSTROUTING", "-j", egressChain},
-		{"-t", "nat", "-F", egressChain},
-		{"-t", "nat", "-X", egressChain},
-	} {
-		exec.Command("iptables", args...).Run()
+// ensurePodRules installs the egress and forward chains (replacing their
+// rules) and the jumps to them.
+// A chain of the host's own that drops forwarded packets is reported: pods
+// behind it reach only this node.
+func (h *Host) ensurePodRules(ctx context.Context, podCIDR netip.Prefix, keep []netip.Prefix) error {
+	forwardErr := h.cfg.IPTables.Ensure(ctx, podsForwardChain(h.cfg.MeshInterface))
+	if drops, err := nft.ForwardDrops(); err == nil { // without nft(8), nothing to list them with
+		for _, c := range drops {
+			if forwardErr != nil || !c.IPTablesForward() {
+				h.log.Warn("the host drops forwarded packets: allow "+bridgeName+" there, or pods reach only this node", "chain", c.String())
+			}
+		}
+	}
+	return errors.Join(h.cfg.IPTables.Ensure(ctx, egressChain(podCIDR, keep)), forwardErr)
+}
+
+// removePodRules takes both chains out again (managed Kubernetes turned
+// off).
+func (h *Host) removePodRules() {
+	ctx := context.Background()
+	for _, c := range []iptables.Chain{egressChain(netip.Prefix{}, nil), podsForwardChain(h.cfg.MeshInterface)} {
+		if err := h.cfg.IPTables.Remove(ctx, c); err != nil {
+			h.log.Warn("removing pod rules", "chain", c.Name, "err", err)
+		}
 	}
 }

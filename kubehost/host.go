@@ -27,6 +27,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/runos/runos-agent/iptables"
 	"github.com/runos/runos-agent/kube"
 	"github.com/runos/runos-agent/kubehost/apilb"
 	"github.com/runos/runos-agent/kubehost/clusterdns"
@@ -109,6 +110,11 @@ type Config struct {
 	// Interval is how often the Host re-checks everything without a new
 	// Spec (default 5 s).
 	Interval time.Duration
+	// MeshInterface is the WireGuard interface other nodes' pods arrive
+	// on (default "wg0").
+	MeshInterface string
+	// IPTables runs the host's iptables (zero value: this namespace).
+	IPTables iptables.Host
 }
 
 // DefaultAPIListen is the API balancer's default address.
@@ -149,7 +155,8 @@ type Host struct {
 	lbErr   error
 	dnsErr  error
 	pauseOK int // containerd pid the pause image was imported into
-	// egressFor is the pod range the egress masquerade is installed for.
+	// egressFor is the pod range the egress and forward chains are
+	// installed for.
 	egressFor netip.Prefix
 	// versions caches each binary's reported version by path and mtime.
 	versions map[string]binVersion
@@ -202,6 +209,9 @@ func New(cfg Config, log *slog.Logger) (*Host, error) {
 	}
 	if cfg.Interval == 0 {
 		cfg.Interval = 5 * time.Second
+	}
+	if cfg.MeshInterface == "" {
+		cfg.MeshInterface = "wg0"
 	}
 	if cfg.BusyboxPath == "" {
 		cfg.BusyboxPath = "/bin/busybox"
@@ -350,7 +360,7 @@ func (h *Host) reconcile(ctx context.Context, spec *Spec) {
 		if len(h.procs) > 0 || h.lb != nil || h.egressFor.IsValid() {
 			h.log.Info("managed Kubernetes off: stopping components")
 			h.stopAll()
-			removeEgress()
+			h.removePodRules()
 			h.egressFor = netip.Prefix{}
 		}
 		h.filesKey = ""
@@ -371,8 +381,8 @@ func (h *Host) reconcile(ctx context.Context, spec *Spec) {
 	h.ensureBalancer(ctx, spec)
 	if h.egressFor != spec.PodCIDR {
 		keep := []netip.Prefix{spec.PodPrefix, netip.MustParsePrefix("172.24.0.0/16")}
-		if err := ensureEgress(ctx, spec.PodCIDR, keep); err != nil {
-			h.log.Warn("pod egress rules", "err", err)
+		if err := h.ensurePodRules(ctx, spec.PodCIDR, keep); err != nil {
+			h.log.Warn("pod egress and forward rules", "err", err)
 		} else {
 			h.egressFor = spec.PodCIDR
 		}
