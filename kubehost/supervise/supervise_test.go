@@ -253,9 +253,9 @@ func TestRestartKillsStragglers(t *testing.T) {
 	cfg, marker := testConfig(t, `sleep $0 & sleep 0.05; exit 1`)
 	p := start(t, cfg)
 	waitFor(t, "3 restarts", func() bool { return p.Status().Restarts >= 3 })
-	if n := len(marked(marker)); n > 2 {
-		t.Errorf("%d processes alive, want at most the current run's 2", n)
-	}
+	// A straggler SIGKILLed at its run's exit may not have been scheduled
+	// to die yet; stragglers that are not killed only ever add up.
+	waitFor(t, "at most the current run's 2 processes alive", func() bool { return len(marked(marker)) <= 2 })
 }
 
 func TestLogRotation(t *testing.T) {
