@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -98,7 +99,7 @@ func NewServer(cfg ServerConfig, log *slog.Logger) (*Server, error) {
 		s.Close()
 		return nil, err
 	}
-	s.allowForwarding()
+	s.allowInIPTables()
 	old, err := readForwarding(cfg.MeshInterface)
 	if err == nil && old != "1" {
 		err = setForwarding(cfg.MeshInterface, "1")
@@ -165,8 +166,8 @@ func (s *Server) Close() error {
 		}
 	}
 	if s.cfg.IPTables.Available() {
-		if err := s.cfg.IPTables.Remove(context.Background(), s.forwardChain()); err != nil {
-			errs = append(errs, err)
+		for _, c := range s.chains() {
+			errs = append(errs, s.cfg.IPTables.Remove(context.Background(), c))
 		}
 	}
 	if err := nft.Run(nft.Delete("inet", TableName)); err != nil {
@@ -176,29 +177,40 @@ func (s *Server) Close() error {
 	return errors.Join(errs...)
 }
 
-// forwardChain lets what the table's forward chain passed through the
-// host's iptables too: an nftables accept cannot overrule a FORWARD policy
-// of DROP there (Docker sets one), which would leave devices reaching this
-// node and nothing beyond it. Every packet to or from wg1 has been through
-// from_device or to_device by then, so the chain accepts them all.
-func (s *Server) forwardChain() iptables.Chain {
-	return iptables.Chain{Table: "filter", Name: "RUNOS-ACCESS", From: "FORWARD", First: true, Rules: [][]string{
-		{"-i", s.cfg.InterfaceName, "-j", "ACCEPT"},
-		{"-o", s.cfg.InterfaceName, "-j", "ACCEPT"},
-	}}
+// chains let what the table passed through the host's iptables too: an
+// nftables accept cannot overrule an iptables policy of DROP, and hosts
+// set one on FORWARD (Docker) and on INPUT (ufw: deny incoming). Every
+// packet to or from wg1 has been through the table's chains by then, so
+// RUNOS-ACCESS accepts them all. RUNOS-ACCESS-IN takes devices' packets for
+// this node, and their handshakes on the listen port: a device always
+// opens the connection, so an entry node needs that port open.
+func (s *Server) chains() []iptables.Chain {
+	wg1 := s.cfg.InterfaceName
+	return []iptables.Chain{
+		{Table: "filter", Name: "RUNOS-ACCESS", From: "FORWARD", First: true, Rules: [][]string{
+			{"-i", wg1, "-j", "ACCEPT"},
+			{"-o", wg1, "-j", "ACCEPT"},
+		}},
+		{Table: "filter", Name: "RUNOS-ACCESS-IN", From: "INPUT", First: true, Rules: [][]string{
+			{"-i", wg1, "-j", "ACCEPT"},
+			{"-p", "udp", "--dport", strconv.Itoa(int(s.cfg.ListenPort)), "-j", "ACCEPT"},
+		}},
+	}
 }
 
-// allowForwarding installs forwardChain. A host without iptables has no
-// iptables policy to get past; one whose iptables fails is told in the log,
-// and devices still reach this node.
-func (s *Server) allowForwarding() {
+// allowInIPTables installs chains. A host without iptables has no iptables
+// policy to get past; one whose iptables fails is told in the log.
+func (s *Server) allowInIPTables() {
 	allowed := false
 	if s.cfg.IPTables.Available() {
-		err := s.cfg.IPTables.Ensure(context.Background(), s.forwardChain())
-		if err != nil {
-			s.log.Warn("allowing wg1 forwarding in iptables", "err", err)
+		var errs []error
+		for _, c := range s.chains() {
+			errs = append(errs, s.cfg.IPTables.Ensure(context.Background(), c))
 		}
-		allowed = err == nil
+		if err := errors.Join(errs...); err != nil {
+			s.log.Warn("allowing wg1 in iptables", "err", err)
+		}
+		allowed = errors.Join(errs...) == nil
 	}
 	drops, err := nft.ForwardDrops()
 	if err != nil {

@@ -51,15 +51,6 @@ func newLaptop(t testing.TB, l *natLab) *laptop {
 	return newDevice(t, l.cluster, "laptop", home)
 }
 
-// dockerLike gives n's host the FORWARD policy Docker sets: forwarded
-// packets no rule accepts are dropped.
-func dockerLike(c *cluster, n *agentNode) {
-	c.t.Helper()
-	if out, err := n.host.Run("iptables", "-P", "FORWARD", "DROP"); err != nil {
-		c.fatalf("%s: iptables: %v: %s", n.name, err, out)
-	}
-}
-
 // newDevice is a device called name on the LAN home of c's lab. Its
 // interface is named by name's first letter and this process: devices of
 // tests running at once need different first letters.
@@ -215,10 +206,11 @@ func TestUserAccess(t *testing.T) {
 	web := l.lab.Host("web", l.inet) // the lab "Internet"
 	lp := newLaptop(t, l)
 	l.form(a, b, cn)
-	// a, the laptop's entry node, is a Docker host: its iptables FORWARD
-	// policy drops what no rule accepts, and the agent's own nftables
-	// table cannot overrule that.
+	// a, the laptop's entry node, is a Docker host with ufw: iptables
+	// drops forwarded packets and incoming connections that no rule
+	// accepts, and the agent's own nftables tables cannot overrule that.
 	dockerLike(l.cluster, a)
+	ufwLike(l.cluster, a)
 	mesh := map[string]netip.Addr{}
 	for _, n := range all {
 		mesh[n.name] = l.meshIP(n)

@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -272,6 +273,27 @@ func (n *agentNode) current() *lab.Proc {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	return n.proc
+}
+
+// stop sends SIGTERM (a clean shutdown) and waits for the process to
+// exit.
+func (n *agentNode) stop() {
+	n.c.t.Helper()
+	n.mu.Lock()
+	p := n.proc
+	n.proc = nil
+	n.mu.Unlock()
+	if p == nil {
+		return
+	}
+	if err := p.Signal(syscall.SIGTERM); err != nil {
+		n.c.fatalf("%s: SIGTERM: %v", n.name, err)
+	}
+	select {
+	case <-p.Done():
+	case <-time.After(30 * time.Second):
+		n.c.fatalf("%s still runs 30 s after SIGTERM", n.name)
+	}
 }
 
 // kill sends SIGKILL (no clean shutdown, no gossip leave) and waits for the

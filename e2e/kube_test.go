@@ -499,11 +499,13 @@ func TestKubeManaged(t *testing.T) {
 	image := busyboxImageTar(t, imageRef)
 	all := kc.nodes
 	n1, n2, n3 := all[0], all[1], all[2]
-	// n1 (also the device's entry node) and n2 are Docker hosts: pods
-	// and devices get through their FORWARD policy of DROP by the
-	// agent's own iptables chains.
+	// n1 (also the device's entry node) and n2 are Docker hosts, and n3,
+	// behind its NAT, runs ufw: pods and devices get through the FORWARD
+	// policy of DROP, and members and pods through n3's dropped incoming
+	// connections, by the agent's own iptables chains.
 	dockerLike(kc.cluster, n1)
 	dockerLike(kc.cluster, n2)
+	ufwLike(kc.cluster, n3)
 
 	n1.initCluster()
 	kc.startKube(n1)
@@ -697,14 +699,17 @@ func TestKubeManaged(t *testing.T) {
 	kc.deviceReachesPods(n1, podIP, "p3")
 
 	// The same resolver answers the cluster's own zone to pods (the node
-	// resolver on the mesh IP, cluster.local mounted in it).
-	kc.eventually(60*time.Second, "p1 resolves a node by name", func() error {
-		out, err := kc.kubectl(n1, "exec", "p1", "--", "nslookup", n2.name+".runos.internal")
-		if err != nil || !strings.Contains(out, mesh[n2.name].String()) {
-			return fmt.Errorf("nslookup %s.runos.internal: %q, %v; want %s", n2.name, out, err, mesh[n2.name])
-		}
-		return nil
-	})
+	// resolver on the mesh IP, cluster.local mounted in it), on every
+	// node: n3's behind its host firewall too.
+	for _, pod := range pods {
+		kc.eventually(60*time.Second, pod+" resolves a node by name", func() error {
+			out, err := kc.kubectl(n1, "exec", pod, "--", "nslookup", n2.name+".runos.internal")
+			if err != nil || !strings.Contains(out, mesh[n2.name].String()) {
+				return fmt.Errorf("nslookup %s.runos.internal: %q, %v; want %s", n2.name, out, err, mesh[n2.name])
+			}
+			return nil
+		})
+	}
 
 	// Nothing answers without a credential on the ports pods and local
 	// users reach: kubelet, API server, etcd (curl from a node, as a local

@@ -40,11 +40,21 @@ func podsForwardChain(meshInterface string) iptables.Chain {
 	}}
 }
 
-// ensurePodRules installs the egress and forward chains (replacing their
-// rules) and the jumps to them.
+// podsInputChain lets pods reach this node's mesh IP through a host firewall
+// that drops incoming connections (ufw's default): the cluster DNS
+// kubelet gives them and the API server behind the kubernetes Service
+// listen there.
+func podsInputChain(meshIP netip.Addr) iptables.Chain {
+	return iptables.Chain{Table: "filter", Name: "RUNOS-PODS-IN", From: "INPUT", First: true, Rules: [][]string{
+		{"-i", bridgeName, "-d", meshIP.String(), "-j", "ACCEPT"},
+	}}
+}
+
+// ensurePodRules installs the egress, forward and input chains (replacing
+// their rules) and the jumps to them.
 // A chain of the host's own that drops forwarded packets is reported: pods
 // behind it reach only this node.
-func (h *Host) ensurePodRules(ctx context.Context, podCIDR netip.Prefix, keep []netip.Prefix) error {
+func (h *Host) ensurePodRules(ctx context.Context, spec *Spec, keep []netip.Prefix) error {
 	forwardErr := h.cfg.IPTables.Ensure(ctx, podsForwardChain(h.cfg.MeshInterface))
 	if drops, err := nft.ForwardDrops(); err == nil { // without nft(8), nothing to list them with
 		for _, c := range drops {
@@ -53,14 +63,17 @@ func (h *Host) ensurePodRules(ctx context.Context, podCIDR netip.Prefix, keep []
 			}
 		}
 	}
-	return errors.Join(h.cfg.IPTables.Ensure(ctx, egressChain(podCIDR, keep)), forwardErr)
+	return errors.Join(
+		h.cfg.IPTables.Ensure(ctx, egressChain(spec.PodCIDR, keep)),
+		h.cfg.IPTables.Ensure(ctx, podsInputChain(spec.MeshIP)),
+		forwardErr)
 }
 
-// removePodRules takes both chains out again (managed Kubernetes turned
+// removePodRules takes the chains out again (managed Kubernetes turned
 // off).
 func (h *Host) removePodRules() {
 	ctx := context.Background()
-	for _, c := range []iptables.Chain{egressChain(netip.Prefix{}, nil), podsForwardChain(h.cfg.MeshInterface)} {
+	for _, c := range []iptables.Chain{egressChain(netip.Prefix{}, nil), podsForwardChain(h.cfg.MeshInterface), podsInputChain(netip.Addr{})} {
 		if err := h.cfg.IPTables.Remove(ctx, c); err != nil {
 			h.log.Warn("removing pod rules", "chain", c.Name, "err", err)
 		}

@@ -155,7 +155,7 @@ type Host struct {
 	lbErr   error
 	dnsErr  error
 	pauseOK int // containerd pid the pause image was imported into
-	// egressFor is the pod range the egress and forward chains are
+	// egressFor is the pod range the iptables chains (egress.go) are
 	// installed for.
 	egressFor netip.Prefix
 	// versions caches each binary's reported version by path and mtime.
@@ -381,7 +381,7 @@ func (h *Host) reconcile(ctx context.Context, spec *Spec) {
 	h.ensureBalancer(ctx, spec)
 	if h.egressFor != spec.PodCIDR {
 		keep := []netip.Prefix{spec.PodPrefix, netip.MustParsePrefix("172.24.0.0/16")}
-		if err := h.ensurePodRules(ctx, spec.PodCIDR, keep); err != nil {
+		if err := h.ensurePodRules(ctx, spec, keep); err != nil {
 			h.log.Warn("pod egress and forward rules", "err", err)
 		} else {
 			h.egressFor = spec.PodCIDR

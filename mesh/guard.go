@@ -2,8 +2,10 @@ package mesh
 
 import (
 	"fmt"
+	"net/netip"
 	"strings"
 
+	"github.com/runos/runos-agent/iptables"
 	"github.com/runos/runos-agent/nft"
 )
 
@@ -38,4 +40,17 @@ func guardRuleset(iface string, cfg Config) string {
 	}
 	b.WriteString("\t\tdrop\n\t}\n}\n")
 	return b.String()
+}
+
+// inputChain lets what the guard keeps for the mesh through a host firewall
+// that drops incoming connections (ufw's default): gossip, Raft, the node
+// API and DNS on the mesh IP are connections other members open, and no
+// accept in the guard table can overrule iptables' INPUT policy. It takes
+// packets for the mesh from WireGuard only, so every one comes from a
+// member's key; pods and devices, whose interfaces belong to kubehost and
+// access, are opened there.
+func inputChain(iface string, prefix netip.Prefix) iptables.Chain {
+	return iptables.Chain{Table: "filter", Name: "RUNOS-MESH", From: "INPUT", First: true, Rules: [][]string{
+		{"-i", iface, "-d", prefix.Masked().String(), "-j", "ACCEPT"},
+	}}
 }

@@ -1,6 +1,7 @@
 package mesh
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/runos/runos-agent/iptables"
 	"github.com/runos/runos-agent/nft"
 )
 
@@ -25,6 +27,8 @@ type kernelLink struct {
 	routes map[netip.Prefix]struct{} // peer routes we installed
 	// guarded: the guard table is ours to delete at close.
 	guarded bool
+	// opened: the iptables input chain (inputChain) is ours to remove.
+	opened bool
 }
 
 func (k *kernelLink) link() (netlink.Link, error) {
@@ -56,6 +60,7 @@ func (k *kernelLink) setup() error {
 	if !k.cfg.Guard {
 		return nil
 	}
+	k.openInput()
 	if _, err := exec.LookPath("nft"); err != nil {
 		k.log.Warn("mesh: nft not found: this node's mesh IP stays reachable from its other interfaces (install nftables)")
 		return nil
@@ -65,6 +70,20 @@ func (k *kernelLink) setup() error {
 	}
 	k.guarded = true
 	return nil
+}
+
+// openInput installs inputChain where iptables exists; a failure is
+// logged, since a host without an INPUT policy of DROP needs none.
+func (k *kernelLink) openInput() {
+	var ipt iptables.Host
+	if !ipt.Available() {
+		return
+	}
+	if err := ipt.Ensure(context.Background(), inputChain(k.name, k.cfg.Prefix)); err != nil {
+		k.log.Warn("mesh: allowing the mesh in iptables' INPUT; a host firewall that drops incoming connections keeps the members out", "err", err)
+		return
+	}
+	k.opened = true
 }
 
 func (k *kernelLink) route(l netlink.Link, p netip.Prefix) *netlink.Route {
@@ -131,6 +150,12 @@ func (k *kernelLink) syncRoutes(peers map[Key]Peer) error {
 // close deletes the peer routes. The interface itself (and the mesh route
 // and address with it) disappears when wireguard-go closes the TUN.
 func (k *kernelLink) close() error {
+	if k.opened {
+		if err := (iptables.Host{}).Remove(context.Background(), inputChain(k.name, k.cfg.Prefix)); err != nil {
+			k.log.Warn("mesh: remove the iptables input chain", "err", err)
+		}
+		k.opened = false
+	}
 	if k.guarded {
 		if err := nft.Run(nft.Delete("ip", GuardTable)); err != nil {
 			k.log.Warn("mesh: remove the guard table", "err", err)

@@ -307,6 +307,14 @@ func TestKernelMesh(t *testing.T) {
 			t.Fatalf("no guard table while the device is up: %v: %s", err, out)
 		}
 	}
+	iptablesInput := func() string {
+		out, _ := exec.Command("ip", "netns", "exec", nsA, "iptables", "-S", "INPUT").CombinedOutput()
+		return string(out)
+	}
+	_, noIPTables := exec.LookPath("iptables")
+	if noIPTables == nil && !strings.Contains(iptablesInput(), "-A INPUT -j RUNOS-MESH") {
+		t.Fatalf("INPUT does not jump to RUNOS-MESH while the device is up:\n%s", iptablesInput())
+	}
 	for _, dst := range []string{"198.18.0.1", "fd00::1"} {
 		if out, err := exec.Command("ip", "netns", "exec", nsB, "ping", "-n", "-c", "1", "-W", "2", dst).CombinedOutput(); err != nil {
 			t.Fatalf("b pings a's underlay address %s with the guard up: %v\n%s", dst, err, out)
@@ -320,6 +328,9 @@ func TestKernelMesh(t *testing.T) {
 	}
 	if out, err := exec.Command("ip", "netns", "exec", nsA, "nft", "list", "table", "ip", GuardTable).CombinedOutput(); err == nil {
 		t.Fatalf("the guard table is left after Close:\n%s", out)
+	}
+	if in := iptablesInput(); strings.Contains(in, "RUNOS-MESH") {
+		t.Fatalf("the iptables chain is left after Close:\n%s", in)
 	}
 }
 
