@@ -58,6 +58,8 @@ type Server struct {
 	// Close; "" when unchanged. Guarded by mu.
 	restoreMesh string
 	closed      bool // guarded by mu
+	// kept are the iptables chains (chains) once installed; guarded by mu.
+	kept []*iptables.Kept
 }
 
 // NewServer brings wg1 up with no peers: the firewall first, so no packet
@@ -141,7 +143,23 @@ func (s *Server) SetPeers(peers []Peer, remote []netip.Addr) error {
 	if err := s.applyRules(allow); err != nil {
 		return err
 	}
+	s.recheckIPTables()
 	return s.dev.SetPeers(mp)
+}
+
+// recheckIPTables puts the iptables chains back after a reload of the
+// host's firewall took them (at most every iptables.DefaultRecheck).
+// Called with mu held.
+func (s *Server) recheckIPTables() {
+	for _, k := range s.kept {
+		restored, err := k.Recheck(context.Background())
+		switch {
+		case err != nil:
+			s.log.Warn("putting an iptables chain back", "chain", k.Chain.Name, "err", err)
+		case restored:
+			s.log.Info("the host's firewall lost an iptables chain; put it back", "chain", k.Chain.Name)
+		}
+	}
 }
 
 // Stats reports every device's handshake and counters.
@@ -165,10 +183,8 @@ func (s *Server) Close() error {
 			errs = append(errs, err)
 		}
 	}
-	if s.cfg.IPTables.Available() {
-		for _, c := range s.chains() {
-			errs = append(errs, s.cfg.IPTables.Remove(context.Background(), c))
-		}
+	for _, k := range s.kept {
+		errs = append(errs, k.Remove(context.Background()))
 	}
 	if err := nft.Run(nft.Delete("inet", TableName)); err != nil {
 		errs = append(errs, err)
@@ -205,7 +221,9 @@ func (s *Server) allowInIPTables() {
 	if s.cfg.IPTables.Available() {
 		var errs []error
 		for _, c := range s.chains() {
-			errs = append(errs, s.cfg.IPTables.Ensure(context.Background(), c))
+			k := &iptables.Kept{Host: s.cfg.IPTables, Chain: c}
+			errs = append(errs, k.Ensure(context.Background()))
+			s.kept = append(s.kept, k)
 		}
 		if err := errors.Join(errs...); err != nil {
 			s.log.Warn("allowing wg1 in iptables", "err", err)

@@ -215,26 +215,37 @@ func TestWriteWithNoLeaderKnownChecksTheLastOne(t *testing.T) {
 // writeWithNoLeaderKnown runs the scenario once and reports whether it
 // was reached (no leader was elected by a timer before the check).
 func writeWithNoLeaderKnown(t *testing.T) bool {
-	c, _, term, wait := crashedLeader(t)
+	c, old, term, wait := crashedLeader(t)
 	defer c.dc.Close()
 	defer wait()
 	survivors := c.running()
+	// Wait for one survivor's Raft timer to drop the dead leader while the
+	// other still follows it. Both timers may fire first: then both have
+	// dropped it, or one of them already leads.
 	var lost *Agent
-	eventually(t, "one survivor's Raft timer drops the dead leader, the other's not yet", func() error {
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(10 * time.Millisecond) {
 		var follows []string
+		lost = nil
 		for _, a := range survivors {
-			if a.store.LeaderID() == "" {
+			switch a.store.LeaderID() {
+			case "":
 				lost = a
-			} else {
+			case old.cfg.NodeID:
 				follows = append(follows, a.Name())
+			default:
+				return false // a timer elected a new leader
 			}
 		}
-		if lost == nil || len(follows) != 1 {
-			lost = nil
-			return fmt.Errorf("survivors still following: %v", follows)
+		if lost != nil && len(follows) == 1 {
+			break
 		}
-		return nil
-	})
+		if len(follows) == 0 {
+			return false // both timers fired
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after a minute, survivors still follow the dead leader: %v", follows)
+		}
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	if _, err := lost.CreateToken(ctx, api.TokenRequest{}); err != nil {

@@ -66,6 +66,13 @@ func TestHostFirewallDropsIncoming(t *testing.T) {
 	for _, n := range c.nodes[1:] {
 		ufwLike(c, n)
 	}
+	// b's firewall as its admin saved it (iptables-save, as
+	// netfilter-persistent keeps it).
+	b := c.nodes[1]
+	saved, err := b.host.Run("iptables-save")
+	if err != nil {
+		c.fatalf("iptables-save: %v", err)
+	}
 	first.initCluster()
 	first.start()
 	for _, n := range c.nodes[1:] {
@@ -92,20 +99,36 @@ func TestHostFirewallDropsIncoming(t *testing.T) {
 		}
 		mesh[n.name] = netip.MustParseAddr(st.MeshIP)
 	}
+	resolves := func(from, to *agentNode) error {
+		out, err := from.host.Run(append(append([]string{}, digArgs...), "@"+mesh[to.name].String(), "+short", from.name+".runos.internal")...)
+		if err != nil || out != mesh[from.name].String() {
+			return fmt.Errorf("dig @%s %s.runos.internal: %q %v", mesh[to.name], from.name, out, err)
+		}
+		return nil
+	}
 	for _, from := range c.nodes {
 		for _, to := range others(c.nodes, from) {
-			c.eventually(15*time.Second, from.name+" resolves through "+to.name, func() error {
-				out, err := from.host.Run(append(append([]string{}, digArgs...), "@"+mesh[to.name].String(), "+short", from.name+".runos.internal")...)
-				if err != nil || out != mesh[from.name].String() {
-					return fmt.Errorf("dig @%s %s.runos.internal: %q %v", mesh[to.name], from.name, out, err)
-				}
-				return nil
-			})
+			c.eventually(15*time.Second, from.name+" resolves through "+to.name, func() error { return resolves(from, to) })
 		}
 	}
+
+	// The admin reloads b's firewall, which takes the agent's chain with
+	// it: new connections to b are dropped until the agent puts it back.
+	if out, err := b.host.Run("sh", "-c", "iptables-restore <<'EOF'\n"+saved+"\nEOF"); err != nil {
+		c.fatalf("b: iptables-restore: %v: %s", err, out)
+	}
+	reloaded := time.Now()
+	c.eventually(90*time.Second, "b's chain is back after the reload", func() error {
+		out, err := b.host.Run("iptables", "-S", "INPUT")
+		if err != nil || !strings.Contains(out, "-j RUNOS-MESH") {
+			return fmt.Errorf("b's INPUT (%v):\n%s", err, out)
+		}
+		return resolves(c.nodes[2], b)
+	})
+	t.Logf("b answers again %v after its firewall's reload", time.Since(reloaded).Round(time.Second))
+
 	// The firewall still keeps the LAN out: a join endpoint takes a
 	// connection only where the admin opened its port.
-	b := c.nodes[1]
 	if err := tcpConnect(b, netip.AddrPortFrom(first.host.Addr(), listenPort)); err != nil {
 		c.fatalf("control: %s's opened join endpoint: %v", first.name, err)
 	}

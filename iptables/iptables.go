@@ -114,3 +114,87 @@ func (h Host) run(ctx context.Context, stdin, name string, args ...string) (stri
 	}
 	return string(out), nil
 }
+
+// DefaultRecheck is how often a Kept chain is checked for.
+const DefaultRecheck = 30 * time.Second
+
+// Kept is a chain the owner keeps in place: a reload of the host's
+// firewall (netfilter-persistent, a ufw reload, iptables -F) takes the
+// agent's chains with it, and Recheck puts them back. It has no lock: its
+// owner calls it from one goroutine or under its own lock.
+type Kept struct {
+	Host  Host
+	Chain Chain
+	// Every is the least time between two checks (default DefaultRecheck);
+	// Now is the clock (default time.Now).
+	Every time.Duration
+	Now   func() time.Time
+
+	installed bool
+	checked   time.Time
+}
+
+// Ensure installs the chain (Host.Ensure) and starts keeping it.
+func (k *Kept) Ensure(ctx context.Context) error {
+	if err := k.Host.Ensure(ctx, k.Chain); err != nil {
+		return err
+	}
+	k.installed, k.checked = true, k.now()
+	return nil
+}
+
+// Recheck, once Every has passed since the last check, puts the chain
+// back if From no longer jumps to it or its rules are gone, and reports
+// whether it did. Before Ensure succeeded, and after Remove, it does
+// nothing.
+func (k *Kept) Recheck(ctx context.Context) (restored bool, err error) {
+	every := k.Every
+	if every <= 0 {
+		every = DefaultRecheck
+	}
+	if !k.installed || k.now().Sub(k.checked) < every {
+		return false, nil
+	}
+	k.checked = k.now()
+	if k.Host.intact(ctx, k.Chain) {
+		return false, nil
+	}
+	if err := k.Ensure(ctx); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
+// Remove takes the chain out (Host.Remove) and stops keeping it.
+func (k *Kept) Remove(ctx context.Context) error {
+	k.installed = false
+	return k.Host.Remove(ctx, k.Chain)
+}
+
+func (k *Kept) now() time.Time {
+	if k.Now != nil {
+		return k.Now()
+	}
+	return time.Now()
+}
+
+// intact reports whether From jumps to the chain and the chain holds as
+// many rules as c has: a flush or a reload takes one or the other.
+func (h Host) intact(ctx context.Context, c Chain) bool {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if _, err := h.run(ctx, "", "iptables", "-t", c.Table, "-C", c.From, "-j", c.Name); err != nil {
+		return false
+	}
+	out, err := h.run(ctx, "", "iptables", "-t", c.Table, "-S", c.Name)
+	if err != nil {
+		return false
+	}
+	rules := 0
+	for _, line := range strings.Split(out, "\n") {
+		if strings.HasPrefix(line, "-A "+c.Name+" ") {
+			rules++
+		}
+	}
+	return rules == len(c.Rules)
+}

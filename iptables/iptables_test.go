@@ -155,3 +155,67 @@ func TestAcceptGetsThroughTheHostsDropPolicy(t *testing.T) {
 		t.Fatal("forwarding goes on after Remove")
 	}
 }
+
+// TestKeptAfterAReload: a reload of the host's firewall (iptables-restore
+// of its saved rules, as netfilter-persistent does) takes the chain away;
+// Recheck puts it back once its interval has passed, and not before.
+func TestKeptAfterAReload(t *testing.T) {
+	needRoot(t)
+	ns := netns(t, "kept")
+	ipt := func(args ...string) string {
+		return run(t, append([]string{"ip", "netns", "exec", ns, "iptables"}, args...)...)
+	}
+	ipt("-A", "FORWARD", "-j", "ACCEPT")
+	saved := run(t, "ip", "netns", "exec", ns, "iptables-save")
+	reload := func() {
+		cmd := exec.Command("ip", "netns", "exec", ns, "iptables-restore")
+		cmd.Stdin = strings.NewReader(saved)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("iptables-restore: %v %s", err, out)
+		}
+	}
+	now := time.Unix(1e9, 0)
+	k := &Kept{Host: Host{Wrap: []string{"ip", "netns", "exec", ns}}, Chain: forward, Now: func() time.Time { return now }}
+	ctx := context.Background()
+	if restored, err := k.Recheck(ctx); restored || err != nil {
+		t.Fatalf("Recheck before Ensure: %v, %v", restored, err)
+	}
+	if err := k.Ensure(ctx); err != nil {
+		t.Fatal(err)
+	}
+	want := ipt("-S")
+
+	now = now.Add(DefaultRecheck)
+	if restored, err := k.Recheck(ctx); restored || err != nil {
+		t.Fatalf("Recheck of an intact chain: %v, %v", restored, err)
+	}
+	reload()
+	if strings.Contains(ipt("-S"), "RUNOS-TEST") {
+		t.Fatal("the reload left the chain: nothing to test")
+	}
+	now = now.Add(DefaultRecheck / 2)
+	if restored, _ := k.Recheck(ctx); restored {
+		t.Fatal("Recheck before its interval")
+	}
+	now = now.Add(DefaultRecheck / 2)
+	if restored, err := k.Recheck(ctx); !restored || err != nil {
+		t.Fatalf("Recheck after the reload: %v, %v", restored, err)
+	}
+	if got := ipt("-S"); got != want {
+		t.Errorf("after Recheck:\n%s\nwant:\n%s", got, want)
+	}
+
+	// A flush of the chain's rules alone is noticed too.
+	ipt("-F", "RUNOS-TEST")
+	now = now.Add(DefaultRecheck)
+	if restored, err := k.Recheck(ctx); !restored || err != nil {
+		t.Fatalf("Recheck after a flush: %v, %v", restored, err)
+	}
+	if err := k.Remove(ctx); err != nil {
+		t.Fatal(err)
+	}
+	now = now.Add(DefaultRecheck)
+	if restored, _ := k.Recheck(ctx); restored || strings.Contains(ipt("-S"), "RUNOS-TEST") {
+		t.Fatal("Recheck after Remove put the chain back")
+	}
+}

@@ -51,26 +51,47 @@ func podsInputChain(meshIP netip.Addr) iptables.Chain {
 }
 
 // ensurePodRules installs the egress, forward and input chains (replacing
-// their rules) and the jumps to them.
+// their rules) and the jumps to them, and keeps them (recheckPodRules).
 // A chain of the host's own that drops forwarded packets is reported: pods
 // behind it reach only this node.
 func (h *Host) ensurePodRules(ctx context.Context, spec *Spec, keep []netip.Prefix) error {
-	forwardErr := h.cfg.IPTables.Ensure(ctx, podsForwardChain(h.cfg.MeshInterface))
+	h.podRules = nil
+	var errs []error
+	for _, c := range []iptables.Chain{
+		podsForwardChain(h.cfg.MeshInterface),
+		podsInputChain(spec.MeshIP),
+		egressChain(spec.PodCIDR, keep),
+	} {
+		k := &iptables.Kept{Host: h.cfg.IPTables, Chain: c}
+		errs = append(errs, k.Ensure(ctx))
+		h.podRules = append(h.podRules, k)
+	}
 	if drops, err := nft.ForwardDrops(); err == nil { // without nft(8), nothing to list them with
 		for _, c := range drops {
-			if forwardErr != nil || !c.IPTablesForward() {
+			if errs[0] != nil || !c.IPTablesForward() {
 				h.log.Warn("the host drops forwarded packets: allow "+bridgeName+" there, or pods reach only this node", "chain", c.String())
 			}
 		}
 	}
-	return errors.Join(
-		h.cfg.IPTables.Ensure(ctx, egressChain(spec.PodCIDR, keep)),
-		h.cfg.IPTables.Ensure(ctx, podsInputChain(spec.MeshIP)),
-		forwardErr)
+	return errors.Join(errs...)
+}
+
+// recheckPodRules puts the chains back after a reload of the host's
+// firewall took them (at most every iptables.DefaultRecheck).
+func (h *Host) recheckPodRules(ctx context.Context) {
+	for _, k := range h.podRules {
+		restored, err := k.Recheck(ctx)
+		switch {
+		case err != nil:
+			h.log.Warn("putting a pod chain back", "chain", k.Chain.Name, "err", err)
+		case restored:
+			h.log.Info("the host's firewall lost a pod chain; put it back", "chain", k.Chain.Name)
+		}
+	}
 }
 
 // removePodRules takes the chains out again (managed Kubernetes turned
-// off).
+// off), also any a previous run of the agent left.
 func (h *Host) removePodRules() {
 	ctx := context.Background()
 	for _, c := range []iptables.Chain{egressChain(netip.Prefix{}, nil), podsForwardChain(h.cfg.MeshInterface), podsInputChain(netip.Addr{})} {
@@ -78,4 +99,5 @@ func (h *Host) removePodRules() {
 			h.log.Warn("removing pod rules", "chain", c.Name, "err", err)
 		}
 	}
+	h.podRules = nil
 }

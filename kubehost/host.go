@@ -156,8 +156,9 @@ type Host struct {
 	dnsErr  error
 	pauseOK int // containerd pid the pause image was imported into
 	// egressFor is the pod range the iptables chains (egress.go) are
-	// installed for.
+	// installed for, and podRules those chains.
 	egressFor netip.Prefix
+	podRules  []*iptables.Kept
 	// versions caches each binary's reported version by path and mtime.
 	versions map[string]binVersion
 	// filesKey is the spec the files on disk were last written for, at
@@ -386,6 +387,8 @@ func (h *Host) reconcile(ctx context.Context, spec *Spec) {
 		} else {
 			h.egressFor = spec.PodCIDR
 		}
+	} else {
+		h.recheckPodRules(ctx)
 	}
 
 	want := h.wanted(spec)

@@ -237,6 +237,19 @@ func (d *Device) PublicKey() Key { return d.pub }
 // Address is this node's mesh IP.
 func (d *Device) Address() netip.Addr { return d.cfg.Address }
 
+// RecheckHost puts back host state that others can take away: in kernel
+// mode, the iptables input chain after a reload of the host's firewall
+// (at most every iptables.DefaultRecheck). The Reconciler calls it every
+// round.
+func (d *Device) RecheckHost() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed || d.link == nil {
+		return
+	}
+	d.link.recheckInput()
+}
+
 // InterfaceName is the kernel interface name, or "" in userspace mode.
 func (d *Device) InterfaceName() string {
 	if d.link == nil {

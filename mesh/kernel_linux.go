@@ -27,8 +27,8 @@ type kernelLink struct {
 	routes map[netip.Prefix]struct{} // peer routes we installed
 	// guarded: the guard table is ours to delete at close.
 	guarded bool
-	// opened: the iptables input chain (inputChain) is ours to remove.
-	opened bool
+	// input is the iptables chain (inputChain) while we keep it.
+	input *iptables.Kept
 }
 
 func (k *kernelLink) link() (netlink.Link, error) {
@@ -75,15 +75,30 @@ func (k *kernelLink) setup() error {
 // openInput installs inputChain where iptables exists; a failure is
 // logged, since a host without an INPUT policy of DROP needs none.
 func (k *kernelLink) openInput() {
-	var ipt iptables.Host
-	if !ipt.Available() {
+	kept := &iptables.Kept{Chain: inputChain(k.name, k.cfg.Prefix)}
+	if !kept.Host.Available() {
 		return
 	}
-	if err := ipt.Ensure(context.Background(), inputChain(k.name, k.cfg.Prefix)); err != nil {
+	if err := kept.Ensure(context.Background()); err != nil {
 		k.log.Warn("mesh: allowing the mesh in iptables' INPUT; a host firewall that drops incoming connections keeps the members out", "err", err)
 		return
 	}
-	k.opened = true
+	k.input = kept
+}
+
+// recheckInput puts the input chain back after a reload of the host's
+// firewall took it (at most every iptables.DefaultRecheck).
+func (k *kernelLink) recheckInput() {
+	if k.input == nil {
+		return
+	}
+	restored, err := k.input.Recheck(context.Background())
+	switch {
+	case err != nil:
+		k.log.Warn("mesh: putting the iptables input chain back", "err", err)
+	case restored:
+		k.log.Info("mesh: the host's firewall lost the iptables input chain; put it back", "chain", k.input.Chain.Name)
+	}
 }
 
 func (k *kernelLink) route(l netlink.Link, p netip.Prefix) *netlink.Route {
@@ -150,11 +165,11 @@ func (k *kernelLink) syncRoutes(peers map[Key]Peer) error {
 // close deletes the peer routes. The interface itself (and the mesh route
 // and address with it) disappears when wireguard-go closes the TUN.
 func (k *kernelLink) close() error {
-	if k.opened {
-		if err := (iptables.Host{}).Remove(context.Background(), inputChain(k.name, k.cfg.Prefix)); err != nil {
+	if k.input != nil {
+		if err := k.input.Remove(context.Background()); err != nil {
 			k.log.Warn("mesh: remove the iptables input chain", "err", err)
 		}
-		k.opened = false
+		k.input = nil
 	}
 	if k.guarded {
 		if err := nft.Run(nft.Delete("ip", GuardTable)); err != nil {

@@ -24,3 +24,4 @@ type kernelLink struct {
 func (k *kernelLink) setup() error                  { return errKernelUnsupported }
 func (k *kernelLink) syncRoutes(map[Key]Peer) error { return errKernelUnsupported }
 func (k *kernelLink) close() error                  { return nil }
+func (k *kernelLink) recheckInput()                 {}

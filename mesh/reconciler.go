@@ -64,6 +64,15 @@ type PeerSetter interface {
 
 var _ PeerSetter = (*Device)(nil)
 
+// HostRechecker is what a PeerSetter may also be: one that keeps host
+// state others can take away (Device.RecheckHost). The Reconciler calls
+// it every round, changed or not.
+type HostRechecker interface {
+	RecheckHost()
+}
+
+var _ HostRechecker = (*Device)(nil)
+
 // ReconcilerConfig configures a Reconciler.
 type ReconcilerConfig struct {
 	Device PeerSetter // required
@@ -271,6 +280,9 @@ func (r *Reconciler) Run(ctx context.Context) {
 					}
 				}
 			}
+		}
+		if h, ok := r.cfg.Device.(HostRechecker); ok {
+			h.RecheckHost()
 		}
 		wait := r.cfg.Interval
 		for _, l := range linger {
