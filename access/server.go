@@ -46,7 +46,8 @@ type Peer struct {
 
 // Server is an entry node's wg1: a kernel WireGuard interface (wireguard-go
 // on a TUN) with one peer per device, a /32 route per device, IPv4
-// forwarding on wg1 and wg0, and the firewall of Rules. It exists while the
+// forwarding on wg1 and wg0, the firewall of Rules, and the iptables
+// chains that let it through the host's own (chains). It exists while the
 // node is the entry of at least one device.
 type Server struct {
 	cfg ServerConfig
@@ -225,10 +226,11 @@ func (s *Server) allowInIPTables() {
 			errs = append(errs, k.Ensure(context.Background()))
 			s.kept = append(s.kept, k)
 		}
-		if err := errors.Join(errs...); err != nil {
+		err := errors.Join(errs...)
+		if err != nil {
 			s.log.Warn("allowing wg1 in iptables", "err", err)
 		}
-		allowed = errors.Join(errs...) == nil
+		allowed = err == nil
 	}
 	drops, err := nft.ForwardDrops()
 	if err != nil {
