@@ -1,10 +1,12 @@
 // Package iptables keeps chains of the agent's own in the host's iptables,
 // each entered by one jump from a built-in chain, the way Tailscale's
-// ts-forward works. It exists because an nftables table of the agent cannot
-// overrule the host's: an accept ends only its own chain, and a FORWARD
-// policy of DROP (Docker sets one) in iptables' filter table still drops
-// the packet. The agent's own policy stays in its nftables tables (access,
-// guard); these chains only let through what those already passed.
+// ts-input and ts-forward work. It exists because an nftables table of the
+// agent cannot overrule the host's: an accept ends only its own chain, and
+// a policy of DROP in iptables' filter table (Docker's on FORWARD, ufw's
+// on INPUT) still drops the packet. The agent's own policy stays in its
+// nftables tables (access, guard); these chains only let through what
+// those already passed. Kept puts a chain back after a reload of the
+// host's firewall took it.
 //
 // Commands run with iptables(8) itself, so the host's backend (nf_tables
 // or legacy) is the one the chain lands in.

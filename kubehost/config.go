@@ -96,7 +96,7 @@ func cniConfig(p paths, podCIDR netip.Prefix) ([]byte, error) {
 		"plugins": []any{
 			map[string]any{
 				"type":        "bridge",
-				"bridge":      "runos0",
+				"bridge":      bridgeName,
 				"isGateway":   true,
 				"ipMasq":      false,
 				"hairpinMode": true,

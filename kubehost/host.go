@@ -155,7 +155,7 @@ type Host struct {
 	lbErr   error
 	dnsErr  error
 	pauseOK int // containerd pid the pause image was imported into
-	// egressFor is the pod range the iptables chains (egress.go) are
+	// egressFor is the pod range the iptables chains (chains.go) are
 	// installed for, and podRules those chains.
 	egressFor netip.Prefix
 	podRules  []*iptables.Kept
