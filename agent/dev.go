@@ -5,17 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"net"
 	"net/netip"
-	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"sync"
 
 	"github.com/runos/runos-agent/api"
 	"github.com/runos/runos-agent/datadir"
+	"github.com/runos/runos-agent/freeport"
 )
 
 // DevOptions configure an in-process development cluster.
@@ -259,45 +256,4 @@ func (dc *DevCluster) Close() error {
 // right now (the underlay uses the same number for both).
 func FreePort() (int, error) { return freePort(netip.MustParseAddr("127.0.0.1")) }
 
-// freePort picks a random port below the kernel's ephemeral range
-// (ip_local_port_range) and checks that TCP and UDP are both free there.
-// A data dir records the port long before its agent binds it; a port from
-// the ephemeral range could meanwhile become the source port of any
-// outgoing connection (an API server's to its etcd, say), and the agent
-// would fail with "address already in use".
-func freePort(host netip.Addr) (int, error) {
-	const lowest = 20000 // above the well-known service ports (kubelet's 10250, ...)
-	top := ephemeralLow()
-	for range 100 {
-		port := lowest + rand.IntN(max(top-lowest, 1))
-		ln, err := net.Listen("tcp", netip.AddrPortFrom(host, uint16(port)).String())
-		if err != nil {
-			continue
-		}
-		pc, err := net.ListenPacket("udp", netip.AddrPortFrom(host, uint16(port)).String())
-		ln.Close()
-		if err == nil {
-			pc.Close()
-			return port, nil
-		}
-	}
-	return 0, errors.New("no free port")
-}
-
-// ephemeralLow is the start of the kernel's ephemeral port range (32768
-// when it cannot be read).
-func ephemeralLow() int {
-	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
-	if err != nil {
-		return 32768
-	}
-	f := strings.Fields(string(b))
-	if len(f) != 2 {
-		return 32768
-	}
-	lo, err := strconv.Atoi(f[0])
-	if err != nil || lo <= 20001 {
-		return 32768
-	}
-	return lo
-}
+func freePort(host netip.Addr) (int, error) { return freeport.Pick(host) }

@@ -36,6 +36,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/runos/runos-agent/freeport"
 )
 
 // Version is the Kubernetes release scripts/build-kube.sh builds.
@@ -152,7 +154,7 @@ func Start(t testing.TB, opts ...Options) *Server {
 	if err := s.writeCredentials(); err != nil {
 		t.Fatal(err)
 	}
-	etcdClient, etcdPeer := freePort(t), freePort(t)
+	etcdClient, etcdPeer := freeport.For(t), freeport.For(t)
 	s.etcdURL = fmt.Sprintf("http://127.0.0.1:%d", etcdClient)
 	peerURL := fmt.Sprintf("http://127.0.0.1:%d", etcdPeer)
 	s.start("etcd", etcdBin,
@@ -166,7 +168,7 @@ func Start(t testing.TB, opts ...Options) *Server {
 		"--logger", "zap", "--log-level", "warn",
 	)
 
-	s.apiPort = freePort(t)
+	s.apiPort = freeport.For(t)
 	s.URL = fmt.Sprintf("https://127.0.0.1:%d", s.apiPort)
 	s.Kubeconfig = kubeconfig(s.URL, s.read("ca.crt"), s.token)
 	s.KubeconfigPath = filepath.Join(dir, "kubeconfig")
@@ -451,17 +453,6 @@ contexts:
     user: admin
 current-context: kubetest
 `, server, b64(caPEM), token)
-}
-
-// freePort asks the kernel for a free TCP port on 127.0.0.1.
-func freePort(t testing.TB) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
 
 // Context returns a context for a test step (bounded; a hung step fails).

@@ -21,6 +21,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/runos/runos-agent/freeport"
 )
 
 const etcdBin = "/usr/bin/etcd"
@@ -121,16 +123,6 @@ func (p *testPKI) clientTLS() *tls.Config {
 	return &tls.Config{RootCAs: p.pool, Certificates: []tls.Certificate{p.client}, MinVersion: tls.VersionTLS12}
 }
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 type etcdProc struct {
 	name               string
 	clientURL, peerURL string
@@ -144,8 +136,8 @@ type etcdProc struct {
 func newMember(t *testing.T, name string) *etcdProc {
 	return &etcdProc{
 		name:      name,
-		clientURL: fmt.Sprintf("https://127.0.0.1:%d", freePort(t)),
-		peerURL:   fmt.Sprintf("https://127.0.0.1:%d", freePort(t)),
+		clientURL: fmt.Sprintf("https://127.0.0.1:%d", freeport.For(t)),
+		peerURL:   fmt.Sprintf("https://127.0.0.1:%d", freeport.For(t)),
 	}
 }
 
@@ -411,7 +403,7 @@ func TestAuthAndFailover(t *testing.T) {
 	})
 
 	t.Run("dead endpoint fails over", func(t *testing.T) {
-		dead := fmt.Sprintf("https://127.0.0.1:%d", freePort(t))
+		dead := fmt.Sprintf("https://127.0.0.1:%d", freeport.For(t))
 		c := newClient(t, []string{dead, m1.clientURL}, p.clientTLS())
 		for i := range 2 {
 			ms, err := c.List(testCtx(t, 30*time.Second))
@@ -425,7 +417,7 @@ func TestAuthAndFailover(t *testing.T) {
 		// An add is not idempotent, but a refused connection surely did
 		// not reach etcd: it moves on too.
 		c.SetEndpoints([]string{dead, m1.clientURL})
-		peer := fmt.Sprintf("https://127.0.0.1:%d", freePort(t))
+		peer := fmt.Sprintf("https://127.0.0.1:%d", freeport.For(t))
 		added, _, err := c.AddLearner(testCtx(t, 30*time.Second), peer)
 		if err != nil {
 			t.Fatalf("AddLearner with a dead first endpoint: %v", err)

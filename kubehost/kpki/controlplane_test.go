@@ -6,7 +6,6 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -20,6 +19,7 @@ import (
 
 	"k8s.io/client-go/rest"
 
+	"github.com/runos/runos-agent/freeport"
 	"github.com/runos/runos-agent/kube"
 	"github.com/runos/runos-agent/kube/kubetest"
 	"github.com/runos/runos-agent/kubehost/kpki"
@@ -63,8 +63,8 @@ func TestRealControlPlaneAcceptsPKI(t *testing.T) {
 
 	etcdSrvCrt, etcdSrvKey := issueFiles(c.etcd, "etcd-server", kpki.EtcdServer("n1", lo))
 	etcdPeerCrt, etcdPeerKey := issueFiles(c.etcd, "etcd-peer", kpki.EtcdPeer("n1", lo))
-	clientURL := fmt.Sprintf("https://127.0.0.1:%d", freePort(t))
-	peerURL := fmt.Sprintf("https://127.0.0.1:%d", freePort(t))
+	clientURL := fmt.Sprintf("https://127.0.0.1:%d", freeport.For(t))
+	peerURL := fmt.Sprintf("https://127.0.0.1:%d", freeport.For(t))
 	startProc(t, dir, "etcd", etcdBin,
 		"--name", "n1",
 		"--data-dir", filepath.Join(dir, "etcd"),
@@ -103,7 +103,7 @@ func TestRealControlPlaneAcceptsPKI(t *testing.T) {
 	apiCrt, apiKey := issueFiles(c.kube, "apiserver", kpki.APIServerServing(lo, serviceIP, "cluster.local"))
 	apiEtcdCrt, apiEtcdKey := issueFiles(c.etcd, "apiserver-etcd-client", kpki.APIServerEtcdClient())
 	apiKubeletCrt, apiKubeletKey := issueFiles(c.kube, "apiserver-kubelet-client", kpki.APIServerKubeletClient())
-	apiPort := freePort(t)
+	apiPort := freeport.For(t)
 	server := fmt.Sprintf("https://127.0.0.1:%d", apiPort)
 	api := startProc(t, dir, "kube-apiserver", apiBin,
 		"--etcd-servers", clientURL,
@@ -350,14 +350,4 @@ func startProc(t *testing.T, dir, name, bin string, args ...string) *testProc {
 		}
 	})
 	return p
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
 }
