@@ -144,23 +144,9 @@ func (s *Server) SetPeers(peers []Peer, remote []netip.Addr) error {
 	if err := s.applyRules(allow); err != nil {
 		return err
 	}
-	s.recheckIPTables()
+	// A reload of the host's firewall takes the chains with it.
+	iptables.Recheck(context.Background(), s.log, s.kept...)
 	return s.dev.SetPeers(mp)
-}
-
-// recheckIPTables puts the iptables chains back after a reload of the
-// host's firewall took them (at most every iptables.DefaultRecheck).
-// Called with mu held.
-func (s *Server) recheckIPTables() {
-	for _, k := range s.kept {
-		restored, err := k.Recheck(context.Background())
-		switch {
-		case err != nil:
-			s.log.Warn("putting an iptables chain back", "chain", k.Chain.Name, "err", err)
-		case restored:
-			s.log.Info("the host's firewall lost an iptables chain; put it back", "chain", k.Chain.Name)
-		}
-	}
 }
 
 // Stats reports every device's handshake and counters.
@@ -232,14 +218,8 @@ func (s *Server) allowInIPTables() {
 		}
 		allowed = err == nil
 	}
-	drops, err := nft.ForwardDrops()
-	if err != nil {
-		s.log.Debug("listing the host's forward chains", "err", err)
-	}
-	for _, c := range drops {
-		if !(allowed && c.IPTablesForward()) {
-			s.log.Warn("the host drops forwarded packets: allow wg1 there, or devices reach only this node", "chain", c.String())
-		}
+	for _, c := range nft.BlockingForward(allowed) {
+		s.log.Warn("the host drops forwarded packets: allow wg1 there, or devices reach only this node", "chain", c.String())
 	}
 }
 

@@ -279,26 +279,18 @@ func (n *agentNode) current() *lab.Proc {
 // exit.
 func (n *agentNode) stop() {
 	n.c.t.Helper()
-	n.mu.Lock()
-	p := n.proc
-	n.proc = nil
-	n.mu.Unlock()
-	if p == nil {
-		return
-	}
-	if err := p.Signal(syscall.SIGTERM); err != nil {
-		n.c.fatalf("%s: SIGTERM: %v", n.name, err)
-	}
-	select {
-	case <-p.Done():
-	case <-time.After(30 * time.Second):
-		n.c.fatalf("%s still runs 30 s after SIGTERM", n.name)
-	}
+	n.end(syscall.SIGTERM, 30*time.Second)
 }
 
 // kill sends SIGKILL (no clean shutdown, no gossip leave) and waits for the
 // process to be gone.
 func (n *agentNode) kill() {
+	n.c.t.Helper()
+	n.end(syscall.SIGKILL, 10*time.Second)
+}
+
+// end sends sig to the running process, if any, and waits for it to exit.
+func (n *agentNode) end(sig syscall.Signal, within time.Duration) {
 	n.c.t.Helper()
 	n.mu.Lock()
 	p := n.proc
@@ -307,13 +299,13 @@ func (n *agentNode) kill() {
 	if p == nil {
 		return
 	}
-	if err := p.Kill(); err != nil && !errors.Is(err, os.ErrProcessDone) {
-		n.c.fatalf("kill %s: %v", n.name, err)
+	if err := p.Signal(sig); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		n.c.fatalf("%v to %s: %v", sig, n.name, err)
 	}
 	select {
 	case <-p.Done():
-	case <-time.After(10 * time.Second):
-		n.c.fatalf("%s survived SIGKILL", n.name)
+	case <-time.After(within):
+		n.c.fatalf("%s still runs %v after %v", n.name, within, sig)
 	}
 }
 

@@ -73,15 +73,7 @@ func TestHostFirewallDropsIncoming(t *testing.T) {
 	if err != nil {
 		c.fatalf("iptables-save: %v", err)
 	}
-	first.initCluster()
-	first.start()
-	for _, n := range c.nodes[1:] {
-		n.join(first)
-	}
-	for _, n := range c.nodes[1:] {
-		n.startNoWait()
-	}
-	c.eventually(2*time.Minute, "cluster forms", func() error { return c.formed(c.nodes, nil, c.names(c.nodes)) })
+	c.form()
 
 	// A write on every node: on followers it is forwarded to the
 	// leader's node API.

@@ -64,11 +64,18 @@ func healthSteps(es []eventJSON, node string, after uint64) []string {
 	return out
 }
 
-// startCluster inits the first node, joins the others through it, starts
-// them all (kernel mode, production timers) and waits until it formed.
+// startCluster is a new cluster (kernel mode, production timers), formed.
 func startCluster(tb testing.TB, subnet string, names ...string) *cluster {
 	tb.Helper()
 	c := newCluster(tb, subnet, names...)
+	c.form()
+	return c
+}
+
+// form inits the first node, joins the others through it, starts them
+// all and waits until the cluster formed.
+func (c *cluster) form() {
+	c.t.Helper()
 	first := c.nodes[0]
 	first.initCluster()
 	first.start()
@@ -83,7 +90,6 @@ func startCluster(tb testing.TB, subnet string, names ...string) *cluster {
 		voters = nil
 	}
 	c.eventually(2*time.Minute, "cluster forms", func() error { return c.formed(c.nodes, nil, voters) })
-	return c
 }
 
 // TestPausedNodeIsDegradedNotOffline freezes a follower's process with

@@ -16,6 +16,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os/exec"
 	"strings"
 	"time"
@@ -165,6 +166,19 @@ func (k *Kept) Recheck(ctx context.Context) (restored bool, err error) {
 		return false, err
 	}
 	return true, nil
+}
+
+// Recheck runs Kept.Recheck on each of kept and logs what it did.
+func Recheck(ctx context.Context, log *slog.Logger, kept ...*Kept) {
+	for _, k := range kept {
+		restored, err := k.Recheck(ctx)
+		switch {
+		case err != nil:
+			log.Warn("putting an iptables chain back", "chain", k.Chain.Name, "err", err)
+		case restored:
+			log.Info("the host's firewall lost an iptables chain; put it back", "chain", k.Chain.Name)
+		}
+	}
 }
 
 // Remove takes the chain out (Host.Remove) and stops keeping it.

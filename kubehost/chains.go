@@ -51,43 +51,30 @@ func podsInputChain(meshIP netip.Addr) iptables.Chain {
 }
 
 // ensurePodRules installs the egress, forward and input chains (replacing
-// their rules) and the jumps to them, and keeps them (recheckPodRules).
+// their rules) and the jumps to them, and keeps them (reconcile rechecks).
 // A chain of the host's own that drops forwarded packets is reported: pods
 // behind it reach only this node.
 func (h *Host) ensurePodRules(ctx context.Context, spec *Spec, keep []netip.Prefix) error {
 	h.podRules = nil
 	var errs []error
+	forwardAccepted := true
 	for _, c := range []iptables.Chain{
 		podsForwardChain(h.cfg.MeshInterface),
 		podsInputChain(spec.MeshIP),
 		egressChain(spec.PodCIDR, keep),
 	} {
 		k := &iptables.Kept{Host: h.cfg.IPTables, Chain: c}
-		errs = append(errs, k.Ensure(ctx))
+		err := k.Ensure(ctx)
+		if err != nil && c.From == "FORWARD" {
+			forwardAccepted = false
+		}
+		errs = append(errs, err)
 		h.podRules = append(h.podRules, k)
 	}
-	if drops, err := nft.ForwardDrops(); err == nil { // without nft(8), nothing to list them with
-		for _, c := range drops {
-			if errs[0] != nil || !c.IPTablesForward() {
-				h.log.Warn("the host drops forwarded packets: allow "+bridgeName+" there, or pods reach only this node", "chain", c.String())
-			}
-		}
+	for _, c := range nft.BlockingForward(forwardAccepted) {
+		h.log.Warn("the host drops forwarded packets: allow "+bridgeName+" there, or pods reach only this node", "chain", c.String())
 	}
 	return errors.Join(errs...)
-}
-
-// recheckPodRules puts the chains back after a reload of the host's
-// firewall took them (at most every iptables.DefaultRecheck).
-func (h *Host) recheckPodRules(ctx context.Context) {
-	for _, k := range h.podRules {
-		restored, err := k.Recheck(ctx)
-		switch {
-		case err != nil:
-			h.log.Warn("putting a pod chain back", "chain", k.Chain.Name, "err", err)
-		case restored:
-			h.log.Info("the host's firewall lost a pod chain; put it back", "chain", k.Chain.Name)
-		}
-	}
 }
 
 // removePodRules takes the chains out again (managed Kubernetes turned

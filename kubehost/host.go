@@ -388,7 +388,7 @@ func (h *Host) reconcile(ctx context.Context, spec *Spec) {
 			h.egressFor = spec.PodCIDR
 		}
 	} else {
-		h.recheckPodRules(ctx)
+		iptables.Recheck(ctx, h.log, h.podRules...) // a reload of the host's firewall takes them
 	}
 
 	want := h.wanted(spec)

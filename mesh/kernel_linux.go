@@ -89,15 +89,8 @@ func (k *kernelLink) openInput() {
 // recheckInput puts the input chain back after a reload of the host's
 // firewall took it (at most every iptables.DefaultRecheck).
 func (k *kernelLink) recheckInput() {
-	if k.input == nil {
-		return
-	}
-	restored, err := k.input.Recheck(context.Background())
-	switch {
-	case err != nil:
-		k.log.Warn("mesh: putting the iptables input chain back", "err", err)
-	case restored:
-		k.log.Info("mesh: the host's firewall lost the iptables input chain; put it back", "chain", k.input.Chain.Name)
+	if k.input != nil {
+		iptables.Recheck(context.Background(), k.log, k.input)
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os/exec"
+	"slices"
 	"strings"
 	"time"
 )
@@ -82,4 +83,20 @@ func forwardDrops(listing []byte) ([]Chain, error) {
 // iptables-nft keeps it), which package iptables can add a rule to.
 func (c Chain) IPTablesForward() bool {
 	return c.Family == "ip" && c.Table == "filter" && c.Name == "FORWARD"
+}
+
+// BlockingForward lists the chains of ForwardDrops that still drop what
+// the agent forwards: all of them, except iptables' own FORWARD when the
+// caller's accept chain is in it (acceptedInIPTables). Without nft(8) it
+// finds none.
+func BlockingForward(acceptedInIPTables bool) []Chain {
+	drops, err := ForwardDrops()
+	if err != nil {
+		return nil
+	}
+	return blocking(drops, acceptedInIPTables)
+}
+
+func blocking(drops []Chain, acceptedInIPTables bool) []Chain {
+	return slices.DeleteFunc(drops, func(c Chain) bool { return acceptedInIPTables && c.IPTablesForward() })
 }

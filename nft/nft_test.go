@@ -62,6 +62,17 @@ func TestForwardDrops(t *testing.T) {
 	if got, want := list(), []string{"inet filter forward", "ip filter FORWARD"}; !slices.Equal(slices.Sorted(slices.Values(got)), want) {
 		t.Errorf("forward drops %v, want %v", got, want)
 	}
+	// An accept chain in iptables' FORWARD gets past that one only.
+	drops, err := forwardDrops(in("", "nft", "-j", "list", "chains"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := blocking(slices.Clone(drops), true); len(got) != 1 || got[0].String() != "inet filter forward" {
+		t.Errorf("blocking with the iptables accept: %v", got)
+	}
+	if got := blocking(slices.Clone(drops), false); len(got) != 2 {
+		t.Errorf("blocking without the iptables accept: %v", got)
+	}
 	if _, err := forwardDrops([]byte("not json")); err == nil {
 		t.Error("garbage parsed")
 	}
